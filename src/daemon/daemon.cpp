@@ -1,0 +1,111 @@
+#include "daemon/daemon.h"
+
+#include <spdlog/spdlog.h>
+
+#include <random>
+
+namespace kst {
+
+Daemon::Daemon(DaemonOptions opts, Source& source, RouterReconciler* router,
+               AgentReconciler* agent, ProblemSink* sink)
+    : opts_(std::move(opts)), source_(source), router_(router), agent_(agent), sink_(sink) {}
+
+void Daemon::onSnapshot(const ClusterObjects& objs) {
+  std::lock_guard lk(mu_);
+  pending_ = objs;
+  cv_.notify_all();
+}
+
+void Daemon::stop() {
+  std::lock_guard lk(mu_);
+  stopping_ = true;
+  cv_.notify_all();
+}
+
+bool Daemon::pass(const ClusterObjects& objs) {
+  auto start = std::chrono::steady_clock::now();
+  Model model = buildModel(objs, opts_.model);
+  std::vector<Problem> problems = model.problems;
+  bool ok = true;
+  size_t changes = 0;
+  auto handle = [&](const char* role, Result<PassResult> r) {
+    if (!r) {
+      spdlog::error("{}: reconcile failed: {}", role, r.error().message);
+      ok = false;
+      return;
+    }
+    changes += r->changes;
+    problems.insert(problems.end(), r->problems.begin(), r->problems.end());
+    for (auto& f : r->failures) spdlog::warn("{}: {}", role, f);
+    if (!r->ok()) ok = false;
+  };
+  if (router_) handle("router", router_->reconcile(model));
+  if (agent_) handle("agent", agent_->reconcile(model));
+  // Report each distinct problem once while it persists.
+  std::set<std::tuple<int, std::string, std::string>> now;
+  for (auto& p : problems) {
+    auto key = std::make_tuple(static_cast<int>(p.kind), p.object.str(), p.message);
+    now.insert(key);
+    if (reported_.contains(key)) continue;
+    spdlog::warn("{} {}: {}", problemReason(p.kind), p.object.str(), p.message);
+    if (sink_) sink_->report(p);
+  }
+  reported_ = std::move(now);
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::steady_clock::now() - start).count();
+  if (changes)
+    spdlog::info("reconciled {} services: {} kernel changes in {} us", model.services.size(),
+                 changes, us);
+  else
+    spdlog::debug("reconciled {} services: no changes ({} us)", model.services.size(), us);
+  return ok;
+}
+
+int Daemon::run() {
+  auto st = source_.start([this](const ClusterObjects& o) { onSnapshot(o); });
+  if (!st) {
+    spdlog::error("source {}: {}", source_.name(), st.error().message);
+    return 1;
+  }
+  std::optional<ClusterObjects> current;
+  auto backoff = std::chrono::milliseconds(200);
+  std::mt19937 rng(std::random_device{}());
+  auto nextResync = std::chrono::steady_clock::now() + opts_.resyncInterval;
+  bool retry = false;
+  auto retryAt = std::chrono::steady_clock::time_point::max();
+  int rc = 0;
+  while (true) {
+    {
+      std::unique_lock lk(mu_);
+      auto deadline = std::min(nextResync, retry ? retryAt : nextResync);
+      cv_.wait_until(lk, deadline, [&] { return stopping_ || pending_.has_value(); });
+      if (stopping_) break;
+      if (pending_) {
+        current = std::move(*pending_);
+        pending_.reset();
+      }
+    }
+    if (!current) continue;  // resync before the first snapshot
+    auto now = std::chrono::steady_clock::now();
+    if (now >= nextResync) nextResync = now + opts_.resyncInterval;
+    bool ok = pass(*current);
+    if (opts_.once) {
+      rc = ok ? 0 : 1;
+      break;
+    }
+    if (ok) {
+      retry = false;
+      backoff = std::chrono::milliseconds(200);
+    } else {
+      retry = true;
+      auto jitter = std::chrono::milliseconds(rng() % (backoff.count() / 2 + 1));
+      retryAt = std::chrono::steady_clock::now() + backoff + jitter;
+      spdlog::info("retrying in {} ms", (backoff + jitter).count());
+      backoff = std::min(backoff * 2, opts_.maxBackoff);
+    }
+  }
+  source_.stop();
+  return rc;
+}
+
+}  // namespace kst

@@ -1,0 +1,58 @@
+// The narrow kernel boundary. The reconcilers see only these interfaces; the real
+// implementations live in linux/, in-memory fakes in tests/fakes/.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/error.h"
+#include "dataplane/types.h"
+
+namespace kst::dp {
+
+/** `ip -f mpls route add LABEL dev DEV` inside a pod (MPLS mode). */
+struct MplsPop {
+  uint32_t label = 100;
+  std::string dev = "lo";
+  auto operator<=>(const MplsPop&) const = default;
+};
+
+struct Change {
+  enum class Action : uint8_t { Add, Replace, Delete };
+  Action action;
+  std::variant<Link, Nexthop, Route, Rule, Address, MplsPop> object;
+};
+std::string describe(const Change& c);
+
+/** rtnetlink access to one network namespace. Dumps return only objects the daemon owns
+ *  (tagged with its protocol, in its table range, or named with its link prefix), except
+ *  links(), which returns every link (for ifindex lookups). Link::Replace recreates a link. */
+class NetlinkClient {
+ public:
+  virtual ~NetlinkClient() = default;
+  virtual Result<std::vector<Link>> links() = 0;
+  /** ownedOnly: only addresses tagged with the daemon's IFA_PROTO. */
+  virtual Result<std::vector<Address>> addresses(bool ownedOnly) = 0;
+  virtual Result<std::vector<Nexthop>> nexthops() = 0;
+  virtual Result<std::vector<Route>> routes(uint32_t tableLo, uint32_t tableHi) = 0;
+  virtual Result<std::vector<Rule>> rules(uint32_t prioLo, uint32_t prioHi) = 0;
+  virtual Result<std::vector<MplsPop>> mplsPops() = 0;
+  /** Applies the changes in order, batched. @return one message per failed change. */
+  virtual Result<std::vector<std::string>> apply(const std::vector<Change>& changes) = 0;
+  /** Netlink requests sent so far (dumps and changes). */
+  virtual uint64_t requestsSent() const = 0;
+};
+
+/** nftables access (the daemon's own table only). */
+class NftClient {
+ public:
+  virtual ~NftClient() = default;
+  virtual Result<NftState> observe() = 0;
+  /** Runs an nft script as one atomic transaction. */
+  virtual Status run(const std::string& script) = 0;
+};
+
+}  // namespace kst::dp

@@ -1,0 +1,113 @@
+// Kernel objects as value types. Desired and observed state are both expressed with these, so
+// the diff is a set comparison, and the netlink layer only encodes/decodes them.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/ip.h"
+
+namespace kst::dp {
+
+/** A network interface the daemon owns (name starts with the configured prefix). */
+struct Link {
+  enum class Kind : uint8_t { VxlanGpe, Ipip, Gre, Ip6tnl, Ip6gre, Other };
+  std::string name;
+  Kind kind = Kind::Other;
+  bool external = false;         // collect_md (flow-based) device
+  uint16_t port = 0;             // vxlan-gpe UDP port
+  std::optional<IpAddress> local;   // per-endpoint GRE
+  std::optional<IpAddress> remote;  // per-endpoint GRE
+  uint32_t ifindex = 0;          // observed only; ignored by ==
+  bool up = true;
+
+  bool sameConfig(const Link& o) const {
+    return std::tie(name, kind, external, port, local, remote) ==
+           std::tie(o.name, o.kind, o.external, o.port, o.local, o.remote);
+  }
+};
+const char* kindName(Link::Kind k);
+
+/** A nexthop object (ip nexthop). Encapsulation: none (dev only), IP (flow tunnels) or MPLS. */
+struct Nexthop {
+  enum class Encap : uint8_t { None, Ip, Mpls };
+  uint32_t id = 0;
+  Family family = Family::V4;  // family of the routes that use it
+  Encap encap = Encap::None;
+  std::optional<IpAddress> encapDst;  // Ip: outer destination (the pod)
+  uint8_t ttl = 64;
+  uint32_t mplsLabel = 0;
+  std::optional<IpAddress> gateway;  // Mpls: via
+  std::string dev;                   // output device name
+  auto key() const { return std::tie(family, encap, encapDst, ttl, mplsLabel, gateway, dev); }
+  bool sameConfig(const Nexthop& o) const { return id == o.id && key() == o.key(); }
+};
+
+struct RouteKey {
+  Family family;
+  uint32_t table;
+  IpAddress dst;
+  uint8_t prefixLen;
+  auto operator<=>(const RouteKey&) const = default;
+};
+
+/** A unicast route in an owned table. Either via a nexthop object or directly out of a dev. */
+struct Route {
+  RouteKey key;
+  uint32_t nhid = 0;
+  std::string dev;  // when nhid == 0
+  bool sameConfig(const Route& o) const { return key == o.key && nhid == o.nhid && dev == o.dev; }
+};
+
+/** ip rule: fwmark → table, at an owned priority. */
+struct Rule {
+  Family family = Family::V4;
+  uint32_t priority = 0;
+  uint32_t fwmark = 0;
+  uint32_t table = 0;
+  auto operator<=>(const Rule&) const = default;
+};
+
+struct Address {
+  std::string dev;
+  IpAddress ip;
+  uint8_t prefixLen = 32;
+  auto operator<=>(const Address&) const = default;
+};
+
+/** The router's nftables state. The skeleton (chains, rules) is identified by a hash kept in
+ *  the table's comment; the set/map contents are diffed element by element. */
+struct NftState {
+  bool present = false;
+  std::string skeleton;  // full text of table, chains, rules and empty sets (see nft_render)
+  std::string skeletonId;  // short hash of skeleton, stored as the table comment
+  std::set<IpAddress> vips;
+  /** (vip, bucket) → fwmark */
+  std::map<std::pair<IpAddress, uint32_t>, uint32_t> buckets;
+  bool operator==(const NftState&) const = default;
+};
+
+/** Everything the router role owns in its network namespace. */
+struct RouterState {
+  std::vector<Link> links;
+  std::vector<Nexthop> nexthops;  // sorted by id
+  std::vector<Route> routes;      // sorted by key
+  std::vector<Rule> rules;        // sorted
+  NftState nft;
+};
+
+/** What the agent owns inside one pod's network namespace. */
+struct PodState {
+  std::vector<Link> links;
+  std::vector<Address> addresses;  // on owned links (or lo, for MPLS)
+  bool mplsLabelRoute = false;     // MPLS mode: label popped to lo
+  bool operator==(const PodState& o) const = default;
+};
+bool operator==(const Link& a, const Link& b);
+
+}  // namespace kst::dp

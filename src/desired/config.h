@@ -1,0 +1,45 @@
+// Dataplane configuration shared by the desired-state computation and the reconcilers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace kst {
+
+enum class Mode : uint8_t {
+  VxlanGpe,  // flow-based: one `vxlan external gpe` device, encap ip per endpoint
+  Ipip,      // flow-based: one `ipip external` device
+  GreFlow,   // flow-based: one `gre external` device
+  Gre,       // the original: one GRE interface per endpoint
+  Mpls,      // the original: encap mpls <label> via <pod>
+};
+const char* modeName(Mode m);
+/** Accepts vxlan-gpe, ipip, gre-flow, gre, mpls (case-insensitive). */
+bool parseMode(const std::string& s, Mode& out);
+inline bool isFlowMode(Mode m) { return m == Mode::VxlanGpe || m == Mode::Ipip || m == Mode::GreFlow; }
+
+struct DataplaneConfig {
+  Mode mode = Mode::VxlanGpe;
+  uint32_t buckets = 64;
+  uint32_t hashSeed = 0x2a;
+  /** First routing table and fwmark; slot s uses table/mark tableOffset + s. */
+  uint32_t tableOffset = 1000;
+  /** Highest number of slots (tables, rules) the daemon may use: the table range it owns. */
+  uint32_t maxSlots = 256;
+  /** Priority of the rule of slot 0; slot s uses rulePriority + s. */
+  uint32_t rulePriority = 1000;
+  uint8_t routeProtocol = 211;
+  uint32_t nexthopIdBase = 0x4b530000;  // owned nexthop id range [base, base + 2^16)
+  std::string linkPrefix = "kst";
+  std::string nftTable = "kube_service_tunnel";
+  uint16_t vxlanPort = 4790;
+  uint8_t ttl = 64;
+  uint32_t mplsLabel = 100;
+  uint32_t flowTimeoutSeconds = 120;
+  uint32_t flowTableSize = 65536;
+
+  std::string tunnelLinkName() const;
+  uint32_t nexthopIdEnd() const { return nexthopIdBase + 0x10000; }
+};
+
+}  // namespace kst

@@ -1,0 +1,140 @@
+#include "desired/nft_render.h"
+
+#include <fmt/format.h>
+
+#include "hashing/maglev.h"
+
+namespace kst {
+
+namespace {
+
+constexpr uint32_t kFlowSeedA = 0x6b737431, kFlowSeedB = 0x6b737432;
+
+std::string familyRules(const DataplaneConfig& cfg, bool v6) {
+  const char* ip = v6 ? "ip6" : "ip";
+  const char* n = v6 ? "6" : "4";
+  std::string flowKey =
+      v6 ? fmt::format("jhash ip6 saddr . ip6 daddr . th sport . th dport mod 4294967295 seed "
+                       "{:#x} . jhash ip6 saddr . ip6 daddr . th sport . th dport mod 4294967295 "
+                       "seed {:#x}",
+                       kFlowSeedA, kFlowSeedB)
+         : std::string("ip saddr . th sport . ip daddr . th dport");
+  std::string l4 = "meta l4proto { tcp, udp, sctp }";
+  std::string r;
+  auto line = [&](const std::string& s) { r += "    " + std::string(ip) + " daddr @vip" + n + " " + s + "\n"; };
+  line(fmt::format("{} meta mark set {} map @flow{}", l4, flowKey, n));
+  line(fmt::format("meta mark 0 {} meta mark set jhash {ip} saddr . {ip} daddr . th sport . th "
+                   "dport mod {} seed {:#x} offset {:#x}",
+                   l4, cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
+  line(fmt::format("meta mark 0 meta mark set jhash {ip} saddr . {ip} daddr mod {} seed {:#x} "
+                   "offset {:#x}",
+                   cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
+  line(fmt::format("meta mark >= {:#x} meta mark set {} daddr . meta mark map @b2s{}",
+                   kBucketMarkBase, ip, n));
+  line(fmt::format("meta mark {{ 0, {:#x}-0xffffffff }} counter drop", kBucketMarkBase));
+  line(fmt::format("{} update @flow{} {{ {} : meta mark }}", l4, n, flowKey));
+  return r;
+}
+
+}  // namespace
+
+std::string renderSkeleton(const DataplaneConfig& cfg) {
+  std::string flowOpts = fmt::format("flags dynamic,timeout; timeout {}s; size {};",
+                                     cfg.flowTimeoutSeconds, cfg.flowTableSize);
+  std::string body;
+  body += "  set vip4 { type ipv4_addr; }\n";
+  body += "  set vip6 { type ipv6_addr; }\n";
+  body += "  map b2s4 { typeof ip daddr . meta mark : meta mark; }\n";
+  body += "  map b2s6 { typeof ip6 daddr . meta mark : meta mark; }\n";
+  body += fmt::format(
+      "  map flow4 {{ typeof ip saddr . th sport . ip daddr . th dport : meta mark; {} }}\n",
+      flowOpts);
+  body += fmt::format(
+      "  map flow6 {{ typeof numgen inc mod 2 . numgen inc mod 2 : meta mark; {} }}\n", flowOpts);
+  body += "  chain classify {\n";
+  body += "    type filter hook prerouting priority mangle; policy accept;\n";
+  body += familyRules(cfg, false);
+  body += familyRules(cfg, true);
+  body += "  }\n";
+  return body;
+}
+
+std::string skeletonId(const std::string& skeleton) {
+  return fmt::format("{:016x}", stableHash(skeleton, 1));
+}
+
+namespace {
+
+std::string elementKey(const std::pair<IpAddress, uint32_t>& k) {
+  return fmt::format("{} . {:#x}", k.first.str(), kBucketMarkBase + k.second);
+}
+
+// Emits "add/delete element" commands in chunks so a single command line stays small.
+void emit(std::string& out, const std::string& verb, const std::string& table,
+          const std::string& set, const std::vector<std::string>& items) {
+  constexpr size_t kChunk = 2048;
+  for (size_t i = 0; i < items.size(); i += kChunk) {
+    out += fmt::format("{} element inet {} {} {{ ", verb, table, set);
+    for (size_t j = i; j < std::min(items.size(), i + kChunk); ++j) {
+      if (j > i) out += ", ";
+      out += items[j];
+    }
+    out += " }\n";
+  }
+}
+
+}  // namespace
+
+std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& desired,
+                             const dp::NftState& observed, size_t* elementChanges) {
+  std::string out;
+  size_t changes = 0;
+  if (!desired.present) {
+    if (elementChanges) *elementChanges = 0;
+    return observed.present ? renderNftDelete(cfg) : std::string();
+  }
+  const bool rebuild = !observed.present || observed.skeletonId != desired.skeletonId;
+  const dp::NftState empty;
+  const dp::NftState& base = rebuild ? empty : observed;
+  if (rebuild) {
+    if (observed.present) out += fmt::format("delete table inet {}\n", cfg.nftTable);
+    out += fmt::format("table inet {} {{\n  comment \"kst:{}\"\n{}}}\n", cfg.nftTable,
+                       desired.skeletonId, desired.skeleton);
+  }
+  // Deletions first (a changed bucket is delete + add of the same key, atomic in one batch).
+  std::vector<std::string> del4, del6, delv4, delv6, add4, add6, addv4, addv6;
+  for (auto& [k, mark] : base.buckets) {
+    auto it = desired.buckets.find(k);
+    if (it == desired.buckets.end() || it->second != mark)
+      (k.first.isV4() ? del4 : del6).push_back(elementKey(k));
+  }
+  for (auto& [k, mark] : desired.buckets) {
+    auto it = base.buckets.find(k);
+    if (it == base.buckets.end() || it->second != mark)
+      (k.first.isV4() ? add4 : add6).push_back(fmt::format("{} : {}", elementKey(k), mark));
+  }
+  for (auto& v : base.vips)
+    if (!desired.vips.contains(v)) (v.isV4() ? delv4 : delv6).push_back(v.str());
+  for (auto& v : desired.vips)
+    if (!base.vips.contains(v)) (v.isV4() ? addv4 : addv6).push_back(v.str());
+  // Order for hitlessness: a removed VIP leaves the set before its buckets go; a new VIP's
+  // buckets exist before the VIP enters the set.
+  emit(out, "delete", cfg.nftTable, "vip4", delv4);
+  emit(out, "delete", cfg.nftTable, "vip6", delv6);
+  emit(out, "delete", cfg.nftTable, "b2s4", del4);
+  emit(out, "delete", cfg.nftTable, "b2s6", del6);
+  emit(out, "add", cfg.nftTable, "b2s4", add4);
+  emit(out, "add", cfg.nftTable, "b2s6", add6);
+  emit(out, "add", cfg.nftTable, "vip4", addv4);
+  emit(out, "add", cfg.nftTable, "vip6", addv6);
+  changes = del4.size() + del6.size() + delv4.size() + delv6.size() + add4.size() + add6.size() +
+            addv4.size() + addv6.size();
+  if (elementChanges) *elementChanges = changes;
+  return out;
+}
+
+std::string renderNftDelete(const DataplaneConfig& cfg) {
+  return fmt::format("delete table inet {}\n", cfg.nftTable);
+}
+
+}  // namespace kst

@@ -1,0 +1,41 @@
+// nftables text for the router's classifier, rendered from configuration (pure).
+//
+// Classification, per family (IPv4 shown):
+//   1. flow table hit         → mark = the slot the flow was pinned to (draining, failover)
+//   2. otherwise              → mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
+//      (ICMP and other protocols without ports hash saddr . daddr only)
+//   3. mark ≥ 0x40000000      → mark = b2s[daddr . mark]   (bucket → slot mark)
+//   4. still unresolved       → drop (a VIP with no endpoint must not leak to the main table)
+//   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (refreshes the timeout)
+// nft 1.0.6 (Debian 12) aborts on concatenations wider than 16 bytes in dynamic-set updates and
+// on `ip6 daddr . jhash(...)`; hence the two-step bucket lookup and the IPv6 flow key made of
+// two 32-bit jhashes with different seeds (collision odds ≈ entries / 2^64).
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "dataplane/types.h"
+#include "desired/config.h"
+
+namespace kst {
+
+constexpr uint32_t kBucketMarkBase = 0x40000000;
+
+/** Table, sets, maps and chain, without elements. */
+std::string renderSkeleton(const DataplaneConfig& cfg);
+/** Short stable hash of a skeleton text; kept as the table comment "kst:<id>". */
+std::string skeletonId(const std::string& skeleton);
+
+/**
+ * One nft script that turns `observed` into `desired` atomically: the whole table is
+ * (re)created when the skeleton differs, otherwise only element additions and deletions.
+ * Empty when nothing differs.
+ */
+std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& desired,
+                             const dp::NftState& observed, size_t* elementChanges = nullptr);
+
+/** Script that deletes the table (cleanup). */
+std::string renderNftDelete(const DataplaneConfig& cfg);
+
+}  // namespace kst

@@ -1,0 +1,236 @@
+#include "desired/router.h"
+
+#include <algorithm>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "desired/nft_render.h"
+#include "hashing/maglev.h"
+
+namespace kst {
+
+std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint) {
+  std::string suffix = endpoint.isV4()
+                           ? endpoint.hex()
+                           : fmt::format("{:012x}", stableHash(endpoint.str(), 6) >> 16);
+  return cfg.linkPrefix + suffix;
+}
+
+Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConfig& cfg) {
+  Allocations a;
+  std::map<uint32_t, const dp::Nexthop*> byId;
+  for (const auto& nh : observed.nexthops) {
+    byId[nh.id] = &nh;
+    a.nexthopIds.emplace(nh.key(), nh.id);
+  }
+  for (const auto& r : observed.routes) {
+    if (r.key.table < cfg.tableOffset || r.key.table >= cfg.tableOffset + cfg.maxSlots) continue;
+    uint32_t slot = r.key.table - cfg.tableOffset;
+    std::optional<IpAddress> ep;
+    if (r.nhid) {
+      auto it = byId.find(r.nhid);
+      if (it == byId.end()) continue;
+      const auto& nh = *it->second;
+      ep = nh.encap == dp::Nexthop::Encap::Ip ? nh.encapDst : nh.gateway;
+      if (!ep) {
+        // GRE per endpoint: the endpoint is the remote of the link.
+        for (const auto& l : observed.links)
+          if (l.name == nh.dev && l.remote) ep = l.remote;
+      }
+    }
+    if (ep) a.slots[r.key.dst].emplace(*ep, slot);
+  }
+  return a;
+}
+
+RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior) {
+  RouterPlan plan;
+  for (const auto& svc : model.services) {
+    VipPlan vp{svc.key, svc.vip, svc.endpoints, {}, {}};
+    // Sticky slots first, then the lowest free ones in address order.
+    std::set<uint32_t> used;
+    vp.slots.assign(vp.endpoints.size(), UINT32_MAX);
+    auto pit = prior.slots.find(svc.vip);
+    if (pit != prior.slots.end()) {
+      for (size_t i = 0; i < vp.endpoints.size(); ++i) {
+        auto s = pit->second.find(vp.endpoints[i].ip);
+        if (s != pit->second.end() && s->second < cfg.maxSlots && used.insert(s->second).second)
+          vp.slots[i] = s->second;
+      }
+    }
+    uint32_t nextFree = 0;
+    std::vector<Endpoint> kept;
+    std::vector<uint32_t> keptSlots;
+    for (size_t i = 0; i < vp.endpoints.size(); ++i) {
+      if (vp.slots[i] == UINT32_MAX) {
+        while (used.contains(nextFree)) ++nextFree;
+        if (nextFree >= cfg.maxSlots) {
+          plan.problems.push_back(
+              {Problem::Kind::TooManyEndpoints, svc.key,
+               fmt::format("VIP {} has more than {} endpoints (--max-slots); endpoint {} gets no "
+                           "traffic",
+                           svc.vip.str(), cfg.maxSlots, vp.endpoints[i].ip.str())});
+          continue;
+        }
+        vp.slots[i] = nextFree;
+        used.insert(nextFree);
+      }
+      kept.push_back(vp.endpoints[i]);
+      keptSlots.push_back(vp.slots[i]);
+    }
+    vp.endpoints = std::move(kept);
+    vp.slots = std::move(keptSlots);
+    for (uint32_t s : vp.slots) plan.slotCount = std::max(plan.slotCount, s + 1);
+
+    // Buckets: Maglev over the endpoints that take new flows.
+    std::vector<std::string> ids;
+    std::vector<int32_t> idx;
+    for (size_t i = 0; i < vp.endpoints.size(); ++i) {
+      if (vp.endpoints[i].draining) continue;
+      ids.push_back(vp.endpoints[i].ip.str());
+      idx.push_back(static_cast<int32_t>(i));
+    }
+    if (ids.size() > cfg.buckets) {
+      plan.problems.push_back(
+          {Problem::Kind::TooManyEndpoints, svc.key,
+           fmt::format("VIP {} has {} ready endpoints but only {} buckets (--buckets): {} "
+                       "endpoints get no new flows; raise --buckets",
+                       svc.vip.str(), ids.size(), cfg.buckets, ids.size() - cfg.buckets)});
+    }
+    auto table = maglevTable(ids, cfg.buckets);
+    vp.buckets.assign(cfg.buckets, -1);
+    for (size_t b = 0; b < table.size(); ++b) vp.buckets[b] = idx[table[b]];
+    plan.vips.push_back(std::move(vp));
+  }
+  return plan;
+}
+
+namespace {
+
+dp::Nexthop nexthopFor(const DataplaneConfig& cfg, const Allocations& prior, Family routeFamily,
+                       const IpAddress& ep) {
+  dp::Nexthop nh;
+  nh.family = routeFamily;
+  switch (cfg.mode) {
+    case Mode::VxlanGpe:
+    case Mode::Ipip:
+    case Mode::GreFlow:
+      nh.encap = dp::Nexthop::Encap::Ip;
+      nh.encapDst = ep;
+      nh.ttl = cfg.ttl;
+      nh.dev = cfg.tunnelLinkName();
+      break;
+    case Mode::Gre:
+      nh.dev = greLinkName(cfg, ep);
+      nh.ttl = 0;
+      break;
+    case Mode::Mpls: {
+      nh.encap = dp::Nexthop::Encap::Mpls;
+      nh.mplsLabel = cfg.mplsLabel;
+      nh.gateway = ep;
+      nh.ttl = 0;
+      auto it = prior.mplsDevice.find(ep);
+      if (it != prior.mplsDevice.end()) nh.dev = it->second;
+      break;
+    }
+  }
+  return nh;
+}
+
+}  // namespace
+
+dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior) {
+  dp::RouterState st;
+  // Links.
+  if (isFlowMode(cfg.mode) && !plan.vips.empty()) {
+    dp::Link l;
+    l.name = cfg.tunnelLinkName();
+    l.external = true;
+    l.kind = cfg.mode == Mode::VxlanGpe ? dp::Link::Kind::VxlanGpe
+             : cfg.mode == Mode::Ipip   ? dp::Link::Kind::Ipip
+                                        : dp::Link::Kind::Gre;
+    if (cfg.mode == Mode::VxlanGpe) l.port = cfg.vxlanPort;
+    st.links.push_back(l);
+  }
+  // Nexthops: one per (route family, endpoint); ids sticky.
+  std::set<uint32_t> usedIds;
+  for (auto& [k, id] : prior.nexthopIds) usedIds.insert(id);
+  std::map<std::pair<Family, IpAddress>, uint32_t> nhOf;
+  std::set<std::string> greLinks;
+  uint32_t nextId = cfg.nexthopIdBase;
+  std::set<uint32_t> assigned;
+  for (auto& vp : plan.vips) {
+    for (auto& ep : vp.endpoints) {
+      auto key = std::make_pair(vp.vip.family(), ep.ip);
+      if (nhOf.contains(key)) continue;
+      dp::Nexthop nh = nexthopFor(cfg, prior, vp.vip.family(), ep.ip);
+      if (cfg.mode == Mode::Mpls && nh.dev.empty()) {
+        plan.problems.push_back(
+            {Problem::Kind::TooManyEndpoints, vp.service,
+             fmt::format("MPLS mode: endpoint {} is not directly connected to this router; MPLS "
+                         "needs the router role on a node adjacent to the pod (e.g. every node)",
+                         ep.ip.str())});
+        continue;
+      }
+      auto pit = prior.nexthopIds.find(nh.key());
+      if (pit != prior.nexthopIds.end() && !assigned.contains(pit->second)) {
+        nh.id = pit->second;
+      } else {
+        while (usedIds.contains(nextId) || assigned.contains(nextId)) ++nextId;
+        nh.id = nextId++;
+      }
+      assigned.insert(nh.id);
+      nhOf.emplace(key, nh.id);
+      if (cfg.mode == Mode::Gre && greLinks.insert(nh.dev).second) {
+        dp::Link l;
+        l.name = nh.dev;
+        l.kind = ep.ip.isV4() ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
+        l.remote = ep.ip;
+        st.links.push_back(l);
+      }
+      st.nexthops.push_back(nh);
+    }
+  }
+  std::sort(st.nexthops.begin(), st.nexthops.end(),
+            [](auto& a, auto& b) { return a.id < b.id; });
+
+  // Routes: VIP in the table of each endpoint's slot.
+  for (auto& vp : plan.vips) {
+    for (size_t i = 0; i < vp.endpoints.size(); ++i) {
+      auto it = nhOf.find({vp.vip.family(), vp.endpoints[i].ip});
+      if (it == nhOf.end()) continue;
+      dp::Route r;
+      r.key = {vp.vip.family(), cfg.tableOffset + vp.slots[i], vp.vip, vp.vip.hostPrefixLen()};
+      r.nhid = it->second;
+      st.routes.push_back(r);
+    }
+  }
+  std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
+
+  // Rules: one per slot and family in use.
+  bool any4 = false, any6 = false;
+  for (auto& vp : plan.vips) (vp.vip.isV4() ? any4 : any6) = true;
+  for (uint32_t s = 0; s < plan.slotCount; ++s) {
+    if (any4) st.rules.push_back({Family::V4, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
+    if (any6) st.rules.push_back({Family::V6, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
+  }
+  std::sort(st.rules.begin(), st.rules.end());
+
+  // nftables.
+  st.nft.present = !plan.vips.empty();
+  st.nft.skeleton = renderSkeleton(cfg);
+  st.nft.skeletonId = skeletonId(st.nft.skeleton);
+  for (auto& vp : plan.vips) {
+    st.nft.vips.insert(vp.vip);
+    for (uint32_t b = 0; b < vp.buckets.size(); ++b) {
+      int32_t e = vp.buckets[b];
+      if (e < 0) continue;
+      if (!nhOf.contains({vp.vip.family(), vp.endpoints[e].ip})) continue;
+      st.nft.buckets.emplace(std::make_pair(vp.vip, b), cfg.tableOffset + vp.slots[e]);
+    }
+  }
+  return st;
+}
+
+}  // namespace kst

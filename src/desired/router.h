@@ -1,0 +1,63 @@
+// Router role, pure: model → bucket tables → kernel objects.
+//
+//   packet to VIP ─ nft: flow table hit? ─ yes → mark = slot of that flow's endpoint
+//                        │ no
+//                        └ mark = b2s[VIP . jhash(5-tuple, seed) mod B]   (bucket → slot)
+//   ip rule fwmark (tableOffset + s) → table (tableOffset + s): VIP → nexthop(endpoint) → encap
+//
+// A *slot* is a per-VIP position of an endpoint: table tableOffset+s holds, for every VIP, the
+// route to that VIP's endpoint in slot s. Buckets (B, the hash space) and slots (≥ endpoints
+// per VIP) are independent, so more endpoints than buckets never needs more tables and a
+// draining endpoint keeps its slot (its established flows stay routable) while losing all
+// its buckets. Slots are sticky: an endpoint keeps the slot the kernel already has for it;
+// new endpoints take the lowest free slot in address order. Bucket → endpoint is Maglev
+// over the identity set only (hashing/maglev.h), identical on every router.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "dataplane/types.h"
+#include "desired/config.h"
+#include "model/model.h"
+
+namespace kst {
+
+struct VipPlan {
+  ObjectKey service;
+  IpAddress vip;
+  std::vector<Endpoint> endpoints;  // sorted by IP
+  std::vector<uint32_t> slots;      // slot of endpoints[i]
+  std::vector<int32_t> buckets;     // bucket → index into endpoints, -1 when none
+};
+
+struct RouterPlan {
+  std::vector<VipPlan> vips;  // sorted by VIP
+  uint32_t slotCount = 0;
+  std::vector<Problem> problems;
+};
+
+/** Allocations the kernel already holds, recovered from observed state (sticky ids). */
+struct Allocations {
+  std::map<IpAddress, std::map<IpAddress, uint32_t>> slots;  // vip → endpoint → slot
+  std::map<std::tuple<Family, dp::Nexthop::Encap, std::optional<IpAddress>, uint8_t, uint32_t,
+                      std::optional<IpAddress>, std::string>,
+           uint32_t>
+      nexthopIds;  // Nexthop::key() → id
+  /** MPLS mode: the device through which each endpoint is directly reachable. */
+  std::map<IpAddress, std::string> mplsDevice;
+};
+
+Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConfig& cfg);
+
+RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior);
+
+/** The kernel objects for a plan. Problems (e.g. unreachable MPLS endpoint) are appended. */
+dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior);
+
+/** Name of the per-endpoint GRE link on the router (the original's "ts" + hex IP idea). */
+std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint);
+
+}  // namespace kst

@@ -1,0 +1,180 @@
+// kube-service-tunnel: makes externally routable VIPs arrive as normal IP packets in pods.
+// main() only parses flags and wires real implementations together (Envoy's source/exe rule).
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "daemon/daemon.h"
+#include "desired/nft_render.h"
+#include "linux/netlink_client.h"
+#include "linux/netns.h"
+#include "linux/netns_provider.h"
+#include "linux/nft_client.h"
+#include "source/manifest_source.h"
+
+namespace {
+
+kst::Daemon* gDaemon = nullptr;
+
+void onSignal(int) {
+  if (gDaemon) gDaemon->stop();
+}
+
+struct Flags {
+  std::string nodeName;
+  std::string role = "both";
+  std::string mode = "vxlan-gpe";
+  std::string manifests;
+  std::string annotation = "cmd.nu/tunnel";
+  std::vector<std::string> netnsDirs{"/run/netns", "/var/run/netns"};
+  bool scanProc = true;
+  int resyncSeconds = 60;
+  std::string logLevel = "info";
+  bool once = false;
+  kst::DataplaneConfig dp;
+};
+
+void addCommon(CLI::App* app, Flags& f) {
+  app->add_option("--node-name", f.nodeName, "This node's name (matches EndpointSlice nodeName)")
+      ->envname("NODE_NAME");
+  app->add_option("--role", f.role, "router (tunnel node), agent (pod side) or both")
+      ->envname("TUNNEL_ROLE")
+      ->check(CLI::IsMember({"router", "agent", "both"}));
+  app->add_option("--mode", f.mode,
+                  "Encapsulation: vxlan-gpe | ipip | gre-flow (flow-based, one collect-metadata "
+                  "device) | gre (one GRE interface per endpoint) | mpls")
+      ->envname("TUNNEL_ROUTER_MODE");
+  app->add_option("--buckets", f.dp.buckets, "Hash buckets per VIP (B)")
+      ->envname("TUNNEL_ROUTER_BUCKETS")
+      ->check(CLI::Range(1u, 1u << 20));
+  app->add_option("--hash-seed", f.dp.hashSeed,
+                  "jhash seed; must be identical on every router for hitless failover")
+      ->envname("TUNNEL_HASH_SEED");
+  app->add_option("--manifests", f.manifests,
+                  "Directory of Kubernetes YAML manifests (Services, EndpointSlices) to follow")
+      ->envname("TUNNEL_MANIFESTS");
+  app->add_option("--annotation", f.annotation, "Service annotation holding the VIP")
+      ->envname("TUNNEL_ROUTER_TUNNEL_ANNOTATION");
+  app->add_option("--table-offset", f.dp.tableOffset,
+                  "First routing table id and fwmark owned (slot s uses offset+s)")
+      ->envname("TUNNEL_ROUTER_TABLE_OFFSET")
+      ->check(CLI::Range(1u, 0x3fff0000u));
+  app->add_option("--max-slots", f.dp.maxSlots, "Tables/rules owned: max endpoints per VIP")
+      ->envname("TUNNEL_MAX_SLOTS");
+  app->add_option("--rule-priority", f.dp.rulePriority, "Priority of the first owned ip rule")
+      ->envname("TUNNEL_RULE_PRIORITY");
+  app->add_option("--route-protocol", f.dp.routeProtocol,
+                  "rtnetlink protocol number tagging owned routes, rules, nexthops, addresses")
+      ->envname("TUNNEL_ROUTE_PROTOCOL");
+  app->add_option("--link-prefix", f.dp.linkPrefix, "Name prefix of owned interfaces")
+      ->envname("TUNNEL_LINK_PREFIX");
+  app->add_option("--nft-table", f.dp.nftTable, "Name of the owned nftables table (inet family)")
+      ->envname("TUNNEL_NFT_TABLE");
+  app->add_option("--vxlan-port", f.dp.vxlanPort, "UDP port of vxlan-gpe")->envname("TUNNEL_VXLAN_PORT");
+  app->add_option("--flow-timeout", f.dp.flowTimeoutSeconds,
+                  "Seconds an idle flow stays pinned to its endpoint (draining, failover)")
+      ->envname("TUNNEL_FLOW_TIMEOUT");
+  app->add_option("--mpls-label", f.dp.mplsLabel, "MPLS label popped in pods")->envname("TUNNEL_MPLS_LABEL");
+  app->add_option("--netns-dir", f.netnsDirs, "Directories of namespace bind mounts to scan")
+      ->envname("TUNNEL_NETNS_DIRS");
+  app->add_option("--scan-proc", f.scanProc, "Also scan /proc/<pid>/ns/net (needs hostPID)")
+      ->envname("TUNNEL_SCAN_PROC");
+  app->add_option("--log-level", f.logLevel, "trace|debug|info|warn|error")->envname("TUNNEL_LOG_LEVEL");
+}
+
+bool finish(Flags& f) {
+  spdlog::set_level(spdlog::level::from_str(f.logLevel));
+  if (!kst::parseMode(f.mode, f.dp.mode)) {
+    spdlog::error("unknown --mode {:?}", f.mode);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kube-service-tunnel: VIPs delivered as normal IP packets inside pods"};
+  app.require_subcommand(1);
+  Flags f;
+  auto* run = app.add_subcommand("run", "Run the daemon");
+  addCommon(run, f);
+  run->add_option("--resync-interval", f.resyncSeconds, "Seconds between full resyncs")
+      ->envname("TUNNEL_RESYNC_INTERVAL");
+  run->add_flag("--once", f.once, "One reconcile pass, then exit (0 = converged)");
+  auto* cleanup = app.add_subcommand("cleanup", "Remove every kernel object this daemon owns on this node");
+  addCommon(cleanup, f);
+  auto* version = app.add_subcommand("version", "Print the version");
+  CLI11_PARSE(app, argc, argv);
+
+  if (version->parsed()) {
+    std::cout << "kube-service-tunnel 0.1.0\n";
+    return 0;
+  }
+  if (!finish(f)) return 2;
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  bool router = f.role != "agent", agent = f.role != "router";
+
+  auto sock = kst::nl::Socket::open();
+  if (!sock) {
+    spdlog::error("{}", sock.error().message);
+    return 1;
+  }
+  kst::NetlinkClientImpl nl(std::move(*sock), f.dp);
+  kst::NftClientImpl nft(f.dp);
+  kst::NetnsProviderImpl nsp(f.dp, f.netnsDirs, f.scanProc);
+  kst::RouterReconciler rr(f.dp, nl, nft);
+  kst::AgentReconciler ar(f.dp, f.nodeName, nsp);
+
+  if (cleanup->parsed()) {
+    int rc = 0;
+    if (router) {
+      auto r = rr.cleanup();
+      if (!r || !r->ok()) rc = 1;
+      if (r) spdlog::info("router cleanup: {} objects removed", r->changes);
+      else spdlog::error("router cleanup: {}", r.error().message);
+    }
+    if (agent) {
+      auto r = ar.cleanup();
+      if (!r || !r->ok()) rc = 1;
+      if (r) spdlog::info("agent cleanup: {} objects removed", r->changes);
+    }
+    return rc;
+  }
+
+  if (f.manifests.empty()) {
+    spdlog::error("no source: give --manifests DIR (the Kubernetes API source is --kubeconfig)");
+    return 2;
+  }
+  if (agent && f.nodeName.empty()) {
+    spdlog::error("--node-name is required for the agent role");
+    return 2;
+  }
+  if (router) {
+    // A tunnel node forwards VIP traffic.
+    (void)kst::writeSysctl("net/ipv4/ip_forward", "1");
+    (void)kst::writeSysctl("net/ipv6/conf/all/forwarding", "1");
+  }
+  kst::ManifestSource source(f.manifests);
+  kst::DaemonOptions opts;
+  opts.router = router;
+  opts.agent = agent;
+  opts.nodeName = f.nodeName;
+  opts.model.annotation = f.annotation;
+  opts.resyncInterval = std::chrono::seconds(f.resyncSeconds);
+  opts.once = f.once;
+  kst::Daemon daemon(opts, source, router ? &rr : nullptr, agent ? &ar : nullptr);
+  gDaemon = &daemon;
+  std::signal(SIGTERM, onSignal);
+  std::signal(SIGINT, onSignal);
+  spdlog::info("kube-service-tunnel starting: role={} mode={} node={} buckets={} seed={:#x} source={}",
+               f.role, kst::modeName(f.dp.mode), f.nodeName, f.dp.buckets, f.dp.hashSeed,
+               source.name());
+  int rc = daemon.run();
+  spdlog::info("kube-service-tunnel stopped (kernel state left in place)");
+  return rc;
+}

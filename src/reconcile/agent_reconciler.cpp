@@ -1,0 +1,151 @@
+#include "reconcile/agent_reconciler.h"
+
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "dataplane/diff.h"
+
+namespace kst {
+
+AgentReconciler::AgentReconciler(const DataplaneConfig& cfg, std::string nodeName,
+                                 NetnsProvider& ns)
+    : cfg_(cfg), node_(std::move(nodeName)), ns_(ns) {}
+
+Status AgentReconciler::refreshIndex() {
+  podNs_.clear();
+  for (const auto& ns : ns_.list()) {
+    auto c = ns_.client(ns);
+    if (!c) continue;  // vanished or not accessible: not a candidate
+    auto addrs = (*c)->addresses(false);
+    if (!addrs) {
+      ns_.forget(ns);
+      continue;
+    }
+    auto links = (*c)->links();
+    bool owned = false;
+    if (links)
+      for (auto& l : *links)
+        if (l.name.starts_with(cfg_.linkPrefix)) owned = true;
+    auto ownedAddrs = (*c)->addresses(true);
+    std::set<IpAddress> skip;
+    if (ownedAddrs) {
+      for (auto& a : *ownedAddrs) skip.insert(a.ip);
+      if (!ownedAddrs->empty()) owned = true;
+    }
+    if (owned) managed_.emplace(ns.id, ns);
+    for (auto& a : *addrs) {
+      if (a.dev == "lo" || skip.contains(a.ip)) continue;
+      if (a.ip.isV6() && a.ip.data()[0] == 0xfe && (a.ip.data()[1] & 0xc0) == 0x80) continue;
+      podNs_.emplace(a.ip, ns);  // first wins; duplicates across namespaces are ambiguous
+    }
+  }
+  scannedOnce_ = true;
+  return {};
+}
+
+PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanAll) {
+  PassResult res;
+  std::set<std::string> wanted;
+  for (const auto& plan : plans) {
+    auto it = podNs_.find(plan.podIp);
+    if (it == podNs_.end()) {
+      res.failures.push_back(fmt::format(
+          "pod {} (service {}): no network namespace owns this address yet", plan.podIp.str(),
+          plan.services.front().str()));
+      continue;
+    }
+    const auto& ns = it->second;
+    wanted.insert(ns.id);
+    auto c = ns_.client(ns);
+    if (!c) {
+      res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), c.error().message));
+      ns_.forget(ns);
+      continue;
+    }
+    dp::PodState observed;
+    auto links = (*c)->links();
+    auto addrs = (*c)->addresses(true);
+    if (!links || !addrs) {
+      res.failures.push_back(fmt::format("pod {}: namespace {} vanished or unreadable",
+                                         plan.podIp.str(), ns.path));
+      ns_.forget(ns);
+      continue;
+    }
+    for (auto& l : *links)
+      if (l.name.starts_with(cfg_.linkPrefix)) observed.links.push_back(l);
+    observed.addresses = *addrs;
+    if (cfg_.mode == Mode::Mpls) {
+      auto pops = (*c)->mplsPops();
+      observed.mplsLabelRoute = pops && !pops->empty();
+    }
+    auto changes = dp::diffPod(plan.state, observed, cfg_.mplsLabel);
+    if (!changes.empty()) {
+      auto r = (*c)->apply(changes);
+      if (!r) {
+        res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), r.error().message));
+        continue;
+      }
+      res.changes += changes.size() - r->size();
+      for (auto& f : *r) res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), f));
+      for (auto& ch : changes) spdlog::debug("pod {}: {}", plan.podIp.str(), dp::describe(ch));
+    }
+    std::string linkName = cfg_.mode == Mode::Mpls ? "lo" : cfg_.tunnelLinkName();
+    if (auto s = ns_.prepare(ns, cfg_, linkName); !s)
+      res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), s.error().message));
+    managed_.emplace(ns.id, ns);
+  }
+  // Namespaces that hold owned objects but serve nothing any more.
+  for (auto it = managed_.begin(); it != managed_.end();) {
+    if (!cleanAll && wanted.contains(it->first)) {
+      ++it;
+      continue;
+    }
+    auto c = ns_.client(it->second);
+    bool gone = !c;
+    if (c) {
+      dp::PodState observed;
+      auto links = (*c)->links();
+      auto addrs = (*c)->addresses(true);
+      if (!links || !addrs) {
+        gone = true;
+      } else {
+        for (auto& l : *links)
+          if (l.name.starts_with(cfg_.linkPrefix)) observed.links.push_back(l);
+        observed.addresses = *addrs;
+        auto pops = (*c)->mplsPops();
+        observed.mplsLabelRoute = pops && !pops->empty();
+        auto changes = dp::diffPod({}, observed, cfg_.mplsLabel);
+        if (!changes.empty()) {
+          auto r = (*c)->apply(changes);
+          if (r) {
+            res.changes += changes.size() - r->size();
+            for (auto& f : *r) res.failures.push_back(f);
+          } else {
+            gone = true;
+          }
+        }
+      }
+    }
+    if (gone) ns_.forget(it->second);
+    it = managed_.erase(it);
+  }
+  return res;
+}
+
+Result<PassResult> AgentReconciler::reconcile(const Model& model) {
+  auto plans = planAgent(model, cfg_, node_);
+  bool missing = !scannedOnce_;
+  for (auto& p : plans)
+    if (!podNs_.contains(p.podIp)) missing = true;
+  if (missing) refreshIndex();
+  return apply(plans, false);
+}
+
+Result<PassResult> AgentReconciler::cleanup() {
+  refreshIndex();
+  return apply({}, true);
+}
+
+}  // namespace kst

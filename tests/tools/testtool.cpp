@@ -1,0 +1,261 @@
+// kst-testtool: the traffic side of the end-to-end tests and the demo.
+//   serve NAME [PORT]          TCP+UDP server; answers every request with "NAME <peer-ip>\n".
+//                              UDP replies leave from the address the request was sent to
+//                              (IP_PKTINFO), so a VIP request is answered from the VIP.
+//   tcp HOST PORT COUNT        COUNT connections (distinct source ports), prints each answer
+//   udp HOST PORT COUNT        COUNT datagrams from distinct sockets, prints each answer
+//   hold HOST PORT SECONDS N   N long-lived TCP connections exchanging a line every 50 ms;
+//                              prints "ok N" or "failed K" at the end (exit 1 on any failure)
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+bool resolve(const char* host, int port, sockaddr_storage& ss, socklen_t& len) {
+  std::memset(&ss, 0, sizeof ss);
+  auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    len = sizeof *s4;
+    return true;
+  }
+  if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(port);
+    len = sizeof *s6;
+    return true;
+  }
+  return false;
+}
+
+std::string peerString(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof buf);
+  else {
+    auto* a = &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a)) inet_ntop(AF_INET, &a->s6_addr[12], buf, sizeof buf);
+    else inet_ntop(AF_INET6, a, buf, sizeof buf);
+  }
+  return buf;
+}
+
+int serve(const std::string& name, int port) {
+  int t = socket(AF_INET6, SOCK_STREAM, 0);
+  int u = socket(AF_INET6, SOCK_DGRAM, 0);
+  int zero = 0, one = 1;
+  for (int s : {t, u}) {
+    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(port);
+    if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      perror("bind");
+      return 1;
+    }
+  }
+  setsockopt(u, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+  setsockopt(u, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+  listen(t, 1024);
+  std::thread([u, name] {
+    char buf[2048];
+    char cbuf[256];
+    while (true) {
+      sockaddr_storage peer{};
+      iovec iov{buf, sizeof buf};
+      msghdr m{};
+      m.msg_name = &peer;
+      m.msg_namelen = sizeof peer;
+      m.msg_iov = &iov;
+      m.msg_iovlen = 1;
+      m.msg_control = cbuf;
+      m.msg_controllen = sizeof cbuf;
+      ssize_t n = recvmsg(u, &m, 0);
+      if (n < 0) continue;
+      std::string reply = name + " " + peerString(peer) + "\n";
+      // Answer from the destination address of the request (the VIP): echo the pktinfo back.
+      iovec riov{reply.data(), reply.size()};
+      msghdr r{};
+      r.msg_name = &peer;
+      r.msg_namelen = m.msg_namelen;
+      r.msg_iov = &riov;
+      r.msg_iovlen = 1;
+      char rc[256] = {};
+      size_t clen = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) ||
+            (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO)) {
+          std::memcpy(rc + clen, c, c->cmsg_len);
+          auto* rcm = reinterpret_cast<cmsghdr*>(rc + clen);
+          if (rcm->cmsg_type == IP_PKTINFO) {
+            auto* pi = reinterpret_cast<in_pktinfo*>(CMSG_DATA(rcm));
+            pi->ipi_spec_dst = pi->ipi_addr;
+            pi->ipi_ifindex = 0;
+          } else {
+            reinterpret_cast<in6_pktinfo*>(CMSG_DATA(rcm))->ipi6_ifindex = 0;
+          }
+          clen += CMSG_SPACE(c->cmsg_len - CMSG_LEN(0));
+        }
+      }
+      r.msg_control = clen ? rc : nullptr;
+      r.msg_controllen = clen;
+      sendmsg(u, &r, 0);
+    }
+  }).detach();
+  while (true) {
+    sockaddr_storage peer{};
+    socklen_t pl = sizeof peer;
+    int c = accept(t, reinterpret_cast<sockaddr*>(&peer), &pl);
+    if (c < 0) continue;
+    std::thread([c, peer, name] {
+      std::string reply = name + " " + peerString(peer) + "\n";
+      char buf[512];
+      while (true) {
+        ssize_t n = read(c, buf, sizeof buf);
+        if (n <= 0) break;
+        if (write(c, reply.data(), reply.size()) < 0) break;
+      }
+      close(c);
+    }).detach();
+  }
+}
+
+int connectTo(const char* host, int port, int timeoutMs) {
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!resolve(host, port, ss, len)) return -1;
+  int s = socket(ss.ss_family, SOCK_STREAM, 0);
+  timeval tv{timeoutMs / 1000, (timeoutMs % 1000) * 1000};
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (connect(s, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    close(s);
+    return -1;
+  }
+  return s;
+}
+
+std::string exchange(int s) {
+  if (write(s, "hi\n", 3) != 3) return {};
+  char buf[512];
+  ssize_t n = read(s, buf, sizeof buf - 1);
+  if (n <= 0) return {};
+  buf[n] = 0;
+  std::string r(buf);
+  while (!r.empty() && r.back() == '\n') r.pop_back();
+  return r;
+}
+
+int tcp(const char* host, int port, int count) {
+  int fails = 0;
+  for (int i = 0; i < count; ++i) {
+    int s = connectTo(host, port, 2000);
+    std::string r = s >= 0 ? exchange(s) : "";
+    if (s >= 0) close(s);
+    if (r.empty()) {
+      ++fails;
+      std::printf("FAIL\n");
+    } else {
+      std::printf("%s\n", r.c_str());
+    }
+  }
+  return fails ? 1 : 0;
+}
+
+int udp(const char* host, int port, int count) {
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!resolve(host, port, ss, len)) return 2;
+  int fails = 0;
+  for (int i = 0; i < count; ++i) {
+    int s = socket(ss.ss_family, SOCK_DGRAM, 0);
+    timeval tv{1, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    // connect(): only a reply from the VIP itself is accepted, as a real client would.
+    connect(s, reinterpret_cast<sockaddr*>(&ss), len);
+    char buf[512];
+    ssize_t n = -1;
+    for (int attempt = 0; attempt < 3 && n <= 0; ++attempt) {
+      send(s, "hi\n", 3, 0);
+      n = recv(s, buf, sizeof buf - 1, 0);
+    }
+    close(s);
+    if (n <= 0) {
+      ++fails;
+      std::printf("FAIL\n");
+      continue;
+    }
+    buf[n] = 0;
+    std::string r(buf);
+    while (!r.empty() && r.back() == '\n') r.pop_back();
+    std::printf("%s\n", r.c_str());
+  }
+  return fails ? 1 : 0;
+}
+
+int hold(const char* host, int port, int seconds, int n) {
+  std::vector<int> socks;
+  std::vector<std::string> first;
+  for (int i = 0; i < n; ++i) {
+    int s = connectTo(host, port, 3000);
+    if (s < 0) {
+      std::printf("connect failed\n");
+      return 1;
+    }
+    socks.push_back(s);
+    first.push_back(exchange(s));
+  }
+  std::printf("established %d\n", n);
+  std::fflush(stdout);
+  int failed = 0;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  std::vector<bool> dead(n, false);
+  while (std::chrono::steady_clock::now() < end) {
+    for (int i = 0; i < n; ++i) {
+      if (dead[i]) continue;
+      std::string r = exchange(socks[i]);
+      if (r != first[i]) {
+        dead[i] = true;
+        ++failed;
+        std::printf("connection %d broke: %s -> %s\n", i, first[i].c_str(), r.c_str());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  for (int s : socks) close(s);
+  if (failed) {
+    std::printf("failed %d\n", failed);
+    return 1;
+  }
+  std::printf("ok %d\n", n);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "serve" && argc >= 3) return serve(argv[2], argc > 3 ? std::atoi(argv[3]) : 8080);
+  if (cmd == "tcp" && argc == 5) return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (cmd == "udp" && argc == 5) return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (cmd == "hold" && argc == 6)
+    return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
+  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp|udp HOST PORT COUNT | hold HOST PORT SECONDS N\n");
+  return 2;
+}
