@@ -148,7 +148,15 @@ DEB=$(find_deb)
 if [ -z "$DEB" ]; then
   # APT::Sandbox::User=root: the _apt user may not be able to write here.
   if ! (cd "$KST_VMWORK/debs" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KVERSION" >&2); then
-    kst_vm_log "download of $KPKG=$KVERSION failed; run apt-get update and try again"
+    # Outdated package lists name a version the mirror no longer has:
+    # update them and start over once (the version, hence the key, may change).
+    if [ -z "${KST_VM_RETRIED:-}" ]; then
+      kst_vm_log "download of $KPKG=$KVERSION failed; apt-get update and retry"
+      apt-get update -q >/dev/null 2>&1 || true
+      rm -rf "$BUILD" "$KST_VMWORK/resolved"
+      KST_VM_RETRIED=1 exec "$0" "$@"
+    fi
+    kst_vm_log "download of $KPKG=$KVERSION failed"
     exit 1
   fi
   DEB=$(find_deb)

@@ -101,8 +101,8 @@ cleanup() {
   rm -rf "$JOBDIR"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'echo "kst-vm: interrupted" >&2; exit 130' INT
+trap 'echo "kst-vm: terminated" >&2; exit 143' TERM
 {
   echo '#!/bin/bash'
   [ -n "${CI:-}" ] && printf 'export CI=%q\n' "$CI"
