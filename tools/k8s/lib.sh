@@ -54,22 +54,28 @@ k8s_launch() {
   k8s_log "started $name pid $pid"
 }
 
-# Stop NAME (TERM, then KILL after ~15 s). Idempotent.
+# Running = exists and is not a zombie (exited daemons are reparented to a subreaper that may
+# reap them late).
+k8s_pid_running() {
+  [[ -r "/proc/$1/stat" ]] || return 1
+  [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
+
+# Stop NAME: TERM, then KILL after $KST_K8S_STOP_GRACE seconds (default 5; kube-apiserver with open
+# watch connections usually sits in graceful shutdown far longer than that). Idempotent.
 k8s_kill() {
-  local dir="$1" name="$2" pid i
+  local dir="$1" name="$2" pid i grace="${KST_K8S_STOP_GRACE:-5}"
   if k8s_alive "$dir" "$name"; then
     pid="$(<"$dir/run/$name.pid")"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-      [[ -d "/proc/$pid" ]] || break
-      # a zombie child of ours counts as gone
-      [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == Z ]] && break
+    for ((i = 0; i < grace * 10; i++)); do
+      k8s_pid_running "$pid" || break
       sleep 0.1
     done
-    if [[ -d "/proc/$pid" ]]; then
-      k8s_log "$name pid $pid did not exit on TERM, killing"
+    if k8s_pid_running "$pid"; then
+      k8s_log "$name pid $pid did not exit ${grace}s after TERM, killing"
       kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.2
+      for ((i = 0; i < 50; i++)); do k8s_pid_running "$pid" || break; sleep 0.1; done
     fi
     k8s_log "stopped $name pid $pid"
   fi

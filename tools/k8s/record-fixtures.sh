@@ -147,8 +147,9 @@ api "$APISERVER_URL/api/v1/namespaces/$NS/pods" | save pods-list.json
 api "$APISERVER_URL/api/v1/nodes/kst-node-a" | save node.json
 api "$APISERVER_URL/api/v1/namespaces/$NS/services?limit=1" | save services-list-limit1-page1.json
 cont="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metadata"]["continue"])' "$TMP/services-list-limit1-page1.json")"
-api -G "$APISERVER_URL/api/v1/namespaces/$NS/services" --data-urlencode limit=1 --data-urlencode "continue=$cont" \
-  | save services-list-limit1-page2.json
+# second (last) page: no metadata.continue, no remainingItemCount
+api -G "$APISERVER_URL/api/v1/namespaces/$NS/services" --data-urlencode limit=10 --data-urlencode "continue=$cont" \
+  | save services-list-limit1-page2-last.json
 api "$APISERVER_URL/apis/discovery.k8s.io/v1/namespaces/$NS/endpointslices?limit=1" | save endpointslices-list-limit1-page1.json
 
 RV0="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metadata"]["resourceVersion"])' "$TMP/services-list.json")"
@@ -183,6 +184,13 @@ for f in watch-services.jsonl watch-endpointslices.jsonl; do
   done
 done
 
+# Streaming list ("watch-list"): the current objects as ADDED events, then a BOOKMARK annotated
+# k8s.io/initial-events-end=true, then live events (none here) until timeoutSeconds.
+k8s_curl_admin "$DIR" -N -m 20 \
+  "$APISERVER_URL/apis/discovery.k8s.io/v1/namespaces/$NS/endpointslices?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=3" \
+  >"$TMP/watchlist-endpointslices.jsonl"
+grep -q 'k8s.io/initial-events-end' "$TMP/watchlist-endpointslices.jsonl" || k8s_die "watch-list stream without initial-events-end bookmark"
+
 # ---- 410 Gone ------------------------------------------------------------------------------------
 # Compact etcd past RV0 and restart the apiserver so its watch cache starts after RV0: a watch from
 # RV0 then gets a single ERROR event (HTTP 200), a list with resourceVersionMatch=Exact a 410 reply.
@@ -213,5 +221,6 @@ api "$APISERVER_URL/api/v1/namespaces/$NS/events/web.kst-fixture-1" | save event
 # ---- install -------------------------------------------------------------------------------------
 k8s_curl_admin "$DIR" -f "$APISERVER_URL/version" | save version.json
 mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.jsonl          # README.md stays
 for f in "$TMP"/*; do mv "$f" "$OUT/"; done
 k8s_log "fixtures written to $OUT"
