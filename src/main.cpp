@@ -34,6 +34,7 @@ struct Flags {
   bool scanProc = true;
   int resyncSeconds = 60;
   std::string logLevel = "info";
+  std::string algorithm = "rendezvous";
   bool once = false;
   kst::DataplaneConfig dp;
 };
@@ -51,6 +52,11 @@ void addCommon(CLI::App* app, Flags& f) {
   app->add_option("--buckets", f.dp.buckets, "Hash buckets per VIP (B)")
       ->envname("TUNNEL_ROUTER_BUCKETS")
       ->check(CLI::Range(1u, 1u << 20));
+  app->add_option("--bucket-algorithm", f.algorithm,
+                  "Bucket to endpoint assignment: rendezvous (only a leaving endpoint's buckets "
+                  "move) or maglev (exactly even spread, a few extra moves)")
+      ->envname("TUNNEL_BUCKET_ALGORITHM")
+      ->check(CLI::IsMember({"rendezvous", "maglev"}));
   app->add_option("--hash-seed", f.dp.hashSeed,
                   "jhash seed; must be identical on every router for hitless failover")
       ->envname("TUNNEL_HASH_SEED");
@@ -88,6 +94,8 @@ void addCommon(CLI::App* app, Flags& f) {
 
 bool finish(Flags& f) {
   spdlog::set_level(spdlog::level::from_str(f.logLevel));
+  f.dp.algorithm = f.algorithm == "maglev" ? kst::BucketAlgorithm::Maglev
+                                            : kst::BucketAlgorithm::Rendezvous;
   if (!kst::parseMode(f.mode, f.dp.mode)) {
     spdlog::error("unknown --mode {:?}", f.mode);
     return false;

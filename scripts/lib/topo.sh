@@ -47,7 +47,10 @@ up() {
   for n in "${all[@]}"; do
     ip netns add "$p-$n"
     ns "$p-$n" ip link set lo up
-    ns "$p-$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    # No DAD: addresses are final at once, so no late address events disturb tests that watch
+    # for kernel changes.
+    ns "$p-$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+      net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
   done
   ns "$p-fab" ip link add br0 type bridge
   ns "$p-fab" ip link set br0 up
@@ -73,6 +76,7 @@ up() {
     for ((k = 0; k < pods; k++)); do
       local pod="$p-p$i${letters[$k]}" host=$((k + 2))
       ip netns add "$pod"
+      ns "$pod" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
       mkdir -p "/run/kst-netns/$p/n$i"
       ln -sf "/run/netns/$pod" "/run/kst-netns/$p/n$i/$pod"
       ns "$pod" ip link set lo up
@@ -83,8 +87,10 @@ up() {
       ns "$pod" ip addr add "2001:db8:$i::$host/128" dev eth0 nodad
       ns "$pod" ip route add 198.19.$i.1/32 dev eth0
       ns "$pod" ip route add default via 198.19.$i.1 dev eth0
-      ns "$pod" ip -6 route add 2001:db8:$i::1/128 dev eth0
-      ns "$pod" ip -6 route add default via 2001:db8:$i::1 dev eth0
+      # IPv6 neighbour discovery answers only for addresses on the receiving link: the pod's
+      # gateway is the node veth's link-local fe80::1.
+      ns "$p-n$i" ip addr add fe80::1/64 dev "v${letters[$k]}" nodad
+      ns "$pod" ip -6 route add default via fe80::1 dev eth0
       ns "$p-n$i" ip route add "198.19.$i.$host/32" dev "v${letters[$k]}"
       ns "$p-n$i" ip -6 route add "2001:db8:$i::$host/128" dev "v${letters[$k]}"
     done

@@ -20,7 +20,8 @@ std::string describe(const Change& c) {
           return fmt::format("{} nexthop {} dev {}{}", act, o.id, o.dev,
                              o.encapDst ? " encap ip dst " + o.encapDst->str() : std::string());
         else if constexpr (std::is_same_v<T, Route>)
-          return fmt::format("{} route {}/{} table {} nhid {}", act, o.key.dst.str(),
+          return fmt::format("{} route {}{}/{} table {} nhid {}", act,
+                             o.unreachable ? "unreachable " : "", o.key.dst.str(),
                              o.key.prefixLen, o.key.table, o.nhid);
         else if constexpr (std::is_same_v<T, Rule>)
           return fmt::format("{} rule pref {} fwmark {} table {}", act, o.priority, o.fwmark,

@@ -60,8 +60,11 @@ struct RouteKey {
 struct Route {
   RouteKey key;
   uint32_t nhid = 0;
-  std::string dev;  // when nhid == 0
-  bool sameConfig(const Route& o) const { return key == o.key && nhid == o.nhid && dev == o.dev; }
+  std::string dev;           // when nhid == 0
+  bool unreachable = false;  // catch-all in slot tables: marked traffic never leaks to main
+  bool sameConfig(const Route& o) const {
+    return key == o.key && nhid == o.nhid && dev == o.dev && unreachable == o.unreachable;
+  }
 };
 
 /** ip rule: fwmark → table, at an owned priority. */

@@ -18,8 +18,11 @@ const char* modeName(Mode m);
 bool parseMode(const std::string& s, Mode& out);
 inline bool isFlowMode(Mode m) { return m == Mode::VxlanGpe || m == Mode::Ipip || m == Mode::GreFlow; }
 
+enum class BucketAlgorithm : uint8_t { Rendezvous, Maglev };
+
 struct DataplaneConfig {
   Mode mode = Mode::VxlanGpe;
+  BucketAlgorithm algorithm = BucketAlgorithm::Rendezvous;
   uint32_t buckets = 64;
   uint32_t hashSeed = 0x2a;
   /** First routing table and fwmark; slot s uses table/mark tableOffset + s. */

@@ -26,6 +26,7 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
   }
   for (const auto& r : observed.routes) {
     if (r.key.table < cfg.tableOffset || r.key.table >= cfg.tableOffset + cfg.maxSlots) continue;
+    if (r.unreachable) continue;
     uint32_t slot = r.key.table - cfg.tableOffset;
     std::optional<IpAddress> ep;
     if (r.nhid) {
@@ -98,7 +99,8 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
                        "endpoints get no new flows; raise --buckets",
                        svc.vip.str(), ids.size(), cfg.buckets, ids.size() - cfg.buckets)});
     }
-    auto table = maglevTable(ids, cfg.buckets);
+    auto table = cfg.algorithm == BucketAlgorithm::Maglev ? maglevTable(ids, cfg.buckets)
+                                                          : rendezvousTable(ids, cfg.buckets);
     vp.buckets.assign(cfg.buckets, -1);
     for (size_t b = 0; b < table.size(); ++b) vp.buckets[b] = idx[table[b]];
     plan.vips.push_back(std::move(vp));
@@ -206,11 +208,25 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       st.routes.push_back(r);
     }
   }
-  std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
-
   // Rules: one per slot and family in use.
   bool any4 = false, any6 = false;
   for (auto& vp : plan.vips) (vp.vip.isV4() ? any4 : any6) = true;
+  // A slot without an endpoint for a VIP holds an unreachable route for it: a flow pinned to a
+  // slot whose endpoint is gone gets an ICMP unreachable instead of leaking into the main table
+  // (and upstream). Not a default route: the encapsulated packet keeps the fwmark and its
+  // outer lookup must fall through these tables to the main one.
+  for (auto& vp : plan.vips) {
+    std::set<uint32_t> usedSlots(vp.slots.begin(), vp.slots.end());
+    for (uint32_t s = 0; s < plan.slotCount; ++s) {
+      if (usedSlots.contains(s)) continue;
+      dp::Route r;
+      r.key = {vp.vip.family(), cfg.tableOffset + s, vp.vip, vp.vip.hostPrefixLen()};
+      r.unreachable = true;
+      st.routes.push_back(r);
+    }
+  }
+  std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
+
   for (uint32_t s = 0; s < plan.slotCount; ++s) {
     if (any4) st.rules.push_back({Family::V4, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
     if (any6) st.rules.push_back({Family::V6, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});

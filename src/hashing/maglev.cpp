@@ -53,6 +53,41 @@ std::vector<uint32_t> maglevTable(const std::vector<std::string>& ids, uint32_t 
   }
 }
 
+namespace {
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+}  // namespace
+
+std::vector<uint32_t> rendezvousTable(const std::vector<std::string>& ids, uint32_t buckets) {
+  std::vector<uint32_t> table;
+  const size_t n = ids.size();
+  if (n == 0 || buckets == 0) return table;
+  std::vector<uint64_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = stableHash(ids[i], 0x72656e64);
+  table.resize(buckets);
+  for (uint32_t b = 0; b < buckets; ++b) {
+    uint64_t bk = mix64(b + 0x9e3779b97f4a7c15ULL);
+    uint64_t best = 0;
+    uint32_t who = 0;
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t w = mix64(h[i] ^ bk);
+      // Ties (astronomically rare) go to the smaller identity: still order-independent.
+      if (w > best || (w == best && ids[i] < ids[who])) {
+        best = w;
+        who = static_cast<uint32_t>(i);
+      }
+    }
+    table[b] = who;
+  }
+  return table;
+}
+
 std::vector<uint32_t> moduloTable(size_t n, uint32_t buckets) {
   std::vector<uint32_t> t;
   if (n == 0) return t;

@@ -24,6 +24,17 @@ namespace kst {
  */
 std::vector<uint32_t> maglevTable(const std::vector<std::string>& ids, uint32_t buckets);
 
+/**
+ * Rendezvous (highest-random-weight) assignment: bucket b goes to the endpoint with the highest
+ * hash(endpoint, b). A pure function of the identity set with *strictly* minimal disruption:
+ * when an endpoint leaves, exactly its buckets move (spread over the others); when one joins,
+ * only the buckets it wins move to it. Spread is statistical (binomial): with B buckets and n
+ * endpoints the share deviates by about sqrt(n/B), so use B ≥ 16·n for ±25% or better.
+ * This is the default (--bucket-algorithm); Maglev trades a few extra moved buckets for an
+ * exactly even spread.
+ */
+std::vector<uint32_t> rendezvousTable(const std::vector<std::string>& ids, uint32_t buckets);
+
 /** The original prototype's assignment, for comparison in benchmarks: bucket b → b mod n. */
 std::vector<uint32_t> moduloTable(size_t n, uint32_t buckets);
 

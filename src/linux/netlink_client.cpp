@@ -188,7 +188,7 @@ Result<std::vector<std::string>> NetlinkClientImpl::apply(const std::vector<dp::
       else if (auto i = ifindexOf(nh->dev, c)) m = nl::encodeNexthop(*nh, *i, op(c.action), tags_);
     } else if (auto* r = std::get_if<dp::Route>(&c.object)) {
       uint32_t oif = 0;
-      if (!r->nhid && c.action != A::Delete) {
+      if (!r->nhid && !r->unreachable && c.action != A::Delete) {
         auto i = ifindexOf(r->dev, c);
         if (!i) continue;
         oif = *i;

@@ -230,11 +230,11 @@ Message encodeRoute(const dp::Route& r, uint32_t oif, Op op, const Tags& tags) {
   rt->rtm_table = r.key.table < 256 ? r.key.table : RT_TABLE_UNSPEC;
   rt->rtm_protocol = tags.protocol;
   rt->rtm_scope = RT_SCOPE_UNIVERSE;
-  rt->rtm_type = RTN_UNICAST;
+  rt->rtm_type = r.unreachable ? RTN_UNREACHABLE : RTN_UNICAST;
   auto* h = b.h();
   mnl_attr_put_u32(h, RTA_TABLE, r.key.table);
-  b.addr(RTA_DST, r.key.dst);
-  if (op != Op::Delete) {
+  if (r.key.prefixLen) b.addr(RTA_DST, r.key.dst);
+  if (op != Op::Delete && !r.unreachable) {
     if (r.nhid)
       mnl_attr_put_u32(h, RTA_NH_ID, r.nhid);
     else
@@ -397,6 +397,7 @@ std::optional<ParsedRoute> parseRoute(const nlmsghdr* h) {
                  dst.value_or(IpAddress::fromBytes(fam, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0")),
                  rt->rtm_dst_len};
   p.route.nhid = tb[RTA_NH_ID] ? mnl_attr_get_u32(tb[RTA_NH_ID]) : 0;
+  p.route.unreachable = rt->rtm_type == RTN_UNREACHABLE;
   p.oif = tb[RTA_OIF] ? mnl_attr_get_u32(tb[RTA_OIF]) : 0;
   p.protocol = rt->rtm_protocol;
   p.type = rt->rtm_type;

@@ -2,7 +2,8 @@
 //   serve NAME [PORT]          TCP+UDP server; answers every request with "NAME <peer-ip>\n".
 //                              UDP replies leave from the address the request was sent to
 //                              (IP_PKTINFO), so a VIP request is answered from the VIP.
-//   tcp HOST PORT COUNT        COUNT connections (distinct source ports), prints each answer
+//   tcp HOST PORT COUNT [SPORT] COUNT connections (distinct source ports, SPORT+i if given),
+//                              prints each answer ("FAIL" for none)
 //   udp HOST PORT COUNT        COUNT datagrams from distinct sockets, prints each answer
 //   hold HOST PORT SECONDS N   N long-lived TCP connections exchanging a line every 50 ms;
 //                              prints "ok N" or "failed K" at the end (exit 1 on any failure)
@@ -135,11 +136,23 @@ int serve(const std::string& name, int port) {
   }
 }
 
-int connectTo(const char* host, int port, int timeoutMs) {
+int connectTo(const char* host, int port, int timeoutMs, int srcPort = 0) {
   sockaddr_storage ss;
   socklen_t len;
   if (!resolve(host, port, ss, len)) return -1;
   int s = socket(ss.ss_family, SOCK_STREAM, 0);
+  if (srcPort) {
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_storage src{};
+    src.ss_family = ss.ss_family;
+    if (ss.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&src)->sin_port = htons(srcPort);
+    else reinterpret_cast<sockaddr_in6*>(&src)->sin6_port = htons(srcPort);
+    if (bind(s, reinterpret_cast<sockaddr*>(&src), len) != 0) {
+      close(s);
+      return -1;
+    }
+  }
   timeval tv{timeoutMs / 1000, (timeoutMs % 1000) * 1000};
   setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
@@ -161,18 +174,23 @@ std::string exchange(int s) {
   return r;
 }
 
-int tcp(const char* host, int port, int count) {
+int tcp(const char* host, int port, int count, int srcBase) {
   int fails = 0;
   for (int i = 0; i < count; ++i) {
-    int s = connectTo(host, port, 2000);
+    int s = connectTo(host, port, 2000, srcBase ? srcBase + i : 0);
     std::string r = s >= 0 ? exchange(s) : "";
-    if (s >= 0) close(s);
+    if (s >= 0) {
+      // Reset instead of TIME_WAIT so that fixed source ports can be reused at once.
+      linger lg{1, 0};
+      setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
     if (r.empty()) {
       ++fails;
       std::printf("FAIL\n");
     } else {
       std::printf("%s\n", r.c_str());
     }
+    if (s >= 0) close(s);
   }
   return fails ? 1 : 0;
 }
@@ -252,7 +270,8 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "serve" && argc >= 3) return serve(argv[2], argc > 3 ? std::atoi(argv[3]) : 8080);
-  if (cmd == "tcp" && argc == 5) return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (cmd == "tcp" && (argc == 5 || argc == 6))
+    return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
   if (cmd == "udp" && argc == 5) return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (cmd == "hold" && argc == 6)
     return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));

@@ -1,0 +1,281 @@
+// End-to-end harness for privileged tests: namespaces from scripts/lib/topo.sh, the real
+// daemon binary started inside them, real traffic from kst-testtool. Every namespace, file and
+// process is named with a per-test prefix and removed in TearDown, also when a test fails.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace kst::e2e {
+
+inline const std::string kBin = KST_BINARY_DIR "/src/kube-service-tunnel";
+inline const std::string kTool = KST_BINARY_DIR "/tests/kst-testtool";
+inline const std::string kTopo = KST_SOURCE_DIR "/scripts/lib/topo.sh";
+
+struct Cmd {
+  int rc;
+  std::string out;
+};
+
+inline Cmd sh(const std::string& cmd, bool withStderr = true) {
+  std::string full = cmd + (withStderr ? " 2>&1" : " 2>/dev/null");
+  FILE* f = popen(full.c_str(), "r");
+  if (!f) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  int st = pclose(f);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+inline std::vector<std::string> lines(const std::string& s) {
+  std::vector<std::string> v;
+  std::istringstream in(s);
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) v.push_back(l);
+  return v;
+}
+
+inline bool waitUntil(const std::function<bool()>& fn, double seconds = 10) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(int(seconds * 1000));
+  while (std::chrono::steady_clock::now() < end) {
+    if (fn()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return fn();
+}
+
+/** A background process (usually `ip netns exec NS ...`) with its output in a log file. */
+class Process {
+ public:
+  Process() = default;
+  Process(const std::vector<std::string>& argv, const std::string& log) : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      FILE* f = fopen(log.c_str(), "a");
+      if (f) {
+        dup2(fileno(f), 1);
+        dup2(fileno(f), 2);
+      }
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+      a.push_back(nullptr);
+      execvp(a[0], a.data());
+      _exit(127);
+    }
+  }
+  Process(Process&& o) noexcept : pid_(o.pid_), log_(std::move(o.log_)) { o.pid_ = -1; }
+  Process& operator=(Process&& o) noexcept {
+    stop();
+    pid_ = o.pid_;
+    log_ = std::move(o.log_);
+    o.pid_ = -1;
+    return *this;
+  }
+  ~Process() { stop(); }
+  /** SIGTERM, then SIGKILL after a grace period. @return exit status or -1. */
+  int stop(int sig = SIGTERM) {
+    if (pid_ <= 0) return -1;
+    kill(-pid_, sig);
+    int st = 0;
+    for (int i = 0; i < 100; ++i) {
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    kill(-pid_, SIGKILL);
+    waitpid(pid_, &st, 0);
+    pid_ = -1;
+    return -1;
+  }
+  /** Waits for the process to exit by itself. @return exit status, or -1 on timeout. */
+  int wait(double seconds) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(int(seconds * 1000));
+    int st = 0;
+    while (pid_ > 0 && std::chrono::steady_clock::now() < end) {
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+  bool running() {
+    if (pid_ <= 0) return false;
+    if (waitpid(pid_, nullptr, WNOHANG) == 0) return true;
+    pid_ = -1;  // reaped: never signal this pid (or its group) again, it may be reused
+    return false;
+  }
+  std::string log() const {
+    std::ifstream f(log_);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_;
+};
+
+/** Base fixture: topology + manifests dir + daemons. */
+class E2E : public ::testing::Test {
+ protected:
+  std::string prefix;  // short: namespaces are PREFIX-rt, PREFIX-p1a, ...
+  std::string dir;     // temp dir for manifests and logs
+  std::string manifests;
+  std::map<std::string, Process> procs;
+
+  void SetUp() override {
+    if (getuid() != 0) GTEST_SKIP() << "needs root (CTest label privileged)";
+    prefix = "ke" + std::to_string(getpid() % 100000);
+    dir = "/tmp/" + prefix;
+    manifests = dir + "/manifests";
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(manifests);
+  }
+  void TearDown() override {
+    for (auto& [name, p] : procs) {
+      p.stop();
+      if (HasFailure()) std::cerr << "---- log of " << name << " ----\n" << p.log() << "\n";
+    }
+    procs.clear();
+    if (!prefix.empty()) sh(kTopo + " down " + prefix);
+    if (!dir.empty()) std::filesystem::remove_all(dir);
+  }
+
+  std::string ns(const std::string& n) const { return prefix + "-" + n; }
+  Cmd in(const std::string& n, const std::string& cmd) const {
+    return sh("ip netns exec " + ns(n) + " " + cmd);
+  }
+  /** Standard output only (for JSON). */
+  std::string out(const std::string& n, const std::string& cmd) const {
+    return sh("ip netns exec " + ns(n) + " " + cmd, false).out;
+  }
+  /** Loads an nft script into a namespace. */
+  int nftLoad(const std::string& n, const std::string& script) {
+    std::string f = dir + "/load.nft";
+    std::ofstream(f) << script;
+    return in(n, "nft -f " + f).rc;
+  }
+  void topology(int podsPerNode = 2, int routers = 1) {
+    auto r = sh(kTopo + " up " + prefix + " " + std::to_string(podsPerNode) + " " +
+                std::to_string(routers));
+    ASSERT_EQ(r.rc, 0) << r.out;
+  }
+  void serve(const std::string& pod) {
+    procs[pod] = Process({"ip", "netns", "exec", ns(pod), kTool, "serve", pod, "8080"},
+                         dir + "/" + pod + ".log");
+  }
+  void writeManifest(const std::string& name, const std::string& yaml) {
+    std::string tmp = manifests + "/." + name + ".tmp";
+    {
+      std::ofstream f(tmp);
+      f << yaml;
+    }
+    std::filesystem::rename(tmp, manifests + "/" + name);
+  }
+  void removeManifest(const std::string& name) { std::filesystem::remove(manifests + "/" + name); }
+
+  std::vector<std::string> commonFlags(const std::string& mode = "vxlan-gpe") const {
+    return {"--manifests", manifests, "--mode", mode, "--resync-interval", "5",
+            "--log-level", "debug"};
+  }
+  void startRouter(const std::string& n = "rt", std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", "router"};
+    for (auto& f : commonFlags()) argv.push_back(f);
+    for (auto& f : extra) argv.push_back(f);
+    procs[n] = Process(argv, dir + "/" + n + ".log");
+  }
+  void startAgent(int node, std::vector<std::string> extra = {}) {
+    std::string n = "n" + std::to_string(node);
+    std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", "agent",
+                                  "--node-name", "node" + std::to_string(node), "--scan-proc=false",
+                                  "--netns-dir", "/run/kst-netns/" + prefix + "/" + n};
+    for (auto& f : commonFlags()) argv.push_back(f);
+    for (auto& f : extra) argv.push_back(f);
+    procs[n] = Process(argv, dir + "/" + n + ".log");
+  }
+
+  /** Answers of COUNT TCP connections from the client to VIP:8080: "podname clientip". */
+  std::vector<std::string> tcp(const std::string& vip, int count, int srcBase = 0) {
+    auto r = in("cl", kTool + " tcp " + vip + " 8080 " + std::to_string(count) +
+                          (srcBase ? " " + std::to_string(srcBase) : ""));
+    return lines(r.out);
+  }
+  std::vector<std::string> udp(const std::string& vip, int count) {
+    return lines(in("cl", kTool + " udp " + vip + " 8080 " + std::to_string(count)).out);
+  }
+  /** Waits until COUNT probes to the VIP all succeed. */
+  bool reachable(const std::string& vip, double seconds = 10) {
+    return waitUntil([&] {
+      auto a = tcp(vip, 4);
+      for (auto& l : a)
+        if (l == "FAIL") return false;
+      return a.size() == 4;
+    }, seconds);
+  }
+  /** Owned kernel objects in a namespace, one line each (for "nothing left behind"). */
+  std::string owned(const std::string& n) const {
+    std::string out;
+    out += in(n, "ip -o link show | grep -E ': kst' || true").out;
+    out += in(n, "ip nexthop show proto 211 2>/dev/null || true").out;
+    out += in(n, "ip -4 rule show | grep 'proto 211' || true").out;
+    out += in(n, "ip -6 rule show | grep 'proto 211' || true").out;
+    out += in(n, "ip -4 route show table all proto 211 || true").out;
+    out += in(n, "ip -6 route show table all proto 211 || true").out;
+    out += in(n, "ip -o addr show proto 211 2>/dev/null || true").out;
+    out += in(n, "nft list tables | grep kube_service_tunnel || true").out;
+    return out;
+  }
+};
+
+inline std::string serviceYaml(const std::string& name, const std::string& vip,
+                               const std::string& created = "2026-01-01T00:00:00Z") {
+  return "apiVersion: v1\nkind: Service\nmetadata:\n  name: " + name +
+         "\n  namespace: default\n  creationTimestamp: \"" + created +
+         "\"\n  annotations:\n    cmd.nu/tunnel: \"" + vip + "\"\n";
+}
+
+struct Ep {
+  std::string ip;
+  std::string node;
+  bool ready = true;
+  bool serving = true;
+  bool terminating = false;
+};
+
+inline std::string sliceYaml(const std::string& service, const std::string& family,
+                             const std::vector<Ep>& eps, const std::string& suffix = "a") {
+  std::string y = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: " +
+                  service + "-" + suffix +
+                  "\n  namespace: default\n  labels:\n    kubernetes.io/service-name: " + service +
+                  "\naddressType: " + family + "\nendpoints:\n";
+  for (auto& e : eps) {
+    y += "- addresses: [\"" + e.ip + "\"]\n  nodeName: " + e.node + "\n  conditions:\n";
+    y += std::string("    ready: ") + (e.ready ? "true" : "false") + "\n";
+    y += std::string("    serving: ") + (e.serving ? "true" : "false") + "\n";
+    y += std::string("    terminating: ") + (e.terminating ? "true" : "false") + "\n";
+  }
+  return y;
+}
+
+}  // namespace kst::e2e
