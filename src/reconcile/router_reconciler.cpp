@@ -10,8 +10,8 @@
 namespace kst {
 
 RouterReconciler::RouterReconciler(const DataplaneConfig& cfg, dp::NetlinkClient& nl,
-                                   dp::NftClient& nft)
-    : cfg_(cfg), nl_(nl), nft_(nft) {}
+                                   dp::NftClient& nft, DeviceResolver resolver)
+    : cfg_(cfg), nl_(nl), nft_(nft), resolver_(std::move(resolver)) {}
 
 Result<dp::RouterState> RouterReconciler::observe() {
   dp::RouterState st;
@@ -38,6 +38,12 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model) {
   auto observed = observe();
   if (!observed) return std::unexpected(observed.error());
   Allocations prior = allocationsFrom(*observed, cfg_);
+  if (cfg_.mode == Mode::Mpls && resolver_) {
+    for (const auto& svc : model.services)
+      for (const auto& ep : svc.endpoints)
+        if (!prior.mplsDevice.contains(ep.ip))
+          if (auto dev = resolver_(ep.ip)) prior.mplsDevice.emplace(ep.ip, *dev);
+  }
   plan_ = planRouter(model, cfg_, prior);
   dp::RouterState desired = routerState(plan_, cfg_, prior);
   PassResult res;

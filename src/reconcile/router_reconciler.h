@@ -5,7 +5,9 @@
 // next pass), debug for "nothing to do".
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <optional>
 
 #include "dataplane/kernel.h"
 #include "desired/config.h"
@@ -25,7 +27,12 @@ struct PassResult {
 
 class RouterReconciler {
  public:
-  RouterReconciler(const DataplaneConfig& cfg, dp::NetlinkClient& nl, dp::NftClient& nft);
+  /** MPLS mode: the device through which an endpoint is *directly* connected (no gateway), or
+   *  nullopt when it is not (then MPLS cannot reach it). Implemented over the kernel FIB. */
+  using DeviceResolver = std::function<std::optional<std::string>(const IpAddress&)>;
+
+  RouterReconciler(const DataplaneConfig& cfg, dp::NetlinkClient& nl, dp::NftClient& nft,
+                   DeviceResolver resolver = {});
   /** One level-triggered pass. Returns an Error only when observation itself failed. */
   Result<PassResult> reconcile(const Model& model);
   /** Observed owned state (for tests and `status`). */
@@ -39,6 +46,7 @@ class RouterReconciler {
   DataplaneConfig cfg_;
   dp::NetlinkClient& nl_;
   dp::NftClient& nft_;
+  DeviceResolver resolver_;
   RouterPlan plan_;
 };
 
