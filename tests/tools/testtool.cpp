@@ -5,7 +5,10 @@
 //   tcp HOST PORT COUNT [SPORT] COUNT connections (distinct source ports, SPORT+i if given),
 //                              prints each answer ("FAIL" for none)
 //   udp HOST PORT COUNT        COUNT datagrams from distinct sockets, prints each answer
-//   hold HOST PORT SECONDS N   N long-lived TCP connections exchanging a line every 50 ms;
+//   hold HOST PORT SECONDS N [POD]
+//                              N long-lived TCP connections (only ones answered by POD, if
+//                              given) exchanging a line every 50 ms; a connection fails when an
+//                              answer is missing (reset, stall > 3 s) or comes from another pod;
 //                              prints "ok N" or "failed K" at the end (exit 1 on any failure)
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -226,17 +229,26 @@ int udp(const char* host, int port, int count) {
   return fails ? 1 : 0;
 }
 
-int hold(const char* host, int port, int seconds, int n) {
+int hold(const char* host, int port, int seconds, int n, const std::string& pod) {
   std::vector<int> socks;
   std::vector<std::string> first;
-  for (int i = 0; i < n; ++i) {
+  for (int attempts = 0; static_cast<int>(socks.size()) < n; ++attempts) {
+    if (attempts > 100 * n) {
+      std::printf("could not get %d connections to %s\n", n, pod.c_str());
+      return 1;
+    }
     int s = connectTo(host, port, 3000);
     if (s < 0) {
       std::printf("connect failed\n");
       return 1;
     }
+    std::string r = exchange(s);
+    if (!pod.empty() && r.rfind(pod + " ", 0) != 0) {  // only keep connections to POD
+      close(s);
+      continue;
+    }
     socks.push_back(s);
-    first.push_back(exchange(s));
+    first.push_back(r);
   }
   std::printf("established %d\n", n);
   std::fflush(stdout);
@@ -273,8 +285,9 @@ int main(int argc, char** argv) {
   if (cmd == "tcp" && (argc == 5 || argc == 6))
     return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
   if (cmd == "udp" && argc == 5) return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
-  if (cmd == "hold" && argc == 6)
-    return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
+  if (cmd == "hold" && (argc == 6 || argc == 7))
+    return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
+                argc == 7 ? argv[6] : "");
   std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp|udp HOST PORT COUNT | hold HOST PORT SECONDS N\n");
   return 2;
 }
