@@ -7,8 +7,9 @@
 namespace kst {
 
 Daemon::Daemon(DaemonOptions opts, Source& source, RouterReconciler* router,
-               AgentReconciler* agent, ProblemSink* sink)
-    : opts_(std::move(opts)), source_(source), router_(router), agent_(agent), sink_(sink) {}
+               AgentReconciler* agent, ProblemSink* sink, DecisionPublisher* publisher)
+    : opts_(std::move(opts)), source_(source), router_(router), agent_(agent), sink_(sink),
+      publisher_(publisher) {}
 
 void Daemon::onSnapshot(const ClusterObjects& objs) {
   std::lock_guard lk(mu_);
@@ -39,7 +40,20 @@ bool Daemon::pass(const ClusterObjects& objs) {
     for (auto& f : r->failures) spdlog::warn("{}: {}", role, f);
     if (!r->ok()) ok = false;
   };
-  if (router_) handle("router", router_->reconcile(model));
+  if (router_) {
+    handle("router", router_->reconcile(model));
+    // Publishing only after the kernel holds the plan; a failed write is retried next pass.
+    if (ok && publisher_ && publisher_->isLeader()) {
+      for (auto& [svc, table] : router_->pendingPublications()) {
+        if (auto s = publisher_->publish(svc, table); !s) {
+          spdlog::warn("publish bucket table of {}: {}", svc.str(), s.error().message);
+          ok = false;
+        } else {
+          spdlog::info("published bucket table of {}", svc.str());
+        }
+      }
+    }
+  }
   if (agent_) handle("agent", agent_->reconcile(model));
   // Report each distinct problem once while it persists.
   std::set<std::tuple<int, std::string, std::string>> now;
@@ -89,6 +103,8 @@ int Daemon::run() {
     auto now = std::chrono::steady_clock::now();
     if (now >= nextResync) nextResync = now + opts_.resyncInterval;
     bool ok = pass(*current);
+    lastOk_ = ok;
+    ++passes_;
     if (opts_.once) {
       rc = ok ? 0 : 1;
       break;

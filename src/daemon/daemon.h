@@ -7,6 +7,7 @@
 // not drop packets); `kube-service-tunnel cleanup` does.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -40,14 +41,27 @@ class ProblemSink {
   virtual void report(const Problem& p) = 0;
 };
 
+/** Writes bucket tables into the API. Only the elected writer publishes (see k8s/). */
+class DecisionPublisher {
+ public:
+  virtual ~DecisionPublisher() = default;
+  /** True while this router holds the writer lease. */
+  virtual bool isLeader() = 0;
+  /** Sets the published-table annotation of the Service. */
+  virtual Status publish(const ObjectKey& service, const std::string& table) = 0;
+};
+
 class Daemon {
  public:
   Daemon(DaemonOptions opts, Source& source, RouterReconciler* router, AgentReconciler* agent,
-         ProblemSink* sink = nullptr);
+         ProblemSink* sink = nullptr, DecisionPublisher* publisher = nullptr);
   /** Runs until stop(). @return 0, or 1 when `once` and the pass failed. */
   int run();
   void stop();
   void onSnapshot(const ClusterObjects& objs);
+  /** Reconcile passes run so far and whether the last one succeeded (health endpoint). */
+  int passes() const { return passes_; }
+  bool lastPassOk() const { return lastOk_; }
 
  private:
   bool pass(const ClusterObjects& objs);
@@ -56,11 +70,14 @@ class Daemon {
   RouterReconciler* router_;
   AgentReconciler* agent_;
   ProblemSink* sink_;
+  DecisionPublisher* publisher_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ClusterObjects> pending_;
   bool stopping_ = false;
   std::set<std::tuple<int, std::string, std::string>> reported_;
+  std::atomic<int> passes_{0};
+  std::atomic<bool> lastOk_{false};
 };
 
 }  // namespace kst

@@ -96,7 +96,9 @@ Model buildModel(const ClusterObjects& objects, const ModelOptions& options) {
   }
 
   for (const auto& [key, vip] : winners) {
-    TunnelService ts{key, vip, {}};
+    TunnelService ts{key, vip, {}, {}};  // endpoints, published
+    const auto& ann = objects.services.at(key).annotations;
+    if (auto p = ann.find(options.publishedAnnotation); p != ann.end()) ts.published = p->second;
     auto it = eps.find(key);
     if (it != eps.end()) {
       // Same-family endpoints if any; otherwise the other family (cross-family encapsulation).

@@ -25,6 +25,8 @@ struct TunnelService {
   IpAddress vip;
   /** Sorted by IP, unique; only endpoints that are serving (ready or draining). */
   std::vector<Endpoint> endpoints;
+  /** The bucket table published in the Service (desired/published.h), or empty. */
+  std::string published = {};
   bool operator==(const TunnelService&) const = default;
 };
 
@@ -45,6 +47,7 @@ struct Model {
 
 struct ModelOptions {
   std::string annotation = "cmd.nu/tunnel";
+  std::string publishedAnnotation = "kube-service-tunnel.cmd.nu/buckets";
 };
 
 /**

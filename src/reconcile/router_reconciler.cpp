@@ -1,11 +1,16 @@
 #include "reconcile/router_reconciler.h"
 
 #include <algorithm>
+#include <chrono>
+#include <map>
+#include <set>
+#include <unordered_map>
 
 #include <spdlog/spdlog.h>
 
 #include "dataplane/diff.h"
 #include "desired/nft_render.h"
+#include "desired/published.h"
 
 namespace kst {
 
@@ -34,9 +39,109 @@ Result<dp::RouterState> RouterReconciler::observe() {
   return st;
 }
 
+namespace {
+
+double since(std::chrono::steady_clock::time_point& t) {
+  auto now = std::chrono::steady_clock::now();
+  double d = std::chrono::duration<double>(now - t).count();
+  t = now;
+  return d;
+}
+
+bool sortedUniqueVips(const Model& m) {
+  for (size_t i = 1; i < m.services.size(); ++i)
+    if (!(m.services[i - 1].vip < m.services[i].vip)) return false;
+  return true;
+}
+
+uint32_t slotCountOf(const VipPlan& vp) {
+  uint32_t n = 0;
+  for (uint32_t s : vp.slots) n = std::max(n, s + 1);
+  return n;
+}
+
+}  // namespace
+
+/** The kernel's owned state after the last pass in which every change succeeded (then it is
+ *  exactly the desired state of that pass), indexed for per-VIP access, plus the inputs that
+ *  produced it. */
+struct RouterReconciler::Cache {
+  std::vector<dp::Link> links;
+  std::vector<dp::Rule> rules;
+  std::map<uint32_t, dp::Nexthop> nexthops;
+  std::unordered_map<uint32_t, uint32_t> nhRefs;       // nexthop id → routes using it
+  std::map<IpAddress, std::vector<dp::Route>> routes;  // by destination (the VIP)
+  bool nftPresent = false;
+  std::string skeletonId;
+  std::set<IpAddress> nftVips;
+  std::map<IpAddress, std::vector<uint32_t>> buckets;  // VIP → mark of each bucket, 0 = none
+  std::map<IpAddress, TunnelService> inputs;           // the model's services, by VIP
+  Allocations alloc;                                   // nexthopIds only (all of them)
+  std::map<IpAddress, uint32_t> vipSlots;              // VIP → slots it uses (max + 1)
+  std::map<uint32_t, size_t> slotHist;                 // slot count → number of VIPs
+  uint32_t slotCount = 0;                              // the plan's
+  size_t v4 = 0, v6 = 0;                               // VIPs per family
+  std::map<ObjectKey, std::vector<Problem>> problems;  // by service
+
+  std::vector<Problem> allProblems() const {
+    std::vector<Problem> out;
+    for (auto& [k, v] : problems) out.insert(out.end(), v.begin(), v.end());
+    return out;
+  }
+  dp::RouterState state(const std::string& skeleton) const {
+    dp::RouterState st;
+    st.links = links;
+    st.rules = rules;
+    st.nexthops.reserve(nexthops.size());
+    for (auto& [id, nh] : nexthops) st.nexthops.push_back(nh);
+    for (auto& [vip, rs] : routes) st.routes.insert(st.routes.end(), rs.begin(), rs.end());
+    std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
+    st.nft.present = nftPresent;
+    st.nft.skeletonId = skeletonId;
+    st.nft.skeleton = skeleton;
+    st.nft.vips = nftVips;
+    for (auto& [vip, marks] : buckets)
+      for (uint32_t b = 0; b < marks.size(); ++b)
+        if (marks[b]) st.nft.buckets.emplace_hint(st.nft.buckets.end(), std::make_pair(vip, b), marks[b]);
+    return st;
+  }
+};
+
+RouterReconciler::~RouterReconciler() = default;
+
+void RouterReconciler::setCaching(bool on) {
+  caching_ = on;
+  if (!on) cache_.reset();
+}
+
+void RouterReconciler::resyncNextPass() { cache_.reset(); }
+
 Result<PassResult> RouterReconciler::reconcile(const Model& model) {
-  auto observed = observe();
-  if (!observed) return std::unexpected(observed.error());
+  PassResult res;
+  if (caching_ && cache_) {
+    if (auto r = incrementalPass(model, res)) return std::move(*r);
+    auto t = std::chrono::steady_clock::now();
+    dp::RouterState cached = cache_->state(renderSkeleton(cfg_));
+    res.timings.observe = since(t);
+    return fullPass(model, &cached, std::move(res));
+  }
+  return fullPass(model, nullptr, std::move(res));
+}
+
+Result<PassResult> RouterReconciler::fullPass(const Model& model, const dp::RouterState* cached,
+                                              PassResult res) {
+  auto t = std::chrono::steady_clock::now();
+  dp::RouterState observedStore;
+  const dp::RouterState* observed = cached;
+  if (!observed) {
+    cache_.reset();
+    auto o = observe();
+    if (!o) return std::unexpected(o.error());
+    observedStore = std::move(*o);
+    observed = &observedStore;
+    res.fullObserve = true;
+    res.timings.observe = since(t);
+  }
   Allocations prior = allocationsFrom(*observed, cfg_);
   if (cfg_.mode == Mode::Mpls && resolver_) {
     for (const auto& svc : model.services)
@@ -46,9 +151,21 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model) {
   }
   plan_ = planRouter(model, cfg_, prior);
   dp::RouterState desired = routerState(plan_, cfg_, prior);
-  PassResult res;
+  res.timings.plan = since(t);
   res.problems = plan_.problems;
   auto changes = dp::diffRouter(desired, *observed);
+  res.timings.diff = since(t);
+  cache_.reset();
+  if (auto s = applyAll(changes, desired.nft, observed->nft, res); !s)
+    return std::unexpected(s.error());
+  if (caching_ && res.ok()) fillCache(model, desired);
+  return res;
+}
+
+Status RouterReconciler::applyAll(const std::vector<dp::Change>& changes,
+                                  const dp::NftState& desiredNft, const dp::NftState& observedNft,
+                                  PassResult& res) {
+  auto t = std::chrono::steady_clock::now();
   // nft changes: adds of VIPs must follow route creation, removals precede route deletion.
   // Netlink adds/replaces first, then nft, then netlink deletions.
   auto firstDelete = std::find_if(changes.begin(), changes.end(), [](const dp::Change& c) {
@@ -61,24 +178,270 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model) {
     if (!r) return std::unexpected(r.error());
     res.changes += part.size() - r->size();
     for (auto& f : *r) res.failures.push_back(f);
-    for (auto& c : part) spdlog::debug("router: {}", dp::describe(c));
+    if (spdlog::should_log(spdlog::level::debug))
+      for (auto& c : part) spdlog::debug("router: {}", dp::describe(c));
     return {};
   };
   if (auto s = applyPart(addPart); !s) return std::unexpected(s.error());
-  std::string script = renderNftChanges(cfg_, desired.nft, observed->nft, &res.nftElementChanges);
-  if (!script.empty()) {
-    res.nftRebuilt = !observed->nft.present || observed->nft.skeletonId != desired.nft.skeletonId;
-    if (auto s = nft_.run(script); !s) {
-      res.failures.push_back(s.error().message);
-    } else {
+  res.timings.netlink += since(t);
+
+  const bool sameSkeleton = observedNft.present && observedNft.skeletonId == desiredNft.skeletonId;
+  if (desiredNft.present && nft_.hasElementBatches() && (sameSkeleton || !observedNft.present)) {
+    // Element changes straight to nfnetlink. A table that does not exist yet is created
+    // first, empty (nothing can match a VIP before its elements arrive, and VIPs enter their
+    // set in the same transaction as their buckets).
+    Status st;
+    if (!observedNft.present) {
+      dp::NftState skeletonOnly;
+      skeletonOnly.present = true;
+      skeletonOnly.skeleton = desiredNft.skeleton;
+      skeletonOnly.skeletonId = desiredNft.skeletonId;
+      st = nft_.run(renderNftChanges(cfg_, skeletonOnly, observedNft));
+      res.nftRebuilt = true;
+    }
+    auto elems = nftElementChanges(desiredNft, sameSkeleton ? observedNft : dp::NftState{});
+    res.nftElementChanges = elems.size();
+    if (st && elems.size()) st = nft_.applyElements(elems);
+    if (!st)
+      res.failures.push_back(st.error().message);
+    else
       res.changes += res.nftElementChanges + (res.nftRebuilt ? 1 : 0);
+  } else {
+    // Text: removal of the table, or a skeleton change (the table is rebuilt with its
+    // elements in one atomic transaction), or an NftClient without element batches.
+    std::string script = renderNftChanges(cfg_, desiredNft, observedNft, &res.nftElementChanges);
+    if (!script.empty()) {
+      res.nftRebuilt = !observedNft.present || observedNft.skeletonId != desiredNft.skeletonId;
+      if (auto s = nft_.run(script); !s) {
+        res.failures.push_back(s.error().message);
+      } else {
+        res.changes += res.nftElementChanges + (res.nftRebuilt ? 1 : 0);
+      }
     }
   }
+  res.timings.nft = since(t);
   if (auto s = applyPart(delPart); !s) return std::unexpected(s.error());
+  res.timings.netlink += since(t);
+  return {};
+}
+
+void RouterReconciler::fillCache(const Model& model, const dp::RouterState& desired) {
+  cache_.reset();
+  if (!sortedUniqueVips(model) || plan_.vips.size() != model.services.size()) return;
+  auto c = std::make_unique<Cache>();
+  c->links = desired.links;
+  c->rules = desired.rules;
+  for (auto& nh : desired.nexthops) {
+    c->nexthops.emplace_hint(c->nexthops.end(), nh.id, nh);
+    c->alloc.nexthopIds.emplace(nh.key(), nh.id);
+  }
+  for (auto& r : desired.routes) {
+    c->routes[r.key.dst].push_back(r);
+    if (r.nhid) ++c->nhRefs[r.nhid];
+  }
+  c->nftPresent = desired.nft.present;
+  c->skeletonId = desired.nft.skeletonId;
+  c->nftVips = desired.nft.vips;
+  for (auto& [k, mark] : desired.nft.buckets) {
+    auto& v = c->buckets[k.first];
+    if (v.empty()) v.assign(cfg_.buckets, 0);
+    if (k.second < v.size()) v[k.second] = mark;
+  }
+  for (auto& svc : model.services) c->inputs.emplace_hint(c->inputs.end(), svc.vip, svc);
+  for (auto& vp : plan_.vips) {
+    uint32_t n = slotCountOf(vp);
+    c->vipSlots[vp.vip] = n;
+    ++c->slotHist[n];
+    (vp.vip.isV4() ? c->v4 : c->v6)++;
+  }
+  c->slotCount = plan_.slotCount;
+  for (auto& p : plan_.problems) c->problems[p.object].push_back(p);
+  cache_ = std::move(c);
+}
+
+std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model& model,
+                                                                    PassResult res) {
+  auto t = std::chrono::steady_clock::now();
+  Cache& c = *cache_;
+  if (!isFlowMode(cfg_.mode) || model.services.empty() || c.inputs.empty() ||
+      !sortedUniqueVips(model))
+    return std::nullopt;
+  // VIPs whose inputs changed: merge of two sequences sorted by VIP.
+  std::vector<IpAddress> changed;
+  Model sub;
+  {
+    auto it = c.inputs.begin();
+    for (const auto& svc : model.services) {
+      while (it != c.inputs.end() && it->first < svc.vip) changed.push_back((it++)->first);
+      if (it != c.inputs.end() && it->first == svc.vip) {
+        if (!(it->second == svc)) {
+          changed.push_back(svc.vip);
+          sub.services.push_back(svc);
+        }
+        ++it;
+      } else {
+        changed.push_back(svc.vip);
+        sub.services.push_back(svc);
+      }
+    }
+    for (; it != c.inputs.end(); ++it) changed.push_back(it->first);
+    std::sort(changed.begin(), changed.end());
+  }
+  if (changed.empty()) {
+    res.problems = c.allProblems();
+    return res;
+  }
+  // Beyond a quarter of the VIPs the whole-model path (sorted merges) is as cheap.
+  if (changed.size() * 4 > std::max(model.services.size(), c.inputs.size())) return std::nullopt;
+
+  // What the kernel holds for the changed VIPs.
+  dp::RouterState obs;
+  for (auto& vip : changed)
+    if (auto it = c.routes.find(vip); it != c.routes.end())
+      obs.routes.insert(obs.routes.end(), it->second.begin(), it->second.end());
+  std::sort(obs.routes.begin(), obs.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
+  std::map<uint32_t, int> refDelta;
+  for (auto& r : obs.routes)
+    if (r.nhid) --refDelta[r.nhid];
+  for (auto& [id, d] : refDelta)
+    if (auto it = c.nexthops.find(id); it != c.nexthops.end()) obs.nexthops.push_back(it->second);
+  obs.links = c.links;
+  Allocations prior = allocationsFrom(obs, cfg_);  // sticky slots of the changed VIPs
+  obs.links.clear();
+  prior.nexthopIds = std::move(c.alloc.nexthopIds);  // every id in use (borrowed)
+  RouterPlan plan = planRouter(sub, cfg_, prior);
+  // Objects shared by all VIPs (rules, unreachable routes in every slot table, the tunnel
+  // link) depend on the slot count and the families in use: a change there is whole-model.
+  auto hist = c.slotHist;
+  size_t v4 = c.v4, v6 = c.v6;
+  for (auto& vip : changed) {
+    if (auto it = c.vipSlots.find(vip); it != c.vipSlots.end()) {
+      if (--hist[it->second] == 0) hist.erase(it->second);
+      (vip.isV4() ? v4 : v6)--;
+    }
+  }
+  for (auto& vp : plan.vips) {
+    ++hist[slotCountOf(vp)];
+    (vp.vip.isV4() ? v4 : v6)++;
+  }
+  uint32_t slotCount = hist.empty() ? 0 : hist.rbegin()->first;
+  if (slotCount != c.slotCount || (v4 > 0) != (c.v4 > 0) || (v6 > 0) != (c.v6 > 0)) {
+    c.alloc.nexthopIds = std::move(prior.nexthopIds);
+    return std::nullopt;
+  }
+  plan.slotCount = slotCount;
+  dp::RouterState des = routerState(plan, cfg_, prior);
+  c.alloc.nexthopIds = std::move(prior.nexthopIds);
+  if (des.nft.skeletonId != c.skeletonId || !c.nftPresent) return std::nullopt;
+  // Nexthops: those of the changed VIPs, plus any they stop using that other VIPs still use.
+  for (auto& r : des.routes)
+    if (r.nhid) ++refDelta[r.nhid];
+  {
+    std::map<uint32_t, const dp::Nexthop*> fresh;
+    for (auto& nh : des.nexthops) fresh.emplace(nh.id, &nh);
+    std::vector<dp::Nexthop> keep;
+    for (auto& [id, d] : refDelta) {
+      if (fresh.contains(id)) continue;
+      auto rit = c.nhRefs.find(id);
+      int64_t after = (rit == c.nhRefs.end() ? 0 : rit->second) + d;
+      auto it = c.nexthops.find(id);
+      if (after > 0 && it != c.nexthops.end()) keep.push_back(it->second);
+    }
+    des.nexthops.insert(des.nexthops.end(), keep.begin(), keep.end());
+    std::sort(des.nexthops.begin(), des.nexthops.end(), [](auto& a, auto& b) { return a.id < b.id; });
+  }
+  des.links.clear();
+  des.rules.clear();
+  // nft elements of the changed VIPs.
+  dp::NftState obsNft;
+  obsNft.present = true;
+  obsNft.skeletonId = c.skeletonId;
+  obsNft.skeleton = des.nft.skeleton;
+  for (auto& vip : changed) {
+    if (c.nftVips.contains(vip)) obsNft.vips.insert(vip);
+    if (auto it = c.buckets.find(vip); it != c.buckets.end())
+      for (uint32_t b = 0; b < it->second.size(); ++b)
+        if (it->second[b]) obsNft.buckets.emplace(std::make_pair(vip, b), it->second[b]);
+  }
+  res.timings.plan = since(t);
+  auto changes = dp::diffRouter(des, obs);
+  res.timings.diff = since(t);
+  res.problems = plan.problems;  // replaced by all problems below on success
+  // Until the kernel is known to hold `des`, there is no cache (a failure drops it).
+  std::unique_ptr<Cache> held = std::move(cache_);
+  if (auto s = applyAll(changes, des.nft, obsNft, res); !s) return std::unexpected(s.error());
+  if (!res.ok()) return res;
+
+  // Success: the kernel now holds `des` for the changed VIPs.
+  cache_ = std::move(held);
+  for (auto& vip : changed) {
+    c.routes.erase(vip);
+    c.nftVips.erase(vip);
+    c.buckets.erase(vip);
+    if (auto it = c.inputs.find(vip); it != c.inputs.end()) {
+      c.problems.erase(it->second.key);
+      c.inputs.erase(it);
+    }
+    c.vipSlots.erase(vip);
+  }
+  for (auto& r : des.routes) c.routes[r.key.dst].push_back(r);
+  for (auto& [id, d] : refDelta) {
+    auto& n = c.nhRefs[id];
+    n = static_cast<uint32_t>(static_cast<int64_t>(n) + d);
+    if (n == 0) {
+      c.nhRefs.erase(id);
+      if (auto it = c.nexthops.find(id); it != c.nexthops.end()) {
+        auto a = c.alloc.nexthopIds.find(it->second.key());
+        if (a != c.alloc.nexthopIds.end() && a->second == id) c.alloc.nexthopIds.erase(a);
+        c.nexthops.erase(it);
+      }
+    }
+  }
+  for (auto& nh : des.nexthops) {
+    c.nexthops[nh.id] = nh;
+    c.alloc.nexthopIds[nh.key()] = nh.id;
+  }
+  for (auto& vip : des.nft.vips) c.nftVips.insert(vip);
+  for (auto& [k, mark] : des.nft.buckets) {
+    auto& v = c.buckets[k.first];
+    if (v.empty()) v.assign(cfg_.buckets, 0);
+    if (k.second < v.size()) v[k.second] = mark;
+  }
+  for (auto& svc : sub.services) {
+    c.problems.erase(svc.key);
+    c.inputs.emplace(svc.vip, svc);
+  }
+  for (auto& p : plan.problems) c.problems[p.object].push_back(p);
+  for (auto& vp : plan.vips) c.vipSlots[vp.vip] = slotCountOf(vp);
+  c.slotHist = std::move(hist);
+  c.v4 = v4;
+  c.v6 = v6;
+  // The whole plan stays available (lastPlan(), publishing): merge the changed VIPs in.
+  std::vector<VipPlan> merged;
+  merged.reserve(plan_.vips.size() + plan.vips.size());
+  auto pit = plan.vips.begin();
+  for (auto& vp : plan_.vips) {
+    while (pit != plan.vips.end() && pit->vip < vp.vip) merged.push_back(std::move(*pit++));
+    if (!std::binary_search(changed.begin(), changed.end(), vp.vip)) merged.push_back(std::move(vp));
+  }
+  for (; pit != plan.vips.end(); ++pit) merged.push_back(std::move(*pit));
+  plan_.vips = std::move(merged);
+  plan_.problems = c.allProblems();
+  res.problems = plan_.problems;
   return res;
 }
 
+std::vector<std::pair<ObjectKey, std::string>> RouterReconciler::pendingPublications() const {
+  std::vector<std::pair<ObjectKey, std::string>> out;
+  for (const auto& vp : plan_.vips) {
+    std::string json = encodePublished(vp, cfg_);
+    if (json != vp.publishedSeen) out.emplace_back(vp.service, std::move(json));
+  }
+  return out;
+}
+
 Result<PassResult> RouterReconciler::cleanup() {
+  cache_.reset();
   Model empty;
   return reconcile(empty);
 }

@@ -1,6 +1,16 @@
 // Router role reconciler: observe (netlink dumps + nft listing of owned objects only) →
 // plan (pure) → diff (pure) → apply (batched netlink, one nft transaction).
 //
+// NOTE Performance (setCaching(true), what the daemon runs): after a pass in which every
+// change succeeded, the kernel holds exactly the desired state, so that state is kept as the
+// observed one and the next pass neither dumps nor lists anything. It then plans and diffs
+// only the VIPs whose model inputs changed (compared service by service), so one endpoint
+// change costs O(its VIP) kernel messages and CPU, not O(V). The kernel is re-read after a
+// failure, after resyncNextPass() (the daemon's periodic resync repairs drift), and on a
+// fresh reconciler (a restart adopts what the kernel holds). Changes that touch every VIP
+// (the slot count or the families in use change, the first/last VIP, GRE/MPLS modes) take
+// the whole-model path, still against the cached state.
+//
 // NOTE Logging: info for each applied change summary, warn for failed changes (retried on the
 // next pass), debug for "nothing to do".
 #pragma once
@@ -16,10 +26,21 @@
 
 namespace kst {
 
+/** Wall time of each phase of a pass, in seconds (benchmarks, debug log). */
+struct PassTimings {
+  double observe = 0;  // netlink dumps + nft listing (0 when the cached state was used)
+  double plan = 0;     // model → bucket tables → desired kernel objects
+  double diff = 0;     // desired vs observed
+  double netlink = 0;  // rtnetlink requests until the last ack
+  double nft = 0;      // nftables transaction
+};
+
 struct PassResult {
   size_t changes = 0;         // netlink changes + nft element changes applied
   size_t nftElementChanges = 0;
   bool nftRebuilt = false;
+  bool fullObserve = false;   // the kernel was re-read (not the cached state)
+  PassTimings timings;
   std::vector<std::string> failures;
   std::vector<Problem> problems;
   bool ok() const { return failures.empty(); }
@@ -39,15 +60,33 @@ class RouterReconciler {
   Result<dp::RouterState> observe();
   /** The last plan computed (bucket tables), for publishing and tests. */
   const RouterPlan& lastPlan() const { return plan_; }
+  /** Keep the observed state between passes (NOTE Performance above). Off by default:
+   *  every pass then re-reads the kernel. */
+  void setCaching(bool on);
+  /** The next pass re-reads the kernel (periodic resync). */
+  void resyncNextPass();
+  /** Services whose published bucket table (desired/published.h) differs from the last plan:
+   *  what an elected writer should publish. */
+  std::vector<std::pair<ObjectKey, std::string>> pendingPublications() const;
   /** Removes everything owned. */
   Result<PassResult> cleanup();
+  ~RouterReconciler();
 
  private:
+  struct Cache;
+  Result<PassResult> fullPass(const Model& model, const dp::RouterState* cached, PassResult res);
+  std::optional<Result<PassResult>> incrementalPass(const Model& model, PassResult res);
+  Status applyAll(const std::vector<dp::Change>& changes, const dp::NftState& desiredNft,
+                  const dp::NftState& observedNft, PassResult& res);
+  void fillCache(const Model& model, const dp::RouterState& desired);
+
   DataplaneConfig cfg_;
   dp::NetlinkClient& nl_;
   dp::NftClient& nft_;
   DeviceResolver resolver_;
   RouterPlan plan_;
+  bool caching_ = false;
+  std::unique_ptr<Cache> cache_;  // null: the next pass observes the kernel
 };
 
 }  // namespace kst
