@@ -9,11 +9,14 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/daemon.h"
+#include "daemon/health.h"
 #include "desired/nft_render.h"
 #include "linux/netlink_client.h"
 #include "linux/netns.h"
 #include "linux/netns_provider.h"
 #include "linux/nft_client.h"
+#include "k8s/event_sink.h"
+#include "k8s/kube_source.h"
 #include "source/manifest_source.h"
 
 namespace {
@@ -29,6 +32,10 @@ struct Flags {
   std::string role = "both";
   std::string mode = "vxlan-gpe";
   std::string manifests;
+  std::string kubeconfig;
+  std::string kubeContext;
+  int healthPort = 0;
+  std::string healthAddress = "0.0.0.0";
   std::string annotation = "cmd.nu/tunnel";
   std::vector<std::string> netnsDirs{"/run/netns", "/var/run/netns"};
   bool scanProc = true;
@@ -114,6 +121,18 @@ int main(int argc, char** argv) {
   run->add_option("--resync-interval", f.resyncSeconds, "Seconds between full resyncs")
       ->envname("TUNNEL_RESYNC_INTERVAL");
   run->add_flag("--once", f.once, "One reconcile pass, then exit (0 = converged)");
+  run->add_option("--kubeconfig", f.kubeconfig,
+                  "Kubernetes API source: kubeconfig file(s), a:b as in $KUBECONFIG (without it "
+                  "and without --manifests, the in-cluster ServiceAccount config is used)")
+      ->envname("KUBECONFIG");
+  run->add_option("--kube-context", f.kubeContext, "kubeconfig context (default: current-context)")
+      ->envname("TUNNEL_KUBE_CONTEXT");
+  run->add_option("--health-port", f.healthPort,
+                  "Serve /healthz and /readyz on this TCP port (0 = off)")
+      ->envname("TUNNEL_HEALTH_PORT")
+      ->check(CLI::Range(0, 65535));
+  run->add_option("--health-address", f.healthAddress, "Address of the health endpoint")
+      ->envname("TUNNEL_HEALTH_ADDRESS");
   auto* cleanup = app.add_subcommand("cleanup", "Remove every kernel object this daemon owns on this node");
   addCommon(cleanup, f);
   auto* version = app.add_subcommand("version", "Print the version");
@@ -154,20 +173,68 @@ int main(int argc, char** argv) {
     return rc;
   }
 
-  if (f.manifests.empty()) {
-    spdlog::error("no source: give --manifests DIR (the Kubernetes API source is --kubeconfig)");
-    return 2;
-  }
   if (agent && f.nodeName.empty()) {
     spdlog::error("--node-name is required for the agent role");
     return 2;
+  }
+  // Source selection: an explicit --manifests wins; then --kubeconfig / $KUBECONFIG; then the
+  // in-cluster ServiceAccount configuration.
+  std::unique_ptr<kst::Source> source;
+  kst::k8s::KubeSource* kube = nullptr;
+  std::unique_ptr<kst::k8s::KubeEventSink> events;
+  if (!f.manifests.empty()) {
+    source = std::make_unique<kst::ManifestSource>(f.manifests);
+  } else {
+    kst::Result<kst::k8s::ClientConfig> cfg = kst::fail(EINVAL, "");
+    if (!f.kubeconfig.empty()) {
+      cfg = kst::k8s::loadKubeconfig(f.kubeconfig, f.kubeContext);
+    } else if (kst::k8s::inClusterAvailable()) {
+      std::map<std::string, std::string> env;
+      for (const char* k : {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"})
+        if (const char* v = std::getenv(k)) env[k] = v;
+      cfg = kst::k8s::inClusterConfig(env);
+    } else {
+      spdlog::error("no source: give --manifests DIR, --kubeconfig PATH (or $KUBECONFIG), or run "
+                    "in a pod with a ServiceAccount token");
+      return 2;
+    }
+    if (!cfg) {
+      spdlog::error("{}", cfg.error().message);
+      return 2;
+    }
+    spdlog::info("kubernetes API {} from {}", cfg->server, cfg->origin);
+    kst::k8s::TransportFactory factory =
+        [c = *cfg]() -> kst::Result<std::unique_ptr<kst::k8s::HttpTransport>> {
+      auto t = kst::k8s::CurlTransport::create(c);
+      if (!t) return std::unexpected(t.error());
+      return std::unique_ptr<kst::k8s::HttpTransport>(std::move(*t));
+    };
+    kst::k8s::KubeSourceOptions ko;
+    ko.router = router;
+    ko.agent = agent;
+    ko.nodeName = f.nodeName;
+    ko.annotation = f.annotation;
+    auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
+    kube = ks.get();
+    source = std::move(ks);
+    // Events come from routers only: one report per problem per router instead of one per node.
+    if (router) {
+      auto t = factory();
+      if (!t) {
+        spdlog::error("{}", t.error().message);
+        return 1;
+      }
+      kst::k8s::EventSinkOptions eo;
+      eo.reportingInstance = "kube-service-tunnel-" + (f.nodeName.empty() ? std::string("router") : f.nodeName);
+      eo.uidOf = [kube](const kst::ObjectKey& k) { return kube->serviceUid(k); };
+      events = std::make_unique<kst::k8s::KubeEventSink>(std::move(*t), eo);
+    }
   }
   if (router) {
     // A tunnel node forwards VIP traffic.
     (void)kst::writeSysctl("net/ipv4/ip_forward", "1");
     (void)kst::writeSysctl("net/ipv6/conf/all/forwarding", "1");
   }
-  kst::ManifestSource source(f.manifests);
   kst::DaemonOptions opts;
   opts.router = router;
   opts.agent = agent;
@@ -175,14 +242,28 @@ int main(int argc, char** argv) {
   opts.model.annotation = f.annotation;
   opts.resyncInterval = std::chrono::seconds(f.resyncSeconds);
   opts.once = f.once;
-  kst::Daemon daemon(opts, source, router ? &rr : nullptr, agent ? &ar : nullptr);
+  kst::Daemon daemon(opts, *source, router ? &rr : nullptr, agent ? &ar : nullptr, events.get());
+  kst::HealthServer health([&]() -> std::string {
+    if (kube && !kube->synced()) return "not synced with the Kubernetes API yet";
+    if (daemon.passes() == 0) return "no reconcile pass yet";
+    if (!daemon.lastPassOk()) return "the last reconcile pass failed";
+    return "";
+  });
+  if (f.healthPort > 0) {
+    if (auto st = health.start(f.healthAddress, uint16_t(f.healthPort)); !st) {
+      spdlog::error("{}", st.error().message);
+      return 1;
+    }
+    spdlog::info("health endpoint on {}:{} (/healthz, /readyz)", f.healthAddress, health.port());
+  }
   gDaemon = &daemon;
   std::signal(SIGTERM, onSignal);
   std::signal(SIGINT, onSignal);
   spdlog::info("kube-service-tunnel starting: role={} mode={} node={} buckets={} seed={:#x} source={}",
                f.role, kst::modeName(f.dp.mode), f.nodeName, f.dp.buckets, f.dp.hashSeed,
-               source.name());
+               source->name());
   int rc = daemon.run();
+  health.stop();
   spdlog::info("kube-service-tunnel stopped (kernel state left in place)");
   return rc;
 }

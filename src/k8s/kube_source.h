@@ -1,0 +1,88 @@
+// The Kubernetes API source: list+watch of Services (all namespaces) and discovery.k8s.io/v1
+// EndpointSlices, a cache of the decoded objects, and a whole ClusterObjects snapshot published
+// (coalesced) after every change. A snapshot equal to the last published one is not published
+// again, so a relist after 410 Gone or a reconnect that finds nothing new costs the reconciler
+// nothing. Objects that cannot be decoded are logged and their last good version is kept.
+// Memory: Services keep only the tunnel annotation; in the agent-only role EndpointSlices keep
+// only this node's endpoints (slices without any are not stored), FQDN slices are dropped.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include "k8s/http.h"
+#include "k8s/watch.h"
+#include "source/source.h"
+
+namespace kst::k8s {
+
+using TransportFactory = std::function<Result<std::unique_ptr<HttpTransport>>()>;
+
+struct KubeSourceOptions {
+  bool router = true;
+  bool agent = true;
+  std::string nodeName;
+  std::string annotation = "cmd.nu/tunnel";
+  /** Changes arriving within this window after the first one go into one snapshot. */
+  std::chrono::milliseconds coalesce{100};
+  ListWatchOptions listWatch;
+  ListWatch::Sleeper sleeper;  // tests: backoff without sleeping
+  /** Check once that the Node named nodeName exists (agent role; needs `get nodes`). */
+  bool checkNode = true;
+};
+
+/** Decoding as the cache does it (pure; exposed for tests). nullopt = not stored. */
+Result<ServiceObject> cacheService(const nlohmann::json& j, const KubeSourceOptions& o);
+Result<std::optional<EndpointSliceObject>> cacheSlice(const nlohmann::json& j,
+                                                      const KubeSourceOptions& o);
+
+class KubeSource : public Source {
+ public:
+  KubeSource(TransportFactory makeTransport, KubeSourceOptions opts);
+  ~KubeSource() override;
+  Status start(Callback cb) override;
+  void stop() override;
+  std::string name() const override { return name_; }
+
+  /** Both initial lists done and the first snapshot delivered. */
+  bool synced() const { return synced_; }
+  /** metadata.uid of a cached Service (for Events). */
+  std::optional<std::string> serviceUid(const ObjectKey& key) const;
+  /** Snapshots delivered so far. */
+  int published() const { return published_; }
+  ClusterObjects current() const;
+  ListWatch::Stats stats(const std::string& resource) const;
+
+ private:
+  class Handler;
+  friend class Handler;
+  void publisher();
+  void markDirty();
+  void checkNode();
+
+  TransportFactory make_;
+  KubeSourceOptions opts_;
+  std::string name_;
+  Callback cb_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<ObjectKey, ServiceObject> services_;
+  std::map<ObjectKey, EndpointSliceObject> slices_;
+  bool dirty_ = false;
+  bool stopping_ = false;
+  std::atomic<bool> synced_{false};
+  std::atomic<int> published_{0};
+  std::unique_ptr<Handler> svcHandler_, sliceHandler_;
+  std::vector<std::unique_ptr<HttpTransport>> transports_;
+  std::unique_ptr<ListWatch> svcWatch_, sliceWatch_;
+  std::vector<std::thread> threads_;
+  std::optional<ClusterObjects> last_;
+};
+
+}  // namespace kst::k8s

@@ -1,0 +1,301 @@
+// KubeSource (cache + coalesced, deduplicated snapshots) and KubeEventSink (Events) over the
+// scripted transport, with objects recorded from a real kube-apiserver.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "k8s/event_sink.h"
+#include "k8s/kube_source.h"
+#include "model/model.h"
+#include "unit/k8s_fake_transport.h"
+
+namespace kst::k8s {
+namespace {
+
+using test::FakeApi;
+using test::FakeResponse;
+using test::FakeTransport;
+using test::fixture;
+
+const std::string kSvcList = "/api/v1/services?limit=500";
+const std::string kSvcWatch = "/api/v1/services?watch=1";
+const std::string kEpsList = "/apis/discovery.k8s.io/v1/endpointslices?limit=500";
+const std::string kEpsWatch = "/apis/discovery.k8s.io/v1/endpointslices?watch=1";
+
+bool waitFor(const std::function<bool()>& fn, int ms = 5000) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < end) {
+    if (fn()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return fn();
+}
+
+struct SourceHarness {
+  FakeApi api;
+  KubeSourceOptions opts;
+  std::unique_ptr<KubeSource> src;
+  std::mutex mu;
+  std::vector<ClusterObjects> snaps;
+  SourceHarness() {
+    opts.coalesce = std::chrono::milliseconds(50);
+    opts.sleeper = [](auto) { return true; };
+    opts.listWatch.seed = 7;
+  }
+  void start() {
+    src = std::make_unique<KubeSource>(
+        [this]() -> Result<std::unique_ptr<HttpTransport>> {
+          return std::unique_ptr<HttpTransport>(new FakeTransport(api));
+        },
+        opts);
+    ASSERT_TRUE(src->start([this](const ClusterObjects& o) {
+      std::lock_guard lk(mu);
+      snaps.push_back(o);
+    }));
+  }
+  size_t count() {
+    std::lock_guard lk(mu);
+    return snaps.size();
+  }
+  ClusterObjects last() {
+    std::lock_guard lk(mu);
+    return snaps.back();
+  }
+  ~SourceHarness() {
+    if (src) src->stop();
+  }
+};
+
+TEST(KubeSource, FirstSnapshotAfterBothListsWithDecodedRecordedObjects) {
+  SourceHarness h;
+  h.api.push(kSvcList, {200, fixture("services-list.json")});
+  h.start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(h.count(), 0u) << "no snapshot before every resource is listed";
+  EXPECT_FALSE(h.src->synced());
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  ASSERT_TRUE(waitFor([&] { return h.count() == 1; }));
+  EXPECT_TRUE(h.src->synced());
+  auto s = h.last();
+  EXPECT_EQ(s.services.size(), 4u);
+  EXPECT_EQ(s.slices.size(), 5u);
+  auto& web = s.services.at({"kst-fixtures", "web"});
+  EXPECT_EQ(web.annotations.size(), 1u) << "only the tunnel annotation is kept";
+  EXPECT_EQ(web.annotations.at("cmd.nu/tunnel"), "198.51.100.10");
+  EXPECT_FALSE(web.uid.empty());
+  EXPECT_EQ(h.src->serviceUid({"kst-fixtures", "web"}), web.uid);
+  EXPECT_TRUE(s.services.at({"kst-fixtures", "plain"}).annotations.empty());
+
+  Model m = buildModel(s, {});
+  // web (IPv4 VIP) and web6; "bad" is an InvalidAnnotation problem.
+  ASSERT_EQ(m.services.size(), 2u);
+  const TunnelService* w = nullptr;
+  for (auto& ts : m.services)
+    if (ts.key.name == "web") w = &ts;
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->vip.str(), "198.51.100.10");
+  // web-1, web-2 ready; web-3 serving+terminating (draining); web-4 not serving (dropped).
+  ASSERT_EQ(w->endpoints.size(), 3u);
+  std::map<std::string, bool> draining;
+  for (auto& e : w->endpoints) draining[e.ip.str()] = e.draining;
+  EXPECT_EQ(draining, (std::map<std::string, bool>{
+                          {"10.244.1.5", false}, {"10.244.2.7", false}, {"10.244.2.9", true}}));
+  bool invalid = false;
+  for (auto& p : m.problems)
+    if (p.kind == Problem::Kind::InvalidAnnotation && p.object.name == "bad") invalid = true;
+  EXPECT_TRUE(invalid);
+}
+
+TEST(KubeSource, RelistAfterGoneWithUnchangedObjectsPublishesNothing) {
+  SourceHarness h;
+  h.api.push(kSvcList, {200, fixture("services-list.json")});
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  h.start();
+  ASSERT_TRUE(waitFor([&] { return h.count() == 1; }));
+  h.api.push(kSvcList, {200, fixture("services-list.json")});
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  h.api.push(kSvcWatch, {200, fixture("watch-services-410-gone.jsonl")});
+  h.api.push(kEpsWatch, {410, fixture("services-list-410-gone.json")});
+  ASSERT_TRUE(waitFor([&] {
+    return h.src->stats("services").lists == 2 && h.src->stats("endpointslices").lists == 2;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(h.count(), 1u) << "an identical snapshot must not be republished";
+  EXPECT_EQ(h.src->published(), 1);
+  EXPECT_EQ(h.src->stats("services").gone, 1);
+  EXPECT_EQ(h.src->stats("endpointslices").gone, 1);
+}
+
+TEST(KubeSource, WatchEventsAreCoalescedAndNetNoChangeIsNotPublished) {
+  SourceHarness h;
+  h.opts.coalesce = std::chrono::milliseconds(300);
+  h.api.push(kSvcList, {200, fixture("services-list.json")});
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  h.start();
+  ASSERT_TRUE(waitFor([&] { return h.count() == 1; }));
+  // tmp ADDED, MODIFIED, DELETED within the window: nothing to publish in the end.
+  h.api.push(kSvcWatch, {200, fixture("watch-services.jsonl")});
+  ASSERT_TRUE(h.api.waitRequests(kSvcWatch, 2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(h.count(), 1u);
+  // Only the ADDED: one new snapshot with tmp.
+  auto lines = fixture("watch-services.jsonl");
+  h.api.push(kSvcWatch, {200, lines.substr(0, lines.find('\n') + 1)});
+  ASSERT_TRUE(waitFor([&] { return h.count() == 2; }));
+  EXPECT_TRUE(h.last().services.contains({"kst-fixtures", "tmp"}));
+  EXPECT_EQ(h.last().services.at({"kst-fixtures", "tmp"}).annotations.at("cmd.nu/tunnel"),
+            "198.51.100.20");
+}
+
+TEST(KubeSource, AgentOnlyKeepsOnlyItsOwnNodesEndpoints) {
+  SourceHarness h;
+  h.opts.router = false;
+  h.opts.agent = true;
+  h.opts.nodeName = "kst-node-a";
+  h.api.push(kSvcList, {200, fixture("services-list.json")});
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  h.api.push("/api/v1/nodes/kst-node-a", {200, fixture("node.json")});
+  h.start();
+  ASSERT_TRUE(waitFor([&] { return h.count() == 1; }));
+  auto s = h.last();
+  size_t eps = 0;
+  for (auto& [k, sl] : s.slices)
+    for (auto& e : sl.endpoints) {
+      ++eps;
+      EXPECT_EQ(e.nodeName.value_or(""), "kst-node-a") << k.str() << " " << e.address;
+    }
+  EXPECT_EQ(eps, 10u);  // 5 slices × (web-1, web-4) on kst-node-a
+  ASSERT_TRUE(h.api.waitRequests("/api/v1/nodes/kst-node-a", 1)) << "the agent checks its Node";
+  // An agent on a node without endpoints stores no slices at all.
+  SourceHarness other;
+  other.opts = h.opts;
+  other.opts.nodeName = "elsewhere";
+  other.opts.checkNode = false;
+  other.api.push(kSvcList, {200, fixture("services-list.json")});
+  other.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  other.start();
+  ASSERT_TRUE(waitFor([&] { return other.count() == 1; }));
+  EXPECT_TRUE(other.last().slices.empty());
+  EXPECT_EQ(other.last().services.size(), 4u);
+}
+
+TEST(KubeSource, UndecodableObjectIsSkippedAndItsLastGoodVersionKept) {
+  SourceHarness h;
+  h.api.push(kSvcList, {200, fixture("services-list.json")});
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  h.start();
+  ASSERT_TRUE(waitFor([&] { return h.count() == 1; }));
+  auto before = h.last();
+  auto list = nlohmann::json::parse(fixture("endpointslices-list.json"));
+  auto broken = list["items"][0];
+  broken["endpoints"][0].erase("addresses");
+  broken["metadata"]["resourceVersion"] = "100000";
+  nlohmann::json ev = {{"type", "MODIFIED"}, {"object", broken}};
+  nlohmann::json nameless = {{"type", "ADDED"}, {"object", {{"metadata", {{"namespace", "x"}}}}}};
+  h.api.push(kEpsWatch, {200, ev.dump() + "\n" + nameless.dump() + "\n"});
+  ASSERT_TRUE(h.api.waitRequests(kEpsWatch, 2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_EQ(h.count(), 1u);
+  EXPECT_EQ(h.src->current(), before);
+}
+
+TEST(KubeSource, StopWhileTheApiServerIsDown) {
+  SourceHarness h;
+  for (int i = 0; i < 1000; ++i) h.api.push(kSvcList, {0, "", "connection refused"});
+  h.start();
+  ASSERT_TRUE(h.api.waitRequests(kSvcList, 5));
+  auto t0 = std::chrono::steady_clock::now();
+  h.src->stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  EXPECT_EQ(h.count(), 0u);
+  EXPECT_FALSE(h.src->synced());
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const std::string kEvents = "/apis/events.k8s.io/v1/namespaces/kst-fixtures/events";
+
+EventSinkOptions sinkOptions() {
+  EventSinkOptions o;
+  o.reportingInstance = "kube-service-tunnel-kst-node-a";
+  o.retries = {std::chrono::milliseconds(1), std::chrono::milliseconds(1)};
+  o.uidOf = [](const ObjectKey& k) -> std::optional<std::string> {
+    if (k.name == "bad") return "cadba4c8-6075-4110-aa4f-b2b324db3ee9";
+    return std::nullopt;
+  };
+  return o;
+}
+
+TEST(KubeEventSink, PostsAnEventsV1WarningOnTheServiceShapedLikeTheRecordedOne) {
+  FakeApi api;
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), sinkOptions());
+  api.push(kEvents, {201, "{}"});
+  Problem p{Problem::Kind::InvalidAnnotation, {"kst-fixtures", "bad"},
+            "annotation cmd.nu/tunnel=\"not-an-ip\" is not an IPv4 or IPv6 address; service ignored"};
+  sink.report(p);
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(sink.posted(), 1);
+  auto reqs = api.requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].method, "POST");
+  EXPECT_EQ(reqs[0].path, kEvents);
+  EXPECT_EQ(reqs[0].contentType, "application/json");
+  auto ev = nlohmann::json::parse(reqs[0].body);
+  EXPECT_EQ(ev["reason"], "InvalidTunnelAnnotation");
+  EXPECT_EQ(ev["type"], "Warning");
+  EXPECT_EQ(ev["note"], p.message);
+  EXPECT_EQ(ev["regarding"]["kind"], "Service");
+  EXPECT_EQ(ev["regarding"]["name"], "bad");
+  EXPECT_EQ(ev["regarding"]["uid"], "cadba4c8-6075-4110-aa4f-b2b324db3ee9");
+  EXPECT_EQ(ev["reportingController"], "cmd.nu/kube-service-tunnel");
+  EXPECT_TRUE(ev["metadata"]["name"].get<std::string>().starts_with("bad."));
+  // eventTime is a MicroTime: RFC 3339 with exactly 6 fractional digits.
+  auto t = ev["eventTime"].get<std::string>();
+  EXPECT_EQ(t.size(), 27u) << t;
+  EXPECT_EQ(t[19], '.');
+  EXPECT_EQ(t.back(), 'Z');
+  // Every field we send exists in the Event the real apiserver accepted and returned.
+  auto recorded = nlohmann::json::parse(fixture("event-events.k8s.io-v1.json"));
+  for (auto& [k, v] : ev.items()) EXPECT_TRUE(recorded.contains(k)) << k;
+  for (auto& [k, v] : ev["regarding"].items()) EXPECT_TRUE(recorded["regarding"].contains(k)) << k;
+}
+
+TEST(KubeEventSink, DeduplicatesRateLimitsAndIgnoresNonServiceProblems) {
+  FakeApi api;
+  auto o = sinkOptions();
+  o.burst = 2;
+  o.refill = std::chrono::hours(1);
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), o);
+  for (int i = 0; i < 5; ++i) api.push(kEvents, {201, "{}"});
+  Problem a{Problem::Kind::VipConflict, {"kst-fixtures", "thief"}, "VIP taken"};
+  sink.report(a);
+  sink.report(a);  // duplicate: not posted again
+  sink.report({Problem::Kind::OrphanSlice, {"kst-fixtures", "ghost-a"}, "orphan"});  // not a Service
+  sink.report({Problem::Kind::VipConflict, {"kst-fixtures", "thief2"}, "VIP taken"});
+  sink.report({Problem::Kind::VipConflict, {"kst-fixtures", "thief3"}, "VIP taken"});  // over the burst
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(api.count(kEvents), 2u);
+  EXPECT_EQ(sink.posted(), 2);
+  EXPECT_EQ(sink.dropped(), 1);
+}
+
+TEST(KubeEventSink, RetriesServerErrorsButNotForbidden) {
+  FakeApi api;
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), sinkOptions());
+  api.push(kEvents, {0, "", "connection refused"});
+  api.push(kEvents, {503, "{}"});
+  api.push(kEvents, {201, "{}"});
+  sink.report({Problem::Kind::InvalidAnnotation, {"kst-fixtures", "bad"}, "x"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(api.count(kEvents), 3u);
+  EXPECT_EQ(sink.posted(), 1);
+  api.push(kEvents, {403, R"({"kind":"Status","reason":"Forbidden","message":"events.events.k8s.io is forbidden","code":403})"});
+  sink.report({Problem::Kind::InvalidAnnotation, {"kst-fixtures", "bad2"}, "x"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(api.count(kEvents), 4u);
+  EXPECT_EQ(sink.posted(), 1);
+  EXPECT_EQ(sink.dropped(), 1);
+}
+
+}  // namespace
+}  // namespace kst::k8s
