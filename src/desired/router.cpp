@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "desired/nft_render.h"
+#include "desired/published.h"
 #include "hashing/maglev.h"
 
 namespace kst {
@@ -23,6 +24,8 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
   for (const auto& nh : observed.nexthops) {
     byId[nh.id] = &nh;
     a.nexthopIds.emplace(nh.key(), nh.id);
+    if (nh.encap == dp::Nexthop::Encap::Mpls && nh.gateway && !nh.dev.empty())
+      a.mplsDevice.emplace(*nh.gateway, nh.dev);
   }
   for (const auto& r : observed.routes) {
     if (r.key.table < cfg.tableOffset || r.key.table >= cfg.tableOffset + cfg.maxSlots) continue;
@@ -48,12 +51,41 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
 RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior) {
   RouterPlan plan;
   for (const auto& svc : model.services) {
-    VipPlan vp{svc.key, svc.vip, svc.endpoints, {}, {}};
-    // Sticky slots first, then the lowest free ones in address order.
+    VipPlan vp{svc.key, svc.vip, svc.endpoints, {}, {}, svc.published, false};
+    // A published table that matches this configuration and exactly this endpoint set.
+    std::optional<PublishedTable> pub;
+    if (!svc.published.empty()) pub = decodePublished(svc.published);
+    if (pub && (pub->buckets != cfg.buckets || pub->seed != cfg.hashSeed ||
+                pub->endpoints.size() != svc.endpoints.size()))
+      pub.reset();
+    std::map<IpAddress, uint32_t> pubSlot;
+    if (pub) {
+      std::set<uint32_t> slotsSeen;
+      for (size_t i = 0; i < pub->endpoints.size() && pub; ++i) {
+        const auto& pe = pub->endpoints[i];
+        const auto& e = svc.endpoints[i];  // both sorted by address when published by us
+        if (pe.ip != e.ip || pe.draining != e.draining || pe.slot >= cfg.maxSlots ||
+            !slotsSeen.insert(pe.slot).second)
+          pub.reset();
+        else
+          pubSlot[pe.ip] = pe.slot;
+      }
+      if (pub)
+        for (int32_t idx : pub->table)
+          if (idx >= 0 && pub->endpoints[idx].draining) pub.reset();
+    }
+    // Sticky slots first (the kernel's; a router without any for this VIP takes the published
+    // ones, so a fresh router builds the same tables), then the lowest free ones in address
+    // order. A router never renumbers slots it holds: pinned flows refer to slot marks.
     std::set<uint32_t> used;
     vp.slots.assign(vp.endpoints.size(), UINT32_MAX);
     auto pit = prior.slots.find(svc.vip);
-    if (pit != prior.slots.end()) {
+    if (pit == prior.slots.end() && pub) {
+      for (size_t i = 0; i < vp.endpoints.size(); ++i) {
+        vp.slots[i] = pubSlot[vp.endpoints[i].ip];
+        used.insert(vp.slots[i]);
+      }
+    } else if (pit != prior.slots.end()) {
       for (size_t i = 0; i < vp.endpoints.size(); ++i) {
         auto s = pit->second.find(vp.endpoints[i].ip);
         if (s != pit->second.end() && s->second < cfg.maxSlots && used.insert(s->second).second)
@@ -99,10 +131,16 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
                        "endpoints get no new flows; raise --buckets",
                        svc.vip.str(), ids.size(), cfg.buckets, ids.size() - cfg.buckets)});
     }
-    auto table = cfg.algorithm == BucketAlgorithm::Maglev ? maglevTable(ids, cfg.buckets)
-                                                          : rendezvousTable(ids, cfg.buckets);
     vp.buckets.assign(cfg.buckets, -1);
-    for (size_t b = 0; b < table.size(); ++b) vp.buckets[b] = idx[table[b]];
+    if (pub && vp.endpoints.size() == svc.endpoints.size()) {
+      // Follow the published table (e.g. written by a router running another version).
+      vp.fromPublished = true;
+      for (size_t b = 0; b < pub->table.size(); ++b) vp.buckets[b] = pub->table[b];
+    } else {
+      auto table = cfg.algorithm == BucketAlgorithm::Maglev ? maglevTable(ids, cfg.buckets)
+                                                            : rendezvousTable(ids, cfg.buckets);
+      for (size_t b = 0; b < table.size(); ++b) vp.buckets[b] = idx[table[b]];
+    }
     plan.vips.push_back(std::move(vp));
   }
   return plan;
@@ -170,9 +208,12 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       if (cfg.mode == Mode::Mpls && nh.dev.empty()) {
         plan.problems.push_back(
             {Problem::Kind::TooManyEndpoints, vp.service,
-             fmt::format("MPLS mode: endpoint {} is not directly connected to this router; MPLS "
-                         "needs the router role on a node adjacent to the pod (e.g. every node)",
-                         ep.ip.str())});
+             fmt::format("MPLS mode: endpoint {} of VIP {} is not directly connected to this "
+                         "router (its route here has a gateway, or there is none), and `encap "
+                         "mpls {} via {}` needs the pod as an on-link neighbour: this router "
+                         "sends it no traffic. Run the router role on the node that hosts the "
+                         "pod (e.g. on every node with endpoints), or use another --mode",
+                         ep.ip.str(), vp.vip.str(), cfg.mplsLabel, ep.ip.str())});
         continue;
       }
       auto pit = prior.nexthopIds.find(nh.key());
