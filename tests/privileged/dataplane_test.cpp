@@ -253,5 +253,28 @@ TEST_F(Dataplane, BadInputIsReportedAndDisturbsNothing) {
   EXPECT_EQ(in("p2b", "ip -o link show kst-vxg").rc, 1) << "the loser of a VIP conflict gets nothing";
 }
 
+TEST_F(Dataplane, VanishedPodNamespaceOnlyFailsThatPod) {
+  threeEndpoints();
+  // The pod's namespace disappears (container runtime tore it down) while it is still listed.
+  procs["p1a"].stop();
+  ASSERT_EQ(sh("ip netns del " + ns("p1a")).rc, 0);
+  sh("rm -f /run/kst-netns/" + prefix + "/n1/" + ns("p1a"));
+  // A change for another pod on the same node must still be applied.
+  writeManifest("web.yaml", serviceYaml("web", kVip) + "---\n" +
+                                sliceYaml("web", "IPv4",
+                                          {{"198.19.1.2", "node1"},
+                                           {"198.19.1.3", "node1"},
+                                           {"198.19.2.2", "node2"}}) +
+                                "---\n" + serviceYaml("api", "203.0.113.11") + "---\n" +
+                                sliceYaml("api", "IPv4", {{"198.19.1.3", "node1"}}));
+  EXPECT_TRUE(waitUntil([&] {
+    return in("p1b", "ip -o addr show dev kst-vxg").out.find("203.0.113.11") != std::string::npos;
+  })) << procs["n1"].log();
+  EXPECT_TRUE(procs["n1"].running());
+  EXPECT_TRUE(waitUntil([&] { return procs["n1"].log().find("pod 198.19.1.2") != std::string::npos; }))
+      << "the failure is logged, naming the pod";
+  for (auto& a : tcp("203.0.113.11", 5)) EXPECT_EQ(a, "p1b 198.18.0.10");
+}
+
 }  // namespace
 }  // namespace kst::e2e
