@@ -15,6 +15,7 @@
 #include "linux/netns.h"
 #include "linux/netns_provider.h"
 #include "linux/nft_client.h"
+#include "linux/route_lookup.h"
 #include "k8s/event_sink.h"
 #include "k8s/kube_source.h"
 #include "source/manifest_source.h"
@@ -151,10 +152,13 @@ int main(int argc, char** argv) {
     spdlog::error("{}", sock.error().message);
     return 1;
   }
+  kst::nl::Socket* rtSock = sock->get();  // owned by nl; MPLS route lookups share it
   kst::NetlinkClientImpl nl(std::move(*sock), f.dp);
   kst::NftClientImpl nft(f.dp);
   kst::NetnsProviderImpl nsp(f.dp, f.netnsDirs, f.scanProc);
-  kst::RouterReconciler rr(f.dp, nl, nft);
+  kst::RouterReconciler rr(f.dp, nl, nft, [rtSock](const kst::IpAddress& ip) {
+    return kst::directDevice(*rtSock, ip);
+  });
   kst::AgentReconciler ar(f.dp, f.nodeName, nsp);
 
   if (cleanup->parsed()) {
