@@ -380,6 +380,7 @@ std::optional<ParsedNexthop> parseNexthop(const nlmsghdr* h) {
   p.protocol = m->nh_protocol;
   p.oif = tb[NHA_OIF] ? mnl_attr_get_u32(tb[NHA_OIF]) : 0;
   p.nh.gateway = addrAttr(tb[NHA_GATEWAY]);
+  p.nh.ttl = 0;  // only IP encapsulation has one (parseEncap); desired state uses 0 otherwise
   parseEncap(tb[NHA_ENCAP_TYPE], tb[NHA_ENCAP], p.nh);
   return p;
 }

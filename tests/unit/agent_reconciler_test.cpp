@@ -1,0 +1,198 @@
+// reconcile/agent_reconciler.h against fake pod namespaces (tests/fakes/fake_kernel.h).
+#include "reconcile/agent_reconciler.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+
+#include "fakes/fake_kernel.h"
+
+namespace kst {
+namespace {
+
+using fake::FakeKernel;
+
+IpAddress ip(const std::string& s) { return *IpAddress::parse(s); }
+
+class FakeNetns : public NetnsProvider {
+ public:
+  explicit FakeNetns(const DataplaneConfig& cfg) : cfg_(cfg) {}
+  /** A pod namespace whose eth0 holds podIp (an address the daemon does not own). */
+  FakeKernel& addPod(const std::string& id, const std::string& podIp) {
+    auto k = std::make_unique<FakeKernel>(FakeKernel::optionsFor(cfg_));
+    dp::Link eth0;
+    eth0.name = "eth0";
+    k->seedLink(eth0);
+    k->seedAddress({"eth0", ip(podIp), ip(podIp).hostPrefixLen()}, /*kernel*/ 2);
+    k->seedAddress({"lo", ip("127.0.0.1"), 8}, 2);
+    auto& ref = *k;
+    ns_[id] = std::move(k);
+    return ref;
+  }
+  void removePod(const std::string& id) { ns_.erase(id); }
+
+  std::vector<Ns> list() override {
+    ++lists;
+    std::vector<Ns> out;
+    for (auto& [id, k] : ns_) out.push_back({id, "/run/netns/" + id});
+    return out;
+  }
+  Result<dp::NetlinkClient*> client(const Ns& ns) override {
+    auto it = ns_.find(ns.id);
+    if (it == ns_.end()) return fail(ENOENT, "namespace " + ns.id + " is gone");
+    return it->second.get();
+  }
+  Status prepare(const Ns& ns, const DataplaneConfig&, const std::string& linkName) override {
+    prepared[ns.id] = linkName;
+    return {};
+  }
+  void forget(const Ns& ns) override { forgotten.push_back(ns.id); }
+
+  FakeKernel& kernel(const std::string& id) { return *ns_.at(id); }
+  int lists = 0;
+  std::map<std::string, std::string> prepared;
+  std::vector<std::string> forgotten;
+
+ private:
+  DataplaneConfig cfg_;
+  std::map<std::string, std::unique_ptr<FakeKernel>> ns_;
+};
+
+Model model() {
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"),
+                        {{ip("10.0.0.1"), "n1", true, false, ""},
+                         {ip("10.0.0.2"), "n2", true, false, ""},
+                         {ip("10.0.0.3"), "n1", true, true, ""}}});
+  m.services.push_back({{"web", "b"}, ip("203.0.113.11"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  return m;
+}
+
+std::vector<dp::Address> owned(FakeKernel& k) { return *k.addresses(true); }
+
+TEST(AgentReconciler, ProgramsLocalPodsOnly) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  auto& p2 = ns.addPod("p2", "10.0.0.2");  // a pod of node n2 that happens to be visible
+  auto& p3 = ns.addPod("p3", "10.0.0.3");
+  AgentReconciler agent(cfg, "n1", ns);
+  auto res = agent.reconcile(model());
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok()) << (res->failures.empty() ? "" : res->failures[0]);
+  ASSERT_NE(p1.link("kst-vxg"), nullptr);
+  EXPECT_EQ(p1.link("kst-vxg")->kind, dp::Link::Kind::VxlanGpe);
+  EXPECT_EQ(owned(p1), (std::vector<dp::Address>{{"kst-vxg", ip("203.0.113.10"), 32},
+                                                 {"kst-vxg", ip("203.0.113.11"), 32}}));
+  EXPECT_EQ(owned(p3), (std::vector<dp::Address>{{"kst-vxg", ip("203.0.113.10"), 32}}));
+  EXPECT_EQ(p2.link("kst-vxg"), nullptr);
+  EXPECT_TRUE(owned(p2).empty());
+  EXPECT_EQ(res->changes, 2u + 1u + 2u);
+  EXPECT_EQ(ns.prepared, (std::map<std::string, std::string>{{"p1", "kst-vxg"}, {"p3", "kst-vxg"}}));
+  EXPECT_EQ(agent.podNamespaces().at(ip("10.0.0.1")).id, "p1");
+}
+
+TEST(AgentReconciler, SecondPassAndRestartMakeZeroChanges) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  ns.addPod("p3", "10.0.0.3");
+  {
+    AgentReconciler agent(cfg, "n1", ns);
+    ASSERT_TRUE(agent.reconcile(model()));
+    auto before = p1.counts().changeRequests;
+    auto again = agent.reconcile(model());
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->changes, 0u);
+    EXPECT_EQ(p1.counts().changeRequests, before);
+  }
+  AgentReconciler restarted(cfg, "n1", ns);
+  auto before = p1.counts().changeRequests;
+  auto res = restarted.reconcile(model());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->changes, 0u);
+  EXPECT_TRUE(res->ok());
+  EXPECT_EQ(p1.counts().changeRequests, before);
+}
+
+TEST(AgentReconciler, EndpointLeavingCleansItsNamespaceOnly) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  auto& p3 = ns.addPod("p3", "10.0.0.3");
+  AgentReconciler agent(cfg, "n1", ns);
+  ASSERT_TRUE(agent.reconcile(model()));
+  auto m = model();
+  m.services[0].endpoints.pop_back();  // 10.0.0.3 leaves
+  auto before = p1.counts().changeRequests;
+  auto res = agent.reconcile(m);
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok());
+  EXPECT_EQ(p3.link("kst-vxg"), nullptr);
+  EXPECT_TRUE(owned(p3).empty());
+  EXPECT_EQ(p3.allAddresses().size(), 2u);  // eth0 and lo addresses untouched
+  EXPECT_NE(p3.link("eth0"), nullptr);
+  EXPECT_EQ(p1.counts().changeRequests, before);
+  EXPECT_EQ(owned(p1).size(), 2u);
+}
+
+TEST(AgentReconciler, MissingNamespaceFailsOnlyThatPod) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  AgentReconciler agent(cfg, "n1", ns);
+  auto res = agent.reconcile(model());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->failures.size(), 1u);
+  EXPECT_NE(res->failures[0].find("pod 10.0.0.3"), std::string::npos) << res->failures[0];
+  EXPECT_EQ(owned(p1).size(), 2u);
+  // The pod shows up later: the next pass finds it.
+  auto& p3 = ns.addPod("p3", "10.0.0.3");
+  auto res2 = agent.reconcile(model());
+  ASSERT_TRUE(res2);
+  EXPECT_TRUE(res2->ok());
+  EXPECT_EQ(owned(p3).size(), 1u);
+}
+
+TEST(AgentReconciler, MplsModeUsesLoAndLabelRoute) {
+  DataplaneConfig cfg;
+  cfg.mode = Mode::Mpls;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  auto res = agent.reconcile(m);
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok());
+  EXPECT_EQ(owned(p1), (std::vector<dp::Address>{{"lo", ip("203.0.113.10"), 32}}));
+  EXPECT_EQ(p1.allMplsPops(), (std::vector<dp::MplsPop>{{100, "lo"}}));
+  EXPECT_EQ(ns.prepared.at("p1"), "lo");
+  auto again = agent.reconcile(m);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->changes, 0u);
+}
+
+TEST(AgentReconciler, CleanupRemovesOwnedObjectsEverywhere) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  auto& p3 = ns.addPod("p3", "10.0.0.3");
+  {
+    AgentReconciler agent(cfg, "n1", ns);
+    ASSERT_TRUE(agent.reconcile(model()));
+  }
+  AgentReconciler fresh(cfg, "n1", ns);
+  auto res = fresh.cleanup();
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok());
+  for (auto* k : {&p1, &p3}) {
+    EXPECT_EQ(k->link("kst-vxg"), nullptr);
+    EXPECT_TRUE(owned(*k).empty());
+    EXPECT_EQ(k->allAddresses().size(), 2u);
+  }
+}
+
+}  // namespace
+}  // namespace kst

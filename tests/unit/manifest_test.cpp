@@ -1,0 +1,350 @@
+// source/manifest_source.h (parseManifestText, ManifestSource::loadOnce) and source/decode.h.
+#include "source/manifest_source.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "source/decode.h"
+
+namespace kst {
+namespace {
+
+const char* kMultiDoc = R"(apiVersion: v1
+kind: Service
+metadata:
+  name: front
+  namespace: web
+  uid: 1111-2222
+  creationTimestamp: "2024-01-01T00:00:00Z"
+  annotations:
+    cmd.nu/tunnel: 203.0.113.10
+    other: 42
+spec:
+  ports:
+  - port: 80
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: front-abc
+  namespace: web
+  labels:
+    kubernetes.io/service-name: front
+addressType: IPv4
+endpoints:
+- addresses: ["10.0.0.1"]
+  nodeName: n1
+  conditions: {ready: true}
+  targetRef: {kind: Pod, namespace: web, name: front-1}
+- addresses: ["10.0.0.2", "10.0.0.3"]
+  nodeName: n2
+  conditions: {ready: false, serving: true, terminating: true}
+---
+# an empty document and an unrelated kind are ignored
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+)";
+
+TEST(Manifest, MultiDocumentServiceAndSlice) {
+  auto r = parseManifestText(kMultiDoc, "demo.yaml");
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->services.size(), 1u);
+  const auto& s = r->services.at({"web", "front"});
+  EXPECT_EQ(s.uid, "1111-2222");
+  EXPECT_EQ(s.creationTimestamp, "2024-01-01T00:00:00Z");
+  EXPECT_EQ(s.annotations.at("cmd.nu/tunnel"), "203.0.113.10");
+  EXPECT_EQ(s.annotations.at("other"), "42");  // non-string annotation kept as its JSON text
+  ASSERT_EQ(r->slices.size(), 1u);
+  const auto& e = r->slices.at({"web", "front-abc"});
+  EXPECT_EQ(e.serviceName, "front");
+  EXPECT_EQ(e.addressType, "IPv4");
+  ASSERT_EQ(e.endpoints.size(), 3u);
+  EXPECT_EQ(e.endpoints[0].address, "10.0.0.1");
+  EXPECT_EQ(e.endpoints[0].nodeName, "n1");
+  EXPECT_EQ(e.endpoints[0].targetRef, "web/front-1");
+  EXPECT_TRUE(e.endpoints[0].ready);
+  EXPECT_TRUE(e.endpoints[0].serving);
+  EXPECT_FALSE(e.endpoints[0].terminating);
+  // One endpoint entry with two addresses → two SliceEndpoints with the same conditions.
+  for (int i : {1, 2}) {
+    EXPECT_EQ(e.endpoints[i].nodeName, "n2");
+    EXPECT_FALSE(e.endpoints[i].ready);
+    EXPECT_TRUE(e.endpoints[i].serving);
+    EXPECT_TRUE(e.endpoints[i].terminating);
+  }
+  EXPECT_EQ(e.endpoints[1].address, "10.0.0.2");
+  EXPECT_EQ(e.endpoints[2].address, "10.0.0.3");
+}
+
+TEST(Manifest, ListKinds) {
+  const char* text = R"(apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: a, namespace: x, annotations: {cmd.nu/tunnel: "203.0.113.1"}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: a-1, namespace: x, labels: {kubernetes.io/service-name: a}}
+  addressType: IPv4
+  endpoints: [{addresses: ["10.0.0.1"]}]
+---
+apiVersion: v1
+kind: ServiceList
+items:
+- metadata: {name: b}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSliceList
+items:
+- metadata: {name: b-1, labels: {kubernetes.io/service-name: b}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00::1"]}]
+)";
+  auto r = parseManifestText(text, "list.yaml");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->services.size(), 2u);
+  EXPECT_TRUE(r->services.contains({"x", "a"}));
+  EXPECT_TRUE(r->services.contains({"default", "b"}));  // kind and namespace defaulted
+  EXPECT_EQ(r->slices.size(), 2u);
+  EXPECT_EQ(r->slices.at({"default", "b-1"}).endpoints.at(0).address, "fd00::1");
+  EXPECT_EQ(r->slices.at({"x", "a-1"}).serviceName, "a");
+}
+
+TEST(Manifest, JsonInput) {
+  const char* text = R"({
+  "apiVersion": "v1", "kind": "Service",
+  "metadata": {"name": "j", "namespace": "web",
+               "annotations": {"cmd.nu/tunnel": "2001:db8::10"}}
+})";
+  auto r = parseManifestText(text, "svc.json");
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->services.size(), 1u);
+  EXPECT_EQ(r->services.at({"web", "j"}).annotations.at("cmd.nu/tunnel"), "2001:db8::10");
+}
+
+TEST(Manifest, MalformedYamlNamesFileAndLine) {
+  const char* text = "apiVersion: v1\n"
+                     "kind: Service\n"
+                     "metadata:\n"
+                     "  name: [unclosed\n"
+                     "  namespace: web\n";
+  auto r = parseManifestText(text, "broken.yaml");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EINVAL);
+  EXPECT_TRUE(r.error().message.starts_with("broken.yaml: YAML error at line ")) << r.error().message;
+  // yaml-cpp reports the flow sequence's end of input; the line must be a real line of the file.
+  int line = std::atoi(r.error().message.c_str() + std::string("broken.yaml: YAML error at line ").size());
+  EXPECT_GE(line, 4) << r.error().message;
+  EXPECT_LE(line, 6) << r.error().message;
+}
+
+TEST(Manifest, MalformedYamlExactLine) {
+  const char* text = "a: 1\n"
+                     "b: 2\n"
+                     "c: : :\n"   // line 3
+                     "d: 4\n";
+  auto r = parseManifestText(text, "x.yml");
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(r.error().message.starts_with("x.yml: YAML error at line 3:")) << r.error().message;
+}
+
+TEST(Manifest, MissingMetadataNameIsError) {
+  const char* text = "apiVersion: v1\nkind: Service\nmetadata: {namespace: web}\n"
+                     "---\n"
+                     "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n";
+  auto r = parseManifestText(text, "svc.yaml");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "svc.yaml document 1: Service: object has no metadata.name");
+  auto r2 = parseManifestText(
+      "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\n"
+      "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nspec: {}\n",
+      "s.yaml");
+  ASSERT_FALSE(r2);
+  EXPECT_EQ(r2.error().message, "s.yaml document 2: EndpointSlice: object has no metadata");
+}
+
+TEST(Manifest, EndpointWithoutAddressesIsError) {
+  auto r = parseManifestText(
+      "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\n"
+      "addressType: IPv4\nendpoints: [{nodeName: n1}]\n",
+      "e.yaml");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "e.yaml document 1: EndpointSlice default/s: endpoint without addresses");
+}
+
+TEST(Manifest, WrongApiVersionIgnored) {
+  auto r = parseManifestText(
+      "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n"
+      "---\napiVersion: apps/v1\nkind: Service\nmetadata: {name: x}\n",
+      "old.yaml");
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->slices.empty());
+  EXPECT_TRUE(r->services.empty());
+}
+
+TEST(Decode, ConditionDefaults) {
+  auto j = nlohmann::json::parse(R"({
+    "metadata": {"name": "s", "namespace": "n"},
+    "addressType": "IPv4",
+    "endpoints": [
+      {"addresses": ["10.0.0.1"]},
+      {"addresses": ["10.0.0.2"], "conditions": {}},
+      {"addresses": ["10.0.0.3"], "conditions": {"ready": false}},
+      {"addresses": ["10.0.0.4"], "conditions": {"serving": false}},
+      {"addresses": ["10.0.0.5"], "conditions": {"ready": null, "serving": null, "terminating": null}},
+      {"addresses": ["10.0.0.6"], "conditions": {"ready": false, "serving": true}},
+      {"addresses": ["10.0.0.7"], "conditions": {"terminating": true}}
+    ]})");
+  auto e = decodeEndpointSlice(j);
+  ASSERT_TRUE(e) << e.error().message;
+  ASSERT_EQ(e->endpoints.size(), 7u);
+  auto cond = [&](int i) {
+    const auto& x = e->endpoints[i];
+    return std::make_tuple(x.ready, x.serving, x.terminating);
+  };
+  EXPECT_EQ(cond(0), std::make_tuple(true, true, false));    // no conditions at all
+  EXPECT_EQ(cond(1), std::make_tuple(true, true, false));    // absent ready → true
+  EXPECT_EQ(cond(2), std::make_tuple(false, false, false));  // absent serving → ready
+  EXPECT_EQ(cond(3), std::make_tuple(true, false, false));
+  EXPECT_EQ(cond(4), std::make_tuple(true, true, false));    // null = absent
+  EXPECT_EQ(cond(5), std::make_tuple(false, true, false));
+  EXPECT_EQ(cond(6), std::make_tuple(true, true, true));     // absent terminating → false
+  EXPECT_FALSE(e->endpoints[0].nodeName.has_value());
+}
+
+TEST(Decode, ServiceNamespaceDefaultsAndAnnotations) {
+  auto s = decodeService(nlohmann::json::parse(
+      R"({"metadata": {"name": "a", "annotations": {"x": "1", "y": true}}})"));
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->key, (ObjectKey{"default", "a"}));
+  EXPECT_EQ(s->annotations.at("x"), "1");
+  EXPECT_EQ(s->annotations.at("y"), "true");
+  EXPECT_FALSE(decodeService(nlohmann::json::parse(R"({"metadata": {"name": ""}})")));
+  EXPECT_FALSE(decodeService(nlohmann::json::parse(R"({"metadata": "x"})")));
+  EXPECT_FALSE(decodeService(nlohmann::json::parse(R"([1])")));
+}
+
+TEST(Decode, AddObjectRejectsNonObjects) {
+  ClusterObjects o;
+  EXPECT_FALSE(addObject(nlohmann::json::parse("[1, 2]"), o));
+  EXPECT_TRUE(addObject(nlohmann::json::parse(R"({"kind": "Pod", "apiVersion": "v1"})"), o));
+  EXPECT_TRUE(o.services.empty());
+}
+
+TEST(Decode, YamlToJsonScalarTyping) {
+  auto y = YAML::Load(R"(
+v4: 198.51.100.10
+v6: 2001:db8::10
+port: 4790
+negative: -5
+quoted: "4790"
+single: '17'
+yes: true
+no: False
+nothing: null
+tilde: ~
+empty:
+ts: 2024-01-01T00:00:00Z
+word: hello
+list: [1, "2", three]
+)");
+  auto j = yamlToJson(y);
+  EXPECT_TRUE(j["v4"].is_string());
+  EXPECT_EQ(j["v4"], "198.51.100.10");
+  EXPECT_TRUE(j["v6"].is_string());
+  EXPECT_EQ(j["v6"], "2001:db8::10");
+  EXPECT_TRUE(j["port"].is_number_integer());
+  EXPECT_EQ(j["port"], 4790);
+  EXPECT_EQ(j["negative"], -5);
+  EXPECT_TRUE(j["quoted"].is_string());
+  EXPECT_EQ(j["quoted"], "4790");
+  EXPECT_TRUE(j["single"].is_string());
+  EXPECT_EQ(j["yes"], true);
+  EXPECT_EQ(j["no"], false);
+  EXPECT_TRUE(j["nothing"].is_null());
+  EXPECT_TRUE(j["tilde"].is_null());
+  EXPECT_TRUE(j["empty"].is_null());
+  EXPECT_EQ(j["ts"], "2024-01-01T00:00:00Z");
+  EXPECT_EQ(j["word"], "hello");
+  EXPECT_EQ(j["list"], nlohmann::json::parse(R"([1, "2", "three"])"));
+}
+
+// ---- ManifestSource over a directory ----
+
+class ManifestDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/kst-unit-manifests-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void write(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ + "/" + name) << text;
+  }
+  std::string dir_;
+};
+
+std::string serviceYaml(const std::string& name, const std::string& vip) {
+  return "apiVersion: v1\nkind: Service\nmetadata:\n  name: " + name +
+         "\n  namespace: web\n  annotations:\n    cmd.nu/tunnel: " + vip + "\n";
+}
+
+TEST_F(ManifestDir, LoadsYamlYmlJsonIgnoresOthers) {
+  write("a.yaml", serviceYaml("a", "203.0.113.1"));
+  write("b.yml", serviceYaml("b", "203.0.113.2"));
+  write("c.json", R"({"apiVersion":"v1","kind":"Service","metadata":{"name":"c","namespace":"web"}})");
+  write("d.txt", serviceYaml("d", "203.0.113.4"));
+  write(".hidden.yaml", serviceYaml("e", "203.0.113.5"));
+  ManifestSource src(dir_);
+  auto objs = src.loadOnce();
+  EXPECT_EQ(objs.services.size(), 3u);
+  EXPECT_TRUE(objs.services.contains({"web", "a"}));
+  EXPECT_TRUE(objs.services.contains({"web", "b"}));
+  EXPECT_TRUE(objs.services.contains({"web", "c"}));
+  EXPECT_EQ(src.name(), "manifests:" + dir_);
+}
+
+TEST_F(ManifestDir, BrokenFileKeepsLastGoodContent) {
+  write("svc.yaml", serviceYaml("front", "203.0.113.10"));
+  write("other.yaml", serviceYaml("other", "203.0.113.11"));
+  ManifestSource src(dir_);
+  auto first = src.loadOnce();
+  ASSERT_EQ(first.services.size(), 2u);
+  write("svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: [garbage\n");
+  auto second = src.loadOnce();
+  EXPECT_EQ(second, first);  // still present, unchanged
+  EXPECT_EQ(second.services.at({"web", "front"}).annotations.at("cmd.nu/tunnel"), "203.0.113.10");
+  // Fixing the file takes the new content.
+  write("svc.yaml", serviceYaml("front", "203.0.113.20"));
+  auto third = src.loadOnce();
+  EXPECT_EQ(third.services.at({"web", "front"}).annotations.at("cmd.nu/tunnel"), "203.0.113.20");
+  // Deleting the file withdraws its objects.
+  std::filesystem::remove(dir_ + "/svc.yaml");
+  auto fourth = src.loadOnce();
+  EXPECT_FALSE(fourth.services.contains({"web", "front"}));
+  EXPECT_TRUE(fourth.services.contains({"web", "other"}));
+}
+
+TEST_F(ManifestDir, BrokenFileWithoutGoodVersionContributesNothing) {
+  write("bad.yaml", "kind: [\n");
+  write("good.yaml", serviceYaml("front", "203.0.113.10"));
+  ManifestSource src(dir_);
+  auto objs = src.loadOnce();
+  EXPECT_EQ(objs.services.size(), 1u);
+}
+
+TEST_F(ManifestDir, MissingDirectoryGivesEmptySnapshot) {
+  ManifestSource src(dir_ + "/does-not-exist");
+  EXPECT_EQ(src.loadOnce(), ClusterObjects{});
+}
+
+}  // namespace
+}  // namespace kst

@@ -1,0 +1,299 @@
+// model/model.h: buildModel — annotation parsing, VIP conflicts, slice merging, endpoint
+// condition semantics, families.
+#include "model/model.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+namespace kst {
+namespace {
+
+constexpr const char* kAnn = "cmd.nu/tunnel";
+
+IpAddress ip(const char* s) { return *IpAddress::parse(s); }
+
+void addService(ClusterObjects& o, const std::string& ns, const std::string& name,
+                const std::string& vip, const std::string& created = "2024-01-01T00:00:00Z") {
+  ServiceObject s;
+  s.key = {ns, name};
+  s.uid = ns + "-" + name;
+  s.creationTimestamp = created;
+  s.annotations[kAnn] = vip;
+  o.services[s.key] = s;
+}
+
+SliceEndpoint ep(const std::string& addr, bool ready = true, bool serving = true,
+                 bool terminating = false, const std::string& node = "n1") {
+  SliceEndpoint e;
+  e.address = addr;
+  e.ready = ready;
+  e.serving = serving;
+  e.terminating = terminating;
+  e.nodeName = node;
+  return e;
+}
+
+void addSlice(ClusterObjects& o, const std::string& ns, const std::string& name,
+              const std::string& svc, std::vector<SliceEndpoint> eps,
+              const std::string& type = "IPv4") {
+  EndpointSliceObject s;
+  s.key = {ns, name};
+  s.serviceName = svc;
+  s.addressType = type;
+  s.endpoints = std::move(eps);
+  o.slices[s.key] = s;
+}
+
+std::vector<std::string> ips(const TunnelService& s) {
+  std::vector<std::string> v;
+  for (auto& e : s.endpoints) v.push_back(e.ip.str());
+  return v;
+}
+
+const TunnelService* find(const Model& m, const std::string& ns, const std::string& name) {
+  for (auto& s : m.services)
+    if (s.key == ObjectKey{ns, name}) return &s;
+  return nullptr;
+}
+
+ModelOptions opts() { return {}; }
+
+TEST(Model, ValidAnnotationMakesTunnelService) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  addSlice(o, "web", "front-abc", "front", {ep("10.0.0.2"), ep("10.0.0.1")});
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_TRUE(m.problems.empty());
+  EXPECT_EQ(m.services[0].key, (ObjectKey{"web", "front"}));
+  EXPECT_EQ(m.services[0].vip, ip("203.0.113.10"));
+  EXPECT_EQ(ips(m.services[0]), (std::vector<std::string>{"10.0.0.1", "10.0.0.2"}));
+  EXPECT_FALSE(m.services[0].endpoints[0].draining);
+  EXPECT_EQ(m.services[0].endpoints[0].nodeName, "n1");
+}
+
+TEST(Model, ServiceWithoutAnnotationIgnoredSilently) {
+  ClusterObjects o;
+  ServiceObject s;
+  s.key = {"default", "plain"};
+  s.annotations["other"] = "203.0.113.1";
+  o.services[s.key] = s;
+  addSlice(o, "default", "plain-1", "plain", {ep("10.0.0.1")});
+  auto m = buildModel(o, opts());
+  EXPECT_TRUE(m.services.empty());
+  EXPECT_TRUE(m.problems.empty());  // not an orphan: its service exists
+}
+
+TEST(Model, CustomAnnotationName) {
+  ClusterObjects o;
+  ServiceObject s;
+  s.key = {"default", "a"};
+  s.annotations["example.com/vip"] = "203.0.113.1";
+  s.annotations[kAnn] = "203.0.113.2";
+  o.services[s.key] = s;
+  ModelOptions mo;
+  mo.annotation = "example.com/vip";
+  auto m = buildModel(o, mo);
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_EQ(m.services[0].vip, ip("203.0.113.1"));
+}
+
+TEST(Model, InvalidAnnotationIsProblemAndServiceAbsent) {
+  ClusterObjects o;
+  addService(o, "web", "bad", "203.0.113.300");
+  addService(o, "web", "host", "example.com");
+  addService(o, "web", "cidr", "203.0.113.0/24");
+  addService(o, "web", "good", "203.0.113.10");
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_EQ(m.services[0].key.name, "good");
+  ASSERT_EQ(m.problems.size(), 3u);
+  for (auto& p : m.problems) {
+    EXPECT_EQ(p.kind, Problem::Kind::InvalidAnnotation);
+    EXPECT_STREQ(problemReason(p.kind), "InvalidTunnelAnnotation");
+  }
+  std::vector<std::string> names;
+  for (auto& p : m.problems) names.push_back(p.object.str());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"web/bad", "web/cidr", "web/host"}));
+  // The message quotes the offending value.
+  auto it = std::find_if(m.problems.begin(), m.problems.end(),
+                         [](auto& p) { return p.object.name == "bad"; });
+  EXPECT_NE(it->message.find("\"203.0.113.300\""), std::string::npos) << it->message;
+}
+
+TEST(Model, EmptyAnnotationIsInvalid) {
+  ClusterObjects o;
+  addService(o, "web", "empty", "   ");
+  auto m = buildModel(o, opts());
+  EXPECT_TRUE(m.services.empty());
+  ASSERT_EQ(m.problems.size(), 1u);
+  EXPECT_EQ(m.problems[0].kind, Problem::Kind::InvalidAnnotation);
+}
+
+TEST(Model, AnnotationWhitespaceTrimmed) {
+  ClusterObjects o;
+  addService(o, "web", "a", "  203.0.113.10\n");
+  addService(o, "web", "b", "\t2001:db8::10 ");
+  auto m = buildModel(o, opts());
+  EXPECT_TRUE(m.problems.empty());
+  ASSERT_EQ(m.services.size(), 2u);
+  EXPECT_EQ(find(m, "web", "a")->vip, ip("203.0.113.10"));
+  EXPECT_EQ(find(m, "web", "b")->vip, ip("2001:db8::10"));
+}
+
+TEST(Model, VipConflictOlderServiceWins) {
+  ClusterObjects o;
+  addService(o, "a", "young", "203.0.113.10", "2024-05-01T00:00:00Z");
+  addService(o, "z", "old", "203.0.113.10", "2023-01-01T00:00:00Z");
+  addSlice(o, "a", "young-1", "young", {ep("10.0.0.1")});
+  addSlice(o, "z", "old-1", "old", {ep("10.0.0.9")});
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_EQ(m.services[0].key, (ObjectKey{"z", "old"}));
+  EXPECT_EQ(ips(m.services[0]), (std::vector<std::string>{"10.0.0.9"}));
+  ASSERT_EQ(m.problems.size(), 1u);
+  EXPECT_EQ(m.problems[0].kind, Problem::Kind::VipConflict);
+  EXPECT_EQ(m.problems[0].object, (ObjectKey{"a", "young"}));
+  EXPECT_STREQ(problemReason(m.problems[0].kind), "TunnelVIPConflict");
+  EXPECT_NE(m.problems[0].message.find("z/old"), std::string::npos) << m.problems[0].message;
+}
+
+TEST(Model, VipConflictTieBrokenByNamespaceThenName) {
+  ClusterObjects o;
+  const std::string t = "2024-01-01T00:00:00Z";
+  addService(o, "b", "a", "203.0.113.10", t);
+  addService(o, "a", "z", "203.0.113.10", t);
+  addService(o, "a", "y", " 203.0.113.10", t);  // same VIP after trimming
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_EQ(m.services[0].key, (ObjectKey{"a", "y"}));
+  ASSERT_EQ(m.problems.size(), 2u);
+  EXPECT_EQ(m.problems[0].kind, Problem::Kind::VipConflict);
+  EXPECT_EQ(m.problems[1].kind, Problem::Kind::VipConflict);
+  EXPECT_EQ(m.problems[0].object, (ObjectKey{"a", "z"}));
+  EXPECT_EQ(m.problems[1].object, (ObjectKey{"b", "a"}));
+}
+
+TEST(Model, OrphanSlice) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  addSlice(o, "web", "ghost-1", "ghost", {ep("10.0.0.1")});
+  addSlice(o, "other", "front-1", "front", {ep("10.0.0.2")});  // wrong namespace
+  addSlice(o, "web", "nolabel", "", {ep("10.0.0.3")});
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_TRUE(m.services[0].endpoints.empty());
+  ASSERT_EQ(m.problems.size(), 3u);
+  std::vector<std::string> objs;
+  for (auto& p : m.problems) {
+    EXPECT_EQ(p.kind, Problem::Kind::OrphanSlice);
+    objs.push_back(p.object.str());
+  }
+  std::sort(objs.begin(), objs.end());
+  EXPECT_EQ(objs, (std::vector<std::string>{"other/front-1", "web/ghost-1", "web/nolabel"}));
+  EXPECT_STREQ(problemReason(Problem::Kind::OrphanSlice), "OrphanEndpointSlice");
+}
+
+TEST(Model, SlicesMergedAcrossSeveralSlices) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  addSlice(o, "web", "front-a", "front", {ep("10.0.0.3"), ep("10.0.0.1")});
+  addSlice(o, "web", "front-b", "front", {ep("10.0.0.2")});
+  addSlice(o, "web", "front-c", "front", {ep("10.0.0.1")});  // duplicate across slices
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_EQ(ips(m.services[0]), (std::vector<std::string>{"10.0.0.1", "10.0.0.2", "10.0.0.3"}));
+}
+
+TEST(Model, DuplicateAddressAcrossSlicesPrefersActiveView) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  addSlice(o, "web", "front-old", "front", {ep("10.0.0.1", false, true, true)});  // draining
+  addSlice(o, "web", "front-new", "front", {ep("10.0.0.1")});                     // ready
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services[0].endpoints.size(), 1u);
+  EXPECT_FALSE(m.services[0].endpoints[0].draining);
+}
+
+TEST(Model, EndpointConditionSemantics) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  addSlice(o, "web", "front-a", "front",
+           {ep("10.0.0.1", true, true, false),    // ready → active
+            ep("10.0.0.2", false, true, true),    // serving + terminating → draining
+            ep("10.0.0.3", false, false, true),   // terminating, not serving → dropped
+            ep("10.0.0.4", false, false, false),  // not ready, not serving → dropped
+            ep("10.0.0.5", true, false, false),   // serving=false wins over ready → dropped
+            ep("10.0.0.6", false, true, false)}); // serving, not ready, not terminating → draining
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  const auto& e = m.services[0].endpoints;
+  ASSERT_EQ(ips(m.services[0]), (std::vector<std::string>{"10.0.0.1", "10.0.0.2", "10.0.0.6"}));
+  EXPECT_FALSE(e[0].draining);
+  EXPECT_TRUE(e[1].draining);
+  EXPECT_TRUE(e[2].draining);
+  for (auto& x : e) EXPECT_TRUE(x.serving);
+}
+
+TEST(Model, Ipv6Vip) {
+  ClusterObjects o;
+  addService(o, "web", "six", "2001:db8::10");
+  addSlice(o, "web", "six-v6", "six", {ep("fd00::2"), ep("fd00::1")}, "IPv6");
+  addSlice(o, "web", "six-v4", "six", {ep("10.0.0.1")}, "IPv4");
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_TRUE(m.services[0].vip.isV6());
+  // Same-family endpoints exist: the IPv4 one is not used.
+  EXPECT_EQ(ips(m.services[0]), (std::vector<std::string>{"fd00::1", "fd00::2"}));
+}
+
+TEST(Model, CrossFamilyFallback) {
+  ClusterObjects o;
+  addService(o, "web", "v6only-vip", "2001:db8::10");
+  addSlice(o, "web", "s1", "v6only-vip", {ep("10.0.0.1"), ep("10.0.0.2")}, "IPv4");
+  addService(o, "web", "v4-vip", "203.0.113.10");
+  addSlice(o, "web", "s2", "v4-vip", {ep("fd00::1")}, "IPv6");
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 2u);
+  EXPECT_EQ(ips(*find(m, "web", "v6only-vip")),
+            (std::vector<std::string>{"10.0.0.1", "10.0.0.2"}));
+  EXPECT_EQ(ips(*find(m, "web", "v4-vip")), (std::vector<std::string>{"fd00::1"}));
+}
+
+TEST(Model, FqdnSlicesAndUnparsableAddressesIgnored) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  addSlice(o, "web", "fq", "front", {ep("backend.example.com")}, "FQDN");
+  addSlice(o, "web", "v4", "front", {ep("not-an-ip"), ep("10.0.0.1")}, "IPv4");
+  auto m = buildModel(o, opts());
+  EXPECT_EQ(ips(m.services[0]), (std::vector<std::string>{"10.0.0.1"}));
+  EXPECT_TRUE(m.problems.empty());
+}
+
+TEST(Model, ServicesSortedByVip) {
+  ClusterObjects o;
+  addService(o, "a", "s3", "2001:db8::1");
+  addService(o, "a", "s1", "203.0.113.20");
+  addService(o, "a", "s2", "198.51.100.1");
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 3u);
+  EXPECT_EQ(m.services[0].vip, ip("198.51.100.1"));
+  EXPECT_EQ(m.services[1].vip, ip("203.0.113.20"));
+  EXPECT_EQ(m.services[2].vip, ip("2001:db8::1"));
+}
+
+TEST(Model, ConflictLoserSlicesNotOrphans) {
+  ClusterObjects o;
+  addService(o, "a", "old", "203.0.113.10", "2020-01-01T00:00:00Z");
+  addService(o, "a", "new", "203.0.113.10", "2021-01-01T00:00:00Z");
+  addSlice(o, "a", "new-1", "new", {ep("10.0.0.5")});
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.problems.size(), 1u);
+  EXPECT_EQ(m.problems[0].kind, Problem::Kind::VipConflict);
+  EXPECT_TRUE(m.services[0].endpoints.empty());
+}
+
+}  // namespace
+}  // namespace kst

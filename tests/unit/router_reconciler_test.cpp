@@ -1,0 +1,553 @@
+// reconcile/router_reconciler.h against the in-memory kernel (tests/fakes/fake_kernel.h):
+// convergence, idempotence, restart adoption, minimal changes, cleanup that spares unowned
+// objects, failure handling. Plus a daemon-level pass (daemon/daemon.h).
+#include "reconcile/router_reconciler.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "daemon/daemon.h"
+#include "dataplane/diff.h"
+#include "desired/nft_render.h"
+#include "fakes/fake_kernel.h"
+#include "source/manifest_source.h"
+
+namespace kst {
+namespace {
+
+using fake::FakeKernel;
+using fake::FakeNft;
+using A = dp::Change::Action;
+
+IpAddress ip(const std::string& s) { return *IpAddress::parse(s); }
+
+Endpoint ep(const std::string& a, bool draining = false) {
+  return Endpoint{ip(a), "n1", true, draining, ""};
+}
+
+Model model(std::vector<TunnelService> s) {
+  for (auto& t : s)
+    std::sort(t.endpoints.begin(), t.endpoints.end(), [](auto& a, auto& b) { return a.ip < b.ip; });
+  std::sort(s.begin(), s.end(), [](auto& a, auto& b) { return a.vip < b.vip; });
+  Model m;
+  m.services = std::move(s);
+  return m;
+}
+
+const std::string kA = "203.0.113.10", kB = "203.0.113.11", kC = "2001:db8::10";
+
+Model sample() {
+  return model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
+                {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+}
+
+DataplaneConfig config(Mode mode = Mode::VxlanGpe) {
+  DataplaneConfig cfg;
+  cfg.mode = mode;
+  cfg.buckets = 16;
+  return cfg;
+}
+
+struct World {
+  explicit World(DataplaneConfig c, bool wire = false)
+      : cfg(c), nl(FakeKernel::optionsFor(c, wire)), nft(c.nftTable) {}
+  DataplaneConfig cfg;
+  FakeKernel nl;
+  FakeNft nft;
+};
+
+PassResult pass(RouterReconciler& r, const Model& m) {
+  auto res = r.reconcile(m);
+  EXPECT_TRUE(res.has_value()) << (res ? "" : res.error().message);
+  if (!res) return {};
+  for (auto& f : res->failures) ADD_FAILURE() << "unexpected failure: " << f;
+  return *res;
+}
+
+/** The fake's owned state must be exactly the desired state of a fresh plan. */
+void expectConverged(World& w, const Model& m) {
+  RouterReconciler probe(w.cfg, w.nl, w.nft);
+  auto observed = probe.observe();
+  ASSERT_TRUE(observed);
+  auto prior = allocationsFrom(*observed, w.cfg);
+  auto plan = planRouter(m, w.cfg, prior);
+  auto desired = routerState(plan, w.cfg, prior);
+  for (auto& c : dp::diffRouter(desired, *observed))
+    ADD_FAILURE() << "not converged: " << dp::describe(c);
+  auto nftObserved = w.nft.state();
+  EXPECT_EQ(renderNftChanges(w.cfg, desired.nft, nftObserved), "");
+  EXPECT_EQ(nftObserved.present, desired.nft.present);
+  EXPECT_EQ(nftObserved.vips, desired.nft.vips);
+  EXPECT_EQ(nftObserved.buckets, desired.nft.buckets);
+}
+
+/** Owned routes that deliver dst (via a nexthop or device): the slot tables may also hold
+ *  routes that only reject traffic. */
+size_t ownedRoutesTo(const FakeKernel& k, const std::string& dst, uint32_t table = 0) {
+  return std::count_if(k.allRoutes().begin(), k.allRoutes().end(), [&](auto& e) {
+    return e.protocol == 211 && e.r.key.dst == ip(dst) && (!table || e.r.key.table == table) &&
+           (e.r.nhid != 0 || !e.r.dev.empty());
+  });
+}
+
+/** A change of the route (dst, table): deleted, or replaced by one that does not deliver. */
+void expectRouteWithdrawn(const dp::Change& c, const std::string& dst, uint32_t table) {
+  auto* r = std::get_if<dp::Route>(&c.object);
+  ASSERT_NE(r, nullptr) << dp::describe(c);
+  EXPECT_EQ(r->key.dst, ip(dst)) << dp::describe(c);
+  EXPECT_EQ(r->key.table, table) << dp::describe(c);
+  if (c.action != A::Delete) {
+    EXPECT_EQ(c.action, A::Replace) << dp::describe(c);
+    EXPECT_EQ(r->nhid, 0u) << dp::describe(c);
+    EXPECT_TRUE(r->dev.empty()) << dp::describe(c);
+  }
+}
+
+TEST(RouterReconciler, FirstPassCreatesEverything) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  auto res = pass(r, sample());
+  EXPECT_TRUE(res.ok());
+  EXPECT_TRUE(res.nftRebuilt);
+  EXPECT_GT(res.changes, 0u);
+  EXPECT_TRUE(res.problems.empty());
+  ASSERT_NE(w.nl.link("kst-vxg"), nullptr);
+  EXPECT_EQ(w.nl.link("kst-vxg")->kind, dp::Link::Kind::VxlanGpe);
+  // Nexthops: 10.0.0.1-4 for IPv4 routes, fd00::1-2 for IPv6 routes.
+  EXPECT_EQ(w.nl.allNexthops().size(), 6u);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kA), 3u);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kB), 2u);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kC), 2u);  // the draining endpoint keeps its route
+  EXPECT_EQ(w.nl.allRules().size(), 3u + 3u);  // slots 0-2, both families
+  EXPECT_TRUE(w.nft.state().present);
+  EXPECT_EQ(w.nft.state().vips, (std::set<IpAddress>{ip(kA), ip(kB), ip(kC)}));
+  EXPECT_EQ(w.nft.state().buckets.size(), 3u * 16u);
+  EXPECT_EQ(w.nft.applied, 1u);
+  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u);
+  expectConverged(w, sample());
+  // Buckets of the draining IPv6 endpoint: none.
+  for (auto& [k, mark] : w.nft.state().buckets) {
+    if (k.first == ip(kC)) EXPECT_EQ(mark, 1000u);
+  }
+}
+
+TEST(RouterReconciler, SecondPassMakesZeroChanges) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  auto before = w.nl.counts();
+  auto scripts = w.nft.scripts.size();
+  w.nl.clearLog();
+  auto res = pass(r, sample());
+  for (auto& c : w.nl.log()) ADD_FAILURE() << "unexpected change: " << dp::describe(c);
+  EXPECT_EQ(res.changes, 0u);
+  EXPECT_EQ(res.nftElementChanges, 0u);
+  EXPECT_FALSE(res.nftRebuilt);
+  EXPECT_EQ(w.nl.counts().changeRequests, before.changeRequests);
+  EXPECT_EQ(w.nl.counts().applyCalls, before.applyCalls);
+  EXPECT_EQ(w.nft.scripts.size(), scripts);
+  EXPECT_GT(w.nl.counts().dumps, before.dumps);  // it did look
+}
+
+TEST(RouterReconciler, RestartAdoptsKernelStateWithZeroChanges) {
+  for (bool wire : {false, true}) {
+    SCOPED_TRACE(wire ? "codec round trip" : "plain");
+    World w(config(), wire);
+    std::vector<int32_t> bucketsBefore;
+    {
+      RouterReconciler first(w.cfg, w.nl, w.nft);
+      pass(first, sample());
+      bucketsBefore = first.lastPlan().vips.at(0).buckets;
+    }
+    auto before = w.nl.counts();
+    RouterReconciler restarted(w.cfg, w.nl, w.nft);  // fresh process, same kernel
+    auto res = pass(restarted, sample());
+    EXPECT_EQ(res.changes, 0u);
+    EXPECT_EQ(w.nl.counts().changeRequests, before.changeRequests);
+    EXPECT_EQ(w.nft.applied, 1u);
+    EXPECT_EQ(restarted.lastPlan().vips.at(0).buckets, bucketsBefore);
+  }
+}
+
+TEST(RouterReconciler, RestartAdoptionInEveryFlowModeThroughTheCodec) {
+  for (Mode mode : {Mode::VxlanGpe, Mode::Ipip, Mode::GreFlow, Mode::Gre}) {
+    SCOPED_TRACE(modeName(mode));
+    World w(config(mode), /*wire=*/true);
+    {
+      RouterReconciler first(w.cfg, w.nl, w.nft);
+      pass(first, sample());
+    }
+    w.nl.clearLog();
+    RouterReconciler restarted(w.cfg, w.nl, w.nft);
+    auto res = pass(restarted, sample());
+    EXPECT_EQ(res.changes, 0u);
+    for (auto& c : w.nl.log()) ADD_FAILURE() << "unexpected change after restart: " << dp::describe(c);
+    auto res2 = pass(restarted, sample());
+    EXPECT_EQ(res2.changes, 0u);
+  }
+}
+
+TEST(RouterReconciler, RemovingAnEndpointChangesOnlyItsRouteAndBuckets) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  const auto nftBefore = w.nft.state();
+  auto slotsBefore = r.lastPlan().vips;
+  w.nl.clearLog();
+  // 10.0.0.2 leaves VIP A (slot 1 there) but still serves VIP B: its nexthop stays.
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  auto res = pass(r, m);
+  ASSERT_EQ(w.nl.log().size(), 1u);
+  expectRouteWithdrawn(w.nl.log()[0], kA, 1001);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kA, 1001), 0u);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kA), 2u);
+  // nft: only b2s4 elements of VIP A changed; those 10.0.0.2 owned all moved.
+  ASSERT_EQ(w.nft.scripts.size(), 2u);
+  const auto& script = w.nft.scripts.back();
+  EXPECT_EQ(script.find("table inet"), std::string::npos) << "no table rebuild expected:\n" << script;
+  EXPECT_EQ(script.find(kB), std::string::npos) << script;
+  EXPECT_EQ(script.find("vip4"), std::string::npos) << script;
+  EXPECT_EQ(script.find("b2s6"), std::string::npos) << script;
+  const auto& after = w.nft.state();
+  size_t changedA = 0;
+  for (auto& [k, mark] : nftBefore.buckets) {
+    if (k.first != ip(kA)) {
+      EXPECT_EQ(after.buckets.at(k), mark);
+      continue;
+    }
+    if (mark == 1001u) {
+      EXPECT_NE(after.buckets.at(k), 1001u);  // the leaver's buckets moved
+    }
+    changedA += after.buckets.at(k) != mark;
+  }
+  EXPECT_EQ(res.nftElementChanges, 2 * changedA);  // a delete and an add per changed bucket
+  // Survivors keep their slots (tables 1000 and 1002).
+  EXPECT_EQ(r.lastPlan().vips[0].slots, (std::vector<uint32_t>{0, 2}));
+  expectConverged(w, m);
+}
+
+TEST(RouterReconciler, RemovingAnEndpointOfNoOtherVipDeletesItsNexthop) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  w.nl.clearLog();
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2")}},
+                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  pass(r, m);
+  ASSERT_EQ(w.nl.log().size(), 2u);
+  expectRouteWithdrawn(w.nl.log()[0], kB, 1001);
+  EXPECT_EQ(w.nl.log()[1].action, A::Delete);
+  EXPECT_EQ(std::get<dp::Nexthop>(w.nl.log()[1].object).encapDst, ip("10.0.0.4"));
+  expectConverged(w, m);
+}
+
+TEST(RouterReconciler, AddingAnEndpointAddsOneNexthopAndRoute) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  w.nl.clearLog();
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4"), ep("10.0.0.9")}},
+                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  pass(r, m);
+  ASSERT_EQ(w.nl.log().size(), 2u);
+  EXPECT_EQ(w.nl.log()[0].action, A::Add);
+  EXPECT_EQ(std::get<dp::Nexthop>(w.nl.log()[0].object).encapDst, ip("10.0.0.9"));
+  EXPECT_EQ(std::get<dp::Nexthop>(w.nl.log()[0].object).id, w.cfg.nexthopIdBase + 6);
+  // B's slot 2 had no endpoint: the route there is created or takes over its key.
+  EXPECT_NE(w.nl.log()[1].action, A::Delete);
+  const auto& added = std::get<dp::Route>(w.nl.log()[1].object);
+  EXPECT_EQ(added.key.dst, ip(kB));
+  EXPECT_EQ(added.key.table, 1002u);
+  EXPECT_EQ(added.nhid, w.cfg.nexthopIdBase + 6);
+  expectConverged(w, m);
+}
+
+// Hitless order: new nexthops/routes exist before nft points buckets at them; nft moves
+// buckets (and VIPs) away before their routes/nexthops are withdrawn.
+TEST(RouterReconciler, NftStepSitsBetweenNetlinkAddsAndWithdrawals) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  std::vector<std::string> journal;
+  w.nl.journal = &journal;
+  w.nft.journal = &journal;
+  // One pass: 10.0.0.9 joins B, 10.0.0.4 leaves B, VIP C goes away entirely.
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.9")}}});
+  pass(r, m);
+  auto at = [&](const std::string& needle) -> long {
+    for (size_t i = 0; i < journal.size(); ++i)
+      if (journal[i].find(needle) != std::string::npos) return static_cast<long>(i);
+    ADD_FAILURE() << "not in journal: " << needle;
+    return -1;
+  };
+  const long nft = at("nft: ");
+  ASSERT_EQ(std::count_if(journal.begin(), journal.end(),
+                          [](auto& j) { return j.starts_with("nft: "); }),
+            1);
+  EXPECT_LT(at("add nexthop " + std::to_string(w.cfg.nexthopIdBase + 6)), nft);
+  EXPECT_LT(at("203.0.113.11/32 table 1001 nhid " + std::to_string(w.cfg.nexthopIdBase + 6)), nft);
+  EXPECT_GT(at("delete nexthop " + std::to_string(w.cfg.nexthopIdBase + 3)), nft);  // 10.0.0.4
+  EXPECT_GT(at("2001:db8::10/128 table 1000"), nft);
+  EXPECT_GT(at("delete nexthop " + std::to_string(w.cfg.nexthopIdBase + 4)), nft);  // fd00::1
+  EXPECT_NE(journal[nft].find("delete element inet kube_service_tunnel vip6 { 2001:db8::10 }"),
+            std::string::npos)
+      << journal[nft];
+  expectConverged(w, m);
+}
+
+TEST(RouterReconciler, RemovingAllServicesSparesUnownedObjects) {
+  World w(config());
+  // Someone else's objects: a link without our prefix, a static route in one of "our" tables,
+  // a rule and a nexthop of another protocol, an address without our tag.
+  dp::Link eth0;
+  eth0.name = "eth0";
+  w.nl.seedLink(eth0);
+  dp::Route foreign;
+  foreign.key = {Family::V4, 1000, ip("192.0.2.1"), 32};
+  foreign.dev = "eth0";
+  w.nl.seedRoute(foreign, /*RTPROT_STATIC*/ 4);
+  w.nl.seedRule({Family::V4, 1000, 7, 1000}, /*RTPROT_BOOT*/ 3);
+  dp::Nexthop otherNh;
+  otherNh.id = 7;  // outside the owned id range (ids are global: inside it would clash)
+  otherNh.dev = "eth0";
+  w.nl.seedNexthop(otherNh, 3);
+  w.nl.seedAddress({"eth0", ip("192.0.2.10"), 24}, 0);
+
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  EXPECT_GT(w.nl.allRoutes().size(), 1u);
+  auto res = pass(r, Model{});
+  EXPECT_TRUE(res.ok());
+  EXPECT_FALSE(w.nft.state().present);
+  ASSERT_EQ(w.nl.allLinks().size(), 2u);  // lo and eth0
+  EXPECT_NE(w.nl.link("eth0"), nullptr);
+  ASSERT_EQ(w.nl.allRoutes().size(), 1u);
+  EXPECT_TRUE(w.nl.allRoutes()[0].r.sameConfig(foreign));
+  EXPECT_EQ(w.nl.allRoutes()[0].protocol, 4);
+  ASSERT_EQ(w.nl.allRules().size(), 1u);
+  EXPECT_EQ(w.nl.allRules()[0].r, (dp::Rule{Family::V4, 1000, 7, 1000}));
+  ASSERT_EQ(w.nl.allNexthops().size(), 1u);
+  EXPECT_EQ(w.nl.allNexthops()[0].protocol, 3);
+  ASSERT_EQ(w.nl.allAddresses().size(), 1u);
+  EXPECT_EQ(w.nl.allAddresses()[0].a.ip, ip("192.0.2.10"));
+  // And again: nothing left to do.
+  auto again = pass(r, Model{});
+  EXPECT_EQ(again.changes, 0u);
+}
+
+TEST(RouterReconciler, CleanupRemovesEverythingOwned) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  RouterReconciler other(w.cfg, w.nl, w.nft);  // `kube-service-tunnel cleanup` is a new process
+  auto res = other.cleanup();
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok());
+  EXPECT_EQ(w.nl.allLinks().size(), 1u);  // lo
+  EXPECT_TRUE(w.nl.allNexthops().empty());
+  EXPECT_TRUE(w.nl.allRoutes().empty());
+  EXPECT_TRUE(w.nl.allRules().empty());
+  EXPECT_FALSE(w.nft.state().present);
+}
+
+TEST(RouterReconciler, DriftIsRepaired) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  // Someone deletes a route and an nft element behind our back.
+  w.nl.eraseRouteIf([](const dp::Route& x) { return x.key.dst == ip(kB) && x.key.table == 1001; });
+  w.nft.mutableState().buckets.erase({ip(kA), 3});
+  w.nl.clearLog();
+  auto res = pass(r, sample());
+  ASSERT_EQ(w.nl.log().size(), 1u);
+  EXPECT_EQ(w.nl.log()[0].action, A::Add);
+  EXPECT_EQ(std::get<dp::Route>(w.nl.log()[0].object).key.dst, ip(kB));
+  EXPECT_EQ(res.nftElementChanges, 1u);
+  expectConverged(w, sample());
+}
+
+TEST(RouterReconciler, FailedChangeIsReportedAndRetriedNextPass) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  w.nl.failWhen([](const dp::Change& c) {
+    auto* nh = std::get_if<dp::Nexthop>(&c.object);
+    return nh && nh->encapDst == ip("10.0.0.3");
+  });
+  auto res = r.reconcile(sample());
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->ok());
+  // The nexthop fails, so does the route that needs it; everything else is in place.
+  ASSERT_EQ(res->failures.size(), 2u);
+  EXPECT_NE(res->failures[0].find("nexthop"), std::string::npos) << res->failures[0];
+  EXPECT_NE(res->failures[1].find("route"), std::string::npos) << res->failures[1];
+  EXPECT_EQ(ownedRoutesTo(w.nl, kA), 2u);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kB), 2u);
+  w.nl.clearFailures();
+  w.nl.clearLog();
+  auto retry = pass(r, sample());
+  EXPECT_TRUE(retry.ok());
+  ASSERT_EQ(w.nl.log().size(), 2u);
+  EXPECT_EQ(std::get<dp::Nexthop>(w.nl.log()[0].object).encapDst, ip("10.0.0.3"));
+  EXPECT_EQ(std::get<dp::Route>(w.nl.log()[1].object).key.table, 1002u);
+  expectConverged(w, sample());
+  EXPECT_EQ(pass(r, sample()).changes, 0u);
+}
+
+TEST(RouterReconciler, NftFailureIsReportedAndRetried) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  w.nft.failRuns = true;
+  auto res = r.reconcile(sample());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->failures.size(), 1u);
+  EXPECT_NE(res->failures[0].find("injected"), std::string::npos);
+  EXPECT_FALSE(w.nft.state().present);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kA), 3u);  // netlink side went ahead
+  w.nft.failRuns = false;
+  auto retry = pass(r, sample());
+  EXPECT_TRUE(retry.nftRebuilt);
+  expectConverged(w, sample());
+}
+
+TEST(RouterReconciler, ObservationFailureIsAnError) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  w.nl.failDumps = true;
+  auto res = r.reconcile(sample());
+  ASSERT_FALSE(res);
+  EXPECT_NE(res.error().message.find("dump links"), std::string::npos) << res.error().message;
+  w.nl.failDumps = false;
+  w.nft.failObserve = true;
+  auto res2 = r.reconcile(sample());
+  ASSERT_FALSE(res2);
+  EXPECT_NE(res2.error().message.find("list nftables"), std::string::npos);
+  EXPECT_EQ(w.nl.counts().changeRequests, 0u);
+}
+
+TEST(RouterReconciler, SkeletonChangeRebuildsTableOnce) {
+  World w(config());
+  {
+    RouterReconciler r(w.cfg, w.nl, w.nft);
+    pass(r, sample());
+  }
+  auto cfg2 = w.cfg;
+  cfg2.hashSeed = 0x1234;  // an upgrade that changes the classifier rules
+  RouterReconciler r2(cfg2, w.nl, w.nft);
+  w.nl.clearLog();
+  auto res = pass(r2, sample());
+  EXPECT_TRUE(res.nftRebuilt);
+  EXPECT_TRUE(w.nl.log().empty());  // routes untouched
+  EXPECT_TRUE(w.nft.scripts.back().starts_with("delete table inet kube_service_tunnel\n"));
+  auto again = pass(r2, sample());
+  EXPECT_EQ(again.changes, 0u);
+}
+
+TEST(RouterReconciler, TooManyEndpointsProblemIsReported) {
+  auto cfg = config();
+  cfg.buckets = 2;
+  World w(cfg);
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  auto res = pass(r, sample());
+  ASSERT_EQ(res.problems.size(), 1u);
+  EXPECT_EQ(res.problems[0].kind, Problem::Kind::TooManyEndpoints);
+  EXPECT_EQ(res.problems[0].object, (ObjectKey{"web", "a"}));
+}
+
+// ------------------------------------------------------------------------- daemon level
+
+class SnapshotSource : public Source {
+ public:
+  explicit SnapshotSource(ClusterObjects o) : objs_(std::move(o)) {}
+  Status start(Callback cb) override {
+    ++starts;
+    cb(objs_);
+    return {};
+  }
+  void stop() override { ++stops; }
+  std::string name() const override { return "snapshot"; }
+  int starts = 0, stops = 0;
+
+ private:
+  ClusterObjects objs_;
+};
+
+class RecordingSink : public ProblemSink {
+ public:
+  void report(const Problem& p) override { problems.push_back(p); }
+  std::vector<Problem> problems;
+};
+
+const char* kManifests = R"(apiVersion: v1
+kind: Service
+metadata: {name: front, namespace: web, creationTimestamp: "2024-01-01T00:00:00Z",
+           annotations: {cmd.nu/tunnel: 203.0.113.10}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: web, annotations: {cmd.nu/tunnel: not-an-ip}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: front-1, namespace: web, labels: {kubernetes.io/service-name: front}}
+addressType: IPv4
+endpoints:
+- {addresses: ["10.0.0.1"], nodeName: n1}
+- {addresses: ["10.0.0.2"], nodeName: n2, conditions: {ready: false, serving: true, terminating: true}}
+)";
+
+TEST(Daemon, OncePassProgramsKernelAndReportsProblems) {
+  auto objs = parseManifestText(kManifests, "demo.yaml");
+  ASSERT_TRUE(objs) << objs.error().message;
+  World w(config());
+  RouterReconciler router(w.cfg, w.nl, w.nft);
+  SnapshotSource src(*objs);
+  RecordingSink sink;
+  DaemonOptions o;
+  o.once = true;
+  o.agent = false;
+  Daemon d(o, src, &router, nullptr, &sink);
+  EXPECT_EQ(d.run(), 0);
+  EXPECT_EQ(src.starts, 1);
+  EXPECT_EQ(src.stops, 1);
+  EXPECT_EQ(ownedRoutesTo(w.nl, kA), 2u);
+  ASSERT_EQ(sink.problems.size(), 1u);
+  EXPECT_EQ(sink.problems[0].kind, Problem::Kind::InvalidAnnotation);
+  EXPECT_EQ(sink.problems[0].object, (ObjectKey{"web", "broken"}));
+  // Draining 10.0.0.2: route kept, no buckets.
+  for (auto& [k, mark] : w.nft.state().buckets) EXPECT_EQ(mark, 1000u);
+
+  // A restarted daemon over the same kernel changes nothing.
+  auto changesBefore = w.nl.counts().changeRequests;
+  auto scriptsBefore = w.nft.scripts.size();
+  RouterReconciler router2(w.cfg, w.nl, w.nft);
+  SnapshotSource src2(*objs);
+  Daemon d2(o, src2, &router2, nullptr, nullptr);
+  EXPECT_EQ(d2.run(), 0);
+  EXPECT_EQ(w.nl.counts().changeRequests, changesBefore);
+  EXPECT_EQ(w.nft.scripts.size(), scriptsBefore);
+}
+
+TEST(Daemon, OncePassFailureGivesExitCode1) {
+  auto objs = parseManifestText(kManifests, "demo.yaml");
+  ASSERT_TRUE(objs);
+  World w(config());
+  w.nft.failRuns = true;
+  RouterReconciler router(w.cfg, w.nl, w.nft);
+  SnapshotSource src(*objs);
+  DaemonOptions o;
+  o.once = true;
+  Daemon d(o, src, &router, nullptr);
+  EXPECT_EQ(d.run(), 1);
+}
+
+}  // namespace
+}  // namespace kst
