@@ -1,5 +1,7 @@
 // hashing/maglev.h: table size, even spread, order independence, disruption on removal and
-// addition, non-prime table sizes, more endpoints than buckets, pinned hash values.
+// addition, non-prime table sizes, more endpoints than buckets, pinned hash values — for
+// maglevTable, and the same contract (with strictly minimal disruption but statistical spread)
+// for rendezvousTable.
 #include "hashing/maglev.h"
 
 #include <gtest/gtest.h>
@@ -22,9 +24,12 @@ std::vector<std::string> endpointIds(int n, int net = 0) {
   return v;
 }
 
+using TableFn = std::vector<uint32_t> (*)(const std::vector<std::string>&, uint32_t);
+
 /** bucket → endpoint identity (the table holds indexes into ids). */
-std::vector<std::string> owners(const std::vector<std::string>& ids, uint32_t buckets) {
-  auto t = maglevTable(ids, buckets);
+std::vector<std::string> owners(const std::vector<std::string>& ids, uint32_t buckets,
+                                TableFn fn = maglevTable) {
+  auto t = fn(ids, buckets);
   std::vector<std::string> out;
   out.reserve(t.size());
   for (auto i : t) out.push_back(ids.at(i));
@@ -243,6 +248,91 @@ TEST(Maglev, GoldenTable) {
 TEST(Maglev, ModuloTable) {
   EXPECT_EQ(moduloTable(3, 7), (std::vector<uint32_t>{0, 1, 2, 0, 1, 2, 0}));
   EXPECT_TRUE(moduloTable(0, 7).empty());
+}
+
+// ---- rendezvous (highest random weight), the default --bucket-algorithm ----
+
+TEST(Rendezvous, TableHasBEntriesAllValidIndexes) {
+  for (uint32_t b : {1u, 7u, 64u, 1021u, 65536u}) {
+    auto ids = endpointIds(5);
+    auto t = rendezvousTable(ids, b);
+    ASSERT_EQ(t.size(), b);
+    for (auto e : t) ASSERT_LT(e, ids.size());
+  }
+  EXPECT_TRUE(rendezvousTable({}, 64).empty());
+}
+
+TEST(Rendezvous, IdenticalAssignmentAcross1000RandomOrders) {
+  auto ids = endpointIds(20);
+  ids.push_back("2001:db8::10");
+  const auto reference = owners(ids, 1021, rendezvousTable);
+  std::mt19937 rng(99);
+  for (int round = 0; round < 1000; ++round) {
+    auto shuffled = ids;
+    std::shuffle(shuffled.begin(), shuffled.end(), rng);
+    ASSERT_EQ(owners(shuffled, 1021, rendezvousTable), reference) << round;
+  }
+}
+
+TEST(Rendezvous, RemovalMovesExactlyTheLeaversBuckets) {
+  for (uint32_t b : {64u, 1021u}) {
+    auto ids = endpointIds(10);
+    const auto before = owners(ids, b, rendezvousTable);
+    for (size_t r = 0; r < ids.size(); ++r) {
+      auto rest = ids;
+      rest.erase(rest.begin() + static_cast<long>(r));
+      const auto after = owners(rest, b, rendezvousTable);
+      for (uint32_t i = 0; i < b; ++i) {
+        if (before[i] == ids[r]) EXPECT_NE(after[i], ids[r]);
+        else EXPECT_EQ(after[i], before[i]) << "B=" << b << " bucket " << i << " moved needlessly";
+      }
+    }
+  }
+}
+
+TEST(Rendezvous, AdditionMovesOnlyBucketsTheNewcomerWins) {
+  auto ids = endpointIds(10);
+  const auto before = owners(ids, 1021, rendezvousTable);
+  for (int a = 0; a < 10; ++a) {
+    auto more = ids;
+    std::string added = "10.200.0." + std::to_string(a + 1);
+    more.push_back(added);
+    const auto after = owners(more, 1021, rendezvousTable);
+    size_t won = 0;
+    for (uint32_t i = 0; i < 1021; ++i) {
+      if (after[i] != before[i]) EXPECT_EQ(after[i], added) << i;
+      won += after[i] == added;
+    }
+    // About 1/(n+1) of the table (93 buckets); binomial spread.
+    EXPECT_GE(won, 60u) << added;
+    EXPECT_LE(won, 130u) << added;
+  }
+}
+
+TEST(Rendezvous, SpreadIsStatistical) {
+  // Measured for these identities: B=1021, n=10 → shares 86..117 (ideal 102.1);
+  // B=65536, n=10 → 6305..6679 (ideal 6553.6). The header promises ±25% for B ≥ 16·n.
+  for (uint32_t b : {1021u, 65536u}) {
+    auto s = shares(owners(endpointIds(10), b, rendezvousTable));
+    ASSERT_EQ(s.size(), 10u);
+    for (auto& [id, c] : s) {
+      EXPECT_GE(c, 0.75 * b / 10) << id << " B=" << b;
+      EXPECT_LE(c, 1.25 * b / 10) << id << " B=" << b;
+    }
+  }
+}
+
+TEST(Rendezvous, MoreEndpointsThanBucketsFillsEveryBucket) {
+  auto t = rendezvousTable(endpointIds(20), 8);
+  ASSERT_EQ(t.size(), 8u);
+  for (auto e : t) EXPECT_LT(e, 20u);
+}
+
+TEST(Rendezvous, GoldenTable) {
+  EXPECT_EQ(rendezvousTable({"10.0.0.1", "10.0.0.2", "10.0.0.3"}, 7),
+            (std::vector<uint32_t>{2, 2, 0, 2, 2, 2, 0}));
+  EXPECT_EQ(rendezvousTable({"10.0.0.3", "10.0.0.1", "10.0.0.2"}, 7),
+            (std::vector<uint32_t>{0, 0, 1, 0, 0, 0, 1}));
 }
 
 }  // namespace

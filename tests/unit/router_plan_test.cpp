@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "desired/nft_render.h"
+#include "hashing/maglev.h"
 
 namespace kst {
 namespace {
@@ -287,6 +288,33 @@ TEST(RouterPlan, BucketsMoreThanEndpoints) {
   EXPECT_TRUE(s.st.nft.present);
 }
 
+// The planner's buckets are exactly the hashing unit's table over the active endpoints (by
+// identity), for either --bucket-algorithm; with Maglev every endpoint gets floor/ceil(B/n).
+TEST(RouterPlan, BucketsFollowTheConfiguredAlgorithm) {
+  for (auto alg : {BucketAlgorithm::Maglev, BucketAlgorithm::Rendezvous}) {
+    SCOPED_TRACE(alg == BucketAlgorithm::Maglev ? "maglev" : "rendezvous");
+    DataplaneConfig cfg;
+    cfg.algorithm = alg;
+    cfg.buckets = 61;
+    auto s = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2", true), ep("10.0.0.3"),
+                                            ep("10.0.0.4"), ep("10.0.0.10")})}),
+                     cfg);
+    std::vector<std::string> active = {"10.0.0.1", "10.0.0.10", "10.0.0.3", "10.0.0.4"};
+    auto t = alg == BucketAlgorithm::Maglev ? maglevTable(active, 61) : rendezvousTable(active, 61);
+    std::vector<std::string> expected;
+    for (auto i : t) expected.push_back(active[i]);
+    EXPECT_EQ(bucketOwners(s.plan, kVip), expected);
+    if (alg == BucketAlgorithm::Maglev) {
+      std::map<std::string, int> count;
+      for (auto& o : expected) ++count[o];
+      for (auto& [e, c] : count) {
+        EXPECT_GE(c, 15) << e;
+        EXPECT_LE(c, 16) << e;
+      }
+    }
+  }
+}
+
 TEST(RouterPlan, MoreEndpointsThanBucketsIsAProblem) {
   DataplaneConfig cfg;
   cfg.buckets = 4;
@@ -452,45 +480,49 @@ TEST(RouterPlan, MplsAllocationsRoundTrip) {
 // to the same endpoint set arrive in (each pass planning from the previous pass's state), the
 // bucket → endpoint assignment is identical. (Slots may differ: they are sticky by design.)
 TEST(RouterPlan, BucketAssignmentIdenticalAcross1000RandomEventOrders) {
-  DataplaneConfig cfg;
-  std::vector<std::string> finalSet, extra;
-  for (int i = 1; i <= 8; ++i) finalSet.push_back("10.0.0." + std::to_string(i * 3));
-  for (int i = 1; i <= 3; ++i) extra.push_back("10.0.1." + std::to_string(i));
-  auto mk = [&](const std::set<std::string>& s) {
-    std::vector<Endpoint> eps;
-    for (auto& a : s) eps.push_back(ep(a));
-    return model({svc("a", kVip, eps)});
-  };
-  const auto reference =
-      bucketOwners(compute(mk({finalSet.begin(), finalSet.end()}), cfg).plan, kVip);
-  std::mt19937 rng(4242);
-  std::set<std::vector<uint32_t>> slotLayouts;
-  for (int round = 0; round < 1000; ++round) {
-    // Start from a random part of the final set plus the extras, then apply the missing adds
-    // and the removals of the extras in a random order.
-    std::set<std::string> cur(extra.begin(), extra.end());
-    std::vector<std::pair<bool, std::string>> events;
-    for (auto& a : finalSet) {
-      if (rng() % 3 == 0) cur.insert(a);
-      else events.push_back({true, a});
+  for (auto alg : {BucketAlgorithm::Rendezvous, BucketAlgorithm::Maglev}) {
+    SCOPED_TRACE(alg == BucketAlgorithm::Maglev ? "maglev" : "rendezvous");
+    DataplaneConfig cfg;
+    cfg.algorithm = alg;
+    std::vector<std::string> finalSet, extra;
+    for (int i = 1; i <= 8; ++i) finalSet.push_back("10.0.0." + std::to_string(i * 3));
+    for (int i = 1; i <= 3; ++i) extra.push_back("10.0.1." + std::to_string(i));
+    auto mk = [&](const std::set<std::string>& s) {
+      std::vector<Endpoint> eps;
+      for (auto& a : s) eps.push_back(ep(a));
+      return model({svc("a", kVip, eps)});
+    };
+    const auto reference =
+        bucketOwners(compute(mk({finalSet.begin(), finalSet.end()}), cfg).plan, kVip);
+    std::mt19937 rng(4242);
+    std::set<std::vector<uint32_t>> slotLayouts;
+    for (int round = 0; round < 1000; ++round) {
+      // Start from a random part of the final set plus the extras, then apply the missing adds
+      // and the removals of the extras in a random order.
+      std::set<std::string> cur(extra.begin(), extra.end());
+      std::vector<std::pair<bool, std::string>> events;
+      for (auto& a : finalSet) {
+        if (rng() % 3 == 0) cur.insert(a);
+        else events.push_back({true, a});
+      }
+      for (auto& x : extra) events.push_back({false, x});
+      std::shuffle(events.begin(), events.end(), rng);
+      auto step = compute(mk(cur), cfg);
+      for (auto& [add, a] : events) {
+        if (add) cur.insert(a);
+        else cur.erase(a);
+        step = compute(mk(cur), cfg, &step.st);
+      }
+      ASSERT_EQ(bucketOwners(step.plan, kVip), reference) << "round " << round;
+      auto slots = slotsOf(step.plan, kVip);
+      std::vector<uint32_t> layout;
+      for (auto& [e, s] : slots) layout.push_back(s);
+      slotLayouts.insert(layout);
+      ASSERT_EQ(std::set<uint32_t>(layout.begin(), layout.end()).size(), finalSet.size());
     }
-    for (auto& x : extra) events.push_back({false, x});
-    std::shuffle(events.begin(), events.end(), rng);
-    auto step = compute(mk(cur), cfg);
-    for (auto& [add, a] : events) {
-      if (add) cur.insert(a);
-      else cur.erase(a);
-      step = compute(mk(cur), cfg, &step.st);
-    }
-    ASSERT_EQ(bucketOwners(step.plan, kVip), reference) << "round " << round;
-    auto slots = slotsOf(step.plan, kVip);
-    std::vector<uint32_t> layout;
-    for (auto& [e, s] : slots) layout.push_back(s);
-    slotLayouts.insert(layout);
-    ASSERT_EQ(std::set<uint32_t>(layout.begin(), layout.end()).size(), finalSet.size());
+    // Sanity: the event orders really produced different histories.
+    EXPECT_GT(slotLayouts.size(), 10u);
   }
-  // Sanity: the event orders really produced different histories.
-  EXPECT_GT(slotLayouts.size(), 10u);
 }
 
 // ---- nft rendering ----
