@@ -76,6 +76,9 @@ bool Daemon::pass(const ClusterObjects& objs) {
 }
 
 int Daemon::run() {
+  // The router keeps what it observed between passes and re-reads the kernel on resync and
+  // after failures (router_reconciler.h, NOTE Performance).
+  if (router_) router_->setCaching(true);
   auto st = source_.start([this](const ClusterObjects& o) { onSnapshot(o); });
   if (!st) {
     spdlog::error("source {}: {}", source_.name(), st.error().message);
@@ -101,7 +104,10 @@ int Daemon::run() {
     }
     if (!current) continue;  // resync before the first snapshot
     auto now = std::chrono::steady_clock::now();
-    if (now >= nextResync) nextResync = now + opts_.resyncInterval;
+    if (now >= nextResync) {
+      nextResync = now + opts_.resyncInterval;
+      if (router_) router_->resyncNextPass();
+    }
     bool ok = pass(*current);
     lastOk_ = ok;
     ++passes_;

@@ -46,6 +46,20 @@ class NetlinkClient {
   virtual uint64_t requestsSent() const = 0;
 };
 
+/** Element changes of the router's VIP sets and bucket maps (vip4/vip6, b2s4/b2s6). */
+struct NftElementChanges {
+  struct Bucket {
+    IpAddress vip;
+    uint32_t bucket;  // 0 … B-1 (the map key holds kBucketMarkBase + bucket)
+    uint32_t mark;    // the slot's fwmark (ignored for deletions)
+  };
+  std::vector<IpAddress> vipDeletes, vipAdds;
+  std::vector<Bucket> bucketDeletes, bucketAdds;
+  size_t size() const {
+    return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size();
+  }
+};
+
 /** nftables access (the daemon's own table only). */
 class NftClient {
  public:
@@ -53,6 +67,14 @@ class NftClient {
   virtual Result<NftState> observe() = 0;
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
+  /** True when applyElements() is implemented (then large element changes skip nft's text
+   *  parser: design.md §7, a 640k-element load is seconds through text). */
+  virtual bool hasElementBatches() const { return false; }
+  /** Applies element changes as one transaction (order inside: VIP deletions, bucket
+   *  deletions, bucket additions, VIP additions). The table must exist. */
+  virtual Status applyElements(const NftElementChanges&) {
+    return fail("element batches not supported");
+  }
 };
 
 }  // namespace kst::dp

@@ -15,6 +15,7 @@
 #include <map>
 #include <string>
 
+#include "dataplane/kernel.h"
 #include "dataplane/types.h"
 #include "desired/config.h"
 
@@ -34,6 +35,10 @@ std::string skeletonId(const std::string& skeleton);
  */
 std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& desired,
                              const dp::NftState& observed, size_t* elementChanges = nullptr);
+
+/** Element additions and deletions that turn `base` into `desired` (skeletons ignored; a
+ *  changed bucket is a deletion plus an addition of its key). Linear merge of sorted maps. */
+dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::NftState& base);
 
 /** Script that deletes the table (cleanup). */
 std::string renderNftDelete(const DataplaneConfig& cfg);

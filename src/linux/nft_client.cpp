@@ -1,8 +1,23 @@
 #include "linux/nft_client.h"
 
+#include <arpa/inet.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
 #include <nftables/libnftables.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "desired/nft_render.h"
 
@@ -13,13 +28,17 @@ NftClientImpl::NftClientImpl(const DataplaneConfig& cfg) : cfg_(cfg), ctx_(nft_c
   nft_ctx_buffer_error(ctx_);
 }
 
-NftClientImpl::~NftClientImpl() { nft_ctx_free(ctx_); }
+NftClientImpl::~NftClientImpl() {
+  nft_ctx_free(ctx_);
+  if (fd_ >= 0) close(fd_);
+}
 
 Result<std::string> NftClientImpl::command(const std::string& cmd, bool json, bool terse) {
   unsigned flags = 0;
   if (json) flags |= NFT_CTX_OUTPUT_JSON;
   if (terse) flags |= NFT_CTX_OUTPUT_TERSE;
   nft_ctx_output_set_flags(ctx_, flags);
+  ++sent_;
   int rc = nft_run_cmd_from_buffer(ctx_, cmd.c_str());
   std::string out = nft_ctx_get_output_buffer(ctx_);
   std::string err = nft_ctx_get_error_buffer(ctx_);
@@ -70,6 +89,13 @@ Status parseNftElements(const std::string& json, dp::NftState& out) {
 }
 
 Result<dp::NftState> NftClientImpl::observe() {
+  auto raw = observeRaw();
+  if (raw) return raw;
+  spdlog::debug("nft: nfnetlink listing failed ({}), using libnftables", raw.error().message);
+  return observeText();
+}
+
+Result<dp::NftState> NftClientImpl::observeText() {
   dp::NftState st;
   auto tables = command("list tables inet", true, false);
   if (!tables) return std::unexpected(tables.error());
@@ -91,6 +117,389 @@ Result<dp::NftState> NftClientImpl::observe() {
     if (auto ok = parseNftElements(*j, st); !ok) return std::unexpected(ok.error());
   }
   return st;
+}
+
+// ---- nfnetlink ----
+
+namespace {
+
+constexpr size_t kRx = 1 << 20;
+
+void putHeader(std::vector<uint8_t>& buf, uint16_t type, uint16_t flags, uint8_t family,
+               uint16_t resId, uint32_t seq) {
+  size_t off = buf.size();
+  buf.resize(off + MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg)));
+  auto* h = reinterpret_cast<nlmsghdr*>(buf.data() + off);
+  h->nlmsg_len = static_cast<uint32_t>(buf.size() - off);
+  h->nlmsg_type = type;
+  h->nlmsg_flags = NLM_F_REQUEST | flags;
+  h->nlmsg_seq = seq;
+  auto* g = reinterpret_cast<nfgenmsg*>(buf.data() + off + MNL_ALIGN(sizeof(nlmsghdr)));
+  g->nfgen_family = family;
+  g->version = NFNETLINK_V0;
+  g->res_id = htons(resId);
+}
+
+uint16_t nftMsg(int type) { return static_cast<uint16_t>((NFNL_SUBSYS_NFTABLES << 8) | type); }
+
+struct Attrs {
+  static constexpr int kMax = 32;
+  const nlattr* tb[kMax] = {};
+  static int cb(const nlattr* a, void* data) {
+    int type = mnl_attr_get_type(a);
+    if (type >= 0 && type < kMax) static_cast<Attrs*>(data)->tb[type] = a;
+    return MNL_CB_OK;
+  }
+};
+
+/** NFTA_DATA_VALUE inside a nested data attribute. */
+std::pair<const uint8_t*, size_t> dataValue(const nlattr* nest) {
+  if (!nest) return {nullptr, 0};
+  Attrs a;
+  mnl_attr_parse_nested(nest, Attrs::cb, &a);
+  if (!a.tb[NFTA_DATA_VALUE]) return {nullptr, 0};
+  return {static_cast<const uint8_t*>(mnl_attr_get_payload(a.tb[NFTA_DATA_VALUE])),
+          mnl_attr_get_payload_len(a.tb[NFTA_DATA_VALUE])};
+}
+
+}  // namespace
+
+Status NftClientImpl::openSocket() {
+  if (fd_ >= 0) return {};
+  fd_ = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  if (fd_ < 0) return sysFail(errno, "nfnetlink socket");
+  sockaddr_nl sa{};
+  sa.nl_family = AF_NETLINK;
+  if (bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
+    int e = errno;
+    close(fd_);
+    fd_ = -1;
+    return sysFail(e, "nfnetlink bind");
+  }
+  int one = 1;
+  setsockopt(fd_, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
+  setsockopt(fd_, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
+  int rcv = 8 << 20;
+  setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv);
+  seq_ = static_cast<uint32_t>(time(nullptr));
+  return {};
+}
+
+Result<dp::NftState> NftClientImpl::observeRaw() {
+  if (auto s = openSocket(); !s) return std::unexpected(s.error());
+  dp::NftState st;
+  std::vector<uint8_t> rx(kRx);
+  // Runs one request; calls fn for every reply message until the ack or NLMSG_DONE.
+  // @return 0, or the positive errno the kernel answered.
+  auto talk = [&](std::vector<uint8_t>& req, const std::function<void(const nlmsghdr*)>& fn,
+                  bool& interrupted) -> Result<int> {
+    auto* h = reinterpret_cast<nlmsghdr*>(req.data());
+    uint32_t seq = h->nlmsg_seq;
+    if (send(fd_, req.data(), req.size(), 0) < 0) return sysFail(errno, "nfnetlink send");
+    ++sent_;
+    // recvmmsg: a lookup answers each element in its own datagram.
+    constexpr size_t kSlots = 64, kSlot = 32 * 1024;
+    if (rx.size() < kSlots * kSlot) rx.resize(kSlots * kSlot);
+    std::vector<mmsghdr> hdrs(kSlots);
+    std::vector<iovec> iov(kSlots);
+    while (true) {
+      for (size_t i = 0; i < kSlots; ++i) {
+        iov[i] = {rx.data() + i * kSlot, kSlot};
+        hdrs[i] = {};
+        hdrs[i].msg_hdr.msg_iov = &iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+      }
+      int got = recvmmsg(fd_, hdrs.data(), kSlots, MSG_WAITFORONE, nullptr);
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        return sysFail(errno, "nfnetlink receive");
+      }
+      for (int i = 0; i < got; ++i) {
+        int len = static_cast<int>(hdrs[i].msg_len);
+        for (auto* m = reinterpret_cast<const nlmsghdr*>(rx.data() + i * kSlot);
+             mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len)) {
+          if (m->nlmsg_seq != seq) continue;
+          if (m->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = true;
+          if (m->nlmsg_type == NLMSG_DONE) return 0;
+          if (m->nlmsg_type == NLMSG_ERROR) {
+            auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+            return -e->error;
+          }
+          fn(m);
+        }
+      }
+    }
+  };
+  // The table and its comment ("kst:<skeleton id>").
+  {
+    std::vector<uint8_t> req;
+    putHeader(req, nftMsg(NFT_MSG_GETTABLE), NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
+    req.resize(req.size() + 256);
+    auto* h = reinterpret_cast<nlmsghdr*>(req.data());
+    mnl_attr_put_strz(h, NFTA_TABLE_NAME, cfg_.nftTable.c_str());
+    req.resize(h->nlmsg_len);
+    bool intr = false;
+    auto rc = talk(req, [&](const nlmsghdr* m) {
+      if (m->nlmsg_type != nftMsg(NFT_MSG_NEWTABLE)) return;
+      st.present = true;
+      Attrs a;
+      mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &a);
+      if (!a.tb[NFTA_TABLE_USERDATA]) return;
+      // libnftnl udata: { u8 type, u8 len, value[len] }*; type 0 is the comment.
+      auto* p = static_cast<const uint8_t*>(mnl_attr_get_payload(a.tb[NFTA_TABLE_USERDATA]));
+      size_t n = mnl_attr_get_payload_len(a.tb[NFTA_TABLE_USERDATA]);
+      for (size_t i = 0; i + 2 <= n && i + 2 + p[i + 1] <= n; i += 2 + p[i + 1]) {
+        if (p[i] != 0) continue;
+        std::string c(reinterpret_cast<const char*>(p + i + 2), p[i + 1]);
+        c = c.c_str();  // without the terminating NUL
+        if (c.starts_with("kst:")) st.skeletonId = c.substr(4);
+      }
+    }, intr);
+    if (!rc) return std::unexpected(rc.error());
+    if (*rc == ENOENT) return dp::NftState{};
+    if (*rc != 0) return sysFail(*rc, "nfnetlink get table " + cfg_.nftTable);
+  }
+  // Element parser shared by dumps and lookups.
+  auto parseElements = [&](const nlmsghdr* m, bool map, std::set<IpAddress>& vips,
+                           std::map<std::pair<IpAddress, uint32_t>, uint32_t>& buckets) {
+    if (m->nlmsg_type != nftMsg(NFT_MSG_NEWSETELEM)) return;
+    Attrs top;
+    mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top);
+    const nlattr* list = top.tb[NFTA_SET_ELEM_LIST_ELEMENTS];
+    if (!list) return;
+    const char* end = static_cast<const char*>(mnl_attr_get_payload(list)) +
+                      mnl_attr_get_payload_len(list);
+    for (auto* e = static_cast<const nlattr*>(mnl_attr_get_payload(list));
+         mnl_attr_ok(e, static_cast<int>(end - reinterpret_cast<const char*>(e)));
+         e = mnl_attr_next(e)) {
+      Attrs el;
+      mnl_attr_parse_nested(e, Attrs::cb, &el);
+      auto [k, klen] = dataValue(el.tb[NFTA_SET_ELEM_KEY]);
+      if (!map) {
+        if (klen == 4) vips.insert(IpAddress::fromBytes(Family::V4, k));
+        if (klen == 16) vips.insert(IpAddress::fromBytes(Family::V6, k));
+        continue;
+      }
+      auto [d, dlen] = dataValue(el.tb[NFTA_SET_ELEM_DATA]);
+      if ((klen != 8 && klen != 20) || dlen != 4) continue;
+      uint32_t mark, slotMark;
+      std::memcpy(&mark, k + klen - 4, 4);
+      std::memcpy(&slotMark, d, 4);
+      if (mark < kBucketMarkBase) continue;
+      auto ip = IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, k);
+      buckets.emplace(std::make_pair(ip, mark - kBucketMarkBase), slotMark);
+    }
+  };
+  // Dumps: the VIP sets always; the bucket maps only when asked to be exhaustive, because the
+  // kernel resumes a set dump by skipping the elements already sent (≈ 700 per 32 KiB
+  // message): listing 640k elements walks the map ~900 times, ≈ a minute of CPU.
+  std::vector<const char*> dumped{"vip4", "vip6"};
+  if (exhaustive_) {
+    dumped.push_back("b2s4");
+    dumped.push_back("b2s6");
+  }
+  for (const char* set : dumped) {
+    const bool map = set[0] == 'b';
+    for (int attempt = 0;; ++attempt) {
+      std::vector<uint8_t> req;
+      putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_DUMP | NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
+      req.resize(req.size() + 512);
+      auto* h = reinterpret_cast<nlmsghdr*>(req.data());
+      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
+      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
+      req.resize(h->nlmsg_len);
+      std::set<IpAddress> vips;
+      std::map<std::pair<IpAddress, uint32_t>, uint32_t> buckets;
+      bool intr = false;
+      auto rc = talk(req, [&](const nlmsghdr* m) { parseElements(m, map, vips, buckets); }, intr);
+      if (!rc) return std::unexpected(rc.error());
+      if (*rc != 0) return sysFail(*rc, fmt::format("nfnetlink list {} {}", cfg_.nftTable, set));
+      if (intr && attempt < 3) continue;  // the set changed during the dump
+      if (intr) return fail(EINTR, "nfnetlink: dump of " + std::string(set) + " kept changing");
+      st.vips.merge(vips);
+      st.buckets.merge(buckets);
+      break;
+    }
+  }
+  if (exhaustive_) {
+    exhaustive_ = false;
+    return st;
+  }
+  // Buckets by lookup: every bucket key (VIP . kBucketMarkBase + b, b < B) of every VIP in the
+  // VIP sets, 256 keys per GETSETELEM request (one reply per element found; a missing key
+  // ends the request with ENOENT, and the lookup resumes after it). Elements of VIPs outside
+  // the sets are not seen: the daemon only ever adds or removes a VIP together with its
+  // buckets in one transaction; an element batch that then fails (a foreign element in the
+  // way) makes the next observation exhaustive.
+  for (bool v4 : {true, false}) {
+    std::vector<std::pair<IpAddress, uint32_t>> keys;
+    for (auto& vip : st.vips)
+      if (vip.isV4() == v4)
+        for (uint32_t b = 0; b < cfg_.buckets; ++b) keys.emplace_back(vip, b);
+    const char* set = v4 ? "b2s4" : "b2s6";
+    constexpr size_t kChunk = 256;
+    size_t i = 0;
+    while (i < keys.size()) {
+      size_t n = std::min(kChunk, keys.size() - i);
+      std::vector<uint8_t> req;
+      putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
+      req.resize(req.size() + 512 + n * 40);
+      auto* h = reinterpret_cast<nlmsghdr*>(req.data());
+      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
+      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
+      auto* list = mnl_attr_nest_start(h, NFTA_SET_ELEM_LIST_ELEMENTS);
+      for (size_t j = i; j < i + n; ++j) {
+        uint8_t key[20];
+        const auto& vip = keys[j].first;
+        std::memcpy(key, vip.data(), vip.size());
+        uint32_t mark = kBucketMarkBase + keys[j].second;
+        std::memcpy(key + vip.size(), &mark, 4);
+        auto* el = mnl_attr_nest_start(h, NFTA_LIST_ELEM);
+        auto* k = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY);
+        mnl_attr_put(h, NFTA_DATA_VALUE, vip.size() + 4, key);
+        mnl_attr_nest_end(h, k);
+        mnl_attr_nest_end(h, el);
+      }
+      mnl_attr_nest_end(h, list);
+      req.resize(h->nlmsg_len);
+      std::set<IpAddress> unused;
+      std::map<std::pair<IpAddress, uint32_t>, uint32_t> found;
+      bool intr = false;
+      auto rc = talk(req, [&](const nlmsghdr* m) { parseElements(m, true, unused, found); }, intr);
+      if (!rc) return std::unexpected(rc.error());
+      if (*rc != 0 && *rc != ENOENT)
+        return sysFail(*rc, fmt::format("nfnetlink get elements of {} {}", cfg_.nftTable, set));
+      size_t next = i + n;
+      if (*rc == ENOENT) {
+        // The first key not answered is missing; everything before it was answered.
+        next = i;
+        while (next < i + n && found.contains(keys[next])) ++next;
+        ++next;
+      }
+      st.buckets.merge(found);
+      i = next;
+    }
+  }
+  return st;
+}
+
+Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
+  if (ch.size() == 0) return {};
+  if (auto s = openSocket(); !s) return std::unexpected(s.error());
+  std::vector<uint8_t> buf;
+  buf.reserve(ch.size() * 40 + 4096);
+  std::vector<uint32_t> seqs;
+  putHeader(buf, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+  struct Elem {
+    uint8_t key[20];
+    uint8_t klen;
+    uint32_t data;
+    bool hasData;
+  };
+  auto emit = [&](int type, const char* set, const std::vector<Elem>& elems) {
+    // The element list is one attribute: keep it below 64 KiB (≤ 44 bytes per element).
+    constexpr size_t kPerMsg = 1000;
+    for (size_t i = 0; i < elems.size(); i += kPerMsg) {
+      size_t off = buf.size();
+      seqs.push_back(++seq_);
+      putHeader(buf, nftMsg(type), (type == NFT_MSG_NEWSETELEM ? NLM_F_CREATE : 0) | NLM_F_ACK,
+                NFPROTO_INET, 0, seq_);
+      buf.resize(off + (1 << 16) + 1024);
+      auto* h = reinterpret_cast<nlmsghdr*>(buf.data() + off);
+      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
+      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
+      auto* list = mnl_attr_nest_start(h, NFTA_SET_ELEM_LIST_ELEMENTS);
+      for (size_t j = i; j < std::min(elems.size(), i + kPerMsg); ++j) {
+        auto* el = mnl_attr_nest_start(h, NFTA_LIST_ELEM);
+        auto* k = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY);
+        mnl_attr_put(h, NFTA_DATA_VALUE, elems[j].klen, elems[j].key);
+        mnl_attr_nest_end(h, k);
+        if (elems[j].hasData) {
+          auto* d = mnl_attr_nest_start(h, NFTA_SET_ELEM_DATA);
+          mnl_attr_put(h, NFTA_DATA_VALUE, 4, &elems[j].data);
+          mnl_attr_nest_end(h, d);
+        }
+        mnl_attr_nest_end(h, el);
+      }
+      mnl_attr_nest_end(h, list);
+      buf.resize(off + h->nlmsg_len);
+    }
+  };
+  auto vipElems = [](const std::vector<IpAddress>& v, bool v4) {
+    std::vector<Elem> out;
+    for (auto& ip : v) {
+      if (ip.isV4() != v4) continue;
+      Elem e{};
+      std::memcpy(e.key, ip.data(), ip.size());
+      e.klen = static_cast<uint8_t>(ip.size());
+      out.push_back(e);
+    }
+    return out;
+  };
+  auto bucketElems = [](const std::vector<dp::NftElementChanges::Bucket>& v, bool v4, bool data) {
+    std::vector<Elem> out;
+    out.reserve(v.size());
+    for (auto& b : v) {
+      if (b.vip.isV4() != v4) continue;
+      Elem e{};
+      std::memcpy(e.key, b.vip.data(), b.vip.size());
+      uint32_t m = kBucketMarkBase + b.bucket;  // meta mark: host byte order
+      std::memcpy(e.key + b.vip.size(), &m, 4);
+      e.klen = static_cast<uint8_t>(b.vip.size() + 4);
+      e.data = b.mark;
+      e.hasData = data;
+      out.push_back(e);
+    }
+    return out;
+  };
+  // Same order as the text script (nft_render.cpp): hitless for removed and added VIPs.
+  emit(NFT_MSG_DELSETELEM, "vip4", vipElems(ch.vipDeletes, true));
+  emit(NFT_MSG_DELSETELEM, "vip6", vipElems(ch.vipDeletes, false));
+  emit(NFT_MSG_DELSETELEM, "b2s4", bucketElems(ch.bucketDeletes, true, false));
+  emit(NFT_MSG_DELSETELEM, "b2s6", bucketElems(ch.bucketDeletes, false, false));
+  emit(NFT_MSG_NEWSETELEM, "b2s4", bucketElems(ch.bucketAdds, true, true));
+  emit(NFT_MSG_NEWSETELEM, "b2s6", bucketElems(ch.bucketAdds, false, true));
+  emit(NFT_MSG_NEWSETELEM, "vip4", vipElems(ch.vipAdds, true));
+  emit(NFT_MSG_NEWSETELEM, "vip6", vipElems(ch.vipAdds, false));
+  putHeader(buf, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+
+  // One sendmsg: the kernel runs a batch as one transaction only within one skb.
+  int need = static_cast<int>(buf.size()) + 65536;
+  if (need > sndbuf_) {
+    setsockopt(fd_, SOL_SOCKET, SO_SNDBUFFORCE, &need, sizeof need);
+    sndbuf_ = need;
+  }
+  if (send(fd_, buf.data(), buf.size(), 0) < 0)
+    return sysFail(errno, fmt::format("nfnetlink send of {} element changes", ch.size()));
+  sent_ += seqs.size() + 2;
+  std::set<uint32_t> pending(seqs.begin(), seqs.end());
+  std::string firstError;
+  std::vector<uint8_t> rx(kRx);
+  while (!pending.empty()) {
+    pollfd p{fd_, POLLIN, 0};
+    int pr = poll(&p, 1, 30000);
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr <= 0) return fail(ETIMEDOUT, "nfnetlink: no answer to an element batch");
+    ssize_t n = recv(fd_, rx.data(), rx.size(), 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return sysFail(errno, "nfnetlink receive");
+    }
+    int len = static_cast<int>(n);
+    for (auto* m = reinterpret_cast<const nlmsghdr*>(rx.data()); mnl_nlmsg_ok(m, len);
+         m = mnl_nlmsg_next(m, &len)) {
+      if (m->nlmsg_type != NLMSG_ERROR) continue;
+      auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+      if (e->error && firstError.empty()) firstError = std::strerror(-e->error);
+      // An error on the batch header (e.g. no memory for the batch) ends it at once.
+      if (e->error && !pending.contains(m->nlmsg_seq)) pending.clear();
+      pending.erase(m->nlmsg_seq);
+    }
+  }
+  if (!firstError.empty()) exhaustive_ = true;  // see observeRaw()
+  if (!firstError.empty())
+    return fail(EINVAL, fmt::format("nft: element batch of {} changes failed: {}", ch.size(), firstError));
+  return {};
 }
 
 }  // namespace kst

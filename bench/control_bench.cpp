@@ -1,0 +1,486 @@
+// kb-control: control-plane benchmarks of the router role, each trial in a fresh private
+// network namespace (bench/common.h), real kernel, real netlink and nftables.
+//
+//   converge V E B REPS     cold convergence of V VIPs × E endpoints × B buckets:
+//                           daemon (RouterReconciler + NetlinkClientImpl + NftClientImpl,
+//                           in-process) vs `ip -batch` + `nft -f` vs raw netlink loader
+//   incremental V E B N     N single-endpoint changes at V VIPs: latency source change → last
+//                           ack (p50/p99), netlink messages per change; cached (the daemon's
+//                           steady state) and full re-observation per pass (before)
+//   restart V E B           a fresh reconciler on programmed state: time to reconciled and
+//                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
+//
+// Output: one "RESULT key=value ..." line per figure (bench/run.sh builds the table from them).
+#include <arpa/inet.h>
+#include <signal.h>
+
+#include <spdlog/spdlog.h>
+
+#include <random>
+#include <thread>
+
+#include "bench/common.h"
+#include "bench/raw_loader.h"
+#include "dataplane/diff.h"
+#include "desired/nft_render.h"
+#include "desired/router.h"
+#include "linux/netlink_client.h"
+#include "linux/netlink_socket.h"
+#include "linux/nft_client.h"
+#include "reconcile/router_reconciler.h"
+
+using namespace kst;
+using namespace kb;
+
+namespace {
+
+struct Daemonish {
+  explicit Daemonish(const DataplaneConfig& cfg)
+      : nl(std::move(*nl::Socket::open()), cfg), nft(cfg), rr(cfg, nl, nft) {}
+  NetlinkClientImpl nl;
+  NftClientImpl nft;
+  RouterReconciler rr;
+};
+
+/** The kernel objects the daemon would program on an empty namespace (for the baselines). */
+dp::RouterState desiredOf(const Model& m, const DataplaneConfig& cfg) {
+  Allocations none;
+  auto plan = planRouter(m, cfg, none);
+  return routerState(plan, cfg, none);
+}
+
+/** A fresh reconciler's pass must find nothing to do: the objects loaded are the daemon's. */
+size_t verifyChanges(const Model& m, const DataplaneConfig& cfg) {
+  Daemonish d(cfg);
+  auto r = d.rr.reconcile(m);
+  if (!r) {
+    fprintf(stderr, "verify: %s\n", r.error().message.c_str());
+    return SIZE_MAX;
+  }
+  return r->changes;
+}
+
+std::string ipBatch(const dp::RouterState& st) {
+  std::string s;
+  for (auto& l : st.links) {
+    s += fmt::format("link add {} type vxlan external gpe dstport {}\n", l.name, l.port);
+    s += fmt::format("link set {} up\n", l.name);
+  }
+  for (auto& nh : st.nexthops)
+    s += fmt::format("nexthop add id {} encap ip id 0 dst {} ttl {} dev {} proto 211\n", nh.id,
+                     nh.encapDst->str(), nh.ttl, nh.dev);
+  for (auto& r : st.routes)
+    s += fmt::format("route add {}/{} nhid {} table {} proto 211\n", r.key.dst.str(),
+                     r.key.prefixLen, r.nhid, r.key.table);
+  for (auto& r : st.rules)
+    s += fmt::format("rule add pref {} fwmark {} table {} proto 211\n", r.priority, r.fwmark,
+                     r.table);
+  return s;
+}
+
+int trialDaemon(uint32_t v, uint32_t e, uint32_t b) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  Daemonish d(cfg);
+  auto t0 = Clock::now();
+  auto r = d.rr.reconcile(model);
+  double t = secondsSince(t0);
+  if (!r || !r->ok()) {
+    fprintf(stderr, "daemon pass failed: %s\n",
+            r ? (r->failures.empty() ? "?" : r->failures[0].c_str()) : r.error().message.c_str());
+    return 1;
+  }
+  auto& ph = r->timings;
+  printf("t=%.6f changes=%zu requests=%lu observe=%.6f plan=%.6f diff=%.6f netlink=%.6f "
+         "nft=%.6f verify=%zu\n",
+         t, r->changes, static_cast<unsigned long>(d.nl.requestsSent()), ph.observe, ph.plan,
+         ph.diff, ph.netlink, ph.nft, verifyChanges(model, cfg));
+  return 0;
+}
+
+int trialIproute(uint32_t v, uint32_t e, uint32_t b) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  auto st = desiredOf(model, cfg);
+  std::string dir = fmt::format("/tmp/kb-{}", getpid());
+  run("mkdir -p " + dir);
+  std::ofstream(dir + "/routes.batch") << ipBatch(st);
+  std::ofstream(dir + "/nft.nft") << renderNftChanges(cfg, st.nft, dp::NftState{});
+  auto t0 = Clock::now();
+  int rc1 = run("ip -4 -batch " + dir + "/routes.batch");
+  double tip = secondsSince(t0);
+  int rc2 = run("nft -f " + dir + "/nft.nft");
+  double t = secondsSince(t0);
+  run("rm -rf " + dir);
+  if (rc1 || rc2) return 1;
+  printf("t=%.6f ip=%.6f nft=%.6f verify=%zu\n", t, tip, t - tip, verifyChanges(model, cfg));
+  return 0;
+}
+
+int trialRaw(uint32_t v, uint32_t e, uint32_t b) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  auto st = desiredOf(model, cfg);
+  dp::NftState skeleton = st.nft;
+  skeleton.vips.clear();
+  skeleton.buckets.clear();
+  std::string skel = renderNftChanges(cfg, skeleton, dp::NftState{});
+  NftClientImpl nft(cfg);
+  auto t0 = Clock::now();
+  int e1 = rawLoadRoutes(st);
+  double tnl = secondsSince(t0);
+  auto s = nft.run(skel);
+  int e2 = rawLoadNftElements(cfg.nftTable, st.nft);
+  double t = secondsSince(t0);
+  if (e1 || e2 || !s) {
+    fprintf(stderr, "raw loader: %d %d %s\n", e1, e2, s ? "" : s.error().message.c_str());
+    return 1;
+  }
+  printf("t=%.6f netlink=%.6f nft=%.6f verify=%zu\n", t, tnl, t - tnl, verifyChanges(model, cfg));
+  return 0;
+}
+
+int converge(uint32_t v, uint32_t e, uint32_t b, int reps) {
+  struct M {
+    const char* name;
+    int (*fn)(uint32_t, uint32_t, uint32_t);
+    std::vector<double> t;
+    std::string last;
+  };
+  std::vector<M> ms{{"daemon", trialDaemon, {}, {}}, {"iproute", trialIproute, {}, {}},
+                    {"raw", trialRaw, {}, {}}};
+  // Interleaved repetitions: a burst of load from other users hits every method alike.
+  for (int r = 0; r < reps; ++r) {
+    for (auto& m : ms) {
+      auto out = inFreshNetns([&] { return m.fn(v, e, b); });
+      if (out.empty()) return 1;
+      if (field(out, "verify") != 0) {
+        fprintf(stderr, "%s: loaded state differs from the daemon's (%s)\n", m.name, out.c_str());
+        return 1;
+      }
+      m.t.push_back(field(out, "t"));
+      m.last = out;
+      fprintf(stderr, "  converge V=%u %s rep %d: %s", v, m.name, r, out.c_str());
+    }
+  }
+  double daemon = median(ms[0].t), ipr = median(ms[1].t), raw = median(ms[2].t);
+  printf("RESULT bench=converge V=%u E=%u B=%u reps=%d routes=%u elements=%u daemon_s=%.4f "
+         "iproute_s=%.4f raw_s=%.4f daemon_over_raw=%.2f iproute_over_raw=%.2f "
+         "daemon_over_iproute=%.2f load=%.2f\n",
+         v, e, b, reps, v * e, v * b, daemon, ipr, raw, daemon / raw, ipr / raw, daemon / ipr,
+         loadAverage1());
+  printf("DETAIL converge V=%u daemon: %s", v, ms[0].last.c_str());
+  return 0;
+}
+
+// ---- incremental ----
+
+/** One endpoint change of service i: replace its endpoint j by a fresh address. */
+void changeEndpoint(Model& m, std::mt19937& rng, uint32_t e, uint32_t& fresh) {
+  auto& svc = m.services[rng() % m.services.size()];
+  auto& ep = svc.endpoints[rng() % svc.endpoints.size()];
+  ep.ip = IpAddress::fromV4(htonl(0x0b000000u + ++fresh));  // 11.0.0.0/8: never used before
+  std::sort(svc.endpoints.begin(), svc.endpoints.end(), [](auto& a, auto& b) { return a.ip < b.ip; });
+  (void)e;
+}
+
+int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  Daemonish d(cfg);
+  d.rr.setCaching(caching);
+  auto r0 = d.rr.reconcile(model);
+  if (!r0 || !r0->ok()) return 1;
+  std::mt19937 rng(42);
+  uint32_t fresh = 0;
+  std::vector<double> lat, msgs, nftMsgs, changes, tplan, tdiff, tnl, tnft;
+  for (int k = 0; k < n; ++k) {
+    changeEndpoint(model, rng, e, fresh);
+    uint64_t before = d.nl.requestsSent(), nftBefore = d.nft.messagesSent();
+    auto t0 = Clock::now();
+    auto r = d.rr.reconcile(model);
+    lat.push_back(secondsSince(t0) * 1e3);
+    if (!r || !r->ok()) return 1;
+    msgs.push_back(static_cast<double>(d.nl.requestsSent() - before));
+    nftMsgs.push_back(static_cast<double>(d.nft.messagesSent() - nftBefore));
+    changes.push_back(static_cast<double>(r->changes));
+    tplan.push_back(r->timings.plan * 1e3);
+    tdiff.push_back(r->timings.diff * 1e3);
+    tnl.push_back(r->timings.netlink * 1e3);
+    tnft.push_back(r->timings.nft * 1e3);
+  }
+  size_t verify = verifyChanges(model, cfg);
+  printf("p50_ms=%.3f p99_ms=%.3f max_ms=%.3f rtnl_msgs=%.1f nft_msgs=%.1f changes=%.1f "
+         "plan_ms=%.3f diff_ms=%.3f netlink_ms=%.3f nft_ms=%.3f verify=%zu\n",
+         percentile(lat, 50), percentile(lat, 99), percentile(lat, 100), median(msgs),
+         median(nftMsgs), median(changes), median(tplan), median(tdiff), median(tnl),
+         median(tnft), verify);
+  return verify == 0 ? 0 : 1;
+}
+
+int incremental(uint32_t v, uint32_t e, uint32_t b, int n) {
+  for (bool caching : {true, false}) {
+    int count = caching ? n : std::max(5, n / 20);
+    auto out = inFreshNetns([&] { return trialIncremental(v, e, b, count, caching); });
+    if (out.empty()) return 1;
+    fprintf(stderr, "  incremental %s: %s", caching ? "cached" : "full-observe", out.c_str());
+    printf("RESULT bench=incremental V=%u E=%u B=%u mode=%s changes=%d p50_ms=%.3f p99_ms=%.3f "
+           "max_ms=%.3f rtnl_msgs_per_change=%.0f nft_msgs_per_change=%.0f "
+           "objects_per_change=%.0f load=%.2f\n",
+           v, e, b, caching ? "cached" : "full-observe", count, field(out, "p50_ms"),
+           field(out, "p99_ms"), field(out, "max_ms"), field(out, "rtnl_msgs"),
+           field(out, "nft_msgs"), field(out, "changes"), loadAverage1());
+    fflush(stdout);
+  }
+  return 0;
+}
+
+// ---- restart ----
+
+int trialRestart(uint32_t v, uint32_t e, uint32_t b) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  {
+    Daemonish d(cfg);
+    auto r = d.rr.reconcile(model);
+    if (!r || !r->ok()) return 1;
+  }
+  std::string dir = fmt::format("/tmp/kb-{}", getpid());
+  run("mkdir -p " + dir);
+  // Monitors in this namespace (inherited by the children), started before the restart.
+  pid_t ipmon = fork();
+  if (ipmon == 0) {
+    freopen((dir + "/ip.mon").c_str(), "w", stdout);
+    execlp("ip", "ip", "-o", "monitor", "link", "nexthop", "route", "rule", "address", nullptr);
+    _exit(127);
+  }
+  pid_t nftmon = fork();
+  if (nftmon == 0) {
+    freopen((dir + "/nft.mon").c_str(), "w", stdout);
+    execlp("nft", "nft", "monitor", nullptr);
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  Daemonish d(cfg);
+  double tl, tn, tr, tru, tnft;
+  {
+    auto t1 = Clock::now();
+    (void)d.nl.links();
+    tl = secondsSince(t1);
+    t1 = Clock::now();
+    (void)d.nl.nexthops();
+    tn = secondsSince(t1);
+    t1 = Clock::now();
+    (void)d.nl.routes(cfg.tableOffset, cfg.tableOffset + cfg.maxSlots);
+    tr = secondsSince(t1);
+    t1 = Clock::now();
+    (void)d.nl.rules(cfg.rulePriority, cfg.rulePriority + cfg.maxSlots);
+    tru = secondsSince(t1);
+    t1 = Clock::now();
+    (void)d.nft.observe();
+    tnft = secondsSince(t1);
+  }
+  auto t0 = Clock::now();
+  auto r = d.rr.reconcile(model);
+  double t = secondsSince(t0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  kill(ipmon, SIGTERM);
+  kill(nftmon, SIGTERM);
+  waitpid(ipmon, nullptr, 0);
+  waitpid(nftmon, nullptr, 0);
+  auto count = [&](const std::string& f) {
+    return std::atol(capture("grep -c . " + f + " || true").c_str());
+  };
+  long ipEvents = count(dir + "/ip.mon"), nftEvents = count(dir + "/nft.mon");
+  run("rm -rf " + dir);
+  if (!r || !r->ok()) return 1;
+  auto& ph = r->timings;
+  printf("t=%.6f changes=%zu ip_events=%ld nft_events=%ld observe=%.6f plan=%.6f diff=%.6f "
+         "dump_links=%.6f dump_nexthops=%.6f dump_routes=%.6f dump_rules=%.6f list_nft=%.6f\n",
+         t, r->changes, ipEvents, nftEvents, ph.observe, ph.plan, ph.diff, tl, tn, tr, tru, tnft);
+  return 0;
+}
+
+int restart(uint32_t v, uint32_t e, uint32_t b, int reps) {
+  std::vector<double> t;
+  std::string last;
+  for (int i = 0; i < reps; ++i) {
+    auto out = inFreshNetns([&] { return trialRestart(v, e, b); });
+    if (out.empty()) return 1;
+    t.push_back(field(out, "t"));
+    last = out;
+    fprintf(stderr, "  restart rep %d: %s", i, out.c_str());
+  }
+  printf("RESULT bench=restart V=%u E=%u B=%u reps=%d reconciled_s=%.4f changes=%.0f "
+         "ip_monitor_events=%.0f nft_monitor_events=%.0f observe_s=%.4f load=%.2f\n",
+         v, e, b, reps, median(t), field(last, "changes"), field(last, "ip_events"),
+         field(last, "nft_events"), field(last, "observe"), loadAverage1());
+  return 0;
+}
+
+// ---- the real daemon binary: RSS, CPU, restart, reaction through the manifest source ----
+
+std::string sliceYaml(uint32_t i, uint32_t e, uint32_t shift) {
+  std::string y = fmt::format(
+      "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{0}-a\n"
+      "  namespace: bench\n  labels:\n    kubernetes.io/service-name: svc-{0}\naddressType: IPv4\n"
+      "endpoints:\n", i);
+  for (uint32_t j = 0; j < e; ++j)
+    y += fmt::format("- addresses: [\"{}\"]\n  nodeName: n1\n  conditions: {{ready: true}}\n",
+                     endpointOf(i, j, e, j == 0 ? shift : 0).str());
+  return y;
+}
+
+/** V Services + EndpointSlices in files of 100 services each: file k holds services 100k…. */
+void writeManifestFile(const std::string& dir, uint32_t file, uint32_t v, uint32_t e,
+                       uint32_t shiftedService = UINT32_MAX, uint32_t shift = 0) {
+  std::string y;
+  for (uint32_t i = file * 100; i < std::min(v, file * 100 + 100); ++i) {
+    y += fmt::format(
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{}\n  namespace: bench\n"
+        "  creationTimestamp: \"2026-01-01T00:00:00Z\"\n  annotations:\n"
+        "    cmd.nu/tunnel: \"{}\"\n---\n",
+        i, vipOf(i).str());
+    y += sliceYaml(i, e, i == shiftedService ? shift : 0);
+  }
+  std::string tmp = fmt::format("{}/.f{}.tmp", dir, file);
+  std::ofstream(tmp) << y;
+  std::rename(tmp.c_str(), fmt::format("{}/f{:04}.yaml", dir, file).c_str());
+}
+
+struct Spawned {
+  pid_t pid;
+};
+
+pid_t spawn(const std::vector<std::string>& argv, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = fopen(log.c_str(), "a");
+    if (f) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
+    std::vector<char*> a;
+    for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+    a.push_back(nullptr);
+    execv(a[0], a.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+long statusKb(pid_t pid, const char* key) {
+  std::ifstream f(fmt::format("/proc/{}/status", pid));
+  for (std::string l; std::getline(f, l);)
+    if (l.starts_with(key)) return std::atol(l.c_str() + std::strlen(key) + 1);
+  return -1;
+}
+
+int trialDaemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin, int changes) {
+  std::string dir = fmt::format("/tmp/kb-{}", getpid()), m = dir + "/manifests";
+  run("mkdir -p " + m);
+  for (uint32_t f = 0; f * 100 < v; ++f) writeManifestFile(m, f, v, e);
+  std::vector<std::string> base{bin, "run", "--role", "router", "--manifests", m, "--buckets",
+                                std::to_string(b)};
+  auto once = [&](const std::string& log, double& wall, rusage& ru) {
+    auto argv = base;
+    for (auto* x : {"--once", "--log-level", "warn"}) argv.push_back(x);
+    auto t0 = Clock::now();
+    pid_t pid = spawn(argv, log);
+    int st = 0;
+    wait4(pid, &st, 0, &ru);
+    wall = secondsSince(t0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  };
+  double coldWall, restartWall;
+  rusage coldRu{}, restartRu{};
+  if (int rc = once(dir + "/cold.log", coldWall, coldRu); rc != 0) {
+    fprintf(stderr, "cold --once exited %d\n", rc);
+    run("cat " + dir + "/cold.log >&2");
+    return 1;
+  }
+  // Restart: the same binary again on the programmed namespace, kernel changes counted.
+  pid_t ipmon = spawn({"/usr/sbin/ip", "-o", "monitor", "link", "nexthop", "route", "rule"},
+                      dir + "/ip.mon");
+  pid_t nftmon = spawn({"/usr/sbin/nft", "monitor"}, dir + "/nft.mon");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int rrc = once(dir + "/restart.log", restartWall, restartRu);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  kill(ipmon, SIGTERM);
+  kill(nftmon, SIGTERM);
+  waitpid(ipmon, nullptr, 0);
+  waitpid(nftmon, nullptr, 0);
+  long ipEvents = std::atol(capture("grep -c . " + dir + "/ip.mon || true").c_str());
+  long nftEvents = std::atol(capture("grep -c . " + dir + "/nft.mon || true").c_str());
+  if (rrc != 0) return 1;
+  // Steady state: the daemon follows the directory; one endpoint change at a time.
+  auto argv = base;
+  for (auto* x : {"--log-level", "info", "--resync-interval", "3600"}) argv.push_back(x);
+  std::string log = dir + "/steady.log";
+  pid_t pid = spawn(argv, log);
+  auto lines = [&] { return std::atol(capture("grep -c reconciled " + log + " || true").c_str()); };
+  auto started = [&] { return capture("grep -c 'starting' " + log + " || true") != "0\n"; };
+  for (int i = 0; i < 600 && !started(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // first pass: adoption, no changes
+  long rssIdle = statusKb(pid, "VmRSS:");
+  std::vector<double> wall, pass;
+  std::mt19937 rng(7);
+  for (int k = 0; k < changes; ++k) {
+    long before = lines();
+    uint32_t svc = rng() % v;
+    auto t0 = Clock::now();
+    writeManifestFile(m, svc / 100, v, e, svc, 0x100000 + static_cast<uint32_t>(k));
+    while (lines() == before && secondsSince(t0) < 60)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    wall.push_back(secondsSince(t0) * 1e3);
+    auto last = capture("grep reconciled " + log + " | tail -1");
+    auto pos = last.find(" in ");
+    if (pos != std::string::npos) pass.push_back(std::atof(last.c_str() + pos + 4) / 1e3);
+  }
+  long rss = statusKb(pid, "VmRSS:"), hwm = statusKb(pid, "VmHWM:");
+  kill(pid, SIGTERM);
+  rusage ru{};
+  wait4(pid, nullptr, 0, &ru);
+  auto cpu = [](const rusage& r) {
+    return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) +
+           static_cast<double>(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+  };
+  run("rm -rf " + dir);
+  printf("cold_s=%.3f cold_cpu_s=%.3f cold_maxrss_mib=%.1f restart_s=%.3f restart_cpu_s=%.3f "
+         "restart_maxrss_mib=%.1f restart_ip_events=%ld restart_nft_events=%ld "
+         "steady_rss_idle_mib=%.1f steady_rss_mib=%.1f steady_hwm_mib=%.1f steady_cpu_s=%.3f "
+         "change_wall_p50_ms=%.1f change_wall_p99_ms=%.1f change_pass_p50_ms=%.1f "
+         "change_pass_p99_ms=%.1f\n",
+         coldWall, cpu(coldRu), coldRu.ru_maxrss / 1024.0, restartWall, cpu(restartRu),
+         restartRu.ru_maxrss / 1024.0, ipEvents, nftEvents, rssIdle / 1024.0, rss / 1024.0,
+         hwm / 1024.0, cpu(ru), percentile(wall, 50), percentile(wall, 99), percentile(pass, 50),
+         percentile(pass, 99));
+  return 0;
+}
+
+int daemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin, int changes) {
+  auto out = inFreshNetns([&] { return trialDaemonBinary(v, e, b, bin, changes); });
+  if (out.empty()) return 1;
+  fprintf(stderr, "  daemon binary: %s", out.c_str());
+  printf("RESULT bench=daemon V=%u E=%u endpoints=%u B=%u %s", v, e, v * e, b, out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);
+  std::string cmd = argc > 1 ? argv[1] : "";
+  auto arg = [&](int i, uint32_t dflt) {
+    return argc > i ? static_cast<uint32_t>(std::strtoul(argv[i], nullptr, 10)) : dflt;
+  };
+  if (cmd == "converge") return converge(arg(2, 1000), arg(3, 4), arg(4, 64), arg(5, 3));
+  if (cmd == "incremental") return incremental(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 200));
+  if (cmd == "restart") return restart(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
+  if (cmd == "daemon" && argc >= 6)
+    return daemonBinary(arg(2, 10000), arg(3, 4), arg(4, 64), argv[5], arg(6, 20));
+  fprintf(stderr,
+          "usage: kb-control converge V E B REPS | incremental V E B N | restart V E B REPS |\n"
+          "       daemon V E B BINARY [CHANGES]\n");
+  return 2;
+}
