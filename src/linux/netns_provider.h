@@ -16,6 +16,7 @@ class NetnsProviderImpl : public NetnsProvider {
   Result<dp::NetlinkClient*> client(const Ns& ns) override;
   Status prepare(const Ns& ns, const DataplaneConfig& cfg, const std::string& linkName) override;
   void forget(const Ns& ns) override;
+  Status udpReplyFix(const Ns& ns, const std::string& decapLink, bool enabled) override;  // pod_nft.cpp
 
  private:
   DataplaneConfig cfg_;
@@ -23,6 +24,7 @@ class NetnsProviderImpl : public NetnsProvider {
   bool scanProc_;
   std::map<std::string, std::unique_ptr<NetlinkClientImpl>> clients_;
   std::map<std::string, bool> prepared_;
+  std::map<std::string, std::string> udpFixed_;  // ns id → decap link of the installed table
 };
 
 }  // namespace kst

@@ -1,5 +1,6 @@
 #include "reconcile/agent_reconciler.h"
 
+#include <algorithm>
 #include <set>
 
 #include <fmt/format.h>
@@ -48,6 +49,13 @@ Status AgentReconciler::refreshIndex() {
 PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanAll) {
   PassResult res;
   std::set<std::string> wanted;
+  // A pod may own several endpoint addresses (dual stack): one merged state per namespace.
+  struct Group {
+    NetnsProvider::Ns ns;
+    std::string pods;  // for log lines
+    dp::PodState state;
+  };
+  std::map<std::string, Group> groups;
   for (const auto& plan : plans) {
     auto it = podNs_.find(plan.podIp);
     if (it == podNs_.end()) {
@@ -56,11 +64,26 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
           plan.services.front().str()));
       continue;
     }
-    const auto& ns = it->second;
+    auto& g = groups[it->second.id];
+    g.ns = it->second;
+    g.pods += (g.pods.empty() ? "" : ",") + plan.podIp.str();
+    for (auto& l : plan.state.links)
+      if (std::none_of(g.state.links.begin(), g.state.links.end(),
+                       [&](const dp::Link& x) { return x.name == l.name; }))
+        g.state.links.push_back(l);
+    g.state.addresses.insert(g.state.addresses.end(), plan.state.addresses.begin(),
+                             plan.state.addresses.end());
+    g.state.mplsLabelRoute = g.state.mplsLabelRoute || plan.state.mplsLabelRoute;
+  }
+  for (auto& [id, g] : groups) {
+    std::sort(g.state.addresses.begin(), g.state.addresses.end());
+    g.state.addresses.erase(std::unique(g.state.addresses.begin(), g.state.addresses.end()),
+                            g.state.addresses.end());
+    const auto& ns = g.ns;
     wanted.insert(ns.id);
     auto c = ns_.client(ns);
     if (!c) {
-      res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), c.error().message));
+      res.failures.push_back(fmt::format("pod {}: {}", g.pods, c.error().message));
       ns_.forget(ns);
       continue;
     }
@@ -68,8 +91,8 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     auto links = (*c)->links();
     auto addrs = (*c)->addresses(true);
     if (!links || !addrs) {
-      res.failures.push_back(fmt::format("pod {}: namespace {} vanished or unreadable",
-                                         plan.podIp.str(), ns.path));
+      res.failures.push_back(
+          fmt::format("pod {}: namespace {} vanished or unreadable", g.pods, ns.path));
       ns_.forget(ns);
       continue;
     }
@@ -80,20 +103,23 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       auto pops = (*c)->mplsPops();
       observed.mplsLabelRoute = pops && !pops->empty();
     }
-    auto changes = dp::diffPod(plan.state, observed, cfg_.mplsLabel);
+    auto changes = dp::diffPod(g.state, observed, cfg_.mplsLabel);
     if (!changes.empty()) {
       auto r = (*c)->apply(changes);
       if (!r) {
-        res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), r.error().message));
+        res.failures.push_back(fmt::format("pod {}: {}", g.pods, r.error().message));
         continue;
       }
       res.changes += changes.size() - r->size();
-      for (auto& f : *r) res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), f));
-      for (auto& ch : changes) spdlog::debug("pod {}: {}", plan.podIp.str(), dp::describe(ch));
+      for (auto& f : *r) res.failures.push_back(fmt::format("pod {}: {}", g.pods, f));
+      for (auto& ch : changes) spdlog::debug("pod {}: {}", g.pods, dp::describe(ch));
     }
     std::string linkName = cfg_.mode == Mode::Mpls ? "lo" : cfg_.tunnelLinkName();
     if (auto s = ns_.prepare(ns, cfg_, linkName); !s)
-      res.failures.push_back(fmt::format("pod {}: {}", plan.podIp.str(), s.error().message));
+      res.failures.push_back(fmt::format("pod {}: {}", g.pods, s.error().message));
+    if (auto s = ns_.udpReplyFix(ns, linkName, true); !s)
+      res.failures.push_back(fmt::format("pod {}: UDP reply source: {}", g.pods,
+                                         s.error().message));
     managed_.emplace(ns.id, ns);
   }
   // Namespaces that hold owned objects but serve nothing any more.
@@ -128,6 +154,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
         }
       }
     }
+    if (!gone) (void)ns_.udpReplyFix(it->second, "", false);
     if (gone) ns_.forget(it->second);
     it = managed_.erase(it);
   }

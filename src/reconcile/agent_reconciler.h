@@ -32,6 +32,15 @@ class NetnsProvider {
   /** Applies pod-side sysctls (rp_filter off, MPLS input) inside ns. */
   virtual Status prepare(const Ns& ns, const DataplaneConfig& cfg, const std::string& linkName) = 0;
   virtual void forget(const Ns& ns) = 0;
+  /**
+   * UDP replies from the VIP: a UDP server bound to 0.0.0.0 answers from the pod's own address,
+   * which the client drops (design.md §5). When enabled, the pod gets a small nft table that
+   * remembers the peers whose datagrams arrived through the decap link and source-NATs replies
+   * to them to the VIP they wrote to. Idempotent; enabled=false removes it.
+   */
+  virtual Status udpReplyFix(const Ns& /*ns*/, const std::string& /*decapLink*/, bool /*enabled*/) {
+    return {};
+  }
 };
 
 class AgentReconciler {

@@ -253,6 +253,30 @@ TEST_F(Dataplane, BadInputIsReportedAndDisturbsNothing) {
   EXPECT_EQ(in("p2b", "ip -o link show kst-vxg").rc, 1) << "the loser of a VIP conflict gets nothing";
 }
 
+TEST_F(Dataplane, UdpServerBoundToAnyAddressAnswersFromTheVip) {
+  topology(1);
+  // Servers that do not use IP_PKTINFO: their replies would leave from the pod address.
+  for (auto p : {"p1a", "p2a"})
+    procs[p] = Process({"ip", "netns", "exec", ns(p), kTool, "serve", p, "8080", "plain"},
+                       dir + "/" + p + ".log");
+  writeManifest("web.yaml", serviceYaml("web", kVip) + "---\n" +
+                                sliceYaml("web", "IPv4", {{"198.19.1.2", "node1"}, {"198.19.2.2", "node2"}}) +
+                                "---\n" + serviceYaml("web6", kVip6) + "---\n" +
+                                sliceYaml("web6", "IPv6", {{"2001:db8:1::2", "node1"}, {"2001:db8:2::2", "node2"}}));
+  startRouter();
+  startAgent(1);
+  startAgent(2);
+  ASSERT_TRUE(reachable(kVip));
+  ASSERT_TRUE(reachable(kVip6));
+  // The client's UDP socket is connected to the VIP: only a reply from the VIP is received.
+  auto u4 = udp(kVip, 10);
+  ASSERT_EQ(u4.size(), 10u);
+  for (auto& a : u4) EXPECT_TRUE(a.ends_with(" 198.18.0.10")) << a;
+  auto u6 = udp(kVip6, 10);
+  ASSERT_EQ(u6.size(), 10u);
+  for (auto& a : u6) EXPECT_TRUE(a.ends_with(" 2001:db8:f::10")) << a;
+}
+
 TEST_F(Dataplane, VanishedPodNamespaceOnlyFailsThatPod) {
   threeEndpoints();
   // The pod's namespace disappears (container runtime tore it down) while it is still listed.

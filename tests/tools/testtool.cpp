@@ -1,7 +1,9 @@
 // kst-testtool: the traffic side of the end-to-end tests and the demo.
-//   serve NAME [PORT]          TCP+UDP server; answers every request with "NAME <peer-ip>\n".
+//   serve NAME [PORT [plain]]  TCP+UDP server; answers every request with "NAME <peer-ip>\n".
 //                              UDP replies leave from the address the request was sent to
-//                              (IP_PKTINFO), so a VIP request is answered from the VIP.
+//                              (IP_PKTINFO), so a VIP request is answered from the VIP; with
+//                              "plain" it answers like most servers bound to 0.0.0.0 (no
+//                              IP_PKTINFO: the kernel picks the pod's own address).
 //   tcp HOST PORT COUNT [SPORT] COUNT connections (distinct source ports, SPORT+i if given),
 //                              prints each answer ("FAIL" for none)
 //   udp HOST PORT COUNT        COUNT datagrams from distinct sockets, prints each answer
@@ -58,7 +60,7 @@ std::string peerString(const sockaddr_storage& ss) {
   return buf;
 }
 
-int serve(const std::string& name, int port) {
+int serve(const std::string& name, int port, bool plain) {
   int t = socket(AF_INET6, SOCK_STREAM, 0);
   int u = socket(AF_INET6, SOCK_DGRAM, 0);
   int zero = 0, one = 1;
@@ -73,8 +75,10 @@ int serve(const std::string& name, int port) {
       return 1;
     }
   }
-  setsockopt(u, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
-  setsockopt(u, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+  if (!plain) {
+    setsockopt(u, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+    setsockopt(u, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+  }
   listen(t, 1024);
   std::thread([u, name] {
     char buf[2048];
@@ -281,7 +285,9 @@ int hold(const char* host, int port, int seconds, int n, const std::string& pod)
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string cmd = argc > 1 ? argv[1] : "";
-  if (cmd == "serve" && argc >= 3) return serve(argv[2], argc > 3 ? std::atoi(argv[3]) : 8080);
+  if (cmd == "serve" && argc >= 3)
+    return serve(argv[2], argc > 3 ? std::atoi(argv[3]) : 8080,
+                 argc > 4 && std::string(argv[4]) == "plain");
   if (cmd == "tcp" && (argc == 5 || argc == 6))
     return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
   if (cmd == "udp" && argc == 5) return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
