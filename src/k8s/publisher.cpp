@@ -1,0 +1,159 @@
+#include "k8s/publisher.h"
+
+#include <ctime>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+namespace kst::k8s {
+
+namespace {
+
+std::string microTimeNow() {
+  auto now = std::chrono::system_clock::now();
+  auto secs = std::chrono::system_clock::to_time_t(now);
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return fmt::format("{}.{:06d}Z", buf, us);
+}
+
+int64_t steadyNs(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+KubePublisher::KubePublisher(TransportFactory makeTransport, PublisherOptions opts)
+    : make_(std::move(makeTransport)), opts_(std::move(opts)) {}
+
+KubePublisher::~KubePublisher() { stop(); }
+
+void KubePublisher::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void KubePublisher::stop() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (electionHttp_) electionHttp_->shutdown();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool KubePublisher::isLeader() {
+  return steadyNs(std::chrono::steady_clock::now()) < leaderUntil_.load();
+}
+
+bool KubePublisher::tryAcquireOrRenew() {
+  if (!electionHttp_) {
+    auto t = make_();
+    if (!t) {
+      spdlog::warn("lease: {}", t.error().message);
+      return false;
+    }
+    electionHttp_ = std::move(*t);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::string path = fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}",
+                                       opts_.leaseNamespace, opts_.leaseName);
+  auto got = electionHttp_->perform({"GET", path, "", "", std::chrono::seconds(10)});
+  if (!got) {
+    spdlog::warn("lease {}: {}", opts_.leaseName, got.error().message);
+    return false;
+  }
+  nlohmann::json lease;
+  const std::string now = microTimeNow();
+  if (got->status == 404) {
+    lease = {{"apiVersion", "coordination.k8s.io/v1"},
+             {"kind", "Lease"},
+             {"metadata", {{"name", opts_.leaseName}, {"namespace", opts_.leaseNamespace}}},
+             {"spec",
+              {{"holderIdentity", opts_.identity},
+               {"leaseDurationSeconds", opts_.leaseDuration.count()},
+               {"acquireTime", now},
+               {"renewTime", now},
+               {"leaseTransitions", 0}}}};
+    auto r = electionHttp_->perform(
+        {"POST", fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases", opts_.leaseNamespace),
+         lease.dump(), "application/json", std::chrono::seconds(10)});
+    if (!r || r->status / 100 != 2) return false;
+    spdlog::info("lease {}: acquired (created) by {}", opts_.leaseName, opts_.identity);
+    leaderUntil_ = steadyNs(start + opts_.leaseDuration * 2 / 3);
+    return true;
+  }
+  if (got->status != 200) {
+    spdlog::warn("lease {}: HTTP {}: {}", opts_.leaseName, got->status, statusMessage(got->body));
+    return false;
+  }
+  lease = nlohmann::json::parse(got->body, nullptr, false);
+  if (lease.is_discarded() || !lease.contains("spec")) return false;
+  auto& spec = lease["spec"];
+  std::string holder = spec.value("holderIdentity", "");
+  std::string renew = spec.value("renewTime", "");
+  int64_t duration = spec.value("leaseDurationSeconds", opts_.leaseDuration.count());
+  if (holder != observedHolder_ || renew != observedRenew_) {
+    observedHolder_ = holder;
+    observedRenew_ = renew;
+    observedAt_ = start;
+  }
+  bool mine = holder == opts_.identity;
+  bool expired = holder.empty() || start > observedAt_ + std::chrono::seconds(duration);
+  if (!mine && !expired) {
+    leaderUntil_ = 0;
+    return false;
+  }
+  spec["holderIdentity"] = opts_.identity;
+  spec["leaseDurationSeconds"] = opts_.leaseDuration.count();
+  spec["renewTime"] = now;
+  if (!mine) {
+    spec["acquireTime"] = now;
+    spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + 1;
+  }
+  // resourceVersion stays in metadata: a concurrent writer makes this PUT fail with 409.
+  auto r = electionHttp_->perform({"PUT", path, lease.dump(), "application/json",
+                                   std::chrono::seconds(10)});
+  if (!r || r->status / 100 != 2) {
+    if (r && r->status != 409)
+      spdlog::warn("lease {}: update HTTP {}: {}", opts_.leaseName, r->status, statusMessage(r->body));
+    leaderUntil_ = 0;
+    return false;
+  }
+  if (!mine) spdlog::info("lease {}: acquired by {} (was {:?})", opts_.leaseName, opts_.identity, holder);
+  // Stop acting as leader well before others may consider the lease expired.
+  leaderUntil_ = steadyNs(start + opts_.leaseDuration * 2 / 3);
+  return true;
+}
+
+void KubePublisher::run() {
+  while (true) {
+    tryAcquireOrRenew();
+    std::unique_lock lk(mu_);
+    if (cv_.wait_for(lk, opts_.leaseDuration / 3, [&] { return stopping_; })) return;
+  }
+}
+
+Status KubePublisher::publish(const ObjectKey& service, const std::string& table) {
+  if (!patchHttp_) {
+    auto t = make_();
+    if (!t) return std::unexpected(t.error());
+    patchHttp_ = std::move(*t);
+  }
+  nlohmann::json patch = {{"metadata", {{"annotations", {{opts_.annotation, table}}}}}};
+  auto r = patchHttp_->perform({"PATCH",
+                                fmt::format("/api/v1/namespaces/{}/services/{}", service.ns, service.name),
+                                patch.dump(), "application/merge-patch+json",
+                                std::chrono::seconds(10)});
+  if (!r) return std::unexpected(r.error());
+  if (r->status / 100 != 2)
+    return fail(fmt::format("PATCH service {}: HTTP {}: {}", service.str(), r->status,
+                            statusMessage(r->body)));
+  return {};
+}
+
+}  // namespace kst::k8s

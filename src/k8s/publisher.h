@@ -1,0 +1,60 @@
+// The elected writer of published bucket tables (desired/published.h, docs/load-balancing.md).
+//
+// Election: a coordination.k8s.io/v1 Lease, renewed by a background thread every
+// leaseDuration/3. Like client-go's leader election, expiry is judged by *local* observation
+// time (when this process last saw the lease record change), not by comparing clocks across
+// nodes; updates carry the resourceVersion, so two candidates cannot both win (409 Conflict).
+// A holder that cannot renew stops considering itself leader renewDeadline after its last
+// successful renewal, before the lease can expire for others: at most one writer at a time.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "daemon/daemon.h"
+#include "k8s/http.h"
+#include "k8s/kube_source.h"
+
+namespace kst::k8s {
+
+struct PublisherOptions {
+  std::string leaseNamespace = "kube-system";
+  std::string leaseName = "kube-service-tunnel-publisher";
+  std::string identity;  // this router (node name)
+  std::chrono::seconds leaseDuration{15};
+  std::string annotation = "kube-service-tunnel.cmd.nu/buckets";
+};
+
+class KubePublisher : public DecisionPublisher {
+ public:
+  KubePublisher(TransportFactory makeTransport, PublisherOptions opts);
+  ~KubePublisher() override;
+  void start();
+  void stop();
+  bool isLeader() override;
+  Status publish(const ObjectKey& service, const std::string& table) override;
+
+  /** One election round (used by the thread; public for tests). @return leader now. */
+  bool tryAcquireOrRenew();
+
+ private:
+  void run();
+  TransportFactory make_;
+  PublisherOptions opts_;
+  std::unique_ptr<HttpTransport> electionHttp_;
+  std::unique_ptr<HttpTransport> patchHttp_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+  std::atomic<int64_t> leaderUntil_{0};  // steady_clock ns; leader while now < this
+  // Last observed lease record and when we saw it change (local time).
+  std::string observedHolder_, observedRenew_;
+  std::chrono::steady_clock::time_point observedAt_{};
+};
+
+}  // namespace kst::k8s
