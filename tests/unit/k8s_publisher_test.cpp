@@ -1,0 +1,118 @@
+// Lease election and publishing of bucket tables against a scripted API.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <thread>
+
+#include "k8s/publisher.h"
+#include "unit/k8s_fake_transport.h"
+
+namespace kst::k8s {
+namespace {
+
+using test::FakeApi;
+using test::FakeTransport;
+
+const std::string kLease = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+
+class PublisherTest : public ::testing::Test {
+ protected:
+  FakeApi api;
+  KubePublisher pub{[this]() -> Result<std::unique_ptr<HttpTransport>> {
+                      return std::unique_ptr<HttpTransport>(new FakeTransport(api));
+                    },
+                    PublisherOptions{"kube-system", "kube-service-tunnel-publisher", "router-a",
+                                     std::chrono::seconds(15)}};
+  static std::string lease(const std::string& holder, const std::string& renew, int duration = 15,
+                           int transitions = 3) {
+    return nlohmann::json{{"apiVersion", "coordination.k8s.io/v1"},
+                          {"kind", "Lease"},
+                          {"metadata", {{"name", "kube-service-tunnel-publisher"},
+                                        {"namespace", "kube-system"},
+                                        {"resourceVersion", "42"}}},
+                          {"spec", {{"holderIdentity", holder},
+                                    {"leaseDurationSeconds", duration},
+                                    {"renewTime", renew},
+                                    {"leaseTransitions", transitions}}}}
+        .dump();
+  }
+  std::vector<HttpRequest> writes() {
+    std::vector<HttpRequest> w;
+    for (auto& r : api.requests())
+      if (r.method != "GET") w.push_back(r);
+    return w;
+  }
+};
+
+TEST_F(PublisherTest, CreatesTheLeaseWhenThereIsNoneAndLeads) {
+  api.push(kLease + "/kube-service-tunnel-publisher", {404, "{}"});
+  api.push(kLease, {201, "{}"});
+  EXPECT_FALSE(pub.isLeader());
+  EXPECT_TRUE(pub.tryAcquireOrRenew());
+  EXPECT_TRUE(pub.isLeader());
+  auto w = writes();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].method, "POST");
+  auto body = nlohmann::json::parse(w[0].body);
+  EXPECT_EQ(body["spec"]["holderIdentity"], "router-a");
+  EXPECT_EQ(body["spec"]["leaseDurationSeconds"], 15);
+}
+
+TEST_F(PublisherTest, ALeaseHeldByAnotherLiveRouterIsRespected) {
+  api.push(kLease + "/", {200, lease("router-b", "2026-11-28T03:00:00.000000Z")});
+  EXPECT_FALSE(pub.tryAcquireOrRenew());
+  EXPECT_FALSE(pub.isLeader());
+  EXPECT_TRUE(writes().empty());
+}
+
+TEST_F(PublisherTest, AnExpiredLeaseIsTakenOverWithTheResourceVersion) {
+  // Same record seen twice more than leaseDuration apart (local observation time): expired.
+  auto held = lease("router-b", "2026-11-28T03:00:00.000000Z", 1, 3);
+  api.push(kLease + "/", {200, held});
+  EXPECT_FALSE(pub.tryAcquireOrRenew());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  api.push(kLease + "/", {200, held});
+  api.push(kLease + "/", {200, "{}"});  // the PUT
+  EXPECT_TRUE(pub.tryAcquireOrRenew());
+  auto w = writes();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].method, "PUT");
+  auto body = nlohmann::json::parse(w[0].body);
+  EXPECT_EQ(body["spec"]["holderIdentity"], "router-a");
+  EXPECT_EQ(body["spec"]["leaseTransitions"], 4);
+  EXPECT_EQ(body["metadata"]["resourceVersion"], "42") << "optimistic concurrency";
+}
+
+TEST_F(PublisherTest, ALostRaceIsNotLeadership) {
+  api.push(kLease + "/", {200, lease("router-a", "2026-11-28T03:00:00.000000Z")});
+  api.push(kLease + "/", {409, R"({"kind":"Status","message":"the object has been modified"})"});
+  EXPECT_FALSE(pub.tryAcquireOrRenew());
+  EXPECT_FALSE(pub.isLeader());
+}
+
+TEST_F(PublisherTest, RenewsItsOwnLease) {
+  api.push(kLease + "/", {200, lease("router-a", "2026-11-28T03:00:00.000000Z")});
+  api.push(kLease + "/", {200, "{}"});
+  EXPECT_TRUE(pub.tryAcquireOrRenew());
+  auto body = nlohmann::json::parse(writes().at(0).body);
+  EXPECT_NE(body["spec"]["renewTime"], "2026-11-28T03:00:00.000000Z");
+  EXPECT_EQ(body["spec"]["leaseTransitions"], 3) << "a renewal is not a transition";
+}
+
+TEST_F(PublisherTest, PublishIsAMergePatchOfTheAnnotation) {
+  api.push("/api/v1/namespaces/shop/services/web", {200, "{}"});
+  ASSERT_TRUE(pub.publish({"shop", "web"}, R"({"v":1})"));
+  auto w = writes();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].method, "PATCH");
+  EXPECT_EQ(w[0].contentType, "application/merge-patch+json");
+  auto body = nlohmann::json::parse(w[0].body);
+  EXPECT_EQ(body["metadata"]["annotations"]["kube-service-tunnel.cmd.nu/buckets"], R"({"v":1})");
+  api.push("/api/v1/namespaces/shop/services/web", {403, R"({"kind":"Status","message":"forbidden"})"});
+  auto denied = pub.publish({"shop", "web"}, "x");
+  ASSERT_FALSE(denied);
+  EXPECT_NE(denied.error().message.find("403"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kst::k8s
