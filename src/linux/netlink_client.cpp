@@ -23,6 +23,9 @@ Result<std::vector<dp::Link>> NetlinkClientImpl::links() {
     if (auto l = nl::parseLink(h)) out.push_back(std::move(*l));
   });
   if (!st) return std::unexpected(st.error());
+  ifindex_.clear();
+  for (auto& l : out) ifindex_[l.name] = l.ifindex;
+  ifindexValid_ = true;
   return out;
 }
 
@@ -165,16 +168,21 @@ Result<std::vector<std::string>> NetlinkClientImpl::apply(const std::vector<dp::
       src.push_back(&c);
     }
   }
+  if (!msgs.empty()) ifindexValid_ = false;  // links created or recreated
   if (auto s = run(msgs, src); !s) return std::unexpected(s.error());
   msgs.clear();
   src.clear();
-  std::map<std::string, uint32_t> index;
-  auto ls = links();
-  if (!ls) return std::unexpected(ls.error());
-  for (auto& l : *ls) index[l.name] = l.ifindex;
+  auto refresh = [&]() -> Status {
+    auto ls = links();
+    if (!ls) return std::unexpected(ls.error());
+    return {};
+  };
+  if (!ifindexValid_)
+    if (auto s = refresh(); !s) return std::unexpected(s.error());
   auto ifindexOf = [&](const std::string& name, const dp::Change& c) -> std::optional<uint32_t> {
-    auto it = index.find(name);
-    if (it == index.end()) {
+    auto it = ifindex_.find(name);
+    if (it == ifindex_.end() && refresh()) it = ifindex_.find(name);
+    if (it == ifindex_.end()) {
       failures.push_back(fmt::format("{}: device {:?} does not exist", dp::describe(c), name));
       return std::nullopt;
     }
@@ -216,7 +224,9 @@ Result<std::vector<std::string>> NetlinkClientImpl::apply(const std::vector<dp::
       src.push_back(&c);
     }
   }
+  if (!msgs.empty()) ifindexValid_ = false;
   if (auto s = run(msgs, src); !s) return std::unexpected(s.error());
+  if (!failures.empty()) ifindexValid_ = false;  // e.g. ENODEV: a link went away under us
   return failures;
 }
 

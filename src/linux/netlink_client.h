@@ -23,6 +23,10 @@ class NetlinkClientImpl : public dp::NetlinkClient {
 
  private:
   Result<std::map<uint32_t, std::string>> ifnames();
+  /** name → ifindex, from the last links dump; re-read when a link was created or deleted,
+   *  a name is unknown, or a change failed (so that a steady-state apply sends no dump). */
+  std::map<std::string, uint32_t> ifindex_;
+  bool ifindexValid_ = false;
   std::unique_ptr<nl::Socket> sock_;
   DataplaneConfig cfg_;
   nl::Tags tags_;

@@ -77,6 +77,8 @@ struct RouterReconciler::Cache {
   std::map<IpAddress, std::vector<uint32_t>> buckets;  // VIP → mark of each bucket, 0 = none
   std::map<IpAddress, TunnelService> inputs;           // the model's services, by VIP
   Allocations alloc;                                   // nexthopIds only (all of them)
+  std::set<uint32_t> freeIds;                          // unused nexthop ids below highId
+  uint32_t highId = 0;                                 // 1 + the highest nexthop id in use
   std::map<IpAddress, uint32_t> vipSlots;              // VIP → slots it uses (max + 1)
   std::map<uint32_t, size_t> slotHist;                 // slot count → number of VIPs
   uint32_t slotCount = 0;                              // the plan's
@@ -235,6 +237,12 @@ void RouterReconciler::fillCache(const Model& model, const dp::RouterState& desi
     c->nexthops.emplace_hint(c->nexthops.end(), nh.id, nh);
     c->alloc.nexthopIds.emplace(nh.key(), nh.id);
   }
+  c->highId = cfg_.nexthopIdBase;
+  for (auto& [id, nh] : c->nexthops) {
+    if (id < c->highId) continue;  // outside the owned range: not ours to allocate around
+    for (uint32_t h = c->highId; h < id; ++h) c->freeIds.insert(h);
+    c->highId = id + 1;
+  }
   for (auto& r : desired.routes) {
     c->routes[r.key.dst].push_back(r);
     if (r.nhid) ++c->nhRefs[r.nhid];
@@ -305,10 +313,12 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
     if (r.nhid) --refDelta[r.nhid];
   for (auto& [id, d] : refDelta)
     if (auto it = c.nexthops.find(id); it != c.nexthops.end()) obs.nexthops.push_back(it->second);
-  obs.links = c.links;
-  Allocations prior = allocationsFrom(obs, cfg_);  // sticky slots of the changed VIPs
+  obs.links = c.links;  // (GRE endpoints: allocationsFrom reads the link's remote)
+  // Sticky slots of the changed VIPs and the ids of the nexthops they use. Only those: ids of
+  // other nexthops are looked up and fresh ones allocated below, so that the cost does not
+  // grow with the number of nexthops.
+  Allocations prior = allocationsFrom(obs, cfg_);
   obs.links.clear();
-  prior.nexthopIds = std::move(c.alloc.nexthopIds);  // every id in use (borrowed)
   RouterPlan plan = planRouter(sub, cfg_, prior);
   // Objects shared by all VIPs (rules, unreachable routes in every slot table, the tunnel
   // link) depend on the slot count and the families in use: a change there is whole-model.
@@ -325,14 +335,43 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
     (vp.vip.isV4() ? v4 : v6)++;
   }
   uint32_t slotCount = hist.empty() ? 0 : hist.rbegin()->first;
-  if (slotCount != c.slotCount || (v4 > 0) != (c.v4 > 0) || (v6 > 0) != (c.v6 > 0)) {
-    c.alloc.nexthopIds = std::move(prior.nexthopIds);
+  if (slotCount != c.slotCount || (v4 > 0) != (c.v4 > 0) || (v6 > 0) != (c.v6 > 0))
     return std::nullopt;
-  }
   plan.slotCount = slotCount;
   dp::RouterState des = routerState(plan, cfg_, prior);
-  c.alloc.nexthopIds = std::move(prior.nexthopIds);
   if (des.nft.skeletonId != c.skeletonId || !c.nftPresent) return std::nullopt;
+  des.nft.present = true;  // the model is not empty (only the changed VIPs are in `plan`)
+  // Nexthop ids: an existing nexthop (same key, possibly another VIP's) keeps its id; a new one
+  // takes an unused id. Ids are sticky, so any unused id is as good as routerState()'s choice.
+  {
+    std::map<uint32_t, uint32_t> remap;  // id given by routerState → final id
+    std::set<uint32_t> taken;
+    std::vector<dp::Nexthop*> fresh;
+    for (auto& nh : des.nexthops) {
+      auto it = c.alloc.nexthopIds.find(nh.key());
+      if (it != c.alloc.nexthopIds.end()) {
+        remap[nh.id] = it->second;
+        taken.insert(it->second);
+      } else {
+        fresh.push_back(&nh);
+      }
+    }
+    auto freeIt = c.freeIds.begin();
+    uint32_t high = c.highId;
+    for (auto* nh : fresh) {
+      uint32_t id;
+      do {
+        id = freeIt != c.freeIds.end() ? *freeIt++ : high++;
+      } while (taken.contains(id));
+      if (id >= cfg_.nexthopIdEnd()) return std::nullopt;  // full: let the full path report
+      remap[nh->id] = id;
+      taken.insert(id);
+    }
+    for (auto& nh : des.nexthops) nh.id = remap.at(nh.id);
+    for (auto& r : des.routes)
+      if (r.nhid) r.nhid = remap.at(r.nhid);
+    std::sort(des.nexthops.begin(), des.nexthops.end(), [](auto& a, auto& b) { return a.id < b.id; });
+  }
   // Nexthops: those of the changed VIPs, plus any they stop using that other VIPs still use.
   for (auto& r : des.routes)
     if (r.nhid) ++refDelta[r.nhid];
@@ -349,6 +388,10 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
     }
     des.nexthops.insert(des.nexthops.end(), keep.begin(), keep.end());
     std::sort(des.nexthops.begin(), des.nexthops.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    // Observed: every nexthop involved, including existing ones the changed VIPs start using.
+    obs.nexthops.clear();
+    for (auto& [id, d] : refDelta)
+      if (auto it = c.nexthops.find(id); it != c.nexthops.end()) obs.nexthops.push_back(it->second);
   }
   des.links.clear();
   des.rules.clear();
@@ -394,12 +437,18 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
         auto a = c.alloc.nexthopIds.find(it->second.key());
         if (a != c.alloc.nexthopIds.end() && a->second == id) c.alloc.nexthopIds.erase(a);
         c.nexthops.erase(it);
+        if (id >= cfg_.nexthopIdBase && id < c.highId) c.freeIds.insert(id);
       }
     }
   }
   for (auto& nh : des.nexthops) {
     c.nexthops[nh.id] = nh;
     c.alloc.nexthopIds[nh.key()] = nh.id;
+    c.freeIds.erase(nh.id);
+    while (c.highId <= nh.id) {
+      if (c.highId != nh.id) c.freeIds.insert(c.highId);
+      ++c.highId;
+    }
   }
   for (auto& vip : des.nft.vips) c.nftVips.insert(vip);
   for (auto& [k, mark] : des.nft.buckets) {
@@ -416,16 +465,21 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   c.slotHist = std::move(hist);
   c.v4 = v4;
   c.v6 = v6;
-  // The whole plan stays available (lastPlan(), publishing): merge the changed VIPs in.
-  std::vector<VipPlan> merged;
-  merged.reserve(plan_.vips.size() + plan.vips.size());
-  auto pit = plan.vips.begin();
-  for (auto& vp : plan_.vips) {
-    while (pit != plan.vips.end() && pit->vip < vp.vip) merged.push_back(std::move(*pit++));
-    if (!std::binary_search(changed.begin(), changed.end(), vp.vip)) merged.push_back(std::move(vp));
+  // The whole plan stays available (lastPlan(), publishing): the changed VIPs replace theirs
+  // in place (binary search); only added or removed VIPs shift the vector.
+  {
+    auto byVip = [](const VipPlan& a, const IpAddress& v) { return a.vip < v; };
+    for (auto& vip : changed) {
+      auto pos = std::lower_bound(plan_.vips.begin(), plan_.vips.end(), vip, byVip);
+      auto np = std::lower_bound(plan.vips.begin(), plan.vips.end(), vip, byVip);
+      bool inNew = np != plan.vips.end() && np->vip == vip;
+      bool inOld = pos != plan_.vips.end() && pos->vip == vip;
+      if (inNew && inOld) *pos = std::move(*np);
+      else if (inNew) plan_.vips.insert(pos, std::move(*np));
+      else if (inOld) plan_.vips.erase(pos);
+    }
+    plan_.slotCount = slotCount;
   }
-  for (; pit != plan.vips.end(); ++pit) merged.push_back(std::move(*pit));
-  plan_.vips = std::move(merged);
   plan_.problems = c.allProblems();
   res.problems = plan_.problems;
   return res;
