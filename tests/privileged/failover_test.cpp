@@ -157,3 +157,46 @@ TEST_F(Failover, NegativeControlDifferentSeedOnBBreaksConnections) {
 
 }  // namespace
 }  // namespace kst::e2e
+
+namespace kst::e2e {
+namespace {
+
+// The table published in the Service (by the elected router, see k8s/publisher.h) is followed
+// by every router, and a fresh router also takes its slots, so its kernel tables equal it.
+TEST_F(Failover, PublishedTableIsFollowedAndAFreshRouterTakesItsSlots) {
+  ASSERT_TRUE(reachable(kVip));
+  // Deliberately not what the hash would compute: ranges of 16 buckets, reversed slots.
+  const std::string table =
+      R"({"v":1,"buckets":64,"seed":42,"endpoints":[)"
+      R"({"ip":"198.19.1.2","slot":3,"buckets":"0-15"},{"ip":"198.19.1.3","slot":2,"buckets":"16-31"},)"
+      R"({"ip":"198.19.2.2","slot":1,"buckets":"32-47"},{"ip":"198.19.2.3","slot":0,"buckets":"48-63"}]})";
+  std::string svc = serviceYaml("web", kVip);
+  svc += "    kube-service-tunnel.cmd.nu/buckets: '" + table + "'\n";
+  writeManifest("web.yaml", svc + "---\n" +
+                                sliceYaml("web", "IPv4",
+                                          {{"198.19.1.2", "node1"}, {"198.19.1.3", "node1"},
+                                           {"198.19.2.2", "node2"}, {"198.19.2.3", "node2"}}));
+  std::string expected;
+  for (int b = 0; b < 64; ++b)
+    expected += std::to_string(b) + "->" +
+                std::vector<std::string>{"198.19.1.2", "198.19.1.3", "198.19.2.2", "198.19.2.3"}[b / 16] + "\n";
+  EXPECT_TRUE(waitUntil([&] { return decisions("rt") == expected; })) << decisions("rt");
+  // Router A keeps its own slot numbers (pinned flows refer to them) ...
+  EXPECT_NE(out("rt", "ip route show table 1000 " + kVip).find("nhid"), std::string::npos);
+  // ... a fresh router B takes the published ones: slot 3 (table 1003) is 198.19.1.2.
+  procs["rt2"].stop();
+  ASSERT_EQ(in("rt2", kBin + " cleanup --role router").rc, 0);
+  startRouter("rt2");
+  ASSERT_TRUE(waitUntil([&] { return decisions("rt2") == expected; })) << decisions("rt2");
+  auto rt = out("rt2", "ip route show table 1003 " + kVip);
+  auto nh = rt.find("nhid ");
+  ASSERT_NE(nh, std::string::npos) << rt;
+  auto n = out("rt2", "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
+  EXPECT_NE(n.find("dst 198.19.1.2 "), std::string::npos) << n;
+  // Traffic follows it: a flow hashed into bucket 0..15 lands on p1a, etc. — all succeed.
+  via("198.18.0.2");
+  for (auto& a : tcp(kVip, 20)) EXPECT_NE(a, "FAIL");
+}
+
+}  // namespace
+}  // namespace kst::e2e
