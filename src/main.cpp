@@ -217,7 +217,7 @@ int main(int argc, char** argv) {
     ko.router = router;
     ko.agent = agent;
     ko.nodeName = f.nodeName;
-    ko.annotation = f.annotation;
+    ko.keepAnnotations = {f.annotation, kst::ModelOptions{}.publishedAnnotation};
     auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
     kube = ks.get();
     source = std::move(ks);

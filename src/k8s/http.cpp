@@ -3,6 +3,8 @@
 #include <curl/curl.h>
 #include <sys/stat.h>
 
+#include <csignal>
+
 #include <fstream>
 #include <sstream>
 
@@ -91,7 +93,12 @@ curl_blob blob(const std::string& s) {
 CurlTransport::CurlTransport(ClientConfig cfg) : cfg_(std::move(cfg)) {}
 
 Result<std::unique_ptr<CurlTransport>> CurlTransport::create(const ClientConfig& cfg) {
-  std::call_once(gCurlInit, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  std::call_once(gCurlInit, [] {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    // A server that closes a connection while we write must give an error, not kill the
+    // daemon (libcurl leaves SIGPIPE alone with CURLOPT_NOSIGNAL; OpenSSL may still raise it).
+    std::signal(SIGPIPE, SIG_IGN);
+  });
   std::unique_ptr<CurlTransport> t(new CurlTransport(cfg));
   t->multi_ = curl_multi_init();
   t->easy_ = curl_easy_init();

@@ -10,9 +10,9 @@ namespace kst::k8s {
 Result<ServiceObject> cacheService(const nlohmann::json& j, const KubeSourceOptions& o) {
   auto s = decodeService(j);
   if (!s) return s;
-  // Only the tunnel annotation matters; others (e.g. last-applied-configuration) can be large.
+  // Only our annotations matter; others (e.g. last-applied-configuration) can be large.
   for (auto it = s->annotations.begin(); it != s->annotations.end();)
-    it = it->first == o.annotation ? std::next(it) : s->annotations.erase(it);
+    it = o.keepAnnotations.contains(it->first) ? std::next(it) : s->annotations.erase(it);
   return s;
 }
 

@@ -28,7 +28,9 @@ struct KubeSourceOptions {
   bool router = true;
   bool agent = true;
   std::string nodeName;
-  std::string annotation = "cmd.nu/tunnel";
+  /** Service annotations kept in the cache (others, e.g. last-applied-configuration, are
+   *  dropped): the tunnel VIP and the published bucket table. */
+  std::set<std::string> keepAnnotations{"cmd.nu/tunnel", "kube-service-tunnel.cmd.nu/buckets"};
   /** Changes arriving within this window after the first one go into one snapshot. */
   std::chrono::milliseconds coalesce{100};
   ListWatchOptions listWatch;

@@ -1,0 +1,314 @@
+// kube-service-tunnel against a real Kubernetes control plane (kube-apiserver +
+// kube-controller-manager v1.36.3, no kubelet): the install from deploy/, traffic to a VIP
+// through real EndpointSlices, scaling and annotation changes, an apiserver outage, a forced
+// 410 Gone, and Events for bad input. See cluster_harness.h for how it is wired.
+#include <csignal>
+
+#include "cluster/cluster_harness.h"
+
+namespace kst::e2e {
+namespace {
+
+const std::string kVip = "203.0.113.10";
+const std::string kVip2 = "203.0.113.20";
+const std::string kVip3 = "203.0.113.30";
+
+TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
+  const auto& out = cp().deployOutput;
+  for (auto want : {"namespace/kube-service-tunnel created",
+                    "serviceaccount/kube-service-tunnel created",
+                    "clusterrole.rbac.authorization.k8s.io/kube-service-tunnel created",
+                    "clusterrolebinding.rbac.authorization.k8s.io/kube-service-tunnel created",
+                    "daemonset.apps/kube-service-tunnel-router created",
+                    "daemonset.apps/kube-service-tunnel-agent created"})
+    EXPECT_NE(out.find(want), std::string::npos) << want << "\n" << out;
+  // What the daemon's ServiceAccount may and may not do.
+  const std::string as = " --as=system:serviceaccount:" + kSaNamespace + ":" + kSaName;
+  for (auto allowed : {"list services -A", "watch services -A", "list endpointslices.discovery.k8s.io -A",
+                       "watch endpointslices.discovery.k8s.io -A", "get nodes",
+                       "create events.events.k8s.io -n default"})
+    EXPECT_EQ(kubectl(std::string("auth can-i ") + allowed + as).rc, 0) << allowed;
+  for (auto denied : {"get secrets -A", "list pods -A", "update services -A", "patch services -A",
+                      "delete endpointslices.discovery.k8s.io -A", "list nodes",
+                      "create events -n default", "create pods -n default"})
+    EXPECT_NE(kubectl(std::string("auth can-i ") + denied + as).rc, 0) << denied;
+  // The DaemonSet controller places router pods only on node=tunnel nodes, agents everywhere
+  // (they stay Pending: there is no kubelet; DaemonSet pods are pinned by node affinity).
+  std::multiset<std::string> placed;
+  ASSERT_TRUE(waitUntil([&] {
+    auto j = nlohmann::json::parse(
+        sh(cp().kubectl("-n kube-service-tunnel get pods -o json"), false).out, nullptr, false);
+    placed.clear();
+    if (!j.is_object()) return false;
+    for (auto& p : j["items"]) {
+      std::string comp = p["metadata"]["labels"].value("app.kubernetes.io/component", "?");
+      std::string node = p["spec"]["affinity"]["nodeAffinity"]
+                          ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+                          ["matchFields"][0]["values"][0];
+      placed.insert(comp + "@" + node);
+    }
+    return placed.size() == 4;
+  }, 30)) << placed.size();
+  EXPECT_EQ(placed, (std::multiset<std::string>{"agent@node1", "agent@node2", "agent@tunnel1",
+                                                "router@tunnel1"}));
+}
+
+TEST_F(Cluster, TrafficToTheVipReachesPodsWithTheClientSourceAddress) {
+  clusterTopology();
+  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
+  ASSERT_EQ(createService("web", kVip).rc, 0);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(reachable(kVip, 30)) << logOf("rt");
+  auto answers = tcp(kVip, 30);
+  ASSERT_EQ(answers.size(), 30u);
+  std::set<std::string> pods;
+  for (auto& a : answers) {
+    ASSERT_NE(a, "FAIL");
+    auto sp = a.find(' ');
+    pods.insert(a.substr(0, sp));
+    EXPECT_EQ(a.substr(sp + 1), "198.18.0.10") << "the pod must see the client's own address";
+  }
+  EXPECT_EQ(pods, (std::set<std::string>{"p1a", "p1b", "p2a"}));
+  for (auto& a : udp(kVip, 6)) EXPECT_TRUE(a.ends_with(" 198.18.0.10")) << a;
+  // The agents learned only their own node's endpoints; the readiness probes pass.
+  EXPECT_TRUE(waitUntil([&] { return in("rt", "curl -sf http://127.0.0.1:10265/readyz").out == "ok\n"; }));
+  EXPECT_EQ(in("n1", "curl -sf http://127.0.0.1:10266/readyz").out, "ok\n");
+  EXPECT_EQ(in("n1", "curl -sf http://127.0.0.1:10266/healthz").out, "ok\n");
+  EXPECT_TRUE(logHas("n1", "Node node1 found")) << logOf("n1");
+  EXPECT_TRUE(logHas("rt", "kubernetes: synced")) << logOf("rt");
+}
+
+TEST_F(Cluster, ScaleThreeFiveOneChangeVipRemoveAnnotationDeleteService) {
+  clusterTopology();
+  for (auto& [p, _] : kPods) serve(p);
+  ASSERT_EQ(createService("web", kVip).rc, 0);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p1b", "p2a"}); }, 30)) << logOf("rt");
+  EXPECT_EQ(routerNexthopDsts(), (std::set<std::string>{"198.19.1.2", "198.19.1.3", "198.19.2.2"}));
+
+  // 3 → 5
+  createPod("p1c");
+  createPod("p2b");
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p1b", "p1c", "p2a", "p2b"}, 100); }, 30));
+  EXPECT_TRUE(waitUntil([&] { return routerNexthopDsts().size() == 5; }));
+  for (auto p : {"p1a", "p1b", "p1c", "p2a", "p2b"}) EXPECT_TRUE(podHasVip(p, kVip)) << p;
+  EXPECT_FALSE(podHasVip("p2c", kVip));
+
+  // 5 → 1
+  for (auto p : {"p1b", "p1c", "p2a", "p2b"}) deletePod(p);
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a"}, 20); }, 30));
+  EXPECT_TRUE(waitUntil([&] {
+    return routerNexthopDsts() == std::set<std::string>{"198.19.1.2"} && !podHasVip("p1b", kVip) &&
+           !podHasVip("p1c", kVip) && !podHasVip("p2a", kVip) && !podHasVip("p2b", kVip) &&
+           owned("p2a").empty();
+  })) << routerNexthopDsts().size() << owned("p2a");
+
+  // Another VIP: the old one disappears everywhere, the new one works.
+  ASSERT_EQ(kubectl("-n " + kns + " annotate service web cmd.nu/tunnel=" + kVip2 + " --overwrite").rc, 0);
+  ASSERT_TRUE(reachable(kVip2, 30));
+  EXPECT_TRUE(waitUntil([&] {
+    // (The flow map may still pin old connections to the old VIP until they time out.)
+    return !podHasVip("p1a", kVip) && podHasVip("p1a", kVip2) &&
+           in("rt", "nft list set inet kube_service_tunnel vip4").out.find(kVip) == std::string::npos &&
+           in("rt", "nft list map inet kube_service_tunnel b2s4").out.find(kVip) == std::string::npos;
+  }));
+  EXPECT_EQ(answering(kVip, 3), std::set<std::string>{}) << "the old VIP must be gone";
+
+  // No annotation: nothing of ours is left on the router, the nodes or in the pods.
+  ASSERT_EQ(kubectl("-n " + kns + " annotate service web cmd.nu/tunnel-").rc, 0);
+  EXPECT_TRUE(waitUntil([&] {
+    return owned("rt").empty() && owned("p1a").empty() && owned("n1").empty();
+  }, 20)) << owned("rt") << owned("p1a");
+
+  // Back, then delete the Service: clean again.
+  ASSERT_EQ(kubectl("-n " + kns + " annotate service web cmd.nu/tunnel=" + kVip).rc, 0);
+  ASSERT_TRUE(reachable(kVip, 30));
+  ASSERT_EQ(kubectl("-n " + kns + " delete service web").rc, 0);
+  EXPECT_TRUE(waitUntil([&] {
+    bool clean = true;
+    for (auto n : {"rt", "n1", "n2", "p1a", "p1b", "p1c", "p2a", "p2b", "p2c"})
+      clean = clean && owned(n).empty();
+    return clean;
+  }, 20)) << owned("rt") << owned("p1a");
+  for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n;
+}
+
+TEST_F(Cluster, InvalidAnnotationAndVipConflictRaiseEventsAndTheRestWorks) {
+  clusterTopology(2);
+  for (auto p : {"p1a", "p2a", "p2b"}) serve(p);
+  ASSERT_EQ(createService("web", kVip).rc, 0);
+  for (auto p : {"p1a", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p2a"}); }, 30)) << logOf("rt");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // creationTimestamp resolution: 1 s
+  ASSERT_EQ(createService("notanip", "not-an-ip").rc, 0);
+  ASSERT_EQ(createService("thief", kVip, "thief").rc, 0);  // newer: web keeps the VIP
+  createPod("p2b", "thief");
+  // The Events, as a user sees them.
+  std::string table;
+  EXPECT_TRUE(waitUntil([&] {
+    table = kubectl("-n " + kns + " get events").out;
+    return table.find("InvalidTunnelAnnotation") != std::string::npos &&
+           table.find("TunnelVIPConflict") != std::string::npos;
+  }, 20)) << table << logOf("rt");
+  auto ev = nlohmann::json::parse(
+      sh(cp().kubectl("-n " + kns + " get events -o json"), false).out, nullptr, false);
+  std::map<std::string, std::string> reasonOf;  // object → reason
+  for (auto& e : ev["items"]) {
+    EXPECT_EQ(e["involvedObject"]["kind"], "Service");
+    EXPECT_EQ(e["type"], "Warning");
+    EXPECT_FALSE(e["involvedObject"].value("uid", "").empty());
+    EXPECT_EQ(e.value("reportingComponent", ""), "cmd.nu/kube-service-tunnel");
+    reasonOf[e["involvedObject"]["name"]] = e["reason"];
+  }
+  EXPECT_EQ(reasonOf["notanip"], "InvalidTunnelAnnotation");
+  EXPECT_EQ(reasonOf["thief"], "TunnelVIPConflict");
+  EXPECT_FALSE(reasonOf.contains("web"));
+  // The log lines.
+  EXPECT_TRUE(logHas("rt", "InvalidTunnelAnnotation " + kns + "/notanip")) << logOf("rt");
+  EXPECT_TRUE(logHas("rt", "TunnelVIPConflict " + kns + "/thief"));
+  // The rest keeps working: the older Service keeps the VIP, thief's pod never gets traffic.
+  EXPECT_TRUE(podsAre(kVip, {"p1a", "p2a"}));
+  EXPECT_FALSE(podHasVip("p2b", kVip));
+  // Once each: the same problem is not reported again at every resync.
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+  auto again = nlohmann::json::parse(
+      sh(cp().kubectl("-n " + kns + " get events -o json"), false).out, nullptr, false);
+  EXPECT_EQ(again["items"].size(), 2u);
+  for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n;
+}
+
+/** Kernel-change monitors in the router and a pod, as dataplane_test.cpp does. */
+struct Monitors {
+  Process ipRt, nftRt, ipPod;
+  Monitors(Cluster* c, const std::string& rt, const std::string& pod, const std::string& dir) {
+    ipRt = Process({"ip", "netns", "exec", rt, "ip", "-o", "monitor", "link", "address", "route",
+                    "rule", "nexthop"}, dir + "/mon-rt.log");
+    nftRt = Process({"ip", "netns", "exec", rt, "nft", "monitor"}, dir + "/nft-rt.log");
+    ipPod = Process({"ip", "netns", "exec", pod, "ip", "-o", "monitor", "link", "address", "route"},
+                    dir + "/mon-pod.log");
+    (void)c;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  void stop() {
+    ipRt.stop();
+    nftRt.stop();
+    ipPod.stop();
+  }
+};
+
+TEST_F(Cluster, GoneAfterEtcdCompactionRelistsAndChangesNoKernelObject) {
+  clusterTopology(2);
+  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
+  ASSERT_EQ(createService("web", kVip).rc, 0);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p1b", "p2a"}); }, 30)) << logOf("rt");
+  for (auto n : {"rt", "n1", "n2"})
+    ASSERT_TRUE(waitUntil([&] { return logHas(n, "reconciled"); })) << n;
+  Monitors mon(this, ns("rt"), ns("p1a"), dir);
+  // Writes the daemons do not watch move etcd past their resourceVersion; compaction drops the
+  // history; a restarted apiserver's watch cache starts at the current revision. Resuming the
+  // watches from the daemons' (older) resourceVersions must answer 410 Gone.
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(kubectl("-n " + kns + " create configmap filler" + std::to_string(i)).rc, 0);
+  auto c = sh(kK8sTools + "/compact.sh " + cp().dir);
+  ASSERT_EQ(c.rc, 0) << c.out;
+  auto r = sh(kK8sTools + "/apiserver.sh " + cp().dir + " restart");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  for (auto n : {"rt", "n1", "n2"}) {
+    EXPECT_TRUE(waitUntil([&] {
+      auto l = logOf(n);
+      return l.find("services: watch from resourceVersion") != std::string::npos &&
+             l.find("endpointslices: watch from resourceVersion") != std::string::npos &&
+             l.find("Service: relist at resourceVersion") != std::string::npos &&
+             l.find("EndpointSlice: relist at resourceVersion") != std::string::npos;
+    }, 45)) << n << "\n" << logOf(n);
+    auto l = logOf(n);
+    EXPECT_NE(l.find("expired (410 Gone"), std::string::npos) << n;
+    EXPECT_EQ(l.find("changes found"), std::string::npos) << n << ": the relist found changes";
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(6));  // one more periodic resync
+  mon.stop();
+  EXPECT_EQ(mon.ipRt.log(), "") << "router kernel objects changed after the relist";
+  EXPECT_EQ(mon.nftRt.log(), "") << "nftables changed after the relist";
+  EXPECT_EQ(mon.ipPod.log(), "") << "pod kernel objects changed after the relist";
+  // The watches after the relist work: a change is followed.
+  deletePod("p2a");
+  EXPECT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p1b"}); }, 30));
+  EXPECT_TRUE(waitUntil([&] { return !podHasVip("p2a", kVip); }));
+}
+
+TEST_F(Cluster, ApiserverDown30sTrafficFlowsThenTheDaemonReconverges) {
+  clusterTopology(2);
+  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
+  ASSERT_EQ(createService("web", kVip).rc, 0);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p1b", "p2a"}); }, 30)) << logOf("rt");
+  auto before = tcp(kVip, 30, 24000);
+  Process hold({"ip", "netns", "exec", ns("cl"), kTool, "hold", kVip, "8080", "45", "4"},
+               dir + "/hold.log");
+  ASSERT_TRUE(waitUntil([&] { return hold.log().find("established") != std::string::npos; }));
+  Monitors mon(this, ns("rt"), ns("p1a"), dir);
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto s = sh(kK8sTools + "/apiserver.sh " + cp().dir + " stop");
+  ASSERT_EQ(s.rc, 0) << s.out;
+  ASSERT_NE(sh(kK8sTools + "/apiserver.sh " + cp().dir + " status").rc, 0);
+  // 30 s without an apiserver: every probe still reaches the same pods.
+  int probes = 0;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30)) {
+    EXPECT_EQ(tcp(kVip, 30, 24000), before) << "forwarding changed during the outage";
+    ++probes;
+    std::this_thread::sleep_for(std::chrono::seconds(4));
+  }
+  mon.stop();
+  EXPECT_GE(probes, 5);
+  EXPECT_EQ(mon.ipRt.log(), "") << "router kernel objects changed during the outage";
+  EXPECT_EQ(mon.nftRt.log(), "") << "nftables changed during the outage";
+  EXPECT_EQ(mon.ipPod.log(), "") << "pod kernel objects changed during the outage";
+  for (auto n : {"rt", "n1", "n2"}) {
+    EXPECT_TRUE(logHas(n, "API server unreachable")) << n << "\n" << logOf(n);
+    EXPECT_TRUE(procs[n].running()) << n;
+  }
+  auto up = sh(kK8sTools + "/apiserver.sh " + cp().dir + " start");
+  ASSERT_EQ(up.rc, 0) << up.out;
+  auto t1 = std::chrono::steady_clock::now();
+  // A change made while the daemons are still backing off: their relist must pick it up.
+  ASSERT_EQ(createService("web2", kVip3).rc, 0);
+  for (auto n : {"rt", "n1", "n2"})
+    EXPECT_TRUE(waitUntil([&] {
+      auto l = logOf(n);
+      return l.find("services: API server reachable again") != std::string::npos &&
+             l.find("endpointslices: API server reachable again") != std::string::npos;
+    }, 45)) << n << "\n" << logOf(n);
+  std::cerr << "[cluster] daemons reconnected "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count()
+            << " s after the apiserver was ready again\n";
+  // The router follows the new Service as soon as it has relisted (its VIP enters the nft set)...
+  EXPECT_TRUE(waitUntil([&] {
+    return in("rt", "nft list set inet kube_service_tunnel vip4").out.find(kVip3) != std::string::npos;
+  }, 15)) << logOf("rt");
+  // ...and its endpoints once the EndpointSlice controller, whose informers reconnect with their
+  // own backoff, has written the new slice.
+  EXPECT_TRUE(waitUntil([&] { return podsAre(kVip3, {"p1a", "p1b", "p2a"}); }, 60));
+  std::cerr << "[cluster] new Service served "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count()
+            << " s after the apiserver was ready again\n";
+  EXPECT_EQ(tcp(kVip, 30, 24000), before);
+  EXPECT_EQ(hold.wait(45), 0) << hold.log();
+  EXPECT_NE(hold.log().find("ok 4"), std::string::npos) << hold.log();
+}
+
+}  // namespace
+}  // namespace kst::e2e
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  std::signal(SIGPIPE, SIG_IGN);  // a peer of the forwarder may go away at any time
+  ::testing::AddGlobalTestEnvironment(new kst::e2e::ControlPlaneEnv);
+  return RUN_ALL_TESTS();
+}
