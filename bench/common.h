@@ -101,6 +101,10 @@ inline std::string inFreshNetns(const std::function<int()>& fn) {
     if (system("ip link set lo up") != 0) _exit(2);
     int rc = fn();
     fflush(stdout);
+    // Remove the objects now (not timed) instead of leaving them to the kernel's asynchronous
+    // namespace cleanup, which would run during the next trial.
+    if (system("ip nexthop flush >/dev/null 2>&1; nft flush ruleset >/dev/null 2>&1") != 0) {
+    }
     _exit(rc);
   }
   close(p[1]);

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Prints the results table (markdown) from the RESULT lines of bench/run.sh."""
+import sys
+
+
+def parse(path):
+    rows = []
+    for line in open(path):
+        if not line.startswith("RESULT "):
+            continue
+        kv = dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
+        rows.append(kv)
+    return rows
+
+
+def main():
+    rows = parse(sys.argv[1])
+    out = ["| figure | measured | ratio / target |", "| --- | --- | --- |"]
+    for r in rows:
+        b = r.get("bench")
+        if b == "converge":
+            out.append(f"| cold convergence V={r['V']} E={r['E']} B={r['B']} ({r['routes']} routes, "
+                       f"{r['elements']} map elements), median of {r['reps']} | daemon {r['daemon_s']} s, "
+                       f"ip -batch + nft -f {r['iproute_s']} s, raw netlink {r['raw_s']} s | "
+                       f"daemon/raw **{r['daemon_over_raw']}** (target ≤ 1.5), ip-batch/raw {r['iproute_over_raw']} |")
+        elif b == "incremental":
+            out.append(f"| one endpoint change at V={r['V']} ({r['mode']}, {r['changes']} changes) | "
+                       f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms (max {r['max_ms']}) | "
+                       f"{r['rtnl_msgs_per_change']} rtnetlink + {r['nft_msgs_per_change']} nfnetlink msgs, "
+                       f"{r['objects_per_change']} objects per change (target p99 < 10 ms) |")
+        elif b == "restart":
+            out.append(f"| restart (fresh reconciler) at V={r['V']}, median of {r['reps']} | "
+                       f"reconciled in {r['reconciled_s']} s (observation {r['observe_s']} s) | "
+                       f"changes {r['changes']}, ip monitor events {r['ip_monitor_events']}, "
+                       f"nft monitor events {r['nft_monitor_events']} (target 0) |")
+        elif b == "daemon":
+            out.append(f"| daemon binary, V={r['V']}, {r['endpoints']} endpoints: `run --once` cold | "
+                       f"{r['cold_s']} s wall, {r['cold_cpu_s']} s CPU, max RSS {r['cold_maxrss_mib']} MiB | target < 150 MiB |")
+            out.append(f"| daemon binary: `run --once` restart on programmed state | "
+                       f"{r['restart_s']} s wall, {r['restart_cpu_s']} s CPU, max RSS {r['restart_maxrss_mib']} MiB | "
+                       f"ip monitor {r['restart_ip_events']}, nft monitor {r['restart_nft_events']} events (target 0) |")
+            out.append(f"| daemon binary steady state (manifest source) | RSS {r['steady_rss_mib']} MiB "
+                       f"(HWM {r['steady_hwm_mib']}), CPU {r['steady_cpu_s']} s in total | one endpoint edit → "
+                       f"kernel: p50 {r['change_wall_p50_ms']} ms, p99 {r['change_wall_p99_ms']} ms wall; "
+                       f"daemon pass p50 {r['change_pass_p50_ms']} ms |")
+        elif b == "dataplane":
+            out.append(f"| small UDP packets/s client→router→pod, B={r['B']}, median of {r['reps']} | "
+                       f"plain {r['udp_pps_plain']}, hand-made tunnel {r['udp_pps_hand']}, daemon {r['udp_pps_daemon']} | "
+                       f"daemon/hand **{r['daemon_over_hand_pps']}** (target ≥ 0.95), daemon/plain {r['daemon_over_plain_pps']}, "
+                       f"hand/plain {r['hand_over_plain_pps']} |")
+            out.append(f"| TCP throughput, one connection | plain {r['tcp_gbps_plain']}, hand {r['tcp_gbps_hand']}, "
+                       f"daemon {r['tcp_gbps_daemon']} Gbit/s | daemon/hand **{r['daemon_over_hand_tcp']}**, "
+                       f"daemon/plain {r['daemon_over_plain_tcp']} |")
+    hashing = [r for r in rows if r.get("bench") == "hashing"]
+    if hashing:
+        out.append("")
+        out.append("| hashing: algo | n | B | max/min share | moved on remove (ideal 1/n) | moved on add (ideal 1/(n+1)) |")
+        out.append("| --- | --- | --- | --- | --- | --- |")
+        for r in hashing:
+            out.append(f"| {r['algo']} | {r['n']} | {r['B']} | {r['max_share']}/{r['min_share']} = {r['max_over_min']} | "
+                       f"{r['moved_remove']} ({r['ideal_remove']}, ×{r['remove_over_ideal']}) | "
+                       f"{r['moved_add']} ({r['ideal_add']}, ×{r['add_over_ideal']}) |")
+    loads = [r.get("load") for r in rows if r.get("load")]
+    if loads:
+        out.append("")
+        out.append(f"1-minute load average during the run: {', '.join(loads)} (2 cores).")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
