@@ -36,7 +36,8 @@ inline const std::string kSaName = "kube-service-tunnel";
 struct ControlPlane {
   bool ok = false;
   std::string error;
-  std::string dir = "/tmp/kk-k8s";
+  // Per process: another checkout's suite may run at the same time on the same machine.
+  std::string dir = "/tmp/kk-k8s-" + std::to_string(getpid());
   std::map<std::string, std::string> env;  // DIR/env
   std::string kubectlBin;
   std::string saKubeconfig;
@@ -87,7 +88,9 @@ class ControlPlaneEnv : public ::testing::Environment {
       return;
     }
     auto t1 = clock::now();
-    sh(kK8sTools + "/stop.sh " + c.dir + " --purge");  // leftovers of an aborted run
+    sh(KST_SOURCE_DIR "/tests/cluster/cleanup.sh");  // leftovers of aborted runs (dead owners)
+    std::filesystem::create_directories(c.dir);
+    std::ofstream(c.dir + "/owner.pid") << getpid() << "\n";
     auto s = sh(kK8sTools + "/start.sh " + c.dir);
     c.startSeconds = std::chrono::duration<double>(clock::now() - t1).count();
     if (s.rc != 0) {

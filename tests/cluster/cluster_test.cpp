@@ -156,6 +156,7 @@ TEST_F(Cluster, InvalidAnnotationAndVipConflictRaiseEventsAndTheRestWorks) {
   auto ev = nlohmann::json::parse(
       sh(cp().kubectl("-n " + kns + " get events -o json"), false).out, nullptr, false);
   std::map<std::string, std::string> reasonOf;  // object → reason
+  ASSERT_TRUE(ev.is_object() && ev.contains("items")) << ev.dump();
   for (auto& e : ev["items"]) {
     EXPECT_EQ(e["involvedObject"]["kind"], "Service");
     EXPECT_EQ(e["type"], "Warning");
@@ -176,6 +177,7 @@ TEST_F(Cluster, InvalidAnnotationAndVipConflictRaiseEventsAndTheRestWorks) {
   std::this_thread::sleep_for(std::chrono::seconds(6));
   auto again = nlohmann::json::parse(
       sh(cp().kubectl("-n " + kns + " get events -o json"), false).out, nullptr, false);
+  ASSERT_TRUE(again.is_object() && again.contains("items"));
   EXPECT_EQ(again["items"].size(), 2u);
   for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n;
 }
