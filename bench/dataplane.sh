@@ -74,14 +74,14 @@ ns n1 "$BIN" run --role agent --node-name node1 --scan-proc=false \
   --netns-dir "/run/kst-netns/$P/n1" --manifests "$DIR/manifests" --buckets "$BUCKETS" \
   --log-level warn >"$DIR/agent.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do
-  if ns p1a ip -o addr show 2>/dev/null | grep -q "$VIP_D" &&
-     ns rt nft list map inet kube_service_tunnel b2s4 2>/dev/null | grep -q "$VIP_D"; then
-    break
-  fi
-  sleep 0.1
-done
-ns p1a ip -o addr show | grep -q "$VIP_D" || { echo "daemon did not program $VIP_D" >&2; cat "$DIR"/*.log >&2; exit 1; }
+programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails the writer)
+  local a m
+  a=$(ns p1a ip -o addr show 2>/dev/null || true)
+  m=$(ns rt nft list map inet kube_service_tunnel b2s4 2>/dev/null || true)
+  [[ $a == *"$VIP_D"* && $m == *"$VIP_D"* ]]
+}
+for _ in $(seq 300); do programmed && break; sleep 0.1; done
+programmed || { echo "daemon did not program $VIP_D" >&2; cat "$DIR"/*.log >&2; exit 1; }
 
 # Hand-made: the fewest objects on the same devices.
 ns rt ip route add "$VIP_H/32" encap ip id 0 dst "$POD" ttl 64 dev kst-vxg

@@ -1,5 +1,7 @@
 #include "reconcile/router_reconciler.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -161,6 +163,13 @@ Result<PassResult> RouterReconciler::fullPass(const Model& model, const dp::Rout
   if (auto s = applyAll(changes, desired.nft, observed->nft, res); !s)
     return std::unexpected(s.error());
   if (caching_ && res.ok()) fillCache(model, desired);
+  if (desired.nft.buckets.size() + observed->nft.buckets.size() > 100000) {
+    // A whole-model pass at scale leaves hundreds of MiB of freed maps (desired and observed
+    // state, element batches): give them back instead of keeping them as RSS.
+    desired = {};
+    observedStore = {};
+    malloc_trim(0);
+  }
   return res;
 }
 
