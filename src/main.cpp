@@ -17,6 +17,7 @@
 #include "linux/nft_client.h"
 #include "linux/route_lookup.h"
 #include "k8s/event_sink.h"
+#include "k8s/publisher.h"
 #include "k8s/kube_source.h"
 #include "source/manifest_source.h"
 
@@ -36,6 +37,8 @@ struct Flags {
   std::string kubeconfig;
   std::string kubeContext;
   int healthPort = 0;
+  bool publish = true;
+  std::string leaseNamespace = "kube-service-tunnel";
   std::string healthAddress = "0.0.0.0";
   std::string annotation = "cmd.nu/tunnel";
   std::vector<std::string> netnsDirs{"/run/netns", "/var/run/netns"};
@@ -128,6 +131,13 @@ int main(int argc, char** argv) {
       ->envname("KUBECONFIG");
   run->add_option("--kube-context", f.kubeContext, "kubeconfig context (default: current-context)")
       ->envname("TUNNEL_KUBE_CONTEXT");
+  run->add_option("--publish-decisions", f.publish,
+                  "Router with the Kubernetes source: take part in the Lease election and, as the "
+                  "elected writer, publish each Service's bucket table in its annotation")
+      ->envname("TUNNEL_PUBLISH_DECISIONS");
+  run->add_option("--lease-namespace", f.leaseNamespace,
+                  "Namespace of the publisher Lease (kube-service-tunnel-publisher)")
+      ->envname("POD_NAMESPACE");
   run->add_option("--health-port", f.healthPort,
                   "Serve /healthz and /readyz on this TCP port (0 = off)")
       ->envname("TUNNEL_HEALTH_PORT")
@@ -186,6 +196,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<kst::Source> source;
   kst::k8s::KubeSource* kube = nullptr;
   std::unique_ptr<kst::k8s::KubeEventSink> events;
+  std::unique_ptr<kst::k8s::KubePublisher> publisher;
   if (!f.manifests.empty()) {
     source = std::make_unique<kst::ManifestSource>(f.manifests);
   } else {
@@ -232,6 +243,14 @@ int main(int argc, char** argv) {
       eo.reportingInstance = "kube-service-tunnel-" + (f.nodeName.empty() ? std::string("router") : f.nodeName);
       eo.uidOf = [kube](const kst::ObjectKey& k) { return kube->serviceUid(k); };
       events = std::make_unique<kst::k8s::KubeEventSink>(std::move(*t), eo);
+      if (f.publish) {
+        kst::k8s::PublisherOptions po;
+        po.leaseNamespace = f.leaseNamespace;
+        po.identity = f.nodeName.empty() ? eo.reportingInstance : f.nodeName;
+        po.annotation = kst::ModelOptions{}.publishedAnnotation;
+        publisher = std::make_unique<kst::k8s::KubePublisher>(factory, po);
+        publisher->start();
+      }
     }
   }
   if (router) {
@@ -246,7 +265,8 @@ int main(int argc, char** argv) {
   opts.model.annotation = f.annotation;
   opts.resyncInterval = std::chrono::seconds(f.resyncSeconds);
   opts.once = f.once;
-  kst::Daemon daemon(opts, *source, router ? &rr : nullptr, agent ? &ar : nullptr, events.get());
+  kst::Daemon daemon(opts, *source, router ? &rr : nullptr, agent ? &ar : nullptr, events.get(),
+                     publisher.get());
   kst::HealthServer health([&]() -> std::string {
     if (kube && !kube->synced()) return "not synced with the Kubernetes API yet";
     if (daemon.passes() == 0) return "no reconcile pass yet";
@@ -267,6 +287,7 @@ int main(int argc, char** argv) {
                f.role, kst::modeName(f.dp.mode), f.nodeName, f.dp.buckets, f.dp.hashSeed,
                source->name());
   int rc = daemon.run();
+  if (publisher) publisher->stop();
   health.stop();
   spdlog::info("kube-service-tunnel stopped (kernel state left in place)");
   return rc;
