@@ -19,6 +19,8 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
                     "serviceaccount/kube-service-tunnel created",
                     "clusterrole.rbac.authorization.k8s.io/kube-service-tunnel created",
                     "clusterrolebinding.rbac.authorization.k8s.io/kube-service-tunnel created",
+                    "role.rbac.authorization.k8s.io/kube-service-tunnel-publisher created",
+                    "rolebinding.rbac.authorization.k8s.io/kube-service-tunnel-publisher created",
                     "daemonset.apps/kube-service-tunnel-router created",
                     "daemonset.apps/kube-service-tunnel-agent created"})
     EXPECT_NE(out.find(want), std::string::npos) << want << "\n" << out;
@@ -26,11 +28,20 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   const std::string as = " --as=system:serviceaccount:" + kSaNamespace + ":" + kSaName;
   for (auto allowed : {"list services -A", "watch services -A", "list endpointslices.discovery.k8s.io -A",
                        "watch endpointslices.discovery.k8s.io -A", "get nodes",
-                       "create events.events.k8s.io -n default"})
+                       "create events.events.k8s.io -n default",
+                       // the elected router publishes bucket tables (a Service annotation) and
+                       // holds its Lease in its own namespace
+                       "patch services -A",
+                       "create leases.coordination.k8s.io -n kube-service-tunnel",
+                       "get leases.coordination.k8s.io/kube-service-tunnel-publisher -n kube-service-tunnel",
+                       "update leases.coordination.k8s.io/kube-service-tunnel-publisher -n kube-service-tunnel"})
     EXPECT_EQ(kubectl(std::string("auth can-i ") + allowed + as).rc, 0) << allowed;
-  for (auto denied : {"get secrets -A", "list pods -A", "update services -A", "patch services -A",
+  for (auto denied : {"get secrets -A", "list pods -A", "update services -A", "delete services -A",
                       "delete endpointslices.discovery.k8s.io -A", "list nodes",
-                      "create events -n default", "create pods -n default"})
+                      "create events -n default", "create pods -n default",
+                      "create leases.coordination.k8s.io -n default",
+                      "update leases.coordination.k8s.io/other -n kube-service-tunnel",
+                      "delete leases.coordination.k8s.io/kube-service-tunnel-publisher -n kube-service-tunnel"})
     EXPECT_NE(kubectl(std::string("auth can-i ") + denied + as).rc, 0) << denied;
   // The DaemonSet controller places router pods only on node=tunnel nodes, agents everywhere
   // (they stay Pending: there is no kubelet; DaemonSet pods are pinned by node affinity).
