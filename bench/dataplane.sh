@@ -99,6 +99,7 @@ sleep 0.3
 
 count() { ns p1a nft list counter inet kbcount udp9 | awk '/packets/ {print $2}'; }
 declare -A PPS GBPS
+RATIO_PPS="" RATIO_TCP="" hand_pps=1 hand_gbps=1
 for rep in $(seq "$REPS"); do
   for v in plain hand daemon; do
     case $v in plain) dst=$POD ;; hand) dst=$VIP_H ;; daemon) dst=$VIP_D ;; esac
@@ -109,6 +110,11 @@ for rep in $(seq "$REPS"); do
     c1=$(count)
     pps=$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')
     gbps=$(ns cl "$LOAD" tcp "$dst" 5201 "$SECS" | sed -n 's/.*gbps=//p')
+    [ $v = hand ] && hand_pps=$pps hand_gbps=$gbps
+    if [ $v = daemon ]; then  # paired with the hand-made run just before it
+      RATIO_PPS="${RATIO_PPS:-} $(awk -v a="$pps" -v b="$hand_pps" 'BEGIN {printf "%.4f", a / b}')"
+      RATIO_TCP="${RATIO_TCP:-} $(awk -v a="$gbps" -v b="$hand_gbps" 'BEGIN {printf "%.4f", a / b}')"
+    fi
     PPS[$v]="${PPS[$v]:-} $pps"
     GBPS[$v]="${GBPS[$v]:-} $gbps"
     echo "  dataplane rep $rep $v: pps=$pps gbps=$gbps" >&2
@@ -124,4 +130,6 @@ echo "RESULT bench=dataplane B=$BUCKETS reps=$REPS seconds=$SECS udp_pps_plain=$
   "tcp_gbps_plain=$gp tcp_gbps_hand=$gh tcp_gbps_daemon=$gd" \
   "daemon_over_hand_tcp=$(awk -v a="$gd" -v b="$gh" 'BEGIN {printf "%.2f", a / b}')" \
   "daemon_over_plain_tcp=$(awk -v a="$gd" -v b="$gp" 'BEGIN {printf "%.2f", a / b}')" \
+  "paired_daemon_over_hand_pps=$(echo "$RATIO_PPS" | med)" \
+  "paired_daemon_over_hand_tcp=$(echo "$RATIO_TCP" | med)" \
   "load=$(cut -d' ' -f1 /proc/loadavg)"

@@ -46,10 +46,10 @@ def main():
         elif b == "dataplane":
             out.append(f"| small UDP packets/s client→router→pod, B={r['B']}, median of {r['reps']} | "
                        f"plain {r['udp_pps_plain']}, hand-made tunnel {r['udp_pps_hand']}, daemon {r['udp_pps_daemon']} | "
-                       f"daemon/hand **{r['daemon_over_hand_pps']}** (target ≥ 0.95), daemon/plain {r['daemon_over_plain_pps']}, "
+                       f"daemon/hand **{r['daemon_over_hand_pps']}** (median of paired runs {r.get('paired_daemon_over_hand_pps', '-')}; target ≥ 0.95), daemon/plain {r['daemon_over_plain_pps']}, "
                        f"hand/plain {r['hand_over_plain_pps']} |")
             out.append(f"| TCP throughput, one connection | plain {r['tcp_gbps_plain']}, hand {r['tcp_gbps_hand']}, "
-                       f"daemon {r['tcp_gbps_daemon']} Gbit/s | daemon/hand **{r['daemon_over_hand_tcp']}**, "
+                       f"daemon {r['tcp_gbps_daemon']} Gbit/s | daemon/hand **{r['daemon_over_hand_tcp']}** (paired {r.get('paired_daemon_over_hand_tcp', '-')}), "
                        f"daemon/plain {r['daemon_over_plain_tcp']} |")
     hashing = [r for r in rows if r.get("bench") == "hashing"]
     if hashing:

@@ -24,7 +24,8 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
          : std::string("ip saddr . th sport . ip daddr . th dport");
   std::string l4 = "meta l4proto { tcp, udp, sctp }";
   std::string r;
-  auto line = [&](const std::string& s) { r += "    " + std::string(ip) + " daddr @vip" + n + " " + s + "\n"; };
+  // Rules of the per-family chain, entered once per packet by the VIP set lookup in classify.
+  auto line = [&](const std::string& s) { r += "    " + s + "\n"; };
   line(fmt::format("{} meta mark set {} map @flow{}", l4, flowKey, n));
   line(fmt::format("meta mark 0 {} meta mark set jhash {ip} saddr . {ip} daddr . th sport . th "
                    "dport mod {} seed {:#x} offset {:#x}",
@@ -54,11 +55,15 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
       flowOpts);
   body += fmt::format(
       "  map flow6 {{ typeof numgen inc mod 2 . numgen inc mod 2 : meta mark; {} }}\n", flowOpts);
+  // NOTE Performance: one VIP set lookup per packet and family (not one per rule): traffic
+  // to other destinations leaves after it, VIP traffic runs the family chain.
   body += "  chain classify {\n";
   body += "    type filter hook prerouting priority mangle; policy accept;\n";
-  body += familyRules(cfg, false);
-  body += familyRules(cfg, true);
+  body += "    ip daddr @vip4 jump classify4\n";
+  body += "    ip6 daddr @vip6 jump classify6\n";
   body += "  }\n";
+  body += "  chain classify4 {\n" + familyRules(cfg, false) + "  }\n";
+  body += "  chain classify6 {\n" + familyRules(cfg, true) + "  }\n";
   return body;
 }
 

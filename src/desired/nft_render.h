@@ -1,6 +1,7 @@
 // nftables text for the router's classifier, rendered from configuration (pure).
 //
-// Classification, per family (IPv4 shown):
+// Classification: chain classify looks the destination up in the VIP set once and jumps to
+// the family chain classify4/classify6, which runs, per family (IPv4 shown):
 //   1. flow table hit         → mark = the slot the flow was pinned to (draining, failover)
 //   2. otherwise              → mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
 //      (ICMP and other protocols without ports hash saddr . daddr only)
