@@ -31,6 +31,8 @@ struct VipPlan {
   std::vector<Endpoint> endpoints;  // sorted by IP
   std::vector<uint32_t> slots;      // slot of endpoints[i]
   std::vector<int32_t> buckets;     // bucket → index into endpoints, -1 when none
+  std::string publishedSeen;        // the table published in the Service when planned
+  bool fromPublished = false;       // buckets (and, on a fresh router, slots) came from it
 };
 
 struct RouterPlan {
