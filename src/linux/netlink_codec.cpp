@@ -399,7 +399,9 @@ std::optional<ParsedRoute> parseRoute(const nlmsghdr* h) {
                  rt->rtm_dst_len};
   p.route.nhid = tb[RTA_NH_ID] ? mnl_attr_get_u32(tb[RTA_NH_ID]) : 0;
   p.route.unreachable = rt->rtm_type == RTN_UNREACHABLE;
-  p.oif = tb[RTA_OIF] ? mnl_attr_get_u32(tb[RTA_OIF]) : 0;
+  // IPv6 reports its reject routes with RTA_OIF = lo; they have no device (as in IPv4), else
+  // every restart would "replace" the slot tables' unreachable IPv6 routes.
+  p.oif = tb[RTA_OIF] && !p.route.unreachable ? mnl_attr_get_u32(tb[RTA_OIF]) : 0;
   p.protocol = rt->rtm_protocol;
   p.type = rt->rtm_type;
   return p;
