@@ -148,6 +148,30 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
 
 namespace {
 
+/** The router's flow-based device for an endpoint: vxlan carries both underlay families in
+ *  one device; ipip and gre need an ip6tnl / ip6gre device for IPv6 endpoints. */
+dp::Link flowLinkFor(const DataplaneConfig& cfg, Family underlay) {
+  const bool v4 = underlay == Family::V4;
+  dp::Link l;
+  l.name = cfg.tunnelLinkName();
+  l.external = true;
+  switch (cfg.mode) {
+    case Mode::VxlanGpe:
+      l.kind = dp::Link::Kind::VxlanGpe;
+      l.port = cfg.vxlanPort;
+      break;
+    case Mode::Ipip:
+      l.kind = v4 ? dp::Link::Kind::Ipip : dp::Link::Kind::Ip6tnl;
+      if (!v4) l.name = cfg.linkPrefix + "-ip6tnl";
+      break;
+    default:
+      l.kind = v4 ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
+      if (!v4) l.name = cfg.linkPrefix + "-ip6gre";
+      break;
+  }
+  return l;
+}
+
 dp::Nexthop nexthopFor(const DataplaneConfig& cfg, const Allocations& prior, Family routeFamily,
                        const IpAddress& ep) {
   dp::Nexthop nh;
@@ -159,7 +183,8 @@ dp::Nexthop nexthopFor(const DataplaneConfig& cfg, const Allocations& prior, Fam
       nh.encap = dp::Nexthop::Encap::Ip;
       nh.encapDst = ep;
       nh.ttl = cfg.ttl;
-      nh.dev = cfg.tunnelLinkName();
+      nh.dev = flowLinkFor(cfg, ep.family()).name;
+      nh.noCsum = cfg.mode == Mode::GreFlow && ep.isV6();  // see dp::Nexthop::noCsum
       break;
     case Mode::Gre:
       nh.dev = greLinkName(cfg, ep);
@@ -184,14 +209,12 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   dp::RouterState st;
   // Links.
   if (isFlowMode(cfg.mode) && !plan.vips.empty()) {
-    dp::Link l;
-    l.name = cfg.tunnelLinkName();
-    l.external = true;
-    l.kind = cfg.mode == Mode::VxlanGpe ? dp::Link::Kind::VxlanGpe
-             : cfg.mode == Mode::Ipip   ? dp::Link::Kind::Ipip
-                                        : dp::Link::Kind::Gre;
-    if (cfg.mode == Mode::VxlanGpe) l.port = cfg.vxlanPort;
-    st.links.push_back(l);
+    st.links.push_back(flowLinkFor(cfg, Family::V4));
+    bool v6Endpoint = false;
+    for (auto& vp : plan.vips)
+      for (auto& ep : vp.endpoints) v6Endpoint |= ep.ip.isV6();
+    if (v6Endpoint && cfg.mode != Mode::VxlanGpe)
+      st.links.push_back(flowLinkFor(cfg, Family::V6));
   }
   // Nexthops: one per (route family, endpoint); ids sticky.
   std::set<uint32_t> usedIds;
@@ -205,14 +228,38 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       auto key = std::make_pair(vp.vip.family(), ep.ip);
       if (nhOf.contains(key)) continue;
       dp::Nexthop nh = nexthopFor(cfg, prior, vp.vip.family(), ep.ip);
+      std::string refused;
+      if (cfg.mode == Mode::Gre && ep.ip.isV6())
+        // ip6gre transmits only with a local address (ip6_tnl_xmit_ctl: no CAP_XMIT for ::),
+        // and the router's source toward each pod is not part of the desired state yet.
+        refused = fmt::format("gre mode: endpoint {} of VIP {} is IPv6; per-endpoint GRE "
+                              "interfaces carry IPv4 endpoints only (as the original). Use "
+                              "--mode gre-flow or vxlan-gpe for IPv6 pods: this router drops "
+                              "the flows hashed to it",
+                              ep.ip.str(), vp.vip.str());
+      else if (cfg.mode == Mode::Gre && nh.dev.size() > 15)
+        refused = fmt::format("gre mode: interface name {:?} for endpoint {} is longer than 15 "
+                              "characters: shorten --link-prefix to at most 7 characters: this "
+                              "router drops the flows hashed to it",
+                              nh.dev, ep.ip.str());
+      else if (cfg.mode == Mode::Ipip && vp.vip.isV6() && ep.ip.isV4())
+        refused = fmt::format("ipip mode: VIP {} is IPv6 but endpoint {} is IPv4, and IPv4 "
+                              "ipip carries only IPv4 (IPv6 in IPv4 is sit); use --mode "
+                              "gre-flow or vxlan-gpe: this router drops the flows hashed to it",
+                              vp.vip.str(), ep.ip.str());
+      if (!refused.empty()) {
+        plan.problems.push_back({Problem::Kind::TooManyEndpoints, vp.service, refused});
+        continue;
+      }
       if (cfg.mode == Mode::Mpls && nh.dev.empty()) {
         plan.problems.push_back(
             {Problem::Kind::TooManyEndpoints, vp.service,
              fmt::format("MPLS mode: endpoint {} of VIP {} is not directly connected to this "
                          "router (its route here has a gateway, or there is none), and `encap "
                          "mpls {} via {}` needs the pod as an on-link neighbour: this router "
-                         "sends it no traffic. Run the router role on the node that hosts the "
-                         "pod (e.g. on every node with endpoints), or use another --mode",
+                         "drops the flows hashed to it. Run the router role on the node that "
+                         "hosts the pod (e.g. on every node with endpoints), or use another "
+                         "--mode",
                          ep.ip.str(), vp.vip.str(), cfg.mplsLabel, ep.ip.str())});
         continue;
       }

@@ -57,7 +57,7 @@ uint16_t flagsFor(Op op) {
 int afOf(Family f) { return f == Family::V4 ? AF_INET : AF_INET6; }
 
 void putIpEncap(nlmsghdr* h, uint16_t typeAttr, uint16_t encapAttr, const IpAddress& dst,
-                uint8_t ttl) {
+                uint8_t ttl, bool csum6 = true) {
   if (dst.isV4()) {
     mnl_attr_put_u16(h, typeAttr, LWTUNNEL_ENCAP_IP);
     auto* nest = mnl_attr_nest_start(h, encapAttr);
@@ -72,8 +72,8 @@ void putIpEncap(nlmsghdr* h, uint16_t typeAttr, uint16_t encapAttr, const IpAddr
     mnl_attr_put(h, LWTUNNEL_IP6_DST, 16, dst.data());
     mnl_attr_put_u8(h, LWTUNNEL_IP6_HOPLIMIT, ttl);
     // Over IPv6 the outer UDP checksum is mandatory for receivers without udp6zerocsumrx
-    // (design.md §3): always ask for it.
-    mnl_attr_put_u16(h, LWTUNNEL_IP6_FLAGS, TUNNEL_CSUM);
+    // (design.md §3): ask for it unless the nexthop says otherwise (gre-flow, see noCsum).
+    if (csum6) mnl_attr_put_u16(h, LWTUNNEL_IP6_FLAGS, TUNNEL_CSUM);
     mnl_attr_nest_end(h, nest);
   }
 }
@@ -131,6 +131,9 @@ void parseEncap(const nlattr* typeAttr, const nlattr* encapAttr, dp::Nexthop& nh
     nh.encapDst = addrAttr(e[type == LWTUNNEL_ENCAP_IP ? LWTUNNEL_IP_DST : LWTUNNEL_IP6_DST]);
     int ttlAttr = type == LWTUNNEL_ENCAP_IP ? LWTUNNEL_IP_TTL : LWTUNNEL_IP6_HOPLIMIT;
     nh.ttl = e[ttlAttr] ? mnl_attr_get_u8(e[ttlAttr]) : 0;
+    if (type == LWTUNNEL_ENCAP_IP6)
+      nh.noCsum = !(e[LWTUNNEL_IP6_FLAGS] &&
+                    (mnl_attr_get_u16(e[LWTUNNEL_IP6_FLAGS]) & TUNNEL_CSUM));  // both be16
   } else if (type == LWTUNNEL_ENCAP_MPLS) {
     nh.encap = dp::Nexthop::Encap::Mpls;
     if (e[MPLS_IPTUNNEL_DST] && mnl_attr_get_payload_len(e[MPLS_IPTUNNEL_DST]) >= 4) {
@@ -186,6 +189,9 @@ Message encodeLink(const dp::Link& link, Op op) {
         if (link.remote) b.addr(IFLA_GRE_REMOTE, *link.remote);
         mnl_attr_put_u8(h, IFLA_GRE_TTL, 64);
         mnl_attr_put_u8(h, IFLA_GRE_PMTUDISC, 1);
+        // ip6gre: the kernel's default for an absent ENCAP_LIMIT is 0 (a tunnel-encapsulation-
+        // limit option of 0 on every packet); iproute2 sends 4 (RFC 2473's default).
+        if (link.kind == dp::Link::Kind::Ip6gre) mnl_attr_put_u8(h, IFLA_GRE_ENCAP_LIMIT, 4);
       }
       break;
     case dp::Link::Kind::Other: break;
@@ -216,7 +222,7 @@ Message encodeNexthop(const dp::Nexthop& nh, uint32_t oif, Op op, const Tags& ta
   mnl_attr_put_u32(h, NHA_OIF, oif);
   if (nh.gateway) b.addr(NHA_GATEWAY, *nh.gateway);
   if (nh.encap == dp::Nexthop::Encap::Ip && nh.encapDst)
-    putIpEncap(h, NHA_ENCAP_TYPE, NHA_ENCAP, *nh.encapDst, nh.ttl);
+    putIpEncap(h, NHA_ENCAP_TYPE, NHA_ENCAP, *nh.encapDst, nh.ttl, !nh.noCsum);
   else if (nh.encap == dp::Nexthop::Encap::Mpls)
     putMplsEncap(h, NHA_ENCAP_TYPE, NHA_ENCAP, nh.mplsLabel);
   return b.done();
