@@ -113,44 +113,62 @@ class VmE2E : public E2E {
     std::filesystem::create_symlink("/run/netns/" + ns(pod), d + "/" + ns(pod));
   }
 
-  /** scripts/lib/topo.sh's IPv4 layout, built in ~12 execs:
-   *    cl 198.18.0.10, rt 198.18.0.1, n1 .11, n2 .12 on a bridge in fab; pods p1a 198.19.1.2,
-   *    p1b .1.3 behind n1, p2a 198.19.2.2, p2b .2.3 behind n2; pods' gateway is their node
-   *    (198.19.I.1 on its lo); the router routes 198.19.I.0/24 via node I. */
+  /** scripts/lib/topo.sh's layout, built in ~12 execs:
+   *    cl 198.18.0.10 / 2001:db8:f::10, rt .1 / ::1, n1 .11 / ::11, n2 .12 / ::12 on a bridge
+   *    in fab; behind node I (1, 2) the pods pIa 198.19.I.2, pIb .3, pIc .4 (and 2001:db8:I::2,
+   *    ::3, ::4); a pod's gateway is its node (198.19.I.1 on the node's lo, fe80::1 on the
+   *    node's veth); the router routes 198.19.I.0/24 and 2001:db8:I::/64 via node I. */
   void nodesTopology() {
-    for (auto n : {"fab", "cl", "rt", "n1", "n2", "p1a", "p1b", "p2a", "p2b"}) addNs(n);
+    for (auto n : {"fab", "cl", "rt", "n1", "n2", "p1a", "p1b", "p1c", "p2a", "p2b", "p2c"})
+      addNs(n);
     batch("fab", "link add br0 type bridge");
     batch("fab", "link set br0 up");
-    const std::map<std::string, std::string> fabIp{
-        {"cl", "198.18.0.10"}, {"rt", "198.18.0.1"}, {"n1", "198.18.0.11"}, {"n2", "198.18.0.12"}};
-    for (auto& [n, ip] : fabIp) {
+    const std::map<std::string, std::string> fabHost{
+        {"cl", "10"}, {"rt", "1"}, {"n1", "11"}, {"n2", "12"}};
+    for (auto& [n, h] : fabHost) {
       addVeth(n, "eth0", "fab", "b-" + n);
       batch("fab", "link set b-" + n + " master br0");
-      batch(n, "addr add " + ip + "/24 dev eth0");
+      batch(n, "addr add 198.18.0." + h + "/24 dev eth0");
+      batch(n, "addr add 2001:db8:f::" + h + "/64 dev eth0 nodad");
     }
     batch("cl", "route add 203.0.113.0/24 via 198.18.0.1");
+    batch("cl", "route add 2001:db8:ffff::/64 via 2001:db8:f::1");
     for (auto i : {"1", "2"}) {
-      std::string node = std::string("n") + i, net = std::string("198.19.") + i + ".";
+      std::string node = std::string("n") + i, net = std::string("198.19.") + i + ".",
+                  net6 = std::string("2001:db8:") + i + "::";
       batch("rt", "route add " + net + "0/24 via 198.18.0.1" + i);
+      batch("rt", "route add " + net6 + "/64 via 2001:db8:f::1" + i);
       batch(node, "addr add " + net + "1/32 dev lo");
-      for (auto [letter, host] : {std::pair{"a", "2"}, std::pair{"b", "3"}}) {
+      batch(node, "addr add " + net6 + "1/128 dev lo nodad");
+      for (auto [letter, host] : {std::pair{"a", "2"}, std::pair{"b", "3"}, std::pair{"c", "4"}}) {
         std::string pod = std::string("p") + i + letter, v = std::string("v") + letter;
         addVeth(pod, "eth0", node, v);
+        batch(node, "addr add fe80::1/64 dev " + v + " nodad");
         batch(node, "route add " + net + host + "/32 dev " + v);
-        podAddress(pod, net + host, net + "1");
+        batch(node, "route add " + net6 + host + "/128 dev " + v);
+        podAddress(pod, net + host, net + "1", net6 + host);
         agentSees(node, pod);
       }
     }
     ASSERT_NO_FATAL_FAILURE(build());
-    for (auto n : {"rt", "n1", "n2"}) ASSERT_NO_FATAL_FAILURE(sysctl(n, "net/ipv4/ip_forward", "1"));
+    for (auto n : {"rt", "n1", "n2"}) {
+      ASSERT_NO_FATAL_FAILURE(sysctl(n, "net/ipv4/ip_forward", "1"));
+      ASSERT_NO_FATAL_FAILURE(sysctl(n, "net/ipv6/conf/all/forwarding", "1"));
+    }
     // Replies leave the nodes toward the client without passing the router (DSR).
     for (auto n : {"cl", "rt", "n1", "n2"})
       ASSERT_NO_FATAL_FAILURE(sysctl(n, "net/ipv4/conf/all/rp_filter", "0"));
   }
-  void podAddress(const std::string& pod, const std::string& ip, const std::string& gw) {
+  /** A pod's addresses (/32, /128 on eth0) and routes (v4 via gw4, v6 via fe80::1). */
+  void podAddress(const std::string& pod, const std::string& ip, const std::string& gw,
+                  const std::string& ip6 = "") {
     batch(pod, "addr add " + ip + "/32 dev eth0");
     batch(pod, "route add " + gw + "/32 dev eth0");
     batch(pod, "route add default via " + gw + " dev eth0");
+    if (!ip6.empty()) {
+      batch(pod, "addr add " + ip6 + "/128 dev eth0 nodad");
+      batch(pod, "route add default via fe80::1 dev eth0");
+    }
   }
 
   void TearDown() override {
@@ -206,8 +224,8 @@ class VmE2E : public E2E {
   }
 
   /** Owned kernel objects per namespace: links named kst*; nexthops, rules, IPv4/IPv6 routes
-   *  and MPLS label routes tagged proto 211; any address of the test's VIP range
-   *  203.0.113.0/24, also on lo (iproute2 6.1 can neither show nor filter IFA_PROTO); nft
+   *  and MPLS label routes tagged proto 211; any address of the test's VIP ranges
+   *  203.0.113.0/24 and 2001:db8:ffff::/64, also on lo (iproute2 6.1 can neither show nor filter IFA_PROTO); nft
    *  tables named kube_service_tunnel*. Five execs per namespace, in one shell: `ip -b` runs
    *  several listings per exec, and the filtering happens here, not in grep processes. */
   std::map<std::string, std::string> ownedAll(const std::vector<std::string>& names) const {
@@ -235,6 +253,7 @@ class VmE2E : public E2E {
       bool mine = l.find(": kst") != std::string::npos ||              // links
                   l.find(" proto 211") != std::string::npos ||         // nh, rules, routes
                   l.find(" 203.0.113.") != std::string::npos ||        // VIP addresses
+                  l.find(" 2001:db8:ffff:") != std::string::npos ||
                   l.find("table inet kube_service_tunnel") != std::string::npos;
       // `ip -o addr show` lines name the interface after the index ("5: kst-gre inet ..."),
       // which ": kst" already matched; a "link/..." continuation belongs to a link line.
