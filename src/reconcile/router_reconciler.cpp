@@ -349,6 +349,16 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   plan.slotCount = slotCount;
   dp::RouterState des = routerState(plan, cfg_, prior);
   if (des.nft.skeletonId != c.skeletonId || !c.nftPresent) return std::nullopt;
+  // Flow devices depend on the endpoint families across all VIPs (ipip/gre-flow add an IPv6
+  // device for IPv6 endpoints): a device to create, or possibly one to remove, is whole-model.
+  for (auto& l : des.links)
+    if (std::none_of(c.links.begin(), c.links.end(), [&](auto& o) { return o.sameConfig(l); }))
+      return std::nullopt;
+  if (c.links.size() > 1)
+    for (auto& vip : changed)
+      if (auto it = c.inputs.find(vip); it != c.inputs.end())
+        for (auto& ep : it->second.endpoints)
+          if (ep.ip.isV6()) return std::nullopt;
   des.nft.present = true;  // the model is not empty (only the changed VIPs are in `plan`)
   // Nexthop ids: an existing nexthop (same key, possibly another VIP's) keeps its id; a new one
   // takes an unused id. Ids are sticky, so any unused id is as good as routerState()'s choice.

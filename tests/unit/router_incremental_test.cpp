@@ -179,5 +179,28 @@ TEST(RouterIncremental, ResyncObservesAndRepairsDrift) {
   expectConverged(w, m);
 }
 
+TEST(RouterIncremental, IpipFirstAndLastIpv6EndpointCreateAndRemoveTheIpv6Device) {
+  auto cfg = config();
+  cfg.mode = Mode::Ipip;
+  World w(cfg);
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  r.setCaching(true);
+  Model m;
+  for (uint32_t i = 0; i < 8; ++i) m.services.push_back(service(i, {2 * i + 1, 2 * i + 2}, true));
+  normalize(m);
+  ASSERT_TRUE(r.reconcile(m)->ok());
+  size_t links = w.nl.allLinks().size();
+  m.services[3].endpoints.push_back({*IpAddress::parse("fd00::7"), "n1", true, false, ""});
+  auto add = r.reconcile(m);
+  ASSERT_TRUE(add && add->ok()) << (add ? add->failures.front() : add.error().message);
+  EXPECT_EQ(w.nl.allLinks().size(), links + 1);
+  expectConverged(w, m);
+  m.services[3].endpoints.pop_back();
+  auto del = r.reconcile(m);
+  ASSERT_TRUE(del && del->ok());
+  EXPECT_EQ(w.nl.allLinks().size(), links);
+  expectConverged(w, m);
+}
+
 }  // namespace
 }  // namespace kst
