@@ -2,9 +2,10 @@
 // booted by tools/vm (this binary carries the CTest label "vm" and runs only there; vxlan-gpe
 // also runs on the host and is the reference the other modes are held to).
 //
-// Per mode, in one topology (building it costs ~100 execs, seconds under TCG):
+// Per mode, in one topology (a dozen `ip -batch` execs, see vm_harness.h):
 //   1. ping, TCP and UDP from the client reach the pods, which see the client's own address;
-//      two VIPs share a pod (p1a) without colliding: one decap link holds both VIPs;
+//      two IPv4 VIPs share a pod (p1a) without colliding: one decap link holds both VIPs; an
+//      IPv6 VIP reaches IPv6 pods over an IPv6 underlay (gre: refused with a Problem);
 //   2. the packets travel encapsulated: tunnel device counters rise on both sides;
 //   3. a daemon restart changes no kernel object (ip monitor, nft monitor);
 //   4. removing one endpoint moves only the flows that were on it;
@@ -15,12 +16,12 @@
 //   6. removing the VIPs one after the other leaves nothing owned behind, router or pod.
 //
 // Topologies:
-//   nodes (vxlan-gpe, ipip, gre-flow, gre): scripts/lib/topo.sh: client ─ fabric ─ router,
-//     node1 (pods p1a .1.2, p1b .1.3), node2 (p2a .2.2, p2b .2.3); agents on node1/node2;
-//     pods answer through their node straight to the client (DSR).
-//   mpls: client ─ router+node (role both) ─ pods on veths: the pods are on-link neighbours of
-//     the router, which `encap mpls L via POD` requires (docs/modes.md: the router role runs
-//     on the node that hosts the endpoints). Same pod names and addresses.
+//   nodes (vxlan-gpe, ipip, gre-flow, gre): scripts/lib/topo.sh's layout: client ─ fabric ─
+//     router, node1 (pods p1a .1.2, p1b .1.3, p1c .1.4 / 2001:db8:1::4), node2 (p2a, p2b,
+//     p2c); agents on node1/node2; pods answer through their node straight to the client (DSR).
+//   mpls: client ─ router+node (role both) ─ the same pods on veths: the pods are on-link
+//     neighbours of the router, which `encap mpls L via POD` requires (docs/modes.md: the
+//     router role runs on the node that hosts the endpoints).
 #include <algorithm>
 #include <set>
 
