@@ -1,5 +1,7 @@
 // kube-service-tunnel: makes externally routable VIPs arrive as normal IP packets in pods.
 // main() only parses flags and wires real implementations together (Envoy's source/exe rule).
+#include <pthread.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -23,10 +25,14 @@
 
 namespace {
 
-kst::Daemon* gDaemon = nullptr;
-
-void onSignal(int) {
-  if (gDaemon) gDaemon->stop();
+// SIGTERM/SIGINT are blocked in every thread (set before any thread starts) and taken by
+// sigwait() on a dedicated thread, which may then lock mutexes: a signal handler may not.
+sigset_t stopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
 }
 
 struct Flags {
@@ -148,6 +154,10 @@ int main(int argc, char** argv) {
   addCommon(cleanup, f);
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
+  {
+    sigset_t set = stopSignals();
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  }
 
   if (version->parsed()) {
     std::cout << "kube-service-tunnel 0.1.0\n";
@@ -280,9 +290,14 @@ int main(int argc, char** argv) {
     }
     spdlog::info("health endpoint on {}:{} (/healthz, /readyz)", f.healthAddress, health.port());
   }
-  gDaemon = &daemon;
-  std::signal(SIGTERM, onSignal);
-  std::signal(SIGINT, onSignal);
+  std::thread([&daemon] {
+    sigset_t set = stopSignals();
+    int sig = 0;
+    if (sigwait(&set, &sig) == 0) {
+      spdlog::info("signal {}: stopping", sig);
+      daemon.stop();
+    }
+  }).detach();
   spdlog::info("kube-service-tunnel starting: role={} mode={} node={} buckets={} seed={:#x} source={}",
                f.role, kst::modeName(f.dp.mode), f.nodeName, f.dp.buckets, f.dp.hashSeed,
                source->name());

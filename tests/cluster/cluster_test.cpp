@@ -194,6 +194,68 @@ TEST_F(Cluster, InvalidAnnotationAndVipConflictRaiseEventsAndTheRestWorks) {
 }
 
 /** Kernel-change monitors in the router and a pod, as dataplane_test.cpp does. */
+// The elected router publishes each Service's bucket table in the Service (kubectl shows which
+// endpoint serves which bucket); a router restarted from empty kernel state resumes exactly:
+// its kernel tables (slots included) equal the ones it had.
+TEST_F(Cluster, PublishedBucketTableIsVisibleAndAFreshRouterResumesExactly) {
+  clusterTopology();
+  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
+  ASSERT_EQ(createService("web", "203.0.113.50").rc, 0);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(reachable("203.0.113.50", 30)) << logOf("rt");
+  nlohmann::json table;
+  ASSERT_TRUE(waitUntil([&] {
+    auto svc = nlohmann::json::parse(kubectl("-n " + kns + " get svc web -o json").out, nullptr, false);
+    if (svc.is_discarded()) return false;
+    auto a = svc["metadata"].value("annotations", nlohmann::json::object());
+    if (!a.contains("kube-service-tunnel.cmd.nu/buckets")) return false;
+    table = nlohmann::json::parse(a["kube-service-tunnel.cmd.nu/buckets"].get<std::string>(), nullptr, false);
+    return !table.is_discarded();
+  }, 30)) << logOf("rt");
+  ASSERT_EQ(table["buckets"], 64);
+  std::set<std::string> ips;
+  for (auto& e : table["endpoints"]) ips.insert(e["ip"].get<std::string>());
+  EXPECT_EQ(ips, (std::set<std::string>{"198.19.1.2", "198.19.1.3", "198.19.2.2"}));
+  auto lease = nlohmann::json::parse(
+      kubectl("-n kube-service-tunnel get lease kube-service-tunnel-publisher -o json").out, nullptr, false);
+  ASSERT_FALSE(lease.is_discarded());
+  EXPECT_FALSE(lease["spec"].value("holderIdentity", "").empty());
+  // Every slot table routes the VIP to the endpoint the published table gives that slot.
+  for (auto& e : table["endpoints"]) {
+    auto rt = out("rt", "ip route show table " + std::to_string(1000 + e["slot"].get<int>()) + " 203.0.113.50");
+    auto nh = rt.find("nhid ");
+    ASSERT_NE(nh, std::string::npos) << rt;
+    auto n = out("rt", "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
+    EXPECT_NE(n.find("dst " + e["ip"].get<std::string>() + " "), std::string::npos) << n;
+  }
+  auto before = out("rt", "ip route show table all proto 211") + out("rt", "ip rule show");
+  procs["rt"].stop();
+  ASSERT_EQ(in("rt", kBin + " cleanup --role router").rc, 0);
+  ASSERT_EQ(out("rt", "ip route show table all proto 211"), "");
+  startRouterK();
+  ASSERT_TRUE(reachable("203.0.113.50", 30)) << logOf("rt");
+  // Routes and rules equal (nexthop ids may be allocated anew: compare through them).
+  auto normalize = [](std::string s) {
+    std::string o;
+    for (auto& l : lines(s)) {
+      auto p = l.find("nhid ");
+      o += (p == std::string::npos ? l : l.substr(0, p)) + "\n";
+    }
+    return o;
+  };
+  EXPECT_EQ(normalize(out("rt", "ip route show table all proto 211") + out("rt", "ip rule show")),
+            normalize(before));
+  for (auto& e : table["endpoints"]) {
+    auto rt = out("rt", "ip route show table " + std::to_string(1000 + e["slot"].get<int>()) + " 203.0.113.50");
+    auto nh = rt.find("nhid ");
+    ASSERT_NE(nh, std::string::npos) << rt;
+    auto n = out("rt", "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
+    EXPECT_NE(n.find("dst " + e["ip"].get<std::string>() + " "), std::string::npos) << n;
+  }
+}
+
+
 struct Monitors {
   Process ipRt, nftRt, ipPod;
   Monitors(Cluster* c, const std::string& rt, const std::string& pod, const std::string& dir) {
@@ -325,70 +387,3 @@ int main(int argc, char** argv) {
   ::testing::AddGlobalTestEnvironment(new kst::e2e::ControlPlaneEnv);
   return RUN_ALL_TESTS();
 }
-
-namespace kst::e2e {
-namespace {
-
-// The elected router publishes each Service's bucket table in the Service (kubectl shows which
-// endpoint serves which bucket); a router restarted from empty kernel state resumes exactly:
-// its kernel tables (slots included) equal the ones it had.
-TEST_F(Cluster, PublishedBucketTableIsVisibleAndAFreshRouterResumesExactly) {
-  clusterTopology();
-  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
-  ASSERT_EQ(createService("web", "203.0.113.40").rc, 0);
-  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
-  startDaemons();
-  ASSERT_TRUE(reachable("203.0.113.40", 30)) << logOf("rt");
-  nlohmann::json table;
-  ASSERT_TRUE(waitUntil([&] {
-    auto svc = nlohmann::json::parse(kubectl("-n " + kns + " get svc web -o json").out, nullptr, false);
-    if (svc.is_discarded()) return false;
-    auto a = svc["metadata"].value("annotations", nlohmann::json::object());
-    if (!a.contains("kube-service-tunnel.cmd.nu/buckets")) return false;
-    table = nlohmann::json::parse(a["kube-service-tunnel.cmd.nu/buckets"].get<std::string>(), nullptr, false);
-    return !table.is_discarded();
-  }, 30)) << logOf("rt");
-  ASSERT_EQ(table["buckets"], 64);
-  std::set<std::string> ips;
-  for (auto& e : table["endpoints"]) ips.insert(e["ip"].get<std::string>());
-  EXPECT_EQ(ips, (std::set<std::string>{"198.19.1.2", "198.19.1.3", "198.19.2.2"}));
-  auto lease = nlohmann::json::parse(
-      kubectl("-n kube-service-tunnel get lease kube-service-tunnel-publisher -o json").out, nullptr, false);
-  ASSERT_FALSE(lease.is_discarded());
-  EXPECT_FALSE(lease["spec"].value("holderIdentity", "").empty());
-  // Every slot table routes the VIP to the endpoint the published table gives that slot.
-  for (auto& e : table["endpoints"]) {
-    auto rt = out("rt", "ip route show table " + std::to_string(1000 + e["slot"].get<int>()) + " 203.0.113.40");
-    auto nh = rt.find("nhid ");
-    ASSERT_NE(nh, std::string::npos) << rt;
-    auto n = out("rt", "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
-    EXPECT_NE(n.find("dst " + e["ip"].get<std::string>() + " "), std::string::npos) << n;
-  }
-  auto before = out("rt", "ip route show table all proto 211") + out("rt", "ip rule show");
-  procs["rt"].stop();
-  ASSERT_EQ(in("rt", kBin + " cleanup --role router").rc, 0);
-  ASSERT_EQ(out("rt", "ip route show table all proto 211"), "");
-  startRouterK();
-  ASSERT_TRUE(reachable("203.0.113.40", 30)) << logOf("rt");
-  // Routes and rules equal (nexthop ids may be allocated anew: compare through them).
-  auto normalize = [](std::string s) {
-    std::string o;
-    for (auto& l : lines(s)) {
-      auto p = l.find("nhid ");
-      o += (p == std::string::npos ? l : l.substr(0, p)) + "\n";
-    }
-    return o;
-  };
-  EXPECT_EQ(normalize(out("rt", "ip route show table all proto 211") + out("rt", "ip rule show")),
-            normalize(before));
-  for (auto& e : table["endpoints"]) {
-    auto rt = out("rt", "ip route show table " + std::to_string(1000 + e["slot"].get<int>()) + " 203.0.113.40");
-    auto nh = rt.find("nhid ");
-    ASSERT_NE(nh, std::string::npos) << rt;
-    auto n = out("rt", "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
-    EXPECT_NE(n.find("dst " + e["ip"].get<std::string>() + " "), std::string::npos) << n;
-  }
-}
-
-}  // namespace
-}  // namespace kst::e2e
