@@ -21,37 +21,7 @@ capture() {
   shift 2
   strace -f -e trace=sendmsg,sendto -e write=all -o "$tmp/$name.strace" ip -n "$ns" "$@"
   local rc=$?
-  python3 - "$tmp/$name.strace" "$type" "$out/$name.hex" "ip $*" "$rc" <<'PY'
-import re, struct, sys
-path, want, dest, cmd, rc = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-bufs, cur = [], None
-for line in open(path):
-    if re.match(r"\s*\* \d+ bytes in buffer", line):
-        cur = bytearray(); bufs.append(cur); continue
-    m = re.match(r"\s*\| [0-9a-f]{5}  ((?:[0-9a-f]{2} ?\s?)+)", line)
-    if m and cur is not None:
-        cur.extend(bytes.fromhex(m.group(1).replace(" ", "")))
-    elif not line.lstrip().startswith("|"):
-        cur = None
-# A buffer may hold several messages; take the last one of the wanted type (the probe
-# RTM_NEWLINK that iproute2 sends first carries no attributes and is 32 bytes long).
-msgs = []
-for b in bufs:
-    off = 0
-    while off + 16 <= len(b):
-        ln, ty = struct.unpack_from("<IH", b, off)
-        if ln < 16: break
-        if ty == want and ln > 32: msgs.append(bytes(b[off:off+ln]))
-        off += (ln + 3) & ~3
-if not msgs:
-    sys.exit(f"{dest}: no message of type {want} captured")
-m = msgs[-1]
-with open(dest, "w") as f:
-    f.write(f"# {cmd}\n# kernel answer: exit status {rc} of ip\n")
-    for i in range(0, len(m), 16):
-        f.write(" ".join(f"{x:02x}" for x in m[i:i+16]) + "\n")
-print(f"{dest}: {len(m)} bytes (ip exit {rc})")
-PY
+  python3 "$(dirname "$0")/strace_to_hex.py" "$tmp/$name.strace" "$type" "$out/$name.hex" "ip $*" "$rc"
 }
 
 RTM_NEWLINK=16; RTM_NEWADDR=20; RTM_NEWROUTE=24; RTM_NEWRULE=32; RTM_NEWNEXTHOP=104

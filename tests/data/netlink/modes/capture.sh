@@ -27,38 +27,8 @@ capture() {
   strace -f -e trace=sendmsg,sendto -e write=all -o "$tmp/$name.strace" ip -n "$ns" "$@" \
     >"$tmp/$name.out" 2>&1
   local rc=$?
-  python3 - "$tmp/$name.strace" "$type" "$out/$name.hex" "ip $*" "$rc" \
-    "$(ip -n "$ns" -o link show eth0 | cut -d: -f1)" <<'PY'
-import re, struct, sys
-path, want, dest, cmd, rc, eth0 = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-bufs, cur = [], None
-for line in open(path):
-    if re.match(r"\s*\* \d+ bytes in buffer", line):
-        cur = bytearray(); bufs.append(cur); continue
-    # " | 00010  xx xx xx xx xx xx xx xx  xx xx xx xx xx xx xx xx  ascii |": the hex area is
-    # a fixed 49 columns; the ASCII column must not be read (it may look like hex digits).
-    m = re.match(r"\s*\| [0-9a-f]{5}  (.{49})", line)
-    if m and cur is not None:
-        cur.extend(bytes.fromhex(m.group(1).replace(" ", "")))
-    elif not line.lstrip().startswith("|"):
-        cur = None
-msgs = []
-for b in bufs:
-    off = 0
-    while off + 16 <= len(b):
-        ln, ty = struct.unpack_from("<IH", b, off)
-        if ln < 16: break
-        if ty == want and ln > 32: msgs.append(bytes(b[off:off+ln]))
-        off += (ln + 3) & ~3
-if not msgs:
-    sys.exit(f"{dest}: no message of type {want} captured")
-m = msgs[-1]
-with open(dest, "w") as f:
-    f.write(f"# {cmd}\n# ip exit status {rc} on the capturing kernel; eth0 is ifindex {eth0}, lo 1\n")
-    for i in range(0, len(m), 16):
-        f.write(" ".join(f"{x:02x}" for x in m[i:i+16]) + "\n")
-print(f"{dest}: {len(m)} bytes (ip exit {rc})")
-PY
+  python3 "$(dirname "$0")/../strace_to_hex.py" "$tmp/$name.strace" "$type" "$out/$name.hex" "ip $*" "$rc" \
+    "$(ip -n "$ns" -o link show eth0 | cut -d: -f1)"
 }
 
 RTM_NEWLINK=16; RTM_NEWROUTE=24; RTM_DELROUTE=25; RTM_NEWNEXTHOP=104
