@@ -13,6 +13,7 @@
 #include <linux/rtnetlink.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -24,7 +25,7 @@ constexpr size_t kMaxMessage = 1024;
 
 class Builder {
  public:
-  Builder(uint16_t type, uint16_t flags) : buf_(kMaxMessage, 0) {
+  Builder(uint16_t type, uint16_t flags) {
     h_ = mnl_nlmsg_put_header(buf_.data());
     h_->nlmsg_type = type;
     h_->nlmsg_flags = NLM_F_REQUEST | flags;
@@ -35,13 +36,12 @@ class Builder {
   }
   nlmsghdr* h() { return h_; }
   void addr(uint16_t type, const IpAddress& a) { mnl_attr_put(h_, type, a.size(), a.data()); }
-  Message done() {
-    buf_.resize(h_->nlmsg_len);
-    return std::move(buf_);
-  }
+  /** An exact-size copy: a cold start holds 80k encoded requests at once (V = 10k), and a
+   *  1 KiB buffer each was 80 MB of the daemon's peak RSS. */
+  Message done() const { return Message(buf_.begin(), buf_.begin() + h_->nlmsg_len); }
 
  private:
-  Message buf_;
+  alignas(nlmsghdr) std::array<uint8_t, kMaxMessage> buf_{};
   nlmsghdr* h_;
 };
 
