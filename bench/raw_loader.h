@@ -189,7 +189,7 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
     }
   };
   std::vector<Elem> b4, b6, v4, v6;
-  for (auto& [k, mark] : nft.buckets) {
+  for (const auto& [k, mark] : nft.buckets) {  // (VIP, bucket) order, by value
     Elem e{};
     std::memcpy(e.key, k.first.data(), k.first.size());
     uint32_t m = kst::kBucketMarkBase + k.second;  // meta mark: host byte order

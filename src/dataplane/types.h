@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/ip.h"
+#include "dataplane/bucket_map.h"
 
 namespace kst::dp {
 
@@ -96,8 +97,8 @@ struct NftState {
   std::string skeleton;  // full text of table, chains, rules and empty sets (see nft_render)
   std::string skeletonId;  // short hash of skeleton, stored as the table comment
   std::set<IpAddress> vips;
-  /** (vip, bucket) → fwmark */
-  std::map<std::pair<IpAddress, uint32_t>, uint32_t> buckets;
+  /** (vip, bucket) → fwmark, one dense vector per VIP (bucket_map.h: 640k elements at 10k VIPs) */
+  BucketMap buckets;
   bool operator==(const NftState&) const = default;
 };
 

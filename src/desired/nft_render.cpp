@@ -135,19 +135,34 @@ std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& des
 
 dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::NftState& base) {
   dp::NftElementChanges out;
-  // Both maps are sorted by key: one merge pass (640k elements at V = 10k, B = 64).
-  auto d = desired.buckets.begin(), o = base.buckets.begin();
-  while (d != desired.buckets.end() || o != base.buckets.end()) {
-    if (o == base.buckets.end() || (d != desired.buckets.end() && d->first < o->first)) {
-      out.bucketAdds.push_back({d->first.first, d->first.second, d->second});
+  // Merge over the VIPs (both sorted), then over each VIP's bucket indices: the changes come
+  // out in (VIP, bucket) order (640k elements at V = 10k, B = 64).
+  if (base.buckets.empty()) out.bucketAdds.reserve(desired.buckets.size());  // cold start
+  const auto& dv = desired.buckets.perVip();
+  const auto& ov = base.buckets.perVip();
+  auto addAll = [](std::vector<dp::NftElementChanges::Bucket>& to, const IpAddress& vip,
+                   const std::vector<uint32_t>& marks) {
+    for (uint32_t b = 0; b < marks.size(); ++b)
+      if (marks[b]) to.push_back({vip, b, marks[b]});
+  };
+  auto d = dv.begin(), o = ov.begin();
+  while (d != dv.end() || o != ov.end()) {
+    if (o == ov.end() || (d != dv.end() && d->first < o->first)) {
+      addAll(out.bucketAdds, d->first, d->second);
       ++d;
-    } else if (d == desired.buckets.end() || o->first < d->first) {
-      out.bucketDeletes.push_back({o->first.first, o->first.second, o->second});
+    } else if (d == dv.end() || o->first < d->first) {
+      addAll(out.bucketDeletes, o->first, o->second);
       ++o;
     } else {
-      if (d->second != o->second) {
-        out.bucketDeletes.push_back({o->first.first, o->first.second, o->second});
-        out.bucketAdds.push_back({d->first.first, d->first.second, d->second});
+      const IpAddress& vip = d->first;
+      const auto& dm = d->second;
+      const auto& om = o->second;
+      const size_t n = std::max(dm.size(), om.size());
+      for (uint32_t b = 0; b < n; ++b) {
+        uint32_t want = b < dm.size() ? dm[b] : 0, have = b < om.size() ? om[b] : 0;
+        if (want == have) continue;
+        if (have) out.bucketDeletes.push_back({vip, b, have});
+        if (want) out.bucketAdds.push_back({vip, b, want});
       }
       ++d;
       ++o;

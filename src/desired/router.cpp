@@ -327,11 +327,22 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   st.nft.skeletonId = skeletonId(st.nft.skeleton);
   for (auto& vp : plan.vips) {
     st.nft.vips.insert(vp.vip);
+    // One dense vector per VIP, bucket → mark (0 = no element; marks are ≥ tableOffset ≥ 1).
+    std::vector<uint32_t> marks(vp.buckets.size(), 0);
+    bool any = false;
     for (uint32_t b = 0; b < vp.buckets.size(); ++b) {
       int32_t e = vp.buckets[b];
       if (e < 0) continue;
       if (!nhOf.contains({vp.vip.family(), vp.endpoints[e].ip})) continue;
-      st.nft.buckets.emplace(std::make_pair(vp.vip, b), cfg.tableOffset + vp.slots[e]);
+      marks[b] = cfg.tableOffset + vp.slots[e];
+      any = true;
+    }
+    if (!any) continue;
+    if (!st.nft.buckets.marksOf(vp.vip)) {
+      st.nft.buckets.setVip(vp.vip, std::move(marks));
+    } else {  // a VIP planned twice: the first plan's elements win (as map emplace did)
+      for (uint32_t b = 0; b < marks.size(); ++b)
+        if (marks[b]) st.nft.buckets.insert(vp.vip, b, marks[b]);
     }
   }
   return st;

@@ -60,6 +60,26 @@ std::string parseSkeletonId(const std::string& text) {
   return end == std::string::npos ? std::string() : text.substr(pos, end - pos);
 }
 
+namespace {
+
+// An observed b2s element: key mark kBucketMarkBase + bucket, data = the slot's mark. Data 0 is
+// not a mark the daemon writes: it is kept as kForeignZeroMark so that the diff replaces it
+// (a BucketMap holds 0 as "no element"). Keys outside the dense bucket range (only a foreign
+// writer makes them; the classifier never looks them up) are not representable and skipped.
+void observeBucket(dp::BucketMap& buckets, const IpAddress& ip, uint32_t keyMark, uint32_t data,
+                   bool replace) {
+  if (keyMark < kBucketMarkBase || keyMark - kBucketMarkBase >= dp::BucketMap::kMaxBuckets) {
+    spdlog::debug("nft: ignoring bucket map element {} . {:#x} (outside the bucket range)",
+                  ip.str(), keyMark);
+    return;
+  }
+  uint32_t mark = data == 0 ? dp::BucketMap::kForeignZeroMark : data;
+  if (replace) buckets.set(ip, keyMark - kBucketMarkBase, mark);
+  else buckets.insert(ip, keyMark - kBucketMarkBase, mark);
+}
+
+}  // namespace
+
 Status parseNftElements(const std::string& json, dp::NftState& out) {
   nlohmann::json doc = nlohmann::json::parse(json, nullptr, false);
   if (doc.is_discarded() || !doc.contains("nftables")) return fail("nft: unparsable JSON listing");
@@ -80,8 +100,8 @@ Status parseNftElements(const std::string& json, dp::NftState& out) {
         if (!key.contains("concat") || key["concat"].size() != 2) continue;
         auto ip = IpAddress::parse(key["concat"][0].get<std::string>());
         if (!ip || !key["concat"][1].is_number() || !e[1].is_number()) continue;
-        uint32_t b = key["concat"][1].get<uint32_t>() - kBucketMarkBase;
-        out.buckets[{*ip, b}] = e[1].get<uint32_t>();
+        observeBucket(out.buckets, *ip, key["concat"][1].get<uint32_t>(), e[1].get<uint32_t>(),
+                      true);
       }
     }
   }
@@ -261,7 +281,7 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
   }
   // Element parser shared by dumps and lookups.
   auto parseElements = [&](const nlmsghdr* m, bool map, std::set<IpAddress>& vips,
-                           std::map<std::pair<IpAddress, uint32_t>, uint32_t>& buckets) {
+                           dp::BucketMap& buckets) {
     if (m->nlmsg_type != nftMsg(NFT_MSG_NEWSETELEM)) return;
     Attrs top;
     mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top);
@@ -287,7 +307,7 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
       std::memcpy(&slotMark, d, 4);
       if (mark < kBucketMarkBase) continue;
       auto ip = IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, k);
-      buckets.emplace(std::make_pair(ip, mark - kBucketMarkBase), slotMark);
+      observeBucket(buckets, ip, mark, slotMark, false);
     }
   };
   // Dumps: the VIP sets always; the bucket maps only when asked to be exhaustive, because the
@@ -309,7 +329,7 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
       mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
       req.resize(h->nlmsg_len);
       std::set<IpAddress> vips;
-      std::map<std::pair<IpAddress, uint32_t>, uint32_t> buckets;
+      dp::BucketMap buckets;
       bool intr = false;
       auto rc = talk(req, [&](const nlmsghdr* m) { parseElements(m, map, vips, buckets); }, intr);
       if (!rc) return std::unexpected(rc.error());
@@ -317,7 +337,7 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
       if (intr && attempt < 3) continue;  // the set changed during the dump
       if (intr) return fail(EINTR, "nfnetlink: dump of " + std::string(set) + " kept changing");
       st.vips.merge(vips);
-      st.buckets.merge(buckets);
+      st.buckets.merge(std::move(buckets));
       break;
     }
   }
@@ -331,16 +351,20 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
   // the sets are not seen: the daemon only ever adds or removes a VIP together with its
   // buckets in one transaction; an element batch that then fails (a foreign element in the
   // way) makes the next observation exhaustive.
+  // Found elements go straight into st.buckets (no bucket map was dumped, so it holds only
+  // what these lookups answered). Key j of a family is (vips[j / B], j % B): no key list.
+  const uint32_t nb = cfg_.buckets;
   for (bool v4 : {true, false}) {
-    std::vector<std::pair<IpAddress, uint32_t>> keys;
+    std::vector<IpAddress> famVips;
     for (auto& vip : st.vips)
-      if (vip.isV4() == v4)
-        for (uint32_t b = 0; b < cfg_.buckets; ++b) keys.emplace_back(vip, b);
+      if (vip.isV4() == v4) famVips.push_back(vip);
+    auto keyAt = [&](size_t j) { return std::make_pair(famVips[j / nb], uint32_t(j % nb)); };
+    const size_t total = famVips.size() * nb;
     const char* set = v4 ? "b2s4" : "b2s6";
     constexpr size_t kChunk = 256;
     size_t i = 0;
-    while (i < keys.size()) {
-      size_t n = std::min(kChunk, keys.size() - i);
+    while (i < total) {
+      size_t n = std::min(kChunk, total - i);
       std::vector<uint8_t> req;
       putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
       req.resize(req.size() + 512 + n * 40);
@@ -350,9 +374,9 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
       auto* list = mnl_attr_nest_start(h, NFTA_SET_ELEM_LIST_ELEMENTS);
       for (size_t j = i; j < i + n; ++j) {
         uint8_t key[20];
-        const auto& vip = keys[j].first;
+        const auto [vip, bucket] = keyAt(j);
         std::memcpy(key, vip.data(), vip.size());
-        uint32_t mark = kBucketMarkBase + keys[j].second;
+        uint32_t mark = kBucketMarkBase + bucket;
         std::memcpy(key + vip.size(), &mark, 4);
         auto* el = mnl_attr_nest_start(h, NFTA_LIST_ELEM);
         auto* k = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY);
@@ -363,9 +387,9 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
       mnl_attr_nest_end(h, list);
       req.resize(h->nlmsg_len);
       std::set<IpAddress> unused;
-      std::map<std::pair<IpAddress, uint32_t>, uint32_t> found;
       bool intr = false;
-      auto rc = talk(req, [&](const nlmsghdr* m) { parseElements(m, true, unused, found); }, intr);
+      auto rc = talk(req, [&](const nlmsghdr* m) { parseElements(m, true, unused, st.buckets); },
+                     intr);
       if (!rc) return std::unexpected(rc.error());
       if (*rc != 0 && *rc != ENOENT)
         return sysFail(*rc, fmt::format("nfnetlink get elements of {} {}", cfg_.nftTable, set));
@@ -373,10 +397,9 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
       if (*rc == ENOENT) {
         // The first key not answered is missing; everything before it was answered.
         next = i;
-        while (next < i + n && found.contains(keys[next])) ++next;
+        while (next < i + n && st.buckets.contains(keyAt(next))) ++next;
         ++next;
       }
-      st.buckets.merge(found);
       i = next;
     }
   }
@@ -387,7 +410,20 @@ Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
   if (ch.size() == 0) return {};
   if (auto s = openSocket(); !s) return std::unexpected(s.error());
   std::vector<uint8_t> buf;
-  buf.reserve(ch.size() * 40 + 4096);
+  {
+    // The batch is encoded into one buffer (one sendmsg, ≈ 20 MB at a V = 10k cold start):
+    // reserve its exact size (as emitted below) plus the 65 KiB each message is first sized
+    // to, so that it is never reallocated (a doubling would briefly hold both copies).
+    auto elem = [](size_t klen, bool data) { return 8 + MNL_ALIGN(4 + klen) + (data ? 12 : 0); };
+    size_t perMsg = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg)) +
+                    MNL_ALIGN(4 + cfg_.nftTable.size() + 1) + MNL_ALIGN(4 + 5) + 4;
+    size_t est = (ch.size() / 1000 + 10) * perMsg + (1 << 16) + 1024;
+    for (auto& b : ch.bucketAdds) est += elem(b.vip.size() + 4, true);
+    for (auto& b : ch.bucketDeletes) est += elem(b.vip.size() + 4, false);
+    for (auto& v : ch.vipAdds) est += elem(v.size(), false);
+    for (auto& v : ch.vipDeletes) est += elem(v.size(), false);
+    buf.reserve(est);
+  }
   std::vector<uint32_t> seqs;
   putHeader(buf, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
   // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a

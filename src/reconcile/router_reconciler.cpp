@@ -56,6 +56,11 @@ bool sortedUniqueVips(const Model& m) {
   return true;
 }
 
+/** A VIP's bucket marks as the cache keeps them: buckets 0 … B-1 (the plan's are exactly B). */
+std::vector<uint32_t> cachedMarks(const std::vector<uint32_t>& marks, uint32_t nb) {
+  return {marks.begin(), marks.begin() + std::min<size_t>(marks.size(), nb)};
+}
+
 uint32_t slotCountOf(const VipPlan& vp) {
   uint32_t n = 0;
   for (uint32_t s : vp.slots) n = std::max(n, s + 1);
@@ -76,7 +81,7 @@ struct RouterReconciler::Cache {
   bool nftPresent = false;
   std::string skeletonId;
   std::set<IpAddress> nftVips;
-  std::map<IpAddress, std::vector<uint32_t>> buckets;  // VIP → mark of each bucket, 0 = none
+  dp::BucketMap buckets;                               // VIP → mark of each bucket
   std::map<IpAddress, TunnelService> inputs;           // the model's services, by VIP
   Allocations alloc;                                   // nexthopIds only (all of them)
   std::set<uint32_t> freeIds;                          // unused nexthop ids below highId
@@ -104,9 +109,7 @@ struct RouterReconciler::Cache {
     st.nft.skeletonId = skeletonId;
     st.nft.skeleton = skeleton;
     st.nft.vips = nftVips;
-    for (auto& [vip, marks] : buckets)
-      for (uint32_t b = 0; b < marks.size(); ++b)
-        if (marks[b]) st.nft.buckets.emplace_hint(st.nft.buckets.end(), std::make_pair(vip, b), marks[b]);
+    st.nft.buckets = buckets;  // one vector per VIP
     return st;
   }
 };
@@ -182,7 +185,17 @@ Status RouterReconciler::applyAll(const std::vector<dp::Change>& changes,
   auto firstDelete = std::find_if(changes.begin(), changes.end(), [](const dp::Change& c) {
     return c.action == dp::Change::Action::Delete;
   });
-  std::vector<dp::Change> addPart(changes.begin(), firstDelete), delPart(firstDelete, changes.end());
+  // Copies only when both parts exist (a cold start is all adds: 80k objects at V = 10k).
+  std::vector<dp::Change> addCopy, delCopy;
+  const bool both = firstDelete != changes.begin() && firstDelete != changes.end();
+  if (both) {
+    addCopy.assign(changes.begin(), firstDelete);
+    delCopy.assign(firstDelete, changes.end());
+  }
+  const std::vector<dp::Change>& addPart =
+      both ? addCopy : (firstDelete == changes.end() ? changes : addCopy);
+  const std::vector<dp::Change>& delPart =
+      both ? delCopy : (firstDelete == changes.end() ? delCopy : changes);
   auto applyPart = [&](const std::vector<dp::Change>& part) -> Status {
     if (part.empty()) return {};
     auto r = nl_.apply(part);
@@ -259,11 +272,8 @@ void RouterReconciler::fillCache(const Model& model, const dp::RouterState& desi
   c->nftPresent = desired.nft.present;
   c->skeletonId = desired.nft.skeletonId;
   c->nftVips = desired.nft.vips;
-  for (auto& [k, mark] : desired.nft.buckets) {
-    auto& v = c->buckets[k.first];
-    if (v.empty()) v.assign(cfg_.buckets, 0);
-    if (k.second < v.size()) v[k.second] = mark;
-  }
+  for (auto& [vip, marks] : desired.nft.buckets.perVip())
+    c->buckets.setVip(vip, cachedMarks(marks, cfg_.buckets));
   for (auto& svc : model.services) c->inputs.emplace_hint(c->inputs.end(), svc.vip, svc);
   for (auto& vp : plan_.vips) {
     uint32_t n = slotCountOf(vp);
@@ -421,9 +431,7 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   obsNft.skeleton = des.nft.skeleton;
   for (auto& vip : changed) {
     if (c.nftVips.contains(vip)) obsNft.vips.insert(vip);
-    if (auto it = c.buckets.find(vip); it != c.buckets.end())
-      for (uint32_t b = 0; b < it->second.size(); ++b)
-        if (it->second[b]) obsNft.buckets.emplace(std::make_pair(vip, b), it->second[b]);
+    if (auto* marks = c.buckets.marksOf(vip)) obsNft.buckets.setVip(vip, *marks);
   }
   res.timings.plan = since(t);
   auto changes = dp::diffRouter(des, obs);
@@ -439,7 +447,7 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   for (auto& vip : changed) {
     c.routes.erase(vip);
     c.nftVips.erase(vip);
-    c.buckets.erase(vip);
+    c.buckets.eraseVip(vip);
     if (auto it = c.inputs.find(vip); it != c.inputs.end()) {
       c.problems.erase(it->second.key);
       c.inputs.erase(it);
@@ -470,11 +478,8 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
     }
   }
   for (auto& vip : des.nft.vips) c.nftVips.insert(vip);
-  for (auto& [k, mark] : des.nft.buckets) {
-    auto& v = c.buckets[k.first];
-    if (v.empty()) v.assign(cfg_.buckets, 0);
-    if (k.second < v.size()) v[k.second] = mark;
-  }
+  for (auto& [vip, marks] : des.nft.buckets.perVip())
+    c.buckets.setVip(vip, cachedMarks(marks, cfg_.buckets));
   for (auto& svc : sub.services) {
     c.problems.erase(svc.key);
     c.inputs.emplace(svc.vip, svc);

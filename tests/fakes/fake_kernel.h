@@ -467,8 +467,13 @@ class FakeNft : public dp::NftClient {
         std::pair<IpAddress, uint32_t> key{*ip, mark - kBucketMarkBase};
         if (add) {
           uint32_t value = static_cast<uint32_t>(std::stoul(item.substr(colon + 3), nullptr, 0));
-          auto [it, inserted] = st.buckets.emplace(key, value);
-          if (!inserted && it->second != value)
+          // As the real observer reports it (dp::BucketMap holds 0 as "no element").
+          if (value == 0) value = dp::BucketMap::kForeignZeroMark;
+          if (key.second >= dp::BucketMap::kMaxBuckets)
+            return fail(EINVAL, "fake nft: bucket outside the modelled range: " + item);
+          auto have = st.buckets.find(key);
+          if (!have) st.buckets.set(key.first, key.second, value);
+          else if (*have != value)
             return fail(EBUSY, "fake nft: element exists with another value: " + item);
         } else if (!st.buckets.erase(key)) {
           return fail(ENOENT, "fake nft: no such element " + item);

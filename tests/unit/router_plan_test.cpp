@@ -545,7 +545,7 @@ TEST(NftRender, ChangedBucketIsOneDeleteAndOneAdd) {
   auto observed = desired;
   const uint32_t want = desired.buckets.at({ip(kVip), 5});
   ASSERT_TRUE(want == 1000 || want == 1001) << want;
-  observed.buckets[{ip(kVip), 5}] = want == 1000 ? 1001 : 1000;
+  observed.buckets.set(ip(kVip), 5, want == 1000 ? 1001 : 1000);
   size_t n = 0;
   auto script = renderNftChanges(cfg, desired, observed, &n);
   EXPECT_EQ(script, fmt::format("delete element inet kube_service_tunnel b2s4 {{ 203.0.113.10 . "
