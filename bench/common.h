@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -73,6 +74,38 @@ inline kst::Model benchModel(uint32_t v, uint32_t e) {
   for (uint32_t i = 0; i < v; ++i) m.services.push_back(benchService(i, e));
   std::sort(m.services.begin(), m.services.end(), [](auto& a, auto& b) { return a.vip < b.vip; });
   return m;
+}
+
+/** The EndpointSlice of service i (E endpoints; endpoint 0 replaced by `first` if set). */
+inline kst::EndpointSliceObject benchSlice(uint32_t i, uint32_t e,
+                                           std::optional<kst::IpAddress> first = std::nullopt) {
+  kst::EndpointSliceObject sl;
+  sl.key = {"bench", fmt::format("svc-{}-a", i)};
+  sl.serviceName = fmt::format("svc-{}", i);
+  sl.addressType = "IPv4";
+  for (uint32_t j = 0; j < e; ++j) {
+    kst::SliceEndpoint se;
+    se.address = (j == 0 && first ? *first : endpointOf(i, j, e)).str();
+    se.nodeName = "n1";
+    sl.endpoints.push_back(se);
+  }
+  return sl;
+}
+
+/** The cluster objects behind benchModel(v, e): V annotated Services, one slice each. */
+inline kst::ClusterObjects benchObjects(uint32_t v, uint32_t e) {
+  kst::ClusterObjects o;
+  for (uint32_t i = 0; i < v; ++i) {
+    kst::ServiceObject s;
+    s.key = {"bench", fmt::format("svc-{}", i)};
+    s.uid = fmt::format("uid-{}", i);
+    s.creationTimestamp = "2026-01-01T00:00:00Z";
+    s.annotations["cmd.nu/tunnel"] = vipOf(i).str();
+    o.services.emplace(s.key, s);
+    auto sl = benchSlice(i, e);
+    o.slices.emplace(sl.key, std::move(sl));
+  }
+  return o;
 }
 
 inline kst::DataplaneConfig benchConfig(uint32_t buckets) {

@@ -5,23 +5,29 @@
 //                           daemon (RouterReconciler + NetlinkClientImpl + NftClientImpl,
 //                           in-process) vs `ip -batch` + `nft -f` vs raw netlink loader
 //   incremental V E B N     N single-endpoint changes at V VIPs: latency source change → last
-//                           ack (p50/p99), netlink messages per change; cached (the daemon's
-//                           steady state) and full re-observation per pass (before)
+//                           ack (p50/p99) through the daemon (a source delivers one changed
+//                           EndpointSlice; Daemon + ModelBuilder + RouterReconciler), netlink
+//                           messages per change; then the reconciler alone given the changed
+//                           model (cached, the daemon's steady state; with
+//                           KB_INCREMENTAL_BEFORE=1 also full re-observation per pass)
 //   restart V E B           a fresh reconciler on programmed state: time to reconciled and
 //                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
 //
 // Output: one "RESULT key=value ..." line per figure (bench/run.sh builds the table from them).
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <signal.h>
 
 #include <spdlog/spdlog.h>
 
 #include <random>
+#include <string_view>
 #include <thread>
 
 #include "bench/common.h"
 #include "bench/raw_loader.h"
 #include "dataplane/diff.h"
+#include "daemon/daemon.h"
 #include "desired/nft_render.h"
 #include "desired/router.h"
 #include "linux/netlink_client.h"
@@ -223,7 +229,84 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching) {
   return verify == 0 ? 0 : 1;
 }
 
+/** A source driven by the benchmark: the complete set at start, then one delivery per push. */
+class ScriptedSource : public Source {
+ public:
+  explicit ScriptedSource(ClusterObjects o) : objs_(std::move(o)) {}
+  Status start(Callback cb) override {
+    cb_ = std::move(cb);
+    cb_(ObjectChanges::all(objs_));
+    return {};
+  }
+  void push(ObjectChanges c) { cb_(std::move(c)); }
+  void stop() override {}
+  std::string name() const override { return "scripted"; }
+
+ private:
+  ClusterObjects objs_;
+  Callback cb_;
+};
+
+/** Through the daemon: a source delivers one changed EndpointSlice (an endpoint of a random
+ *  Service replaced) → Daemon (ModelBuilder, RouterReconciler, netlink, nft) → the pass ends
+ *  after the last ack. Timed from the delivery to the end of the pass. */
+int trialSource(uint32_t v, uint32_t e, uint32_t b, int n) {
+  auto cfg = benchConfig(b);
+  auto objs = benchObjects(v, e);
+  if (buildModel(objs, {}).services != benchModel(v, e).services) {
+    fprintf(stderr, "benchObjects and benchModel disagree\n");
+    return 1;
+  }
+  Daemonish d(cfg);
+  ScriptedSource src(objs);
+  DaemonOptions o;
+  o.agent = false;
+  o.resyncInterval = std::chrono::hours(1);
+  Daemon daemon(o, src, &d.rr, nullptr, nullptr);
+  std::thread t([&] { daemon.run(); });
+  auto waitPasses = [&](int k) {
+    while (daemon.passes() < k) std::this_thread::sleep_for(std::chrono::microseconds(20));
+  };
+  waitPasses(1);
+  if (!daemon.lastPassOk()) return 1;
+  std::mt19937 rng(42);
+  std::vector<double> lat, msgs, nftMsgs;
+  for (int k = 0; k < n; ++k) {
+    uint32_t i = rng() % v;
+    ObjectChanges c;
+    auto sl = benchSlice(i, e, IpAddress::fromV4(htonl(0x0b000000u + static_cast<uint32_t>(k) + 1)));
+    objs.slices.insert_or_assign(sl.key, sl);
+    c.slices.emplace(sl.key, std::move(sl));
+    uint64_t before = d.nl.requestsSent(), nftBefore = d.nft.messagesSent();
+    auto t0 = Clock::now();
+    src.push(std::move(c));
+    waitPasses(k + 2);
+    lat.push_back(secondsSince(t0) * 1e3);
+    if (!daemon.lastPassOk()) return 1;
+    msgs.push_back(static_cast<double>(d.nl.requestsSent() - before));
+    nftMsgs.push_back(static_cast<double>(d.nft.messagesSent() - nftBefore));
+  }
+  daemon.stop();
+  t.join();
+  size_t verify = verifyChanges(buildModel(objs, {}), cfg);
+  printf("p50_ms=%.3f p99_ms=%.3f max_ms=%.3f rtnl_msgs=%.1f nft_msgs=%.1f changes=0 verify=%zu\n",
+         percentile(lat, 50), percentile(lat, 99), percentile(lat, 100), median(msgs),
+         median(nftMsgs), verify);
+  return verify == 0 ? 0 : 1;
+}
+
 int incremental(uint32_t v, uint32_t e, uint32_t b, int n) {
+  spdlog::set_level(spdlog::level::warn);  // the daemon logs every pass at info
+  {
+    auto out = inFreshNetns([&] { return trialSource(v, e, b, n); });
+    if (out.empty()) return 1;
+    fprintf(stderr, "  incremental source->kernel: %s", out.c_str());
+    printf("RESULT bench=incremental V=%u E=%u B=%u mode=source changes=%d p50_ms=%.3f "
+           "p99_ms=%.3f max_ms=%.3f rtnl_msgs_per_change=%.0f nft_msgs_per_change=%.0f load=%.2f\n",
+           v, e, b, n, field(out, "p50_ms"), field(out, "p99_ms"), field(out, "max_ms"),
+           field(out, "rtnl_msgs"), field(out, "nft_msgs"), loadAverage1());
+    fflush(stdout);
+  }
   bool both = getenv("KB_INCREMENTAL_BEFORE") != nullptr;  // also the full-observe pass
   for (bool caching : {true, false}) {
     if (!caching && !both) break;
@@ -338,22 +421,51 @@ std::string sliceYaml(uint32_t i, uint32_t e, uint32_t shift) {
   return y;
 }
 
-/** V Services + EndpointSlices in files of 100 services each: file k holds services 100k…. */
-void writeManifestFile(const std::string& dir, uint32_t file, uint32_t v, uint32_t e,
-                       uint32_t shiftedService = UINT32_MAX, uint32_t shift = 0) {
-  std::string y;
-  for (uint32_t i = file * 100; i < std::min(v, file * 100 + 100); ++i) {
-    y += fmt::format(
-        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{}\n  namespace: bench\n"
-        "  creationTimestamp: \"2026-01-01T00:00:00Z\"\n  annotations:\n"
-        "    cmd.nu/tunnel: \"{}\"\n---\n",
-        i, vipOf(i).str());
-    y += sliceYaml(i, e, i == shiftedService ? shift : 0);
-  }
-  std::string tmp = fmt::format("{}/.f{}.tmp", dir, file);
+/** Service i and its EndpointSlice in their own file (one file per application, as a GitOps
+ *  directory holds them); written aside and renamed into place. */
+void writeManifestFile(const std::string& dir, uint32_t i, uint32_t e, uint32_t shift = 0) {
+  std::string y = fmt::format(
+      "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{}\n  namespace: bench\n"
+      "  creationTimestamp: \"2026-01-01T00:00:00Z\"\n  annotations:\n"
+      "    cmd.nu/tunnel: \"{}\"\n---\n",
+      i, vipOf(i).str());
+  y += sliceYaml(i, e, shift);
+  std::string tmp = fmt::format("{}/.f{}.tmp", dir, i);
   std::ofstream(tmp) << y;
-  std::rename(tmp.c_str(), fmt::format("{}/f{:04}.yaml", dir, file).c_str());
+  std::rename(tmp.c_str(), fmt::format("{}/svc-{:05}.yaml", dir, i).c_str());
 }
+
+/** Counts lines containing a word in a growing log file, reading only what was appended
+ *  (no process per poll: the poll interval is part of the measured latency). */
+class LogFollower {
+ public:
+  LogFollower(std::string path, std::string word) : path_(std::move(path)), word_(std::move(word)) {}
+  long count() {
+    if (fd_ < 0) fd_ = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return 0;
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(fd_, buf, sizeof buf)) > 0) {
+      partial_.append(buf, static_cast<size_t>(n));
+      size_t start = 0, nl;
+      while ((nl = partial_.find('\n', start)) != std::string::npos) {
+        if (std::string_view(partial_).substr(start, nl - start).find(word_) != std::string_view::npos)
+          ++count_;
+        start = nl + 1;
+      }
+      partial_.erase(0, start);
+    }
+    return count_;
+  }
+  ~LogFollower() {
+    if (fd_ >= 0) close(fd_);
+  }
+
+ private:
+  std::string path_, word_, partial_;
+  int fd_ = -1;
+  long count_ = 0;
+};
 
 struct Spawned {
   pid_t pid;
@@ -386,7 +498,7 @@ long statusKb(pid_t pid, const char* key) {
 int trialDaemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin, int changes) {
   std::string dir = fmt::format("/tmp/kb-{}", getpid()), m = dir + "/manifests";
   run("mkdir -p " + m);
-  for (uint32_t f = 0; f * 100 < v; ++f) writeManifestFile(m, f, v, e);
+  for (uint32_t i = 0; i < v; ++i) writeManifestFile(m, i, e);
   std::vector<std::string> base{bin, "run", "--role", "router", "--manifests", m, "--buckets",
                                 std::to_string(b)};
   auto once = [&](const std::string& log, double& wall, rusage& ru) {
@@ -426,7 +538,8 @@ int trialDaemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin
   for (auto* x : {"--log-level", "debug", "--resync-interval", "3600"}) argv.push_back(x);
   std::string log = dir + "/steady.log";
   pid_t pid = spawn(argv, log);
-  auto lines = [&] { return std::atol(capture("grep -c reconciled " + log + " || true").c_str()); };
+  LogFollower follower(log, "reconciled");
+  auto lines = [&] { return follower.count(); };
   for (int i = 0; i < 2400 && lines() == 0; ++i)  // the first pass: adoption, no changes
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -437,9 +550,9 @@ int trialDaemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin
     long before = lines();
     uint32_t svc = rng() % v;
     auto t0 = Clock::now();
-    writeManifestFile(m, svc / 100, v, e, svc, 0x100000 + static_cast<uint32_t>(k));
+    writeManifestFile(m, svc, e, 0x100000 + static_cast<uint32_t>(k));
     while (lines() == before && secondsSince(t0) < 60)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
     wall.push_back(secondsSince(t0) * 1e3);
     auto last = capture("grep reconciled " + log + " | tail -1");
     auto pos = last.find(" in ");

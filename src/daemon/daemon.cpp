@@ -9,13 +9,16 @@ namespace kst {
 Daemon::Daemon(DaemonOptions opts, Source& source, RouterReconciler* router,
                AgentReconciler* agent, ProblemSink* sink, DecisionPublisher* publisher)
     : opts_(std::move(opts)), source_(source), router_(router), agent_(agent), sink_(sink),
-      publisher_(publisher) {}
+      publisher_(publisher), builder_(opts_.model) {}
 
-void Daemon::onSnapshot(const ClusterObjects& objs) {
+void Daemon::onChanges(ObjectChanges changes) {
   std::lock_guard lk(mu_);
-  pending_ = objs;
+  if (pending_) pending_->merge(std::move(changes));
+  else pending_ = std::move(changes);
   cv_.notify_all();
 }
+
+void Daemon::onSnapshot(const ClusterObjects& objs) { onChanges(ObjectChanges::all(objs)); }
 
 void Daemon::stop() {
   std::lock_guard lk(mu_);
@@ -23,9 +26,8 @@ void Daemon::stop() {
   cv_.notify_all();
 }
 
-bool Daemon::pass(const ClusterObjects& objs) {
-  auto start = std::chrono::steady_clock::now();
-  Model model = buildModel(objs, opts_.model);
+bool Daemon::pass(std::chrono::steady_clock::time_point start) {
+  const Model& model = builder_.model();
   std::vector<Problem> problems = model.problems;
   bool ok = true;
   size_t changes = 0;
@@ -79,18 +81,19 @@ int Daemon::run() {
   // The router keeps what it observed between passes and re-reads the kernel on resync and
   // after failures (router_reconciler.h, NOTE Performance).
   if (router_) router_->setCaching(true);
-  auto st = source_.start([this](const ClusterObjects& o) { onSnapshot(o); });
+  auto st = source_.start([this](ObjectChanges c) { onChanges(std::move(c)); });
   if (!st) {
     spdlog::error("source {}: {}", source_.name(), st.error().message);
     return 1;
   }
-  std::optional<ClusterObjects> current;
+  bool synced = false;  // the source delivered its complete set
   auto backoff = std::chrono::milliseconds(200);
   std::mt19937 rng(std::random_device{}());
   auto nextResync = std::chrono::steady_clock::now() + opts_.resyncInterval;
   bool retry = false;
   auto retryAt = std::chrono::steady_clock::time_point::max();
   int rc = 0;
+  ObjectChanges changes;
   while (true) {
     {
       std::unique_lock lk(mu_);
@@ -98,17 +101,23 @@ int Daemon::run() {
       cv_.wait_until(lk, deadline, [&] { return stopping_ || pending_.has_value(); });
       if (stopping_) break;
       if (pending_) {
-        current = std::move(*pending_);
+        changes = std::move(*pending_);
         pending_.reset();
       }
     }
-    if (!current) continue;  // resync before the first snapshot
     auto now = std::chrono::steady_clock::now();
+    if (!changes.empty()) {
+      // Only the objects that changed are looked at (model.h ModelBuilder).
+      builder_.apply(changes);
+      changes = {};
+      synced = true;
+    }
+    if (!synced) continue;  // resync before the first delivery
     if (now >= nextResync) {
       nextResync = now + opts_.resyncInterval;
       if (router_) router_->resyncNextPass();
     }
-    bool ok = pass(*current);
+    bool ok = pass(now);
     lastOk_ = ok;
     ++passes_;
     if (opts_.once) {

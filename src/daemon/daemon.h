@@ -1,8 +1,10 @@
-// Wiring: a source publishes snapshots; one reconcile thread turns the latest snapshot into
-// kernel state. Events only mark work (coalesced); failures are retried with capped
-// exponential backoff; a periodic resync re-reads the kernel so drift is repaired.
+// Wiring: a source delivers changes; one reconcile thread folds them into the model
+// (incrementally, model.h ModelBuilder) and turns the model into kernel state. Deliveries
+// only mark work: whatever arrives during a pass is folded into the next one. Failures are
+// retried with capped exponential backoff; a periodic resync re-reads the kernel so drift is
+// repaired.
 //
-// NOTE Threading: the source calls onSnapshot() from its own thread; everything else runs on
+// NOTE Threading: the source calls onChanges() from its own thread; everything else runs on
 // the reconcile thread. NOTE Shutdown: stopping never removes kernel state (a restart must
 // not drop packets); `kube-service-tunnel cleanup` does.
 #pragma once
@@ -58,13 +60,16 @@ class Daemon {
   /** Runs until stop(). @return 0, or 1 when `once` and the pass failed. */
   int run();
   void stop();
+  /** A source's delivery; folded into what is pending until the reconcile thread takes it. */
+  void onChanges(ObjectChanges changes);
+  /** The complete set (tests, tools). */
   void onSnapshot(const ClusterObjects& objs);
   /** Reconcile passes run so far and whether the last one succeeded (health endpoint). */
   int passes() const { return passes_; }
   bool lastPassOk() const { return lastOk_; }
 
  private:
-  bool pass(const ClusterObjects& objs);
+  bool pass(std::chrono::steady_clock::time_point start);
   DaemonOptions opts_;
   Source& source_;
   RouterReconciler* router_;
@@ -73,7 +78,8 @@ class Daemon {
   DecisionPublisher* publisher_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::optional<ClusterObjects> pending_;
+  std::optional<ObjectChanges> pending_;
+  ModelBuilder builder_;  // reconcile thread only
   bool stopping_ = false;
   std::set<std::tuple<int, std::string, std::string>> reported_;
   std::atomic<int> passes_{0};

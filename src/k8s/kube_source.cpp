@@ -1,5 +1,7 @@
 #include "k8s/kube_source.h"
 
+#include <type_traits>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -52,6 +54,69 @@ std::string rvOf(const nlohmann::json& j) {
 
 }  // namespace
 
+template <typename T>
+using Pending = std::map<ObjectKey, std::optional<T>>;
+
+/** Records key's new version in pending and, the first time since the last delivery, the
+ *  version that was delivered (base), so that a change undone before the next delivery (an
+ *  object added then deleted) is not delivered at all (KubeSource::publisher). */
+template <typename T>
+void record(const ObjectKey& key, const T* delivered, std::type_identity_t<std::optional<T>> now,
+            Pending<T>& pending,
+            Pending<T>& base) {
+  if (!pending.contains(key))
+    base.insert_or_assign(key, delivered ? std::optional<T>(*delivered) : std::nullopt);
+  pending.insert_or_assign(key, std::move(now));
+}
+
+/** cache[key] = v (nullopt: erase); a real change is also recorded. */
+template <typename T>
+bool put(std::map<ObjectKey, T>& cache, const ObjectKey& key,
+         std::type_identity_t<std::optional<T>> v, Pending<T>& pending, Pending<T>& base) {
+  auto it = cache.find(key);
+  if (it == cache.end() ? !v : v && it->second == *v) return false;
+  record(key, it == cache.end() ? nullptr : &it->second, v, pending, base);
+  if (v) cache.insert_or_assign(key, std::move(*v));
+  else cache.erase(it);
+  return true;
+}
+
+/** Records every object that differs between the cache and a relist's result. */
+template <typename T>
+bool diffInto(const std::map<ObjectKey, T>& cache, const std::map<ObjectKey, T>& listed,
+              Pending<T>& pending, Pending<T>& base) {
+  bool changed = false;
+  auto a = cache.begin(), b = listed.begin();
+  while (a != cache.end() || b != listed.end()) {
+    if (b == listed.end() || (a != cache.end() && a->first < b->first)) {
+      record(a->first, &a->second, std::nullopt, pending, base);
+      ++a;
+      changed = true;
+    } else if (a == cache.end() || b->first < a->first) {
+      record<T>(b->first, nullptr, b->second, pending, base);
+      ++b;
+      changed = true;
+    } else {
+      if (!(a->second == b->second)) {
+        record(b->first, &a->second, b->second, pending, base);
+        changed = true;
+      }
+      ++a;
+      ++b;
+    }
+  }
+  return changed;
+}
+
+/** pending without the entries equal to what was delivered. */
+template <typename T>
+void dropUndone(Pending<T>& pending, const Pending<T>& base) {
+  std::erase_if(pending, [&](const auto& e) {
+    auto b = base.find(e.first);
+    return b != base.end() && b->second == e.second;
+  });
+}
+
 /** Decodes one resource kind into the source's cache. */
 class KubeSource::Handler : public ListWatchHandler {
  public:
@@ -94,12 +159,14 @@ class KubeSource::Handler : public ListWatchHandler {
     size_t n;
     {
       std::lock_guard lk(src_.mu_);
+      // What the relist found different from the cache becomes changes (none: nothing to do).
       if (services_) {
-        changed = src_.services_ != stagingSvc_;
+        changed =
+            diffInto(src_.services_, stagingSvc_, src_.pending_.services, src_.base_.services);
         src_.services_.swap(stagingSvc_);
         n = src_.services_.size();
       } else {
-        changed = src_.slices_ != stagingSlices_;
+        changed = diffInto(src_.slices_, stagingSlices_, src_.pending_.slices, src_.base_.slices);
         src_.slices_.swap(stagingSlices_);
         n = src_.slices_.size();
       }
@@ -127,25 +194,21 @@ class KubeSource::Handler : public ListWatchHandler {
     bool changed = false;
     if (type == WatchEventType::Deleted) {
       std::lock_guard lk(src_.mu_);
-      changed = services_ ? src_.services_.erase(*key) > 0 : src_.slices_.erase(*key) > 0;
+      changed = services_ ? put(src_.services_, *key, std::nullopt, src_.pending_.services,
+                                src_.base_.services)
+                          : put(src_.slices_, *key, std::nullopt, src_.pending_.slices,
+                                src_.base_.slices);
     } else if (services_) {
       auto s = cacheService(obj, src_.opts_);
       if (!s) return badObject(*key, obj, s.error().message);
       std::lock_guard lk(src_.mu_);
-      auto& slot = src_.services_[*key];
-      changed = !(slot == *s);
-      slot = std::move(*s);
+      changed =
+          put(src_.services_, *key, std::move(*s), src_.pending_.services, src_.base_.services);
     } else {
       auto e = cacheSlice(obj, src_.opts_);
       if (!e) return badObject(*key, obj, e.error().message);
       std::lock_guard lk(src_.mu_);
-      if (!*e) {
-        changed = src_.slices_.erase(*key) > 0;
-      } else {
-        auto& slot = src_.slices_[*key];
-        changed = !(slot == **e);
-        slot = std::move(**e);
-      }
+      changed = put(src_.slices_, *key, std::move(*e), src_.pending_.slices, src_.base_.slices);
     }
     spdlog::debug("kubernetes: {} {} {}{}", watchEventTypeName(type), kind(), key->str(),
                   changed ? "" : " (no change)");
@@ -269,32 +332,44 @@ void KubeSource::checkNode() {
 
 void KubeSource::publisher() {
   while (true) {
+    ObjectChanges out;
+    bool first;
     {
       std::unique_lock lk(mu_);
       cv_.wait(lk, [&] {
         return stopping_ || (dirty_ && svcHandler_->listedUnlocked() && sliceHandler_->listedUnlocked());
       });
       if (stopping_) return;
-      // Coalesce: changes arriving during the window go into the same snapshot.
+      // Optional window: changes arriving during it go into the same delivery. Without one
+      // (the default) the daemon still folds whatever arrives while it is busy into one pass.
       if (synced_ && opts_.coalesce.count() > 0)
         cv_.wait_for(lk, opts_.coalesce, [&] { return stopping_; });
       if (stopping_) return;
       dirty_ = false;
+      first = !synced_;
+      if (first) {
+        out = ObjectChanges::all(ClusterObjects{services_, slices_});
+      } else {
+        dropUndone(pending_.services, base_.services);
+        dropUndone(pending_.slices, base_.slices);
+        out = std::move(pending_);
+      }
+      pending_ = {};
+      base_ = {};
     }
-    ClusterObjects snap = current();
-    if (last_ && *last_ == snap) {
-      spdlog::debug("kubernetes: snapshot unchanged; not republished");
+    if (out.empty()) {
+      spdlog::debug("kubernetes: nothing changed; nothing delivered");
       continue;
     }
-    size_t eps = 0;
-    for (auto& [k, s] : snap.slices) eps += s.endpoints.size();
-    spdlog::debug("kubernetes: publishing snapshot: {} services, {} slices, {} endpoints",
-                  snap.services.size(), snap.slices.size(), eps);
-    if (!synced_)
+    if (first) {
+      size_t eps = 0;
+      for (auto& [k, s] : out.slices) eps += s ? s->endpoints.size() : 0;
       spdlog::info("kubernetes: synced: {} services, {} slices, {} endpoints cached",
-                   snap.services.size(), snap.slices.size(), eps);
-    cb_(snap);
-    last_ = std::move(snap);
+                   out.services.size(), out.slices.size(), eps);
+    } else {
+      spdlog::debug("kubernetes: delivering {} changed objects", out.size());
+    }
+    cb_(std::move(out));
     ++published_;
     synced_ = true;
   }

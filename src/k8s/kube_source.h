@@ -1,8 +1,9 @@
 // The Kubernetes API source: list+watch of Services (all namespaces) and discovery.k8s.io/v1
-// EndpointSlices, a cache of the decoded objects, and a whole ClusterObjects snapshot published
-// (coalesced) after every change. A snapshot equal to the last published one is not published
-// again, so a relist after 410 Gone or a reconnect that finds nothing new costs the reconciler
-// nothing. Objects that cannot be decoded are logged and their last good version is kept.
+// EndpointSlices, a cache of the decoded objects, and deliveries of what changed: the complete
+// set once both lists are done, then each object whose decoded form changed (a watch event
+// that changes nothing we keep, or a relist after 410 Gone that finds nothing new, delivers
+// nothing and costs the reconciler nothing). Objects that cannot be decoded are logged and
+// their last good version is kept.
 // Memory: Services keep only the tunnel annotation; in the agent-only role EndpointSlices keep
 // only this node's endpoints (slices without any are not stored), FQDN slices are dropped.
 #pragma once
@@ -31,8 +32,9 @@ struct KubeSourceOptions {
   /** Service annotations kept in the cache (others, e.g. last-applied-configuration, are
    *  dropped): the tunnel VIP and the published bucket table. */
   std::set<std::string> keepAnnotations{"cmd.nu/tunnel", "kube-service-tunnel.cmd.nu/buckets"};
-  /** Changes arriving within this window after the first one go into one snapshot. */
-  std::chrono::milliseconds coalesce{100};
+  /** Changes arriving within this window after the first one go into one delivery. 0: none
+   *  (the daemon folds changes that arrive during a pass into the next one). */
+  std::chrono::milliseconds coalesce{0};
   ListWatchOptions listWatch;
   ListWatch::Sleeper sleeper;  // tests: backoff without sleeping
   /** Check once that the Node named nodeName exists (agent role; needs `get nodes`). */
@@ -56,7 +58,7 @@ class KubeSource : public Source {
   bool synced() const { return synced_; }
   /** metadata.uid of a cached Service (for Events). */
   std::optional<std::string> serviceUid(const ObjectKey& key) const;
-  /** Snapshots delivered so far. */
+  /** Deliveries made so far. */
   int published() const { return published_; }
   ClusterObjects current() const;
   ListWatch::Stats stats(const std::string& resource) const;
@@ -76,6 +78,8 @@ class KubeSource : public Source {
   std::condition_variable cv_;
   std::map<ObjectKey, ServiceObject> services_;
   std::map<ObjectKey, EndpointSliceObject> slices_;
+  ObjectChanges pending_;  // since the last delivery
+  ObjectChanges base_;     // the delivered versions of the objects in pending_
   bool dirty_ = false;
   bool stopping_ = false;
   std::atomic<bool> synced_{false};
@@ -84,7 +88,6 @@ class KubeSource : public Source {
   std::vector<std::unique_ptr<HttpTransport>> transports_;
   std::unique_ptr<ListWatch> svcWatch_, sliceWatch_;
   std::vector<std::thread> threads_;
-  std::optional<ClusterObjects> last_;
 };
 
 }  // namespace kst::k8s

@@ -28,90 +28,179 @@ std::string trim(const std::string& s) {
 
 }  // namespace
 
-Model buildModel(const ClusterObjects& objects, const ModelOptions& options) {
-  Model model;
-  // 1. Services with a valid annotation; conflicts resolved by age.
-  struct Claim {
-    const ServiceObject* svc;
-    IpAddress vip;
-  };
-  std::map<IpAddress, std::vector<Claim>> claims;
-  for (const auto& [key, svc] : objects.services) {
-    auto it = svc.annotations.find(options.annotation);
-    if (it == svc.annotations.end()) continue;
-    auto vip = IpAddress::parse(trim(it->second));
-    if (!vip) {
-      model.problems.push_back(
-          {Problem::Kind::InvalidAnnotation, key,
-           fmt::format("annotation {}={:?} is not an IPv4 or IPv6 address; service ignored",
-                       options.annotation, it->second)});
-      continue;
-    }
-    claims[*vip].push_back({&svc, *vip});
-  }
-  std::map<ObjectKey, IpAddress> winners;
-  for (auto& [vip, list] : claims) {
-    std::sort(list.begin(), list.end(), [](const Claim& a, const Claim& b) {
-      if (a.svc->creationTimestamp != b.svc->creationTimestamp)
-        return a.svc->creationTimestamp < b.svc->creationTimestamp;
-      return a.svc->key < b.svc->key;
-    });
-    winners.emplace(list.front().svc->key, vip);
-    for (size_t i = 1; i < list.size(); ++i) {
-      model.problems.push_back(
-          {Problem::Kind::VipConflict, list[i].svc->key,
-           fmt::format("VIP {} is already claimed by the older service {}; this service is not "
-                       "tunnelled",
-                       vip.str(), list.front().svc->key.str())});
-    }
-  }
+ModelBuilder::ModelBuilder(ModelOptions options) : opts_(std::move(options)) {}
 
-  // 2. Merge the slices of each winning service.
-  std::map<ObjectKey, std::map<IpAddress, Endpoint>> eps;
-  for (const auto& [key, slice] : objects.slices) {
-    ObjectKey svcKey{key.ns, slice.serviceName};
-    if (slice.serviceName.empty() || !objects.services.contains(svcKey)) {
-      model.problems.push_back(
-          {Problem::Kind::OrphanSlice, key,
-           fmt::format("EndpointSlice belongs to unknown service {:?}; ignored",
-                       slice.serviceName)});
-      continue;
-    }
-    if (!winners.contains(svcKey)) continue;
+void ModelBuilder::putService(const ObjectKey& k, const ServiceObject* v) {
+  auto it = objects_.services.find(k);
+  if (it == objects_.services.end() ? !v : v && it->second == *v) return;
+  if (v) objects_.services.insert_or_assign(k, *v);
+  else objects_.services.erase(it);
+  dirtyServices_.insert(k);
+}
+
+void ModelBuilder::putSlice(const ObjectKey& k, const EndpointSliceObject* v) {
+  auto it = objects_.slices.find(k);
+  if (it == objects_.slices.end() ? !v : v && it->second == *v) return;
+  if (it != objects_.slices.end()) {
+    ObjectKey svc{k.ns, it->second.serviceName};
+    dirtyServices_.insert(svc);
+    if (auto s = slicesOf_.find(svc); s != slicesOf_.end() && s->second.erase(k) && s->second.empty())
+      slicesOf_.erase(s);
+  }
+  if (v) {
+    ObjectKey svc{k.ns, v->serviceName};
+    dirtyServices_.insert(svc);
+    slicesOf_[svc].insert(k);
+    objects_.slices.insert_or_assign(k, *v);
+  } else {
+    objects_.slices.erase(k);
+  }
+  dirtySlices_.insert(k);
+}
+
+TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vip) const {
+  TunnelService ts{key, vip, {}, {}};  // endpoints, published
+  const auto& ann = objects_.services.at(key).annotations;
+  if (auto p = ann.find(opts_.publishedAnnotation); p != ann.end()) ts.published = p->second;
+  auto sl = slicesOf_.find(key);
+  if (sl == slicesOf_.end()) return ts;
+  std::map<IpAddress, Endpoint> eps;
+  for (const auto& sk : sl->second) {
+    const auto& slice = objects_.slices.at(sk);
     if (slice.addressType != "IPv4" && slice.addressType != "IPv6") continue;
     for (const auto& se : slice.endpoints) {
       if (!se.serving) continue;
       auto ip = IpAddress::parse(se.address);
       if (!ip) continue;
-      Endpoint e{*ip, se.nodeName.value_or(""), true, se.terminating || !se.ready, se.targetRef};
       // A terminating endpoint that is still serving drains; one that is serving but not ready
       // and not terminating (e.g. a failing readiness probe with publishNotReadyAddresses) is
       // also kept out of new flows.
-      auto [pos, inserted] = eps[svcKey].emplace(*ip, e);
-      if (!inserted) {
-        // The same address in two slices (during slice migration): prefer the more useful view.
-        pos->second.draining = pos->second.draining && e.draining;
+      Endpoint e{*ip, se.nodeName.value_or(""), true, se.terminating || !se.ready, se.targetRef};
+      auto [pos, inserted] = eps.emplace(*ip, e);
+      // The same address in two slices (during slice migration): prefer the more useful view.
+      if (!inserted) pos->second.draining = pos->second.draining && e.draining;
+    }
+  }
+  // Same-family endpoints if any; otherwise the other family (cross-family encapsulation).
+  bool haveSame = std::any_of(eps.begin(), eps.end(),
+                              [&](auto& p) { return p.first.family() == vip.family(); });
+  for (auto& [ip, e] : eps)
+    if (!haveSame || ip.family() == vip.family()) ts.endpoints.push_back(e);
+  return ts;
+}
+
+std::set<IpAddress> ModelBuilder::apply(const ObjectChanges& changes) {
+  dirtyServices_.clear();
+  dirtySlices_.clear();
+  // 1. Objects (and the slice index); what really changed becomes dirty.
+  if (changes.replaceAll) {
+    std::vector<ObjectKey> gone;
+    for (auto& [k, s] : objects_.services)
+      if (auto c = changes.services.find(k); c == changes.services.end() || !c->second)
+        gone.push_back(k);
+    for (auto& k : gone) putService(k, nullptr);
+    gone.clear();
+    for (auto& [k, s] : objects_.slices)
+      if (auto c = changes.slices.find(k); c == changes.slices.end() || !c->second)
+        gone.push_back(k);
+    for (auto& k : gone) putSlice(k, nullptr);
+  }
+  for (auto& [k, v] : changes.services) putService(k, v ? &*v : nullptr);
+  for (auto& [k, v] : changes.slices) putSlice(k, v ? &*v : nullptr);
+
+  // 2. Claims of the dirty Services; every VIP they held or now claim is recomputed.
+  std::set<IpAddress> affected;
+  for (const auto& key : dirtyServices_) {
+    if (auto sl = slicesOf_.find(key); sl != slicesOf_.end())  // their orphan status may change
+      dirtySlices_.insert(sl->second.begin(), sl->second.end());
+    if (auto c = claimOf_.find(key); c != claimOf_.end()) {
+      auto& [vip, claim] = c->second;
+      affected.insert(vip);
+      if (auto cl = claimants_.find(vip); cl != claimants_.end() && cl->second.erase(claim) &&
+                                          cl->second.empty())
+        claimants_.erase(cl);
+      claimOf_.erase(c);
+    }
+    invalid_.erase(key);
+    auto svc = objects_.services.find(key);
+    if (svc == objects_.services.end()) continue;
+    auto ann = svc->second.annotations.find(opts_.annotation);
+    if (ann == svc->second.annotations.end()) continue;
+    auto vip = IpAddress::parse(trim(ann->second));
+    if (!vip) {
+      invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
+                                    fmt::format("annotation {}={:?} is not an IPv4 or IPv6 "
+                                                "address; service ignored",
+                                                opts_.annotation, ann->second)});
+      continue;
+    }
+    Claim claim{svc->second.creationTimestamp, key};
+    claimOf_.insert_or_assign(key, std::make_pair(*vip, claim));
+    claimants_[*vip].insert(claim);
+    affected.insert(*vip);
+  }
+
+  // 3. Affected VIPs: winner (oldest claim), conflicts, the winner's TunnelService.
+  std::set<IpAddress> changed;
+  auto& svcs = model_.services;
+  for (const auto& vip : affected) {
+    auto pos = std::lower_bound(svcs.begin(), svcs.end(), vip,
+                                [](const TunnelService& s, const IpAddress& v) { return s.vip < v; });
+    bool had = pos != svcs.end() && pos->vip == vip;
+    conflicts_.erase(vip);
+    auto cl = claimants_.find(vip);
+    if (cl == claimants_.end()) {
+      if (had) {
+        svcs.erase(pos);
+        changed.insert(vip);
       }
+      continue;
+    }
+    const ObjectKey& winner = cl->second.begin()->key;
+    for (auto it = std::next(cl->second.begin()); it != cl->second.end(); ++it)
+      conflicts_[vip].push_back(
+          {Problem::Kind::VipConflict, it->key,
+           fmt::format("VIP {} is already claimed by the older service {}; this service is not "
+                       "tunnelled",
+                       vip.str(), winner.str())});
+    TunnelService ts = serviceFor(winner, vip);
+    if (!had) {
+      svcs.insert(pos, std::move(ts));
+      changed.insert(vip);
+    } else if (!(*pos == ts)) {
+      *pos = std::move(ts);
+      changed.insert(vip);
     }
   }
 
-  for (const auto& [key, vip] : winners) {
-    TunnelService ts{key, vip, {}, {}};  // endpoints, published
-    const auto& ann = objects.services.at(key).annotations;
-    if (auto p = ann.find(options.publishedAnnotation); p != ann.end()) ts.published = p->second;
-    auto it = eps.find(key);
-    if (it != eps.end()) {
-      // Same-family endpoints if any; otherwise the other family (cross-family encapsulation).
-      bool haveSame = std::any_of(it->second.begin(), it->second.end(),
-                                  [&](auto& p) { return p.first.family() == vip.family(); });
-      for (auto& [ip, e] : it->second)
-        if (!haveSame || ip.family() == vip.family()) ts.endpoints.push_back(e);
-    }
-    model.services.push_back(std::move(ts));
+  // 4. Slices without a Service.
+  for (const auto& key : dirtySlices_) {
+    orphans_.erase(key);
+    auto it = objects_.slices.find(key);
+    if (it == objects_.slices.end()) continue;
+    const auto& slice = it->second;
+    if (!slice.serviceName.empty() && objects_.services.contains({key.ns, slice.serviceName}))
+      continue;
+    orphans_.emplace(key, Problem{Problem::Kind::OrphanSlice, key,
+                                  fmt::format("EndpointSlice belongs to unknown service {:?}; "
+                                              "ignored",
+                                              slice.serviceName)});
   }
-  std::sort(model.services.begin(), model.services.end(),
-            [](const TunnelService& a, const TunnelService& b) { return a.vip < b.vip; });
-  return model;
+
+  // 5. Problems, in buildModel's order: annotations, conflicts by VIP, orphan slices.
+  model_.problems.clear();
+  for (auto& [k, p] : invalid_) model_.problems.push_back(p);
+  for (auto& [v, ps] : conflicts_) model_.problems.insert(model_.problems.end(), ps.begin(), ps.end());
+  for (auto& [k, p] : orphans_) model_.problems.push_back(p);
+  dirtyServices_.clear();
+  dirtySlices_.clear();
+  return changed;
+}
+
+Model buildModel(const ClusterObjects& objects, const ModelOptions& options) {
+  ModelBuilder b(options);
+  b.apply(ObjectChanges::all(objects));
+  return b.model();
 }
 
 }  // namespace kst

@@ -46,11 +46,35 @@ struct EndpointSliceObject {
   bool operator==(const EndpointSliceObject&) const = default;
 };
 
-/** Everything a source currently knows; sources publish whole snapshots (level-triggered). */
+/** Everything a source currently knows. */
 struct ClusterObjects {
   std::map<ObjectKey, ServiceObject> services;
   std::map<ObjectKey, EndpointSliceObject> slices;
   bool operator==(const ClusterObjects&) const = default;
 };
+
+/**
+ * What a source delivers: the objects that changed since its previous delivery, each with its
+ * latest version (nullopt = deleted), or with `replaceAll` the complete set (first sync, a
+ * relist). Level-triggered per object: only the newest version of an object matters, so two
+ * deliveries fold into one (merge) and a consumer that was busy catches up in one step.
+ * Delivering only what changed keeps a change at 10k Services O(change), not O(V): no copy of
+ * the whole cache per event (docs/performance.md).
+ */
+struct ObjectChanges {
+  bool replaceAll = false;
+  std::map<ObjectKey, std::optional<ServiceObject>> services;
+  std::map<ObjectKey, std::optional<EndpointSliceObject>> slices;
+  bool empty() const { return !replaceAll && services.empty() && slices.empty(); }
+  size_t size() const { return services.size() + slices.size(); }
+  /** Folds a later delivery into this one. */
+  void merge(ObjectChanges&& later);
+  /** The complete set `objects` as a replaceAll delivery. */
+  static ObjectChanges all(const ClusterObjects& objects);
+  bool operator==(const ObjectChanges&) const = default;
+};
+
+/** objects after `changes` (with replaceAll: exactly the delivered set). */
+void applyChanges(ClusterObjects& objects, const ObjectChanges& changes);
 
 }  // namespace kst

@@ -2,10 +2,13 @@
 // file; v1 Service, discovery.k8s.io/v1 EndpointSlice, or Lists of them), followed with
 // inotify. A file that fails to parse keeps its last good content (and is logged), so a
 // half-written or broken file never withdraws services that were already programmed.
+// Only the files named by inotify events are read again, and only objects that differ from
+// what was delivered become changes (an edit at 10k Services costs one file's parse).
 #pragma once
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -28,13 +31,17 @@ class ManifestSource : public Source {
 
  private:
   void run();
-  ClusterObjects reload();
+  /** Reads the named files again (all of the directory when null) and returns what changed
+   *  in the merged view. */
+  ObjectChanges refresh(const std::set<std::string>* only);
   std::string dir_;
   Callback cb_;
   std::thread thread_;
   int inotify_ = -1;
   int stopFd_ = -1;
   std::map<std::string, ClusterObjects> lastGood_;  // per file
+  std::map<ObjectKey, std::set<std::string>> svcFiles_, sliceFiles_;  // files defining a key
+  ClusterObjects merged_;  // what has been delivered
 };
 
 }  // namespace kst

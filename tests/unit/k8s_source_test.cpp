@@ -36,7 +36,8 @@ struct SourceHarness {
   KubeSourceOptions opts;
   std::unique_ptr<KubeSource> src;
   std::mutex mu;
-  std::vector<ClusterObjects> snaps;
+  std::vector<ClusterObjects> snaps;       // the view after each delivery
+  std::vector<ObjectChanges> deliveries;
   SourceHarness() {
     opts.coalesce = std::chrono::milliseconds(50);
     opts.sleeper = [](auto) { return true; };
@@ -48,9 +49,15 @@ struct SourceHarness {
           return std::unique_ptr<HttpTransport>(new FakeTransport(api));
         },
         opts);
-    ASSERT_TRUE(src->start([this](const ClusterObjects& o) {
+    ASSERT_TRUE(src->start([this](ObjectChanges c) {
       std::lock_guard lk(mu);
-      snaps.push_back(o);
+      // Deliveries are changes; the view after each one is what the daemon would see.
+      if (snaps.empty()) EXPECT_TRUE(c.replaceAll) << "the first delivery is the complete set";
+      else EXPECT_FALSE(c.replaceAll);
+      ClusterObjects view = snaps.empty() ? ClusterObjects{} : snaps.back();
+      applyChanges(view, c);
+      snaps.push_back(std::move(view));
+      deliveries.push_back(std::move(c));
     }));
   }
   size_t count() {

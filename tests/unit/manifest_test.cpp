@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "source/decode.h"
 
@@ -344,6 +347,85 @@ TEST_F(ManifestDir, BrokenFileWithoutGoodVersionContributesNothing) {
 TEST_F(ManifestDir, MissingDirectoryGivesEmptySnapshot) {
   ManifestSource src(dir_ + "/does-not-exist");
   EXPECT_EQ(src.loadOnce(), ClusterObjects{});
+}
+
+// ---- ManifestSource following the directory: deliveries of what changed ----
+
+class Deliveries {
+ public:
+  void add(ObjectChanges c) {
+    std::lock_guard lk(mu_);
+    list_.push_back(std::move(c));
+    cv_.notify_all();
+  }
+  /** Waits for the n-th delivery (1-based). */
+  std::optional<ObjectChanges> wait(size_t n) {
+    std::unique_lock lk(mu_);
+    if (!cv_.wait_for(lk, std::chrono::seconds(5), [&] { return list_.size() >= n; }))
+      return std::nullopt;
+    return list_[n - 1];
+  }
+  size_t count() {
+    std::lock_guard lk(mu_);
+    return list_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<ObjectChanges> list_;
+};
+
+std::string sliceYaml(const std::string& name, const std::string& svc, const std::string& ip) {
+  return "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: " + name +
+         "\n  namespace: web\n  labels:\n    kubernetes.io/service-name: " + svc +
+         "\naddressType: IPv4\nendpoints:\n- addresses: [\"" + ip + "\"]\n";
+}
+
+TEST_F(ManifestDir, FollowingDeliversOnlyWhatChangedInTheEditedFile) {
+  write("a.yaml", serviceYaml("a", "203.0.113.1") + "---\n" + sliceYaml("a-1", "a", "10.0.0.1"));
+  write("b.yaml", serviceYaml("b", "203.0.113.2") + "---\n" + sliceYaml("b-1", "b", "10.0.0.2"));
+  ManifestSource src(dir_);
+  Deliveries d;
+  ASSERT_TRUE(src.start([&](ObjectChanges c) { d.add(std::move(c)); }));
+  auto first = d.wait(1);
+  ASSERT_TRUE(first);
+  EXPECT_TRUE(first->replaceAll);
+  EXPECT_EQ(first->services.size(), 2u);
+  EXPECT_EQ(first->slices.size(), 2u);
+
+  // Edit b's slice only (written aside, renamed into place as editors and kubectl do).
+  write(".b.tmp", serviceYaml("b", "203.0.113.2") + "---\n" + sliceYaml("b-1", "b", "10.0.0.9"));
+  std::filesystem::rename(dir_ + "/.b.tmp", dir_ + "/b.yaml");
+  auto second = d.wait(2);
+  ASSERT_TRUE(second);
+  EXPECT_FALSE(second->replaceAll);
+  EXPECT_TRUE(second->services.empty()) << "the unchanged Service in the edited file is not delivered";
+  ASSERT_EQ(second->slices.size(), 1u);
+  EXPECT_EQ(second->slices.at({"web", "b-1"})->endpoints.at(0).address, "10.0.0.9");
+
+  // A broken edit delivers nothing; deleting a file deletes its objects.
+  write("a.yaml", "kind: [\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(d.count(), 2u) << "a broken file keeps its last good content";
+  std::filesystem::remove(dir_ + "/a.yaml");
+  auto third = d.wait(3);
+  ASSERT_TRUE(third);
+  EXPECT_EQ(third->services.size(), 1u);
+  EXPECT_FALSE(third->services.at({"web", "a"}).has_value());
+  EXPECT_FALSE(third->slices.at({"web", "a-1"}).has_value());
+
+  // The same Service in two files: the later file name wins; removing it restores the other.
+  write("c.yaml", serviceYaml("b", "203.0.113.99"));
+  auto fourth = d.wait(4);
+  ASSERT_TRUE(fourth);
+  EXPECT_EQ(fourth->services.at({"web", "b"})->annotations.at("cmd.nu/tunnel"), "203.0.113.99");
+  std::filesystem::remove(dir_ + "/c.yaml");
+  auto fifth = d.wait(5);
+  ASSERT_TRUE(fifth);
+  EXPECT_EQ(fifth->services.at({"web", "b"})->annotations.at("cmd.nu/tunnel"), "203.0.113.2");
+  src.stop();
+  EXPECT_EQ(d.count(), 5u);
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
 // model/model.h: buildModel — annotation parsing, VIP conflicts, slice merging, endpoint
-// condition semantics, families.
+// condition semantics, families; ModelBuilder (incremental) against a fresh build, and
+// model/objects.h ObjectChanges (merge, apply).
 #include "model/model.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <random>
 
 namespace kst {
 namespace {
@@ -293,6 +296,170 @@ TEST(Model, ConflictLoserSlicesNotOrphans) {
   ASSERT_EQ(m.problems.size(), 1u);
   EXPECT_EQ(m.problems[0].kind, Problem::Kind::VipConflict);
   EXPECT_TRUE(m.services[0].endpoints.empty());
+}
+
+// ---- ModelBuilder: incremental == fresh ----
+
+/** A random change to a small universe of Services and slices (names and VIPs collide on
+ *  purpose: conflicts, moves between Services, orphans, invalid annotations, families). */
+ObjectChanges randomChange(std::mt19937& rng, bool& replaceAll, ClusterObjects& truth) {
+  auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
+  ObjectChanges c;
+  replaceAll = pick(20) == 0;
+  int n = 1 + pick(4);
+  for (int i = 0; i < n; ++i) {
+    std::string ns = pick(3) == 0 ? "b" : "a";
+    if (pick(2) == 0) {
+      ObjectKey k{ns, fmt::format("s{}", pick(8))};
+      if (pick(5) == 0) {
+        c.services[k] = std::nullopt;
+        continue;
+      }
+      ServiceObject s;
+      s.key = k;
+      s.uid = k.str();
+      s.creationTimestamp = fmt::format("2024-01-0{}T00:00:00Z", 1 + pick(3));
+      int a = pick(10);
+      if (a < 6) s.annotations[kAnn] = fmt::format("203.0.113.{}", pick(4));
+      else if (a == 6) s.annotations[kAnn] = fmt::format("2001:db8::{}", pick(2));
+      else if (a == 7) s.annotations[kAnn] = "not-an-ip";
+      if (pick(4) == 0) s.annotations["kube-service-tunnel.cmd.nu/buckets"] = fmt::format("t{}", pick(3));
+      c.services[k] = s;
+    } else {
+      ObjectKey k{ns, fmt::format("e{}", pick(12))};
+      if (pick(5) == 0) {
+        c.slices[k] = std::nullopt;
+        continue;
+      }
+      EndpointSliceObject e;
+      e.key = k;
+      e.serviceName = pick(10) == 0 ? "" : fmt::format("s{}", pick(9));
+      bool v6 = pick(4) == 0;
+      e.addressType = pick(15) == 0 ? "FQDN" : v6 ? "IPv6" : "IPv4";
+      for (int j = pick(4); j > 0; --j) {
+        auto addr = v6 ? fmt::format("2001:db8:1::{}", pick(6)) : fmt::format("10.0.0.{}", pick(6));
+        e.endpoints.push_back(ep(addr, pick(4) != 0, pick(5) != 0, pick(4) == 0,
+                                 pick(2) ? "n1" : "n2"));
+      }
+      c.slices[k] = e;
+    }
+  }
+  if (replaceAll) {
+    // A complete set: the truth after this change, delivered whole (relist).
+    ClusterObjects next = truth;
+    applyChanges(next, c);
+    c = ObjectChanges::all(next);
+  }
+  applyChanges(truth, c);
+  return c;
+}
+
+std::vector<std::string> problemStrings(const Model& m) {
+  std::vector<std::string> v;
+  for (auto& p : m.problems)
+    v.push_back(fmt::format("{} {} {}", static_cast<int>(p.kind), p.object.str(), p.message));
+  return v;
+}
+
+TEST(ModelBuilder, RandomChangeSequencesEqualAFreshBuildAtEveryStep) {
+  for (unsigned seed = 1; seed <= 40; ++seed) {
+    std::mt19937 rng(seed);
+    ModelBuilder b;
+    ClusterObjects truth;
+    for (int step = 0; step < 150; ++step) {
+      bool all = false;
+      Model before = b.model();
+      auto c = randomChange(rng, all, truth);
+      auto changed = b.apply(c);
+      Model fresh = buildModel(truth, {});
+      ASSERT_EQ(b.objects(), truth) << "seed " << seed << " step " << step;
+      ASSERT_EQ(b.model().services, fresh.services) << "seed " << seed << " step " << step;
+      ASSERT_EQ(problemStrings(b.model()), problemStrings(fresh)) << "seed " << seed << " step " << step;
+      // The reported VIPs are exactly those whose TunnelService differs.
+      std::set<IpAddress> diff;
+      std::map<IpAddress, const TunnelService*> a, z;
+      for (auto& s : before.services) a[s.vip] = &s;
+      for (auto& s : fresh.services) z[s.vip] = &s;
+      for (auto& [v, s] : a)
+        if (!z.contains(v) || !(*z[v] == *s)) diff.insert(v);
+      for (auto& [v, s] : z)
+        if (!a.contains(v)) diff.insert(v);
+      ASSERT_EQ(changed, diff) << "seed " << seed << " step " << step;
+    }
+  }
+}
+
+TEST(ModelBuilder, UnchangedDeliveryChangesNothing) {
+  ClusterObjects o;
+  addService(o, "a", "web", "203.0.113.1");
+  addSlice(o, "a", "web-1", "web", {ep("10.0.0.1")});
+  ModelBuilder b;
+  EXPECT_EQ(b.apply(ObjectChanges::all(o)).size(), 1u);
+  EXPECT_TRUE(b.apply(ObjectChanges::all(o)).empty()) << "relist with nothing new";
+  ObjectChanges same;
+  same.slices[{"a", "web-1"}] = o.slices.at({"a", "web-1"});
+  EXPECT_TRUE(b.apply(same).empty());
+}
+
+TEST(ModelBuilder, SliceMovingBetweenServicesUpdatesBoth) {
+  ClusterObjects o;
+  addService(o, "a", "x", "203.0.113.1");
+  addService(o, "a", "y", "203.0.113.2");
+  addSlice(o, "a", "sl", "x", {ep("10.0.0.1")});
+  ModelBuilder b;
+  b.apply(ObjectChanges::all(o));
+  ASSERT_EQ(b.model().services.size(), 2u);
+  EXPECT_EQ(b.model().services[0].endpoints.size(), 1u);
+  ObjectChanges c;
+  auto moved = o.slices.at({"a", "sl"});
+  moved.serviceName = "y";
+  c.slices[moved.key] = moved;
+  EXPECT_EQ(b.apply(c), (std::set<IpAddress>{ip("203.0.113.1"), ip("203.0.113.2")}));
+  EXPECT_TRUE(b.model().services[0].endpoints.empty());
+  EXPECT_EQ(ips(b.model().services[1]), std::vector<std::string>{"10.0.0.1"});
+}
+
+TEST(ModelBuilder, DeletingTheOlderClaimantHandsTheVipToTheNextAndClearsTheConflict) {
+  ClusterObjects o;
+  addService(o, "a", "old", "203.0.113.1", "2024-01-01T00:00:00Z");
+  addService(o, "a", "new", "203.0.113.1", "2024-02-01T00:00:00Z");
+  ModelBuilder b;
+  b.apply(ObjectChanges::all(o));
+  ASSERT_EQ(b.model().problems.size(), 1u);
+  EXPECT_EQ(b.model().problems[0].kind, Problem::Kind::VipConflict);
+  ObjectChanges c;
+  c.services[{"a", "old"}] = std::nullopt;
+  EXPECT_EQ(b.apply(c).size(), 1u);
+  EXPECT_TRUE(b.model().problems.empty());
+  ASSERT_EQ(b.model().services.size(), 1u);
+  EXPECT_EQ(b.model().services[0].key, (ObjectKey{"a", "new"}));
+}
+
+TEST(ObjectChanges, MergeKeepsTheNewestVersionAndReplaceAllWins) {
+  ServiceObject s1, s2;
+  s1.key = s2.key = {"a", "x"};
+  s2.uid = "2";
+  ObjectChanges a, b, c;
+  a.services[s1.key] = s1;
+  b.services[s1.key] = std::nullopt;
+  a.merge(std::move(b));
+  EXPECT_FALSE(a.services.at(s1.key).has_value()) << "a deletion after an update is a deletion";
+  c.services[s1.key] = s2;
+  a.merge(std::move(c));
+  EXPECT_EQ(a.services.at(s1.key)->uid, "2");
+
+  ObjectChanges full;
+  full.replaceAll = true;
+  full.services[s1.key] = s1;
+  ObjectChanges del;
+  del.services[s1.key] = std::nullopt;
+  full.merge(std::move(del));
+  EXPECT_TRUE(full.replaceAll);
+  EXPECT_TRUE(full.services.empty()) << "a complete set holds no deletions";
+  ClusterObjects o;
+  o.services[{"z", "gone"}] = s1;
+  applyChanges(o, full);
+  EXPECT_TRUE(o.services.empty()) << "replaceAll: exactly the delivered set";
 }
 
 }  // namespace

@@ -469,7 +469,7 @@ class SnapshotSource : public Source {
   explicit SnapshotSource(ClusterObjects o) : objs_(std::move(o)) {}
   Status start(Callback cb) override {
     ++starts;
-    cb(objs_);
+    cb(ObjectChanges::all(objs_));
     return {};
   }
   void stop() override { ++stops; }
