@@ -157,6 +157,7 @@ Result<PassResult> RouterReconciler::fullPass(const Model& model, const dp::Rout
           if (auto dev = resolver_(ep.ip)) prior.mplsDevice.emplace(ep.ip, *dev);
   }
   plan_ = planRouter(model, cfg_, prior);
+  pubCheckAll_ = true;
   dp::RouterState desired = routerState(plan_, cfg_, prior);
   res.timings.plan = since(t);
   res.problems = plan_.problems;
@@ -501,6 +502,7 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
       if (inNew && inOld) *pos = std::move(*np);
       else if (inNew) plan_.vips.insert(pos, std::move(*np));
       else if (inOld) plan_.vips.erase(pos);
+      if (!pubCheckAll_) pubCheck_.insert(vip);
     }
     plan_.slotCount = slotCount;
   }
@@ -509,12 +511,32 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   return res;
 }
 
-std::vector<std::pair<ObjectKey, std::string>> RouterReconciler::pendingPublications() const {
-  std::vector<std::pair<ObjectKey, std::string>> out;
-  for (const auto& vp : plan_.vips) {
+std::vector<std::pair<ObjectKey, std::string>> RouterReconciler::pendingPublications() {
+  auto check = [&](const VipPlan& vp) {
     std::string json = encodePublished(vp, cfg_);
-    if (json != vp.publishedSeen) out.emplace_back(vp.service, std::move(json));
+    if (json != vp.publishedSeen)
+      pubPending_.insert_or_assign(vp.vip, std::make_pair(vp.service, std::move(json)));
+    else
+      pubPending_.erase(vp.vip);
+  };
+  if (pubCheckAll_) {
+    pubPending_.clear();
+    for (const auto& vp : plan_.vips) check(vp);
+  } else {
+    // A pending table stays pending until a pass sees it in the Service (the publish's watch
+    // event changes the model, so that VIP is planned, and checked, again).
+    auto byVip = [](const VipPlan& a, const IpAddress& v) { return a.vip < v; };
+    for (const auto& vip : pubCheck_) {
+      auto pos = std::lower_bound(plan_.vips.begin(), plan_.vips.end(), vip, byVip);
+      if (pos != plan_.vips.end() && pos->vip == vip) check(*pos);
+      else pubPending_.erase(vip);
+    }
   }
+  pubCheck_.clear();
+  pubCheckAll_ = false;
+  std::vector<std::pair<ObjectKey, std::string>> out;
+  out.reserve(pubPending_.size());
+  for (auto& [vip, p] : pubPending_) out.push_back(p);
   return out;
 }
 

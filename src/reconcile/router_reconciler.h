@@ -16,8 +16,10 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "dataplane/kernel.h"
 #include "desired/config.h"
@@ -66,8 +68,9 @@ class RouterReconciler {
   /** The next pass re-reads the kernel (periodic resync). */
   void resyncNextPass();
   /** Services whose published bucket table (desired/published.h) differs from the last plan:
-   *  what an elected writer should publish. */
-  std::vector<std::pair<ObjectKey, std::string>> pendingPublications() const;
+   *  what an elected writer should publish. Only VIPs planned since the previous call are
+   *  encoded again (a pass that changed one VIP costs one encoding, not V). */
+  std::vector<std::pair<ObjectKey, std::string>> pendingPublications();
   /** Removes everything owned. */
   Result<PassResult> cleanup();
   ~RouterReconciler();
@@ -85,6 +88,9 @@ class RouterReconciler {
   dp::NftClient& nft_;
   DeviceResolver resolver_;
   RouterPlan plan_;
+  std::set<IpAddress> pubCheck_;  // planned since the last pendingPublications()
+  bool pubCheckAll_ = true;       // a whole-model plan since then
+  std::map<IpAddress, std::pair<ObjectKey, std::string>> pubPending_;
   bool caching_ = false;
   std::unique_ptr<Cache> cache_;  // null: the next pass observes the kernel
 };

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <random>
 
 #include "dataplane/diff.h"
 #include "desired/nft_render.h"
+#include "desired/published.h"
 #include "fakes/fake_kernel.h"
 #include "reconcile/router_reconciler.h"
 
@@ -200,6 +202,58 @@ TEST(RouterIncremental, IpipFirstAndLastIpv6EndpointCreateAndRemoveTheIpv6Device
   ASSERT_TRUE(del && del->ok());
   EXPECT_EQ(w.nl.allLinks().size(), links);
   expectConverged(w, m);
+}
+
+/** What an elected writer must publish, computed the slow way: every VIP of the last plan. */
+std::map<ObjectKey, std::string> allUnpublished(const RouterReconciler& r, const DataplaneConfig& cfg) {
+  std::map<ObjectKey, std::string> out;
+  for (auto& vp : r.lastPlan().vips) {
+    auto json = encodePublished(vp, cfg);
+    if (json != vp.publishedSeen) out[vp.service] = json;
+  }
+  return out;
+}
+
+TEST(RouterIncremental, PendingPublicationsFollowTheChangesWithoutReencodingEveryVip) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  r.setCaching(true);
+  Model m;
+  for (uint32_t i = 0; i < 30; ++i) m.services.push_back(service(i, {3 * i + 1, 3 * i + 2}));
+  normalize(m);
+  std::mt19937 rng(3);
+  uint32_t fresh = 500;
+  for (int step = 0; step < 200; ++step) {
+    auto res = r.reconcile(m);
+    ASSERT_TRUE(res && res->ok());
+    // Called on some passes only (a router that is not the writer never calls it).
+    if (step % 3 != 1) {
+      auto got = r.pendingPublications();
+      std::map<ObjectKey, std::string> gotMap(got.begin(), got.end());
+      ASSERT_EQ(gotMap.size(), got.size());
+      ASSERT_EQ(gotMap, allUnpublished(r, w.cfg)) << "step " << step;
+    }
+    auto& s = m.services[rng() % m.services.size()];
+    switch (rng() % 4) {
+      case 0: {  // the writer's publish lands: the Service now carries its table
+        auto all = allUnpublished(r, w.cfg);
+        if (auto it = all.find(s.key); it != all.end()) s.published = it->second;
+        break;
+      }
+      case 1:  // an endpoint changes: its table changes
+        s.endpoints[rng() % s.endpoints.size()].ip = v4(0x0a000000 + ++fresh);
+        std::sort(s.endpoints.begin(), s.endpoints.end(), [](auto& a, auto& b) { return a.ip < b.ip; });
+        break;
+      case 2:  // someone else writes a stale table
+        s.published = "{}";
+        break;
+      case 3:  // a Service goes, another comes
+        if (m.services.size() > 5) m.services.erase(m.services.begin() + static_cast<long>(rng() % m.services.size()));
+        m.services.push_back(service(100 + static_cast<uint32_t>(step), {++fresh, ++fresh}));
+        normalize(m);
+        break;
+    }
+  }
 }
 
 }  // namespace
