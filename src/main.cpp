@@ -102,6 +102,11 @@ void addCommon(CLI::App* app, Flags& f) {
                   "Seconds an idle flow stays pinned to its endpoint (draining, failover)")
       ->envname("TUNNEL_FLOW_TIMEOUT");
   app->add_option("--mpls-label", f.dp.mplsLabel, "MPLS label popped in pods")->envname("TUNNEL_MPLS_LABEL");
+  app->add_option("--underlay-mtu", f.dp.underlayMtu,
+                  "MTU between routers and pods: the agent clamps the MSS of TCP SYNs from VIPs "
+                  "to it minus the encapsulation and TCP/IP headers (0: no clamping)")
+      ->envname("TUNNEL_UNDERLAY_MTU")
+      ->check(CLI::IsMember({0u}) | CLI::Range(576u, 65535u));
   app->add_option("--netns-dir", f.netnsDirs, "Directories of namespace bind mounts to scan")
       ->envname("TUNNEL_NETNS_DIRS");
   app->add_option("--scan-proc", f.scanProc, "Also scan /proc/<pid>/ns/net (needs hostPID)")

@@ -1,7 +1,9 @@
 // Agent role, pure: the endpoints on this node → what each pod's namespace must hold.
 #pragma once
 
+#include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,5 +25,74 @@ std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
 
 /** The decapsulation link the agent puts into a pod with address podIp. */
 dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp);
+
+/**
+ * Bytes the router's encapsulation puts in front of the inner IP packet in mode `mode` when
+ * the outer header (the pod's address) is of family `outer` (derivation in agent.cpp).
+ */
+uint32_t encapOverhead(Mode mode, Family outer);
+
+/**
+ * MTU of the router's tunnel device for `mode` and outer family (the kernel's default for a
+ * device without lower device, which the router creates): the router checks the inner packet
+ * against it before encapsulating. 0 = no limit of its own (gre: follows the route to the pod;
+ * mpls: no device).
+ */
+uint32_t routerLinkMtu(Mode mode, Family outer);
+
+/**
+ * The MSS a pod may announce from a VIP of family `inner` so that the client's full-size
+ * segments, encapsulated toward a pod address of family `outer`, fit cfg.underlayMtu and the
+ * router's device: min(underlayMtu − encapOverhead, routerLinkMtu) − 40 (IPv4 + TCP headers)
+ * or − 60 (IPv6 + TCP). 0 = no clamping (underlayMtu 0, or too small to leave a usable MSS).
+ */
+uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner);
+
+/**
+ * What the agent's nft table in a pod namespace (`inet kube_service_tunnel_pod`) must hold:
+ *  - UDP replies from the VIP: peers learned from datagrams that came through decapLink get
+ *    their replies source-NATed back to the VIP they wrote to (docs/dataplane-notes.md);
+ *  - TCP MSS clamp: SYNs (and SYN-ACKs) whose source is one of `vips` get their MSS option
+ *    lowered to mss4 / mss6 (never raised). The sets `vips4`/`vips6` are kept equal to `vips`
+ *    element by element; mss4 = mss6 = 0 means no clamping (no sets, no clamp chain).
+ */
+struct PodTable {
+  std::string decapLink;
+  uint16_t mss4 = 0;
+  uint16_t mss6 = 0;
+  std::set<IpAddress> vips;
+  bool clamps() const { return mss4 != 0 || mss6 != 0; }
+  bool operator==(const PodTable&) const = default;
+};
+
+/**
+ * The table for one pod namespace from the plans of the endpoint addresses it owns (one, or
+ * two for a dual-stack pod). The outer family of the encapsulation is the endpoint address's
+ * family; a namespace with endpoint addresses of both families gets the smaller MSS of the two
+ * for each VIP family (a VIP cannot tell which of the pod's addresses the router used).
+ */
+PodTable podTable(const DataplaneConfig& cfg, const std::vector<const PodPlan*>& plans);
+
+/** The table as read back from the pod (comment from the listing, elements of vips4/vips6). */
+struct ObservedPodTable {
+  bool present = false;
+  std::string comment;
+  std::set<IpAddress> vips;
+};
+
+/** nft table name and the comment that identifies its skeleton (link and MSS values). */
+inline constexpr const char* kPodTableName = "kube_service_tunnel_pod";
+std::string podTableComment(const PodTable& t);
+
+/** The whole table (one `table inet ... { ... }` statement, elements included). */
+std::string renderPodTable(const PodTable& t);
+
+/**
+ * The nft script that turns `have` into `want` (want == nullptr: no table): "" when nothing
+ * is to be done. A different skeleton (comment) recreates the table atomically (learned UDP
+ * peers are lost then); otherwise only the VIP set elements that differ are added/deleted, so
+ * the learned peers survive a VIP change.
+ */
+std::string podTableScript(const PodTable* want, const ObservedPodTable& have);
 
 }  // namespace kst

@@ -40,6 +40,10 @@ struct DataplaneConfig {
   uint32_t mplsLabel = 100;
   uint32_t flowTimeoutSeconds = 120;
   uint32_t flowTableSize = 65536;
+  /** MTU of the network between routers and pods (--underlay-mtu). The agent clamps the MSS
+   *  of TCP SYNs sent from a pod's VIPs so that the encapsulated segments fit it (see
+   *  clampedMss in desired/agent.h); 0 disables clamping. */
+  uint32_t underlayMtu = 1500;
 
   std::string tunnelLinkName() const;
   uint32_t nexthopIdEnd() const { return nexthopIdBase + 0x10000; }

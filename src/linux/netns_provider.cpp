@@ -43,6 +43,7 @@ Result<dp::NetlinkClient*> NetnsProviderImpl::client(const Ns& ns) {
 void NetnsProviderImpl::forget(const Ns& ns) {
   clients_.erase(ns.id);
   prepared_.erase(ns.id);
+  podTables_.erase(ns.id);
 }
 
 Status NetnsProviderImpl::prepare(const Ns& ns, const DataplaneConfig& cfg,

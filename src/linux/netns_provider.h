@@ -16,7 +16,7 @@ class NetnsProviderImpl : public NetnsProvider {
   Result<dp::NetlinkClient*> client(const Ns& ns) override;
   Status prepare(const Ns& ns, const DataplaneConfig& cfg, const std::string& linkName) override;
   void forget(const Ns& ns) override;
-  Status udpReplyFix(const Ns& ns, const std::string& decapLink, bool enabled) override;  // pod_nft.cpp
+  Status podTable(const Ns& ns, const PodTable* want) override;  // pod_nft.cpp
 
  private:
   DataplaneConfig cfg_;
@@ -24,7 +24,7 @@ class NetnsProviderImpl : public NetnsProvider {
   bool scanProc_;
   std::map<std::string, std::unique_ptr<NetlinkClientImpl>> clients_;
   std::map<std::string, bool> prepared_;
-  std::map<std::string, std::string> udpFixed_;  // ns id → decap link of the installed table
+  std::map<std::string, PodTable> podTables_;  // ns id → pod table installed (or found) there
 };
 
 }  // namespace kst

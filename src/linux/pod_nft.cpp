@@ -1,9 +1,11 @@
-// The pod-side nft table that makes UDP replies leave from the VIP (see NetnsProvider).
+// The pod-side nft table (desired/agent.h PodTable, rendered by renderPodTable): UDP replies
+// leave from the VIP, and TCP SYNs from a VIP carry an MSS that fits the tunnel.
 // Requests through the decap link are not tracked: otherwise the NATed reply's tuple would
 // clash with the request's conntrack entry and nf_nat would pick another source port.
 #include <nftables/libnftables.h>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "linux/netns.h"
 #include "linux/netns_provider.h"
@@ -12,35 +14,9 @@ namespace kst {
 
 namespace {
 
-constexpr const char* kPodTable = "kube_service_tunnel_pod";
-
-// nft 1.0.6 cannot update dynamic maps with keys or data wider than 16 bytes (see
-// nft_render.h), so the IPv6 peer key is the client address alone (a client talking UDP to two
-// IPv6 VIPs of the same pod gets its replies from the VIP it wrote to last) and the source port
-// is kept explicitly (": udp sport"); without a port, nf_nat may pick a random one.
-std::string podScript(const std::string& link) {
-  return fmt::format(R"(table inet {0} {{
-  comment "kst-pod:{1}"
-  map peers4 {{ typeof ip saddr . udp sport : ip daddr . udp dport; flags dynamic,timeout; timeout 120s; size 65536; }}
-  map peers6 {{ typeof ip6 saddr : ip6 daddr; flags dynamic,timeout; timeout 120s; size 65536; }}
-  chain learn {{
-    type filter hook prerouting priority raw; policy accept;
-    iifname "{1}" meta nfproto ipv4 meta l4proto udp update @peers4 {{ ip saddr . udp sport : ip daddr . udp dport }}
-    iifname "{1}" meta nfproto ipv6 meta l4proto udp update @peers6 {{ ip6 saddr : ip6 daddr }}
-    iifname "{1}" meta l4proto udp notrack
-  }}
-  chain answer {{
-    type nat hook postrouting priority srcnat; policy accept;
-    meta nfproto ipv4 meta l4proto udp snat ip to ip daddr . udp dport map @peers4
-    meta nfproto ipv6 meta l4proto udp snat ip6 to ip6 daddr map @peers6 : udp sport
-  }}
-}}
-)",
-                     kPodTable, link);
-}
-
-Status runNft(const std::string& cmd, std::string* out = nullptr) {
+Status runNft(const std::string& cmd, std::string* out = nullptr, unsigned flags = 0) {
   nft_ctx* ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+  nft_ctx_output_set_flags(ctx, flags);
   nft_ctx_buffer_output(ctx);
   nft_ctx_buffer_error(ctx);
   int rc = nft_run_cmd_from_buffer(ctx, cmd.c_str());
@@ -51,25 +27,55 @@ Status runNft(const std::string& cmd, std::string* out = nullptr) {
   return {};
 }
 
+/** Elements of an address set of the pod table (absent set: none). */
+void readVipSet(const char* set, std::set<IpAddress>& out) {
+  std::string json;
+  if (!runNft(fmt::format("list set inet {} {}", kPodTableName, set), &json, NFT_CTX_OUTPUT_JSON))
+    return;
+  auto doc = nlohmann::json::parse(json, nullptr, false);
+  if (!doc.is_object() || !doc.contains("nftables")) return;
+  for (auto& item : doc["nftables"]) {
+    if (!item.contains("set") || !item["set"].contains("elem")) continue;
+    for (auto& e : item["set"]["elem"])
+      if (e.is_string())
+        if (auto ip = IpAddress::parse(e.get<std::string>())) out.insert(*ip);
+  }
+}
+
+/** The table as it is: present, comment (terse text listing: JSON omits it), VIP sets. */
+ObservedPodTable observe() {
+  ObservedPodTable have;
+  std::string listing;
+  // Terse: the learned UDP peers (up to 2 × 65536 elements) are not listed.
+  have.present = static_cast<bool>(runNft(fmt::format("list table inet {}", kPodTableName),
+                                          &listing, NFT_CTX_OUTPUT_TERSE));
+  if (!have.present) return have;
+  auto c = listing.find("comment \"");
+  if (c != std::string::npos) {
+    auto start = c + 9, end = listing.find('"', start);
+    if (end != std::string::npos) have.comment = listing.substr(start, end - start);
+  }
+  readVipSet("vips4", have.vips);
+  readVipSet("vips6", have.vips);
+  return have;
+}
+
 }  // namespace
 
-Status NetnsProviderImpl::udpReplyFix(const Ns& ns, const std::string& decapLink, bool enabled) {
-  auto it = udpFixed_.find(ns.id);
-  if (enabled && it != udpFixed_.end() && it->second == decapLink) return {};
+Status NetnsProviderImpl::podTable(const Ns& ns, const PodTable* want) {
+  auto it = podTables_.find(ns.id);
+  if (want && it != podTables_.end() && it->second == *want) return {};
   auto st = runInNetns(ns.path, [&]() -> Status {
-    std::string listing;
-    bool present = static_cast<bool>(runNft(fmt::format("list table inet {}", kPodTable), &listing));
-    bool current = present && listing.find("\"kst-pod:" + decapLink + "\"") != std::string::npos;
-    if (enabled && current) return {};
-    std::string script;
-    if (present) script += fmt::format("delete table inet {}\n", kPodTable);
-    if (enabled) script += podScript(decapLink);
+    std::string script = podTableScript(want, observe());
     if (script.empty()) return {};
     return runNft(script);
   });
-  if (!st) return st;
-  if (enabled) udpFixed_[ns.id] = decapLink;
-  else udpFixed_.erase(ns.id);
+  if (!st) {
+    podTables_.erase(ns.id);  // unknown state: observe again next time
+    return st;
+  }
+  if (want) podTables_[ns.id] = *want;
+  else podTables_.erase(ns.id);
   return {};
 }
 

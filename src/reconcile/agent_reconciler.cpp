@@ -54,6 +54,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     NetnsProvider::Ns ns;
     std::string pods;  // for log lines
     dp::PodState state;
+    std::vector<const PodPlan*> plans;
   };
   std::map<std::string, Group> groups;
   for (const auto& plan : plans) {
@@ -67,6 +68,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     auto& g = groups[it->second.id];
     g.ns = it->second;
     g.pods += (g.pods.empty() ? "" : ",") + plan.podIp.str();
+    g.plans.push_back(&plan);
     for (auto& l : plan.state.links)
       if (std::none_of(g.state.links.begin(), g.state.links.end(),
                        [&](const dp::Link& x) { return x.name == l.name; }))
@@ -117,9 +119,10 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     std::string linkName = cfg_.mode == Mode::Mpls ? "lo" : cfg_.tunnelLinkName();
     if (auto s = ns_.prepare(ns, cfg_, linkName); !s)
       res.failures.push_back(fmt::format("pod {}: {}", g.pods, s.error().message));
-    if (auto s = ns_.udpReplyFix(ns, linkName, true); !s)
-      res.failures.push_back(fmt::format("pod {}: UDP reply source: {}", g.pods,
-                                         s.error().message));
+    PodTable table = podTable(cfg_, g.plans);
+    if (auto s = ns_.podTable(ns, &table); !s)
+      res.failures.push_back(fmt::format("pod {}: nft table {} (UDP reply source, TCP MSS): {}",
+                                         g.pods, kPodTableName, s.error().message));
     managed_.emplace(ns.id, ns);
   }
   // Namespaces that hold owned objects but serve nothing any more.
@@ -154,7 +157,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
         }
       }
     }
-    if (!gone) (void)ns_.udpReplyFix(it->second, "", false);
+    if (!gone) (void)ns_.podTable(it->second, nullptr);
     if (gone) ns_.forget(it->second);
     it = managed_.erase(it);
   }

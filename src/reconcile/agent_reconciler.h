@@ -33,14 +33,14 @@ class NetnsProvider {
   virtual Status prepare(const Ns& ns, const DataplaneConfig& cfg, const std::string& linkName) = 0;
   virtual void forget(const Ns& ns) = 0;
   /**
-   * UDP replies from the VIP: a UDP server bound to 0.0.0.0 answers from the pod's own address,
-   * which the client drops (design.md §5). When enabled, the pod gets a small nft table that
-   * remembers the peers whose datagrams arrived through the decap link and source-NATs replies
-   * to them to the VIP they wrote to. Idempotent; enabled=false removes it.
+   * The pod's nft table (desired/agent.h PodTable). UDP replies from the VIP: a UDP server
+   * bound to 0.0.0.0 answers from the pod's own address, which the client drops (design.md
+   * §5); the table remembers the peers whose datagrams arrived through the decap link and
+   * source-NATs replies to them to the VIP they wrote to. TCP: SYNs from the pod's VIPs get
+   * their MSS lowered so the client's segments fit the tunnel (--underlay-mtu). Idempotent:
+   * an identical table is not written; want == nullptr removes it.
    */
-  virtual Status udpReplyFix(const Ns& /*ns*/, const std::string& /*decapLink*/, bool /*enabled*/) {
-    return {};
-  }
+  virtual Status podTable(const Ns& /*ns*/, const PodTable* /*want*/) { return {}; }
 };
 
 class AgentReconciler {
