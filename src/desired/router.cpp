@@ -48,10 +48,23 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
   return a;
 }
 
+namespace {
+std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const IpAddress& vip,
+                    const IpAddress& ep);
+}  // namespace
+
 RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior) {
   RouterPlan plan;
   for (const auto& svc : model.services) {
-    VipPlan vp{svc.key, svc.vip, svc.endpoints, {}, {}, svc.published, false};
+    VipPlan vp{svc.key, svc.vip, {}, {}, {}, svc.published, false};
+    // Endpoints this router cannot encapsulate toward get no slot and no buckets: their share
+    // of new flows goes to the others (rather than being dropped here).
+    for (const auto& ep : svc.endpoints) {
+      if (auto why = refusal(cfg, prior, svc.vip, ep.ip); !why.empty())
+        plan.problems.push_back({Problem::Kind::UnusableEndpoint, svc.key, std::move(why)});
+      else
+        vp.endpoints.push_back(ep);
+    }
     // A published table that matches this configuration and exactly this endpoint set.
     std::optional<PublishedTable> pub;
     if (!svc.published.empty()) pub = decodePublished(svc.published);
@@ -203,6 +216,38 @@ dp::Nexthop nexthopFor(const DataplaneConfig& cfg, const Allocations& prior, Fam
   return nh;
 }
 
+/** Why this router cannot carry traffic of `vip` to endpoint `ep` in its mode; empty: it can. */
+std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const IpAddress& vip,
+                    const IpAddress& ep) {
+  if (cfg.mode == Mode::Gre && ep.isV6())
+    // ip6gre transmits only with a local address (ip6_tnl_xmit_ctl: no CAP_XMIT for ::),
+    // and the router's source toward each pod is not part of the desired state yet.
+    return fmt::format("gre mode: endpoint {} of VIP {} is IPv6; per-endpoint GRE interfaces "
+                       "carry IPv4 endpoints only (as the original). Use --mode gre-flow or "
+                       "vxlan-gpe for IPv6 pods: this router sends it no flows",
+                       ep.str(), vip.str());
+  if (cfg.mode == Mode::Ipip && vip.isV6() && ep.isV4())
+    return fmt::format("ipip mode: VIP {} is IPv6 but endpoint {} is IPv4, and IPv4 ipip "
+                       "carries only IPv4 (IPv6 in IPv4 is sit); use --mode gre-flow or "
+                       "vxlan-gpe: this router sends it no flows",
+                       vip.str(), ep.str());
+  if (cfg.mode != Mode::Gre && cfg.mode != Mode::Mpls) return {};
+  dp::Nexthop nh = nexthopFor(cfg, prior, vip.family(), ep);
+  if (cfg.mode == Mode::Gre && nh.dev.size() > 15)
+    return fmt::format("gre mode: interface name {:?} for endpoint {} is longer than 15 "
+                       "characters: shorten --link-prefix to at most 7 characters: this router "
+                       "sends it no flows",
+                       nh.dev, ep.str());
+  if (cfg.mode == Mode::Mpls && nh.dev.empty())
+    return fmt::format("MPLS mode: endpoint {} of VIP {} is not directly connected to this "
+                       "router (its route here has a gateway, or there is none), and `encap "
+                       "mpls {} via {}` needs the pod as an on-link neighbour: this router sends "
+                       "it no flows. Run the router role on the node that hosts the pod (e.g. on "
+                       "every node with endpoints), or use another --mode",
+                       ep.str(), vip.str(), cfg.mplsLabel, ep.str());
+  return {};
+}
+
 }  // namespace
 
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior) {
@@ -228,41 +273,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       auto key = std::make_pair(vp.vip.family(), ep.ip);
       if (nhOf.contains(key)) continue;
       dp::Nexthop nh = nexthopFor(cfg, prior, vp.vip.family(), ep.ip);
-      std::string refused;
-      if (cfg.mode == Mode::Gre && ep.ip.isV6())
-        // ip6gre transmits only with a local address (ip6_tnl_xmit_ctl: no CAP_XMIT for ::),
-        // and the router's source toward each pod is not part of the desired state yet.
-        refused = fmt::format("gre mode: endpoint {} of VIP {} is IPv6; per-endpoint GRE "
-                              "interfaces carry IPv4 endpoints only (as the original). Use "
-                              "--mode gre-flow or vxlan-gpe for IPv6 pods: this router drops "
-                              "the flows hashed to it",
-                              ep.ip.str(), vp.vip.str());
-      else if (cfg.mode == Mode::Gre && nh.dev.size() > 15)
-        refused = fmt::format("gre mode: interface name {:?} for endpoint {} is longer than 15 "
-                              "characters: shorten --link-prefix to at most 7 characters: this "
-                              "router drops the flows hashed to it",
-                              nh.dev, ep.ip.str());
-      else if (cfg.mode == Mode::Ipip && vp.vip.isV6() && ep.ip.isV4())
-        refused = fmt::format("ipip mode: VIP {} is IPv6 but endpoint {} is IPv4, and IPv4 "
-                              "ipip carries only IPv4 (IPv6 in IPv4 is sit); use --mode "
-                              "gre-flow or vxlan-gpe: this router drops the flows hashed to it",
-                              vp.vip.str(), ep.ip.str());
-      if (!refused.empty()) {
-        plan.problems.push_back({Problem::Kind::TooManyEndpoints, vp.service, refused});
-        continue;
-      }
-      if (cfg.mode == Mode::Mpls && nh.dev.empty()) {
-        plan.problems.push_back(
-            {Problem::Kind::TooManyEndpoints, vp.service,
-             fmt::format("MPLS mode: endpoint {} of VIP {} is not directly connected to this "
-                         "router (its route here has a gateway, or there is none), and `encap "
-                         "mpls {} via {}` needs the pod as an on-link neighbour: this router "
-                         "drops the flows hashed to it. Run the router role on the node that "
-                         "hosts the pod (e.g. on every node with endpoints), or use another "
-                         "--mode",
-                         ep.ip.str(), vp.vip.str(), cfg.mplsLabel, ep.ip.str())});
-        continue;
-      }
+      if (!refusal(cfg, prior, vp.vip, ep.ip).empty()) continue;  // planRouter dropped it
       auto pit = prior.nexthopIds.find(nh.key());
       if (pit != prior.nexthopIds.end() && !assigned.contains(pit->second)) {
         nh.id = pit->second;

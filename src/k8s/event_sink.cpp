@@ -10,7 +10,7 @@ namespace {
 
 bool aboutService(Problem::Kind k) {
   return k == Problem::Kind::InvalidAnnotation || k == Problem::Kind::VipConflict ||
-         k == Problem::Kind::TooManyEndpoints;
+         k == Problem::Kind::TooManyEndpoints || k == Problem::Kind::UnusableEndpoint;
 }
 
 std::string microTime(std::chrono::system_clock::time_point t) {

@@ -13,6 +13,7 @@ const char* problemReason(Problem::Kind kind) {
     case Problem::Kind::VipConflict: return "TunnelVIPConflict";
     case Problem::Kind::OrphanSlice: return "OrphanEndpointSlice";
     case Problem::Kind::TooManyEndpoints: return "TooManyEndpoints";
+    case Problem::Kind::UnusableEndpoint: return "TunnelEndpointUnusable";
   }
   return "Unknown";
 }

@@ -33,7 +33,10 @@ struct TunnelService {
 };
 
 struct Problem {
-  enum class Kind { InvalidAnnotation, VipConflict, OrphanSlice, TooManyEndpoints };
+  /** UnusableEndpoint: this router cannot encapsulate toward the endpoint in its mode (e.g.
+   *  MPLS to a pod that is not on-link, per-endpoint GRE to an IPv6 pod): it gets no buckets
+   *  here, so its share of new flows goes to the endpoints that work. */
+  enum class Kind { InvalidAnnotation, VipConflict, OrphanSlice, TooManyEndpoints, UnusableEndpoint };
   Kind kind;
   ObjectKey object;
   std::string message;

@@ -454,10 +454,30 @@ TEST(RouterPlan, MplsNeedsADirectlyConnectedDevice) {
   EXPECT_EQ(st.nexthops[0].dev, "eth0");
   EXPECT_TRUE(st.links.empty());
   ASSERT_EQ(plan.problems.size(), 1u);  // 10.0.0.2 has no known device
+  EXPECT_EQ(plan.problems[0].kind, Problem::Kind::UnusableEndpoint);
   EXPECT_NE(plan.problems[0].message.find("10.0.0.2"), std::string::npos);
-  // No route and no bucket for the unreachable endpoint.
+  // No slot, route or bucket for the unreachable endpoint: every bucket goes to the one that
+  // works (none is left without an element, which would drop its flows).
+  EXPECT_EQ(slotsOf(plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.1", 0}}));
   EXPECT_EQ(vipRoutes(st, kVip).size(), 1u);
-  for (auto& [k, mark] : st.nft.buckets) EXPECT_EQ(mark, 1000u);
+  EXPECT_EQ(st.nft.buckets.size(), cfg.buckets);
+  for (const auto& [k, mark] : st.nft.buckets) EXPECT_EQ(mark, 1000u);
+}
+
+TEST(RouterPlan, RefusedEndpointsGetNoBucketsAndTheOthersKeepTheirs) {
+  // Per-endpoint GRE cannot reach IPv6 pods: the IPv6 endpoint is refused with its own reason,
+  // and (rendezvous) the IPv4 endpoints own exactly the buckets they own without it.
+  DataplaneConfig cfg;
+  cfg.mode = Mode::Gre;
+  auto with = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2"), ep("fd00::9")})}), cfg);
+  auto without = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2")})}), cfg);
+  ASSERT_EQ(with.plan.problems.size(), 1u);
+  EXPECT_EQ(with.plan.problems[0].kind, Problem::Kind::UnusableEndpoint);
+  EXPECT_EQ(std::string(problemReason(with.plan.problems[0].kind)), "TunnelEndpointUnusable");
+  EXPECT_NE(with.plan.problems[0].message.find("fd00::9"), std::string::npos);
+  EXPECT_EQ(bucketOwners(with.plan, kVip), bucketOwners(without.plan, kVip));
+  EXPECT_EQ(with.st.nft.buckets, without.st.nft.buckets);
+  expectSameState(with.st, without.st);
 }
 
 TEST(RouterPlan, MplsAllocationsRoundTrip) {
