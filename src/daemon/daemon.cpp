@@ -108,7 +108,7 @@ int Daemon::run() {
     auto now = std::chrono::steady_clock::now();
     if (!changes.empty()) {
       // Only the objects that changed are looked at (model.h ModelBuilder).
-      builder_.apply(changes);
+      builder_.apply(std::move(changes));
       changes = {};
       synced = true;
     }

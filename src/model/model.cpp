@@ -31,15 +31,15 @@ std::string trim(const std::string& s) {
 
 ModelBuilder::ModelBuilder(ModelOptions options) : opts_(std::move(options)) {}
 
-void ModelBuilder::putService(const ObjectKey& k, const ServiceObject* v) {
+void ModelBuilder::putService(const ObjectKey& k, ServiceObject* v) {
   auto it = objects_.services.find(k);
   if (it == objects_.services.end() ? !v : v && it->second == *v) return;
-  if (v) objects_.services.insert_or_assign(k, *v);
+  if (v) objects_.services.insert_or_assign(k, std::move(*v));
   else objects_.services.erase(it);
   dirtyServices_.insert(k);
 }
 
-void ModelBuilder::putSlice(const ObjectKey& k, const EndpointSliceObject* v) {
+void ModelBuilder::putSlice(const ObjectKey& k, EndpointSliceObject* v) {
   auto it = objects_.slices.find(k);
   if (it == objects_.slices.end() ? !v : v && it->second == *v) return;
   if (it != objects_.slices.end()) {
@@ -52,7 +52,7 @@ void ModelBuilder::putSlice(const ObjectKey& k, const EndpointSliceObject* v) {
     ObjectKey svc{k.ns, v->serviceName};
     dirtyServices_.insert(svc);
     slicesOf_[svc].insert(k);
-    objects_.slices.insert_or_assign(k, *v);
+    objects_.slices.insert_or_assign(k, std::move(*v));
   } else {
     objects_.slices.erase(k);
   }
@@ -90,7 +90,7 @@ TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vi
   return ts;
 }
 
-std::set<IpAddress> ModelBuilder::apply(const ObjectChanges& changes) {
+std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
   dirtyServices_.clear();
   dirtySlices_.clear();
   // 1. Objects (and the slice index); what really changed becomes dirty.
@@ -106,6 +106,7 @@ std::set<IpAddress> ModelBuilder::apply(const ObjectChanges& changes) {
         gone.push_back(k);
     for (auto& k : gone) putSlice(k, nullptr);
   }
+  // The objects are moved in (a cold start holds them once, not twice).
   for (auto& [k, v] : changes.services) putService(k, v ? &*v : nullptr);
   for (auto& [k, v] : changes.slices) putSlice(k, v ? &*v : nullptr);
 

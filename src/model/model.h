@@ -67,8 +67,9 @@ struct ModelOptions {
 class ModelBuilder {
  public:
   explicit ModelBuilder(ModelOptions options = {});
-  /** @return the VIPs whose TunnelService was added, removed or changed. */
-  std::set<IpAddress> apply(const ObjectChanges& changes);
+  /** @return the VIPs whose TunnelService was added, removed or changed. Pass an rvalue:
+   *  the objects are moved into the builder. */
+  std::set<IpAddress> apply(ObjectChanges changes);
   const Model& model() const { return model_; }
   const ClusterObjects& objects() const { return objects_; }
 
@@ -78,8 +79,8 @@ class ModelBuilder {
     ObjectKey key;
     auto operator<=>(const Claim&) const = default;  // the oldest Service wins a VIP
   };
-  void putService(const ObjectKey& k, const ServiceObject* v);
-  void putSlice(const ObjectKey& k, const EndpointSliceObject* v);
+  void putService(const ObjectKey& k, ServiceObject* v);  // moves from *v
+  void putSlice(const ObjectKey& k, EndpointSliceObject* v);
   TunnelService serviceFor(const ObjectKey& key, const IpAddress& vip) const;
 
   ModelOptions opts_;

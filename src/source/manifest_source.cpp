@@ -51,17 +51,18 @@ bool isManifestName(const std::string& n) {
   return !n.starts_with(".") && (n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"));
 }
 
-/** The defining file that wins for a key (the last in name order, as `kubectl apply -f dir`
- *  would leave it); warns when there are several. */
+/** The version of a key that wins (the last defining file in name order, as `kubectl apply -f
+ *  dir` would leave it), or null. */
 template <typename T>
-const T* winner(const ObjectKey& k, const std::set<std::string>& files,
+const T* winner(const ObjectKey& k, const std::map<ObjectKey, std::set<std::string>>& filesOf,
                 const std::map<std::string, ClusterObjects>& content,
-                std::map<ObjectKey, T> ClusterObjects::*member, const char* kind) {
-  if (files.empty()) return nullptr;
-  if (files.size() > 1)
-    spdlog::warn("manifests: {} {} defined in {} files; {} wins", kind, k.str(), files.size(),
-                 *files.rbegin());
-  return &(content.at(*files.rbegin()).*member).at(k);
+                std::map<ObjectKey, T> ClusterObjects::*member, const char* warnKind = nullptr) {
+  auto it = filesOf.find(k);
+  if (it == filesOf.end() || it->second.empty()) return nullptr;
+  if (warnKind && it->second.size() > 1)
+    spdlog::warn("manifests: {} {} defined in {} files; {} wins", warnKind, k.str(),
+                 it->second.size(), *it->second.rbegin());
+  return &(content.at(*it->second.rbegin()).*member).at(k);
 }
 
 }  // namespace
@@ -79,67 +80,94 @@ ObjectChanges ManifestSource::refresh(const std::set<std::string>* only) {
     } else {
       spdlog::error("manifests: cannot read directory {}", dir_);
     }
-    for (auto& [f, objs] : lastGood_)
-      if (!names.contains(f)) names.insert(f);  // gone: reloaded below as absent
+    for (auto& [f, objs] : lastGood_) names.insert(f);  // gone ones are read below as absent
   }
-  std::set<ObjectKey> touchedSvc, touchedSlices;
+  // 1. The named files' new content (nullopt: gone). A file that fails to parse keeps its
+  //    last good content.
+  std::map<std::string, std::optional<ClusterObjects>> next;
   for (const auto& f : names) {
-    ClusterObjects next;
     std::ifstream in(dir_ + "/" + f);
-    if (in) {
-      std::stringstream ss;
-      ss << in.rdbuf();
-      auto parsed = parseManifestText(ss.str(), f);
-      if (!parsed) {
-        spdlog::error("manifests: {} ({}); keeping its last good content",
-                      parsed.error().message, lastGood_.contains(f) ? "had one" : "none yet");
-        continue;
-      }
-      next = std::move(*parsed);
-    }  // else: deleted or renamed away
-    ClusterObjects& prev = lastGood_[f];
-    auto index = [&f](auto& objs, auto& filesOf, auto& touched, bool add) {
-      for (auto& [k, v] : objs) {
-        if (add) filesOf[k].insert(f);
-        else filesOf[k].erase(f);
-        touched.insert(k);
+    if (!in) {
+      if (lastGood_.contains(f)) next.emplace(f, std::nullopt);
+      continue;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    auto parsed = parseManifestText(ss.str(), f);
+    if (!parsed) {
+      spdlog::error("manifests: {} ({}); keeping its last good content", parsed.error().message,
+                    lastGood_.contains(f) ? "had one" : "none yet");
+      continue;
+    }
+    next.emplace(f, std::move(*parsed));
+  }
+  // 2. Every key these files define before or after, with the version delivered so far (the
+  //    winner over the old contents). No merged copy is kept: the old contents stay alive
+  //    (moved aside; std::map nodes do not move) until the comparison below.
+  std::map<ObjectKey, const ServiceObject*> svcBefore;
+  std::map<ObjectKey, const EndpointSliceObject*> sliceBefore;
+  auto touch = [&](const ClusterObjects& c) {
+    for (auto& [k, v] : c.services)
+      svcBefore.try_emplace(k, winner(k, svcFiles_, lastGood_, &ClusterObjects::services));
+    for (auto& [k, v] : c.slices)
+      sliceBefore.try_emplace(k, winner(k, sliceFiles_, lastGood_, &ClusterObjects::slices));
+  };
+  for (auto& [f, c] : next) {
+    if (auto it = lastGood_.find(f); it != lastGood_.end()) touch(it->second);
+    if (c) touch(*c);
+  }
+  // 3. Swap the new contents in.
+  std::vector<ClusterObjects> retired;
+  retired.reserve(next.size());
+  for (auto& [f, c] : next) {
+    auto indexOne = [&f](auto& filesOf, const ObjectKey& k, bool add) {
+      if (add) {
+        filesOf[k].insert(f);
+      } else if (auto it = filesOf.find(k); it != filesOf.end()) {
+        it->second.erase(f);
+        if (it->second.empty()) filesOf.erase(it);
       }
     };
-    index(prev.services, svcFiles_, touchedSvc, false);
-    index(prev.slices, sliceFiles_, touchedSlices, false);
-    index(next.services, svcFiles_, touchedSvc, true);
-    index(next.slices, sliceFiles_, touchedSlices, true);
-    if (in) prev = std::move(next);
-    else lastGood_.erase(f);
+    auto index = [&](const ClusterObjects& objs, bool add, auto& svcFiles, auto& sliceFiles) {
+      for (auto& [k, v] : objs.services) indexOne(svcFiles, k, add);
+      for (auto& [k, v] : objs.slices) indexOne(sliceFiles, k, add);
+    };
+    if (auto it = lastGood_.find(f); it != lastGood_.end()) {
+      index(it->second, false, svcFiles_, sliceFiles_);
+      retired.push_back(std::move(it->second));
+      lastGood_.erase(it);
+    }
+    if (c) {
+      index(*c, true, svcFiles_, sliceFiles_);
+      lastGood_.emplace(f, std::move(*c));
+    }
   }
-  // Only what differs from what was delivered before becomes a change.
+  // 4. Only what differs from what was delivered becomes a change.
   ObjectChanges out;
-  auto settle = [&](auto& keys, auto& filesOf, auto member, auto& current, auto& changes,
+  auto settle = [&](const auto& before, const auto& filesOf, auto member, auto& changes,
                     const char* kind) {
-    for (const auto& k : keys) {
-      auto fit = filesOf.find(k);
-      auto* v = fit == filesOf.end() ? nullptr : winner(k, fit->second, lastGood_, member, kind);
-      if (fit != filesOf.end() && fit->second.empty()) filesOf.erase(fit);
-      auto cur = current.find(k);
-      if (!v) {
-        if (cur == current.end()) continue;
-        current.erase(cur);
-        changes[k] = std::nullopt;
-      } else if (cur == current.end() || !(cur->second == *v)) {
-        current.insert_or_assign(k, *v);
-        changes[k] = *v;
+    for (const auto& [k, old] : before) {
+      const auto* now = winner(k, filesOf, lastGood_, member, kind);
+      if (!now) {
+        if (old) changes.emplace(k, std::nullopt);
+      } else if (!old || !(*old == *now)) {
+        changes.emplace(k, *now);
       }
     }
   };
-  settle(touchedSvc, svcFiles_, &ClusterObjects::services, merged_.services, out.services, "Service");
-  settle(touchedSlices, sliceFiles_, &ClusterObjects::slices, merged_.slices, out.slices,
-         "EndpointSlice");
+  settle(svcBefore, svcFiles_, &ClusterObjects::services, out.services, "Service");
+  settle(sliceBefore, sliceFiles_, &ClusterObjects::slices, out.slices, "EndpointSlice");
   return out;
 }
 
 ClusterObjects ManifestSource::loadOnce() {
   refresh(nullptr);
-  return merged_;
+  ClusterObjects all;
+  for (auto& [k, files] : svcFiles_)
+    all.services.emplace(k, *winner(k, svcFiles_, lastGood_, &ClusterObjects::services));
+  for (auto& [k, files] : sliceFiles_)
+    all.slices.emplace(k, *winner(k, sliceFiles_, lastGood_, &ClusterObjects::slices));
+  return all;
 }
 
 Status ManifestSource::start(Callback cb) {
@@ -152,8 +180,10 @@ Status ManifestSource::start(Callback cb) {
                         IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE) < 0)
     return sysFail(errno, "inotify watch " + dir_);
   stopFd_ = eventfd(0, EFD_CLOEXEC);
-  refresh(nullptr);
-  cb_(ObjectChanges::all(merged_));
+  // From nothing, everything read is a change: that is the complete set.
+  auto all = refresh(nullptr);
+  all.replaceAll = true;
+  cb_(std::move(all));
   thread_ = std::thread([this] { run(); });
   return {};
 }

@@ -41,7 +41,6 @@ class ManifestSource : public Source {
   int stopFd_ = -1;
   std::map<std::string, ClusterObjects> lastGood_;  // per file
   std::map<ObjectKey, std::set<std::string>> svcFiles_, sliceFiles_;  // files defining a key
-  ClusterObjects merged_;  // what has been delivered
 };
 
 }  // namespace kst
