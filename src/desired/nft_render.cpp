@@ -26,16 +26,22 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   std::string r;
   // Rules of the per-family chain, entered once per packet by the VIP set lookup in classify.
   auto line = [&](const std::string& s) { r += "    " + s + "\n"; };
-  line(fmt::format("{} meta mark set {} map @flow{}", l4, flowKey, n));
-  line(fmt::format("meta mark 0 {} meta mark set jhash {ip} saddr . {ip} daddr . th sport . th "
-                   "dport mod {} seed {:#x} offset {:#x}",
+  // NOTE Performance: an established flow finds its slot mark in the flow table, refreshes its
+  // entry and leaves, all in one rule (a miss ends the rule: NFT_BREAK). The other rules run
+  // for a flow's first packet only.
+  line(fmt::format("{l4} meta mark set {k} map @flow{n} update @flow{n} {{ {k} : meta mark }} accept",
+                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n)));
+  // New flow: bucket from the fixed-seed hash (whatever mark the packet carried before is
+  // overwritten, never taken for a slot).
+  line(fmt::format("{} meta mark set jhash {ip} saddr . {ip} daddr . th sport . th dport mod {} "
+                   "seed {:#x} offset {:#x}",
                    l4, cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
-  line(fmt::format("meta mark 0 meta mark set jhash {ip} saddr . {ip} daddr mod {} seed {:#x} "
-                   "offset {:#x}",
+  line(fmt::format("meta l4proto != {{ tcp, udp, sctp }} meta mark set jhash {ip} saddr . {ip} "
+                   "daddr mod {} seed {:#x} offset {:#x}",
                    cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
-  line(fmt::format("meta mark >= {:#x} meta mark set {} daddr . meta mark map @b2s{}",
-                   kBucketMarkBase, ip, n));
-  line(fmt::format("meta mark {{ 0, {:#x}-0xffffffff }} counter drop", kBucketMarkBase));
+  line(fmt::format("meta mark set {} daddr . meta mark map @b2s{}", ip, n));
+  // A bucket without an element (mark still base + bucket) is dropped, never routed by main.
+  line(fmt::format("meta mark >= {:#x} counter drop", kBucketMarkBase));
   line(fmt::format("{} update @flow{} {{ {} : meta mark }}", l4, n, flowKey));
   return r;
 }
