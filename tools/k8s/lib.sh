@@ -51,6 +51,13 @@ k8s_launch() {
   setsid "${argv[@]}" >>"$dir/logs/$name.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$dir/run/$name.pid"
+  # Until the child has exec'd, /proc/PID/cmdline is this shell's and k8s_alive would call it
+  # dead (seen once in CI under load: "kube-controller-manager died" with an empty log).
+  local i
+  for ((i = 0; i < 100; i++)); do
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" && break
+    sleep 0.02
+  done
   k8s_log "started $name pid $pid"
 }
 
