@@ -282,6 +282,7 @@ int main(int argc, char** argv) {
   opts.once = f.once;
   kst::Daemon daemon(opts, *source, router ? &rr : nullptr, agent ? &ar : nullptr, events.get(),
                      publisher.get());
+  if (publisher) publisher->setOnAcquired([&daemon] { daemon.poke(); });
   kst::HealthServer health([&]() -> std::string {
     if (kube && !kube->synced()) return "not synced with the Kubernetes API yet";
     if (daemon.passes() == 0) return "no reconcile pass yet";

@@ -20,6 +20,12 @@ void Daemon::onChanges(ObjectChanges changes) {
 
 void Daemon::onSnapshot(const ClusterObjects& objs) { onChanges(ObjectChanges::all(objs)); }
 
+void Daemon::poke() {
+  std::lock_guard lk(mu_);
+  poked_ = true;
+  cv_.notify_all();
+}
+
 void Daemon::stop() {
   std::lock_guard lk(mu_);
   stopping_ = true;
@@ -98,8 +104,9 @@ int Daemon::run() {
     {
       std::unique_lock lk(mu_);
       auto deadline = std::min(nextResync, retry ? retryAt : nextResync);
-      cv_.wait_until(lk, deadline, [&] { return stopping_ || pending_.has_value(); });
+      cv_.wait_until(lk, deadline, [&] { return stopping_ || pending_.has_value() || poked_; });
       if (stopping_) break;
+      poked_ = false;
       if (pending_) {
         changes = std::move(*pending_);
         pending_.reset();

@@ -64,6 +64,8 @@ class Daemon {
   void onChanges(ObjectChanges changes);
   /** The complete set (tests, tools). */
   void onSnapshot(const ClusterObjects& objs);
+  /** Asks for a pass without new objects (e.g. this router just became the publisher). */
+  void poke();
   /** Reconcile passes run so far and whether the last one succeeded (health endpoint). */
   int passes() const { return passes_; }
   bool lastPassOk() const { return lastOk_; }
@@ -81,6 +83,7 @@ class Daemon {
   std::optional<ObjectChanges> pending_;
   ModelBuilder builder_;  // reconcile thread only
   bool stopping_ = false;
+  bool poked_ = false;
   std::set<std::tuple<int, std::string, std::string>> reported_;
   std::atomic<int> passes_{0};
   std::atomic<bool> lastOk_{false};

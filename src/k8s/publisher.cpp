@@ -130,9 +130,25 @@ bool KubePublisher::tryAcquireOrRenew() {
   return true;
 }
 
+void KubePublisher::setOnAcquired(std::function<void()> fn) {
+  std::lock_guard lk(mu_);
+  onAcquired_ = std::move(fn);
+}
+
 void KubePublisher::run() {
+  bool was = false;
   while (true) {
-    tryAcquireOrRenew();
+    bool now = tryAcquireOrRenew();
+    if (now && !was) {
+      // Publish now rather than at the daemon's next pass (up to --resync-interval away).
+      std::function<void()> fn;
+      {
+        std::lock_guard lk(mu_);
+        fn = onAcquired_;
+      }
+      if (fn) fn();
+    }
+    was = now;
     std::unique_lock lk(mu_);
     if (cv_.wait_for(lk, opts_.leaseDuration / 3, [&] { return stopping_; })) return;
   }

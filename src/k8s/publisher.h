@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -36,6 +37,8 @@ class KubePublisher : public DecisionPublisher {
   void start();
   void stop();
   bool isLeader() override;
+  /** Called (from the election thread) each time this router becomes the writer. */
+  void setOnAcquired(std::function<void()> fn);
   Status publish(const ObjectKey& service, const std::string& table) override;
 
   /** One election round (used by the thread; public for tests). @return leader now. */
@@ -51,6 +54,7 @@ class KubePublisher : public DecisionPublisher {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread thread_;
+  std::function<void()> onAcquired_;  // guarded by mu_
   std::atomic<int64_t> leaderUntil_{0};  // steady_clock ns; leader while now < this
   // Last observed lease record and when we saw it change (local time).
   std::string observedHolder_, observedRenew_;

@@ -283,6 +283,12 @@ TEST_F(Cluster, GoneAfterEtcdCompactionRelistsAndChangesNoKernelObject) {
   ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p1b", "p2a"}); }, 30)) << logOf("rt");
   for (auto n : {"rt", "n1", "n2"})
     ASSERT_TRUE(waitUntil([&] { return logHas(n, "reconciled"); })) << n;
+  // The router publishes the bucket table into the Service once it holds the Lease (a real
+  // change every daemon sees): it must have landed and been seen before the relist below, or
+  // the relist would rightly find it.
+  ASSERT_TRUE(waitUntil([&] { return logHas("rt", "published bucket table of " + kns + "/web"); }, 30))
+      << logOf("rt");
+  std::this_thread::sleep_for(std::chrono::seconds(1));
   Monitors mon(this, ns("rt"), ns("p1a"), dir);
   // Writes the daemons do not watch move etcd past their resourceVersion; compaction drops the
   // history; a restarted apiserver's watch cache starts at the current revision. Resuming the
