@@ -68,6 +68,15 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   body += "    ip daddr @vip4 jump classify4\n";
   body += "    ip6 daddr @vip6 jump classify6\n";
   body += "  }\n";
+  // NOTE Performance: the slot mark has done its job once the packet is routed. Left on the
+  // packet it disables the tunnel's route cache (ip_tunnel_dst_cache_usable() refuses marked
+  // skbs), so vxlan/ipip/gre would look the outer route up through the policy rules for every
+  // packet: ≈ 7 % of small-packet throughput in an A/B on this machine (docs/performance.md).
+  body += "  chain unmark {\n";
+  body += "    type filter hook forward priority mangle; policy accept;\n";
+  body += "    ip daddr @vip4 meta mark set 0\n";
+  body += "    ip6 daddr @vip6 meta mark set 0\n";
+  body += "  }\n";
   body += "  chain classify4 {\n" + familyRules(cfg, false) + "  }\n";
   body += "  chain classify6 {\n" + familyRules(cfg, true) + "  }\n";
   return body;
