@@ -3,6 +3,7 @@
 #include <libmnl/libmnl.h>
 #include <linux/netlink.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include <cerrno>
 #include <cstring>
@@ -14,6 +15,7 @@
 namespace kst::nl {
 
 namespace {
+constexpr long kReceiveTimeoutSeconds = 30;
 constexpr size_t kSendChunk = 60 * 1024;
 constexpr size_t kRxBuffer = 256 * 1024;
 }  // namespace
@@ -37,6 +39,10 @@ Result<std::unique_ptr<Socket>> Socket::open() {
   mnl_socket_setsockopt(s, NETLINK_CAP_ACK, &one, sizeof one);
   int rcvbuf = 8 * 1024 * 1024;
   setsockopt(mnl_socket_get_fd(s), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf);
+  // A reply that never comes (an ack lost to a receive-buffer overrun, a stuck kernel path)
+  // must become an error the daemon retries, not a reconcile thread blocked forever.
+  timeval tv{kReceiveTimeoutSeconds, 0};
+  setsockopt(mnl_socket_get_fd(s), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return std::unique_ptr<Socket>(new Socket(s));
 }
 
@@ -82,6 +88,9 @@ Result<std::vector<RequestError>> Socket::transact(std::vector<Message>& request
       ssize_t n = mnl_socket_recvfrom(sock_, rx_.data(), rx_.size());
       if (n < 0) {
         if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+          return fail(ETIMEDOUT, fmt::format("netlink: no answer from the kernel within {} s",
+                                             kReceiveTimeoutSeconds));
         return sysFail(errno, "netlink receive");
       }
       int len = static_cast<int>(n);
@@ -124,6 +133,9 @@ Status Socket::dump(Message request, const std::function<void(const nlmsghdr*)>&
     ssize_t n = mnl_socket_recvfrom(sock_, rx_.data(), rx_.size());
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return fail(ETIMEDOUT, fmt::format("netlink dump: no answer from the kernel within {} s",
+                                           kReceiveTimeoutSeconds));
       return sysFail(errno, "netlink dump receive");
     }
     int ret = mnl_cb_run(rx_.data(), static_cast<size_t>(n), seq, portId_, cb, &ctx);
