@@ -18,8 +18,6 @@ void Daemon::onChanges(ObjectChanges changes) {
   cv_.notify_all();
 }
 
-void Daemon::onSnapshot(const ClusterObjects& objs) { onChanges(ObjectChanges::all(objs)); }
-
 void Daemon::poke() {
   std::lock_guard lk(mu_);
   poked_ = true;

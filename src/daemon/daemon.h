@@ -62,8 +62,6 @@ class Daemon {
   void stop();
   /** A source's delivery; folded into what is pending until the reconcile thread takes it. */
   void onChanges(ObjectChanges changes);
-  /** The complete set (tests, tools). */
-  void onSnapshot(const ClusterObjects& objs);
   /** Asks for a pass without new objects (e.g. this router just became the publisher). */
   void poke();
   /** Reconcile passes run so far and whether the last one succeeded (health endpoint). */

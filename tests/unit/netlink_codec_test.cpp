@@ -15,6 +15,7 @@
 // kernel accepts either (rtnl_newlink copies it with nla_strscpy), so ours is compared with its
 // NUL stripped (kindWithoutNul below).
 #include "linux/netlink_codec.h"
+#include "unit/netlink_golden.h"
 
 #include <gtest/gtest.h>
 
@@ -45,65 +46,16 @@ namespace {
 IpAddress ip(const char* s) { return *IpAddress::parse(s); }
 const Tags kTags{211};
 
-const nlmsghdr* hdr(const Message& m) { return reinterpret_cast<const nlmsghdr*>(m.data()); }
-
-std::string hex(const void* p, size_t n) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  auto* b = static_cast<const uint8_t*>(p);
-  for (size_t i = 0; i < n; ++i) {
-    s.push_back(d[b[i] >> 4]);
-    s.push_back(d[b[i] & 15]);
-  }
-  return s;
-}
+using golden_bytes::Attrs;
+using golden_bytes::hdr;
+using golden_bytes::hex;
 
 Message loadGolden(const std::string& name) {
-  std::ifstream in(std::string(KST_TEST_DATA_DIR) + "/netlink/" + name);
-  EXPECT_TRUE(in) << "missing golden " << name;
-  Message m;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.starts_with("#")) continue;
-    std::istringstream ls(line);
-    std::string byte;
-    while (ls >> byte) m.push_back(static_cast<uint8_t>(std::stoul(byte, nullptr, 16)));
-  }
-  EXPECT_GE(m.size(), sizeof(nlmsghdr)) << name;
-  if (m.size() >= sizeof(nlmsghdr)) {
-    EXPECT_EQ(hdr(m)->nlmsg_len, m.size()) << name;
-  }
-  return m;
-}
-
-using Attrs = std::map<std::string, std::string>;  // "18/2/25" → payload hex
-
-void walk(const void* start, size_t len, const std::string& prefix,
-          const std::set<std::string>& nested, Attrs& out) {
-  auto* a = static_cast<const nlattr*>(start);
-  int rem = static_cast<int>(len);
-  while (mnl_attr_ok(a, rem)) {
-    std::string path = (prefix.empty() ? "" : prefix + "/") + std::to_string(mnl_attr_get_type(a));
-    EXPECT_FALSE(out.contains(path)) << "duplicate attribute " << path;
-    if (nested.contains(path) || (a->nla_type & NLA_F_NESTED)) {
-      out[path] = "{}";
-      walk(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a), path, nested, out);
-    } else {
-      out[path] = hex(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a));
-    }
-    rem -= static_cast<int>(MNL_ALIGN(a->nla_len));
-    a = mnl_attr_next(a);
-  }
-  EXPECT_EQ(rem, 0) << "trailing bytes after attributes at " << prefix;
+  return golden_bytes::readHexFile(std::string(KST_TEST_DATA_DIR) + "/netlink/" + name, name);
 }
 
 Attrs attrs(const Message& m, size_t familyHeader, const std::set<std::string>& nested = {}) {
-  Attrs out;
-  auto* h = hdr(m);
-  auto* first = mnl_nlmsg_get_payload_offset(h, familyHeader);
-  auto* tail = static_cast<const char*>(mnl_nlmsg_get_payload_tail(h));
-  walk(first, static_cast<size_t>(tail - static_cast<const char*>(first)), "", nested, out);
-  return out;
+  return golden_bytes::attrs(m, familyHeader, nested, /*flaggedNests=*/true);
 }
 
 /** Strips (and requires) the NUL our IFLA_INFO_KIND carries, see the top of the file. */

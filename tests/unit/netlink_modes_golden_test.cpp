@@ -28,6 +28,7 @@
 #include "desired/agent.h"
 #include "desired/router.h"
 #include "linux/netlink_codec.h"
+#include "unit/netlink_golden.h"
 
 #ifndef KST_TEST_DATA_DIR
 #error "KST_TEST_DATA_DIR must point at tests/data"
@@ -40,64 +41,17 @@ IpAddress ip(const char* s) { return *IpAddress::parse(s); }
 const Tags kTags{211};
 constexpr uint32_t kEth0 = 3;  // ifindex of eth0 in capture.sh's namespace (lo is 1)
 
-const nlmsghdr* hdr(const Message& m) { return reinterpret_cast<const nlmsghdr*>(m.data()); }
-
-std::string hex(const void* p, size_t n) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  auto* b = static_cast<const uint8_t*>(p);
-  for (size_t i = 0; i < n; ++i) {
-    s.push_back(d[b[i] >> 4]);
-    s.push_back(d[b[i] & 15]);
-  }
-  return s;
-}
+using golden_bytes::Attrs;
+using golden_bytes::hdr;
+using golden_bytes::hex;
 
 Message golden(const std::string& name) {
-  std::ifstream in(std::string(KST_TEST_DATA_DIR) + "/netlink/modes/" + name + ".hex");
-  EXPECT_TRUE(in) << "missing golden " << name;
-  Message m;
-  for (std::string line; std::getline(in, line);) {
-    if (line.starts_with("#")) continue;
-    std::istringstream ls(line);
-    for (std::string b; ls >> b;) m.push_back(static_cast<uint8_t>(std::stoul(b, nullptr, 16)));
-  }
-  if (m.size() >= sizeof(nlmsghdr)) {
-    EXPECT_EQ(hdr(m)->nlmsg_len, m.size()) << name;
-  } else {
-    ADD_FAILURE() << name << ": shorter than a netlink header";
-  }
-  return m;
-}
-
-using Attrs = std::map<std::string, std::string>;  // "18/2/7" → payload hex, "{}" for nests
-
-void walk(const void* start, size_t len, const std::string& prefix,
-          const std::set<std::string>& nested, Attrs& out) {
-  auto* a = static_cast<const nlattr*>(start);
-  int rem = static_cast<int>(len);
-  while (mnl_attr_ok(a, rem)) {
-    std::string path = (prefix.empty() ? "" : prefix + "/") + std::to_string(mnl_attr_get_type(a));
-    EXPECT_FALSE(out.contains(path)) << "duplicate attribute " << path;
-    if (nested.contains(path)) {
-      out[path] = "{}";
-      walk(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a), path, nested, out);
-    } else {
-      out[path] = hex(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a));
-    }
-    rem -= static_cast<int>(MNL_ALIGN(a->nla_len));
-    a = mnl_attr_next(a);
-  }
-  EXPECT_EQ(rem, 0) << "trailing bytes at " << prefix;
+  return golden_bytes::readHexFile(
+      std::string(KST_TEST_DATA_DIR) + "/netlink/modes/" + name + ".hex", name);
 }
 
 Attrs attrs(const Message& m, size_t familyHeader, const std::set<std::string>& nested) {
-  Attrs out;
-  auto* h = hdr(m);
-  auto* first = mnl_nlmsg_get_payload_offset(h, familyHeader);
-  auto* tail = static_cast<const char*>(mnl_nlmsg_get_payload_tail(h));
-  walk(first, static_cast<size_t>(tail - static_cast<const char*>(first)), "", nested, out);
-  return out;
+  return golden_bytes::attrs(m, familyHeader, nested, /*flaggedNests=*/false);
 }
 
 /**
