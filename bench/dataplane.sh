@@ -15,11 +15,15 @@
 #           default --underlay-mtu 1500: the agent clamps the MSS to 1424):
 #           nft classifier (flow map, jhash, b2s map) → fwmark → ip rule → slot table →
 #           nexthop with encap ip → the same decap device
-# Small-packet UDP packets/s (counted at the pod by an nft counter in its input hook; not for
-# hand0, it would equal hand) and single-connection TCP throughput (kb-load).
+# Small-packet UDP packets/s (counted at the pod by an nft counter in its input hook over
+# SECONDS after a 0.5 s warm-up, sender pinned to one CPU; not for hand0, it would equal hand)
+# and single-connection TCP throughput (kb-load). Each repetition measures the variants back to
+# back in an order that alternates between repetitions; the daemon/hand ratios are given both
+# as a ratio of medians and as the median (and range) of the per-repetition paired ratios.
 #
 #   bench/dataplane.sh BUILD_DIR [REPS] [SECONDS] [BUCKETS]
 # Prints "RESULT bench=dataplane ..." lines. Namespaces: kbd<pid>-*; removed on exit.
+# DATAPLANE_CPU=N|none (UDP sender's CPU), DATAPLANE_HOLD=SECONDS (keep the topology up first).
 set -euo pipefail
 BUILD=${1:?build dir}
 REPS=${2:-3}
@@ -112,36 +116,70 @@ table inet kbcount {
   chain in { type filter hook input priority 0; policy accept; udp dport 9 counter name udp9 drop; }
 }
 EOF
+# The UDP load generator runs on one CPU (DATAPLANE_CPU, default the last; "none": unpinned).
+# The veth chain client → router → node → pod is processed in softirq on the sending CPU, so
+# the whole measured path shares that CPU and the other one takes the daemons, this shell and
+# whatever else runs. Unpinned, the scheduler moving the sender spread paired ratios over
+# 0.91–1.11 (10 pairs), pinned over 0.95–1.04. TCP stays unpinned: sender and sink both need a
+# CPU, and pinning them apart made its paired ratios no tighter (0.83–1.21 in one 11-rep run).
+CPU=${DATAPLANE_CPU:-$(($(nproc) - 1))}
+PIN=()
+[ "$CPU" != none ] && PIN=(taskset -c "$CPU")
 ns p1a "$LOAD" tcp-sink 5201 >/dev/null 2>&1 &
 PIDS+=($!)
 sleep 0.3
 
+# DATAPLANE_HOLD=SECONDS keeps the topology up that long before measuring (for perf; see
+# bench/README.md "Profiling").
+if [ -n "${DATAPLANE_HOLD:-}" ]; then
+  echo "topology up: namespaces $P-{cl,rt,n1,p1a}; daemon VIP $VIP_D, hand-made VIP $VIP_H" >&2
+  sleep "$DATAPLANE_HOLD"
+fi
 count() { ns p1a nft list counter inet kbcount udp9 | awk '/packets/ {print $2}'; }
+WARM=0.5    # seconds of load before counting (sockets, ARP, flow-table entries)
+SETTLE=0.5  # pause between runs: deferred work (RCU frees of the last run's dsts) drains
+udp_pps() {  # DST → packets/s counted at the pod after the warm-up
+  local dst=$1 pid c0 c1 t0 t1
+  ns cl "${PIN[@]}" "$LOAD" udp "$dst" 9 "$(awk -v a="$WARM" -v b="$SECS" 'BEGIN {print a + b + 0.3}')" 16 \
+    >/dev/null &
+  pid=$!
+  sleep "$WARM"
+  c0=$(count) t0=$(date +%s.%N)
+  sleep "$SECS"
+  c1=$(count) t1=$(date +%s.%N)
+  wait "$pid"
+  awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
 declare -A PPS GBPS
-RATIO_PPS="" RATIO_TCP="" hand_pps=1 hand_gbps=1
+RATIO_PPS="" RATIO_TCP=""
+# Per repetition: the UDP runs, then the TCP runs, each in the repetition's order, which
+# alternates (plain hand daemon, then plain daemon hand): the daemon's and the hand-made
+# tunnel's runs are adjacent (paired ratios), and neither always comes first, so a drift or an
+# after-effect of the previous run cancels over the repetitions.
 for rep in $(seq "$REPS"); do
-  for v in plain hand0 hand daemon; do
+  order="plain hand daemon"
+  [ $((rep % 2)) = 0 ] && order="plain daemon hand"
+  declare -A pps=() gbps=()
+  for v in $order; do
+    case $v in plain) dst=$POD ;; hand) dst=$VIP_H ;; daemon) dst=$VIP_D ;; esac
+    pps[$v]=$(udp_pps "$dst")
+    PPS[$v]="${PPS[$v]:-} ${pps[$v]}"
+    sleep "$SETTLE"
+  done
+  for v in $order hand0; do
     case $v in plain) dst=$POD ;; hand0) dst=$VIP_H0 ;; hand) dst=$VIP_H ;; daemon) dst=$VIP_D ;; esac
-    pps=-
-    if [ $v != hand0 ]; then
-      c0=$(count)
-      t0=$(date +%s.%N)
-      ns cl "$LOAD" udp "$dst" 9 "$SECS" 16 >/dev/null
-      t1=$(date +%s.%N)
-      c1=$(count)
-      pps=$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')
-      PPS[$v]="${PPS[$v]:-} $pps"
-    fi
-    gbps=$(ns cl "$LOAD" tcp "$dst" 5201 "$SECS" | sed -n 's/.*gbps=//p')
-    [ $v = hand ] && hand_pps=$pps hand_gbps=$gbps
-    if [ $v = daemon ]; then  # paired with the hand-made run just before it
-      RATIO_PPS="${RATIO_PPS:-} $(awk -v a="$pps" -v b="$hand_pps" 'BEGIN {printf "%.4f", a / b}')"
-      RATIO_TCP="${RATIO_TCP:-} $(awk -v a="$gbps" -v b="$hand_gbps" 'BEGIN {printf "%.4f", a / b}')"
-    fi
-    GBPS[$v]="${GBPS[$v]:-} $gbps"
-    echo "  dataplane rep $rep $v: pps=$pps gbps=$gbps" >&2
+    gbps[$v]=$(ns cl "$LOAD" tcp "$dst" 5201 "$SECS" | sed -n 's/.*gbps=//p')
+    GBPS[$v]="${GBPS[$v]:-} ${gbps[$v]}"
+    sleep "$SETTLE"
+  done
+  RATIO_PPS="$RATIO_PPS $(ratio "${pps[daemon]}" "${pps[hand]}")"
+  RATIO_TCP="$RATIO_TCP $(ratio "${gbps[daemon]}" "${gbps[hand]}")"
+  for v in plain hand0 hand daemon; do
+    echo "  dataplane rep $rep $v: pps=${pps[$v]:--} gbps=${gbps[$v]}" >&2
   done
 done
+range() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
 med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 pp=$(echo "${PPS[plain]}" | med); ph=$(echo "${PPS[hand]}" | med); pd=$(echo "${PPS[daemon]}" | med)
 gp=$(echo "${GBPS[plain]}" | med); gh=$(echo "${GBPS[hand]}" | med); gd=$(echo "${GBPS[daemon]}" | med)
@@ -156,4 +194,5 @@ echo "RESULT bench=dataplane B=$BUCKETS reps=$REPS seconds=$SECS udp_pps_plain=$
   "daemon_over_plain_tcp=$(awk -v a="$gd" -v b="$gp" 'BEGIN {printf "%.2f", a / b}')" \
   "paired_daemon_over_hand_pps=$(echo "$RATIO_PPS" | med)" \
   "paired_daemon_over_hand_tcp=$(echo "$RATIO_TCP" | med)" \
+  "paired_pps_range=$(echo "$RATIO_PPS" | range) paired_tcp_range=$(echo "$RATIO_TCP" | range)" \
   "load=$(cut -d' ' -f1 /proc/loadavg)"

@@ -43,7 +43,7 @@ ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-load >/dev/null
 log() { echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2; }
 run() { "$@" | tee -a "$OUT" | grep RESULT >&2 || true; }
 CTL=$BUILD/bench/kb-control
-REPS=3 N_INC=500 N_CHANGES=20 DP_REPS=5
+REPS=3 N_INC=500 N_CHANGES=20 DP_REPS=11
 if [ -n "$QUICK" ]; then REPS=1 N_INC=100 N_CHANGES=5 DP_REPS=1; fi
 log "hashing"
 run "$BUILD/bench/kb-hashing" --benchmark_min_time=0.05
