@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/watchdog.h"
+
 namespace kst::e2e {
 
 inline const std::string kBin = KST_BINARY_DIR "/src/kube-service-tunnel";
@@ -31,6 +33,7 @@ struct Cmd {
 };
 
 inline Cmd sh(const std::string& cmd, bool withStderr = true) {
+  kst::testing::noteStep("sh: " + cmd);
   std::string full = cmd + (withStderr ? " 2>&1" : " 2>/dev/null");
   FILE* f = popen(full.c_str(), "r");
   if (!f) return {-1, "popen failed"};
@@ -64,6 +67,9 @@ class Process {
  public:
   Process() = default;
   Process(const std::vector<std::string>& argv, const std::string& log) : log_(log) {
+    std::string line = "start:";
+    for (auto& a : argv) line += " " + a;
+    kst::testing::noteStep(line);
     pid_ = fork();
     if (pid_ == 0) {
       setpgid(0, 0);
