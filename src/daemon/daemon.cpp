@@ -62,14 +62,17 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
   }
   if (agent_) handle("agent", agent_->reconcile(model));
   // Report each distinct problem once while it persists.
-  std::set<std::tuple<int, std::string, std::string>> now;
+  std::map<std::tuple<int, std::string, std::string>, Problem> now;
   for (auto& p : problems) {
     auto key = std::make_tuple(static_cast<int>(p.kind), p.object.str(), p.message);
-    now.insert(key);
+    now.emplace(key, p);
     if (reported_.contains(key)) continue;
     spdlog::warn("{} {}: {}", problemReason(p.kind), p.object.str(), p.message);
     if (sink_) sink_->report(p);
   }
+  if (sink_)
+    for (auto& [key, p] : reported_)
+      if (!now.contains(key)) sink_->resolved(p);
   reported_ = std::move(now);
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                 std::chrono::steady_clock::now() - start).count();

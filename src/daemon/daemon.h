@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <map>
 #include <set>
 #include <string>
 
@@ -41,6 +42,9 @@ class ProblemSink {
  public:
   virtual ~ProblemSink() = default;
   virtual void report(const Problem& p) = 0;
+  /** A reported problem is gone (e.g. so that an Event still waiting for the API server is not
+   *  posted after the fact). */
+  virtual void resolved(const Problem&) {}
 };
 
 /** Writes bucket tables into the API. Only the elected writer publishes (see k8s/). */
@@ -82,7 +86,7 @@ class Daemon {
   ModelBuilder builder_;  // reconcile thread only
   bool stopping_ = false;
   bool poked_ = false;
-  std::set<std::tuple<int, std::string, std::string>> reported_;
+  std::map<std::tuple<int, std::string, std::string>, Problem> reported_;
   std::atomic<int> passes_{0};
   std::atomic<bool> lastOk_{false};
 };

@@ -225,7 +225,8 @@ const std::string kEvents = "/apis/events.k8s.io/v1/namespaces/kst-fixtures/even
 EventSinkOptions sinkOptions() {
   EventSinkOptions o;
   o.reportingInstance = "kube-service-tunnel-kst-node-a";
-  o.retries = {std::chrono::milliseconds(1), std::chrono::milliseconds(1)};
+  o.retryInitial = std::chrono::milliseconds(1);
+  o.retryMax = std::chrono::milliseconds(10);
   o.uidOf = [](const ObjectKey& k) -> std::optional<std::string> {
     if (k.name == "bad") return "cadba4c8-6075-4110-aa4f-b2b324db3ee9";
     return std::nullopt;
@@ -302,6 +303,144 @@ TEST(KubeEventSink, RetriesServerErrorsButNotForbidden) {
   EXPECT_EQ(api.count(kEvents), 4u);
   EXPECT_EQ(sink.posted(), 1);
   EXPECT_EQ(sink.dropped(), 1);
+}
+
+// The Event bodies of the POSTs made so far, from request `from` on, in the order they were made.
+std::vector<nlohmann::json> bodies(const FakeApi& api, size_t from = 0) {
+  std::vector<nlohmann::json> out;
+  auto reqs = api.requests();
+  for (size_t i = from; i < reqs.size(); ++i) out.push_back(nlohmann::json::parse(reqs[i].body));
+  return out;
+}
+
+TEST(KubeEventSink, EventsFailedDuringAnApiOutageArriveOnceWhenItAnswersAgain) {
+  FakeApi api;
+  auto o = sinkOptions();
+  o.dedupWindow = std::chrono::seconds(0);  // the queue itself must not hold a problem twice
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), o);
+  for (int i = 0; i < 5; ++i) api.push(kEvents, {0, "", "connection refused"});
+  Problem bad{Problem::Kind::InvalidAnnotation, {"kst-fixtures", "bad"}, "not an IP"};
+  Problem thief{Problem::Kind::VipConflict, {"kst-fixtures", "thief"}, "VIP taken"};
+  sink.report(bad);
+  sink.report(thief);
+  // Five refusals, then a sixth attempt that hangs (nothing answers): still down.
+  ASSERT_TRUE(api.waitRequests(kEvents, 6));
+  sink.report(bad);    // reported again while waiting: not queued twice
+  sink.report(thief);
+  EXPECT_EQ(sink.posted(), 0);
+  EXPECT_EQ(sink.dropped(), 0);
+  EXPECT_EQ(sink.queued(), 2u);
+  // While the API server is unreachable only the oldest Event probes it.
+  auto probes = bodies(api);
+  ASSERT_EQ(probes.size(), 6u);
+  for (auto& b : probes) {
+    EXPECT_EQ(b["regarding"]["name"], "bad");
+    // Same name and eventTime in every attempt: the time the problem was reported.
+    EXPECT_EQ(b["metadata"]["name"], probes[0]["metadata"]["name"]);
+    EXPECT_EQ(b["eventTime"], probes[0]["eventTime"]);
+  }
+  // The API server is back: the probe gets through and the rest follows at once.
+  for (int i = 0; i < 4; ++i) api.push(kEvents, {201, "{}"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(sink.posted(), 2);
+  EXPECT_EQ(sink.dropped(), 0);
+  EXPECT_EQ(sink.queued(), 0u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto after = bodies(api, 5);  // the sixth attempt (answered 201) and what followed it
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after[0]["regarding"]["name"], "bad");
+  EXPECT_EQ(after[0]["metadata"]["name"], probes[0]["metadata"]["name"]);
+  EXPECT_EQ(after[1]["regarding"]["name"], "thief");
+  EXPECT_EQ(after[1]["reason"], "TunnelVIPConflict");
+}
+
+TEST(KubeEventSink, AnAttemptWhoseAnswerWasLostIsNotPostedTwice) {
+  FakeApi api;
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), sinkOptions());
+  // The first POST created the Event but its answer never came back; the second one, with the
+  // same name, is refused as a duplicate: the Event exists, once.
+  api.push(kEvents, {0, "", "timed out"});
+  api.push(kEvents, {409, R"({"kind":"Status","reason":"AlreadyExists","code":409})"});
+  sink.report({Problem::Kind::InvalidAnnotation, {"kst-fixtures", "bad"}, "x"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(api.count(kEvents), 2u);
+  EXPECT_EQ(sink.posted(), 1);
+  EXPECT_EQ(sink.dropped(), 0);
+  // A first attempt answered 409 is someone else's Event of that name: not ours, not posted.
+  api.push(kEvents, {409, R"({"kind":"Status","reason":"AlreadyExists","code":409})"});
+  sink.report({Problem::Kind::InvalidAnnotation, {"kst-fixtures", "bad2"}, "x"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(sink.posted(), 1);
+  EXPECT_EQ(sink.dropped(), 1);
+}
+
+TEST(KubeEventSink, KeepsAtMostMaxQueuedEventsThroughAnOutageDroppingTheOldest) {
+  FakeApi api;
+  auto o = sinkOptions();
+  o.maxQueued = 2;
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), o);
+  auto problem = [](const char* name) {
+    return Problem{Problem::Kind::VipConflict, {"kst-fixtures", name}, "VIP taken"};
+  };
+  api.push(kEvents, {0, "", "connection refused"});
+  sink.report(problem("a"));
+  ASSERT_TRUE(api.waitRequests(kEvents, 2));  // a failed, and its retry hangs
+  sink.report(problem("b"));
+  sink.report(problem("c"));
+  sink.report(problem("d"));  // the queue (b, c) is full: b, the oldest queued, goes
+  EXPECT_EQ(sink.dropped(), 1);
+  EXPECT_EQ(sink.queued(), 3u);  // a (being retried), c, d
+  api.push(kEvents, {503, "{}"});  // a fails again, and is now the oldest of three
+  ASSERT_TRUE(waitFor([&] { return sink.dropped() == 2; }));
+  EXPECT_EQ(sink.queued(), 2u);
+  for (int i = 0; i < 2; ++i) api.push(kEvents, {201, "{}"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(sink.posted(), 2);
+  EXPECT_EQ(sink.dropped(), 2);
+  auto all = bodies(api);
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_EQ(all[2]["regarding"]["name"], "c");
+  EXPECT_EQ(all[3]["regarding"]["name"], "d");
+}
+
+TEST(KubeEventSink, AProblemResolvedDuringTheOutageIsNotPostedAfterwards) {
+  FakeApi api;
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), sinkOptions());
+  Problem gone{Problem::Kind::VipConflict, {"kst-fixtures", "gone"}, "VIP taken"};
+  Problem stays{Problem::Kind::VipConflict, {"kst-fixtures", "stays"}, "VIP taken"};
+  Problem queuedGone{Problem::Kind::InvalidAnnotation, {"kst-fixtures", "fixed"}, "not an IP"};
+  api.push(kEvents, {0, "", "connection refused"});
+  sink.report(gone);
+  ASSERT_TRUE(api.waitRequests(kEvents, 2));  // `gone` is being retried (hanging)
+  sink.report(stays);
+  sink.report(queuedGone);
+  sink.resolved(gone);        // in flight: not put back after its attempt fails
+  sink.resolved(queuedGone);  // waiting in the queue: removed
+  EXPECT_EQ(sink.queued(), 2u);  // gone (in flight), stays
+  api.push(kEvents, {0, "", "connection refused"});
+  ASSERT_TRUE(waitFor([&] { return sink.queued() == 1; }));
+  api.push(kEvents, {201, "{}"});
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(sink.posted(), 1);
+  auto all = bodies(api);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[2]["regarding"]["name"], "stays");
+  // Not posted, so not deduplicated either: if the problem comes back, its Event is posted.
+  api.push(kEvents, {201, "{}"});
+  sink.report(gone);
+  ASSERT_TRUE(sink.flush(std::chrono::seconds(5)));
+  EXPECT_EQ(sink.posted(), 2);
+  EXPECT_EQ(bodies(api).back()["regarding"]["name"], "gone");
+}
+
+TEST(KubeEventSink, ReportNeverWaitsForTheApiServer) {
+  FakeApi api;  // answers nothing: every POST hangs
+  KubeEventSink sink(std::make_unique<FakeTransport>(api), sinkOptions());
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 300; ++i)
+    sink.report({Problem::Kind::VipConflict, {"kst-fixtures", "s" + std::to_string(i)}, "x"});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+  EXPECT_LE(sink.queued(), 100u);
 }
 
 }  // namespace
