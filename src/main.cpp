@@ -103,8 +103,10 @@ void addCommon(CLI::App* app, Flags& f) {
       ->envname("TUNNEL_FLOW_TIMEOUT");
   app->add_option("--mpls-label", f.dp.mplsLabel, "MPLS label popped in pods")->envname("TUNNEL_MPLS_LABEL");
   app->add_option("--underlay-mtu", f.dp.underlayMtu,
-                  "MTU between routers and pods: the agent clamps the MSS of TCP SYNs from VIPs "
-                  "to it minus the encapsulation and TCP/IP headers (0: no clamping)")
+                  "MTU between routers and pods (same on routers and agents): the router sets "
+                  "its tunnel devices' MTU to it minus the encapsulation, the agent clamps the "
+                  "MSS of TCP SYNs from VIPs to that minus the TCP/IP headers (0: kernel default "
+                  "device MTU, no clamping)")
       ->envname("TUNNEL_UNDERLAY_MTU")
       ->check(CLI::IsMember({0u}) | CLI::Range(576u, 65535u));
   app->add_option("--netns-dir", f.netnsDirs, "Directories of namespace bind mounts to scan")

@@ -28,6 +28,8 @@ std::string describe(const Change& c) {
                              o.table);
         else if constexpr (std::is_same_v<T, Address>)
           return fmt::format("{} address {}/{} dev {}", act, o.ip.str(), o.prefixLen, o.dev);
+        else if constexpr (std::is_same_v<T, LinkMtu>)
+          return fmt::format("{} link {} mtu {}", act, o.name, o.mtu);
         else
           return fmt::format("{} mpls label {} dev {}", act, o.label, o.dev);
       },
@@ -57,14 +59,32 @@ void diffSet(const std::vector<T>& desired, const std::vector<T>& observed, KeyF
   }
 }
 
+/** Links by name: another kind or tunnel attribute recreates the link (Replace); a differing
+ *  MTU alone is set in place (LinkMtu). */
+void diffLinks(const std::vector<Link>& desired, const std::vector<Link>& observed,
+               std::vector<Change>& adds, std::vector<Change>& dels) {
+  std::map<std::string, const Link*> obs;
+  for (auto& o : observed) obs.emplace(o.name, &o);
+  for (auto& d : desired) {
+    auto it = obs.find(d.name);
+    if (it == obs.end()) {
+      adds.push_back({A::Add, d});
+      continue;
+    }
+    if (!d.sameConfig(*it->second)) adds.push_back({A::Replace, d});
+    else if (!d.sameMtu(*it->second)) adds.push_back({A::Replace, LinkMtu{d.name, d.mtu}});
+    obs.erase(it);
+  }
+  for (auto& o : observed)
+    if (obs.contains(o.name)) dels.push_back({A::Delete, o});
+}
+
 }  // namespace
 
 std::vector<Change> diffRouter(const RouterState& desired, const RouterState& observed) {
   std::vector<Change> adds, dels;
   std::vector<Change> linkAdds, linkDels, nhAdds, nhDels, rtAdds, rtDels, ruAdds, ruDels;
-  if (!desired.links.empty() || !observed.links.empty())
-    diffSet(desired.links, observed.links, [](const Link& l) { return l.name; },
-            [](const Link& a, const Link& b) { return a.sameConfig(b); }, linkAdds, linkDels);
+  diffLinks(desired.links, observed.links, linkAdds, linkDels);
   if (!desired.nexthops.empty() || !observed.nexthops.empty())
     diffSet(desired.nexthops, observed.nexthops, [](const Nexthop& n) { return n.id; },
             [](const Nexthop& a, const Nexthop& b) { return a.sameConfig(b); }, nhAdds, nhDels);
@@ -83,9 +103,7 @@ std::vector<Change> diffRouter(const RouterState& desired, const RouterState& ob
 std::vector<Change> diffPod(const PodState& desired, const PodState& observed,
                             uint32_t mplsLabel) {
   std::vector<Change> linkAdds, linkDels, addrAdds, addrDels;
-  if (!desired.links.empty() || !observed.links.empty())
-    diffSet(desired.links, observed.links, [](const Link& l) { return l.name; },
-            [](const Link& a, const Link& b) { return a.sameConfig(b); }, linkAdds, linkDels);
+  diffLinks(desired.links, observed.links, linkAdds, linkDels);
   if (!desired.addresses.empty() || !observed.addresses.empty())
     diffSet(desired.addresses, observed.addresses, [](const Address& a) { return a; },
             [](const Address&, const Address&) { return true; }, addrAdds, addrDels);

@@ -20,16 +20,25 @@ struct MplsPop {
   auto operator<=>(const MplsPop&) const = default;
 };
 
+/** `ip link set dev NAME mtu MTU` (Action::Replace): the MTU is changed in place, because
+ *  recreating a tunnel device would take every nexthop and route through it along. */
+struct LinkMtu {
+  std::string name;
+  uint32_t mtu = 0;
+  auto operator<=>(const LinkMtu&) const = default;
+};
+
 struct Change {
   enum class Action : uint8_t { Add, Replace, Delete };
   Action action;
-  std::variant<Link, Nexthop, Route, Rule, Address, MplsPop> object;
+  std::variant<Link, Nexthop, Route, Rule, Address, MplsPop, LinkMtu> object;
 };
 std::string describe(const Change& c);
 
 /** rtnetlink access to one network namespace. Dumps return only objects the daemon owns
  *  (tagged with its protocol, in its table range, or named with its link prefix), except
- *  links(), which returns every link (for ifindex lookups). Link::Replace recreates a link. */
+ *  links(), which returns every link (for ifindex lookups). Link::Replace recreates a link;
+ *  LinkMtu::Replace sets the MTU of an existing one. */
 class NetlinkClient {
  public:
   virtual ~NetlinkClient() = default;

@@ -14,6 +14,6 @@ const char* kindName(Link::Kind k) {
   return "other";
 }
 
-bool operator==(const Link& a, const Link& b) { return a.sameConfig(b); }
+bool operator==(const Link& a, const Link& b) { return a.sameConfig(b) && a.sameMtu(b); }
 
 }  // namespace kst::dp

@@ -26,11 +26,16 @@ struct Link {
   std::optional<IpAddress> remote;  // per-endpoint GRE
   uint32_t ifindex = 0;          // observed only; ignored by ==
   bool up = true;
+  /** Desired: the MTU to set (0: whatever the kernel chose). Observed: the device's MTU. */
+  uint32_t mtu = 0;
 
+  /** Equal in everything that takes recreating the link to change. */
   bool sameConfig(const Link& o) const {
     return std::tie(name, kind, external, port, local, remote) ==
            std::tie(o.name, o.kind, o.external, o.port, o.local, o.remote);
   }
+  /** The MTU, which changes in place (dp::LinkMtu); 0 on either side matches any. */
+  bool sameMtu(const Link& o) const { return mtu == 0 || o.mtu == 0 || mtu == o.mtu; }
 };
 const char* kindName(Link::Kind k);
 

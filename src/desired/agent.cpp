@@ -60,23 +60,29 @@ dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp) {
 //
 // The router checks the inner packet against the MTU of its tunnel device before it
 // encapsulates (forwarding: "fragmentation needed" / "packet too big" back to the client when
-// DF is set or for IPv6). The flow devices have no lower device, so their MTU is the kernel's
-// default from ETH_DATA_LEN (1500), whatever the underlay:
+// DF is set or for IPv6). Left to the kernel, the flow devices (no lower device) get a default
+// derived from ETH_DATA_LEN (1500), whatever the underlay:
 //   vxlan-gpe 1500; ipip 1500 − 20 = 1480 (ip_tunnel_bind_dev); gre 1500 − 24 = 1476;
 //   ip6tnl 1500 − 40 − 8 = 1452 and ip6gre 1500 − 44 − 8 = 1448 (ip6_tnl_dev_init_gen,
 //   ip6gre_tunnel_init_common: 8 bytes are reserved for the encapsulation limit option unless
 //   the device is created with IGN_ENCAP_LIMIT, which the router does not ask for, although a
-//   collect-md device never sends the option).
-// The per-endpoint gre link has a remote: its MTU follows the route to the pod (underlay − 24);
-// mpls has no device (route MTU = egress MTU − 4). The inner packet may therefore be at most
-// min(underlay − overhead, router device MTU).
+//   collect-md device never sends the option),
+// too small for a jumbo-frame underlay and, for vxlan-gpe, larger than a 1500-byte underlay
+// carries. So the router sets each device's MTU to underlay − overhead (routerLinkMtu): the
+// device then accepts exactly what fits the underlay once encapsulated. vxlan-gpe has one
+// device for both outer families; it is sized for IPv4 (− 36): sized for IPv6 (− 56) it would
+// cost IPv4 pods 20 bytes, and toward IPv6 pods TCP is clamped to − 56 anyway. The per-endpoint
+// gre link (a remote, IPv4 only) gets underlay − 24 as well; mpls has no device (route MTU =
+// egress MTU − 4: the underlay link's own MTU applies). With --underlay-mtu 0 the flow devices
+// get the kernel defaults above back and a gre link keeps what the kernel chose. The inner
+// packet may be at most min(underlay − overhead, router device MTU).
 //
 // Clamped MSS with the default underlay MTU 1500 (that limit − 40 / − 60):
 //
 //   mode       inner IPv4 (outer v4 / v6)   inner IPv6 (outer v4 / v6)
 //   vxlan-gpe  1424 / 1404                  1404 / 1384
-//   ipip       1440 / 1412 (ip6tnl MTU)     – (refused) / 1392 (ip6tnl MTU)
-//   gre-flow   1436 / 1408 (ip6gre MTU)     1416 / 1388 (ip6gre MTU)
+//   ipip       1440 / 1420                  – (refused) / 1400
+//   gre-flow   1436 / 1416                  1416 / 1396
 //   gre        1436 / –                     1416 / –
 //   mpls       1456                         1436
 //
@@ -103,16 +109,26 @@ uint32_t encapOverhead(Mode mode, Family outer) {
   return 0;
 }
 
-uint32_t routerLinkMtu(Mode mode, Family outer) {
+uint32_t routerLinkMtu(const DataplaneConfig& cfg, Family outer) {
   bool v4 = outer == Family::V4;
-  switch (mode) {
-    case Mode::VxlanGpe: return 1500;
-    case Mode::Ipip: return v4 ? 1500 - 20 : 1500 - 40 - 8;
-    case Mode::GreFlow: return v4 ? 1500 - 24 : 1500 - 44 - 8;
-    case Mode::Gre:
-    case Mode::Mpls: return 0;
+  if (cfg.underlayMtu == 0) {
+    switch (cfg.mode) {
+      case Mode::VxlanGpe: return 1500;
+      case Mode::Ipip: return v4 ? 1500 - 20 : 1500 - 40 - 8;
+      case Mode::GreFlow: return v4 ? 1500 - 24 : 1500 - 44 - 8;
+      case Mode::Gre:
+      case Mode::Mpls: return 0;
+    }
+    return 0;
   }
-  return 0;
+  if (cfg.mode == Mode::Mpls) return 0;
+  uint32_t overhead = encapOverhead(cfg.mode, cfg.mode == Mode::VxlanGpe ? Family::V4 : outer);
+  uint32_t mtu = cfg.underlayMtu > overhead ? cfg.underlayMtu - overhead : 0;
+  // Devices that carry IPv6 need 1280 (ip6tnl/ip6gre refuse less; below it the kernel removes
+  // IPv6 from any device, and the IPv6 routes through it): on a smaller underlay the outer
+  // packets are then fragmented (IPv4 underlay) instead. ipip carries IPv4 only.
+  uint32_t floor = cfg.mode == Mode::Ipip && v4 ? 68 : 1280;
+  return std::max(mtu, floor);
 }
 
 uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner) {
@@ -120,7 +136,7 @@ uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner) {
   uint32_t overhead = encapOverhead(cfg.mode, outer);
   if (cfg.underlayMtu <= overhead) return 0;
   uint32_t innerMax = cfg.underlayMtu - overhead;
-  if (uint32_t dev = routerLinkMtu(cfg.mode, outer)) innerMax = std::min(innerMax, dev);
+  if (uint32_t dev = routerLinkMtu(cfg, outer)) innerMax = std::min(innerMax, dev);
   uint32_t headers = inner == Family::V4 ? 40 : 60;
   if (innerMax <= headers) return 0;  // main.cpp accepts only 0 or 576 and above
   return static_cast<uint16_t>(std::min<uint32_t>(innerMax - headers, 65535));

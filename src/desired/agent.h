@@ -33,18 +33,21 @@ dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp);
 uint32_t encapOverhead(Mode mode, Family outer);
 
 /**
- * MTU of the router's tunnel device for `mode` and outer family (the kernel's default for a
- * device without lower device, which the router creates): the router checks the inner packet
- * against it before encapsulating. 0 = no limit of its own (gre: follows the route to the pod;
- * mpls: no device).
+ * MTU the router sets on its tunnel device toward pods of family `outer` (the router checks the
+ * inner packet against it before encapsulating): cfg.underlayMtu − encapOverhead, so that an
+ * inner packet the device accepts also fits the underlay (vxlan-gpe: one device for both
+ * families, sized for IPv4; see agent.cpp). With underlayMtu 0, the kernel's default for the
+ * flow devices, and 0 (not set: the kernel derives it from the route to the pod) for the
+ * per-endpoint gre links. 0 for mpls (no device).
  */
-uint32_t routerLinkMtu(Mode mode, Family outer);
+uint32_t routerLinkMtu(const DataplaneConfig& cfg, Family outer);
 
 /**
  * The MSS a pod may announce from a VIP of family `inner` so that the client's full-size
  * segments, encapsulated toward a pod address of family `outer`, fit cfg.underlayMtu and the
  * router's device: min(underlayMtu − encapOverhead, routerLinkMtu) − 40 (IPv4 + TCP headers)
  * or − 60 (IPv6 + TCP). 0 = no clamping (underlayMtu 0, or too small to leave a usable MSS).
+ * Agents and routers must run with the same --underlay-mtu.
  */
 uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner);
 

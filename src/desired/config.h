@@ -40,9 +40,10 @@ struct DataplaneConfig {
   uint32_t mplsLabel = 100;
   uint32_t flowTimeoutSeconds = 120;
   uint32_t flowTableSize = 65536;
-  /** MTU of the network between routers and pods (--underlay-mtu). The agent clamps the MSS
-   *  of TCP SYNs sent from a pod's VIPs so that the encapsulated segments fit it (see
-   *  clampedMss in desired/agent.h); 0 disables clamping. */
+  /** MTU of the network between routers and pods (--underlay-mtu). The router sets its tunnel
+   *  devices' MTU to it minus the encapsulation (routerLinkMtu in desired/agent.h), and the
+   *  agent clamps the MSS of TCP SYNs sent from a pod's VIPs so that the encapsulated segments
+   *  fit it (clampedMss); 0: kernel default device MTUs, no clamping. */
   uint32_t underlayMtu = 1500;
 
   std::string tunnelLinkName() const;

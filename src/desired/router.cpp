@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "desired/agent.h"
 #include "desired/nft_render.h"
 #include "desired/published.h"
 #include "hashing/maglev.h"
@@ -168,6 +169,7 @@ dp::Link flowLinkFor(const DataplaneConfig& cfg, Family underlay) {
   dp::Link l;
   l.name = cfg.tunnelLinkName();
   l.external = true;
+  l.mtu = routerLinkMtu(cfg, underlay);
   switch (cfg.mode) {
     case Mode::VxlanGpe:
       l.kind = dp::Link::Kind::VxlanGpe;
@@ -288,6 +290,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
         l.name = nh.dev;
         l.kind = ep.ip.isV4() ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
         l.remote = ep.ip;
+        l.mtu = routerLinkMtu(cfg, ep.ip.family());
         st.links.push_back(l);
       }
       st.nexthops.push_back(nh);

@@ -208,6 +208,8 @@ Result<std::vector<std::string>> NetlinkClientImpl::apply(const std::vector<dp::
       if (auto i = ifindexOf(a->dev, c)) m = nl::encodeAddress(*a, *i, op(c.action), tags_);
     } else if (auto* p = std::get_if<dp::MplsPop>(&c.object)) {
       if (auto i = ifindexOf(p->dev, c)) m = nl::encodeMplsPop(p->label, *i, op(c.action), tags_);
+    } else if (auto* lm = std::get_if<dp::LinkMtu>(&c.object)) {
+      m = nl::encodeLinkMtu(lm->name, lm->mtu);
     }
     if (m) {
       msgs.push_back(std::move(*m));

@@ -164,6 +164,9 @@ Message encodeLink(const dp::Link& link, Op op) {
   }
   auto* h = b.h();
   mnl_attr_put_strz(h, IFLA_IFNAME, link.name.c_str());
+  // Every kind the router creates applies it at creation (ip_tunnel_newlink, vxlan_nl2conf;
+  // ip6_tnl_newlink and ip6gre_newlink_common after registering the device).
+  if (link.mtu) mnl_attr_put_u32(h, IFLA_MTU, link.mtu);
   auto* info = mnl_attr_nest_start(h, IFLA_LINKINFO);
   mnl_attr_put_strz(h, IFLA_INFO_KIND, linkKindString(link.kind));
   auto* data = mnl_attr_nest_start(h, IFLA_INFO_DATA);
@@ -208,6 +211,15 @@ Message encodeLinkSetUp(uint32_t ifindex) {
   ifi->ifi_index = static_cast<int>(ifindex);
   ifi->ifi_flags = IFF_UP;
   ifi->ifi_change = IFF_UP;
+  return b.done();
+}
+
+Message encodeLinkMtu(const std::string& name, uint32_t mtu) {
+  // `ip link set dev NAME mtu MTU`: RTM_NEWLINK without NLM_F_CREATE changes an existing link.
+  Builder b(RTM_NEWLINK, NLM_F_ACK);
+  b.extra<ifinfomsg>()->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz(b.h(), IFLA_IFNAME, name.c_str());
+  mnl_attr_put_u32(b.h(), IFLA_MTU, mtu);
   return b.done();
 }
 
@@ -331,6 +343,7 @@ std::optional<dp::Link> parseLink(const nlmsghdr* h) {
   l.name = mnl_attr_get_str(tb[IFLA_IFNAME]);
   l.ifindex = static_cast<uint32_t>(ifi->ifi_index);
   l.up = (ifi->ifi_flags & IFF_UP) != 0;
+  if (tb[IFLA_MTU]) l.mtu = mnl_attr_get_u32(tb[IFLA_MTU]);
   if (!tb[IFLA_LINKINFO]) return l;
   AttrTable info;
   info.parseNested(tb[IFLA_LINKINFO]);

@@ -40,6 +40,8 @@ Message encodeAddress(const dp::Address& a, uint32_t ifindex, Op op, const Tags&
 /** MPLS label route: `ip -f mpls route add LABEL dev OIF` (pop and deliver locally). */
 Message encodeMplsPop(uint32_t label, uint32_t oif, Op op, const Tags& tags);
 Message encodeLinkSetUp(uint32_t ifindex);
+/** Sets the MTU of an existing link, found by name. */
+Message encodeLinkMtu(const std::string& name, uint32_t mtu);
 
 Message dumpLinksRequest();
 Message dumpAddressesRequest();

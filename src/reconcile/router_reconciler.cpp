@@ -363,7 +363,8 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   // Flow devices depend on the endpoint families across all VIPs (ipip/gre-flow add an IPv6
   // device for IPv6 endpoints): a device to create, or possibly one to remove, is whole-model.
   for (auto& l : des.links)
-    if (std::none_of(c.links.begin(), c.links.end(), [&](auto& o) { return o.sameConfig(l); }))
+    if (std::none_of(c.links.begin(), c.links.end(),
+                     [&](auto& o) { return o.sameConfig(l) && o.sameMtu(l); }))
       return std::nullopt;
   if (c.links.size() > 1)
     for (auto& vip : changed)

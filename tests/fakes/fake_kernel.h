@@ -270,6 +270,13 @@ class FakeKernel : public dp::NetlinkClient {
       seedLink(wireLink(*l));
       return std::nullopt;
     }
+    if (auto* m = std::get_if<dp::LinkMtu>(&c.object)) {
+      // In place: the ifindex and everything using the link stay.
+      auto it = std::find_if(links_.begin(), links_.end(), [&](auto& l) { return l.name == m->name; });
+      if (it == links_.end()) return "No such device";
+      it->mtu = m->mtu;
+      return std::nullopt;
+    }
     if (auto* n = std::get_if<dp::Nexthop>(&c.object)) {
       auto it = std::find_if(nhs_.begin(), nhs_.end(), [&](auto& e) { return e.n.id == n->id; });
       if (act == A::Delete) {

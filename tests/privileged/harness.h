@@ -227,8 +227,10 @@ class E2E : public ::testing::Test {
                           (srcBase ? " " + std::to_string(srcBase) : ""));
     return lines(r.out);
   }
-  std::vector<std::string> udp(const std::string& vip, int count) {
-    return lines(in("cl", kTool + " udp " + vip + " 8080 " + std::to_string(count)).out);
+  /** size > 0: datagrams of that many bytes, not to be fragmented on the way (DF). */
+  std::vector<std::string> udp(const std::string& vip, int count, int size = 0) {
+    return lines(in("cl", kTool + " udp " + vip + " 8080 " + std::to_string(count) +
+                              (size > 0 ? " " + std::to_string(size) : "")).out);
   }
   /** Waits until COUNT probes to the VIP all succeed. */
   bool reachable(const std::string& vip, double seconds = 10) {

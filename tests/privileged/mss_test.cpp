@@ -6,6 +6,12 @@
 //   traffic keeps MSS 1460, and a restarted agent leaves the pod's nft table alone;
 //   one byte more (--underlay-mtu 1501, MSS 1425): fragmented again, so 36 is the exact overhead;
 //   negative control (--underlay-mtu 0): MSS 1460 from the VIP and every segment reassembled.
+// The router's tunnel device MTU (--underlay-mtu − 36 for vxlan-gpe) on a jumbo-frame underlay:
+//   --underlay-mtu 9000: kst-vxg MTU 8964, a 4000-byte DF datagram reaches the pod unfragmented
+//   and TCP from the VIP is clamped to 8924; a restart with the same flag changes no link; a
+//   changed flag sets the MTU in place (same ifindex, nexthops kept) and the datagram no longer
+//   passes; --underlay-mtu 0 gives the kernel default (1500) back.
+#include <filesystem>
 #include <regex>
 
 #include "privileged/harness.h"
@@ -83,6 +89,19 @@ class TcpMss : public E2E {
     ASSERT_TRUE(waitUntil([&] { return procs["n1"].log().find("reconciled") != std::string::npos; }))
         << procs["n1"].log();
   }
+  void restartRouter(std::vector<std::string> extra) {
+    EXPECT_EQ(procs["rt"].stop(), 0);
+    startRouter("rt", std::move(extra));
+    ASSERT_TRUE(waitUntil([&] { return procs["rt"].log().find("reconciled") != std::string::npos; }))
+        << procs["rt"].log();
+  }
+  /** (ifindex, mtu) of a link in a namespace; (-1, -1) when there is none. */
+  std::pair<long, long> linkMtu(const std::string& n, const std::string& link) {
+    auto o = out(n, "ip -o link show dev " + link);
+    std::smatch m;
+    if (!std::regex_search(o, m, std::regex(R"(^(\d+): .* mtu (\d+))"))) return {-1, -1};
+    return {std::stol(m[1]), std::stol(m[2])};
+  }
 };
 
 TEST_F(TcpMss, SynAckFromVipIsClampedAndBulkTransferIsNotFragmented) {
@@ -150,7 +169,8 @@ TEST_F(TcpMss, SynAckFromVipIsClampedAndBulkTransferIsNotFragmented) {
   }
 
   // The overhead is exact, not merely conservative: one byte more MTU (MSS 1425) and every
-  // full segment no longer fits.
+  // full segment no longer fits. (Both sides: the router's device MTU follows the flag too.)
+  restartRouter({"--underlay-mtu", "1501"});
   restartAgent({"--underlay-mtu", "1501"});
   ASSERT_TRUE(waitUntil([&] {
     return podTable("p1a").find("kst-pod:kst-vxg mss 1425/1405") != std::string::npos;
@@ -163,6 +183,7 @@ TEST_F(TcpMss, SynAckFromVipIsClampedAndBulkTransferIsNotFragmented) {
 
   // Negative control: no clamping → MSS 1460 from the VIP, every full segment is two
   // fragments that the pod reassembles.
+  restartRouter({"--underlay-mtu", "0"});
   restartAgent({"--underlay-mtu", "0"});
   ASSERT_TRUE(waitUntil([&] {
     auto t = podTable("p1a");
@@ -178,6 +199,92 @@ TEST_F(TcpMss, SynAckFromVipIsClampedAndBulkTransferIsNotFragmented) {
   EXPECT_GT(grown, 2000) << "without clamping the segments should have been fragmented";
   std::cerr << "reassembly requests without clamping: " << grown << "\n";
   // UDP replies still leave from the VIP with the UDP-only table: covered by dataplane_test.
+}
+
+class TunnelMtu : public TcpMss {
+ protected:
+  void SetUp() override {
+    E2E::SetUp();
+    if (IsSkipped()) return;
+    // This test's namespaces, links and tables are named kmt*.
+    std::filesystem::remove_all(dir);
+    prefix = "kmt" + std::to_string(getpid() % 100000);
+    dir = "/tmp/" + prefix;
+    manifests = dir + "/manifests";
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(manifests);
+  }
+  /** Every link but lo in the namespaces of the topology gets MTU 9000 (jumbo frames). */
+  void jumbo() {
+    std::string script = dir + "/jumbo.sh";
+    // Twice: a bridge refuses an MTU above its ports' until they have it.
+    std::ofstream(script) << "for pass in 1 2; do for l in $(ip -o link show | awk -F': ' "
+                             "'$2 != \"lo\" { split($2, a, \"@\"); print a[1] }'); do "
+                             "ip link set dev \"$l\" mtu 9000 2>/dev/null; done; done\n";
+    for (auto n : {"fab", "cl", "rt", "n1", "n2", "p1a", "p2a"}) in(n, "sh " + script);
+    ASSERT_EQ(linkMtu("fab", "br0").second, 9000);
+    ASSERT_EQ(linkMtu("p1a", "eth0").second, 9000);
+  }
+};
+
+TEST_F(TunnelMtu, JumboUnderlaySetsTheRouterDeviceMtuAndTheClampFollows) {
+  topology(1);
+  jumbo();
+  procs["srv"] = Process({"ip", "netns", "exec", ns("p1a"), kTool, "serve", "p1a", "8080"},
+                         dir + "/srv.log");
+  procs["p1a"] = Process({"ip", "netns", "exec", ns("p1a"), kBulk, "sink", "5201"}, dir + "/p1a.log");
+  writeManifest("web.yaml", serviceYaml("web", kVip) + "---\n" +
+                                sliceYaml("web", "IPv4", {{"198.19.1.2", "node1"}}));
+  const std::vector<std::string> jumboFlag{"--underlay-mtu", "9000"};
+  startRouter("rt", jumboFlag);
+  startAgent(1, jumboFlag);
+  // 9000 − 36 (vxlan-gpe over IPv4); the clamp: 8964 − 40 / − 60.
+  ASSERT_TRUE(waitUntil([&] { return linkMtu("rt", "kst-vxg").second == 8964; }, 15))
+      << out("rt", "ip -d link show dev kst-vxg") << procs["rt"].log();
+  ASSERT_TRUE(waitUntil([&] {
+    return podTable("p1a").find("kst-pod:kst-vxg mss 8924/8904") != std::string::npos;
+  }, 15)) << podTable("p1a") << procs["n1"].log();
+  ASSERT_TRUE(reachable(kVip, 15)) << owned("rt");
+
+  // A 4000-byte datagram with DF: through the router's device and the tunnel in one piece.
+  long r0 = nstat("p1a", "IpReasmReqds");
+  ASSERT_GE(r0, 0);
+  EXPECT_EQ(udp(kVip, 1, 4000), (std::vector<std::string>{"p1a 198.18.0.10"}))
+      << out("rt", "ip -s link show dev kst-vxg");
+  // The clamp follows the device: MSS 8924, and no segment is fragmented either.
+  auto s = send(kVip, kBytes);
+  ASSERT_EQ(s.sent, kBytes) << s.raw;
+  EXPECT_EQ(s.announced(), 8924) << s.raw;
+  EXPECT_EQ(nstat("p1a", "IpReasmReqds"), r0) << "fragments reached the pod";
+
+  // Restart with the same flag: the device is adopted as it is (no link event at all).
+  const long ifindex = linkMtu("rt", "kst-vxg").first;
+  auto nexthops = out("rt", "ip nexthop show proto 211");
+  ASSERT_FALSE(nexthops.empty());
+  {
+    Process mon({"ip", "netns", "exec", ns("rt"), "ip", "monitor", "link"}, dir + "/mon.log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    restartRouter(jumboFlag);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    mon.stop();
+    EXPECT_EQ(mon.log(), "") << "links changed on restart";
+  }
+
+  // Another flag: the MTU changes in place (same device, nexthops untouched), and the
+  // datagram no longer fits (the router answers "fragmentation needed").
+  restartRouter({"--underlay-mtu", "1500"});
+  ASSERT_TRUE(waitUntil([&] { return linkMtu("rt", "kst-vxg").second == 1464; }, 15))
+      << out("rt", "ip link show dev kst-vxg") << procs["rt"].log();
+  EXPECT_EQ(linkMtu("rt", "kst-vxg").first, ifindex) << "the device was recreated";
+  EXPECT_EQ(out("rt", "ip nexthop show proto 211"), nexthops);
+  EXPECT_EQ(udp(kVip, 1, 4000), (std::vector<std::string>{"FAIL"}));
+  EXPECT_TRUE(reachable(kVip)) << "small packets still pass";
+
+  // 0: the kernel's default MTU for the device.
+  restartRouter({"--underlay-mtu", "0"});
+  ASSERT_TRUE(waitUntil([&] { return linkMtu("rt", "kst-vxg").second == 1500; }, 15))
+      << out("rt", "ip link show dev kst-vxg") << procs["rt"].log();
+  EXPECT_EQ(linkMtu("rt", "kst-vxg").first, ifindex);
 }
 
 }  // namespace

@@ -6,7 +6,9 @@
 //                              IP_PKTINFO: the kernel picks the pod's own address).
 //   tcp HOST PORT COUNT [SPORT] COUNT connections (distinct source ports, SPORT+i if given),
 //                              prints each answer ("FAIL" for none)
-//   udp HOST PORT COUNT        COUNT datagrams from distinct sockets, prints each answer
+//   udp HOST PORT COUNT [SIZE] COUNT datagrams from distinct sockets, prints each answer; with
+//                              SIZE, each datagram carries SIZE bytes and must not be
+//                              fragmented on the way (DF / IPV6_DONTFRAG)
 //   hold HOST PORT SECONDS N [POD]
 //                              N long-lived TCP connections (only ones answered by POD, if
 //                              given) exchanging a line every 50 ms; a connection fails when an
@@ -81,7 +83,7 @@ int serve(const std::string& name, int port, bool plain) {
   }
   listen(t, 1024);
   std::thread([u, name] {
-    char buf[2048];
+    static char buf[65536];  // whole datagrams, also jumbo ones (tests/privileged/mss_test.cpp)
     char cbuf[256];
     while (true) {
       sockaddr_storage peer{};
@@ -202,21 +204,27 @@ int tcp(const char* host, int port, int count, int srcBase) {
   return fails ? 1 : 0;
 }
 
-int udp(const char* host, int port, int count) {
+int udp(const char* host, int port, int count, int size) {
   sockaddr_storage ss;
   socklen_t len;
   if (!resolve(host, port, ss, len)) return 2;
+  std::string payload = size > 0 ? std::string(static_cast<size_t>(size), 'x') : "hi\n";
   int fails = 0;
   for (int i = 0; i < count; ++i) {
     int s = socket(ss.ss_family, SOCK_DGRAM, 0);
     timeval tv{1, 0};
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (size > 0) {
+      int dont = IP_PMTUDISC_PROBE, one = 1;  // DF, but never refused locally from a cached PMTU
+      if (ss.ss_family == AF_INET) setsockopt(s, IPPROTO_IP, IP_MTU_DISCOVER, &dont, sizeof dont);
+      else setsockopt(s, IPPROTO_IPV6, IPV6_DONTFRAG, &one, sizeof one);
+    }
     // connect(): only a reply from the VIP itself is accepted, as a real client would.
     connect(s, reinterpret_cast<sockaddr*>(&ss), len);
     char buf[512];
     ssize_t n = -1;
     for (int attempt = 0; attempt < 3 && n <= 0; ++attempt) {
-      send(s, "hi\n", 3, 0);
+      send(s, payload.data(), payload.size(), 0);
       n = recv(s, buf, sizeof buf - 1, 0);
     }
     close(s);
@@ -290,10 +298,11 @@ int main(int argc, char** argv) {
                  argc > 4 && std::string(argv[4]) == "plain");
   if (cmd == "tcp" && (argc == 5 || argc == 6))
     return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
-  if (cmd == "udp" && argc == 5) return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (cmd == "udp" && (argc == 5 || argc == 6))
+    return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
   if (cmd == "hold" && (argc == 6 || argc == 7))
     return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
                 argc == 7 ? argv[6] : "");
-  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp|udp HOST PORT COUNT | hold HOST PORT SECONDS N\n");
+  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp HOST PORT COUNT | udp HOST PORT COUNT [SIZE] | hold HOST PORT SECONDS N\n");
   return 2;
 }

@@ -49,7 +49,7 @@ std::vector<std::string> shape(const std::vector<Change>& cs) {
   std::vector<std::string> out;
   for (auto& c : cs) {
     std::string act = c.action == A::Add ? "add" : c.action == A::Replace ? "replace" : "delete";
-    const char* kinds[] = {"link", "nexthop", "route", "rule", "address", "mpls"};
+    const char* kinds[] = {"link", "nexthop", "route", "rule", "address", "mpls", "link mtu"};
     out.push_back(act + " " + kinds[c.object.index()]);
   }
   return out;
@@ -148,6 +148,39 @@ TEST(DiffRouter, LinkReplacedWhenConfigDiffers) {
   ASSERT_EQ(cs.size(), 1u);
   EXPECT_EQ(cs[0].action, A::Replace);
   EXPECT_EQ(std::get<Link>(cs[0].object).port, 4790);
+}
+
+TEST(DiffRouter, LinkMtuIsSetInPlace) {
+  auto desired = sample();
+  desired.links[0].mtu = 8964;
+  auto observed = sample();
+  observed.links[0].mtu = 1500;
+  observed.links[0].ifindex = 7;
+  auto cs = diffRouter(desired, observed);
+  ASSERT_EQ(cs.size(), 1u);
+  EXPECT_EQ(shape(cs), std::vector<std::string>{"replace link mtu"});
+  EXPECT_EQ(std::get<LinkMtu>(cs[0].object), (LinkMtu{"kst-vxg", 8964}));
+  EXPECT_EQ(describe(cs[0]), "replace link kst-vxg mtu 8964");
+  // The same MTU, or none wanted (0): nothing to do.
+  observed.links[0].mtu = 8964;
+  EXPECT_TRUE(diffRouter(desired, observed).empty());
+  desired.links[0].mtu = 0;
+  observed.links[0].mtu = 1400;
+  EXPECT_TRUE(diffRouter(desired, observed).empty());
+  // Another attribute as well: the link is recreated, with the MTU it is created with.
+  desired.links[0].mtu = 8964;
+  observed.links[0].port = 4789;
+  cs = diffRouter(desired, observed);
+  EXPECT_EQ(shape(cs), std::vector<std::string>{"replace link"});
+  EXPECT_EQ(std::get<Link>(cs[0].object).mtu, 8964u);
+}
+
+TEST(DiffPod, PodLinksWithoutAnMtuKeepTheirs) {
+  PodState desired;
+  desired.links = {vxlan()};
+  PodState observed = desired;
+  observed.links[0].mtu = 1500;
+  EXPECT_TRUE(diffPod(desired, observed, 100).empty());
 }
 
 TEST(DiffRouter, ReplacesComeBeforeDeletes) {

@@ -43,11 +43,12 @@ TEST(PodTableMss, ClampedMssPerModeAndFamilyAtMtu1500) {
   const Row rows[] = {
       {Mode::VxlanGpe, Family::V4, Family::V4, 1424}, {Mode::VxlanGpe, Family::V4, Family::V6, 1404},
       {Mode::VxlanGpe, Family::V6, Family::V4, 1404}, {Mode::VxlanGpe, Family::V6, Family::V6, 1384},
-      // ip6tnl / ip6gre: the router's device MTU (1452 / 1448) is below 1500 − 40 / − 44.
-      {Mode::Ipip, Family::V4, Family::V4, 1440},     {Mode::Ipip, Family::V6, Family::V4, 1412},
-      {Mode::Ipip, Family::V6, Family::V6, 1392},     {Mode::GreFlow, Family::V4, Family::V4, 1436},
-      {Mode::GreFlow, Family::V4, Family::V6, 1416},  {Mode::GreFlow, Family::V6, Family::V4, 1408},
-      {Mode::GreFlow, Family::V6, Family::V6, 1388},  {Mode::Gre, Family::V4, Family::V4, 1436},
+      // ip6tnl / ip6gre: the router sets their MTU to 1500 − 40 / − 44 (the kernel's default
+      // would reserve 8 more bytes for an encapsulation limit option they never send).
+      {Mode::Ipip, Family::V4, Family::V4, 1440},     {Mode::Ipip, Family::V6, Family::V4, 1420},
+      {Mode::Ipip, Family::V6, Family::V6, 1400},     {Mode::GreFlow, Family::V4, Family::V4, 1436},
+      {Mode::GreFlow, Family::V4, Family::V6, 1416},  {Mode::GreFlow, Family::V6, Family::V4, 1416},
+      {Mode::GreFlow, Family::V6, Family::V6, 1396},  {Mode::Gre, Family::V4, Family::V4, 1436},
       {Mode::Gre, Family::V4, Family::V6, 1416},
       {Mode::Mpls, Family::V4, Family::V4, 1456},     {Mode::Mpls, Family::V6, Family::V6, 1436},
   };
@@ -56,24 +57,48 @@ TEST(PodTableMss, ClampedMssPerModeAndFamilyAtMtu1500) {
         << modeName(r.mode) << " outer v" << int(r.outer) << " inner v" << int(r.inner);
 }
 
-TEST(PodTableMss, RouterDeviceMtuIsTheKernelDefault) {
-  EXPECT_EQ(routerLinkMtu(Mode::VxlanGpe, Family::V4), 1500u);
-  EXPECT_EQ(routerLinkMtu(Mode::VxlanGpe, Family::V6), 1500u);
-  EXPECT_EQ(routerLinkMtu(Mode::Ipip, Family::V4), 1480u);
-  EXPECT_EQ(routerLinkMtu(Mode::Ipip, Family::V6), 1452u);     // 8 bytes for the encap limit
-  EXPECT_EQ(routerLinkMtu(Mode::GreFlow, Family::V4), 1476u);
-  EXPECT_EQ(routerLinkMtu(Mode::GreFlow, Family::V6), 1448u);
-  EXPECT_EQ(routerLinkMtu(Mode::Gre, Family::V4), 0u);          // follows the route to the pod
-  EXPECT_EQ(routerLinkMtu(Mode::Mpls, Family::V4), 0u);         // no device
+TEST(PodTableMss, RouterDeviceMtuIsTheUnderlayMinusTheOverhead) {
+  EXPECT_EQ(routerLinkMtu(config(Mode::VxlanGpe, 9000), Family::V4), 8964u);
+  // One vxlan device for both outer families, sized for IPv4 (TCP toward IPv6 pods is clamped
+  // to 9000 − 56 − headers).
+  EXPECT_EQ(routerLinkMtu(config(Mode::VxlanGpe, 9000), Family::V6), 8964u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Ipip, 9000), Family::V4), 8980u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Ipip, 9000), Family::V6), 8960u);     // ip6tnl
+  EXPECT_EQ(routerLinkMtu(config(Mode::GreFlow, 9000), Family::V4), 8976u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::GreFlow, 9000), Family::V6), 8956u);  // ip6gre
+  EXPECT_EQ(routerLinkMtu(config(Mode::Gre, 9000), Family::V4), 8976u);      // per endpoint
+  EXPECT_EQ(routerLinkMtu(config(Mode::Mpls, 9000), Family::V4), 0u);        // no device
+  EXPECT_EQ(routerLinkMtu(config(Mode::VxlanGpe, 1500), Family::V4), 1464u);
+  // Devices carrying IPv6 keep the IPv6 minimum on a small underlay; ipip (IPv4 only) need not.
+  EXPECT_EQ(routerLinkMtu(config(Mode::VxlanGpe, 1000), Family::V4), 1280u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Ipip, 1000), Family::V6), 1280u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Ipip, 1000), Family::V4), 980u);
 }
 
-TEST(PodTableMss, FollowsTheUnderlayMtuUpToTheRouterDeviceAndZeroDisables) {
-  // A larger underlay only helps as far as the router's device MTU goes.
-  EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 9000), Family::V4, Family::V4), 1460);
+TEST(PodTableMss, RouterDeviceMtuIsTheKernelDefaultWhenOff) {
+  EXPECT_EQ(routerLinkMtu(config(Mode::VxlanGpe, 0), Family::V4), 1500u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::VxlanGpe, 0), Family::V6), 1500u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Ipip, 0), Family::V4), 1480u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Ipip, 0), Family::V6), 1452u);  // 8 bytes for the encap limit
+  EXPECT_EQ(routerLinkMtu(config(Mode::GreFlow, 0), Family::V4), 1476u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::GreFlow, 0), Family::V6), 1448u);
+  EXPECT_EQ(routerLinkMtu(config(Mode::Gre, 0), Family::V4), 0u);      // follows the route to the pod
+  EXPECT_EQ(routerLinkMtu(config(Mode::Mpls, 0), Family::V4), 0u);
+}
+
+TEST(PodTableMss, FollowsTheUnderlayMtuAndZeroDisables) {
+  // The router's device follows the underlay, so a jumbo-frame underlay gives jumbo segments.
+  EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 9000), Family::V4, Family::V4), 8924);
+  EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 9000), Family::V4, Family::V6), 8904);
+  EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 9000), Family::V6, Family::V6), 8884);
   EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 1536), Family::V4, Family::V4), 1460);
   EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 1400), Family::V4, Family::V4), 1324);
-  EXPECT_EQ(clampedMss(config(Mode::Ipip, 9000), Family::V4, Family::V4), 1440);
+  EXPECT_EQ(clampedMss(config(Mode::Ipip, 9000), Family::V4, Family::V4), 8940);
+  EXPECT_EQ(clampedMss(config(Mode::Ipip, 9000), Family::V6, Family::V6), 8900);
+  EXPECT_EQ(clampedMss(config(Mode::GreFlow, 9000), Family::V6, Family::V4), 8916);
   EXPECT_EQ(clampedMss(config(Mode::Gre, 9000), Family::V4, Family::V4), 8936);
+  // Small underlay: the vxlan device stays at 1280, the segments still fit the underlay.
+  EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 1000), Family::V4, Family::V4), 924);
   EXPECT_EQ(clampedMss(config(Mode::Mpls, 9000), Family::V6, Family::V6), 8936);
   EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 0), Family::V4, Family::V4), 0);
   EXPECT_EQ(clampedMss(config(Mode::VxlanGpe, 90), Family::V6, Family::V6), 0);  // no room
@@ -107,8 +132,8 @@ TEST(PodTablePlan, DualStackNamespaceTakesTheSmallerMss) {
   auto p4 = plan("10.0.0.1", {"203.0.113.10"}, cfg);
   auto p6 = plan("fd00::1", {"2001:db8:ffff::10"}, cfg);
   auto t = podTable(cfg, {&p4, &p6});
-  EXPECT_EQ(t.mss4, 1408);  // outer IPv6: ip6gre device MTU 1448 − 40
-  EXPECT_EQ(t.mss6, 1388);
+  EXPECT_EQ(t.mss4, 1416);  // outer IPv6: 1500 − 44 − 40
+  EXPECT_EQ(t.mss6, 1396);
   EXPECT_EQ(t.vips.size(), 2u);
 }
 

@@ -167,6 +167,42 @@ TEST(RouterPlan, NexthopShapeInVxlanGpeMode) {
   EXPECT_EQ(s.st.links[0].port, 4790);
 }
 
+TEST(RouterPlan, TunnelDeviceMtuIsTheUnderlayMtuMinusTheModesOverhead) {
+  auto dual = model({svc("a", kVip, {ep("10.0.0.1"), ep("fd00::1")})});
+  struct Row {
+    Mode mode;
+    uint32_t underlay;
+    std::map<std::string, uint32_t> mtus;
+  };
+  const Row rows[] = {
+      {Mode::VxlanGpe, 9000, {{"kst-vxg", 9000 - 36}}},  // one device, sized for outer IPv4
+      {Mode::VxlanGpe, 1500, {{"kst-vxg", 1464}}},
+      {Mode::Ipip, 9000, {{"kst-ipip", 9000 - 20}, {"kst-ip6tnl", 9000 - 40}}},
+      {Mode::GreFlow, 9000, {{"kst-gre", 9000 - 24}, {"kst-ip6gre", 9000 - 44}}},
+      // 0: the kernel's defaults (set back in place when the flag is turned off).
+      {Mode::VxlanGpe, 0, {{"kst-vxg", 1500}}},
+      {Mode::Ipip, 0, {{"kst-ipip", 1480}, {"kst-ip6tnl", 1452}}},
+      {Mode::GreFlow, 0, {{"kst-gre", 1476}, {"kst-ip6gre", 1448}}},
+      {Mode::Mpls, 9000, {}},  // no device: the underlay link's own MTU applies
+  };
+  for (const auto& r : rows) {
+    DataplaneConfig cfg;
+    cfg.mode = r.mode;
+    cfg.underlayMtu = r.underlay;
+    SCOPED_TRACE(fmt::format("{} {}", modeName(r.mode), r.underlay));
+    Allocations prior;
+    if (r.mode == Mode::Mpls) {
+      prior.mplsDevice[ip("10.0.0.1")] = "eth0";
+      prior.mplsDevice[ip("fd00::1")] = "eth0";
+    }
+    auto plan = planRouter(dual, cfg, prior);
+    auto st = routerState(plan, cfg, prior);
+    std::map<std::string, uint32_t> got;
+    for (auto& l : st.links) got[l.name] = l.mtu;
+    EXPECT_EQ(got, r.mtus);
+  }
+}
+
 TEST(RouterPlan, NexthopIdsStickyAndAllocatedFromBase) {
   DataplaneConfig cfg;
   cfg.nexthopIdBase = 0x10000;
@@ -433,6 +469,11 @@ TEST(RouterPlan, GrePerEndpointLinks) {
     EXPECT_EQ(nh.encap, dp::Nexthop::Encap::None);
     EXPECT_TRUE(byName.contains(nh.dev)) << nh.dev;
   }
+  // --underlay-mtu 1500 (default) − 24; the link is shared by every VIP of the endpoint.
+  EXPECT_EQ(byName["kstc6130102"].mtu, 1476u);
+  cfg.underlayMtu = 0;  // off: the kernel derives it from the route to the pod
+  EXPECT_EQ(compute(model({svc("a", kVip, {ep("198.19.1.2")})}), cfg).st.links.at(0).mtu, 0u);
+  cfg.underlayMtu = 1500;
   EXPECT_EQ(greLinkName(cfg, ip("198.19.1.2")), "kstc6130102");
   auto v6 = greLinkName(cfg, ip("fd00::1"));
   EXPECT_EQ(v6.size(), 15u);  // IFNAMSIZ - 1

@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "daemon/daemon.h"
 #include "dataplane/diff.h"
+#include "desired/agent.h"
 #include "desired/nft_render.h"
 #include "fakes/fake_kernel.h"
 #include "source/manifest_source.h"
@@ -189,6 +191,64 @@ TEST(RouterReconciler, RestartAdoptionInEveryFlowModeThroughTheCodec) {
     auto res2 = pass(restarted, sample());
     EXPECT_EQ(res2.changes, 0u);
   }
+}
+
+TEST(RouterReconciler, UnderlayMtuChangeSetsTheDeviceMtuInPlace) {
+  for (Mode mode : {Mode::VxlanGpe, Mode::Ipip, Mode::GreFlow, Mode::Gre}) {
+    SCOPED_TRACE(modeName(mode));
+    World w(config(mode), /*wire=*/true);
+    w.cfg.underlayMtu = 9000;
+    {
+      RouterReconciler first(w.cfg, w.nl, w.nft);
+      pass(first, sample());
+    }
+    std::map<std::string, std::pair<uint32_t, uint32_t>> before;  // name → (ifindex, mtu)
+    for (auto& l : w.nl.allLinks())
+      if (l.name.starts_with("kst")) before[l.name] = {l.ifindex, l.mtu};
+    ASSERT_FALSE(before.empty());
+    for (auto& [name, im] : before) EXPECT_GT(im.second, 8900u) << name;
+    const auto nexthops = w.nl.allNexthops().size();
+    const auto routes = w.nl.allRoutes().size();
+    // Restarted with another --underlay-mtu: one MTU change per device, nothing recreated.
+    w.cfg.underlayMtu = 1500;
+    w.nl.clearLog();
+    RouterReconciler restarted(w.cfg, w.nl, w.nft);
+    auto res = pass(restarted, sample());
+    EXPECT_EQ(res.changes, before.size());
+    for (auto& c : w.nl.log()) {
+      auto* m = std::get_if<dp::LinkMtu>(&c.object);
+      ASSERT_NE(m, nullptr) << "unexpected change: " << dp::describe(c);
+      EXPECT_EQ(m->mtu, routerLinkMtu(w.cfg, m->name.starts_with("kst-ip6") ? Family::V6 : Family::V4));
+    }
+    for (auto& l : w.nl.allLinks())
+      if (before.contains(l.name)) {
+        EXPECT_EQ(l.ifindex, before[l.name].first) << l.name;
+        EXPECT_LT(l.mtu, 1500u) << l.name;
+      }
+    EXPECT_EQ(w.nl.allNexthops().size(), nexthops);
+    EXPECT_EQ(w.nl.allRoutes().size(), routes);
+    expectConverged(w, sample());
+    // And once there, nothing more.
+    w.nl.clearLog();
+    EXPECT_EQ(pass(restarted, sample()).changes, 0u);
+  }
+}
+
+TEST(RouterReconciler, DeviceMtuChangedBehindOurBackIsRepaired) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  r.setCaching(true);
+  pass(r, sample());
+  ASSERT_EQ(w.nl.link("kst-vxg")->mtu, 1464u);
+  // `ip link set kst-vxg mtu 1500`, then a resync (a fresh look at the kernel).
+  auto res = w.nl.apply({{A::Replace, dp::LinkMtu{"kst-vxg", 1500}}});
+  ASSERT_TRUE(res && res->empty());
+  r.resyncNextPass();
+  w.nl.clearLog();
+  pass(r, sample());
+  ASSERT_EQ(w.nl.log().size(), 1u);
+  EXPECT_EQ(dp::describe(w.nl.log()[0]), "replace link kst-vxg mtu 1464");
+  EXPECT_EQ(w.nl.link("kst-vxg")->mtu, 1464u);
 }
 
 TEST(RouterReconciler, RemovingAnEndpointChangesOnlyItsRouteAndBuckets) {
@@ -483,7 +543,8 @@ class SnapshotSource : public Source {
 class RecordingSink : public ProblemSink {
  public:
   void report(const Problem& p) override { problems.push_back(p); }
-  std::vector<Problem> problems;
+  void resolved(const Problem& p) override { gone.push_back(p); }
+  std::vector<Problem> problems, gone;
 };
 
 const char* kManifests = R"(apiVersion: v1
@@ -534,6 +595,34 @@ TEST(Daemon, OncePassProgramsKernelAndReportsProblems) {
   EXPECT_EQ(d2.run(), 0);
   EXPECT_EQ(w.nl.counts().changeRequests, changesBefore);
   EXPECT_EQ(w.nft.scripts.size(), scriptsBefore);
+}
+
+TEST(Daemon, AProblemThatGoesAwayIsResolvedInTheSink) {
+  auto objs = parseManifestText(kManifests, "demo.yaml");
+  ASSERT_TRUE(objs) << objs.error().message;
+  World w(config());
+  RouterReconciler router(w.cfg, w.nl, w.nft);
+  SnapshotSource src(*objs);
+  RecordingSink sink;
+  DaemonOptions o;
+  o.agent = false;
+  Daemon d(o, src, &router, nullptr, &sink);
+  std::thread t([&] { d.run(); });
+  auto waitPasses = [&](int n) {
+    for (int i = 0; i < 500 && d.passes() < n; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return d.passes() >= n;
+  };
+  EXPECT_TRUE(waitPasses(1));
+  ObjectChanges fixed;
+  fixed.services[{"web", "broken"}] = std::nullopt;  // the Service with the bad annotation goes
+  d.onChanges(fixed);
+  EXPECT_TRUE(waitPasses(2));
+  d.stop();
+  t.join();
+  ASSERT_EQ(sink.problems.size(), 1u);
+  ASSERT_EQ(sink.gone.size(), 1u);
+  EXPECT_EQ(sink.gone[0], sink.problems[0]);
 }
 
 TEST(Daemon, OncePassFailureGivesExitCode1) {

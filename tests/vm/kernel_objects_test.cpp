@@ -137,6 +137,43 @@ TEST_P(KernelObjects, AcceptedAndReadBackUnchanged) {
                        : cfg.mode == Mode::Gre      ? 1   // one per (IPv4) endpoint
                                                     : 2;  // ipip + ip6tnl, gre + ip6gre
   EXPECT_EQ(observed.links.size(), nLinks) << joined(ownedAll({"rt"}));
+  // The devices were created with --underlay-mtu (default 1500) − the mode's overhead.
+  for (auto& l : observed.links)
+    EXPECT_EQ(l.mtu, routerLinkMtu(cfg, l.kind == dp::Link::Kind::Ip6tnl ||
+                                                l.kind == dp::Link::Kind::Ip6gre
+                                            ? Family::V6 : Family::V4)) << l.name;
+
+  // Another --underlay-mtu: each device's MTU is set in place (same ifindex, nexthops kept)
+  // and read back as asked.
+  {
+    DataplaneConfig jumbo = cfg;
+    jumbo.underlayMtu = 9000;
+    dp::RouterState want = routerState(plan, jumbo, prior);
+    auto mtuChanges = dp::diffRouter(want, observed);
+    EXPECT_EQ(mtuChanges.size(), nLinks) << describeAll(mtuChanges);
+    for (auto& c : mtuChanges)
+      EXPECT_TRUE(std::holds_alternative<dp::LinkMtu>(c.object)) << dp::describe(c);
+    auto mf = rt->apply(mtuChanges);
+    ASSERT_TRUE(mf) << mf.error().message;
+    EXPECT_TRUE(mf->empty()) << ::testing::PrintToString(*mf);
+    dp::RouterState after = observed;
+    after.links.clear();
+    auto relinks = rt->links();
+    ASSERT_TRUE(relinks);
+    for (auto& l : *relinks)
+      if (l.name.starts_with(cfg.linkPrefix)) after.links.push_back(l);
+    for (auto& l : after.links) {
+      auto old = std::find_if(observed.links.begin(), observed.links.end(),
+                              [&](auto& o) { return o.name == l.name; });
+      ASSERT_NE(old, observed.links.end()) << l.name;
+      EXPECT_EQ(l.ifindex, old->ifindex) << l.name << " was recreated";
+      EXPECT_GT(l.mtu, 8900u) << l.name;
+    }
+    after.nexthops = *rt->nexthops();
+    EXPECT_EQ(after.nexthops.size(), endpoints);
+    auto left = dp::diffRouter(want, after);
+    EXPECT_TRUE(left.empty()) << describeAll(left);
+  }
 
   // ---- pods ----
   for (auto [n, podIp] : {std::pair{"p4", "198.19.1.2"}, std::pair{"p6", "2001:db8:1::2"}}) {
