@@ -69,6 +69,14 @@ struct NftElementChanges {
   }
 };
 
+/** A slot a VIP no longer uses for the endpoint that held it: flows pinned to it in the flow
+ *  tables are to be forgotten (docs/load-balancing.md "Released slots"). */
+struct ReleasedSlot {
+  IpAddress vip;
+  uint32_t mark;  // the slot's fwmark (tableOffset + slot), the flow tables' data
+  auto operator<=>(const ReleasedSlot&) const = default;
+};
+
 /** nftables access (the daemon's own table only). */
 class NftClient {
  public:
@@ -84,6 +92,13 @@ class NftClient {
   virtual Status applyElements(const NftElementChanges&) {
     return fail("element batches not supported");
   }
+  /** Deletes the flow-table elements pinned to released slots, in one transaction per family:
+   *  flow4 elements whose destination is the VIP and whose data is the mark; flow6 elements
+   *  whose data is the mark, whatever their VIP (the flow6 key is a hash of the 4-tuple: the
+   *  caller decides which IPv6 releases are safe to pass). Dumps the flow maps of the families
+   *  involved, so it is meant for releases (rare), not for every pass. Idempotent; a missing
+   *  table or map purges nothing. @return the number of elements deleted. */
+  virtual Result<size_t> purgeFlows(const std::vector<ReleasedSlot>& released) = 0;
 };
 
 }  // namespace kst::dp

@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -205,51 +207,53 @@ Status NftClientImpl::openSocket() {
   return {};
 }
 
+Result<int> NftClientImpl::request(const std::vector<uint8_t>& req,
+                                   const std::function<void(const nlmsghdr*)>& fn,
+                                   bool& interrupted, std::vector<uint8_t>& rx) {
+  auto* h = reinterpret_cast<const nlmsghdr*>(req.data());
+  uint32_t seq = h->nlmsg_seq;
+  if (send(fd_, req.data(), req.size(), 0) < 0) return sysFail(errno, "nfnetlink send");
+  ++sent_;
+  // recvmmsg: a lookup answers each element in its own datagram.
+  constexpr size_t kSlots = 64, kSlot = 32 * 1024;
+  if (rx.size() < kSlots * kSlot) rx.resize(kSlots * kSlot);
+  std::vector<mmsghdr> hdrs(kSlots);
+  std::vector<iovec> iov(kSlots);
+  while (true) {
+    for (size_t i = 0; i < kSlots; ++i) {
+      iov[i] = {rx.data() + i * kSlot, kSlot};
+      hdrs[i] = {};
+      hdrs[i].msg_hdr.msg_iov = &iov[i];
+      hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int got = recvmmsg(fd_, hdrs.data(), kSlots, MSG_WAITFORONE, nullptr);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return sysFail(errno, "nfnetlink receive");
+    }
+    for (int i = 0; i < got; ++i) {
+      int len = static_cast<int>(hdrs[i].msg_len);
+      for (auto* m = reinterpret_cast<const nlmsghdr*>(rx.data() + i * kSlot);
+           mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len)) {
+        if (m->nlmsg_seq != seq) continue;
+        if (m->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = true;
+        if (m->nlmsg_type == NLMSG_DONE) return 0;
+        if (m->nlmsg_type == NLMSG_ERROR) {
+          auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+          return -e->error;
+        }
+        fn(m);
+      }
+    }
+  }
+}
+
 Result<dp::NftState> NftClientImpl::observeRaw() {
   if (auto s = openSocket(); !s) return std::unexpected(s.error());
   dp::NftState st;
   std::vector<uint8_t> rx(kRx);
-  // Runs one request; calls fn for every reply message until the ack or NLMSG_DONE.
-  // @return 0, or the positive errno the kernel answered.
   auto talk = [&](std::vector<uint8_t>& req, const std::function<void(const nlmsghdr*)>& fn,
-                  bool& interrupted) -> Result<int> {
-    auto* h = reinterpret_cast<nlmsghdr*>(req.data());
-    uint32_t seq = h->nlmsg_seq;
-    if (send(fd_, req.data(), req.size(), 0) < 0) return sysFail(errno, "nfnetlink send");
-    ++sent_;
-    // recvmmsg: a lookup answers each element in its own datagram.
-    constexpr size_t kSlots = 64, kSlot = 32 * 1024;
-    if (rx.size() < kSlots * kSlot) rx.resize(kSlots * kSlot);
-    std::vector<mmsghdr> hdrs(kSlots);
-    std::vector<iovec> iov(kSlots);
-    while (true) {
-      for (size_t i = 0; i < kSlots; ++i) {
-        iov[i] = {rx.data() + i * kSlot, kSlot};
-        hdrs[i] = {};
-        hdrs[i].msg_hdr.msg_iov = &iov[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
-      }
-      int got = recvmmsg(fd_, hdrs.data(), kSlots, MSG_WAITFORONE, nullptr);
-      if (got < 0) {
-        if (errno == EINTR) continue;
-        return sysFail(errno, "nfnetlink receive");
-      }
-      for (int i = 0; i < got; ++i) {
-        int len = static_cast<int>(hdrs[i].msg_len);
-        for (auto* m = reinterpret_cast<const nlmsghdr*>(rx.data() + i * kSlot);
-             mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len)) {
-          if (m->nlmsg_seq != seq) continue;
-          if (m->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = true;
-          if (m->nlmsg_type == NLMSG_DONE) return 0;
-          if (m->nlmsg_type == NLMSG_ERROR) {
-            auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
-            return -e->error;
-          }
-          fn(m);
-        }
-      }
-    }
-  };
+                  bool& interrupted) { return request(req, fn, interrupted, rx); };
   // The table and its comment ("kst:<skeleton id>").
   {
     std::vector<uint8_t> req;
@@ -501,23 +505,34 @@ Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
   vips(NFT_MSG_NEWSETELEM, "vip6", ch.vipAdds, false);
   putHeader(buf, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
 
+  auto rc = sendBatch(buf, seqs);
+  if (!rc) return std::unexpected(rc.error().wrap(fmt::format("{} element changes", ch.size())));
+  if (*rc) {
+    exhaustive_ = true;  // see observeRaw()
+    return fail(EINVAL, fmt::format("nft: element batch of {} changes failed: {}", ch.size(),
+                                    std::strerror(*rc)));
+  }
+  return {};
+}
+
+Result<int> NftClientImpl::sendBatch(const std::vector<uint8_t>& buf,
+                                     const std::vector<uint32_t>& seqs) {
   // One sendmsg: the kernel runs a batch as one transaction only within one skb.
   int need = static_cast<int>(buf.size()) + 65536;
   if (need > sndbuf_) {
     setsockopt(fd_, SOL_SOCKET, SO_SNDBUFFORCE, &need, sizeof need);
     sndbuf_ = need;
   }
-  if (send(fd_, buf.data(), buf.size(), 0) < 0)
-    return sysFail(errno, fmt::format("nfnetlink send of {} element changes", ch.size()));
+  if (send(fd_, buf.data(), buf.size(), 0) < 0) return sysFail(errno, "nfnetlink send of a batch");
   sent_ += seqs.size() + 2;
   std::set<uint32_t> pending(seqs.begin(), seqs.end());
-  std::string firstError;
+  int firstError = 0;
   std::vector<uint8_t> rx(kRx);
   while (!pending.empty()) {
     pollfd p{fd_, POLLIN, 0};
     int pr = poll(&p, 1, 30000);
     if (pr < 0 && errno == EINTR) continue;
-    if (pr <= 0) return fail(ETIMEDOUT, "nfnetlink: no answer to an element batch");
+    if (pr <= 0) return fail(ETIMEDOUT, "nfnetlink: no answer to a batch");
     ssize_t n = recv(fd_, rx.data(), rx.size(), 0);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -528,16 +543,145 @@ Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
          m = mnl_nlmsg_next(m, &len)) {
       if (m->nlmsg_type != NLMSG_ERROR) continue;
       auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
-      if (e->error && firstError.empty()) firstError = std::strerror(-e->error);
+      if (e->error && !firstError) firstError = -e->error;
       // An error on the batch header (e.g. no memory for the batch) ends it at once.
       if (e->error && !pending.contains(m->nlmsg_seq)) pending.clear();
       pending.erase(m->nlmsg_seq);
     }
   }
-  if (!firstError.empty()) exhaustive_ = true;  // see observeRaw()
-  if (!firstError.empty())
-    return fail(EINVAL, fmt::format("nft: element batch of {} changes failed: {}", ch.size(), firstError));
-  return {};
+  return firstError;
+}
+
+// Flow tables (nft_render.cpp): flow4's key is `ip saddr . th sport . ip daddr . th dport`,
+// each field in its own 32-bit register word (ports zero-padded), so the destination sits at
+// byte 8 of the 16-byte key; flow6's key is two 32-bit hashes of the 4-tuple. The data of both
+// is the slot mark in host byte order.
+constexpr size_t kFlow4Key = 16, kFlow4Daddr = 8, kFlow6Key = 8;
+
+Result<size_t> NftClientImpl::purgeFlows(const std::vector<dp::ReleasedSlot>& released) {
+  size_t purged = 0;
+  for (bool v4 : {true, false}) {
+    if (std::none_of(released.begin(), released.end(),
+                     [&](const dp::ReleasedSlot& r) { return r.vip.isV4() == v4; }))
+      continue;
+    // A deletion batch fails as a whole (ENOENT) when one of its elements timed out between
+    // the dump and the deletion: the transaction is aborted, so dump again and retry.
+    for (int attempt = 0;; ++attempt) {
+      auto r = purgeFlowMap(v4, released);
+      if (!r) return std::unexpected(r.error());
+      if (r->second == 0) {
+        purged += r->first;
+        break;
+      }
+      if (r->second != ENOENT || attempt == 3)
+        return sysFail(r->second, fmt::format("nfnetlink delete from {} {}", cfg_.nftTable,
+                                              v4 ? "flow4" : "flow6"));
+    }
+  }
+  return purged;
+}
+
+Result<std::pair<size_t, int>> NftClientImpl::purgeFlowMap(
+    bool v4, const std::vector<dp::ReleasedSlot>& released) {
+  if (auto s = openSocket(); !s) return std::unexpected(s.error());
+  const char* set = v4 ? "flow4" : "flow6";
+  const size_t klen = v4 ? kFlow4Key : kFlow6Key;
+  std::set<std::pair<std::array<uint8_t, 4>, uint32_t>> match4;  // (VIP, mark)
+  std::set<uint32_t> match6;                                     // mark
+  for (auto& r : released) {
+    if (r.vip.isV4() != v4) continue;
+    if (v4) {
+      std::array<uint8_t, 4> a;
+      std::memcpy(a.data(), r.vip.data(), 4);
+      match4.emplace(a, r.mark);
+    } else {
+      match6.insert(r.mark);
+    }
+  }
+  // The dump: keys of the matching elements (the whole map is walked; a dynamic map has no
+  // index by data).
+  std::vector<std::array<uint8_t, kFlow4Key>> keys;
+  std::vector<uint8_t> rx(kRx);
+  for (int attempt = 0;; ++attempt) {
+    keys.clear();
+    std::vector<uint8_t> req;
+    putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_DUMP | NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
+    req.resize(req.size() + 512);
+    auto* h = reinterpret_cast<nlmsghdr*>(req.data());
+    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
+    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
+    req.resize(h->nlmsg_len);
+    bool intr = false;
+    auto rc = request(req, [&](const nlmsghdr* m) {
+      if (m->nlmsg_type != nftMsg(NFT_MSG_NEWSETELEM)) return;
+      Attrs top;
+      mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top);
+      const nlattr* list = top.tb[NFTA_SET_ELEM_LIST_ELEMENTS];
+      if (!list) return;
+      const char* end = static_cast<const char*>(mnl_attr_get_payload(list)) +
+                        mnl_attr_get_payload_len(list);
+      for (auto* e = static_cast<const nlattr*>(mnl_attr_get_payload(list));
+           mnl_attr_ok(e, static_cast<int>(end - reinterpret_cast<const char*>(e)));
+           e = mnl_attr_next(e)) {
+        Attrs el;
+        mnl_attr_parse_nested(e, Attrs::cb, &el);
+        auto [k, kl] = dataValue(el.tb[NFTA_SET_ELEM_KEY]);
+        auto [d, dl] = dataValue(el.tb[NFTA_SET_ELEM_DATA]);
+        if (kl != klen || dl != 4) continue;
+        uint32_t mark;
+        std::memcpy(&mark, d, 4);
+        bool hit;
+        if (v4) {
+          std::array<uint8_t, 4> daddr;
+          std::memcpy(daddr.data(), k + kFlow4Daddr, 4);
+          hit = match4.contains({daddr, mark});
+        } else {
+          hit = match6.contains(mark);
+        }
+        if (!hit) continue;
+        std::array<uint8_t, kFlow4Key> key{};
+        std::memcpy(key.data(), k, kl);
+        keys.push_back(key);
+      }
+    }, intr, rx);
+    if (!rc) return std::unexpected(rc.error());
+    // No table (removed, never created) or no such map: nothing is pinned.
+    if (*rc == ENOENT) return std::make_pair(size_t{0}, 0);
+    if (*rc != 0) return sysFail(*rc, fmt::format("nfnetlink list {} {}", cfg_.nftTable, set));
+    if (!intr) break;
+    if (attempt == 3) return fail(EINTR, fmt::format("nfnetlink: dump of {} kept changing", set));
+  }
+  if (keys.empty()) return std::make_pair(size_t{0}, 0);
+  // One transaction: DELSETELEM messages of at most 1000 keys (the element list is one
+  // attribute, below 64 KiB).
+  std::vector<uint8_t> buf;
+  std::vector<uint32_t> seqs;
+  putHeader(buf, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+  constexpr size_t kPerMsg = 1000;
+  for (size_t i = 0; i < keys.size(); i += kPerMsg) {
+    size_t off = buf.size();
+    seqs.push_back(++seq_);
+    putHeader(buf, nftMsg(NFT_MSG_DELSETELEM), NLM_F_ACK, NFPROTO_INET, 0, seq_);
+    buf.resize(off + (1 << 16) + 1024);
+    auto* h = reinterpret_cast<nlmsghdr*>(buf.data() + off);
+    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
+    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
+    auto* list = mnl_attr_nest_start(h, NFTA_SET_ELEM_LIST_ELEMENTS);
+    for (size_t j = i; j < std::min(keys.size(), i + kPerMsg); ++j) {
+      auto* el = mnl_attr_nest_start(h, NFTA_LIST_ELEM);
+      auto* k = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY);
+      mnl_attr_put(h, NFTA_DATA_VALUE, klen, keys[j].data());
+      mnl_attr_nest_end(h, k);
+      mnl_attr_nest_end(h, el);
+    }
+    mnl_attr_nest_end(h, list);
+    buf.resize(off + h->nlmsg_len);
+  }
+  putHeader(buf, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+  auto rc = sendBatch(buf, seqs);
+  if (!rc) return std::unexpected(rc.error());
+  if (*rc) return std::make_pair(size_t{0}, *rc);
+  return std::make_pair(keys.size(), 0);
 }
 
 }  // namespace kst

@@ -8,13 +8,17 @@
 // order) followed by the mark (host order), data `meta mark` (host order).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "dataplane/kernel.h"
 #include "desired/config.h"
 
 struct nft_ctx;
+struct nlmsghdr;
 
 namespace kst {
 
@@ -26,6 +30,7 @@ class NftClientImpl : public dp::NftClient {
   Status run(const std::string& script) override;
   bool hasElementBatches() const override { return true; }
   Status applyElements(const dp::NftElementChanges& changes) override;
+  Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override;
   /** nfnetlink messages and libnftables commands sent so far (benchmarks). */
   uint64_t messagesSent() const { return sent_; }
 
@@ -35,6 +40,19 @@ class NftClientImpl : public dp::NftClient {
   Result<dp::NftState> observeText();
   Result<dp::NftState> observeRaw();
   Status openSocket();
+  /** Sends one request and calls fn for every reply message until the ack or NLMSG_DONE
+   *  (rx: the receive buffer, reused across requests). @return 0, or the positive errno the
+   *  kernel answered. */
+  Result<int> request(const std::vector<uint8_t>& req,
+                      const std::function<void(const nlmsghdr*)>& fn, bool& interrupted,
+                      std::vector<uint8_t>& rx);
+  /** Sends an encoded batch (BATCH_BEGIN … BATCH_END) in one sendmsg and waits for the ack of
+   *  each message in seqs. @return 0, or the positive errno of the first message the kernel
+   *  refused (the whole transaction is then aborted). */
+  Result<int> sendBatch(const std::vector<uint8_t>& buf, const std::vector<uint32_t>& seqs);
+  /** One dump of flow4/flow6 and one deletion batch (purgeFlows). @return elements deleted, or
+   *  the positive errno of a refused deletion (an element expired in between: ENOENT). */
+  Result<std::pair<size_t, int>> purgeFlowMap(bool v4, const std::vector<dp::ReleasedSlot>& released);
   DataplaneConfig cfg_;
   nft_ctx* ctx_;
   uint64_t sent_ = 0;

@@ -8,6 +8,7 @@
 #include <set>
 #include <unordered_map>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "dataplane/diff.h"
@@ -59,6 +60,27 @@ bool sortedUniqueVips(const Model& m) {
 /** A VIP's bucket marks as the cache keeps them: buckets 0 … B-1 (the plan's are exactly B). */
 std::vector<uint32_t> cachedMarks(const std::vector<uint32_t>& marks, uint32_t nb) {
   return {marks.begin(), marks.begin() + std::min<size_t>(marks.size(), nb)};
+}
+
+/** The slot of every endpoint the kernel routes for a VIP (prior) that the plan does not give
+ *  to that same endpoint: the endpoint left the VIP or the VIP is gone. A draining endpoint
+ *  keeps its slot, so it is not released. */
+std::vector<dp::ReleasedSlot> releasedSlots(const Allocations& prior,
+                                            const std::vector<VipPlan>& planned,
+                                            const DataplaneConfig& cfg) {
+  std::vector<dp::ReleasedSlot> out;
+  auto byVip = [](const VipPlan& a, const IpAddress& v) { return a.vip < v; };
+  for (const auto& [vip, slots] : prior.slots) {
+    auto pos = std::lower_bound(planned.begin(), planned.end(), vip, byVip);
+    const VipPlan* vp = pos != planned.end() && pos->vip == vip ? &*pos : nullptr;
+    for (const auto& [ep, slot] : slots) {
+      bool kept = false;
+      for (size_t i = 0; vp && i < vp->endpoints.size() && !kept; ++i)
+        kept = vp->endpoints[i].ip == ep && vp->slots[i] == slot;
+      if (!kept) out.push_back({vip, cfg.tableOffset + slot});
+    }
+  }
+  return out;
 }
 
 uint32_t slotCountOf(const VipPlan& vp) {
@@ -158,6 +180,7 @@ Result<PassResult> RouterReconciler::fullPass(const Model& model, const dp::Rout
   }
   plan_ = planRouter(model, cfg_, prior);
   pubCheckAll_ = true;
+  for (auto& r : releasedSlots(prior, plan_.vips, cfg_)) purgePending_.insert(r);
   dp::RouterState desired = routerState(plan_, cfg_, prior);
   res.timings.plan = since(t);
   res.problems = plan_.problems;
@@ -166,6 +189,7 @@ Result<PassResult> RouterReconciler::fullPass(const Model& model, const dp::Rout
   cache_.reset();
   if (auto s = applyAll(changes, desired.nft, observed->nft, res); !s)
     return std::unexpected(s.error());
+  purgeReleased(desired.nft.present && !res.nftRebuilt, res);
   if (caching_ && res.ok()) fillCache(model, desired);
   if (desired.nft.buckets.size() + observed->nft.buckets.size() > 100000) {
     // A whole-model pass at scale leaves hundreds of MiB of freed maps (desired and observed
@@ -340,6 +364,7 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   Allocations prior = allocationsFrom(obs, cfg_);
   obs.links.clear();
   RouterPlan plan = planRouter(sub, cfg_, prior);
+  for (auto& r : releasedSlots(prior, plan.vips, cfg_)) purgePending_.insert(r);
   // Objects shared by all VIPs (rules, unreachable routes in every slot table, the tunnel
   // link) depend on the slot count and the families in use: a change there is whole-model.
   auto hist = c.slotHist;
@@ -509,7 +534,50 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   }
   plan_.problems = c.allProblems();
   res.problems = plan_.problems;
+  purgeReleased(true, res);
+  if (!res.ok()) cache_.reset();  // (the purge failed: the next pass observes)
   return res;
+}
+
+void RouterReconciler::purgeReleased(bool tableKept, PassResult& res) {
+  if (purgePending_.empty()) return;
+  if (!tableKept) {
+    purgePending_.clear();
+    return;
+  }
+  // After a failed change the bucket maps may still send new flows to a released slot (they
+  // would be pinned there again): purge after a pass that applied everything.
+  if (!res.ok()) return;
+  // flow6 elements carry no VIP, only the mark, and every IPv6 VIP's slot s has the same mark:
+  // a purge re-hashes the IPv6 flows of every VIP pinned to slot s. An active endpoint's flow
+  // hashes back to it (unless its bucket moved while it was pinned); a draining endpoint has no
+  // buckets, so its established flows would be cut: those marks wait until no IPv6 VIP drains
+  // an endpoint in that slot (docs/load-balancing.md).
+  std::set<uint32_t> draining6;
+  if (std::any_of(purgePending_.begin(), purgePending_.end(),
+                  [](const dp::ReleasedSlot& r) { return r.vip.isV6(); }))
+    for (const auto& vp : plan_.vips)
+      if (vp.vip.isV6())
+        for (size_t i = 0; i < vp.endpoints.size(); ++i)
+          if (vp.endpoints[i].draining) draining6.insert(cfg_.tableOffset + vp.slots[i]);
+  std::vector<dp::ReleasedSlot> now;
+  for (const auto& r : purgePending_)
+    if (r.vip.isV4() || !draining6.contains(r.mark)) now.push_back(r);
+  if (now.empty()) return;
+  auto purged = nft_.purgeFlows(now);
+  if (!purged) {
+    spdlog::warn("router: purging the flows pinned to {} released slots failed: {}", now.size(),
+                 purged.error().message);
+    res.failures.push_back("purge pinned flows: " + purged.error().message);
+    return;
+  }
+  for (const auto& r : now) purgePending_.erase(r);
+  res.purgedFlows = *purged;
+  std::string which;
+  for (const auto& r : now)
+    which += fmt::format("{}{} slot {}", which.empty() ? "" : ", ", r.vip.str(),
+                         r.mark - cfg_.tableOffset);
+  spdlog::info("router: purged {} pinned flows of released slots ({})", *purged, which);
 }
 
 std::vector<std::pair<ObjectKey, std::string>> RouterReconciler::pendingPublications() {

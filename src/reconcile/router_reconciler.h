@@ -11,8 +11,17 @@
 // (the slot count or the families in use change, the first/last VIP, GRE/MPLS modes) take
 // the whole-model path, still against the cached state.
 //
-// NOTE Logging: info for each applied change summary, warn for failed changes (retried on the
-// next pass), debug for "nothing to do".
+// Released slots: a pass in which an endpoint leaves a VIP (or a VIP goes) deletes the flows
+// pinned to that (VIP, slot) from the flow tables (NftClient::purgeFlows, one dump of the flow
+// map), after the bucket maps stopped pointing there, so those flows are hashed again onto live
+// endpoints instead of hitting the slot's unreachable route for as long as they keep sending.
+// The release is found by comparing the endpoints the kernel routes (observed or cached) with the
+// plan, so one that happened while the daemon was down is purged by the first pass. A release
+// whose purge could not run yet (failed pass or purge; IPv6 slot that a draining endpoint of an
+// IPv6 VIP occupies, see docs/load-balancing.md) is kept and retried by later passes.
+//
+// NOTE Logging: info for each applied change summary and each purge of pinned flows, warn for
+// failed changes (retried on the next pass), debug for "nothing to do".
 #pragma once
 
 #include <functional>
@@ -40,6 +49,7 @@ struct PassTimings {
 struct PassResult {
   size_t changes = 0;         // netlink changes + nft element changes applied
   size_t nftElementChanges = 0;
+  size_t purgedFlows = 0;     // flow-table elements deleted for released slots
   bool nftRebuilt = false;
   bool fullObserve = false;   // the kernel was re-read (not the cached state)
   PassTimings timings;
@@ -82,6 +92,10 @@ class RouterReconciler {
   Status applyAll(const std::vector<dp::Change>& changes, const dp::NftState& desiredNft,
                   const dp::NftState& observedNft, PassResult& res);
   void fillCache(const Model& model, const dp::RouterState& desired);
+  /** Purges the flows pinned to pending released slots once the pass succeeded (plan_ is the
+   *  whole plan). tableKept: false when the pass removed or rebuilt the nft table (its flow
+   *  maps went with it: nothing is pinned any more). */
+  void purgeReleased(bool tableKept, PassResult& res);
 
   DataplaneConfig cfg_;
   dp::NetlinkClient& nl_;
@@ -91,6 +105,7 @@ class RouterReconciler {
   std::set<IpAddress> pubCheck_;  // planned since the last pendingPublications()
   bool pubCheckAll_ = true;       // a whole-model plan since then
   std::map<IpAddress, std::pair<ObjectKey, std::string>> pubPending_;
+  std::set<dp::ReleasedSlot> purgePending_;  // released, flows not purged yet
   bool caching_ = false;
   std::unique_ptr<Cache> cache_;  // null: the next pass observes the kernel
 };

@@ -424,14 +424,28 @@ class FakeNft : public dp::NftClient {
     return {};
   }
 
+  /** Records the call; the fake has no flow tables, so nothing is pinned (0 purged). */
+  Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override {
+    if (failPurges) return fail(EIO, "fake nft: injected purge failure");
+    purges.push_back(released);
+    if (journal) {
+      std::string j = "nft purge:";
+      for (auto& r : released) j += " " + r.vip.str() + "/" + std::to_string(r.mark);
+      journal->push_back(j);
+    }
+    return size_t{0};
+  }
+
   const dp::NftState& state() const { return state_; }
   dp::NftState& mutableState() { return state_; }
 
   std::vector<std::string> scripts;
+  /** Every successful purgeFlows() call, in order. */
+  std::vector<std::vector<dp::ReleasedSlot>> purges;
   /** See FakeKernel::journal; successful scripts are appended as "nft: <script>". */
   std::vector<std::string>* journal = nullptr;
   uint64_t observes = 0, applied = 0;
-  bool failRuns = false, failObserve = false;
+  bool failRuns = false, failObserve = false, failPurges = false;
 
  private:
   static std::vector<std::string> split(const std::string& s) {

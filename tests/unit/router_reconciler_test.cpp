@@ -511,6 +511,168 @@ TEST(RouterReconciler, SkeletonChangeRebuildsTableOnce) {
   EXPECT_EQ(again.changes, 0u);
 }
 
+// ---- Flows pinned to released slots (docs/load-balancing.md "Released slots") ----
+
+using Released = std::vector<dp::ReleasedSlot>;
+
+dp::ReleasedSlot rel(const std::string& vip, uint32_t mark) { return {ip(vip), mark}; }
+
+TEST(RouterReconciler, RemovedEndpointsFlowsArePurgedOnce) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  EXPECT_TRUE(w.nft.purges.empty());
+  // 10.0.0.2 leaves VIP A (slot 1 there, mark 1001); it still serves B, whose flows stay.
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  pass(r, m);
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
+  pass(r, m);  // released once: nothing more to purge
+  EXPECT_EQ(w.nft.purges.size(), 1u);
+}
+
+TEST(RouterReconciler, RemovedVipsFlowsArePurgedForEverySlot) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  // B goes, and so does C with its draining endpoint (its slot is released with the VIP).
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}}});
+  pass(r, m);
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0],
+            (Released{rel(kB, 1000), rel(kB, 1001), rel(kC, 1000), rel(kC, 1001)}));
+}
+
+TEST(RouterReconciler, DrainingEndpointKeepsItsPinnedFlowsUntilItIsGone) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  auto draining = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2", true), ep("10.0.0.3")}},
+                         {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                         {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  auto res = pass(r, draining);
+  EXPECT_GT(res.nftElementChanges, 0u);  // its buckets moved
+  EXPECT_TRUE(w.nft.purges.empty());     // its slot and pinned flows did not
+  auto gone = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
+                     {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                     {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  pass(r, gone);
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
+}
+
+TEST(RouterReconciler, RestartAdoptionPurgesNothingButAReleaseWhileDownIsPurged) {
+  World w(config());
+  {
+    RouterReconciler first(w.cfg, w.nl, w.nft);
+    pass(first, sample());
+  }
+  {
+    RouterReconciler restarted(w.cfg, w.nl, w.nft);
+    pass(restarted, sample());
+    EXPECT_TRUE(w.nft.purges.empty());
+  }
+  // While the daemon was down, 10.0.0.4 left B: the kernel still routes B's slot 1 to it, so
+  // the first pass of the next process sees the release.
+  RouterReconciler again(w.cfg, w.nl, w.nft);
+  pass(again, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
+                     {{"web", "b"}, ip(kB), {ep("10.0.0.2")}},
+                     {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0], (Released{rel(kB, 1001)}));
+}
+
+TEST(RouterReconciler, PurgeFollowsTheBucketChangeAndRemovingTheTablePurgesNothing) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  std::vector<std::string> journal;
+  w.nl.journal = &journal;
+  w.nft.journal = &journal;
+  pass(r, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
+                 {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                 {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
+  // Purged after the bucket maps stopped pointing at the slot: otherwise a purged flow's next
+  // packet would be hashed into the released slot and pinned there again.
+  ASSERT_GE(journal.size(), 2u);
+  EXPECT_TRUE(journal[journal.size() - 2].starts_with("nft: ")) << journal[journal.size() - 2];
+  EXPECT_EQ(journal.back(), "nft purge: 203.0.113.10/1001");
+  // No services: the table goes, and its flow maps with it.
+  pass(r, Model{});
+  EXPECT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_FALSE(w.nft.state().present);
+}
+
+TEST(RouterReconciler, Ipv6PurgeWaitsWhileAnIpv6VipDrainsAnEndpointInThatSlot) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  const std::string kD = "2001:db8::11";
+  auto m = [&](std::vector<Endpoint> c, std::vector<Endpoint> d, std::vector<Endpoint> a) {
+    return model({{{"web", "a"}, ip(kA), a}, {{"web", "c"}, ip(kC), c}, {{"web", "d"}, ip(kD), d}});
+  };
+  // Slots: C fd00::1 → 0, fd00::2 → 1; D fd00::3 → 0, fd00::4 → 1 (draining); A 0, 1.
+  pass(r, m({ep("fd00::1"), ep("fd00::2")}, {ep("fd00::3"), ep("fd00::4", true)},
+            {ep("10.0.0.1"), ep("10.0.0.2")}));
+  // fd00::2 leaves C: purging flow6 mark 1001 would also re-hash D's flows pinned to its
+  // draining fd00::4 (no buckets: they would move). The IPv4 release in the same pass goes on.
+  pass(r, m({ep("fd00::1")}, {ep("fd00::3"), ep("fd00::4", true)}, {ep("10.0.0.1")}));
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
+  pass(r, m({ep("fd00::1")}, {ep("fd00::3"), ep("fd00::4", true)}, {ep("10.0.0.1")}));
+  EXPECT_EQ(w.nft.purges.size(), 1u);
+  // D's drain ends: both releases of mark 1001 are purged (one flow6 purge covers them).
+  pass(r, m({ep("fd00::1")}, {ep("fd00::3")}, {ep("10.0.0.1")}));
+  ASSERT_EQ(w.nft.purges.size(), 2u);
+  EXPECT_EQ(w.nft.purges[1], (Released{rel(kC, 1001), rel(kD, 1001)}));
+}
+
+TEST(RouterReconciler, FailedPurgeIsReportedAndRetried) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  w.nft.failPurges = true;
+  auto res = r.reconcile(m);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->failures.size(), 1u);
+  EXPECT_NE(res->failures[0].find("purge pinned flows"), std::string::npos) << res->failures[0];
+  w.nft.failPurges = false;
+  auto retry = pass(r, m);  // the kernel routes no longer show the release: it was kept
+  EXPECT_EQ(retry.changes, 0u);
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
+}
+
+TEST(RouterReconciler, IncrementalPassesPurgeReleasedSlotsToo) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  r.setCaching(true);
+  // Enough VIPs that a change of one takes the per-VIP path (router_reconciler.h).
+  auto m = [](std::vector<Endpoint> b) {
+    std::vector<TunnelService> s{{{"web", "b"}, ip(kB), std::move(b)}};
+    for (int i = 0; i < 6; ++i)
+      s.push_back({{"web", "f" + std::to_string(i)}, ip("203.0.113." + std::to_string(20 + i)),
+                   {ep("10.0.0.1"), ep("10.0.0.3")}});
+    return model(s);
+  };
+  pass(r, m({ep("10.0.0.2"), ep("10.0.0.4")}));
+  auto res = pass(r, m({ep("10.0.0.2"), ep("10.0.0.4", true)}));
+  EXPECT_FALSE(res.fullObserve);
+  EXPECT_GT(res.changes, 0u);
+  EXPECT_TRUE(w.nft.purges.empty());
+  res = pass(r, m({ep("10.0.0.2")}));
+  EXPECT_FALSE(res.fullObserve);
+  ASSERT_EQ(w.nft.purges.size(), 1u);
+  EXPECT_EQ(w.nft.purges[0], (Released{rel(kB, 1001)}));
+  EXPECT_EQ(pass(r, m({ep("10.0.0.2")})).changes, 0u);
+  EXPECT_EQ(w.nft.purges.size(), 1u);
+  expectConverged(w, m({ep("10.0.0.2")}));
+}
+
 TEST(RouterReconciler, TooManyEndpointsProblemIsReported) {
   auto cfg = config();
   cfg.buckets = 2;
