@@ -9,6 +9,11 @@
 //   udp HOST PORT COUNT [SIZE] COUNT datagrams from distinct sockets, prints each answer; with
 //                              SIZE, each datagram carries SIZE bytes and must not be
 //                              fragmented on the way (DF / IPV6_DONTFRAG)
+//   udpstream HOST PORT SPORT SECONDS MS
+//                              one UDP flow (fixed source port SPORT, like a QUIC or DNS client)
+//                              sending a datagram every MS ms for SECONDS; prints
+//                              "<ms since start> <answer>" for each answer; errors (ICMP
+//                              unreachable) are ignored, the flow keeps sending
 //   hold HOST PORT SECONDS N [POD]
 //                              N long-lived TCP connections (only ones answered by POD, if
 //                              given) exchanging a line every 50 ms; a connection fails when an
@@ -21,6 +26,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -241,6 +247,51 @@ int udp(const char* host, int port, int count, int size) {
   return fails ? 1 : 0;
 }
 
+int udpstream(const char* host, int port, int sport, int seconds, int intervalMs) {
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!resolve(host, port, ss, len)) return 2;
+  int s = socket(ss.ss_family, SOCK_DGRAM, 0);
+  int one = 1;
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_storage local{};
+  local.ss_family = ss.ss_family;
+  if (ss.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&local)->sin_port = htons(sport);
+  else reinterpret_cast<sockaddr_in6*>(&local)->sin6_port = htons(sport);
+  if (bind(s, reinterpret_cast<sockaddr*>(&local), len) != 0) {
+    perror("bind");
+    return 1;
+  }
+  // connect(): only answers from the VIP itself count.
+  connect(s, reinterpret_cast<sockaddr*>(&ss), len);
+  const auto start = std::chrono::steady_clock::now();
+  const auto end = start + std::chrono::seconds(seconds);
+  auto next = start;
+  char buf[512];
+  while (std::chrono::steady_clock::now() < end) {
+    auto now = std::chrono::steady_clock::now();
+    if (now >= next) {
+      send(s, "hi\n", 3, 0);  // an error here is a queued ICMP error: keep sending
+      next += std::chrono::milliseconds(intervalMs);
+      continue;
+    }
+    pollfd p{s, POLLIN, 0};
+    int wait = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count());
+    if (poll(&p, 1, std::max(wait, 1)) <= 0) continue;
+    ssize_t n = recv(s, buf, sizeof buf - 1, 0);
+    if (n <= 0) continue;  // ECONNREFUSED/EHOSTUNREACH from an ICMP error
+    buf[n] = 0;
+    std::string r(buf);
+    while (!r.empty() && r.back() == '\n') r.pop_back();
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::steady_clock::now() - start).count();
+    std::printf("%lld %s\n", static_cast<long long>(ms), r.c_str());
+  }
+  close(s);
+  return 0;
+}
+
 int hold(const char* host, int port, int seconds, int n, const std::string& pod) {
   std::vector<int> socks;
   std::vector<std::string> first;
@@ -300,9 +351,13 @@ int main(int argc, char** argv) {
     return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
   if (cmd == "udp" && (argc == 5 || argc == 6))
     return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
+  if (cmd == "udpstream" && argc == 7)
+    return udpstream(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
+                     std::atoi(argv[6]));
   if (cmd == "hold" && (argc == 6 || argc == 7))
     return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
                 argc == 7 ? argv[6] : "");
-  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp HOST PORT COUNT | udp HOST PORT COUNT [SIZE] | hold HOST PORT SECONDS N\n");
+  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp HOST PORT COUNT | udp HOST PORT COUNT [SIZE] | "
+               "udpstream HOST PORT SPORT SECONDS MS | hold HOST PORT SECONDS N\n");
   return 2;
 }

@@ -1,0 +1,200 @@
+// Flows pinned to an endpoint that leaves are hashed again onto a live endpoint (the router
+// purges them from its flow table), while a draining endpoint keeps its pinned flows. The
+// client is one UDP flow with a fixed source port sending every 5 ms, the kind of client (QUIC,
+// DNS resolver, RTP) that does not reconnect on an ICMP error: refreshed on every packet, its
+// pinned entry would otherwise never expire.
+#include <nlohmann/json.hpp>
+
+#include "privileged/harness.h"
+
+namespace kst::e2e {
+namespace {
+
+const std::string kVip4 = "203.0.113.10", kVip6 = "2001:db8:ffff::10";
+constexpr double kMoveBound = 2.0;  // seconds from the EndpointSlice change to the other pod
+
+struct Answer {
+  long ms;          // since the stream started (the tool's clock)
+  std::string pod;  // who answered
+};
+
+class FlowRelease : public E2E {
+ protected:
+  void SetUp() override {
+    E2E::SetUp();
+    if (IsSkipped()) return;
+    // This test's namespaces are named kfp*: its own prefix, not the harness' default.
+    std::filesystem::remove_all(dir);
+    prefix = "kfp" + std::to_string(getpid() % 100000);
+    dir = "/tmp/" + prefix;
+    manifests = dir + "/manifests";
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(manifests);
+    topology(1, 1);  // pods p1a (198.19.1.2, 2001:db8:1::2) and p2a (198.19.2.2, 2001:db8:2::2)
+    serve("p1a");
+    serve("p2a");
+  }
+
+  bool v6() const { return vip_ == kVip6; }
+  std::string podIp(const std::string& pod) const {
+    const char node = pod[1];
+    return v6() ? std::string("2001:db8:") + node + "::2" : std::string("198.19.") + node + ".2";
+  }
+  std::string other(const std::string& pod) const { return pod == "p1a" ? "p2a" : "p1a"; }
+
+  /** Service with endpoints p1a and p2a; `changed` is left out (gone) or draining. */
+  void writeEndpoints(const std::string& changed = "", bool draining = false) {
+    std::vector<Ep> eps;
+    for (std::string pod : {"p1a", "p2a"}) {
+      Ep e{podIp(pod), std::string("node") + pod[1]};
+      if (pod == changed) {
+        if (!draining) continue;
+        e.ready = false;
+        e.terminating = true;  // serving + terminating
+      }
+      eps.push_back(e);
+    }
+    writeManifest("svc.yaml", serviceYaml("svc", vip_) + "---\n" +
+                                  sliceYaml("svc", v6() ? "IPv6" : "IPv4", eps));
+  }
+
+  void start(const std::string& vip) {
+    vip_ = vip;
+    writeEndpoints();
+    startRouter();
+    startAgent(1);
+    startAgent(2);
+    ASSERT_TRUE(reachable(vip_, 20));
+    stream_ = Process({"ip", "netns", "exec", ns("cl"), kTool, "udpstream", vip_, "8080", "40000",
+                       "60", "5"},
+                      dir + "/stream.log");
+    ASSERT_TRUE(waitUntil([&] { return answers().size() >= 50; })) << stream_.log();
+  }
+
+  std::vector<Answer> answers() const {
+    std::vector<Answer> out;
+    for (auto& l : lines(stream_.log())) {
+      std::istringstream in(l);
+      Answer a;
+      if (in >> a.ms >> a.pod) out.push_back(a);
+    }
+    return out;
+  }
+
+  /** The fwmark of the slot whose route for the VIP leads to the pod (0 when none does). */
+  uint32_t markOf(const std::string& pod) {
+    for (uint32_t t = 1000; t < 1004; ++t) {
+      auto rt = out("rt", std::string(v6() ? "ip -6" : "ip") + " route show table " +
+                              std::to_string(t) + " " + vip_);
+      auto nh = rt.find("nhid ");
+      if (nh == std::string::npos) continue;
+      auto n = out("rt", "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
+      if (n.find("dst " + podIp(pod) + " ") != std::string::npos) return t;
+    }
+    return 0;
+  }
+
+  /** The data of every element of a map of the router's table, with its count. */
+  std::map<uint32_t, size_t> marksIn(const std::string& map) {
+    auto doc = nlohmann::json::parse(out("rt", "nft -j list map inet kube_service_tunnel " + map),
+                                     nullptr, false);
+    std::map<uint32_t, size_t> n;
+    if (doc.is_discarded() || !doc.contains("nftables")) return n;
+    for (auto& item : doc["nftables"]) {
+      if (!item.contains("map") || !item["map"].contains("elem")) continue;
+      for (auto& e : item["map"]["elem"])
+        if (e.is_array() && e.size() == 2 && e[1].is_number()) ++n[e[1].get<uint32_t>()];
+    }
+    return n;
+  }
+  /** Flow-table elements (flow4 or flow6) whose data is the mark. */
+  size_t pinnedTo(uint32_t mark) {
+    auto n = marksIn(v6() ? "flow6" : "flow4");
+    return n.contains(mark) ? n[mark] : 0;
+  }
+
+  /** Answers after the first `from` all come from `pod`, and there are some. */
+  ::testing::AssertionResult allFrom(const std::string& pod, size_t from) {
+    auto a = answers();
+    if (a.size() <= from) return ::testing::AssertionFailure() << "no answers after #" << from;
+    for (size_t i = from; i < a.size(); ++i)
+      if (a[i].pod != pod)
+        return ::testing::AssertionFailure()
+               << "answer #" << i << " at " << a[i].ms << " ms from " << a[i].pod;
+    return ::testing::AssertionSuccess() << a.size() - from << " answers";
+  }
+
+  /** The endpoint of the pinned flow leaves: the flow reaches the other pod within the bound,
+   *  and nothing stays pinned to the released slot. */
+  void expectFlowMovesWhenItsPodLeaves() {
+    const std::string first = answers().back().pod;
+    const uint32_t mark = markOf(first);
+    ASSERT_NE(mark, 0u) << out("rt", "ip route show table all proto 211");
+    ASSERT_GE(pinnedTo(mark), 1u);
+    const size_t before = answers().size();
+    const auto t0 = std::chrono::steady_clock::now();
+    writeEndpoints(first);
+    bool moved = waitUntil([&] {
+      auto a = answers();
+      return a.size() > before && a.back().pod == other(first);
+    }, 10);
+    double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(moved) << "still black-holed after 10 s; answers after the change: "
+                       << answers().size() - before << "\n"
+                       << stream_.log().substr(stream_.log().size() > 2000 ? stream_.log().size() - 2000 : 0);
+    EXPECT_LT(took, kMoveBound);
+    // The gap the client saw (tool's clock): last answer before the change → first from the
+    // other pod.
+    auto a = answers();
+    long lastOld = a[before - 1].ms, firstNew = -1;
+    for (size_t i = before; i < a.size() && firstNew < 0; ++i)
+      if (a[i].pod == other(first)) firstNew = a[i].ms;
+    std::cout << vip_ << ": moved from " << first << " to " << other(first) << " " << took
+              << " s after the change; client gap " << firstNew - lastOld << " ms\n";
+    EXPECT_EQ(pinnedTo(mark), 0u);
+    // It stays there (pinned to the live slot now).
+    const size_t moved0 = answers().size();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    EXPECT_TRUE(allFrom(other(first), moved0));
+  }
+
+  std::string vip_;
+  Process stream_;
+};
+
+TEST_F(FlowRelease, UdpFlowOfARemovedEndpointMovesToALiveOne) {
+  start(kVip4);
+  if (HasFatalFailure()) return;
+  expectFlowMovesWhenItsPodLeaves();
+}
+
+TEST_F(FlowRelease, Ipv6UdpFlowOfARemovedEndpointMovesToALiveOne) {
+  start(kVip6);
+  if (HasFatalFailure()) return;
+  expectFlowMovesWhenItsPodLeaves();
+}
+
+TEST_F(FlowRelease, DrainingEndpointKeepsItsPinnedUdpFlowUntilItIsGone) {
+  start(kVip4);
+  if (HasFatalFailure()) return;
+  const std::string first = answers().back().pod;
+  const uint32_t mark = markOf(first);
+  ASSERT_NE(mark, 0u);
+  const size_t before = answers().size();
+  writeEndpoints(first, /*draining=*/true);
+  // Draining applied: no bucket sends new flows to its slot any more.
+  ASSERT_TRUE(waitUntil([&] {
+    auto m = marksIn("b2s4");
+    return !m.empty() && !m.contains(mark);
+  })) << out("rt", "nft list map inet kube_service_tunnel b2s4");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_TRUE(allFrom(first, before)) << "the draining pod lost its pinned flow";
+  EXPECT_GE(answers().size() - before, 100u);
+  EXPECT_GE(pinnedTo(mark), 1u);
+  EXPECT_EQ(markOf(first), mark);  // slot and route kept
+  // Gone for good: now the flow moves.
+  expectFlowMovesWhenItsPodLeaves();
+}
+
+}  // namespace
+}  // namespace kst::e2e
