@@ -35,7 +35,7 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
   std::vector<Problem> problems = model.problems;
   bool ok = true;
   size_t changes = 0;
-  auto handle = [&](const char* role, Result<PassResult> r) {
+  auto handle = [&](const char* role, const Result<PassResult>& r) {
     if (!r) {
       spdlog::error("{}: reconcile failed: {}", role, r.error().message);
       ok = false;
@@ -47,7 +47,12 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
     if (!r->ok()) ok = false;
   };
   if (router_) {
-    handle("router", router_->reconcile(model));
+    auto r = router_->reconcile(model, &routerChanged_);
+    // Whatever the outcome, the router's next pass starts from this model: after a success
+    // its cache holds it, after a failure it has no cache (and re-reads the kernel).
+    routerChanged_.clear();
+    handle("router", r);
+    lastRouterPass_ = r ? std::move(*r) : PassResult{};
     // Publishing only after the kernel holds the plan; a failed write is retried next pass.
     if (ok && publisher_ && publisher_->isLeader()) {
       for (auto& [svc, table] : router_->pendingPublications()) {
@@ -116,7 +121,8 @@ int Daemon::run() {
     auto now = std::chrono::steady_clock::now();
     if (!changes.empty()) {
       // Only the objects that changed are looked at (model.h ModelBuilder).
-      builder_.apply(std::move(changes));
+      auto vips = builder_.apply(std::move(changes));
+      routerChanged_.merge(vips);
       changes = {};
       synced = true;
     }

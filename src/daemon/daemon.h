@@ -71,6 +71,9 @@ class Daemon {
   /** Reconcile passes run so far and whether the last one succeeded (health endpoint). */
   int passes() const { return passes_; }
   bool lastPassOk() const { return lastOk_; }
+  /** The router's result of the last pass (read it after passes() moved, while the daemon is
+   *  idle, or after run() returned). */
+  const PassResult& lastRouterPassForTest() const { return lastRouterPass_; }
 
  private:
   bool pass(std::chrono::steady_clock::time_point start);
@@ -84,6 +87,10 @@ class Daemon {
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;
   ModelBuilder builder_;  // reconcile thread only
+  // VIPs the builder changed since the router's last pass (router_reconciler.h, NOTE
+  // Performance): the router compares only those with its cache. Reconcile thread only.
+  std::set<IpAddress> routerChanged_;
+  PassResult lastRouterPass_;
   bool stopping_ = false;
   bool poked_ = false;
   std::map<std::tuple<int, std::string, std::string>, Problem> reported_;

@@ -83,6 +83,39 @@ std::vector<dp::ReleasedSlot> releasedSlots(const Allocations& prior,
   return out;
 }
 
+/**
+ * The hinted VIPs whose service differs from the cached inputs, in VIP order, and the model's
+ * services among them. O(hint · log V): the model is looked up by binary search (ModelBuilder
+ * keeps it sorted by VIP; the neighbours of each hinted VIP are checked).
+ * @return false when the hint cannot be right: the number of services changed by something
+ * other than the hinted VIPs that were added or removed (a hint relative to another model).
+ */
+bool hintedChanges(const Model& model, const std::set<IpAddress>& hint,
+                   const std::map<IpAddress, TunnelService>& inputs,
+                   std::vector<IpAddress>& changed, Model& sub) {
+  const auto& svcs = model.services;
+  size_t added = 0, removed = 0;
+  for (const auto& vip : hint) {
+    auto pos = std::lower_bound(svcs.begin(), svcs.end(), vip,
+                                [](const TunnelService& s, const IpAddress& v) { return s.vip < v; });
+    if (pos != svcs.begin() && !(std::prev(pos)->vip < vip)) return false;
+    const TunnelService* now = nullptr;
+    if (pos != svcs.end() && pos->vip == vip) {
+      now = &*pos;
+      if (std::next(pos) != svcs.end() && !(vip < std::next(pos)->vip)) return false;
+    }
+    auto in = inputs.find(vip);
+    const TunnelService* before = in == inputs.end() ? nullptr : &in->second;
+    if (!now && !before) continue;
+    if (now && before && *now == *before) continue;
+    changed.push_back(vip);
+    if (now) sub.services.push_back(*now);
+    added += now && !before;
+    removed += before && !now;
+  }
+  return svcs.size() + removed == inputs.size() + added;
+}
+
 uint32_t slotCountOf(const VipPlan& vp) {
   uint32_t n = 0;
   for (uint32_t s : vp.slots) n = std::max(n, s + 1);
@@ -145,10 +178,11 @@ void RouterReconciler::setCaching(bool on) {
 
 void RouterReconciler::resyncNextPass() { cache_.reset(); }
 
-Result<PassResult> RouterReconciler::reconcile(const Model& model) {
+Result<PassResult> RouterReconciler::reconcile(const Model& model,
+                                               const std::set<IpAddress>* changed) {
   PassResult res;
   if (caching_ && cache_) {
-    if (auto r = incrementalPass(model, res)) return std::move(*r);
+    if (auto r = incrementalPass(model, changed, res)) return std::move(*r);
     auto t = std::chrono::steady_clock::now();
     dp::RouterState cached = cache_->state(renderSkeleton(cfg_));
     res.timings.observe = since(t);
@@ -179,6 +213,7 @@ Result<PassResult> RouterReconciler::fullPass(const Model& model, const dp::Rout
           if (auto dev = resolver_(ep.ip)) prior.mplsDevice.emplace(ep.ip, *dev);
   }
   plan_ = planRouter(model, cfg_, prior);
+  res.vipsPlanned = plan_.vips.size();
   pubCheckAll_ = true;
   for (auto& r : releasedSlots(prior, plan_.vips, cfg_)) purgePending_.insert(r);
   dp::RouterState desired = routerState(plan_, cfg_, prior);
@@ -311,17 +346,26 @@ void RouterReconciler::fillCache(const Model& model, const dp::RouterState& desi
   cache_ = std::move(c);
 }
 
-std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model& model,
-                                                                    PassResult res) {
+std::optional<Result<PassResult>> RouterReconciler::incrementalPass(
+    const Model& model, const std::set<IpAddress>* hint, PassResult res) {
   auto t = std::chrono::steady_clock::now();
   Cache& c = *cache_;
-  if (!isFlowMode(cfg_.mode) || model.services.empty() || c.inputs.empty() ||
-      !sortedUniqueVips(model))
-    return std::nullopt;
-  // VIPs whose inputs changed: merge of two sequences sorted by VIP.
+  if (!isFlowMode(cfg_.mode) || model.services.empty() || c.inputs.empty()) return std::nullopt;
+  // VIPs whose inputs changed (sorted), and their services.
   std::vector<IpAddress> changed;
   Model sub;
-  {
+  if (hint && !hintedChanges(model, *hint, c.inputs, changed, sub)) {
+    spdlog::warn("router: the changed-VIP hint does not match the model; comparing every service");
+    changed.clear();
+    sub.services.clear();
+    hint = nullptr;
+  }
+  if (hint) {
+    res.vipsCompared = hint->size();
+  } else {
+    // Merge of two sequences sorted by VIP (which the model must be: checked first).
+    if (!sortedUniqueVips(model)) return std::nullopt;
+    res.vipsCompared = model.services.size();
     auto it = c.inputs.begin();
     for (const auto& svc : model.services) {
       while (it != c.inputs.end() && it->first < svc.vip) changed.push_back((it++)->first);
@@ -345,6 +389,7 @@ std::optional<Result<PassResult>> RouterReconciler::incrementalPass(const Model&
   }
   // Beyond a quarter of the VIPs the whole-model path (sorted merges) is as cheap.
   if (changed.size() * 4 > std::max(model.services.size(), c.inputs.size())) return std::nullopt;
+  res.vipsPlanned = changed.size();
 
   // What the kernel holds for the changed VIPs.
   dp::RouterState obs;

@@ -2,16 +2,19 @@
 // of model changes the kernel (fake) must hold exactly what a fresh reconciler would program,
 // cached passes must not dump anything, and the work must follow the change, not the model.
 #include <arpa/inet.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "dataplane/diff.h"
 #include "desired/nft_render.h"
 #include "desired/published.h"
 #include "fakes/fake_kernel.h"
+#include "daemon/daemon.h"
 #include "reconcile/router_reconciler.h"
 
 namespace kst {
@@ -254,6 +257,422 @@ TEST(RouterIncremental, PendingPublicationsFollowTheChangesWithoutReencodingEver
         break;
     }
   }
+}
+
+// ------------------------------------------------ hinted passes (the changed-VIP set)
+
+/** The VIPs whose service differs between two models, the slow way. */
+std::set<IpAddress> changedVips(const Model& before, const Model& after) {
+  std::map<IpAddress, const TunnelService*> a, z;
+  for (auto& s : before.services) a[s.vip] = &s;
+  for (auto& s : after.services) z[s.vip] = &s;
+  std::set<IpAddress> out;
+  for (auto& [v, s] : a)
+    if (!z.contains(v) || !(*z[v] == *s)) out.insert(v);
+  for (auto& [v, s] : z)
+    if (!a.contains(v)) out.insert(v);
+  return out;
+}
+
+/** Both kernels hold the same owned objects (same ids, tables, marks). */
+void expectSameKernel(World& a, World& b, const std::string& where) {
+  RouterReconciler pa(a.cfg, a.nl, a.nft), pb(b.cfg, b.nl, b.nft);
+  auto x = pa.observe(), y = pb.observe();
+  ASSERT_TRUE(x && y);
+  auto strs = [](const dp::RouterState& st) {
+    std::vector<std::string> out;
+    for (auto& l : st.links) out.push_back(fmt::format("link {} {}", l.name, dp::kindName(l.kind)));
+    for (auto& n : st.nexthops)
+      out.push_back(fmt::format("nh {} {} {} {}", n.id, n.encapDst ? n.encapDst->str() : "-", n.dev,
+                                static_cast<int>(n.family)));
+    for (auto& r : st.routes)
+      out.push_back(fmt::format("route {}/{} table {} nhid {} dev {} unreachable {}", r.key.dst.str(),
+                                r.key.prefixLen, r.key.table, r.nhid, r.dev, r.unreachable));
+    for (auto& r : st.rules)
+      out.push_back(fmt::format("rule {} fwmark {} table {}", r.priority, r.fwmark, r.table));
+    return out;
+  };
+  EXPECT_EQ(strs(*x), strs(*y)) << where;
+  EXPECT_EQ(a.nft.state().vips, b.nft.state().vips) << where;
+  EXPECT_EQ(a.nft.state().buckets, b.nft.state().buckets) << where;
+}
+
+/** Random cluster deliveries over 30 Services and 40 slices: endpoints come, go, drain and
+ *  are shared between Services; VIPs move, conflict (the oldest claim wins), switch family,
+ *  get published tables; Services and slices are deleted and come back. */
+struct RandomCluster {
+  explicit RandomCluster(unsigned seed) : rng(seed) {}
+  std::mt19937 rng;
+  int pick(int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); }
+
+  ServiceObject svc(int i, std::string vip) {
+    ServiceObject s;
+    s.key = {"t", fmt::format("s{}", i)};
+    s.uid = s.key.str();
+    s.creationTimestamp = fmt::format("2024-01-0{}T00:00:00Z", 1 + pick(3));
+    if (!vip.empty()) s.annotations["cmd.nu/tunnel"] = vip;
+    return s;
+  }
+  EndpointSliceObject slice(int i, int service, bool v6) {
+    EndpointSliceObject e;
+    e.key = {"t", fmt::format("e{}", i)};
+    e.serviceName = fmt::format("s{}", service);
+    e.addressType = v6 ? "IPv6" : "IPv4";
+    for (int j = 1 + pick(4); j > 0; --j) {
+      SliceEndpoint se;
+      // A small pool: endpoints are often shared between Services (shared nexthops).
+      se.address = v6 ? fmt::format("fd00::{}", 1 + pick(8)) : fmt::format("10.0.0.{}", 1 + pick(60));
+      se.nodeName = "n1";
+      se.ready = pick(6) != 0;
+      se.terminating = !se.ready && pick(2);
+      se.serving = pick(8) != 0;
+      e.endpoints.push_back(se);
+    }
+    return e;
+  }
+  ObjectChanges initial() {
+    ObjectChanges c;
+    c.replaceAll = true;
+    for (int i = 0; i < 30; ++i) {
+      auto s = svc(i, fmt::format("203.0.113.{}", i));
+      c.services[s.key] = s;
+      auto e = slice(i, i, false);
+      c.slices[e.key] = e;
+    }
+    return c;
+  }
+  ObjectChanges next() {
+    ObjectChanges c;
+    for (int n = 1 + pick(3); n > 0; --n) {
+      if (pick(3) == 0) {
+        int i = pick(30);
+        ObjectKey k{"t", fmt::format("s{}", i)};
+        if (pick(8) == 0) {
+          c.services[k] = std::nullopt;
+          continue;
+        }
+        int a = pick(12);
+        std::string vip = a < 9  ? fmt::format("203.0.113.{}", pick(36))  // may conflict
+                          : a < 11 ? fmt::format("2001:db8::{}", pick(4))
+                                   : "";
+        auto s = svc(i, vip);
+        if (pick(4) == 0) s.annotations["kube-service-tunnel.cmd.nu/buckets"] = fmt::format("t{}", pick(3));
+        c.services[k] = s;
+      } else {
+        int i = pick(40);
+        if (pick(10) == 0) {
+          c.slices[{"t", fmt::format("e{}", i)}] = std::nullopt;
+          continue;
+        }
+        auto e = slice(i, i < 30 && pick(4) ? i : pick(30), pick(10) == 0);
+        c.slices[e.key] = e;
+      }
+    }
+    return c;
+  }
+};
+
+/** Hinted passes (the daemon: ModelBuilder's changed VIPs, accumulated over deliveries) end in
+ *  exactly the kernel state of passes that compare every service, and that state is what a
+ *  full recompute (fresh plan against the kernel) finds nothing to change in. Failures, drift
+ *  and resyncs happen to both alike. */
+void hintedMatchesFull(Mode mode, unsigned seed) {
+  auto cfg = config();
+  cfg.mode = mode;
+  World hw(cfg), fw(cfg);
+  RouterReconciler hinted(hw.cfg, hw.nl, hw.nft), full(fw.cfg, fw.nl, fw.nft);
+  hinted.setCaching(true);
+  full.setCaching(true);
+  RandomCluster gen(seed);
+  ModelBuilder builder;
+  std::set<IpAddress> hint = builder.apply(gen.initial());
+  int proportional = 0;
+  for (int step = 0; step < 150; ++step) {
+    std::string where = fmt::format("mode {} seed {} step {}", modeName(mode), seed, step);
+    const Model& m = builder.model();
+    bool fail = gen.pick(25) == 0;
+    if (fail)  // one pass in which nexthop changes fail, in both
+      for (auto* w : {&hw, &fw})
+        w->nl.failWhen([](const dp::Change& c) { return std::holds_alternative<dp::Nexthop>(c.object); });
+    if (gen.pick(30) == 0) {  // drift, repaired by the resync
+      for (auto* w : {&hw, &fw}) w->nl.eraseRouteIf([](const dp::Route& r) { return r.key.table % 3 == 0; });
+      hinted.resyncNextPass();
+      full.resyncNextPass();
+    }
+    auto h = hinted.reconcile(m, &hint);
+    auto f = full.reconcile(m);
+    ASSERT_TRUE(h && f) << where;
+    EXPECT_EQ(h->ok(), f->ok()) << where;
+    EXPECT_EQ(h->changes, f->changes) << where;
+    EXPECT_EQ(h->fullObserve, f->fullObserve) << where;
+    EXPECT_EQ(h->vipsPlanned, f->vipsPlanned) << where;
+    EXPECT_LE(h->vipsCompared, hint.size()) << where;
+    auto sorted = [](std::vector<Problem> v) {
+      std::sort(v.begin(), v.end(), [](auto& a, auto& b) {
+        return std::tie(a.object, a.message) < std::tie(b.object, b.message);
+      });
+      return v;
+    };
+    EXPECT_EQ(sorted(h->problems), sorted(f->problems)) << where;
+    if (!h->fullObserve && h->vipsPlanned < m.services.size()) ++proportional;
+    hint.clear();
+    if (fail) {
+      hw.nl.clearFailures();
+      fw.nl.clearFailures();
+    } else {
+      expectSameKernel(hw, fw, where);
+      expectConverged(hw, m);
+      ASSERT_EQ(hinted.lastPlan().vips.size(), m.services.size()) << where;
+    }
+    if (::testing::Test::HasFailure()) return;
+    // One to three deliveries before the next pass: their changed VIPs accumulate.
+    for (int d = 1 + gen.pick(3); d > 0; --d) hint.merge(builder.apply(gen.next()));
+  }
+  // Most passes followed the change (the rest: slot count, family or first/last VIP changes,
+  // failures, resyncs, more than a quarter of the VIPs).
+  EXPECT_GT(proportional, 60) << modeName(mode) << " seed " << seed;
+}
+
+TEST(RouterIncremental, HintedPassesEndInTheStateOfFullPassesForRandomDeliveries) {
+  for (Mode mode : {Mode::VxlanGpe, Mode::Ipip})
+    for (unsigned seed = 1; seed <= 4; ++seed) {
+      hintedMatchesFull(mode, seed);
+      if (HasFailure()) return;
+    }
+}
+
+/** 20 VIPs × 2 endpoints, programmed by a first pass (cached). */
+struct Programmed {
+  Programmed() : w(config()), r(w.cfg, w.nl, w.nft) {
+    r.setCaching(true);
+    for (uint32_t i = 0; i < 20; ++i) m.services.push_back(service(i, {2 * i + 1, 2 * i + 2}));
+    normalize(m);
+  }
+  /** Changes the model and returns the hint for it. */
+  std::set<IpAddress> change(const std::function<void(Model&)>& f) {
+    Model before = m;
+    f(m);
+    normalize(m);
+    return changedVips(before, m);
+  }
+  World w;
+  RouterReconciler r;
+  Model m;
+};
+
+TEST(RouterIncremental, HintedPassComparesAndPlansOnlyTheChangedVip) {
+  Programmed p;
+  ASSERT_TRUE(p.r.reconcile(p.m)->ok());
+  p.w.nl.clearLog();
+  auto hint = p.change([](Model& m) { m.services[7].endpoints[1].ip = v4(0x0a00ffff); });
+  ASSERT_EQ(hint.size(), 1u);
+  auto res = p.r.reconcile(p.m, &hint);
+  ASSERT_TRUE(res && res->ok());
+  EXPECT_FALSE(res->fullObserve);
+  EXPECT_EQ(res->vipsCompared, 1u);
+  EXPECT_EQ(res->vipsPlanned, 1u);
+  EXPECT_EQ(p.w.nl.log().size(), 3u);  // new nexthop, route replaced, old nexthop deleted
+  expectConverged(p.w, p.m);
+  // Without the hint the same kind of pass compares every service.
+  p.change([](Model& m) { m.services[3].endpoints[0].draining = true; });
+  auto plain = p.r.reconcile(p.m);
+  ASSERT_TRUE(plain && plain->ok());
+  EXPECT_EQ(plain->vipsCompared, p.m.services.size());
+  EXPECT_EQ(plain->vipsPlanned, 1u);
+  expectConverged(p.w, p.m);
+  // A hint naming unchanged VIPs too (a superset) plans only what differs.
+  std::set<IpAddress> wide{p.m.services[0].vip, p.m.services[1].vip};
+  auto same = p.r.reconcile(p.m, &wide);
+  ASSERT_TRUE(same && same->ok());
+  EXPECT_EQ(same->vipsCompared, 2u);
+  EXPECT_EQ(same->changes, 0u);
+}
+
+TEST(RouterIncremental, HintedFirstPassObservesAndProgramsEverything) {
+  Programmed p;
+  std::set<IpAddress> one{p.m.services[0].vip};
+  auto res = p.r.reconcile(p.m, &one);
+  ASSERT_TRUE(res && res->ok());
+  EXPECT_TRUE(res->fullObserve);
+  EXPECT_EQ(res->vipsPlanned, p.m.services.size());
+  expectConverged(p.w, p.m);
+}
+
+TEST(RouterIncremental, HintedPassAfterAFailureObservesAndRepairs) {
+  Programmed p;
+  ASSERT_TRUE(p.r.reconcile(p.m)->ok());
+  p.w.nl.failWhen([](const dp::Change& c) { return std::holds_alternative<dp::Nexthop>(c.object); });
+  auto hint = p.change([](Model& m) { m.services[4].endpoints.push_back({v4(0x0a00eeee), "n1", true, false, ""}); });
+  auto failed = p.r.reconcile(p.m, &hint);
+  ASSERT_TRUE(failed);
+  EXPECT_FALSE(failed->ok());
+  p.w.nl.clearFailures();
+  // The retry: nothing changed since the failed pass (empty hint), yet the kernel is re-read.
+  std::set<IpAddress> none;
+  auto retry = p.r.reconcile(p.m, &none);
+  ASSERT_TRUE(retry && retry->ok());
+  EXPECT_TRUE(retry->fullObserve);
+  EXPECT_GT(retry->changes, 0u);
+  expectConverged(p.w, p.m);
+}
+
+TEST(RouterIncremental, HintedPassAfterResyncObservesAndRepairsDrift) {
+  Programmed p;
+  ASSERT_TRUE(p.r.reconcile(p.m)->ok());
+  p.w.nl.eraseRouteIf([](const dp::Route&) { return true; });
+  std::set<IpAddress> none;
+  auto cached = p.r.reconcile(p.m, &none);  // the cache is trusted until the resync
+  ASSERT_TRUE(cached && cached->ok());
+  EXPECT_EQ(cached->changes, 0u);
+  EXPECT_EQ(cached->vipsCompared, 0u);
+  p.r.resyncNextPass();
+  auto res = p.r.reconcile(p.m, &none);
+  ASSERT_TRUE(res && res->ok());
+  EXPECT_TRUE(res->fullObserve);
+  EXPECT_GT(res->changes, 0u);
+  expectConverged(p.w, p.m);
+}
+
+TEST(RouterIncremental, HintThatMissesAnAddedOrRemovedVipIsIgnored) {
+  Programmed p;
+  ASSERT_TRUE(p.r.reconcile(p.m)->ok());
+  std::set<IpAddress> none;
+  p.change([](Model& m) { m.services.push_back(service(50, {7, 8})); });
+  auto added = p.r.reconcile(p.m, &none);
+  ASSERT_TRUE(added && added->ok());
+  EXPECT_EQ(added->vipsCompared, p.m.services.size());  // fell back to comparing every service
+  EXPECT_EQ(added->vipsPlanned, 1u);
+  expectConverged(p.w, p.m);
+  p.change([](Model& m) { m.services.erase(m.services.begin() + 3); });
+  auto removed = p.r.reconcile(p.m, &none);
+  ASSERT_TRUE(removed && removed->ok());
+  EXPECT_EQ(removed->vipsCompared, p.m.services.size());
+  expectConverged(p.w, p.m);
+}
+
+TEST(RouterIncremental, HintedSlotCountChangeTakesTheWholeModelPath) {
+  Programmed p;
+  ASSERT_TRUE(p.r.reconcile(p.m)->ok());
+  size_t rules = p.w.nl.rules(0, ~0u)->size();
+  // Five endpoints for one VIP: five slots, more than any other VIP uses (rules, slot tables).
+  auto hint = p.change([](Model& m) {
+    for (uint32_t e : {90, 91, 92}) m.services[5].endpoints.push_back({v4(0x0a000000 + e), "n1", true, false, ""});
+  });
+  auto res = p.r.reconcile(p.m, &hint);
+  ASSERT_TRUE(res && res->ok());
+  EXPECT_FALSE(res->fullObserve);
+  EXPECT_EQ(res->vipsPlanned, p.m.services.size());
+  EXPECT_GT(p.w.nl.rules(0, ~0u)->size(), rules);
+  expectConverged(p.w, p.m);
+  // And back: the slot count shrinks, again whole-model.
+  hint = p.change([](Model& m) { m.services[5].endpoints.resize(2); });
+  res = p.r.reconcile(p.m, &hint);
+  ASSERT_TRUE(res && res->ok());
+  EXPECT_EQ(res->vipsPlanned, p.m.services.size());
+  EXPECT_EQ(p.w.nl.rules(0, ~0u)->size(), rules);
+  expectConverged(p.w, p.m);
+}
+
+TEST(RouterIncremental, PendingPublicationsFollowHintedPasses) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  r.setCaching(true);
+  Model m;
+  for (uint32_t i = 0; i < 30; ++i) m.services.push_back(service(i, {3 * i + 1, 3 * i + 2}));
+  normalize(m);
+  Model before;
+  std::mt19937 rng(5);
+  uint32_t fresh = 700;
+  for (int step = 0; step < 150; ++step) {
+    auto hint = changedVips(before, m);
+    auto res = r.reconcile(m, &hint);
+    ASSERT_TRUE(res && res->ok());
+    before = m;
+    auto got = r.pendingPublications();
+    std::map<ObjectKey, std::string> gotMap(got.begin(), got.end());
+    ASSERT_EQ(gotMap, allUnpublished(r, w.cfg)) << "step " << step;
+    auto& s = m.services[rng() % m.services.size()];
+    if (rng() % 2) {  // the writer's publish lands
+      auto all = allUnpublished(r, w.cfg);
+      if (auto it = all.find(s.key); it != all.end()) s.published = it->second;
+    } else {
+      s.endpoints[rng() % s.endpoints.size()].ip = v4(0x0a000000 + ++fresh);
+      std::sort(s.endpoints.begin(), s.endpoints.end(), [](auto& a, auto& b) { return a.ip < b.ip; });
+    }
+  }
+}
+
+// ------------------------------------------------------------------------- daemon level
+
+/** Delivers the complete set at start, then whatever the test pushes. */
+class ScriptedSource : public Source {
+ public:
+  explicit ScriptedSource(ObjectChanges first) : first_(std::move(first)) {}
+  Status start(Callback cb) override {
+    cb_ = std::move(cb);
+    cb_(std::move(first_));
+    return {};
+  }
+  void push(ObjectChanges c) { cb_(std::move(c)); }
+  void stop() override {}
+  std::string name() const override { return "scripted"; }
+
+ private:
+  ObjectChanges first_;
+  Callback cb_;
+};
+
+TEST(Daemon, PassAfterADeliveryComparesOnlyTheVipsItChanged) {
+  World w(config());
+  RouterReconciler router(w.cfg, w.nl, w.nft);
+  RandomCluster gen(9);
+  auto first = gen.initial();
+  ModelBuilder truth;
+  truth.apply(first);
+  ScriptedSource src(std::move(first));
+  DaemonOptions o;
+  o.agent = false;
+  o.resyncInterval = std::chrono::hours(1);
+  Daemon d(o, src, &router, nullptr);
+  std::thread t([&] { d.run(); });
+  auto waitPasses = [&](int k) {
+    for (int i = 0; i < 20000 && d.passes() < k; ++i) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    return d.passes() >= k;
+  };
+  bool started = waitPasses(1);
+  EXPECT_TRUE(started && d.lastPassOk());
+  EXPECT_TRUE(d.lastRouterPassForTest().fullObserve);
+  // One endpoint of s7 replaced: one VIP compared, planned and changed.
+  auto slice = truth.objects().slices.at({"t", "e7"});
+  slice.endpoints[0].address = "10.0.1.1";
+  slice.endpoints[0].ready = slice.endpoints[0].serving = true;
+  ObjectChanges c;
+  c.slices[slice.key] = slice;
+  EXPECT_EQ(truth.apply(c).size(), 1u);
+  if (started) src.push(std::move(c));
+  bool passed = started && waitPasses(2);
+  EXPECT_TRUE(passed && d.lastPassOk());
+  if (passed) {
+    EXPECT_FALSE(d.lastRouterPassForTest().fullObserve);
+    EXPECT_EQ(d.lastRouterPassForTest().vipsCompared, 1u);
+    EXPECT_EQ(d.lastRouterPassForTest().vipsPlanned, 1u);
+  }
+  // A delivery that changes no VIP (a slice of an unknown Service): nothing compared.
+  EndpointSliceObject orphan = slice;
+  orphan.key.name = "orphan";
+  orphan.serviceName = "nope";
+  ObjectChanges o2;
+  o2.slices[orphan.key] = orphan;
+  EXPECT_TRUE(truth.apply(o2).empty());
+  if (passed) src.push(std::move(o2));
+  passed = passed && waitPasses(3);
+  EXPECT_TRUE(passed);
+  if (passed) {
+    EXPECT_EQ(d.lastRouterPassForTest().vipsCompared, 0u);
+  }
+  d.stop();
+  t.join();
+  expectConverged(w, truth.model());
 }
 
 }  // namespace
