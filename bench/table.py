@@ -25,7 +25,8 @@ def main():
                        f"daemon/raw **{r['daemon_over_raw']}** (target ≤ 1.5), ip-batch/raw {r['iproute_over_raw']} |")
         elif b == "incremental":
             what = {"source": "source delivers a changed EndpointSlice → daemon → last ack",
-                    "cached": "reconciler alone, model change → last ack",
+                    "cached": "reconciler alone, model change + changed VIP → last ack",
+                    "cached-compare": "reconciler alone, every service compared (before the changed-VIP hint)",
                     "full-observe": "reconciler, full re-observation per pass (before)"}.get(r['mode'], r['mode'])
             objs = f", {r['objects_per_change']} objects" if 'objects_per_change' in r else ""
             out.append(f"| one endpoint change at V={r['V']}: {what} ({r['changes']} changes) | "
