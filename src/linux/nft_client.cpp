@@ -207,6 +207,11 @@ Status NftClientImpl::openSocket() {
   return {};
 }
 
+std::vector<uint8_t>& NftClientImpl::rxBuffer() {
+  if (rx_.size() < kRx) rx_.resize(kRx);
+  return rx_;
+}
+
 Result<int> NftClientImpl::request(const std::vector<uint8_t>& req,
                                    const std::function<void(const nlmsghdr*)>& fn,
                                    bool& interrupted, std::vector<uint8_t>& rx) {
@@ -251,7 +256,7 @@ Result<int> NftClientImpl::request(const std::vector<uint8_t>& req,
 Result<dp::NftState> NftClientImpl::observeRaw() {
   if (auto s = openSocket(); !s) return std::unexpected(s.error());
   dp::NftState st;
-  std::vector<uint8_t> rx(kRx);
+  std::vector<uint8_t>& rx = rxBuffer();
   auto talk = [&](std::vector<uint8_t>& req, const std::function<void(const nlmsghdr*)>& fn,
                   bool& interrupted) { return request(req, fn, interrupted, rx); };
   // The table and its comment ("kst:<skeleton id>").
@@ -527,7 +532,7 @@ Result<int> NftClientImpl::sendBatch(const std::vector<uint8_t>& buf,
   sent_ += seqs.size() + 2;
   std::set<uint32_t> pending(seqs.begin(), seqs.end());
   int firstError = 0;
-  std::vector<uint8_t> rx(kRx);
+  std::vector<uint8_t>& rx = rxBuffer();
   while (!pending.empty()) {
     pollfd p{fd_, POLLIN, 0};
     int pr = poll(&p, 1, 30000);
@@ -601,7 +606,7 @@ Result<std::pair<size_t, int>> NftClientImpl::purgeFlowMap(
   // The dump: keys of the matching elements (the whole map is walked; a dynamic map has no
   // index by data).
   std::vector<std::array<uint8_t, kFlow4Key>> keys;
-  std::vector<uint8_t> rx(kRx);
+  std::vector<uint8_t>& rx = rxBuffer();
   for (int attempt = 0;; ++attempt) {
     keys.clear();
     std::vector<uint8_t> req;
