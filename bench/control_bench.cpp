@@ -70,7 +70,8 @@ size_t verifyChanges(const Model& m, const DataplaneConfig& cfg) {
 std::string ipBatch(const dp::RouterState& st) {
   std::string s;
   for (auto& l : st.links) {
-    s += fmt::format("link add {} type vxlan external gpe dstport {}\n", l.name, l.port);
+    std::string mtu = l.mtu ? fmt::format(" mtu {}", l.mtu) : "";  // --underlay-mtu − overhead
+    s += fmt::format("link add {}{} type vxlan external gpe dstport {}\n", l.name, mtu, l.port);
     s += fmt::format("link set {} up\n", l.name);
   }
   for (auto& nh : st.nexthops)

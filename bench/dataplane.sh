@@ -8,9 +8,13 @@
 #           as one nft rule in the pod (SYNs from the VIP: MSS ≤ 1500 − 36 − 40 = 1424).
 #           `advmss` on the pod's route back to the client would be one object too, but that
 #           route also carries the pod's ordinary traffic (here: "plain"), so the rule it is.
-#   hand0   the hand-made tunnel without the clamp (its own VIP): the pod announces MSS 1460,
-#           every full-size segment + 36 bytes of vxlan-gpe exceeds the 1500-byte MTU and
-#           travels as two IP fragments that the pod reassembles (TCP only)
+#   hand0   the hand-made tunnel without the clamp (its own VIP; TCP only): the pod announces
+#           MSS 1460, so full-size segments do not fit the router's tunnel device, whose MTU
+#           the daemon sets to 1500 − 36 = 1464 (--underlay-mtu): the router answers
+#           "fragmentation needed" and the client's path-MTU discovery lowers its segments.
+#           (With the kernel's default device MTU of 1500 every segment + 36 bytes left as two
+#           IP fragments the pod reassembled: 0.7–1.3 Gbit/s.) Where ICMP is filtered, only
+#           the clamp helps.
 #   daemon  what kube-service-tunnel programs (router + agent roles, B buckets, one endpoint,
 #           default --underlay-mtu 1500: the agent clamps the MSS to 1424):
 #           nft classifier (flow map, jhash, b2s map) → fwmark → ip rule → slot table →

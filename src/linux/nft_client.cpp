@@ -184,6 +184,25 @@ std::pair<const uint8_t*, size_t> dataValue(const nlattr* nest) {
           mnl_attr_get_payload_len(a.tb[NFTA_DATA_VALUE])};
 }
 
+/** Calls fn with the attributes of each element of a NEWSETELEM message (a dump's or a get's
+ *  answer); other messages are ignored. */
+void forEachElement(const nlmsghdr* m, const std::function<void(const Attrs&)>& fn) {
+  if (m->nlmsg_type != nftMsg(NFT_MSG_NEWSETELEM)) return;
+  Attrs top;
+  mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top);
+  const nlattr* list = top.tb[NFTA_SET_ELEM_LIST_ELEMENTS];
+  if (!list) return;
+  const char* end =
+      static_cast<const char*>(mnl_attr_get_payload(list)) + mnl_attr_get_payload_len(list);
+  for (auto* e = static_cast<const nlattr*>(mnl_attr_get_payload(list));
+       mnl_attr_ok(e, static_cast<int>(end - reinterpret_cast<const char*>(e)));
+       e = mnl_attr_next(e)) {
+    Attrs el;
+    mnl_attr_parse_nested(e, Attrs::cb, &el);
+    fn(el);
+  }
+}
+
 }  // namespace
 
 Status NftClientImpl::openSocket() {
@@ -291,33 +310,22 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
   // Element parser shared by dumps and lookups.
   auto parseElements = [&](const nlmsghdr* m, bool map, std::set<IpAddress>& vips,
                            dp::BucketMap& buckets) {
-    if (m->nlmsg_type != nftMsg(NFT_MSG_NEWSETELEM)) return;
-    Attrs top;
-    mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top);
-    const nlattr* list = top.tb[NFTA_SET_ELEM_LIST_ELEMENTS];
-    if (!list) return;
-    const char* end = static_cast<const char*>(mnl_attr_get_payload(list)) +
-                      mnl_attr_get_payload_len(list);
-    for (auto* e = static_cast<const nlattr*>(mnl_attr_get_payload(list));
-         mnl_attr_ok(e, static_cast<int>(end - reinterpret_cast<const char*>(e)));
-         e = mnl_attr_next(e)) {
-      Attrs el;
-      mnl_attr_parse_nested(e, Attrs::cb, &el);
+    forEachElement(m, [&](const Attrs& el) {
       auto [k, klen] = dataValue(el.tb[NFTA_SET_ELEM_KEY]);
       if (!map) {
         if (klen == 4) vips.insert(IpAddress::fromBytes(Family::V4, k));
         if (klen == 16) vips.insert(IpAddress::fromBytes(Family::V6, k));
-        continue;
+        return;
       }
       auto [d, dlen] = dataValue(el.tb[NFTA_SET_ELEM_DATA]);
-      if ((klen != 8 && klen != 20) || dlen != 4) continue;
+      if ((klen != 8 && klen != 20) || dlen != 4) return;
       uint32_t mark, slotMark;
       std::memcpy(&mark, k + klen - 4, 4);
       std::memcpy(&slotMark, d, 4);
-      if (mark < kBucketMarkBase) continue;
+      if (mark < kBucketMarkBase) return;
       auto ip = IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, k);
       observeBucket(buckets, ip, mark, slotMark, false);
-    }
+    });
   };
   // Dumps: the VIP sets always; the bucket maps only when asked to be exhaustive, because the
   // kernel resumes a set dump by skipping the elements already sent (≈ 700 per 32 KiB
@@ -618,21 +626,10 @@ Result<std::pair<size_t, int>> NftClientImpl::purgeFlowMap(
     req.resize(h->nlmsg_len);
     bool intr = false;
     auto rc = request(req, [&](const nlmsghdr* m) {
-      if (m->nlmsg_type != nftMsg(NFT_MSG_NEWSETELEM)) return;
-      Attrs top;
-      mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top);
-      const nlattr* list = top.tb[NFTA_SET_ELEM_LIST_ELEMENTS];
-      if (!list) return;
-      const char* end = static_cast<const char*>(mnl_attr_get_payload(list)) +
-                        mnl_attr_get_payload_len(list);
-      for (auto* e = static_cast<const nlattr*>(mnl_attr_get_payload(list));
-           mnl_attr_ok(e, static_cast<int>(end - reinterpret_cast<const char*>(e)));
-           e = mnl_attr_next(e)) {
-        Attrs el;
-        mnl_attr_parse_nested(e, Attrs::cb, &el);
+      forEachElement(m, [&](const Attrs& el) {
         auto [k, kl] = dataValue(el.tb[NFTA_SET_ELEM_KEY]);
         auto [d, dl] = dataValue(el.tb[NFTA_SET_ELEM_DATA]);
-        if (kl != klen || dl != 4) continue;
+        if (kl != klen || dl != 4) return;
         uint32_t mark;
         std::memcpy(&mark, d, 4);
         bool hit;
@@ -643,11 +640,11 @@ Result<std::pair<size_t, int>> NftClientImpl::purgeFlowMap(
         } else {
           hit = match6.contains(mark);
         }
-        if (!hit) continue;
+        if (!hit) return;
         std::array<uint8_t, kFlow4Key> key{};
         std::memcpy(key.data(), k, kl);
         keys.push_back(key);
-      }
+      });
     }, intr, rx);
     if (!rc) return std::unexpected(rc.error());
     // No table (removed, never created) or no such map: nothing is pinned.
