@@ -226,6 +226,17 @@ Status NftClientImpl::openSocket() {
   return {};
 }
 
+std::vector<uint8_t> NftClientImpl::dumpElementsRequest(const char* set) {
+  std::vector<uint8_t> req;
+  putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_DUMP | NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
+  req.resize(req.size() + 512);
+  auto* h = reinterpret_cast<nlmsghdr*>(req.data());
+  mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
+  mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
+  req.resize(h->nlmsg_len);
+  return req;
+}
+
 std::vector<uint8_t>& NftClientImpl::rxBuffer() {
   if (rx_.size() < kRx) rx_.resize(kRx);
   return rx_;
@@ -338,13 +349,7 @@ Result<dp::NftState> NftClientImpl::observeRaw() {
   for (const char* set : dumped) {
     const bool map = set[0] == 'b';
     for (int attempt = 0;; ++attempt) {
-      std::vector<uint8_t> req;
-      putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_DUMP | NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
-      req.resize(req.size() + 512);
-      auto* h = reinterpret_cast<nlmsghdr*>(req.data());
-      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
-      mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
-      req.resize(h->nlmsg_len);
+      std::vector<uint8_t> req = dumpElementsRequest(set);
       std::set<IpAddress> vips;
       dp::BucketMap buckets;
       bool intr = false;
@@ -617,13 +622,7 @@ Result<std::pair<size_t, int>> NftClientImpl::purgeFlowMap(
   std::vector<uint8_t>& rx = rxBuffer();
   for (int attempt = 0;; ++attempt) {
     keys.clear();
-    std::vector<uint8_t> req;
-    putHeader(req, nftMsg(NFT_MSG_GETSETELEM), NLM_F_DUMP | NLM_F_ACK, NFPROTO_INET, 0, ++seq_);
-    req.resize(req.size() + 512);
-    auto* h = reinterpret_cast<nlmsghdr*>(req.data());
-    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, cfg_.nftTable.c_str());
-    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, set);
-    req.resize(h->nlmsg_len);
+    std::vector<uint8_t> req = dumpElementsRequest(set);
     bool intr = false;
     auto rc = request(req, [&](const nlmsghdr* m) {
       forEachElement(m, [&](const Attrs& el) {

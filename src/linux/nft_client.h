@@ -46,6 +46,8 @@ class NftClientImpl : public dp::NftClient {
   Result<int> request(const std::vector<uint8_t>& req,
                       const std::function<void(const nlmsghdr*)>& fn, bool& interrupted,
                       std::vector<uint8_t>& rx);
+  /** A GETSETELEM dump request for one set of the daemon's table (next sequence number). */
+  std::vector<uint8_t> dumpElementsRequest(const char* set);
   /** The receive buffer of every nfnetlink exchange (≥ kRx bytes), kept for the client's life. */
   std::vector<uint8_t>& rxBuffer();
   /** Sends an encoded batch (BATCH_BEGIN … BATCH_END) in one sendmsg and waits for the ack of
