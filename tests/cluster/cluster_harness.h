@@ -255,12 +255,7 @@ class Cluster : public E2E {
     E2E::SetUp();
     if (IsSkipped()) return;
     if (!cp().ok) GTEST_FAIL() << "control plane not available: " << cp().error;
-    std::filesystem::remove_all(dir);  // E2E's /tmp/ke<pid>: this suite uses the kk prefix
-    prefix = "kk" + std::to_string(getpid() % 100000);
-    dir = "/tmp/" + prefix;
-    manifests = dir + "/manifests";
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(manifests);
+    usePrefix("kk");  // this suite's namespaces and files: kk<pid>
     kns = "kk-" + std::to_string(++counter());
     auto r = kubectl("create namespace " + kns);
     ASSERT_EQ(r.rc, 0) << r.out;

@@ -24,12 +24,7 @@ class FlowRelease : public E2E {
     E2E::SetUp();
     if (IsSkipped()) return;
     // This test's namespaces are named kfp*: its own prefix, not the harness' default.
-    std::filesystem::remove_all(dir);
-    prefix = "kfp" + std::to_string(getpid() % 100000);
-    dir = "/tmp/" + prefix;
-    manifests = dir + "/manifests";
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(manifests);
+    usePrefix("kfp");
     topology(1, 1);  // pods p1a (198.19.1.2, 2001:db8:1::2) and p2a (198.19.2.2, 2001:db8:2::2)
     serve("p1a");
     serve("p2a");

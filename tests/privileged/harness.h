@@ -152,7 +152,13 @@ class E2E : public ::testing::Test {
 
   void SetUp() override {
     if (getuid() != 0) GTEST_SKIP() << "needs root (CTest label privileged)";
-    prefix = "ke" + std::to_string(getpid() % 100000);
+    usePrefix("ke");
+  }
+  /** Names everything this test creates (namespaces, links, /tmp/PREFIX) with stem + pid:
+   *  a suite with its own stem calls it again after E2E::SetUp(). */
+  void usePrefix(const std::string& stem) {
+    if (!dir.empty()) std::filesystem::remove_all(dir);
+    prefix = stem + std::to_string(getpid() % 100000);
     dir = "/tmp/" + prefix;
     manifests = dir + "/manifests";
     std::filesystem::remove_all(dir);

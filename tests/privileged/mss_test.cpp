@@ -207,12 +207,7 @@ class TunnelMtu : public TcpMss {
     E2E::SetUp();
     if (IsSkipped()) return;
     // This test's namespaces, links and tables are named kmt*.
-    std::filesystem::remove_all(dir);
-    prefix = "kmt" + std::to_string(getpid() % 100000);
-    dir = "/tmp/" + prefix;
-    manifests = dir + "/manifests";
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(manifests);
+    usePrefix("kmt");
   }
   /** Every link but lo in the namespaces of the topology gets MTU 9000 (jumbo frames). */
   void jumbo() {

@@ -38,12 +38,7 @@ class VmE2E : public E2E {
   void SetUp() override {
     E2E::SetUp();
     if (IsSkipped()) return;
-    std::filesystem::remove_all(dir);
-    prefix = "kv" + std::to_string(getpid() % 100000);
-    dir = "/tmp/" + prefix;
-    manifests = dir + "/manifests";
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(manifests);
+    usePrefix("kv");
   }
 
   // ---- topology: a few `ip -batch` runs instead of topo.sh's ~100 execs -------------------
