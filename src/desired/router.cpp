@@ -130,7 +130,7 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     vp.slots = std::move(keptSlots);
     for (uint32_t s : vp.slots) plan.slotCount = std::max(plan.slotCount, s + 1);
 
-    // Buckets: Maglev over the endpoints that take new flows.
+    // Buckets: rendezvous (or Maglev) over the endpoints that take new flows.
     std::vector<std::string> ids;
     std::vector<int32_t> idx;
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {

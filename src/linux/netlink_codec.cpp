@@ -118,8 +118,9 @@ void parseEncap(const nlattr* typeAttr, const nlattr* encapAttr, dp::Nexthop& nh
   e.parseNested(encapAttr);
   if (type == LWTUNNEL_ENCAP_IP || type == LWTUNNEL_ENCAP_IP6) {
     nh.encap = dp::Nexthop::Encap::Ip;
-    nh.encapDst = addrAttr(e[type == LWTUNNEL_ENCAP_IP ? LWTUNNEL_IP_DST : LWTUNNEL_IP6_DST]);
-    int ttlAttr = type == LWTUNNEL_ENCAP_IP ? LWTUNNEL_IP_TTL : LWTUNNEL_IP6_HOPLIMIT;
+    const bool v4 = type == LWTUNNEL_ENCAP_IP;
+    nh.encapDst = addrAttr(e[v4 ? int{LWTUNNEL_IP_DST} : int{LWTUNNEL_IP6_DST}]);
+    int ttlAttr = v4 ? int{LWTUNNEL_IP_TTL} : int{LWTUNNEL_IP6_HOPLIMIT};
     nh.ttl = e[ttlAttr] ? mnl_attr_get_u8(e[ttlAttr]) : 0;
     if (type == LWTUNNEL_ENCAP_IP6)
       nh.noCsum = !(e[LWTUNNEL_IP6_FLAGS] &&
