@@ -1,5 +1,5 @@
-// The narrow kernel boundary. The reconcilers see only these interfaces; the real
-// implementations live in linux/, in-memory fakes in tests/fakes/.
+// The narrow kernel boundary (with pod_namespaces.h, the agent's). The reconcilers see only
+// these interfaces; the real implementations live in linux/, in-memory fakes in tests/fakes/.
 #pragma once
 
 #include <cstdint>
