@@ -4,7 +4,10 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <expected>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -62,9 +65,7 @@ void addCommon(CLI::App* app, Flags& f) {
   app->add_option("--role", f.role, "router (tunnel node), agent (pod side) or both")
       ->envname("TUNNEL_ROLE")
       ->check(CLI::IsMember({"router", "agent", "both"}));
-  app->add_option("--mode", f.mode,
-                  "Encapsulation: vxlan-gpe | ipip | gre-flow (flow-based, one collect-metadata "
-                  "device) | gre (one GRE interface per endpoint) | mpls")
+  app->add_option("--mode", f.mode, "Encapsulation: " + kst::modeHelp())
       ->envname("TUNNEL_ROUTER_MODE");
   app->add_option("--buckets", f.dp.buckets, "Hash buckets per VIP (B)")
       ->envname("TUNNEL_ROUTER_BUCKETS")
@@ -116,7 +117,8 @@ void addCommon(CLI::App* app, Flags& f) {
   app->add_option("--log-level", f.logLevel, "trace|debug|info|warn|error")->envname("TUNNEL_LOG_LEVEL");
 }
 
-bool finish(Flags& f) {
+/** Flags → DataplaneConfig and log level; false (after logging why) on a bad value. */
+bool buildConfig(Flags& f) {
   spdlog::set_level(spdlog::level::from_str(f.logLevel));
   f.dp.algorithm = f.algorithm == "maglev" ? kst::BucketAlgorithm::Maglev
                                             : kst::BucketAlgorithm::Rendezvous;
@@ -127,13 +129,7 @@ bool finish(Flags& f) {
   return true;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"kube-service-tunnel: VIPs delivered as normal IP packets inside pods"};
-  app.require_subcommand(1);
-  Flags f;
-  auto* run = app.add_subcommand("run", "Run the daemon");
+void addRunFlags(CLI::App* run, Flags& f) {
   addCommon(run, f);
   run->add_option("--resync-interval", f.resyncSeconds, "Seconds between full resyncs")
       ->envname("TUNNEL_RESYNC_INTERVAL");
@@ -157,119 +153,131 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   run->add_option("--health-address", f.healthAddress, "Address of the health endpoint")
       ->envname("TUNNEL_HEALTH_ADDRESS");
-  auto* cleanup = app.add_subcommand("cleanup", "Remove every kernel object this daemon owns on this node");
-  addCommon(cleanup, f);
-  auto* version = app.add_subcommand("version", "Print the version");
-  CLI11_PARSE(app, argc, argv);
-  {
-    sigset_t set = stopSignals();
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  }
+}
 
-  if (version->parsed()) {
-    std::cout << "kube-service-tunnel 0.1.0\n";
-    return 0;
-  }
-  if (!finish(f)) return 2;
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  bool router = f.role != "agent", agent = f.role != "router";
+/** The kernel side of both roles: rtnetlink, nft, pod namespaces and the two reconcilers. */
+struct Kernel {
+  std::unique_ptr<kst::NetlinkClientImpl> nl;
+  std::unique_ptr<kst::NftClientImpl> nft;
+  std::unique_ptr<kst::NetnsProviderImpl> netns;
+  std::unique_ptr<kst::RouterReconciler> router;
+  std::unique_ptr<kst::AgentReconciler> agent;
+};
 
+kst::Result<Kernel> openKernel(const Flags& f) {
   auto sock = kst::nl::Socket::open();
-  if (!sock) {
-    spdlog::error("{}", sock.error().message);
-    return 1;
-  }
+  if (!sock) return std::unexpected(sock.error());
   kst::nl::Socket* rtSock = sock->get();  // owned by nl; MPLS route lookups share it
-  kst::NetlinkClientImpl nl(std::move(*sock), f.dp);
-  kst::NftClientImpl nft(f.dp);
-  kst::NetnsProviderImpl nsp(f.dp, f.netnsDirs, f.scanProc);
-  kst::RouterReconciler rr(f.dp, nl, nft, [rtSock](const kst::IpAddress& ip) {
-    return kst::directDevice(*rtSock, ip);
-  });
-  kst::AgentReconciler ar(f.dp, f.nodeName, nsp);
+  Kernel k;
+  k.nl = std::make_unique<kst::NetlinkClientImpl>(std::move(*sock), f.dp);
+  k.nft = std::make_unique<kst::NftClientImpl>(f.dp);
+  k.netns = std::make_unique<kst::NetnsProviderImpl>(f.dp, f.netnsDirs, f.scanProc);
+  k.router = std::make_unique<kst::RouterReconciler>(
+      f.dp, *k.nl, *k.nft,
+      [rtSock](const kst::IpAddress& ip) { return kst::directDevice(*rtSock, ip); });
+  k.agent = std::make_unique<kst::AgentReconciler>(f.dp, f.nodeName, *k.netns);
+  return k;
+}
 
-  if (cleanup->parsed()) {
-    int rc = 0;
-    if (router) {
-      auto r = rr.cleanup();
-      if (!r || !r->ok()) rc = 1;
-      if (r) spdlog::info("router cleanup: {} objects removed", r->changes);
-      else spdlog::error("router cleanup: {}", r.error().message);
-    }
-    if (agent) {
-      auto r = ar.cleanup();
-      if (!r || !r->ok()) rc = 1;
-      if (r) spdlog::info("agent cleanup: {} objects removed", r->changes);
-    }
-    return rc;
+/** `cleanup`: removes every owned kernel object of the roles asked for. */
+int cleanupCommand(Kernel& k, bool router, bool agent) {
+  int rc = 0;
+  if (router) {
+    auto r = k.router->cleanup();
+    if (!r || !r->ok()) rc = 1;
+    if (r) spdlog::info("router cleanup: {} objects removed", r->changes);
+    else spdlog::error("router cleanup: {}", r.error().message);
   }
+  if (agent) {
+    auto r = k.agent->cleanup();
+    if (!r || !r->ok()) rc = 1;
+    if (r) spdlog::info("agent cleanup: {} objects removed", r->changes);
+  }
+  return rc;
+}
 
+/** Where the model comes from, and, with the Kubernetes API, where problems and decisions go. */
+struct Sources {
+  std::unique_ptr<kst::Source> source;
+  kst::k8s::KubeSource* kube = nullptr;  // the source, when it is the Kubernetes API
+  std::unique_ptr<kst::k8s::KubeEventSink> events;
+  std::unique_ptr<kst::k8s::KubePublisher> publisher;
+};
+
+/** The Kubernetes client configuration: --kubeconfig / $KUBECONFIG, then in-cluster. */
+kst::Result<kst::k8s::ClientConfig> kubeClientConfig(const Flags& f) {
+  if (!f.kubeconfig.empty()) return kst::k8s::loadKubeconfig(f.kubeconfig, f.kubeContext);
+  if (kst::k8s::inClusterAvailable()) {
+    std::map<std::string, std::string> env;
+    for (const char* k : {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"})
+      if (const char* v = std::getenv(k)) env[k] = v;
+    return kst::k8s::inClusterConfig(env);
+  }
+  return kst::fail(EINVAL,
+                   "no source: give --manifests DIR, --kubeconfig PATH (or $KUBECONFIG), or run "
+                   "in a pod with a ServiceAccount token");
+}
+
+/** Source selection: an explicit --manifests wins; then the Kubernetes API. @return the exit
+ *  code on failure (2: configuration, 1: runtime). */
+std::expected<Sources, int> openSources(const Flags& f, bool router, bool agent) {
+  Sources s;
+  if (!f.manifests.empty()) {
+    s.source = std::make_unique<kst::ManifestSource>(f.manifests);
+    return s;
+  }
+  auto cfg = kubeClientConfig(f);
+  if (!cfg) {
+    spdlog::error("{}", cfg.error().message);
+    return std::unexpected(2);
+  }
+  spdlog::info("kubernetes API {} from {}", cfg->server, cfg->origin);
+  kst::k8s::TransportFactory factory =
+      [c = *cfg]() -> kst::Result<std::unique_ptr<kst::k8s::HttpTransport>> {
+    auto t = kst::k8s::CurlTransport::create(c);
+    if (!t) return std::unexpected(t.error());
+    return std::unique_ptr<kst::k8s::HttpTransport>(std::move(*t));
+  };
+  kst::k8s::KubeSourceOptions ko;
+  ko.router = router;
+  ko.agent = agent;
+  ko.nodeName = f.nodeName;
+  ko.keepAnnotations = {f.annotation, kst::ModelOptions{}.publishedAnnotation};
+  auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
+  s.kube = ks.get();
+  s.source = std::move(ks);
+  // Events come from routers only: one report per problem per router instead of one per node.
+  if (!router) return s;
+  auto t = factory();
+  if (!t) {
+    spdlog::error("{}", t.error().message);
+    return std::unexpected(1);
+  }
+  kst::k8s::EventSinkOptions eo;
+  eo.reportingInstance =
+      "kube-service-tunnel-" + (f.nodeName.empty() ? std::string("router") : f.nodeName);
+  eo.uidOf = [kube = s.kube](const kst::ObjectKey& k) { return kube->serviceUid(k); };
+  s.events = std::make_unique<kst::k8s::KubeEventSink>(std::move(*t), eo);
+  if (f.publish) {
+    kst::k8s::PublisherOptions po;
+    po.leaseNamespace = f.leaseNamespace;
+    po.identity = f.nodeName.empty() ? eo.reportingInstance : f.nodeName;
+    po.annotation = kst::ModelOptions{}.publishedAnnotation;
+    s.publisher = std::make_unique<kst::k8s::KubePublisher>(factory, po);
+    s.publisher->start();
+  }
+  return s;
+}
+
+/** `run`: the daemon until SIGTERM/SIGINT (or one pass with --once). */
+int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   if (agent && f.nodeName.empty()) {
     spdlog::error("--node-name is required for the agent role");
     return 2;
   }
-  // Source selection: an explicit --manifests wins; then --kubeconfig / $KUBECONFIG; then the
-  // in-cluster ServiceAccount configuration.
-  std::unique_ptr<kst::Source> source;
-  kst::k8s::KubeSource* kube = nullptr;
-  std::unique_ptr<kst::k8s::KubeEventSink> events;
-  std::unique_ptr<kst::k8s::KubePublisher> publisher;
-  if (!f.manifests.empty()) {
-    source = std::make_unique<kst::ManifestSource>(f.manifests);
-  } else {
-    kst::Result<kst::k8s::ClientConfig> cfg = kst::fail(EINVAL, "");
-    if (!f.kubeconfig.empty()) {
-      cfg = kst::k8s::loadKubeconfig(f.kubeconfig, f.kubeContext);
-    } else if (kst::k8s::inClusterAvailable()) {
-      std::map<std::string, std::string> env;
-      for (const char* k : {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"})
-        if (const char* v = std::getenv(k)) env[k] = v;
-      cfg = kst::k8s::inClusterConfig(env);
-    } else {
-      spdlog::error("no source: give --manifests DIR, --kubeconfig PATH (or $KUBECONFIG), or run "
-                    "in a pod with a ServiceAccount token");
-      return 2;
-    }
-    if (!cfg) {
-      spdlog::error("{}", cfg.error().message);
-      return 2;
-    }
-    spdlog::info("kubernetes API {} from {}", cfg->server, cfg->origin);
-    kst::k8s::TransportFactory factory =
-        [c = *cfg]() -> kst::Result<std::unique_ptr<kst::k8s::HttpTransport>> {
-      auto t = kst::k8s::CurlTransport::create(c);
-      if (!t) return std::unexpected(t.error());
-      return std::unique_ptr<kst::k8s::HttpTransport>(std::move(*t));
-    };
-    kst::k8s::KubeSourceOptions ko;
-    ko.router = router;
-    ko.agent = agent;
-    ko.nodeName = f.nodeName;
-    ko.keepAnnotations = {f.annotation, kst::ModelOptions{}.publishedAnnotation};
-    auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
-    kube = ks.get();
-    source = std::move(ks);
-    // Events come from routers only: one report per problem per router instead of one per node.
-    if (router) {
-      auto t = factory();
-      if (!t) {
-        spdlog::error("{}", t.error().message);
-        return 1;
-      }
-      kst::k8s::EventSinkOptions eo;
-      eo.reportingInstance = "kube-service-tunnel-" + (f.nodeName.empty() ? std::string("router") : f.nodeName);
-      eo.uidOf = [kube](const kst::ObjectKey& k) { return kube->serviceUid(k); };
-      events = std::make_unique<kst::k8s::KubeEventSink>(std::move(*t), eo);
-      if (f.publish) {
-        kst::k8s::PublisherOptions po;
-        po.leaseNamespace = f.leaseNamespace;
-        po.identity = f.nodeName.empty() ? eo.reportingInstance : f.nodeName;
-        po.annotation = kst::ModelOptions{}.publishedAnnotation;
-        publisher = std::make_unique<kst::k8s::KubePublisher>(factory, po);
-        publisher->start();
-      }
-    }
-  }
+  auto sources = openSources(f, router, agent);
+  if (!sources) return sources.error();
+  Sources& s = *sources;
   if (router) {
     // A tunnel node forwards VIP traffic.
     (void)kst::writeSysctl("net/ipv4/ip_forward", "1");
@@ -282,11 +290,11 @@ int main(int argc, char** argv) {
   opts.model.annotation = f.annotation;
   opts.resyncInterval = std::chrono::seconds(f.resyncSeconds);
   opts.once = f.once;
-  kst::Daemon daemon(opts, *source, router ? &rr : nullptr, agent ? &ar : nullptr, events.get(),
-                     publisher.get());
-  if (publisher) publisher->setOnAcquired([&daemon] { daemon.poke(); });
+  kst::Daemon daemon(opts, *s.source, router ? k.router.get() : nullptr,
+                     agent ? k.agent.get() : nullptr, s.events.get(), s.publisher.get());
+  if (s.publisher) s.publisher->setOnAcquired([&daemon] { daemon.poke(); });
   kst::HealthServer health([&]() -> std::string {
-    if (kube && !kube->synced()) return "not synced with the Kubernetes API yet";
+    if (s.kube && !s.kube->synced()) return "not synced with the Kubernetes API yet";
     if (daemon.passes() == 0) return "no reconcile pass yet";
     if (!daemon.lastPassOk()) return "the last reconcile pass failed";
     return "";
@@ -308,10 +316,42 @@ int main(int argc, char** argv) {
   }).detach();
   spdlog::info("kube-service-tunnel starting: role={} mode={} node={} buckets={} seed={:#x} source={}",
                f.role, kst::modeName(f.dp.mode), f.nodeName, f.dp.buckets, f.dp.hashSeed,
-               source->name());
+               s.source->name());
   int rc = daemon.run();
-  if (publisher) publisher->stop();
+  if (s.publisher) s.publisher->stop();
   health.stop();
   spdlog::info("kube-service-tunnel stopped (kernel state left in place)");
   return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kube-service-tunnel: VIPs delivered as normal IP packets inside pods"};
+  app.require_subcommand(1);
+  Flags f;
+  auto* run = app.add_subcommand("run", "Run the daemon");
+  addRunFlags(run, f);
+  auto* cleanup = app.add_subcommand("cleanup", "Remove every kernel object this daemon owns on this node");
+  addCommon(cleanup, f);
+  auto* version = app.add_subcommand("version", "Print the version");
+  CLI11_PARSE(app, argc, argv);
+  {
+    sigset_t set = stopSignals();
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  }
+  if (version->parsed()) {
+    std::cout << "kube-service-tunnel 0.1.0\n";
+    return 0;
+  }
+  if (!buildConfig(f)) return 2;
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  bool router = f.role != "agent", agent = f.role != "router";
+  auto kernel = openKernel(f);
+  if (!kernel) {
+    spdlog::error("{}", kernel.error().message);
+    return 1;
+  }
+  if (cleanup->parsed()) return cleanupCommand(*kernel, router, agent);
+  return runCommand(f, *kernel, router, agent);
 }

@@ -23,6 +23,7 @@
 #include "model/model.h"
 #include "reconcile/agent_reconciler.h"
 #include "reconcile/router_reconciler.h"
+#include "reconcile/sinks.h"
 #include "source/source.h"
 
 namespace kst {
@@ -35,26 +36,6 @@ struct DaemonOptions {
   std::chrono::milliseconds resyncInterval{std::chrono::seconds(60)};
   std::chrono::milliseconds maxBackoff{std::chrono::seconds(30)};
   bool once = false;  // one pass, then return (exit code reflects success)
-};
-
-/** Receives problems found in the model (log + Kubernetes Event in the API source). */
-class ProblemSink {
- public:
-  virtual ~ProblemSink() = default;
-  virtual void report(const Problem& p) = 0;
-  /** A reported problem is gone (e.g. so that an Event still waiting for the API server is not
-   *  posted after the fact). */
-  virtual void resolved(const Problem&) {}
-};
-
-/** Writes bucket tables into the API. Only the elected writer publishes (see k8s/). */
-class DecisionPublisher {
- public:
-  virtual ~DecisionPublisher() = default;
-  /** True while this router holds the writer lease. */
-  virtual bool isLeader() = 0;
-  /** Sets the published-table annotation of the Service. */
-  virtual Status publish(const ObjectKey& service, const std::string& table) = 0;
 };
 
 class Daemon {

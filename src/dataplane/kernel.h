@@ -1,5 +1,5 @@
-// The narrow kernel boundary. The reconcilers see only these interfaces; the real
-// implementations live in linux/, in-memory fakes in tests/fakes/.
+// The narrow kernel boundary (with pod_namespaces.h, the agent's). The reconcilers see only
+// these interfaces; the real implementations live in linux/, in-memory fakes in tests/fakes/.
 #pragma once
 
 #include <cstdint>
@@ -51,8 +51,6 @@ class NetlinkClient {
   virtual Result<std::vector<MplsPop>> mplsPops() = 0;
   /** Applies the changes in order, batched. @return one message per failed change. */
   virtual Result<std::vector<std::string>> apply(const std::vector<Change>& changes) = 0;
-  /** Netlink requests sent so far (dumps and changes). */
-  virtual uint64_t requestsSent() const = 0;
 };
 
 /** Element changes of the router's VIP sets and bucket maps (vip4/vip6, b2s4/b2s6). */
@@ -85,7 +83,7 @@ class NftClient {
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
   /** True when applyElements() is implemented (then large element changes skip nft's text
-   *  parser: design.md §7, a 640k-element load is seconds through text). */
+   *  parser: ≈ 7 µs per element, seconds for 640k; docs/performance.md). */
   virtual bool hasElementBatches() const { return false; }
   /** Applies element changes as one transaction (order inside: VIP deletions, bucket
    *  deletions, bucket additions, VIP additions). The table must exist. */

@@ -50,8 +50,8 @@ struct Nexthop {
   uint32_t mplsLabel = 0;
   std::optional<IpAddress> gateway;  // Mpls: via
   std::string dev;                   // output device name
-  /** Ip over IPv6: leave TUNNEL_CSUM unset. vxlan needs the outer UDP checksum (design.md
-   *  §3); a collect-md ip6gre receiver drops GRE-checksummed packets (RX errors, seen in the
+  /** Ip over IPv6: leave TUNNEL_CSUM unset. vxlan needs the outer UDP checksum
+   *  (docs/dataplane-notes.md "IPv6 outer UDP checksum"); a collect-md ip6gre receiver drops GRE-checksummed packets (RX errors, seen in the
    *  VM with kernel 6.1), so gre-flow asks for none. */
   bool noCsum = false;
   auto key() const { return std::tie(family, encap, encapDst, ttl, mplsLabel, gateway, dev); }

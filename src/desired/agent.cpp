@@ -8,28 +8,16 @@
 namespace kst {
 
 dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp) {
+  const ModeTraits& t = modeTraits(cfg.mode);
   dp::Link l;
   l.name = cfg.tunnelLinkName();
-  switch (cfg.mode) {
-    case Mode::VxlanGpe:
-      l.kind = dp::Link::Kind::VxlanGpe;
-      l.external = true;
-      l.port = cfg.vxlanPort;
-      break;
-    case Mode::Ipip:
-      l.kind = podIp.isV4() ? dp::Link::Kind::Ipip : dp::Link::Kind::Ip6tnl;
-      l.external = true;
-      break;
-    case Mode::GreFlow:
-      l.kind = podIp.isV4() ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
-      l.external = true;
-      break;
-    case Mode::Gre:
-      // The original: a GRE interface bound to the pod address, any remote (every router).
-      l.kind = podIp.isV4() ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
-      l.local = podIp;
-      break;
-    case Mode::Mpls: break;
+  l.kind = podIp.isV4() ? t.kind4 : t.kind6;
+  if (l.kind == dp::Link::Kind::VxlanGpe) l.port = cfg.vxlanPort;
+  switch (t.router) {
+    case dp::RouterShape::FlowDevice: l.external = true; break;
+    // The original: a GRE interface bound to the pod address, any remote (every router).
+    case dp::RouterShape::LinkPerEndpoint: l.local = podIp; break;
+    case dp::RouterShape::MplsGateway: break;  // no link (PodShape::LoopbackLabel)
   }
   return l;
 }
@@ -98,37 +86,23 @@ dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp) {
 // The MSS excludes TCP options: a sender subtracts its options (timestamps: 12 bytes) from the
 // announced MSS, so the inner packet is at most MSS + 40 (+ 60) bytes.
 uint32_t encapOverhead(Mode mode, Family outer) {
-  bool v4 = outer == Family::V4;
-  switch (mode) {
-    case Mode::VxlanGpe: return (v4 ? 20 : 40) + 8 + 8;
-    case Mode::Ipip: return v4 ? 20 : 40;
-    case Mode::GreFlow: return (v4 ? 20 : 40) + 4;
-    case Mode::Gre: return v4 ? 20 + 4 : 40 + 4 + 8;
-    case Mode::Mpls: return 4;
-  }
-  return 0;
+  const ModeTraits& t = modeTraits(mode);
+  return outer == Family::V4 ? t.overhead4 : t.overhead6;
 }
 
 uint32_t routerLinkMtu(const DataplaneConfig& cfg, Family outer) {
+  const ModeTraits& t = modeTraits(cfg.mode);
   bool v4 = outer == Family::V4;
-  if (cfg.underlayMtu == 0) {
-    switch (cfg.mode) {
-      case Mode::VxlanGpe: return 1500;
-      case Mode::Ipip: return v4 ? 1500 - 20 : 1500 - 40 - 8;
-      case Mode::GreFlow: return v4 ? 1500 - 24 : 1500 - 44 - 8;
-      case Mode::Gre:
-      case Mode::Mpls: return 0;
-    }
-    return 0;
-  }
-  if (cfg.mode == Mode::Mpls) return 0;
-  uint32_t overhead = encapOverhead(cfg.mode, cfg.mode == Mode::VxlanGpe ? Family::V4 : outer);
+  if (t.router == dp::RouterShape::MplsGateway) return 0;  // no device
+  if (cfg.underlayMtu == 0) return v4 ? t.kernelMtu4 : t.kernelMtu6;
+  // A flow device that carries both outer families is sized for IPv4 (see above).
+  bool oneDevice = t.router == dp::RouterShape::FlowDevice && !*t.suffix6;
+  uint32_t overhead = encapOverhead(cfg.mode, oneDevice ? Family::V4 : outer);
   uint32_t mtu = cfg.underlayMtu > overhead ? cfg.underlayMtu - overhead : 0;
   // Devices that carry IPv6 need 1280 (ip6tnl/ip6gre refuse less; below it the kernel removes
   // IPv6 from any device, and the IPv6 routes through it): on a smaller underlay the outer
   // packets are then fragmented (IPv4 underlay) instead. ipip carries IPv4 only.
-  uint32_t floor = cfg.mode == Mode::Ipip && v4 ? 68 : 1280;
-  return std::max(mtu, floor);
+  return std::max(mtu, v4 ? t.minMtu4 : t.minMtu6);
 }
 
 uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner) {
@@ -144,7 +118,7 @@ uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner) {
 
 PodTable podTable(const DataplaneConfig& cfg, const std::vector<const PodPlan*>& plans) {
   PodTable t;
-  t.decapLink = cfg.mode == Mode::Mpls ? "lo" : cfg.tunnelLinkName();
+  t.decapLink = cfg.tunnelLinkName();
   if (cfg.underlayMtu == 0) return t;
   for (const auto* p : plans) {
     Family outer = p->podIp.family();
@@ -262,16 +236,15 @@ std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
       auto& p = pods[ep.ip];
       p.podIp = ep.ip;
       p.services.push_back(svc.key);
-      std::string dev = cfg.mode == Mode::Mpls ? "lo" : cfg.tunnelLinkName();
-      p.state.addresses.push_back({dev, svc.vip, svc.vip.hostPrefixLen()});
+      p.state.addresses.push_back({cfg.tunnelLinkName(), svc.vip, svc.vip.hostPrefixLen()});
     }
   }
   std::vector<PodPlan> out;
   for (auto& [ip, p] : pods) {
-    if (cfg.mode == Mode::Mpls)
-      p.state.mplsLabelRoute = true;
-    else
-      p.state.links.push_back(podLink(cfg, ip));
+    switch (modeTraits(cfg.mode).pod) {
+      case dp::PodShape::DecapLink: p.state.links.push_back(podLink(cfg, ip)); break;
+      case dp::PodShape::LoopbackLabel: p.state.mplsLabelRoute = true; break;
+    }
     std::sort(p.state.addresses.begin(), p.state.addresses.end());
     p.state.addresses.erase(std::unique(p.state.addresses.begin(), p.state.addresses.end()),
                             p.state.addresses.end());

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/pod_namespaces.h"
 #include "dataplane/types.h"
 #include "desired/config.h"
 #include "model/model.h"
@@ -51,22 +52,8 @@ uint32_t routerLinkMtu(const DataplaneConfig& cfg, Family outer);
  */
 uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner);
 
-/**
- * What the agent's nft table in a pod namespace (`inet kube_service_tunnel_pod`) must hold:
- *  - UDP replies from the VIP: peers learned from datagrams that came through decapLink get
- *    their replies source-NATed back to the VIP they wrote to (docs/dataplane-notes.md);
- *  - TCP MSS clamp: SYNs (and SYN-ACKs) whose source is one of `vips` get their MSS option
- *    lowered to mss4 / mss6 (never raised). The sets `vips4`/`vips6` are kept equal to `vips`
- *    element by element; mss4 = mss6 = 0 means no clamping (no sets, no clamp chain).
- */
-struct PodTable {
-  std::string decapLink;
-  uint16_t mss4 = 0;
-  uint16_t mss6 = 0;
-  std::set<IpAddress> vips;
-  bool clamps() const { return mss4 != 0 || mss6 != 0; }
-  bool operator==(const PodTable&) const = default;
-};
+/** The pod's nft table (declared with the agent's kernel interface). */
+using PodTable = dp::PodTable;
 
 /**
  * The table for one pod namespace from the plans of the endpoint addresses it owns (one, or

@@ -4,19 +4,9 @@
 #include <cstdint>
 #include <string>
 
-namespace kst {
+#include "dataplane/modes.h"
 
-enum class Mode : uint8_t {
-  VxlanGpe,  // flow-based: one `vxlan external gpe` device, encap ip per endpoint
-  Ipip,      // flow-based: one `ipip external` device
-  GreFlow,   // flow-based: one `gre external` device
-  Gre,       // the original: one GRE interface per endpoint
-  Mpls,      // the original: encap mpls <label> via <pod>
-};
-const char* modeName(Mode m);
-/** Accepts vxlan-gpe, ipip, gre-flow, gre, mpls (case-insensitive). */
-bool parseMode(const std::string& s, Mode& out);
-inline bool isFlowMode(Mode m) { return m == Mode::VxlanGpe || m == Mode::Ipip || m == Mode::GreFlow; }
+namespace kst {
 
 enum class BucketAlgorithm : uint8_t { Rendezvous, Maglev };
 
@@ -46,6 +36,8 @@ struct DataplaneConfig {
    *  fit it (clampedMss); 0: kernel default device MTUs, no clamping. */
   uint32_t underlayMtu = 1500;
 
+  /** The mode's device (pod side; the router's flow device for IPv4 endpoints); "lo" in a
+   *  mode without one (mpls: the pod's VIPs live on lo). */
   std::string tunnelLinkName() const;
   uint32_t nexthopIdEnd() const { return nexthopIdBase + 0x10000; }
 };

@@ -130,7 +130,7 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     vp.slots = std::move(keptSlots);
     for (uint32_t s : vp.slots) plan.slotCount = std::max(plan.slotCount, s + 1);
 
-    // Buckets: Maglev over the endpoints that take new flows.
+    // Buckets: rendezvous (or Maglev) over the endpoints that take new flows.
     std::vector<std::string> ids;
     std::vector<int32_t> idx;
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
@@ -165,25 +165,14 @@ namespace {
 /** The router's flow-based device for an endpoint: vxlan carries both underlay families in
  *  one device; ipip and gre need an ip6tnl / ip6gre device for IPv6 endpoints. */
 dp::Link flowLinkFor(const DataplaneConfig& cfg, Family underlay) {
+  const ModeTraits& t = modeTraits(cfg.mode);
   const bool v4 = underlay == Family::V4;
   dp::Link l;
-  l.name = cfg.tunnelLinkName();
+  l.name = v4 || !*t.suffix6 ? cfg.tunnelLinkName() : cfg.linkPrefix + t.suffix6;
+  l.kind = v4 ? t.kind4 : t.kind6;
   l.external = true;
+  if (l.kind == dp::Link::Kind::VxlanGpe) l.port = cfg.vxlanPort;
   l.mtu = routerLinkMtu(cfg, underlay);
-  switch (cfg.mode) {
-    case Mode::VxlanGpe:
-      l.kind = dp::Link::Kind::VxlanGpe;
-      l.port = cfg.vxlanPort;
-      break;
-    case Mode::Ipip:
-      l.kind = v4 ? dp::Link::Kind::Ipip : dp::Link::Kind::Ip6tnl;
-      if (!v4) l.name = cfg.linkPrefix + "-ip6tnl";
-      break;
-    default:
-      l.kind = v4 ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
-      if (!v4) l.name = cfg.linkPrefix + "-ip6gre";
-      break;
-  }
   return l;
 }
 
@@ -191,21 +180,19 @@ dp::Nexthop nexthopFor(const DataplaneConfig& cfg, const Allocations& prior, Fam
                        const IpAddress& ep) {
   dp::Nexthop nh;
   nh.family = routeFamily;
-  switch (cfg.mode) {
-    case Mode::VxlanGpe:
-    case Mode::Ipip:
-    case Mode::GreFlow:
+  switch (modeTraits(cfg.mode).router) {
+    case dp::RouterShape::FlowDevice:
       nh.encap = dp::Nexthop::Encap::Ip;
       nh.encapDst = ep;
       nh.ttl = cfg.ttl;
       nh.dev = flowLinkFor(cfg, ep.family()).name;
-      nh.noCsum = cfg.mode == Mode::GreFlow && ep.isV6();  // see dp::Nexthop::noCsum
+      nh.noCsum = modeTraits(cfg.mode).noCsum6 && ep.isV6();  // see dp::Nexthop::noCsum
       break;
-    case Mode::Gre:
+    case dp::RouterShape::LinkPerEndpoint:
       nh.dev = greLinkName(cfg, ep);
       nh.ttl = 0;
       break;
-    case Mode::Mpls: {
+    case dp::RouterShape::MplsGateway: {
       nh.encap = dp::Nexthop::Encap::Mpls;
       nh.mplsLabel = cfg.mplsLabel;
       nh.gateway = ep;
@@ -260,7 +247,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
     bool v6Endpoint = false;
     for (auto& vp : plan.vips)
       for (auto& ep : vp.endpoints) v6Endpoint |= ep.ip.isV6();
-    if (v6Endpoint && cfg.mode != Mode::VxlanGpe)
+    if (v6Endpoint && *modeTraits(cfg.mode).suffix6)  // a separate device for IPv6 pods
       st.links.push_back(flowLinkFor(cfg, Family::V6));
   }
   // Nexthops: one per (route family, endpoint); ids sticky.

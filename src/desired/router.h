@@ -10,8 +10,9 @@
 // per VIP) are independent, so more endpoints than buckets never needs more tables and a
 // draining endpoint keeps its slot (its established flows stay routable) while losing all
 // its buckets. Slots are sticky: an endpoint keeps the slot the kernel already has for it;
-// new endpoints take the lowest free slot in address order. Bucket → endpoint is Maglev
-// over the identity set only (hashing/maglev.h), identical on every router.
+// new endpoints take the lowest free slot in address order. Bucket → endpoint is rendezvous
+// hashing (or Maglev, --bucket-algorithm) over the identity set only (hashing/maglev.h),
+// identical on every router.
 #pragma once
 
 #include <map>

@@ -22,9 +22,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "daemon/daemon.h"
 #include "k8s/http.h"
 #include "model/model.h"
+#include "reconcile/sinks.h"
 
 namespace kst::k8s {
 

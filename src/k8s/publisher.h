@@ -16,9 +16,9 @@
 #include <string>
 #include <thread>
 
-#include "daemon/daemon.h"
 #include "k8s/http.h"
 #include "k8s/kube_source.h"
+#include "reconcile/sinks.h"
 
 namespace kst::k8s {
 

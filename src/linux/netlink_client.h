@@ -19,7 +19,6 @@ class NetlinkClientImpl : public dp::NetlinkClient {
   Result<std::vector<dp::Rule>> rules(uint32_t prioLo, uint32_t prioHi) override;
   Result<std::vector<dp::MplsPop>> mplsPops() override;
   Result<std::vector<std::string>> apply(const std::vector<dp::Change>& changes) override;
-  uint64_t requestsSent() const override { return sock_->requestsSent(); }
 
  private:
   Result<std::map<uint32_t, std::string>> ifnames();

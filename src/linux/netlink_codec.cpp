@@ -18,6 +18,8 @@
 
 #include <fmt/format.h>
 
+#include "dataplane/modes.h"
+
 namespace kst::nl {
 namespace {
 
@@ -72,7 +74,7 @@ void putIpEncap(nlmsghdr* h, uint16_t typeAttr, uint16_t encapAttr, const IpAddr
     mnl_attr_put(h, LWTUNNEL_IP6_DST, 16, dst.data());
     mnl_attr_put_u8(h, LWTUNNEL_IP6_HOPLIMIT, ttl);
     // Over IPv6 the outer UDP checksum is mandatory for receivers without udp6zerocsumrx
-    // (design.md §3): ask for it unless the nexthop says otherwise (gre-flow, see noCsum).
+    // (docs/dataplane-notes.md "IPv6 outer UDP checksum"): ask for it unless the nexthop says otherwise (gre-flow, see noCsum).
     if (csum6) mnl_attr_put_u16(h, LWTUNNEL_IP6_FLAGS, TUNNEL_CSUM);
     mnl_attr_nest_end(h, nest);
   }
@@ -84,18 +86,6 @@ void putMplsEncap(nlmsghdr* h, uint16_t typeAttr, uint16_t encapAttr, uint32_t l
   uint32_t lse = htonl((label << MPLS_LS_LABEL_SHIFT) | (1u << MPLS_LS_S_SHIFT));
   mnl_attr_put(h, MPLS_IPTUNNEL_DST, sizeof lse, &lse);
   mnl_attr_nest_end(h, nest);
-}
-
-const char* linkKindString(dp::Link::Kind k) {
-  switch (k) {
-    case dp::Link::Kind::VxlanGpe: return "vxlan";
-    case dp::Link::Kind::Ipip: return "ipip";
-    case dp::Link::Kind::Gre: return "gre";
-    case dp::Link::Kind::Ip6tnl: return "ip6tnl";
-    case dp::Link::Kind::Ip6gre: return "ip6gre";
-    case dp::Link::Kind::Other: return "";
-  }
-  return "";
 }
 
 // Walks attributes into an index table (libmnl's recommended parse pattern).
@@ -128,8 +118,9 @@ void parseEncap(const nlattr* typeAttr, const nlattr* encapAttr, dp::Nexthop& nh
   e.parseNested(encapAttr);
   if (type == LWTUNNEL_ENCAP_IP || type == LWTUNNEL_ENCAP_IP6) {
     nh.encap = dp::Nexthop::Encap::Ip;
-    nh.encapDst = addrAttr(e[type == LWTUNNEL_ENCAP_IP ? LWTUNNEL_IP_DST : LWTUNNEL_IP6_DST]);
-    int ttlAttr = type == LWTUNNEL_ENCAP_IP ? LWTUNNEL_IP_TTL : LWTUNNEL_IP6_HOPLIMIT;
+    const bool v4 = type == LWTUNNEL_ENCAP_IP;
+    nh.encapDst = addrAttr(e[v4 ? int{LWTUNNEL_IP_DST} : int{LWTUNNEL_IP6_DST}]);
+    int ttlAttr = v4 ? int{LWTUNNEL_IP_TTL} : int{LWTUNNEL_IP6_HOPLIMIT};
     nh.ttl = e[ttlAttr] ? mnl_attr_get_u8(e[ttlAttr]) : 0;
     if (type == LWTUNNEL_ENCAP_IP6)
       nh.noCsum = !(e[LWTUNNEL_IP6_FLAGS] &&
@@ -145,8 +136,6 @@ void parseEncap(const nlattr* typeAttr, const nlattr* encapAttr, dp::Nexthop& nh
 }
 
 }  // namespace
-
-const char* kindNameImpl(dp::Link::Kind k) { return linkKindString(k); }
 
 Message encodeLink(const dp::Link& link, Op op) {
   if (op == Op::Delete) {
@@ -168,7 +157,7 @@ Message encodeLink(const dp::Link& link, Op op) {
   // ip6_tnl_newlink and ip6gre_newlink_common after registering the device).
   if (link.mtu) mnl_attr_put_u32(h, IFLA_MTU, link.mtu);
   auto* info = mnl_attr_nest_start(h, IFLA_LINKINFO);
-  mnl_attr_put_strz(h, IFLA_INFO_KIND, linkKindString(link.kind));
+  mnl_attr_put_strz(h, IFLA_INFO_KIND, dp::linkKindTraits(link.kind).kernelKind);
   auto* data = mnl_attr_nest_start(h, IFLA_INFO_DATA);
   switch (link.kind) {
     case dp::Link::Kind::VxlanGpe:
@@ -201,16 +190,6 @@ Message encodeLink(const dp::Link& link, Op op) {
   }
   mnl_attr_nest_end(h, data);
   mnl_attr_nest_end(h, info);
-  return b.done();
-}
-
-Message encodeLinkSetUp(uint32_t ifindex) {
-  Builder b(RTM_NEWLINK, NLM_F_ACK);
-  auto* ifi = b.extra<ifinfomsg>();
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_index = static_cast<int>(ifindex);
-  ifi->ifi_flags = IFF_UP;
-  ifi->ifi_change = IFF_UP;
   return b.done();
 }
 
@@ -351,26 +330,33 @@ std::optional<dp::Link> parseLink(const nlmsghdr* h) {
   std::string kind = mnl_attr_get_str(info[IFLA_INFO_KIND]);
   AttrTable data;
   if (info[IFLA_INFO_DATA]) data.parseNested(info[IFLA_INFO_DATA]);
-  if (kind == "vxlan") {
-    if (data[IFLA_VXLAN_GPE]) l.kind = dp::Link::Kind::VxlanGpe;
-    l.external = data[IFLA_VXLAN_COLLECT_METADATA] &&
-                 mnl_attr_get_u8(data[IFLA_VXLAN_COLLECT_METADATA]) != 0;
-    if (data[IFLA_VXLAN_PORT]) l.port = ntohs(mnl_attr_get_u16(data[IFLA_VXLAN_PORT]));
-  } else if (kind == "ipip" || kind == "ip6tnl") {
-    l.kind = kind == "ipip" ? dp::Link::Kind::Ipip : dp::Link::Kind::Ip6tnl;
-    l.external = data[IFLA_IPTUN_COLLECT_METADATA] != nullptr;
-  } else if (kind == "gre" || kind == "ip6gre") {
-    l.kind = kind == "gre" ? dp::Link::Kind::Gre : dp::Link::Kind::Ip6gre;
-    l.external = data[IFLA_GRE_COLLECT_METADATA] != nullptr;
-    if (!l.external) {
-      auto loc = addrAttr(data[IFLA_GRE_LOCAL]);
-      auto rem = addrAttr(data[IFLA_GRE_REMOTE]);
-      auto isAny = [](const std::optional<IpAddress>& a) {
-        return !a || *a == IpAddress::fromBytes(a->family(), "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
-      };
-      if (!isAny(loc)) l.local = loc;
-      if (!isAny(rem)) l.remote = rem;
-    }
+  for (const auto& t : dp::kLinkKindTraits)
+    if (*t.kernelKind && kind == t.kernelKind) l.kind = t.kind;
+  switch (l.kind) {
+    case dp::Link::Kind::VxlanGpe:
+      if (!data[IFLA_VXLAN_GPE]) l.kind = dp::Link::Kind::Other;  // plain (Ethernet) vxlan
+      l.external = data[IFLA_VXLAN_COLLECT_METADATA] &&
+                   mnl_attr_get_u8(data[IFLA_VXLAN_COLLECT_METADATA]) != 0;
+      if (data[IFLA_VXLAN_PORT]) l.port = ntohs(mnl_attr_get_u16(data[IFLA_VXLAN_PORT]));
+      break;
+    case dp::Link::Kind::Ipip:
+    case dp::Link::Kind::Ip6tnl:
+      l.external = data[IFLA_IPTUN_COLLECT_METADATA] != nullptr;
+      break;
+    case dp::Link::Kind::Gre:
+    case dp::Link::Kind::Ip6gre:
+      l.external = data[IFLA_GRE_COLLECT_METADATA] != nullptr;
+      if (!l.external) {
+        auto loc = addrAttr(data[IFLA_GRE_LOCAL]);
+        auto rem = addrAttr(data[IFLA_GRE_REMOTE]);
+        auto isAny = [](const std::optional<IpAddress>& a) {
+          return !a || *a == IpAddress::fromBytes(a->family(), "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        };
+        if (!isAny(loc)) l.local = loc;
+        if (!isAny(rem)) l.remote = rem;
+      }
+      break;
+    case dp::Link::Kind::Other: break;
   }
   return l;
 }

@@ -39,7 +39,6 @@ Message encodeRule(const dp::Rule& r, Op op, const Tags& tags);
 Message encodeAddress(const dp::Address& a, uint32_t ifindex, Op op, const Tags& tags);
 /** MPLS label route: `ip -f mpls route add LABEL dev OIF` (pop and deliver locally). */
 Message encodeMplsPop(uint32_t label, uint32_t oif, Op op, const Tags& tags);
-Message encodeLinkSetUp(uint32_t ifindex);
 /** Sets the MTU of an existing link, found by name. */
 Message encodeLinkMtu(const std::string& name, uint32_t mtu);
 

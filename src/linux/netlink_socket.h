@@ -4,8 +4,8 @@
 //
 // NOTE Performance: requests are packed many per sendmsg() (up to ~64 KiB per send), each
 // carries NLM_F_ACK, and every ack is read and matched by sequence number so that an error is
-// reported against the exact request that caused it (design.md §7: batching is the
-// difference between ~1k and ~300k changes/s).
+// reported against the exact request that caused it (docs/dataplane-notes.md "Batching
+// rtnetlink": batching is the difference between ~1k and ~300k changes/s).
 #pragma once
 
 #include <functional>

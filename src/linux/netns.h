@@ -1,4 +1,5 @@
-// Network namespaces without any container-runtime API (design.md §5): candidates are the
+// Network namespaces without any container-runtime API (docs/dataplane-notes.md "Finding a
+// pod's namespace"): candidates are the
 // bind mounts in /run/netns and every process's /proc/<pid>/ns/net (hostPID), deduplicated by
 // inode; the namespace that owns a pod's IP is the pod's. Work inside a namespace runs on a
 // short-lived thread that setns()es, so the daemon's own threads never move.

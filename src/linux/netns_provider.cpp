@@ -13,7 +13,7 @@ NetnsProviderImpl::NetnsProviderImpl(const DataplaneConfig& cfg, std::vector<std
                                      bool scanProc)
     : cfg_(cfg), dirs_(std::move(dirs)), scanProc_(scanProc) {}
 
-std::vector<NetnsProvider::Ns> NetnsProviderImpl::list() {
+std::vector<NetnsProviderImpl::Ns> NetnsProviderImpl::list() {
   std::vector<Ns> out;
   ino_t self = currentNetnsInode();
   for (auto& r : listNetns(dirs_, scanProc_)) {
@@ -43,29 +43,30 @@ Result<dp::NetlinkClient*> NetnsProviderImpl::client(const Ns& ns) {
 void NetnsProviderImpl::forget(const Ns& ns) {
   clients_.erase(ns.id);
   prepared_.erase(ns.id);
-  podTables_.erase(ns.id);
+  nft_.forget(ns.id);
 }
 
-Status NetnsProviderImpl::prepare(const Ns& ns, const DataplaneConfig& cfg,
-                                  const std::string& linkName) {
+Status NetnsProviderImpl::prepare(const Ns& ns, const dp::PodSysctls& sysctls) {
   if (prepared_[ns.id]) return {};
   auto st = runInNetns(ns.path, [&]() -> Status {
     // Decapsulated packets arrive on the tunnel link while the route back to the client is via
     // the pod's uplink: strict reverse-path filtering would drop them. Effective value is
     // max(all, dev), so both must be 0.
     for (std::string key : {std::string("net/ipv4/conf/all/rp_filter"),
-                            "net/ipv4/conf/" + linkName + "/rp_filter"}) {
+                            "net/ipv4/conf/" + sysctls.decapDevice + "/rp_filter"}) {
       auto cur = readSysctl(key);
       if (cur && *cur != "0") {
         if (auto w = writeSysctl(key, "0"); !w) return w;
         spdlog::info("netns {}: {} {} -> 0", ns.path, key, *cur);
       }
     }
-    if (cfg.mode == Mode::Mpls) {
+    if (sysctls.mpls) {
       auto cur = readSysctl("net/mpls/platform_labels");
       if (!cur) return fail(ENOENT, "MPLS is not available in this kernel (mpls_router)");
-      if (std::stoul(*cur) <= cfg.mplsLabel)
-        if (auto w = writeSysctl("net/mpls/platform_labels", std::to_string(cfg.mplsLabel + 1)); !w)
+      if (std::stoul(*cur) <= sysctls.mplsLabel)
+        if (auto w = writeSysctl("net/mpls/platform_labels",
+                                 std::to_string(sysctls.mplsLabel + 1));
+            !w)
           return w;
       if (DIR* d = opendir("/proc/sys/net/mpls/conf")) {
         while (auto* e = readdir(d)) {

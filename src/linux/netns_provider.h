@@ -1,22 +1,28 @@
+// The agent's kernel boundary on Linux (dp::NetnsProvider): namespaces from bind-mount
+// directories and /proc, one rtnetlink client per namespace, sysctls, the pod nft table.
 #pragma once
 
 #include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
+#include "dataplane/pod_namespaces.h"
+#include "desired/config.h"
 #include "linux/netlink_client.h"
-#include "reconcile/agent_reconciler.h"
+#include "linux/pod_nft.h"
 
 namespace kst {
 
 /** Namespaces from /run/netns (and other bind-mount dirs) and, with hostPID, /proc/<pid>. */
-class NetnsProviderImpl : public NetnsProvider {
+class NetnsProviderImpl : public dp::NetnsProvider {
  public:
   NetnsProviderImpl(const DataplaneConfig& cfg, std::vector<std::string> dirs, bool scanProc);
   std::vector<Ns> list() override;
   Result<dp::NetlinkClient*> client(const Ns& ns) override;
-  Status prepare(const Ns& ns, const DataplaneConfig& cfg, const std::string& linkName) override;
+  Status prepare(const Ns& ns, const dp::PodSysctls& sysctls) override;
   void forget(const Ns& ns) override;
-  Status podTable(const Ns& ns, const PodTable* want) override;  // pod_nft.cpp
+  Status podTable(const Ns& ns, const dp::PodTable* want) override { return nft_.apply(ns, want); }
 
  private:
   DataplaneConfig cfg_;
@@ -24,7 +30,7 @@ class NetnsProviderImpl : public NetnsProvider {
   bool scanProc_;
   std::map<std::string, std::unique_ptr<NetlinkClientImpl>> clients_;
   std::map<std::string, bool> prepared_;
-  std::map<std::string, PodTable> podTables_;  // ns id → pod table installed (or found) there
+  PodNftTables nft_;
 };
 
 }  // namespace kst

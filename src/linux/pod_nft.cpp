@@ -1,14 +1,14 @@
-// The pod-side nft table (desired/agent.h PodTable, rendered by renderPodTable): UDP replies
-// leave from the VIP, and TCP SYNs from a VIP carry an MSS that fits the tunnel.
 // Requests through the decap link are not tracked: otherwise the NATed reply's tuple would
 // clash with the request's conntrack entry and nf_nat would pick another source port.
+#include "linux/pod_nft.h"
+
 #include <nftables/libnftables.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "desired/agent.h"
 #include "linux/netns.h"
-#include "linux/netns_provider.h"
 
 namespace kst {
 
@@ -62,20 +62,20 @@ ObservedPodTable observe() {
 
 }  // namespace
 
-Status NetnsProviderImpl::podTable(const Ns& ns, const PodTable* want) {
-  auto it = podTables_.find(ns.id);
-  if (want && it != podTables_.end() && it->second == *want) return {};
+Status PodNftTables::apply(const dp::NetnsProvider::Ns& ns, const dp::PodTable* want) {
+  auto it = installed_.find(ns.id);
+  if (want && it != installed_.end() && it->second == *want) return {};
   auto st = runInNetns(ns.path, [&]() -> Status {
     std::string script = podTableScript(want, observe());
     if (script.empty()) return {};
     return runNft(script);
   });
   if (!st) {
-    podTables_.erase(ns.id);  // unknown state: observe again next time
+    installed_.erase(ns.id);  // unknown state: observe again next time
     return st;
   }
-  if (want) podTables_[ns.id] = *want;
-  else podTables_.erase(ns.id);
+  if (want) installed_[ns.id] = *want;
+  else installed_.erase(ns.id);
   return {};
 }
 

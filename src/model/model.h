@@ -61,8 +61,8 @@ struct ModelOptions {
  * problems), the VIPs they claimed before or claim now, and the slices whose Service appeared
  * or went. A change at 10k Services costs O(change · log V) plus the problem list, instead of
  * a rebuild (≈ 80 ms at 10k). buildModel() is a fresh builder fed the whole set, so there is
- * one implementation (tests/unit/model_builder_test.cpp: random change sequences end equal to
- * a fresh build).
+ * one implementation (tests/unit/model_test.cpp ModelBuilder.RandomChangeSequencesEqualAFreshBuildAtEveryStep:
+ * random change sequences end equal to a fresh build).
  */
 class ModelBuilder {
  public:

@@ -101,7 +101,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     for (auto& l : *links)
       if (l.name.starts_with(cfg_.linkPrefix)) observed.links.push_back(l);
     observed.addresses = *addrs;
-    if (cfg_.mode == Mode::Mpls) {
+    if (modeTraits(cfg_.mode).pod == dp::PodShape::LoopbackLabel) {
       auto pops = (*c)->mplsPops();
       observed.mplsLabelRoute = pops && !pops->empty();
     }
@@ -116,8 +116,10 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       for (auto& f : *r) res.failures.push_back(fmt::format("pod {}: {}", g.pods, f));
       for (auto& ch : changes) spdlog::debug("pod {}: {}", g.pods, dp::describe(ch));
     }
-    std::string linkName = cfg_.mode == Mode::Mpls ? "lo" : cfg_.tunnelLinkName();
-    if (auto s = ns_.prepare(ns, cfg_, linkName); !s)
+    dp::PodSysctls sysctls{cfg_.tunnelLinkName(),
+                           modeTraits(cfg_.mode).pod == dp::PodShape::LoopbackLabel,
+                           cfg_.mplsLabel};
+    if (auto s = ns_.prepare(ns, sysctls); !s)
       res.failures.push_back(fmt::format("pod {}: {}", g.pods, s.error().message));
     PodTable table = podTable(cfg_, g.plans);
     if (auto s = ns_.podTable(ns, &table); !s)

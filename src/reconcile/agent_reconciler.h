@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "dataplane/kernel.h"
+#include "dataplane/pod_namespaces.h"
 #include "desired/agent.h"
 #include "desired/config.h"
 #include "model/model.h"
@@ -17,31 +17,7 @@
 
 namespace kst {
 
-/** How the agent reaches namespaces; the real one scans /run/netns and /proc. */
-class NetnsProvider {
- public:
-  struct Ns {
-    std::string id;    // stable identity (inode)
-    std::string path;  // for logs
-  };
-  virtual ~NetnsProvider() = default;
-  /** All candidate namespaces except the daemon's own. */
-  virtual std::vector<Ns> list() = 0;
-  /** A client bound to namespace ns (cached by the provider). */
-  virtual Result<dp::NetlinkClient*> client(const Ns& ns) = 0;
-  /** Applies pod-side sysctls (rp_filter off, MPLS input) inside ns. */
-  virtual Status prepare(const Ns& ns, const DataplaneConfig& cfg, const std::string& linkName) = 0;
-  virtual void forget(const Ns& ns) = 0;
-  /**
-   * The pod's nft table (desired/agent.h PodTable). UDP replies from the VIP: a UDP server
-   * bound to 0.0.0.0 answers from the pod's own address, which the client drops (design.md
-   * §5); the table remembers the peers whose datagrams arrived through the decap link and
-   * source-NATs replies to them to the VIP they wrote to. TCP: SYNs from the pod's VIPs get
-   * their MSS lowered so the client's segments fit the tunnel (--underlay-mtu). Idempotent:
-   * an identical table is not written; want == nullptr removes it.
-   */
-  virtual Status podTable(const Ns& /*ns*/, const PodTable* /*want*/) { return {}; }
-};
+using dp::NetnsProvider;
 
 class AgentReconciler {
  public:

@@ -79,7 +79,7 @@ class RouterReconciler {
    *  the previous reconcile() call and this one (a superset is fine, a missing VIP is not):
    *  then a cached pass looks at those VIPs only (NOTE Performance). */
   Result<PassResult> reconcile(const Model& model, const std::set<IpAddress>* changed = nullptr);
-  /** Observed owned state (for tests and `status`). */
+  /** Observed owned state (each pass's observation; tests compare it with the desired state). */
   Result<dp::RouterState> observe();
   /** The last plan computed (bucket tables), for publishing and tests. */
   const RouterPlan& lastPlan() const { return plan_; }

@@ -149,8 +149,6 @@ class FakeKernel : public dp::NetlinkClient {
     if (auto e = dump(2)) return std::unexpected(*e);
     return pops_;
   }
-  uint64_t requestsSent() const override { return counts_.dumps + counts_.changeRequests; }
-
   Result<std::vector<std::string>> apply(const std::vector<dp::Change>& changes) override {
     using A = dp::Change::Action;
     ++counts_.applyCalls;

@@ -43,8 +43,9 @@ class FakeNetns : public NetnsProvider {
     if (it == ns_.end()) return fail(ENOENT, "namespace " + ns.id + " is gone");
     return it->second.get();
   }
-  Status prepare(const Ns& ns, const DataplaneConfig&, const std::string& linkName) override {
-    prepared[ns.id] = linkName;
+  Status prepare(const Ns& ns, const dp::PodSysctls& sysctls) override {
+    prepared[ns.id] = sysctls.decapDevice;
+    if (sysctls.mpls) mplsLabels[ns.id] = sysctls.mplsLabel;
     return {};
   }
   void forget(const Ns& ns) override { forgotten.push_back(ns.id); }
@@ -52,6 +53,7 @@ class FakeNetns : public NetnsProvider {
   FakeKernel& kernel(const std::string& id) { return *ns_.at(id); }
   int lists = 0;
   std::map<std::string, std::string> prepared;
+  std::map<std::string, uint32_t> mplsLabels;  // namespaces prepared for MPLS input
   std::vector<std::string> forgotten;
 
  private:
@@ -90,6 +92,7 @@ TEST(AgentReconciler, ProgramsLocalPodsOnly) {
   EXPECT_TRUE(owned(p2).empty());
   EXPECT_EQ(res->changes, 2u + 1u + 2u);
   EXPECT_EQ(ns.prepared, (std::map<std::string, std::string>{{"p1", "kst-vxg"}, {"p3", "kst-vxg"}}));
+  EXPECT_TRUE(ns.mplsLabels.empty());
   EXPECT_EQ(agent.podNamespaces().at(ip("10.0.0.1")).id, "p1");
 }
 
@@ -169,6 +172,7 @@ TEST(AgentReconciler, MplsModeUsesLoAndLabelRoute) {
   EXPECT_EQ(owned(p1), (std::vector<dp::Address>{{"lo", ip("203.0.113.10"), 32}}));
   EXPECT_EQ(p1.allMplsPops(), (std::vector<dp::MplsPop>{{100, "lo"}}));
   EXPECT_EQ(ns.prepared.at("p1"), "lo");
+  EXPECT_EQ(ns.mplsLabels, (std::map<std::string, uint32_t>{{"p1", 100}}));
   auto again = agent.reconcile(m);
   ASSERT_TRUE(again);
   EXPECT_EQ(again->changes, 0u);

@@ -253,7 +253,7 @@ class TableNetns : public NetnsProvider {
     if (it == ns_.end()) return fail(ENOENT, "gone");
     return it->second.get();
   }
-  Status prepare(const Ns&, const DataplaneConfig&, const std::string&) override { return {}; }
+  Status prepare(const Ns&, const dp::PodSysctls&) override { return {}; }
   void forget(const Ns&) override {}
   Status podTable(const Ns& ns, const PodTable* want) override {
     if (want) tables[ns.id] = *want;

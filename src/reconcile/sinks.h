@@ -1,0 +1,33 @@
+// Where the daemon's findings go besides the kernel: problems (log + Kubernetes Events) and
+// bucket tables published into the API. Declared here, below k8s/ (the implementations) and
+// daemon/ (the caller), so neither includes the other.
+#pragma once
+
+#include <string>
+
+#include "common/error.h"
+#include "model/model.h"
+
+namespace kst {
+
+/** Receives problems found in the model (log + Kubernetes Event in the API source). */
+class ProblemSink {
+ public:
+  virtual ~ProblemSink() = default;
+  virtual void report(const Problem& p) = 0;
+  /** A reported problem is gone (e.g. so that an Event still waiting for the API server is not
+   *  posted after the fact). */
+  virtual void resolved(const Problem&) {}
+};
+
+/** Writes bucket tables into the API. Only the elected writer publishes (see k8s/). */
+class DecisionPublisher {
+ public:
+  virtual ~DecisionPublisher() = default;
+  /** True while this router holds the writer lease. */
+  virtual bool isLeader() = 0;
+  /** Sets the published-table annotation of the Service. */
+  virtual Status publish(const ObjectKey& service, const std::string& table) = 0;
+};
+
+}  // namespace kst
