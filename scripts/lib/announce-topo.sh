@@ -122,7 +122,8 @@ up() {
   for n in dc dcl; do
     ip netns add "$p-$n"
     ns "$p-$n" ip link set lo up
-    ns "$p-$n" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    ns "$p-$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+      net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
   done
   # DC router on the fabric bridge; L4 multipath hashing (the default hashes addresses only:
   # one client would use one path).
