@@ -33,12 +33,11 @@ start_bird() {  # prefix node
   d=$(rd "$p")/$n
   mkdir -p "$d"
   local bfd=${BFD_MS:-$(cat "$(rd "$p")/bfd_ms")}
-  local self4 self6
-  case $n in rt) self4=198.18.0.1 self6=2001:db8:f::1 ;; rt2) self4=198.18.0.2 self6=2001:db8:f::2 ;; esac
-  sed -e "s/@ROUTER_ID@/$self4/" -e "s/@TABLE@/$TABLE/g" -e "s/@LOCAL_AS@/64513/" \
-      -e "s/@PEER_AS@/64512/" -e "s/@PEER4@/198.18.0.3/" -e "s/@PEER6@/2001:db8:f::3/" \
-      -e "s/@BFD_MS@/$bfd/g" -e "s/@BFD_MULT@/3/" -e "s/@IFACE@/eth0/" \
-      "$HERE/../../deploy/bird/bird.conf.in" >"$d/bird.conf"
+  local self4
+  case $n in rt) self4=198.18.0.1 ;; rt2) self4=198.18.0.2 ;; esac
+  ROUTER_ID=$self4 ANNOUNCE_TABLE=$TABLE LOCAL_AS=64513 PEER_AS=64512 PEER4=198.18.0.3 \
+    PEER6=2001:db8:f::3 BFD_MS=$bfd BFD_MULT=3 IFACE=eth0 \
+    "$HERE/../../deploy/bird/render.sh" "$HERE/../../deploy/bird/bird.conf.in" >"$d/bird.conf"
   if [ -f "$d/bird.pid" ]; then kill -9 "$(cat "$d/bird.pid")" 2>/dev/null || true; fi
   ns "$p-$n" bird -c "$d/bird.conf" -s "$d/bird.ctl" -P "$d/bird.pid" -f >>"$d/bird.log" 2>&1 &
   for _ in $(seq 100); do [ -S "$d/bird.ctl" ] && [ -f "$d/bird.pid" ] && return 0; sleep 0.05; done
