@@ -57,12 +57,18 @@ Result<AnnounceResult> AnnounceReconciler::converge(const std::vector<dp::Route>
     if (!obs) return std::unexpected(obs.error());
     cache_ = std::move(*obs);
   }
+  AnnounceResult res;
+  res.drained = isDrained;
+  res.announced = desired.size();
+  // The usual pass changes nothing: both sides are sorted, so a linear comparison settles it
+  // without building the diff's maps.
+  if (std::equal(desired.begin(), desired.end(), cache_->begin(), cache_->end(),
+                 [](const dp::Route& a, const dp::Route& b) { return a.sameConfig(b); }))
+    return res;
   dp::RouterState want, have;
   want.routes = desired;
   have.routes = *cache_;
   auto changes = dp::diffRouter(want, have);
-  AnnounceResult res;
-  res.drained = isDrained;
   if (!changes.empty()) {
     auto failed = nl_.apply(changes);
     if (!failed) {
@@ -84,7 +90,6 @@ Result<AnnounceResult> AnnounceReconciler::converge(const std::vector<dp::Route>
   }
   if (res.ok()) cache_ = desired;
   else cache_.reset();
-  res.announced = desired.size();
   return res;
 }
 
