@@ -124,6 +124,16 @@ class Announce : public E2E {
     return in(n, kBin + " " + verb + " --announce-table " + kTable + " --state-dir " + dir +
                      "/state-" + n + (verb == "drain" ? " --hold 1 --timeout 20" : ""));
   }
+  /** The DC router's four BFD sessions (two nodes, IPv4 and IPv6) are up: only then does a
+   *  node's death take its BGP sessions down at once (before, the 9 s hold timer would). */
+  bool bfdUp(double seconds = 20) {
+    return waitUntil([&] {
+      auto t = sh(kAnnounceTopo + " vtysh " + prefix + " -c 'show bfd peers brief'").out;
+      size_t up = 0;
+      for (auto& l : lines(t)) up += l.ends_with(" up") || l.find(" up ") != std::string::npos;
+      return up == 4;
+    }, seconds);
+  }
   /** Kills a tunnel node hard: link down, daemon and bird2 SIGKILLed. */
   void killNode(const std::string& n) {
     in(n, "ip link set eth0 down");
@@ -156,6 +166,7 @@ TEST_F(Announce, DcRouterLearnsEachVipFromBothNodesAndSpreadsConnections) {
 
 TEST_F(Announce, KillingANodeBfdRemovesItWithinOneSecondAndHeldConnectionsSurvive) {
   ASSERT_TRUE(pathsBecome(kVip, 2));
+  ASSERT_TRUE(bfdUp()) << sh(kAnnounceTopo + " vtysh " + prefix + " -c 'show bfd peers'").out;
   ASSERT_TRUE(reachableFromClient());
   auto h = hold(10);
   uint64_t a0 = tunnelled("rt");
@@ -177,6 +188,7 @@ TEST_F(Announce, NegativeControlSurvivorWithAnotherSeedBreaksConnections) {
   ASSERT_EQ(in("rt2", kBin + " cleanup --role router").rc, 0);  // its announce table stays
   startNode("rt2", {"--hash-seed", "7"});
   ASSERT_TRUE(pathsBecome(kVip, 2));
+  ASSERT_TRUE(bfdUp());
   ASSERT_TRUE(reachableFromClient());
   auto h = hold(10);
   killNode("rt");
