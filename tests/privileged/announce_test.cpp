@@ -162,6 +162,13 @@ TEST_F(Announce, DcRouterLearnsEachVipFromBothNodesAndSpreadsConnections) {
   auto answers6 = tcpFrom(kVip6, 100);
   ASSERT_EQ(answers6.size(), 100u);
   EXPECT_EQ(failures(answers6), 0);
+  // cleanup with the table removes the announcements too: the DC router drops the node.
+  procs["rt"].stop();
+  ASSERT_EQ(in("rt", kBin + " cleanup --role router --announce-table " + kTable).rc, 0);
+  EXPECT_EQ(out("rt", "ip route show table " + kTable) + out("rt", "ip -6 route show table " + kTable), "");
+  EXPECT_EQ(owned("rt"), "");
+  EXPECT_TRUE(pathsBecome(kVip, 1, 10)) << out("dc", "ip route");
+  EXPECT_TRUE(pathsBecome(kVip6, 1, 10)) << out("dc", "ip -6 route");
 }
 
 TEST_F(Announce, KillingANodeBfdRemovesItWithinOneSecondAndHeldConnectionsSurvive) {
