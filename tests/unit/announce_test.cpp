@@ -11,9 +11,11 @@
 #include <sstream>
 #include <thread>
 
+#include "daemon/daemon.h"
 #include "daemon/drain.h"
 #include "fakes/fake_kernel.h"
 #include "reconcile/announce_reconciler.h"
+#include "source/manifest_source.h"
 
 namespace kst {
 namespace {
@@ -212,6 +214,70 @@ TEST_F(AnnounceRec, DrainCommandWaitsForAnEmptyTableAndTimesOutOtherwise) {
   std::ostringstream out3;
   EXPECT_EQ(undrainNode(drainFile, out3), 0);
   EXPECT_FALSE(std::filesystem::exists(drainFile));
+}
+
+// The daemon runs the announcer after the router's pass: VIPs refused by policy, lost in a
+// conflict or without an endpoint taking new flows are never announced.
+class SnapshotSource : public Source {
+ public:
+  explicit SnapshotSource(ClusterObjects o) : objs_(std::move(o)) {}
+  Status start(Callback cb) override {
+    cb(ObjectChanges::all(objs_));
+    return {};
+  }
+  void stop() override {}
+  std::string name() const override { return "snapshot"; }
+
+ private:
+  ClusterObjects objs_;
+};
+
+TEST_F(AnnounceRec, DaemonAnnouncesOnlyServableVipsAfterTheRouterPass) {
+  auto objs = parseManifestText(R"(apiVersion: v1
+kind: Service
+metadata: {name: front, namespace: web, creationTimestamp: "2024-01-01T00:00:00Z",
+           annotations: {cmd.nu/tunnel: 203.0.113.10}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: late, namespace: web, creationTimestamp: "2025-01-01T00:00:00Z",
+           annotations: {cmd.nu/tunnel: 203.0.113.10}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: web, annotations: {cmd.nu/tunnel: not-an-ip}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: leaving, namespace: web, annotations: {cmd.nu/tunnel: 203.0.113.11}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: front-1, namespace: web, labels: {kubernetes.io/service-name: front}}
+addressType: IPv4
+endpoints:
+- {addresses: ["10.0.0.1"], nodeName: n1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: leaving-1, namespace: web, labels: {kubernetes.io/service-name: leaving}}
+addressType: IPv4
+endpoints:
+- {addresses: ["10.0.0.2"], nodeName: n1, conditions: {ready: false, serving: true, terminating: true}}
+)", "x.yaml");
+  ASSERT_TRUE(objs) << objs.error().message;
+  DataplaneConfig cfg;
+  fake::FakeNft nft(cfg.nftTable);
+  RouterReconciler router(cfg, k, nft);  // k: the fixture's kernel (default tags = cfg's)
+  AnnounceReconciler announce(kTable, k, drainFile);
+  SnapshotSource src(*objs);
+  DaemonOptions o;
+  o.once = true;
+  o.agent = false;
+  Daemon d(o, src, &router, nullptr);
+  d.setAnnouncer(&announce);
+  EXPECT_EQ(d.run(), 0);
+  EXPECT_EQ(table(), (std::vector<std::string>{"203.0.113.10"}));
 }
 
 }  // namespace
