@@ -14,6 +14,7 @@
 #include "daemon/daemon.h"
 #include "daemon/drain.h"
 #include "fakes/fake_kernel.h"
+#include "fakes/snapshot_source.h"
 #include "reconcile/announce_reconciler.h"
 #include "source/manifest_source.h"
 
@@ -218,19 +219,7 @@ TEST_F(AnnounceRec, DrainCommandWaitsForAnEmptyTableAndTimesOutOtherwise) {
 
 // The daemon runs the announcer after the router's pass: VIPs refused by policy, lost in a
 // conflict or without an endpoint taking new flows are never announced.
-class SnapshotSource : public Source {
- public:
-  explicit SnapshotSource(ClusterObjects o) : objs_(std::move(o)) {}
-  Status start(Callback cb) override {
-    cb(ObjectChanges::all(objs_));
-    return {};
-  }
-  void stop() override {}
-  std::string name() const override { return "snapshot"; }
-
- private:
-  ClusterObjects objs_;
-};
+using fake::SnapshotSource;
 
 TEST_F(AnnounceRec, DaemonAnnouncesOnlyServableVipsAfterTheRouterPass) {
   auto objs = parseManifestText(R"(apiVersion: v1
