@@ -32,6 +32,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   PIDS=()
   "$TOPO" down "$P" >/dev/null 2>&1 || true
+  rm -rf "/tmp/$P"
 }
 trap cleanup EXIT INT TERM
 
