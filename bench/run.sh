@@ -32,12 +32,14 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v ninja >/dev/null || need+=(ninja-build)
 command -v nft >/dev/null || need+=(nftables)
 [ -f /usr/include/benchmark/benchmark.h ] || need+=(libbenchmark-dev)
+command -v bird >/dev/null || need+=(bird2)
+[ -x /usr/lib/frr/bgpd ] || need+=(frr)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-load >/dev/null
+ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-load kst-testtool >/dev/null
 
 : >"$OUT"
 log() { echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2; }
@@ -59,5 +61,7 @@ log "daemon binary V=10k E=40k"
 run "$CTL" daemon 10000 4 64 "$BUILD/src/kube-service-tunnel" "$N_CHANGES"
 log "dataplane"
 run "$ROOT/bench/dataplane.sh" "$BUILD" "$DP_REPS" 3 64
+log "tunnel-node failover behind a DC router (BFD 100 ms x 3)"
+run "$ROOT/bench/announce_failover.sh" "$BUILD" 5 100
 
 python3 "$ROOT/bench/table.py" "$OUT"

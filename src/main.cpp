@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/daemon.h"
+#include "daemon/drain.h"
 #include "daemon/health.h"
 #include "desired/nft_render.h"
 #include "linux/netlink_client.h"
@@ -56,7 +57,11 @@ struct Flags {
   std::string logLevel = "info";
   std::string algorithm = "rendezvous";
   bool once = false;
+  uint32_t announceTable = 0;
+  std::string stateDir = "/var/lib/kube-service-tunnel";
+  double drainHold = 2, drainTimeout = 60;
   kst::DataplaneConfig dp;
+  std::string drainFile() const { return stateDir + "/drained"; }
 };
 
 void addCommon(CLI::App* app, Flags& f) {
@@ -114,6 +119,14 @@ void addCommon(CLI::App* app, Flags& f) {
       ->envname("TUNNEL_NETNS_DIRS");
   app->add_option("--scan-proc", f.scanProc, "Also scan /proc/<pid>/ns/net (needs hostPID)")
       ->envname("TUNNEL_SCAN_PROC");
+  app->add_option("--announce-table", f.announceTable,
+                  "Router: routing table holding one route per VIP this node is fit to serve, "
+                  "exported to the DC routers by bird2 (docs/announce.md; 0 = off)")
+      ->envname("TUNNEL_ANNOUNCE_TABLE")
+      ->check(CLI::Range(0u, 0xfffffffeu));
+  app->add_option("--state-dir", f.stateDir,
+                  "Directory of state that survives restarts (the drained marker of `drain`)")
+      ->envname("TUNNEL_STATE_DIR");
   app->add_option("--log-level", f.logLevel, "trace|debug|info|warn|error")->envname("TUNNEL_LOG_LEVEL");
 }
 
@@ -124,6 +137,13 @@ bool buildConfig(Flags& f) {
                                             : kst::BucketAlgorithm::Rendezvous;
   if (!kst::parseMode(f.mode, f.dp.mode)) {
     spdlog::error("unknown --mode {:?}", f.mode);
+    return false;
+  }
+  uint32_t t = f.announceTable;
+  if (t != 0 && (t == 253 || t == 254 || t == 255 ||
+                 (t >= f.dp.tableOffset && t < f.dp.tableOffset + f.dp.maxSlots))) {
+    spdlog::error("--announce-table {} is a kernel table (253-255) or one of the slot tables "
+                  "{}..{}", t, f.dp.tableOffset, f.dp.tableOffset + f.dp.maxSlots - 1);
     return false;
   }
   return true;
@@ -162,6 +182,7 @@ struct Kernel {
   std::unique_ptr<kst::NetnsProviderImpl> netns;
   std::unique_ptr<kst::RouterReconciler> router;
   std::unique_ptr<kst::AgentReconciler> agent;
+  std::unique_ptr<kst::AnnounceReconciler> announce;
 };
 
 kst::Result<Kernel> openKernel(const Flags& f) {
@@ -176,17 +197,24 @@ kst::Result<Kernel> openKernel(const Flags& f) {
       f.dp, *k.nl, *k.nft,
       [rtSock](const kst::IpAddress& ip) { return kst::directDevice(*rtSock, ip); });
   k.agent = std::make_unique<kst::AgentReconciler>(f.dp, f.nodeName, *k.netns);
+  k.announce = std::make_unique<kst::AnnounceReconciler>(f.announceTable, *k.nl, f.drainFile());
   return k;
 }
 
 /** `cleanup`: removes every owned kernel object of the roles asked for. */
-int cleanupCommand(Kernel& k, bool router, bool agent) {
+int cleanupCommand(Kernel& k, bool router, bool agent, bool announce) {
   int rc = 0;
   if (router) {
     auto r = k.router->cleanup();
     if (!r || !r->ok()) rc = 1;
     if (r) spdlog::info("router cleanup: {} objects removed", r->changes);
     else spdlog::error("router cleanup: {}", r.error().message);
+    if (announce) {
+      auto a = k.announce->cleanup();
+      if (!a || !a->ok()) rc = 1;
+      if (a) spdlog::info("announce cleanup: {} routes removed", a->changes);
+      else spdlog::error("announce cleanup: {}", a.error().message);
+    }
   }
   if (agent) {
     auto r = k.agent->cleanup();
@@ -293,6 +321,14 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   kst::Daemon daemon(opts, *s.source, router ? k.router.get() : nullptr,
                      agent ? k.agent.get() : nullptr, s.events.get(), s.publisher.get());
   if (s.publisher) s.publisher->setOnAcquired([&daemon] { daemon.poke(); });
+  kst::DrainWatcher drainWatch(f.drainFile(), [&daemon] { daemon.poke(); });
+  if (router && f.announceTable) {
+    daemon.setAnnouncer(k.announce.get());
+    if (auto st = drainWatch.start(); !st)  // the periodic resync still reads the file
+      spdlog::warn("drain state {}: {}", f.drainFile(), st.error().message);
+    spdlog::info("announcing fit VIPs in table {}{}", f.announceTable,
+                 k.announce->drained() ? " (drained: none)" : "");
+  }
   kst::HealthServer health([&]() -> std::string {
     if (s.kube && !s.kube->synced()) return "not synced with the Kubernetes API yet";
     if (daemon.passes() == 0) return "no reconcile pass yet";
@@ -318,6 +354,7 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
                f.role, kst::modeName(f.dp.mode), f.nodeName, f.dp.buckets, f.dp.hashSeed,
                s.source->name());
   int rc = daemon.run();
+  drainWatch.stop();
   if (s.publisher) s.publisher->stop();
   health.stop();
   spdlog::info("kube-service-tunnel stopped (kernel state left in place)");
@@ -334,6 +371,18 @@ int main(int argc, char** argv) {
   addRunFlags(run, f);
   auto* cleanup = app.add_subcommand("cleanup", "Remove every kernel object this daemon owns on this node");
   addCommon(cleanup, f);
+  auto* drain = app.add_subcommand(
+      "drain", "Tunnel node: withdraw every VIP from the DC routers, wait until they can have "
+               "moved the traffic away (survives restarts until `undrain`)");
+  addCommon(drain, f);
+  drain->add_option("--hold", f.drainHold,
+                    "Seconds to wait after the withdrawal (BGP propagation to the DC routers)")
+      ->check(CLI::Range(0.0, 3600.0));
+  drain->add_option("--timeout", f.drainTimeout,
+                    "Seconds to wait for the daemon to empty the announce table")
+      ->check(CLI::Range(0.0, 3600.0));
+  auto* undrain = app.add_subcommand("undrain", "Tunnel node: announce the VIPs again");
+  addCommon(undrain, f);
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
   {
@@ -352,6 +401,17 @@ int main(int argc, char** argv) {
     spdlog::error("{}", kernel.error().message);
     return 1;
   }
-  if (cleanup->parsed()) return cleanupCommand(*kernel, router, agent);
+  if (undrain->parsed()) return kst::undrainNode(f.drainFile(), std::cout);
+  if (drain->parsed()) {
+    if (f.announceTable == 0) {
+      spdlog::error("drain: give the daemon's --announce-table (or TUNNEL_ANNOUNCE_TABLE)");
+      return 2;
+    }
+    kst::DrainOptions o;
+    o.hold = std::chrono::milliseconds(int64_t(f.drainHold * 1000));
+    o.timeout = std::chrono::milliseconds(int64_t(f.drainTimeout * 1000));
+    return kst::drainNode(*kernel->announce, f.drainFile(), o, std::cout);
+  }
+  if (cleanup->parsed()) return cleanupCommand(*kernel, router, agent, f.announceTable != 0);
   return runCommand(f, *kernel, router, agent);
 }

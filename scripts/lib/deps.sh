@@ -11,7 +11,7 @@ KST_PACKAGES=(
   libmnl-dev libnftables-dev nftables libcurl4-openssl-dev libssl-dev openssl
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2 iputils-ping procps curl ca-certificates
+  iproute2 iputils-ping procps curl ca-certificates bird2 frr
   qemu-system-x86 busybox-static xz-utils
 )
 

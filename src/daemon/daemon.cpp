@@ -52,7 +52,21 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
     // its cache holds it, after a failure it has no cache (and re-reads the kernel).
     routerChanged_.clear();
     handle("router", r);
+    bool routerOk = r && r->ok();
     lastRouterPass_ = r ? std::move(*r) : PassResult{};
+    // After the router's pass: what is announced is programmed (withdrawals only when the
+    // pass did not apply everything).
+    if (announcer_) {
+      auto a = announcer_->reconcile(router_->lastPlan(), routerOk);
+      if (!a) {
+        spdlog::error("announce: {}", a.error().message);
+        ok = false;
+      } else {
+        changes += a->changes;
+        for (auto& f : a->failures) spdlog::warn("announce: {}", f);
+        if (!a->ok()) ok = false;
+      }
+    }
     // Publishing only after the kernel holds the plan; a failed write is retried next pass.
     if (ok && publisher_ && publisher_->isLeader()) {
       for (auto& [svc, table] : router_->pendingPublications()) {
@@ -130,6 +144,7 @@ int Daemon::run() {
     if (now >= nextResync) {
       nextResync = now + opts_.resyncInterval;
       if (router_) router_->resyncNextPass();
+      if (announcer_) announcer_->resyncNextPass();
     }
     bool ok = pass(now);
     lastOk_ = ok;

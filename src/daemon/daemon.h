@@ -22,6 +22,7 @@
 #include "desired/config.h"
 #include "model/model.h"
 #include "reconcile/agent_reconciler.h"
+#include "reconcile/announce_reconciler.h"
 #include "reconcile/router_reconciler.h"
 #include "reconcile/sinks.h"
 #include "source/source.h"
@@ -55,6 +56,9 @@ class Daemon {
   /** The router's result of the last pass (read it after passes() moved, while the daemon is
    *  idle, or after run() returned). */
   const PassResult& lastRouterPassForTest() const { return lastRouterPass_; }
+  /** Router: keeps the announce table in step with each router pass (announce_reconciler.h).
+   *  Set before run(). */
+  void setAnnouncer(AnnounceReconciler* announcer) { announcer_ = announcer; }
 
  private:
   bool pass(std::chrono::steady_clock::time_point start);
@@ -64,6 +68,7 @@ class Daemon {
   AgentReconciler* agent_;
   ProblemSink* sink_;
   DecisionPublisher* publisher_;
+  AnnounceReconciler* announcer_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;

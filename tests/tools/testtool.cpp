@@ -18,7 +18,10 @@
 //                              N long-lived TCP connections (only ones answered by POD, if
 //                              given) exchanging a line every 50 ms; a connection fails when an
 //                              answer is missing (reset, stall > 3 s) or comes from another pod;
-//                              prints "ok N" or "failed K" at the end (exit 1 on any failure)
+//                              prints "ok N" or "failed K" at the end (exit 1 on any failure),
+//                              after "stall MS END LAST" when an exchange took over 100 ms: the
+//                              longest one's duration and end, and the end of the last such
+//                              one (ms since the epoch; bench/announce_failover.sh)
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -318,10 +321,22 @@ int hold(const char* host, int port, int seconds, int n, const std::string& pod)
   int failed = 0;
   auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
   std::vector<bool> dead(n, false);
+  long long longestMs = 0, longestEnd = 0, lastStallEnd = 0;
   while (std::chrono::steady_clock::now() < end) {
     for (int i = 0; i < n; ++i) {
       if (dead[i]) continue;
+      auto t0 = std::chrono::steady_clock::now();
       std::string r = exchange(socks[i]);
+      auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - t0).count();
+      if (took > 100) {
+        lastStallEnd = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+        if (took > longestMs) {
+          longestMs = took;
+          longestEnd = lastStallEnd;
+        }
+      }
       if (r != first[i]) {
         dead[i] = true;
         ++failed;
@@ -331,6 +346,7 @@ int hold(const char* host, int port, int seconds, int n, const std::string& pod)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   for (int s : socks) close(s);
+  if (longestMs) std::printf("stall %lld %lld %lld\n", longestMs, longestEnd, lastStallEnd);
   if (failed) {
     std::printf("failed %d\n", failed);
     return 1;

@@ -15,6 +15,7 @@
 #include "desired/agent.h"
 #include "desired/nft_render.h"
 #include "fakes/fake_kernel.h"
+#include "fakes/snapshot_source.h"
 #include "source/manifest_source.h"
 
 namespace kst {
@@ -686,21 +687,7 @@ TEST(RouterReconciler, TooManyEndpointsProblemIsReported) {
 
 // ------------------------------------------------------------------------- daemon level
 
-class SnapshotSource : public Source {
- public:
-  explicit SnapshotSource(ClusterObjects o) : objs_(std::move(o)) {}
-  Status start(Callback cb) override {
-    ++starts;
-    cb(ObjectChanges::all(objs_));
-    return {};
-  }
-  void stop() override { ++stops; }
-  std::string name() const override { return "snapshot"; }
-  int starts = 0, stops = 0;
-
- private:
-  ClusterObjects objs_;
-};
+using fake::SnapshotSource;
 
 class RecordingSink : public ProblemSink {
  public:
