@@ -4,6 +4,7 @@
 #include <chrono>
 #include <unordered_map>
 
+#include "common/clock.h"
 #include "dataplane/diff.h"
 #include "desired/published.h"
 
@@ -48,13 +49,6 @@ std::optional<uint32_t> NexthopIdPool::Draw::operator()(const dp::Nexthop& nh) {
 // ------------------------------------------------------------------------------ helpers
 
 namespace {
-
-double since(std::chrono::steady_clock::time_point& t) {
-  auto now = std::chrono::steady_clock::now();
-  double d = std::chrono::duration<double>(now - t).count();
-  t = now;
-  return d;
-}
 
 bool sortedUniqueVips(const Model& m) {
   for (size_t i = 1; i < m.services.size(); ++i)
@@ -420,7 +414,7 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
     }
     baseNft = &partialNft;
   }
-  d.planSeconds = since(t);
+  d.planSeconds = lapSeconds(t);
 
   // 5. The one diff of router state.
   d.changes = dp::diffRouter(des, base);
@@ -431,7 +425,7 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
   if (d.table != NftTableStep::Delete)
     d.elements = nftElementChanges(des.nft, d.table == NftTableStep::Keep ? *baseNft : dp::NftState{});
   d.released = releasedSlots(prior, plan.vips, cfg_);
-  d.diffSeconds = since(t);
+  d.diffSeconds = lapSeconds(t);
 
   // 6. The plan of the whole model, problems and publications follow the update.
   d.whole = whole;
@@ -485,8 +479,10 @@ void RouterDb::commit(const Model& model) {
     inputs_.clear();
     // The committed inputs, for comparing the next model (the daemon's is sorted by VIP).
     inputsKnown_ = sortedUniqueVips(model) && plan_.vips.size() == model.services.size();
-    if (inputsKnown_)
+    if (inputsKnown_) {
       for (auto& svc : model.services) inputs_.emplace_hint(inputs_.end(), svc.vip, svc);
+      ensureIndex();  // now, while the whole update's plan is plan_ (the next may be partial)
+    }
     return;
   }
   if (p->changed.empty() || !idx_) return;

@@ -142,8 +142,8 @@ class RouterDb {
   DataplaneConfig cfg_;
   DeviceResolver resolver_;
   bool known_ = false;
-  dp::RouterState flat_;             // the base when idx_ is null
-  std::unique_ptr<Index> idx_;       // the base, indexed per VIP (partial updates)
+  dp::RouterState flat_;             // the base when idx_ is null (seeded, or inputs unknown)
+  std::unique_ptr<Index> idx_;       // the base, indexed per VIP (committed, inputs known)
   std::map<IpAddress, TunnelService> inputs_;  // the committed model's services, by VIP
   bool inputsKnown_ = false;
   std::unique_ptr<Pending> pending_;

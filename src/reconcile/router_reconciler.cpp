@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/clock.h"
 #include "dataplane/diff.h"
 #include "desired/nft_render.h"
 
@@ -41,17 +42,6 @@ Result<dp::RouterState> RouterReconciler::observe() {
   return st;
 }
 
-namespace {
-
-double since(std::chrono::steady_clock::time_point& t) {
-  auto now = std::chrono::steady_clock::now();
-  double d = std::chrono::duration<double>(now - t).count();
-  t = now;
-  return d;
-}
-
-}  // namespace
-
 void RouterReconciler::setCaching(bool on) {
   caching_ = on;
   if (!on) db_.forget();
@@ -73,7 +63,7 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model,
     }
     db_.seed(std::move(*o));
     res.fullObserve = true;
-    res.timings.observe = since(t);
+    res.timings.observe = lapSeconds(t);
   }
   RouterDelta delta = db_.update(model, changed);
   if (delta.hintIgnored)
@@ -134,7 +124,7 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
     return {};
   };
   if (auto s = applyPart(addPart); !s) return std::unexpected(s.error());
-  res.timings.netlink += since(t);
+  res.timings.netlink += lapSeconds(t);
 
   using Step = NftTableStep;
   if (delta.tablePresent && nft_.hasElementBatches() &&
@@ -168,9 +158,9 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
       }
     }
   }
-  res.timings.nft = since(t);
+  res.timings.nft = lapSeconds(t);
   if (auto s = applyPart(delPart); !s) return std::unexpected(s.error());
-  res.timings.netlink += since(t);
+  res.timings.netlink += lapSeconds(t);
   return {};
 }
 
