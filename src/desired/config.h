@@ -22,7 +22,12 @@ struct DataplaneConfig {
   /** Priority of the rule of slot 0; slot s uses rulePriority + s. */
   uint32_t rulePriority = 1000;
   uint8_t routeProtocol = 211;
-  uint32_t nexthopIdBase = 0x4b530000;  // owned nexthop id range [base, base + 2^16)
+  /** Owned nexthop ids: [nexthopIdBase, nexthopIdEnd()), 2^20 ids (0x4b530000 … 0x4b62ffff by
+   *  default: one per route family and endpoint, so a million endpoints). Observation adopts
+   *  only nexthops of routeProtocol inside this range (NetlinkClientImpl::nexthops); the
+   *  planner never hands out an id outside it (NexthopIdPool, desired/router_db.h). */
+  uint32_t nexthopIdBase = 0x4b530000;
+  static constexpr uint32_t kNexthopIds = 1u << 20;
   std::string linkPrefix = "kst";
   std::string nftTable = "kube_service_tunnel";
   uint16_t vxlanPort = 4790;
@@ -39,7 +44,7 @@ struct DataplaneConfig {
   /** The mode's device (pod side; the router's flow device for IPv4 endpoints); "lo" in a
    *  mode without one (mpls: the pod's VIPs live on lo). */
   std::string tunnelLinkName() const;
-  uint32_t nexthopIdEnd() const { return nexthopIdBase + 0x10000; }
+  uint32_t nexthopIdEnd() const { return nexthopIdBase + kNexthopIds; }
 };
 
 }  // namespace kst

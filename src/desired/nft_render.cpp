@@ -108,24 +108,22 @@ void emit(std::string& out, const std::string& verb, const std::string& table,
 
 }  // namespace
 
-std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& desired,
-                             const dp::NftState& observed, size_t* elementChanges) {
+NftTableStep nftTableStep(const dp::NftState& desired, const dp::NftState& observed) {
+  if (!desired.present) return observed.present ? NftTableStep::Delete : NftTableStep::Keep;
+  if (!observed.present) return NftTableStep::Create;
+  return observed.skeletonId == desired.skeletonId ? NftTableStep::Keep : NftTableStep::Rebuild;
+}
+
+std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
+                          const std::string& skeletonId, const std::string& skeleton,
+                          const dp::NftElementChanges& d) {
+  if (step == NftTableStep::Delete) return renderNftDelete(cfg);
   std::string out;
-  size_t changes = 0;
-  if (!desired.present) {
-    if (elementChanges) *elementChanges = 0;
-    return observed.present ? renderNftDelete(cfg) : std::string();
-  }
-  const bool rebuild = !observed.present || observed.skeletonId != desired.skeletonId;
-  const dp::NftState empty;
-  const dp::NftState& base = rebuild ? empty : observed;
-  if (rebuild) {
-    if (observed.present) out += fmt::format("delete table inet {}\n", cfg.nftTable);
-    out += fmt::format("table inet {} {{\n  comment \"kst:{}\"\n{}}}\n", cfg.nftTable,
-                       desired.skeletonId, desired.skeleton);
-  }
+  if (step == NftTableStep::Rebuild) out += fmt::format("delete table inet {}\n", cfg.nftTable);
+  if (step == NftTableStep::Rebuild || step == NftTableStep::Create)
+    out += fmt::format("table inet {} {{\n  comment \"kst:{}\"\n{}}}\n", cfg.nftTable, skeletonId,
+                       skeleton);
   // Deletions first (a changed bucket is delete + add of the same key, atomic in one batch).
-  auto d = nftElementChanges(desired, base);
   std::vector<std::string> del4, del6, delv4, delv6, add4, add6, addv4, addv6;
   for (auto& b : d.bucketDeletes)
     (b.vip.isV4() ? del4 : del6).push_back(elementKey({b.vip, b.bucket}));
@@ -143,9 +141,20 @@ std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& des
   emit(out, "add", cfg.nftTable, "b2s6", add6);
   emit(out, "add", cfg.nftTable, "vip4", addv4);
   emit(out, "add", cfg.nftTable, "vip6", addv6);
-  changes = d.size();
-  if (elementChanges) *elementChanges = changes;
   return out;
+}
+
+std::string renderNftChanges(const DataplaneConfig& cfg, const dp::NftState& desired,
+                             const dp::NftState& observed, size_t* elementChanges) {
+  NftTableStep step = nftTableStep(desired, observed);
+  if (!desired.present) {
+    if (elementChanges) *elementChanges = 0;
+    return step == NftTableStep::Delete ? renderNftDelete(cfg) : std::string();
+  }
+  const bool rebuild = step != NftTableStep::Keep;
+  auto d = nftElementChanges(desired, rebuild ? dp::NftState{} : observed);
+  if (elementChanges) *elementChanges = d.size();
+  return renderNftStep(cfg, step, desired.skeletonId, desired.skeleton, d);
 }
 
 dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::NftState& base) {

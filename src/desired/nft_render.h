@@ -29,6 +29,18 @@ std::string renderSkeleton(const DataplaneConfig& cfg);
 /** Short stable hash of a skeleton text; kept as the table comment "kst:<id>". */
 std::string skeletonId(const std::string& skeleton);
 
+/** What happens to the table itself when `observed` becomes `desired`: kept (element changes
+ *  only; also when neither has a table), created, rebuilt (the skeleton differs: deleted and
+ *  created with all its elements, in one transaction) or deleted. */
+enum class NftTableStep : uint8_t { Keep, Create, Rebuild, Delete };
+NftTableStep nftTableStep(const dp::NftState& desired, const dp::NftState& observed);
+
+/** One nft script for a table step and the element changes that follow it (for Create and
+ *  Rebuild: relative to an empty table; ignored for Delete). Empty when there is nothing to do. */
+std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
+                          const std::string& skeletonId, const std::string& skeleton,
+                          const dp::NftElementChanges& elements);
+
 /**
  * One nft script that turns `observed` into `desired` atomically: the whole table is
  * (re)created when the skeleton differs, otherwise only element additions and deletions.

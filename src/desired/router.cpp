@@ -8,6 +8,7 @@
 #include "desired/agent.h"
 #include "desired/nft_render.h"
 #include "desired/published.h"
+#include "desired/router_db.h"
 #include "hashing/maglev.h"
 
 namespace kst {
@@ -240,6 +241,14 @@ std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const 
 }  // namespace
 
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior) {
+  NexthopIdPool pool(cfg);
+  for (const auto& [key, id] : prior.nexthopIds) pool.hold(key, id);
+  auto draw = pool.draw();
+  return routerState(plan, cfg, prior, std::ref(draw));
+}
+
+dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior,
+                            const NexthopIdDraw& ids) {
   dp::RouterState st;
   // Links.
   if (isFlowMode(cfg.mode) && !plan.vips.empty()) {
@@ -250,27 +259,27 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
     if (v6Endpoint && *modeTraits(cfg.mode).suffix6)  // a separate device for IPv6 pods
       st.links.push_back(flowLinkFor(cfg, Family::V6));
   }
-  // Nexthops: one per (route family, endpoint); ids sticky.
-  std::set<uint32_t> usedIds;
-  for (auto& [k, id] : prior.nexthopIds) usedIds.insert(id);
+  // Nexthops: one per (route family, endpoint); ids sticky (NexthopIdPool).
   std::map<std::pair<Family, IpAddress>, uint32_t> nhOf;
+  std::set<std::pair<Family, IpAddress>> noId;
   std::set<std::string> greLinks;
-  uint32_t nextId = cfg.nexthopIdBase;
-  std::set<uint32_t> assigned;
   for (auto& vp : plan.vips) {
     for (auto& ep : vp.endpoints) {
       auto key = std::make_pair(vp.vip.family(), ep.ip);
-      if (nhOf.contains(key)) continue;
+      if (nhOf.contains(key) || noId.contains(key)) continue;
       dp::Nexthop nh = nexthopFor(cfg, prior, vp.vip.family(), ep.ip);
       if (!refusal(cfg, prior, vp.vip, ep.ip).empty()) continue;  // planRouter dropped it
-      auto pit = prior.nexthopIds.find(nh.key());
-      if (pit != prior.nexthopIds.end() && !assigned.contains(pit->second)) {
-        nh.id = pit->second;
-      } else {
-        while (usedIds.contains(nextId) || assigned.contains(nextId)) ++nextId;
-        nh.id = nextId++;
+      auto id = ids(nh);
+      if (!id) {  // the owned id range is full: no route, no buckets
+        noId.insert(key);
+        plan.problems.push_back(
+            {Problem::Kind::TooManyEndpoints, vp.service,
+             fmt::format("all {} owned nexthop ids are in use: endpoint {} of VIP {} gets no "
+                         "traffic",
+                         cfg.nexthopIdEnd() - cfg.nexthopIdBase, ep.ip.str(), vp.vip.str())});
+        continue;
       }
-      assigned.insert(nh.id);
+      nh.id = *id;
       nhOf.emplace(key, nh.id);
       if (cfg.mode == Mode::Gre && greLinks.insert(nh.dev).second) {
         dp::Link l;

@@ -15,6 +15,7 @@
 // identical on every router.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <tuple>
@@ -42,13 +43,14 @@ struct RouterPlan {
   std::vector<Problem> problems;
 };
 
+/** dp::Nexthop::key() as a value. */
+using NexthopKey = std::tuple<Family, dp::Nexthop::Encap, std::optional<IpAddress>, uint8_t,
+                              uint32_t, std::optional<IpAddress>, std::string>;
+
 /** Allocations the kernel already holds, recovered from observed state (sticky ids). */
 struct Allocations {
   std::map<IpAddress, std::map<IpAddress, uint32_t>> slots;  // vip → endpoint → slot
-  std::map<std::tuple<Family, dp::Nexthop::Encap, std::optional<IpAddress>, uint8_t, uint32_t,
-                      std::optional<IpAddress>, std::string>,
-           uint32_t>
-      nexthopIds;  // Nexthop::key() → id
+  std::map<NexthopKey, uint32_t> nexthopIds;                 // Nexthop::key() → id
   /** MPLS mode: the device through which each endpoint is directly reachable. */
   std::map<IpAddress, std::string> mplsDevice;
 };
@@ -57,7 +59,14 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
 
 RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior);
 
-/** The kernel objects for a plan. Problems (e.g. unreachable MPLS endpoint) are appended. */
+/** Gives a new nexthop of a plan its id: the sticky one of its key, else an unused one of the
+ *  owned range; nullopt when that range is full (router_db.h, NexthopIdPool). */
+using NexthopIdDraw = std::function<std::optional<uint32_t>(const dp::Nexthop&)>;
+
+/** The kernel objects for a plan. Problems (e.g. unreachable MPLS endpoint) are appended.
+ *  Nexthop ids: `ids`; without, a NexthopIdPool holding prior.nexthopIds. */
+dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior,
+                            const NexthopIdDraw& ids);
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior);
 
 /** Name of the per-endpoint GRE link on the router (the original's "ts" + hex IP idea). */

@@ -1,30 +1,28 @@
 // Router role reconciler: observe (netlink dumps + nft listing of owned objects only) →
-// plan (pure) → diff (pure) → apply (batched netlink, one nft transaction).
+// RouterDb::update (plan and diff, pure: desired/router_db.h) → apply (batched netlink, one nft
+// transaction) → RouterDb::commit, or forget on a failure (retried by the next pass).
 //
 // NOTE Performance (setCaching(true), what the daemon runs): after a pass in which every
-// change succeeded, the kernel holds exactly the desired state, so that state is kept as the
-// observed one and the next pass neither dumps nor lists anything. It then plans and diffs
-// only the VIPs whose model inputs changed (compared service by service), so one endpoint
-// change costs O(its VIP) kernel messages and CPU, not O(V). The kernel is re-read after a
-// failure, after resyncNextPass() (the daemon's periodic resync repairs drift), and on a
-// fresh reconciler (a restart adopts what the kernel holds). Changes that touch every VIP
-// (the slot count or the families in use change, the first/last VIP, GRE/MPLS modes) take
-// the whole-model path, still against the cached state.
-// Given the VIPs that changed since the previous pass (reconcile()'s `changed`: what
-// ModelBuilder::apply returned, accumulated; the daemon passes it), a cached pass compares
-// only those VIPs' services with the cache, O(changed · log V), instead of every service
-// (O(V), ≈ 1 ms at 10k). Every reason to distrust the cache (first pass, resync, a failed
-// pass) makes the pass a full one whatever the hint says, and a hint whose added/removed
-// VIPs do not account for the change in the number of services is ignored (compare all).
+// change succeeded, the kernel holds exactly the database's state, so the next pass neither
+// dumps nor lists anything: the database plans and diffs only the VIPs whose model inputs
+// changed, so one endpoint change costs O(its VIP) kernel messages and CPU, not O(V). The kernel
+// is re-read (the database seeded again) after a failure, after resyncNextPass() (the daemon's
+// periodic resync repairs drift), and on a fresh reconciler (a restart adopts what the kernel
+// holds). Given the VIPs that changed since the previous pass (reconcile()'s `changed`: what
+// ModelBuilder::apply returned, accumulated; the daemon passes it), the database compares only
+// those VIPs' services, O(changed · log V), instead of every service (O(V), ≈ 1 ms at 10k).
+// A hint whose added/removed VIPs do not account for the change in the number of services is
+// ignored (compare all). Without caching, every pass observes and plans every VIP.
 //
 // Released slots: a pass in which an endpoint leaves a VIP (or a VIP goes) deletes the flows
 // pinned to that (VIP, slot) from the flow tables (NftClient::purgeFlows, one dump of the flow
 // map), after the bucket maps stopped pointing there, so those flows are hashed again onto live
 // endpoints instead of hitting the slot's unreachable route for as long as they keep sending.
-// The release is found by comparing the endpoints the kernel routes (observed or cached) with the
-// plan, so one that happened while the daemon was down is purged by the first pass. A release
-// whose purge could not run yet (failed pass or purge; IPv6 slot that a draining endpoint of an
-// IPv6 VIP occupies, see docs/load-balancing.md) is kept and retried by later passes.
+// The release is found by the database comparing the endpoints the kernel routes (observed or
+// committed) with the plan, so one that happened while the daemon was down is purged by the
+// first pass. A release whose purge could not run yet (failed pass or purge; IPv6 slot that a
+// draining endpoint of an IPv6 VIP occupies, see docs/load-balancing.md) is kept and retried by
+// later passes.
 //
 // NOTE Logging: info for each applied change summary and each purge of pinned flows, warn for
 // failed changes (retried on the next pass), debug for "nothing to do".
@@ -39,15 +37,16 @@
 #include "dataplane/kernel.h"
 #include "desired/config.h"
 #include "desired/router.h"
+#include "desired/router_db.h"
 #include "model/model.h"
 
 namespace kst {
 
 /** Wall time of each phase of a pass, in seconds (benchmarks, debug log). */
 struct PassTimings {
-  double observe = 0;  // netlink dumps + nft listing (0 when the cached state was used)
-  double plan = 0;     // model → bucket tables → desired kernel objects
-  double diff = 0;     // desired vs observed
+  double observe = 0;  // netlink dumps + nft listing (0 when the database's state was used)
+  double plan = 0;     // model → bucket tables → desired kernel objects (RouterDb::update)
+  double diff = 0;     // desired vs the database's state (RouterDb::update)
   double netlink = 0;  // rtnetlink requests until the last ack
   double nft = 0;      // nftables transaction
 };
@@ -57,8 +56,8 @@ struct PassResult {
   size_t nftElementChanges = 0;
   size_t purgedFlows = 0;     // flow-table elements deleted for released slots
   bool nftRebuilt = false;
-  bool fullObserve = false;   // the kernel was re-read (not the cached state)
-  size_t vipsCompared = 0;    // services compared with the cached inputs (cached passes)
+  bool fullObserve = false;   // the kernel was re-read (not the database's state)
+  size_t vipsCompared = 0;    // services compared with the committed inputs (cached passes)
   size_t vipsPlanned = 0;     // VIPs planned and diffed (all of them in a whole-model pass)
   PassTimings timings;
   std::vector<std::string> failures;
@@ -70,7 +69,7 @@ class RouterReconciler {
  public:
   /** MPLS mode: the device through which an endpoint is *directly* connected (no gateway), or
    *  nullopt when it is not (then MPLS cannot reach it). Implemented over the kernel FIB. */
-  using DeviceResolver = std::function<std::optional<std::string>(const IpAddress&)>;
+  using DeviceResolver = RouterDb::DeviceResolver;
 
   RouterReconciler(const DataplaneConfig& cfg, dp::NetlinkClient& nl, dp::NftClient& nft,
                    DeviceResolver resolver = {});
@@ -82,8 +81,8 @@ class RouterReconciler {
   /** Observed owned state (each pass's observation; tests compare it with the desired state). */
   Result<dp::RouterState> observe();
   /** The last plan computed (bucket tables), for publishing and tests. */
-  const RouterPlan& lastPlan() const { return plan_; }
-  /** Keep the observed state between passes (NOTE Performance above). Off by default:
+  const RouterPlan& lastPlan() const { return db_.plan(); }
+  /** Keep the database's state between passes (NOTE Performance above). Off by default:
    *  every pass then re-reads the kernel. */
   void setCaching(bool on);
   /** The next pass re-reads the kernel (periodic resync). */
@@ -91,36 +90,26 @@ class RouterReconciler {
   /** Services whose published bucket table (desired/published.h) differs from the last plan:
    *  what an elected writer should publish. Only VIPs planned since the previous call are
    *  encoded again (a pass that changed one VIP costs one encoding, not V). */
-  std::vector<std::pair<ObjectKey, std::string>> pendingPublications();
+  std::vector<std::pair<ObjectKey, std::string>> pendingPublications() {
+    return db_.pendingPublications();
+  }
   /** Removes everything owned. */
   Result<PassResult> cleanup();
   ~RouterReconciler();
 
  private:
-  struct Cache;
-  Result<PassResult> fullPass(const Model& model, const dp::RouterState* cached, PassResult res);
-  std::optional<Result<PassResult>> incrementalPass(const Model& model,
-                                                    const std::set<IpAddress>* hint,
-                                                    PassResult res);
-  Status applyAll(const std::vector<dp::Change>& changes, const dp::NftState& desiredNft,
-                  const dp::NftState& observedNft, PassResult& res);
-  void fillCache(const Model& model, const dp::RouterState& desired);
-  /** Purges the flows pinned to pending released slots once the pass succeeded (plan_ is the
-   *  whole plan). tableKept: false when the pass removed or rebuilt the nft table (its flow
-   *  maps went with it: nothing is pinned any more). */
+  Status applyAll(const RouterDelta& delta, PassResult& res);
+  /** Purges the flows pinned to pending released slots once the pass succeeded (the database's
+   *  plan is the whole plan). tableKept: false when the pass removed or rebuilt the nft table
+   *  (its flow maps went with it: nothing is pinned any more). */
   void purgeReleased(bool tableKept, PassResult& res);
 
   DataplaneConfig cfg_;
   dp::NetlinkClient& nl_;
   dp::NftClient& nft_;
-  DeviceResolver resolver_;
-  RouterPlan plan_;
-  std::set<IpAddress> pubCheck_;  // planned since the last pendingPublications()
-  bool pubCheckAll_ = true;       // a whole-model plan since then
-  std::map<IpAddress, std::pair<ObjectKey, std::string>> pubPending_;
+  RouterDb db_;
   std::set<dp::ReleasedSlot> purgePending_;  // released, flows not purged yet
   bool caching_ = false;
-  std::unique_ptr<Cache> cache_;  // null: the next pass observes the kernel
 };
 
 }  // namespace kst

@@ -45,7 +45,7 @@ class FakeKernel : public dp::NetlinkClient {
  public:
   struct Options {
     uint8_t protocol = 211;
-    uint32_t nexthopIdLo = 0x4b530000, nexthopIdHi = 0x4b540000;
+    uint32_t nexthopIdLo = 0x4b530000, nexthopIdHi = 0x4b630000;
     bool wire = false;
   };
   FakeKernel() : FakeKernel(Options{}) {}

@@ -158,7 +158,7 @@ TEST(ConfigNames, ModeParsingAndLinkNames) {
   DataplaneConfig cfg;
   cfg.mode = Mode::Mpls;
   EXPECT_EQ(cfg.tunnelLinkName(), "lo");
-  EXPECT_EQ(cfg.nexthopIdEnd(), cfg.nexthopIdBase + 0x10000);
+  EXPECT_EQ(cfg.nexthopIdEnd(), cfg.nexthopIdBase + 0x100000);
 }
 
 }  // namespace
