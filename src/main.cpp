@@ -43,6 +43,7 @@ struct Flags {
   std::string kubeconfig;
   std::string kubeContext;
   int healthPort = 0;
+  size_t apiMaxResponseMiB = kst::k8s::HttpRequest::kDefaultMaxBody >> 20;
   bool publish = true;
   std::string leaseNamespace = "kube-service-tunnel";
   std::string healthAddress = "0.0.0.0";
@@ -144,6 +145,11 @@ int main(int argc, char** argv) {
       ->envname("KUBECONFIG");
   run->add_option("--kube-context", f.kubeContext, "kubeconfig context (default: current-context)")
       ->envname("TUNNEL_KUBE_CONTEXT");
+  run->add_option("--api-max-response-mib", f.apiMaxResponseMiB,
+                  "Largest Kubernetes API list page or watch event accepted, in MiB (a list page "
+                  "over it is fetched again in smaller pages; nothing larger is buffered)")
+      ->envname("TUNNEL_API_MAX_RESPONSE_MIB")
+      ->check(CLI::Range(size_t(1), size_t(4096)));
   run->add_option("--publish-decisions", f.publish,
                   "Router with the Kubernetes source: take part in the Lease election and, as the "
                   "elected writer, publish each Service's bucket table in its annotation")
@@ -246,6 +252,7 @@ int main(int argc, char** argv) {
     ko.agent = agent;
     ko.nodeName = f.nodeName;
     ko.keepAnnotations = {f.annotation, kst::ModelOptions{}.publishedAnnotation};
+    ko.listWatch.maxResponseBytes = f.apiMaxResponseMiB << 20;
     auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
     kube = ks.get();
     source = std::move(ks);
