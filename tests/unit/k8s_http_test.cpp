@@ -199,23 +199,34 @@ TEST(CurlTransport, ShutdownInterruptsAWaitingWatchAndConnectErrorsAreErrors) {
   EXPECT_NE(e.error().message.find("127.0.0.1:1"), std::string::npos) << e.error().message;
 }
 
-TEST(CurlTransport, AnswerAnnouncedOverTheLimitIsRefusedBeforeItsBody) {
+/** A server answering 200 with `headers`, then `piece` `times` times or until the client hangs
+ *  up; counts the bytes it could write. */
+struct Flood {
   std::atomic<size_t> sent{0};
   std::atomic<bool> done{false};
-  MiniServer srv([&](int fd, const std::string&) {
-    std::string h = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
-                    std::to_string(size_t(1) << 30) + "\r\n\r\n";
-    (void)!::send(fd, h.data(), h.size(), MSG_NOSIGNAL);
-    std::string chunk(64 << 10, 'x');
-    for (int i = 0; i < 16384; ++i) {  // up to the announced 1 GiB, until the client hangs up
-      ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
-      if (n <= 0) break;
-      sent += size_t(n);
-    }
-    done = true;
-  });
+  MiniServer srv;
+  Flood(std::string headers, std::string piece, int times)
+      : srv([this, headers, piece, times](int fd, const std::string&) {
+          (void)!::send(fd, headers.data(), headers.size(), MSG_NOSIGNAL);
+          for (int i = 0; i < times; ++i) {
+            ssize_t n = ::send(fd, piece.data(), piece.size(), MSG_NOSIGNAL);
+            if (n <= 0) break;
+            sent += size_t(n);
+          }
+          done = true;
+        }) {}
+  bool waitDone() {
+    for (int i = 0; i < 500 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return done;
+  }
+};
+
+TEST(CurlTransport, AnswerAnnouncedOverTheLimitIsRefusedBeforeItsBody) {
+  Flood flood("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                  std::to_string(size_t(1) << 30) + "\r\n\r\n",
+              std::string(64 << 10, 'x'), 16384);  // the announced 1 GiB
   ClientConfig cfg;
-  cfg.server = srv.url();
+  cfg.server = flood.srv.url();
   auto t = CurlTransport::create(cfg);
   ASSERT_TRUE(t);
   auto t0 = std::chrono::steady_clock::now();
@@ -226,39 +237,25 @@ TEST(CurlTransport, AnswerAnnouncedOverTheLimitIsRefusedBeforeItsBody) {
   EXPECT_NE(r.error().message.find("larger than 1 MiB"), std::string::npos) << r.error().message;
   EXPECT_LT(took, std::chrono::seconds(5));
   t->reset();  // closes the connection: the server's writes fail from now on
-  for (int i = 0; i < 500 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_TRUE(done);
-  EXPECT_LT(sent.load(), size_t(48) << 20) << "the 1 GiB answer was not read";
-  std::cerr << "server sent " << sent.load() / 1024 << " KiB of the announced 1 GiB\n";
+  ASSERT_TRUE(flood.waitDone());
+  EXPECT_LT(flood.sent.load(), size_t(48) << 20) << "the 1 GiB answer was not read";
+  std::cerr << "server sent " << flood.sent.load() / 1024 << " KiB of the announced 1 GiB\n";
 }
 
 TEST(CurlTransport, ChunkedAnswerOverTheLimitIsCutWhileItArrives) {
-  std::atomic<size_t> sent{0};
-  std::atomic<bool> done{false};
-  MiniServer srv([&](int fd, const std::string&) {
-    std::string h = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    "Transfer-Encoding: chunked\r\n\r\n";
-    (void)!::send(fd, h.data(), h.size(), MSG_NOSIGNAL);
-    std::string chunk = "10000\r\n" + std::string(0x10000, 'x') + "\r\n";
-    for (int i = 0; i < 4096; ++i) {  // 256 MiB unless the client hangs up
-      ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
-      if (n <= 0) break;
-      sent += size_t(n);
-    }
-    done = true;
-  });
+  Flood flood("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+              "10000\r\n" + std::string(0x10000, 'x') + "\r\n", 4096);  // 256 MiB
   ClientConfig cfg;
-  cfg.server = srv.url();
+  cfg.server = flood.srv.url();
   auto t = CurlTransport::create(cfg);
   ASSERT_TRUE(t);
   auto r = (*t)->perform({.path = "/api/v1/services?limit=500", .maxBody = size_t(2) << 20});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, EMSGSIZE) << r.error().message;
-  for (int i = 0; i < 500 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_TRUE(done);
+  ASSERT_TRUE(flood.waitDone());
   // What the client took is the limit; the rest is what the loopback socket buffers held.
-  EXPECT_LT(sent.load(), size_t(48) << 20) << "the transfer was cut, not read to its end";
-  std::cerr << "server sent " << sent.load() / 1024 << " KiB of 256 MiB\n";
+  EXPECT_LT(flood.sent.load(), size_t(48) << 20) << "the transfer was cut, not read to its end";
+  std::cerr << "server sent " << flood.sent.load() / 1024 << " KiB of 256 MiB\n";
   // The same answer, small enough, is collected as before.
   MiniServer ok([](int fd, const std::string&) { answer(fd, 200, std::string(1 << 20, 'y')); });
   cfg.server = ok.url();
