@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -189,6 +191,25 @@ TEST(HealthServer, KeepAliveServesABoundedNumberOfRequestsPerConnection) {
   }
   EXPECT_EQ(answered, 3);
   close(fd);
+}
+
+TEST(HealthServer, AnswersOnSocketsNumberedAboveFdSetsize) {
+  // The agent keeps a descriptor per pod namespace: the endpoint's sockets may get numbers
+  // above 1024, where select()-based code fails.
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_max < 1200) GTEST_SKIP() << "RLIMIT_NOFILE hard limit " << rl.rlim_max;
+  rlimit raised{std::max<rlim_t>(rl.rlim_cur, 1200), rl.rlim_max};
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &raised), 0);
+  std::vector<int> filler;
+  for (int i = 0; i < 1100; ++i) filler.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ASSERT_GE(filler.back(), 1024);
+  HealthServer hs([] { return std::string(); });
+  ASSERT_TRUE(hs.start("127.0.0.1", 0));
+  EXPECT_EQ(statusLine(get(hs.port(), "/healthz")), "HTTP/1.1 200 OK");
+  hs.stop();
+  for (int fd : filler) close(fd);
+  setrlimit(RLIMIT_NOFILE, &rl);
 }
 
 TEST(HealthServer, StopDoesNotWaitForOpenConnections) {
