@@ -172,15 +172,16 @@ HealthServer::HealthServer(std::function<std::string()> ready, HealthServerOptio
   s.set_keep_alive_max_count(std::max<size_t>(1, opts.keepAliveMax));
   s.set_keep_alive_timeout(std::max<time_t>(1, time_t(opts.requestTimeout.count() / 1000)));
   s.set_payload_max_length(opts.maxRequestBytes);
-  s.set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request&, httplib::Response& res) {
+  httplib::Server::HandlerWithResponse plainErrors = [](const httplib::Request&,
+                                                        httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // e.g. 503 why
     res.set_content(res.status == 404   ? "not found\n"
                     : res.status == 400 ? "bad request\n"
                                         : "error\n",
                     "text/plain; charset=utf-8");
     return httplib::Server::HandlerResponse::Handled;
-  }));
+  };
+  s.set_error_handler(std::move(plainErrors));
   auto alive = [] { return Reply{200, "ok\n"}; };
   handle("/healthz", alive);
   handle("/livez", alive);
