@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Leftovers of aborted cluster test runs (CTest FIXTURES_CLEANUP, and at the start of every run):
 # for each control plane /tmp/kk-k8s-<pid> whose owning test process is gone: the control plane,
-# the daemons started with its ServiceAccount kubeconfigs (router, agent), and the kk<pid>-* network namespaces.
+# the daemons started with its ServiceAccount kubeconfigs (router, agent), and the kk<pid>-*
+# network namespaces.
 # Runs of other checkouts that are still alive are left alone.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
