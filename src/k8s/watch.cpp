@@ -28,8 +28,9 @@ std::string WatchEvent::resourceVersion() const {
 nlohmann::json WatchDecoder::parseObjects(std::string_view text) {
   using json = nlohmann::json;
   json::parser_callback_t dropManagedFields = [](int depth, json::parse_event_t ev, json& parsed) {
-    // managedFields sits in an object's metadata: depth 2 in an object (or event's object:
-    // 3), 4 in a list item. A key event returning false drops the key and its value.
+    // Any key named managedFields below the top level; the API sends it only as
+    // metadata.managedFields (depth 2 in an object, 3 in a watch event, 4 in a list item). A
+    // key event returning false drops the key and its value.
     return !(ev == json::parse_event_t::key && depth >= 2 && parsed.is_string() &&
              parsed.get_ref<const std::string&>() == "managedFields");
   };
