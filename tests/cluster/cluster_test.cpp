@@ -58,7 +58,8 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
     return R"({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":")" + name + R"("}})";
   };
   // An update names resourceVersion "1": a Lease that exists answers 409 Conflict instead of
-  // being overwritten (a later test's publisher election must find it intact).
+  // being overwritten (a later test's publisher election must find it intact); one that does
+  // not exist is created (Leases allow create on update) and deleted again below.
   auto lease = [](const std::string& name, bool update = true) {
     return R"({"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":")" + name +
            (update ? R"(","resourceVersion":"1")" : R"(")") + R"(},"spec":{}})";
@@ -130,6 +131,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   };
   const std::string url = cp().env["APISERVER_URL"], ca = cp().dir + "/pki/ca.crt";
   std::string report = "role    request                                       expected  HTTP\n";
+  bool publisherLeaseCreated = false;
   for (const auto& [sa, calls] : table) {
     std::string token = tokenOf(sa == kSaRouter ? cp().routerKubeconfig : cp().agentKubeconfig);
     ASSERT_FALSE(token.empty()) << sa;
@@ -148,10 +150,13 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
                 pad(c.allowed ? "allowed" : "403", 10) + std::to_string(code) +
                 (ok ? "" : "  <-- WRONG") + "\n";
       EXPECT_TRUE(ok) << sa << ": " << c.method << " " << c.path << " -> " << code;
+      if (c.method == "PUT" && c.path.ends_with("/kube-service-tunnel-publisher") && code == 201)
+        publisherLeaseCreated = true;
     }
   }
   std::cerr << "[rbac]\n" << report;
   kubectl("-n " + ns + " delete lease " + probe + " --ignore-not-found");
+  if (publisherLeaseCreated) kubectl("-n " + ns + " delete lease kube-service-tunnel-publisher");
   kubectl("-n " + ns + " delete configmap " + probe + " --ignore-not-found");
   kubectl("delete events.events.k8s.io -n " + kns + " rbac-probe.1 --ignore-not-found");
   // The DaemonSet controller places router pods only on node=tunnel nodes, agents everywhere
