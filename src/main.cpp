@@ -47,6 +47,7 @@ struct Flags {
   std::string kubeconfig;
   std::string kubeContext;
   int healthPort = 0;
+  size_t apiMaxResponseMiB = kst::k8s::HttpRequest::kDefaultMaxBody >> 20;
   bool publish = true;
   std::string leaseNamespace = "kube-service-tunnel";
   std::string healthAddress = "0.0.0.0";
@@ -160,6 +161,11 @@ void addRunFlags(CLI::App* run, Flags& f) {
       ->envname("KUBECONFIG");
   run->add_option("--kube-context", f.kubeContext, "kubeconfig context (default: current-context)")
       ->envname("TUNNEL_KUBE_CONTEXT");
+  run->add_option("--api-max-response-mib", f.apiMaxResponseMiB,
+                  "Largest Kubernetes API list page or watch event accepted, in MiB (a list page "
+                  "over it is fetched again in smaller pages; nothing larger is buffered)")
+      ->envname("TUNNEL_API_MAX_RESPONSE_MIB")
+      ->check(CLI::Range(size_t(1), size_t(4096)));
   run->add_option("--publish-decisions", f.publish,
                   "Router with the Kubernetes source: take part in the Lease election and, as the "
                   "elected writer, publish each Service's bucket table in its annotation")
@@ -271,6 +277,7 @@ std::expected<Sources, int> openSources(const Flags& f, bool router, bool agent)
   ko.agent = agent;
   ko.nodeName = f.nodeName;
   ko.keepAnnotations = {f.annotation, kst::ModelOptions{}.publishedAnnotation};
+  ko.listWatch.maxResponseBytes = f.apiMaxResponseMiB << 20;
   auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
   s.kube = ks.get();
   s.source = std::move(ks);

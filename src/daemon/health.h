@@ -1,36 +1,64 @@
-// A tiny HTTP health endpoint for the DaemonSet probes: GET /healthz (process alive, answers
-// while the daemon runs) and GET /readyz (the source has delivered its first snapshot and the
-// last reconcile pass succeeded). One blocking thread, one connection at a time, no keep-alive:
-// probes are rare and tiny.
+// The daemon's HTTP endpoint (cpp-httplib): GET/HEAD /healthz and /livez (the process answers)
+// and /readyz (the source has delivered its first snapshot and the last reconcile pass
+// succeeded; else 503 with the reason), plus whatever another module registers with handle()
+// before start() (e.g. /metrics).
+// Nothing a client does can keep the probes from being answered for long: a pool of worker
+// threads serves connections in parallel, and each request — the wait for it on an idle
+// connection included — must arrive and be answered within a deadline, or its connection is
+// closed (idle and slow-loris clients hold a worker at most that long); requests are capped in
+// size and a connection serves a bounded number of them.
 #pragma once
 
-#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
-#include <thread>
 
 #include "common/error.h"
 
 namespace kst {
 
+struct HealthServerOptions {
+  /** Connections served at once; further ones wait for a free worker. */
+  size_t threads = 16;
+  /** From the start of the wait for a request (accept, or the end of the previous answer on a
+   *  kept-alive connection) to the last byte of its answer. */
+  std::chrono::milliseconds requestTimeout{2000};
+  /** Requests served on one connection before it is closed. */
+  size_t keepAliveMax = 10;
+  /** Bytes of one request (line, headers, body) read at most; a longer one is cut. */
+  size_t maxRequestBytes = 16 << 10;
+};
+
 class HealthServer {
  public:
+  struct Reply {
+    int status = 200;
+    std::string body;
+    std::string contentType = "text/plain; charset=utf-8";
+  };
+  /** Called on a worker thread for each GET/HEAD of its path; must be thread-safe. */
+  using Handler = std::function<Reply()>;
+
   /** ready() returns "" when ready, otherwise the reason (sent with 503). */
-  explicit HealthServer(std::function<std::string()> ready) : ready_(std::move(ready)) {}
+  explicit HealthServer(std::function<std::string()> ready, HealthServerOptions opts = {});
   ~HealthServer();
-  /** Binds address:port (port 0 picks one; see port()). */
+  HealthServer(const HealthServer&) = delete;
+  HealthServer& operator=(const HealthServer&) = delete;
+
+  /** Serves GET/HEAD path with h (exact path; the query string is ignored). Before start(). */
+  void handle(const std::string& path, Handler h);
+  /** Binds address:port (port 0 picks one; see port()) and starts serving. */
   Status start(const std::string& address, uint16_t port);
+  /** Stops serving; open connections are closed. Idempotent. */
   void stop();
   uint16_t port() const { return port_; }
 
  private:
-  void run();
-  void handle(int fd);
-  std::function<std::string()> ready_;
-  int listenFd_ = -1;
-  int stopFd_ = -1;
+  class Server;
+  std::unique_ptr<Server> server_;
   uint16_t port_ = 0;
-  std::thread thread_;
 };
 
 }  // namespace kst

@@ -46,7 +46,11 @@ struct Transfer {
   long status = 0;
   HttpResponse* resp = nullptr;
   bool aborted = false;
+  size_t maxBody = 0;
+  bool tooLarge = false;  // a collected 2xx body went over maxBody: the transfer was cut
 };
+
+constexpr size_t kMaxErrorBody = size_t(1) << 20;
 
 size_t onWrite(char* ptr, size_t size, size_t nmemb, void* user) {
   auto* t = static_cast<Transfer*>(user);
@@ -60,8 +64,16 @@ size_t onWrite(char* ptr, size_t size, size_t nmemb, void* user) {
     }
     return n;
   }
-  if (t->resp->body.size() < (ok2xx ? (size_t(1) << 31) : (size_t(1) << 20)))
-    t->resp->body.append(ptr, n);
+  if (!ok2xx) {  // an error body: its beginning says enough (statusMessage)
+    if (t->resp->body.size() < kMaxErrorBody)
+      t->resp->body.append(ptr, std::min(n, kMaxErrorBody - t->resp->body.size()));
+    return n;
+  }
+  if (t->maxBody && t->resp->body.size() + n > t->maxBody) {
+    t->tooLarge = true;
+    return 0;  // aborts the transfer before the body grows past the limit
+  }
+  t->resp->body.append(ptr, n);
   return n;
 }
 
@@ -75,6 +87,15 @@ size_t onHeader(char* ptr, size_t size, size_t nmemb, void* user) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
     if (code >= 200 && code < 300) {
       t->status = code;
+      // A body to collect that announces more than the limit is refused before it arrives.
+      curl_off_t len = -1;
+      bool collected = !(t->onChunk && *t->onChunk);
+      if (collected && t->maxBody &&
+          curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) == CURLE_OK &&
+          len > 0 && curl_off_t(t->maxBody) < len) {
+        t->tooLarge = true;
+        return 0;
+      }
       if (t->onChunk && *t->onChunk && !(*t->onChunk)(std::string_view())) {
         t->aborted = true;
         return 0;
@@ -90,16 +111,18 @@ curl_blob blob(const std::string& s) {
 
 }  // namespace
 
-CurlTransport::CurlTransport(ClientConfig cfg) : cfg_(std::move(cfg)) {}
+CurlTransport::CurlTransport(ClientConfig cfg, CurlTransportOptions opts)
+    : cfg_(std::move(cfg)), opts_(std::move(opts)) {}
 
-Result<std::unique_ptr<CurlTransport>> CurlTransport::create(const ClientConfig& cfg) {
+Result<std::unique_ptr<CurlTransport>> CurlTransport::create(const ClientConfig& cfg,
+                                                             CurlTransportOptions opts) {
   std::call_once(gCurlInit, [] {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     // A server that closes a connection while we write must give an error, not kill the
     // daemon (libcurl leaves SIGPIPE alone with CURLOPT_NOSIGNAL; OpenSSL may still raise it).
     std::signal(SIGPIPE, SIG_IGN);
   });
-  std::unique_ptr<CurlTransport> t(new CurlTransport(cfg));
+  std::unique_ptr<CurlTransport> t(new CurlTransport(cfg, std::move(opts)));
   t->multi_ = curl_multi_init();
   t->easy_ = curl_easy_init();
   if (!t->multi_ || !t->easy_) return fail(ENOMEM, "curl: cannot create a handle");
@@ -150,7 +173,7 @@ Result<HttpResponse> CurlTransport::perform(const HttpRequest& req, const ChunkF
   auto* multi = static_cast<CURLM*>(multi_);
   curl_easy_reset(easy);
   HttpResponse resp;
-  Transfer tr{&onChunk, easy, 0, &resp, false};
+  Transfer tr{&onChunk, easy, 0, &resp, false, req.maxBody, false};
   std::string url = cfg_.server + req.path;
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -166,9 +189,19 @@ Result<HttpResponse> CurlTransport::perform(const HttpRequest& req, const ChunkF
   curl_easy_setopt(easy, CURLOPT_HEADERDATA, &tr);
   curl_easy_setopt(easy, CURLOPT_USERAGENT, "kube-service-tunnel/0.1.0");
   curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");  // gzip if the server offers it
+  // Trust: the system store (libcurl's default CA file and path, or the configured
+  // directory) unless the configuration names a CA; then that CA alone. CURLOPT_CAINFO_BLOB
+  // replaces only the CA *file*: libcurl (7.88, OpenSSL) still loads the default CA *path*
+  // beside it, so a certificate from any public CA would be accepted and receive the token.
+  if (!opts_.systemCaPath.empty()) {
+    curl_easy_setopt(easy, CURLOPT_CAINFO, nullptr);
+    curl_easy_setopt(easy, CURLOPT_CAPATH, opts_.systemCaPath.c_str());
+  }
   if (!cfg_.caPem.empty()) {
     auto b = blob(cfg_.caPem);
     curl_easy_setopt(easy, CURLOPT_CAINFO_BLOB, &b);
+    curl_easy_setopt(easy, CURLOPT_CAINFO, nullptr);
+    curl_easy_setopt(easy, CURLOPT_CAPATH, nullptr);
   }
   if (cfg_.insecureSkipVerify) {
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -234,6 +267,10 @@ Result<HttpResponse> CurlTransport::perform(const HttpRequest& req, const ChunkF
     return resp;
   }
   if (shutdown_) return fail(ECANCELED, "shutting down");
+  if (tr.tooLarge)
+    return fail(EMSGSIZE, fmt::format("{} {}: the answer is larger than {} MiB; refused (not "
+                                      "buffered)",
+                                      req.method, url, double(req.maxBody) / (1 << 20)));
   if (result != CURLE_OK)
     return fail(EIO, fmt::format("{} {}: {}", req.method, url, curl_easy_strerror(result)));
   if (resp.status == 401 && !cfg_.tokenFile.empty()) forceTokenReload_ = true;

@@ -24,6 +24,12 @@ struct HttpRequest {
   std::string contentType;  // for requests with a body
   /** Whole request, including a streamed body; 0 = no limit. */
   std::chrono::seconds timeout{30};
+  /** Largest body of a 2xx answer collected into HttpResponse::body: a longer one (announced by
+   *  Content-Length, or found while it arrives) fails the request with EMSGSIZE as soon as that
+   *  is known, without buffering it. A body streamed to a chunk callback is not limited here
+   *  (the callback bounds what it keeps: WatchDecoder's line limit). */
+  size_t maxBody = kDefaultMaxBody;
+  static constexpr size_t kDefaultMaxBody = size_t(64) << 20;
 };
 
 struct HttpResponse {
@@ -50,20 +56,31 @@ class HttpTransport {
   virtual std::string server() const = 0;
 };
 
+struct CurlTransportOptions {
+  /** The trust store used when the configuration names no CA: a directory of hashed
+   *  certificates (c_rehash layout). Empty: libcurl's built-in default (Debian:
+   *  /etc/ssl/certs). Tests point it at a temporary directory. When the configuration names a
+   *  CA (kubeconfig certificate-authority[-data], in-cluster ca.crt) only that CA is trusted:
+   *  neither this directory nor libcurl's default CA file/path is consulted. */
+  std::string systemCaPath;
+};
+
 /** libcurl transport. One instance per thread (a libcurl handle is not thread-safe); instances
  *  keep their connection open between requests. */
 class CurlTransport : public HttpTransport {
  public:
-  static Result<std::unique_ptr<CurlTransport>> create(const ClientConfig& cfg);
+  static Result<std::unique_ptr<CurlTransport>> create(const ClientConfig& cfg,
+                                                       CurlTransportOptions opts = {});
   ~CurlTransport() override;
   Result<HttpResponse> perform(const HttpRequest& req, const ChunkFn& onChunk = {}) override;
   void shutdown() override;
   std::string server() const override { return cfg_.server; }
 
  private:
-  explicit CurlTransport(ClientConfig cfg);
+  CurlTransport(ClientConfig cfg, CurlTransportOptions opts);
   std::string bearerToken();
   ClientConfig cfg_;
+  CurlTransportOptions opts_;
   void* multi_ = nullptr;  // CURLM*
   void* easy_ = nullptr;   // CURL*, reused (keeps the connection)
   std::atomic<bool> shutdown_{false};

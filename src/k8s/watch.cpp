@@ -25,8 +25,20 @@ std::string WatchEvent::resourceVersion() const {
   return rv->get<std::string>();
 }
 
+nlohmann::json WatchDecoder::parseObjects(std::string_view text) {
+  using json = nlohmann::json;
+  json::parser_callback_t dropManagedFields = [](int depth, json::parse_event_t ev, json& parsed) {
+    // Any key named managedFields below the top level; the API sends it only as
+    // metadata.managedFields (depth 2 in an object, 3 in a watch event, 4 in a list item). A
+    // key event returning false drops the key and its value.
+    return !(ev == json::parse_event_t::key && depth >= 2 && parsed.is_string() &&
+             parsed.get_ref<const std::string&>() == "managedFields");
+  };
+  return json::parse(text, dropManagedFields, false);
+}
+
 Result<WatchEvent> WatchDecoder::decodeLine(std::string_view line) {
-  auto j = nlohmann::json::parse(line, nullptr, false);
+  auto j = parseObjects(line);
   if (j.is_discarded()) {
     std::string head(line.substr(0, 80));
     return fail(EBADMSG, fmt::format("watch: line is not JSON: {:?}", head));
@@ -94,6 +106,7 @@ ListWatch::ListWatch(ResourceSpec spec, HttpTransport& http, ListWatchHandler& h
       http_(http),
       handler_(handler),
       opts_(opts),
+      pageSize_(std::max<size_t>(1, opts.pageSize)),
       sleeper_(std::move(sleeper)),
       rng_(opts.seed ? opts.seed : std::random_device{}()) {}
 
@@ -195,15 +208,29 @@ ListWatch::Outcome ListWatch::list() {
       return Outcome::Stopped;
     }
     std::vector<std::pair<std::string, std::string>> params{
-        {"limit", std::to_string(opts_.pageSize)}};
+        {"limit", std::to_string(pageSize_)}};
     if (!cont.empty()) params.push_back({"continue", cont});
     HttpRequest req;
     req.path = query(params);
     req.timeout = opts_.requestTimeout;
+    req.maxBody = opts_.maxResponseBytes;
     auto resp = http_.perform(req);
     if (stop_) {
       handler_.abortList();
       return Outcome::Stopped;
+    }
+    if (!resp && resp.error().code == EMSGSIZE && pageSize_ > 1) {
+      // Big objects: fewer per page. The list starts over (a continue token belongs to its
+      // list); the handler keeps its old state until a list completes.
+      handler_.abortList();
+      pageSize_ /= 2;
+      spdlog::warn("kubernetes: {}: {}; listing again with {} objects per page", spec_.name,
+                   resp.error().message, pageSize_);
+      handler_.beginList();
+      cont.clear();
+      pages = 0;
+      items = 0;
+      continue;
     }
     if (!resp) {
       handler_.abortList();
@@ -226,7 +253,7 @@ ListWatch::Outcome ListWatch::list() {
       failed(fmt::format("list: HTTP {}: {}", resp->status, statusMessage(resp->body)));
       return Outcome::Error;
     }
-    auto j = nlohmann::json::parse(resp->body, nullptr, false);
+    auto j = WatchDecoder::parseObjects(resp->body);
     resp->body.clear();
     resp->body.shrink_to_fit();
     if (!j.is_object() || !j.contains("metadata") || !j["metadata"].is_object()) {
@@ -284,7 +311,7 @@ ListWatch::Outcome ListWatch::watch() {
   }
   spdlog::debug("kubernetes: {}: watching from resourceVersion {} (timeout {} s)", spec_.name, rv,
                 timeout);
-  WatchDecoder dec;
+  WatchDecoder dec(opts_.maxResponseBytes);
   Outcome outcome = Outcome::Ok;
   std::string problem;
   bool connected = false;

@@ -51,6 +51,10 @@ class WatchDecoder {
     discarding_ = false;
   }
   static Result<WatchEvent> decodeLine(std::string_view line);
+  /** nlohmann::json::parse of an API answer without the objects' metadata.managedFields (the
+   *  server-side-apply bookkeeping, often the largest part of an object, never read here):
+   *  they are dropped while parsing, never built as JSON values. Discarded on bad JSON. */
+  static nlohmann::json parseObjects(std::string_view text);
 
  private:
   size_t maxLine_;
@@ -81,6 +85,12 @@ class ListWatchHandler {
 
 struct ListWatchOptions {
   size_t pageSize = 500;
+  /** Largest list page and largest watch event accepted (bytes); nothing longer is buffered.
+   *  A longer list page starts the list again at once with half as many objects per page
+   *  (down to 1; the smaller size is kept); a single object over it fails the list (retried
+   *  with backoff; the cache keeps its state). A longer watch event fails that watch, which
+   *  resumes from the last good resourceVersion after a backoff. */
+  size_t maxResponseBytes = HttpRequest::kDefaultMaxBody;
   /** Server-side watch timeout; each watch asks for a random value in [t, 2t) (as client-go) so
    *  that many clients do not reconnect together. */
   std::chrono::seconds watchTimeout{300};
@@ -133,6 +143,7 @@ class ListWatch {
   HttpTransport& http_;
   ListWatchHandler& handler_;
   ListWatchOptions opts_;
+  size_t pageSize_;  // opts_.pageSize, halved for each list page over maxResponseBytes
   Sleeper sleeper_;
   std::mt19937 rng_;
   std::atomic<bool> stop_{false};

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Leftovers of aborted cluster test runs (CTest FIXTURES_CLEANUP, and at the start of every run):
 # for each control plane /tmp/kk-k8s-<pid> whose owning test process is gone: the control plane,
-# the daemons started with its ServiceAccount kubeconfig, and the kk<pid>-* network namespaces.
+# the daemons started with its ServiceAccount kubeconfigs (router, agent), and the kk<pid>-*
+# network namespaces.
 # Runs of other checkouts that are still alive are left alone.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -14,7 +15,7 @@ for d in /tmp/kk-k8s-*; do
   alive "$owner" && continue
   "$root/tools/k8s/stop.sh" "$d" --purge >/dev/null 2>&1 || true
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "--kubeconfig $d/sa.kubeconfig"; then
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qE -- "--kubeconfig $d/kube-service-tunnel-(router|agent)\.kubeconfig"; then
       kill "${p#/proc/}" 2>/dev/null || true
     fi
   done

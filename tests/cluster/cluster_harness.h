@@ -30,7 +30,9 @@ namespace kst::e2e {
 inline const std::string kK8sTools = KST_SOURCE_DIR "/tools/k8s";
 inline const std::string kDeploy = KST_SOURCE_DIR "/deploy";
 inline const std::string kSaNamespace = "kube-service-tunnel";
-inline const std::string kSaName = "kube-service-tunnel";
+// deploy/10-rbac.yaml: one ServiceAccount per role, each bound only to what that role does.
+inline const std::string kSaRouter = "kube-service-tunnel-router";
+inline const std::string kSaAgent = "kube-service-tunnel-agent";
 
 /** The control plane shared by every test of the binary. */
 struct ControlPlane {
@@ -40,7 +42,7 @@ struct ControlPlane {
   std::string dir = "/tmp/kk-k8s-" + std::to_string(getpid());
   std::map<std::string, std::string> env;  // DIR/env
   std::string kubectlBin;
-  std::string saKubeconfig;
+  std::string routerKubeconfig, agentKubeconfig;  // tokens of the two ServiceAccounts
   int apiPort = 0;
   std::string deployOutput;
   double buildSeconds = 0, startSeconds = 0;
@@ -121,13 +123,14 @@ class ControlPlaneEnv : public ::testing::Environment {
       c.error = "kubectl create -f deploy/ failed:\n" + d.out;
       return;
     }
-    // The daemon's identity: a token of deploy/'s ServiceAccount, nothing else bound to it.
-    c.saKubeconfig = c.dir + "/sa.kubeconfig";
-    auto k = sh(kK8sTools + "/sa-kubeconfig.sh " + c.dir + " " + kSaNamespace + " " + kSaName +
-                " " + c.saKubeconfig);
-    if (k.rc != 0) {
-      c.error = "sa-kubeconfig.sh failed:\n" + k.out;
-      return;
+    // The daemons' identities: a token of each role's ServiceAccount, nothing else bound to it.
+    for (auto [sa, out] : {std::pair{kSaRouter, &c.routerKubeconfig}, {kSaAgent, &c.agentKubeconfig}}) {
+      *out = c.dir + "/" + sa + ".kubeconfig";
+      auto k = sh(kK8sTools + "/sa-kubeconfig.sh " + c.dir + " " + kSaNamespace + " " + sa + " " + *out);
+      if (k.rc != 0) {
+        c.error = "sa-kubeconfig.sh failed:\n" + k.out;
+        return;
+      }
     }
     c.ok = true;
   }
@@ -293,14 +296,14 @@ class Cluster : public E2E {
     }
   }
 
-  std::vector<std::string> kubeFlags() const {
-    return {"--kubeconfig", cp().saKubeconfig, "--mode", "vxlan-gpe", "--resync-interval", "5",
+  std::vector<std::string> kubeFlags(bool router) const {
+    return {"--kubeconfig", router ? cp().routerKubeconfig : cp().agentKubeconfig, "--mode", "vxlan-gpe", "--resync-interval", "5",
             "--log-level", "debug"};
   }
   void startRouterK(std::vector<std::string> extra = {}) {
     std::vector<std::string> argv{"ip", "netns", "exec", ns("rt"), kBin, "run", "--role", "router",
                                   "--health-port", "10265"};
-    for (auto& f : kubeFlags()) argv.push_back(f);
+    for (auto& f : kubeFlags(true)) argv.push_back(f);
     for (auto& f : extra) argv.push_back(f);
     procs["rt"] = Process(argv, dir + "/rt.log");
   }
@@ -310,7 +313,7 @@ class Cluster : public E2E {
                                   "--node-name", "node" + std::to_string(node), "--scan-proc=false",
                                   "--netns-dir", "/run/kst-netns/" + prefix + "/" + n,
                                   "--health-port", "10266"};
-    for (auto& f : kubeFlags()) argv.push_back(f);
+    for (auto& f : kubeFlags(false)) argv.push_back(f);
     procs[n] = Process(argv, dir + "/" + n + ".log");
   }
   void startDaemons() {

@@ -105,6 +105,9 @@ class FakeApi {
       }
       return resp;
     }
+    // As CurlTransport: a collected 2xx body over the request's limit is refused.
+    if (r.status >= 200 && r.status < 300 && req.maxBody && r.body.size() > req.maxBody)
+      return fail(EMSGSIZE, "the answer is larger than the limit; refused (not buffered)");
     resp.body = r.body;
     return resp;
   }

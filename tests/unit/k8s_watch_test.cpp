@@ -146,7 +146,9 @@ struct Recorder : ListWatchHandler {
   std::vector<std::string> log;
   std::mutex mu;
   void beginList() override { add("begin"); }
+  std::atomic<int> withManagedFields{0};
   void listItem(const nlohmann::json& o) override {
+    if (o["metadata"].contains("managedFields")) ++withManagedFields;
     add("item " + o["metadata"].value("name", std::string("?")));
   }
   void endList(const std::string& rv) override { add("end " + rv); }
@@ -231,6 +233,120 @@ TEST(ListWatch, PagedListThenWatchFollowsEventsAndBookmarks) {
   EXPECT_EQ(st.bookmarks, 1);
   EXPECT_TRUE(st.synced);
   EXPECT_TRUE(h.slept.empty()) << "a normal end of a watch is resumed at once";
+}
+
+/** A Service list page as the apiserver sends it (managedFields included). */
+std::string servicePage(const std::vector<std::string>& names, const std::string& cont,
+                        const std::string& rv, size_t annotationBytes = 0) {
+  nlohmann::json items = nlohmann::json::array();
+  for (auto& n : names)
+    items.push_back({{"metadata",
+                      {{"name", n},
+                       {"namespace", "default"},
+                       {"resourceVersion", "100"},
+                       {"annotations", {{"big", std::string(annotationBytes, 'x')}}},
+                       {"managedFields",
+                        {{{"manager", "kubectl"},
+                          {"operation", "Update"},
+                          {"fieldsV1", {{"f:spec", {{"f:ports", nlohmann::json::object()}}}}}}}}}},
+                     {"spec", {{"type", "ClusterIP"}}}});
+  nlohmann::json meta = {{"resourceVersion", rv}};
+  if (!cont.empty()) meta["continue"] = cont;
+  return nlohmann::json{{"kind", "ServiceList"}, {"apiVersion", "v1"}, {"metadata", meta},
+                        {"items", items}}
+      .dump();
+}
+
+TEST(ListWatch, ThreePageListIsAssembledAndAnOversizedPageIsListedAgainInSmallerPages) {
+  ListWatchOptions o;
+  o.maxResponseBytes = 4096;
+  Harness h(o);
+  const std::string pages = "/api/v1/services?limit=";
+  h.api.push(pages, {200, servicePage({"a", "b"}, "c1", "")});
+  h.api.push(pages, {200, servicePage({"c", "d"}, "c2", "", 8192)});  // over the 4 KiB cap
+  h.api.push(pages, {200, servicePage({"a", "b"}, "c1", "")});
+  h.api.push(pages, {200, servicePage({"c", "d"}, "c2", "")});
+  h.api.push(pages, {200, servicePage({"e"}, "", "900")});
+  h.start();
+  ASSERT_TRUE(h.api.waitRequests(kWatch, 1));
+  std::vector<std::string> want{"begin",  "item a", "item b", "abort",  "begin",  "item a",
+                                "item b", "item c", "item d", "item e", "end 900"};
+  EXPECT_EQ(h.rec.get(), want) << "the refused list changed nothing; the next one has 3 pages";
+  EXPECT_EQ(h.param(0, "limit"), "500");
+  EXPECT_EQ(h.param(1, "continue"), "c1");
+  EXPECT_EQ(h.param(2, "limit"), "250") << "listed again at once with half the page size";
+  EXPECT_EQ(h.param(2, "continue"), "<absent>");
+  EXPECT_EQ(h.param(3, "continue"), "c1");
+  EXPECT_EQ(h.param(4, "continue"), "c2");
+  EXPECT_EQ(h.param(4, "limit"), "250");
+  EXPECT_EQ(h.param(5, "resourceVersion"), "900");
+  for (auto& r : h.api.requests())
+    if (!r.path.starts_with(kWatch)) EXPECT_EQ(r.maxBody, 4096u) << r.path;
+  auto st = h.lw->stats();
+  EXPECT_EQ(st.lists, 1);
+  EXPECT_EQ(st.pages, 4);
+  EXPECT_EQ(st.errors, 0);
+  EXPECT_TRUE(h.slept.empty());
+  EXPECT_EQ(h.rec.withManagedFields, 0) << "managedFields are dropped while parsing";
+}
+
+TEST(ListWatch, ObjectOverTheCapAtPageSizeOneFailsTheListAndBacksOff) {
+  ListWatchOptions o;
+  o.maxResponseBytes = 4096;
+  o.pageSize = 2;
+  Harness h(o);
+  const std::string pages = "/api/v1/services?limit=";
+  h.api.push(pages, {200, servicePage({"a", "b"}, "", "5", 8192)});
+  h.api.push(pages, {200, servicePage({"a"}, "c1", "", 8192)});
+  h.api.push(pages, {200, servicePage({"a"}, "", "6")});  // the object shrank: the retry works
+  h.start();
+  ASSERT_TRUE(h.api.waitRequests(kWatch, 1));
+  EXPECT_EQ(h.param(0, "limit"), "2");
+  EXPECT_EQ(h.param(1, "limit"), "1");
+  EXPECT_EQ(h.param(2, "limit"), "1");
+  EXPECT_EQ(h.lw->stats().errors, 1);
+  EXPECT_EQ(h.slept.size(), 1u);
+  auto log = h.rec.get();
+  EXPECT_EQ(log.back(), "end 6");
+}
+
+TEST(ListWatch, WatchEventOverTheCapFailsTheWatchWhichResumesFromTheLastGoodVersion) {
+  ListWatchOptions o;
+  o.maxResponseBytes = 1024;
+  Harness h(o);
+  h.api.push(kList, {200, servicePage({"a"}, "", "10")});
+  nlohmann::json big = {{"type", "ADDED"},
+                        {"object", {{"metadata", {{"name", "big"}, {"resourceVersion", "11"},
+                                                  {"annotations", {{"x", std::string(4096, 'x')}}}}}}}};
+  nlohmann::json small = {{"type", "ADDED"},
+                          {"object", {{"metadata", {{"name", "small"}, {"resourceVersion", "12"}}}}}};
+  h.api.push(kWatch, {200, big.dump() + "\n" + small.dump() + "\n"});
+  h.start();
+  ASSERT_TRUE(h.api.waitRequests(kWatch, 2));
+  auto log = h.rec.get();
+  EXPECT_EQ(std::count(log.begin(), log.end(), "ADDED big"), 0);
+  EXPECT_EQ(h.param(2, "resourceVersion"), "10") << "resumes from the last good resourceVersion";
+  EXPECT_EQ(h.lw->stats().errors, 1);
+}
+
+TEST(WatchDecoder, ManagedFieldsAreDroppedWhileParsing) {
+  auto e = WatchDecoder::decodeLine(
+      R"({"type":"MODIFIED","object":{"metadata":{"name":"web","resourceVersion":"7",)"
+      R"("annotations":{"cmd.nu/tunnel":"203.0.113.10"},"managedFields":[{"manager":"m",)"
+      R"("fieldsV1":{"f:metadata":{}}}]},"spec":{"ports":[{"port":80}]}}})");
+  ASSERT_TRUE(e) << e.error().message;
+  EXPECT_FALSE(e->object["metadata"].contains("managedFields"));
+  EXPECT_EQ(e->resourceVersion(), "7");
+  EXPECT_EQ(e->object["metadata"]["annotations"]["cmd.nu/tunnel"], "203.0.113.10");
+  EXPECT_EQ(e->object["spec"]["ports"][0]["port"], 80);
+  auto list = WatchDecoder::parseObjects(servicePage({"a", "b"}, "", "5"));
+  ASSERT_TRUE(list.is_object());
+  ASSERT_EQ(list["items"].size(), 2u);
+  for (auto& i : list["items"]) {
+    EXPECT_FALSE(i["metadata"].contains("managedFields"));
+    EXPECT_EQ(i["metadata"]["namespace"], "default");
+  }
+  EXPECT_TRUE(WatchDecoder::parseObjects("{not json").is_discarded());
 }
 
 TEST(ListWatch, GoneErrorEventRelistsAtOnce) {
