@@ -9,7 +9,7 @@ BUILD_DIR=${BUILD_DIR:-$KST_ROOT/build}
 KST_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libmnl-dev libnftables-dev nftables libcurl4-openssl-dev libssl-dev openssl
-  nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
+  nlohmann-json3-dev libyaml-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iputils-ping procps curl ca-certificates
   qemu-system-x86 busybox-static xz-utils

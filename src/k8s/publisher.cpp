@@ -6,6 +6,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+#include "desired/published.h"
+
 namespace kst::k8s {
 
 namespace {
@@ -33,7 +36,12 @@ KubePublisher::KubePublisher(TransportFactory makeTransport, PublisherOptions op
 KubePublisher::~KubePublisher() { stop(); }
 
 void KubePublisher::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    keepRunning("lease", [this] { run(); }, [this] {
+      std::lock_guard lk(mu_);
+      return stopping_;
+    });
+  });
 }
 
 void KubePublisher::stop() {
@@ -61,7 +69,7 @@ bool KubePublisher::tryAcquireOrRenew() {
   }
   const auto start = std::chrono::steady_clock::now();
   const std::string path = fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}",
-                                       opts_.leaseNamespace, opts_.leaseName);
+                                       opts_.ns, opts_.leaseName);
   auto got = electionHttp_->perform({"GET", path, "", "", std::chrono::seconds(10)});
   if (!got) {
     spdlog::warn("lease {}: {}", opts_.leaseName, got.error().message);
@@ -72,7 +80,7 @@ bool KubePublisher::tryAcquireOrRenew() {
   if (got->status == 404) {
     lease = {{"apiVersion", "coordination.k8s.io/v1"},
              {"kind", "Lease"},
-             {"metadata", {{"name", opts_.leaseName}, {"namespace", opts_.leaseNamespace}}},
+             {"metadata", {{"name", opts_.leaseName}, {"namespace", opts_.ns}}},
              {"spec",
               {{"holderIdentity", opts_.identity},
                {"leaseDurationSeconds", opts_.leaseDuration.count()},
@@ -80,7 +88,7 @@ bool KubePublisher::tryAcquireOrRenew() {
                {"renewTime", now},
                {"leaseTransitions", 0}}}};
     auto r = electionHttp_->perform(
-        {"POST", fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases", opts_.leaseNamespace),
+        {"POST", fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases", opts_.ns),
          lease.dump(), "application/json", std::chrono::seconds(10)});
     if (!r || r->status / 100 != 2) return false;
     spdlog::info("lease {}: acquired (created) by {}", opts_.leaseName, opts_.identity);
@@ -148,6 +156,7 @@ void KubePublisher::run() {
       }
       if (fn) fn();
     }
+    if (now) deleteStale();
     was = now;
     std::unique_lock lk(mu_);
     if (cv_.wait_for(lk, opts_.leaseDuration / 3, [&] { return stopping_; })) return;
@@ -160,16 +169,57 @@ Status KubePublisher::publish(const ObjectKey& service, const std::string& table
     if (!t) return std::unexpected(t.error());
     patchHttp_ = std::move(*t);
   }
-  nlohmann::json patch = {{"metadata", {{"annotations", {{opts_.annotation, table}}}}}};
-  auto r = patchHttp_->perform({"PATCH",
-                                fmt::format("/api/v1/namespaces/{}/services/{}", service.ns, service.name),
-                                patch.dump(), "application/merge-patch+json",
-                                std::chrono::seconds(10)});
+  std::string uid;
+  if (opts_.uidOf)
+    if (auto u = opts_.uidOf(service)) uid = *u;
+  const std::string name = publishedConfigMapName(service.ns, service.name);
+  // The Service's namespace/name/uid are data (labels cannot hold every name); the label
+  // selects the daemon's ConfigMaps.
+  nlohmann::json cm = {
+      {"apiVersion", "v1"},
+      {"kind", "ConfigMap"},
+      {"metadata",
+       {{"name", name},
+        {"namespace", opts_.ns},
+        {"labels", {{kManagedByLabel, kManagedByValue}}}}},
+      {"data",
+       {{"namespace", service.ns}, {"name", service.name}, {"uid", uid}, {kTableKey, table}}}};
+  // Server-side apply: creates or replaces our fields in one request, whoever wrote before.
+  auto r = patchHttp_->perform(
+      {"PATCH",
+       fmt::format("/api/v1/namespaces/{}/configmaps/{}?fieldManager=kube-service-tunnel&force=true",
+                   urlEncode(opts_.ns), name),
+       cm.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+       "application/apply-patch+yaml", std::chrono::seconds(10)});
   if (!r) return std::unexpected(r.error());
   if (r->status / 100 != 2)
-    return fail(fmt::format("PATCH service {}: HTTP {}: {}", service.str(), r->status,
-                            statusMessage(r->body)));
+    return fail(fmt::format("apply ConfigMap {}/{} (bucket table of {}): HTTP {}: {}", opts_.ns,
+                            name, service.str(), r->status, statusMessage(r->body)));
   return {};
+}
+
+int KubePublisher::deleteStale() {
+  if (!opts_.staleTables || !electionHttp_) return 0;
+  int deleted = 0;
+  for (const auto& name : opts_.staleTables()) {
+    if (!isLeader()) break;
+    auto r = electionHttp_->perform(
+        {"DELETE", fmt::format("/api/v1/namespaces/{}/configmaps/{}", urlEncode(opts_.ns),
+                               urlEncode(name)),
+         "", "", std::chrono::seconds(10)});
+    if (!r) {
+      spdlog::warn("delete stale bucket table {}: {}", name, r.error().message);
+      break;
+    }
+    if (r->status / 100 == 2 || r->status == 404) {
+      ++deleted;
+      spdlog::info("deleted stale bucket table ConfigMap {}/{}", opts_.ns, name);
+    } else {
+      spdlog::warn("delete stale bucket table {}: HTTP {}: {}", name, r->status,
+                   statusMessage(r->body));
+    }
+  }
+  return deleted;
 }
 
 }  // namespace kst::k8s

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+
 namespace kst::k8s {
 
 const char* watchEventTypeName(WatchEventType t) {
@@ -323,7 +325,7 @@ ListWatch::Outcome ListWatch::watch() {
         std::string reason = o.contains("reason") && o["reason"].is_string()
                                  ? o["reason"].get<std::string>()
                                  : "";
-        problem = statusMessage(o.dump());
+        problem = statusMessage(o.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
         if (code == 410 || reason == "Expired" || reason == "Gone") outcome = Outcome::Gone;
         else outcome = Outcome::Error;
         break;
@@ -379,6 +381,12 @@ ListWatch::Outcome ListWatch::watch() {
 }
 
 void ListWatch::run() {
+  // An exception (one object the decoders did not expect) costs a relist, not the daemon.
+  keepRunning(
+      "kubernetes", [&] { loop(); }, [&] { return stop_.load(); }, opts_.backoffInitial);
+}
+
+void ListWatch::loop() {
   bool needList = true;
   int goneInRow = 0;
   while (!stop_) {
