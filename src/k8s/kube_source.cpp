@@ -262,7 +262,7 @@ class KubeSource::TableHandler : public ListWatchHandler {
     auto name = nameOf(obj);
     if (name.empty()) return;
     auto t = decoded(name, obj);
-    stagingNames_[name] = t;
+    stagingNames_[name] = {rvOf(obj), t};
     if (t) staging_.insert_or_assign(t->service, std::move(*t));
   }
   void endList(const std::string&) override {
@@ -291,14 +291,14 @@ class KubeSource::TableHandler : public ListWatchHandler {
       auto& known = src_.tableConfigMaps_;
       // What this ConfigMap gave before goes, what it gives now comes.
       if (auto it = known.find(name); it != known.end()) {
-        if (it->second)
-          changed |= put(src_.tables_, it->second->service, std::nullopt, src_.pending_.tables,
-                         src_.base_.tables);
+        if (it->second.table)
+          changed |= put(src_.tables_, it->second.table->service, std::nullopt,
+                         src_.pending_.tables, src_.base_.tables);
         known.erase(it);
       }
       if (type != WatchEventType::Deleted) {
         auto t = decoded(name, obj);
-        known[name] = t;
+        known[name] = {rvOf(obj), t};
         if (t) {
           ObjectKey svc = t->service;
           changed |= put(src_.tables_, svc, std::move(*t), src_.pending_.tables, src_.base_.tables);
@@ -331,7 +331,7 @@ class KubeSource::TableHandler : public ListWatchHandler {
   bool listed_ = false;
   int lists_ = 0;
   std::map<ObjectKey, PublishedTableObject> staging_;
-  std::map<std::string, std::optional<PublishedTableObject>> stagingNames_;
+  std::map<std::string, TableConfigMap> stagingNames_;
   std::set<std::string> reported_;
 };
 
@@ -367,18 +367,15 @@ ListWatch::Stats KubeSource::stats(const std::string& resource) const {
   return {};
 }
 
-std::vector<std::string> KubeSource::staleTables() const {
-  std::vector<std::string> out;
+std::vector<StaleTable> KubeSource::staleTables() const {
+  std::vector<StaleTable> out;
   if (!synced_) return out;
   std::lock_guard lk(mu_);
-  for (const auto& [name, t] : tableConfigMaps_) {
-    if (!t) {
-      out.push_back(name);
-      continue;
-    }
-    auto svc = services_.find(t->service);
-    if (svc == services_.end() || (!t->uid.empty() && t->uid != svc->second.uid))
-      out.push_back(name);
+  for (const auto& [name, cm] : tableConfigMaps_) {
+    const auto& t = cm.table;
+    auto svc = t ? services_.find(t->service) : services_.end();
+    if (!t || svc == services_.end() || (!t->uid.empty() && t->uid != svc->second.uid))
+      out.push_back({name, cm.resourceVersion});
   }
   return out;
 }

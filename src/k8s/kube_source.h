@@ -26,6 +26,13 @@ namespace kst::k8s {
 
 using TransportFactory = std::function<Result<std::unique_ptr<HttpTransport>>()>;
 
+/** A bucket table ConfigMap to delete, at the version that was judged stale. */
+struct StaleTable {
+  std::string name;
+  std::string resourceVersion;
+  bool operator==(const StaleTable&) const = default;
+};
+
 struct KubeSourceOptions {
   bool router = true;
   bool agent = true;
@@ -72,7 +79,7 @@ class KubeSource : public Source {
   /** Bucket table ConfigMaps to delete: whose Service is gone (or was created again: another
    *  uid), that cannot be decoded, or that are not named for their Service. Empty until
    *  synced (a Service not listed yet is not gone). */
-  std::vector<std::string> staleTables() const;
+  std::vector<StaleTable> staleTables() const;
 
  private:
   class Handler;
@@ -92,8 +99,13 @@ class KubeSource : public Source {
   std::map<ObjectKey, ServiceObject> services_;
   std::map<ObjectKey, EndpointSliceObject> slices_;
   std::map<ObjectKey, PublishedTableObject> tables_;  // by Service
-  // Every bucket table ConfigMap by name: the Service it names, nullopt when it cannot be used.
-  std::map<std::string, std::optional<PublishedTableObject>> tableConfigMaps_;
+  // Every bucket table ConfigMap by name: its resourceVersion and the Service it names (nullopt
+  // when it cannot be used).
+  struct TableConfigMap {
+    std::string resourceVersion;
+    std::optional<PublishedTableObject> table;
+  };
+  std::map<std::string, TableConfigMap> tableConfigMaps_;
   ObjectChanges pending_;  // since the last delivery
   ObjectChanges base_;     // the delivered versions of the objects in pending_
   bool dirty_ = false;

@@ -201,12 +201,16 @@ Status KubePublisher::publish(const ObjectKey& service, const std::string& table
 int KubePublisher::deleteStale() {
   if (!opts_.staleTables || !electionHttp_) return 0;
   int deleted = 0;
-  for (const auto& name : opts_.staleTables()) {
+  for (const auto& [name, rv] : opts_.staleTables()) {
     if (!isLeader()) break;
+    // Only the version judged stale: if the table was published again meanwhile (a Service
+    // created again under the same name), the API server answers 409 and it stays.
+    nlohmann::json options = {{"apiVersion", "v1"}, {"kind", "DeleteOptions"}};
+    if (!rv.empty()) options["preconditions"] = {{"resourceVersion", rv}};
     auto r = electionHttp_->perform(
         {"DELETE", fmt::format("/api/v1/namespaces/{}/configmaps/{}", urlEncode(opts_.ns),
                                urlEncode(name)),
-         "", "", std::chrono::seconds(10)});
+         options.dump(), "application/json", std::chrono::seconds(10)});
     if (!r) {
       spdlog::warn("delete stale bucket table {}: {}", name, r.error().message);
       break;
@@ -214,6 +218,8 @@ int KubePublisher::deleteStale() {
     if (r->status / 100 == 2 || r->status == 404) {
       ++deleted;
       spdlog::info("deleted stale bucket table ConfigMap {}/{}", opts_.ns, name);
+    } else if (r->status == 409) {
+      spdlog::debug("stale bucket table {} changed meanwhile; kept", name);
     } else {
       spdlog::warn("delete stale bucket table {}: HTTP {}: {}", name, r->status,
                    statusMessage(r->body));

@@ -37,7 +37,7 @@ struct PublisherOptions {
   std::function<std::optional<std::string>(const ObjectKey&)> uidOf;
   /** ConfigMaps to delete (KubeSource::staleTables()); asked each election round while this
    *  router leads. */
-  std::function<std::vector<std::string>()> staleTables;
+  std::function<std::vector<StaleTable>()> staleTables;
 };
 
 class KubePublisher : public DecisionPublisher {

@@ -72,7 +72,6 @@ Result<std::vector<nlohmann::json>> yamlDocuments(std::string_view text, const Y
   };
   std::map<std::string, Anchored> anchors;  // of the current document
   size_t produced = 0;
-  bool inDoc = false;
   nlohmann::json root;
   bool haveRoot = false;
 
@@ -120,14 +119,12 @@ Result<std::vector<nlohmann::json>> yamlDocuments(std::string_view text, const Y
     switch (e.type) {
       case YAML_STREAM_END_EVENT: return docs;
       case YAML_DOCUMENT_START_EVENT:
-        inDoc = true;
         haveRoot = false;
         root = nullptr;
         anchors.clear();
         break;
       case YAML_DOCUMENT_END_EVENT:
         docs.push_back(haveRoot ? std::move(root) : nlohmann::json());
-        inDoc = false;
         break;
       case YAML_SEQUENCE_START_EVENT:
       case YAML_MAPPING_START_EVENT: {
@@ -175,7 +172,6 @@ Result<std::vector<nlohmann::json>> yamlDocuments(std::string_view text, const Y
       }
       default: break;
     }
-    (void)inDoc;
   }
 }
 
