@@ -13,7 +13,7 @@ KST_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iputils-ping procps curl ca-certificates
   qemu-system-x86 busybox-static xz-utils
-  clang-16 libfuzzer-16-dev
+  clang-16 libfuzzer-16-dev libclang-rt-16-dev
 )
 
 kst_install_deps() {

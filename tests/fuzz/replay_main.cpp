@@ -1,9 +1,12 @@
 // Runs a libFuzzer target over files (a regression corpus) without libFuzzer, so the main
 // (g++) build checks every committed input on every test run: a crash ends the process (the
-// test fails), and an input that takes longer than KST_FUZZ_INPUT_TIMEOUT seconds (default 10)
-// is reported as a hang and fails the test.
+// test fails), an input that takes longer than KST_FUZZ_INPUT_TIMEOUT seconds (default 3; the
+// slowest committed input takes well under 0.5 s) is reported as a hang and fails the test, and
+// the address space is limited to KST_FUZZ_MEMORY_MB (default 2048) so that a blow-up fails
+// (std::bad_alloc) instead of swapping the machine.
 #include <dirent.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,8 +57,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "replay: no inputs\n");
     return 2;
   }
-  int timeout = 10;
+  int timeout = 3;
   if (const char* t = std::getenv("KST_FUZZ_INPUT_TIMEOUT")) timeout = std::atoi(t);
+  long memoryMb = 2048;
+  if (const char* m = std::getenv("KST_FUZZ_MEMORY_MB")) memoryMb = std::atol(m);
+  rlimit as{rlim_t(memoryMb) << 20, rlim_t(memoryMb) << 20};
+  setrlimit(RLIMIT_AS, &as);
   signal(SIGALRM, onAlarm);
   for (const auto& f : files) {
     std::ifstream in(f, std::ios::binary);
