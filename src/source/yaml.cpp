@@ -71,7 +71,7 @@ Result<std::vector<nlohmann::json>> yamlDocuments(std::string_view text, const Y
     size_t values;
   };
   std::map<std::string, Anchored> anchors;  // of the current document
-  size_t produced = 0;
+  size_t produced = 0, aliased = 0;
   nlohmann::json root;
   bool haveRoot = false;
 
@@ -163,6 +163,10 @@ Result<std::vector<nlohmann::json>> yamlDocuments(std::string_view text, const Y
                                           e.start_mark.line + 1));
         // Every copy counts: aliases of aliases cannot multiply past the limit.
         produced += it->second.values;
+        aliased += it->second.values;
+        if (aliased > limits.maxAliasValues)
+          return fail(EINVAL, fmt::format("YAML: more than {} values from aliases expanded",
+                                          limits.maxAliasValues));
         if (produced > limits.maxValues)
           return fail(EINVAL, fmt::format("YAML: more than {} values (aliases expanded)",
                                           limits.maxValues));

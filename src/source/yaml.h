@@ -18,6 +18,7 @@ namespace kst {
 struct YamlLimits {
   size_t maxDepth = 100;          // nested sequences/mappings
   size_t maxValues = size_t(1) << 20;  // JSON values produced, over all documents
+  size_t maxAliasValues = 100000;      // of those, produced by expanding aliases
 };
 
 /** One JSON value per document (an empty document is null). Errors: "YAML error at line N: …"

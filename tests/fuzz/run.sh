@@ -29,13 +29,13 @@ for t in "${TARGETS[@]}"; do
     "$work" "$ROOT/tests/fuzz/corpus/$t" >"$log" 2>&1
   r=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
+  cov=$(grep -aoE 'cov: [0-9]+' "$log" | tail -1)
   if [ $r -eq 0 ]; then
     echo "fuzz $t: ${execs:-?} executions in ${SECS} s, ${cov:-cov: ?}, no findings"
   else
     rc=1
     echo "fuzz $t: FINDING after ${execs:-?} executions (exit $r); reproducer in $findings/"
-    grep -E "^==[0-9]+==ERROR|SUMMARY|ALARM|Test unit written" "$log" | head -5
+    grep -aE "^==[0-9]+==ERROR|SUMMARY|ALARM|Test unit written" "$log" | head -5
   fi
 done
 exit $rc
