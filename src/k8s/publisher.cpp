@@ -1,5 +1,7 @@
 #include "k8s/publisher.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <ctime>
 
 #include <fmt/format.h>
@@ -100,11 +102,21 @@ bool KubePublisher::tryAcquireOrRenew() {
     return false;
   }
   lease = nlohmann::json::parse(got->body, nullptr, false);
-  if (lease.is_discarded() || !lease.contains("spec")) return false;
+  if (!lease.is_object() || !lease.contains("spec") || !lease["spec"].is_object()) return false;
   auto& spec = lease["spec"];
-  std::string holder = spec.value("holderIdentity", "");
-  std::string renew = spec.value("renewTime", "");
-  int64_t duration = spec.value("leaseDurationSeconds", opts_.leaseDuration.count());
+  // Typed reads only (value() throws on a field of another type).
+  auto text = [&](const char* k) {
+    auto it = spec.find(k);
+    return it != spec.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  auto number = [&](const char* k, int64_t dflt) {
+    auto it = spec.find(k);
+    return it != spec.end() && it->is_number_integer() ? it->get<int64_t>() : dflt;
+  };
+  std::string holder = text("holderIdentity");
+  std::string renew = text("renewTime");
+  int64_t duration = std::clamp<int64_t>(number("leaseDurationSeconds", opts_.leaseDuration.count()),
+                                         1, 3600);
   if (holder != observedHolder_ || renew != observedRenew_) {
     observedHolder_ = holder;
     observedRenew_ = renew;
@@ -121,7 +133,7 @@ bool KubePublisher::tryAcquireOrRenew() {
   spec["renewTime"] = now;
   if (!mine) {
     spec["acquireTime"] = now;
-    spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + 1;
+    spec["leaseTransitions"] = std::clamp<int64_t>(number("leaseTransitions", 0), 0, INT32_MAX - 1) + 1;
   }
   // resourceVersion stays in metadata: a concurrent writer makes this PUT fail with 409.
   auto r = electionHttp_->perform({"PUT", path, lease.dump(), "application/json",

@@ -91,6 +91,23 @@ TEST_F(PublisherTest, ALostRaceIsNotLeadership) {
   EXPECT_FALSE(pub.isLeader());
 }
 
+// The Lease is read as untrusted too: wrongly typed fields are absent, never an exception.
+TEST_F(PublisherTest, AWronglyTypedLeaseIsNotAnException) {
+  auto bad = nlohmann::json::parse(lease("router-b", "x"));
+  bad["spec"]["holderIdentity"] = 5;
+  bad["spec"]["leaseDurationSeconds"] = "15";
+  bad["spec"]["leaseTransitions"] = nlohmann::json::array();
+  api.push(kLease + "/", {200, bad.dump()});
+  api.push(kLease + "/", {200, "{}"});
+  bool led = false;
+  EXPECT_NO_THROW(led = pub.tryAcquireOrRenew());
+  EXPECT_TRUE(led) << "no holder: free to take";
+  EXPECT_EQ(nlohmann::json::parse(writes().at(0).body)["spec"]["leaseTransitions"], 1);
+  api.push(kLease + "/", {200, R"({"spec":"x"})"});
+  EXPECT_NO_THROW(led = pub.tryAcquireOrRenew());
+  EXPECT_FALSE(led);
+}
+
 TEST_F(PublisherTest, RenewsItsOwnLease) {
   api.push(kLease + "/", {200, lease("router-a", "2026-11-28T03:00:00.000000Z")});
   api.push(kLease + "/", {200, "{}"});
