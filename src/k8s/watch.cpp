@@ -243,7 +243,13 @@ ListWatch::Outcome ListWatch::list() {
     ++pages;
     if (j.contains("items") && j["items"].is_array())
       for (const auto& item : j["items"]) {
-        handler_.listItem(item);
+        // One object the decoders did not expect costs that object only (not the list: a
+        // relist would meet it again).
+        try {
+          handler_.listItem(item);
+        } catch (const std::exception& e) {
+          spdlog::error("kubernetes: {}: list item skipped: {}", spec_.name, e.what());
+        }
         ++items;
       }
     const auto& m = j["metadata"];
@@ -305,7 +311,12 @@ ListWatch::Outcome ListWatch::watch() {
       case WatchEventType::Added:
       case WatchEventType::Modified:
       case WatchEventType::Deleted: {
-        handler_.event(r->type, r->object);
+        try {
+          handler_.event(r->type, r->object);
+        } catch (const std::exception& e) {
+          spdlog::error("kubernetes: {}: {} event skipped: {}", spec_.name,
+                        watchEventTypeName(r->type), e.what());
+        }
         std::string erv = r->resourceVersion();
         std::lock_guard lk(mu_);
         if (!erv.empty()) rv_ = erv;

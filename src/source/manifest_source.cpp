@@ -30,7 +30,11 @@ Result<ClusterObjects> parseManifestText(const std::string& text, const std::str
     if (j.is_null()) continue;
     std::vector<std::string> items;
     // One bad document (or List item) costs that object only; the rest of the file applies.
-    if (auto s = addObject(j, objs, &items); !s) items.push_back(s.error().message);
+    try {
+      if (auto s = addObject(j, objs, &items); !s) items.push_back(s.error().message);
+    } catch (const std::exception& e) {  // not expected; still only this document
+      items.push_back(e.what());
+    }
     if (skipped)
       for (auto& m : items) skipped->push_back(fmt::format("{} document {}: {}", fileName, i + 1, m));
   }
