@@ -168,10 +168,12 @@ void addRunFlags(CLI::App* run, Flags& f) {
       ->check(CLI::Range(size_t(1), size_t(4096)));
   run->add_option("--publish-decisions", f.publish,
                   "Router with the Kubernetes source: take part in the Lease election and, as the "
-                  "elected writer, publish each Service's bucket table in its annotation")
+                  "elected writer, publish each Service's bucket table in a ConfigMap of "
+                  "--namespace")
       ->envname("TUNNEL_PUBLISH_DECISIONS");
-  run->add_option("--lease-namespace", f.leaseNamespace,
-                  "Namespace of the publisher Lease (kube-service-tunnel-publisher)")
+  run->add_option("--namespace,--lease-namespace", f.leaseNamespace,
+                  "The daemon's own namespace: the publisher Lease (kube-service-tunnel-publisher) "
+                  "and the bucket table ConfigMaps (only the tunnel tier can write there)")
       ->envname("POD_NAMESPACE");
   run->add_option("--health-port", f.healthPort,
                   "Serve /healthz and /readyz on this TCP port (0 = off)")
@@ -276,7 +278,9 @@ std::expected<Sources, int> openSources(const Flags& f, bool router, bool agent)
   ko.router = router;
   ko.agent = agent;
   ko.nodeName = f.nodeName;
-  ko.keepAnnotations = {f.annotation, kst::ModelOptions{}.publishedAnnotation};
+  ko.keepAnnotations = {f.annotation};
+  // Routers follow the published tables (agents do not plan buckets).
+  if (router) ko.tablesNamespace = f.leaseNamespace;
   ko.listWatch.maxResponseBytes = f.apiMaxResponseMiB << 20;
   auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
   s.kube = ks.get();
@@ -295,9 +299,10 @@ std::expected<Sources, int> openSources(const Flags& f, bool router, bool agent)
   s.events = std::make_unique<kst::k8s::KubeEventSink>(std::move(*t), eo);
   if (f.publish) {
     kst::k8s::PublisherOptions po;
-    po.leaseNamespace = f.leaseNamespace;
+    po.ns = f.leaseNamespace;
     po.identity = f.nodeName.empty() ? eo.reportingInstance : f.nodeName;
-    po.annotation = kst::ModelOptions{}.publishedAnnotation;
+    po.uidOf = [kube = s.kube](const kst::ObjectKey& k) { return kube->serviceUid(k); };
+    po.staleTables = [kube = s.kube] { return kube->staleTables(); };
     s.publisher = std::make_unique<kst::k8s::KubePublisher>(factory, po);
     s.publisher->start();
   }

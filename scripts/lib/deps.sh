@@ -9,10 +9,11 @@ BUILD_DIR=${BUILD_DIR:-$KST_ROOT/build}
 KST_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libmnl-dev libnftables-dev nftables libcurl4-openssl-dev libssl-dev openssl
-  nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
+  nlohmann-json3-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iputils-ping procps curl ca-certificates bird2 frr
   qemu-system-x86 busybox-static xz-utils
+  clang-16 libfuzzer-16-dev libclang-rt-16-dev
 )
 
 kst_install_deps() {

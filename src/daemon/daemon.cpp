@@ -135,10 +135,17 @@ int Daemon::run() {
     auto now = std::chrono::steady_clock::now();
     if (!changes.empty()) {
       // Only the objects that changed are looked at (model.h ModelBuilder).
-      auto vips = builder_.apply(std::move(changes));
-      routerChanged_.merge(vips);
+      try {
+        auto vips = builder_.apply(std::move(changes));
+        routerChanged_.merge(vips);
+        synced = true;
+      } catch (const std::exception& e) {
+        // Never expected (the sources deliver decoded values); if it happens the daemon keeps
+        // its state and the next resync re-reads the kernel rather than ending.
+        spdlog::error("model update failed: {}", e.what());
+        if (router_) router_->resyncNextPass();
+      }
       changes = {};
-      synced = true;
     }
     if (!synced) continue;  // resync before the first delivery
     if (now >= nextResync) {
@@ -146,7 +153,13 @@ int Daemon::run() {
       if (router_) router_->resyncNextPass();
       if (announcer_) announcer_->resyncNextPass();
     }
-    bool ok = pass(now);
+    bool ok = false;
+    try {
+      ok = pass(now);
+    } catch (const std::exception& e) {  // a failed pass: retried with backoff, never fatal
+      spdlog::error("reconcile pass failed: {}", e.what());
+      if (router_) router_->resyncNextPass();
+    }
     lastOk_ = ok;
     ++passes_;
     if (opts_.once) {

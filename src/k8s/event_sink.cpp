@@ -164,7 +164,9 @@ KubeEventSink::Outcome KubeEventSink::post(const Item& item) {
   req.method = "POST";
   req.path = eventPath(p);
   req.contentType = "application/json";
-  req.body = buildEvent(p, uid, opts_, item.at).dump();
+  // replace: a note cut at 1 kB may end inside a UTF-8 sequence (dump() would throw).
+  req.body = buildEvent(p, uid, opts_, item.at)
+                 .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   req.timeout = std::chrono::seconds(15);
   auto r = http_->perform(req);
   std::string why;
@@ -215,7 +217,13 @@ void KubeEventSink::run() {
       inFlight_ = keyOf(item.problem);
       inFlightResolved_ = false;
     }
-    Outcome out = post(item);
+    Outcome out = Outcome::Failed;
+    try {
+      out = post(item);
+    } catch (const std::exception& e) {  // this Event only; the others still go
+      spdlog::error("kubernetes: Event {} on Service {} dropped: {}", problemReason(item.problem.kind),
+                    item.problem.object.str(), e.what());
+    }
     {
       std::lock_guard lk(mu_);
       busy_ = false;

@@ -25,9 +25,13 @@ std::string urlEncode(std::string_view s) {
 
 std::string statusMessage(const std::string& body) {
   auto j = nlohmann::json::parse(body, nullptr, false);
-  if (j.is_object() && j.value("kind", "") == "Status") {
-    std::string reason = j.contains("reason") && j["reason"].is_string() ? j["reason"].get<std::string>() : "";
-    std::string msg = j.contains("message") && j["message"].is_string() ? j["message"].get<std::string>() : "";
+  // Any field may have any type (the body is whatever answered): look, never convert.
+  auto text = [&](const char* key) -> std::string {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>().substr(0, 512) : "";
+  };
+  if (j.is_object() && text("kind") == "Status") {
+    std::string reason = text("reason"), msg = text("message");
     return reason.empty() ? msg : reason + ": " + msg;
   }
   std::string b = body.substr(0, 200);

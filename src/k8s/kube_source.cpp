@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+#include "desired/published.h"
 #include "source/decode.h"
 
 namespace kst::k8s {
@@ -31,6 +33,16 @@ Result<std::optional<EndpointSliceObject>> cacheSlice(const nlohmann::json& j,
     if (e->endpoints.empty()) return std::nullopt;
   }
   return std::optional<EndpointSliceObject>(std::move(*e));
+}
+
+Result<PublishedTableObject> cacheTable(const nlohmann::json& j) {
+  auto t = decodeTableConfigMap(j);
+  if (!t) return t;
+  const auto& name = j["metadata"]["name"];  // decodeTableConfigMap checked it is a string
+  if (name.get<std::string>() != publishedConfigMapName(t->service.ns, t->service.name))
+    return fail(fmt::format("ConfigMap {} is not the one named for Service {}",
+                            name.get<std::string>(), t->service.str()));
+  return t;
 }
 
 namespace {
@@ -237,6 +249,92 @@ class KubeSource::Handler : public ListWatchHandler {
   std::set<std::string> reported_;
 };
 
+/** The bucket table ConfigMaps of the daemon's namespace, joined to Services by the model
+ *  (model.h): the cache is keyed by the Service each one names. */
+class KubeSource::TableHandler : public ListWatchHandler {
+ public:
+  explicit TableHandler(KubeSource& src) : src_(src) {}
+  void beginList() override {
+    staging_.clear();
+    stagingNames_.clear();
+  }
+  void listItem(const nlohmann::json& obj) override {
+    auto name = nameOf(obj);
+    if (name.empty()) return;
+    auto t = decoded(name, obj);
+    stagingNames_[name] = {rvOf(obj), t};
+    if (t) staging_.insert_or_assign(t->service, std::move(*t));
+  }
+  void endList(const std::string&) override {
+    bool changed;
+    {
+      std::lock_guard lk(src_.mu_);
+      changed = diffInto(src_.tables_, staging_, src_.pending_.tables, src_.base_.tables);
+      src_.tables_.swap(staging_);
+      src_.tableConfigMaps_.swap(stagingNames_);
+      listed_ = true;
+    }
+    staging_.clear();
+    stagingNames_.clear();
+    if (changed || ++lists_ == 1) src_.markDirty();
+  }
+  void abortList() override {
+    staging_.clear();
+    stagingNames_.clear();
+  }
+  void event(WatchEventType type, const nlohmann::json& obj) override {
+    auto name = nameOf(obj);
+    if (name.empty()) return;
+    bool changed = false;
+    {
+      std::lock_guard lk(src_.mu_);
+      auto& known = src_.tableConfigMaps_;
+      // What this ConfigMap gave before goes, what it gives now comes.
+      if (auto it = known.find(name); it != known.end()) {
+        if (it->second.table)
+          changed |= put(src_.tables_, it->second.table->service, std::nullopt,
+                         src_.pending_.tables, src_.base_.tables);
+        known.erase(it);
+      }
+      if (type != WatchEventType::Deleted) {
+        auto t = decoded(name, obj);
+        known[name] = {rvOf(obj), t};
+        if (t) {
+          ObjectKey svc = t->service;
+          changed |= put(src_.tables_, svc, std::move(*t), src_.pending_.tables, src_.base_.tables);
+        }
+      }
+    }
+    if (changed) src_.markDirty();
+  }
+  /** Caller holds the source's mutex. */
+  bool listedUnlocked() const { return listed_; }
+
+ private:
+  static std::string nameOf(const nlohmann::json& obj) {
+    auto key = keyOf(obj);
+    return key ? key->name : std::string();
+  }
+  std::optional<PublishedTableObject> decoded(const std::string& name, const nlohmann::json& obj) {
+    auto t = cacheTable(obj);
+    if (!t) {
+      if (reported_.insert(name + "@" + rvOf(obj)).second) {
+        if (reported_.size() > 10000) reported_.clear();
+        spdlog::warn("kubernetes: bucket table {}: {}; ignored (the elected router deletes it)",
+                     name, t.error().message);
+      }
+      return std::nullopt;
+    }
+    return std::move(*t);
+  }
+  KubeSource& src_;
+  bool listed_ = false;
+  int lists_ = 0;
+  std::map<ObjectKey, PublishedTableObject> staging_;
+  std::map<std::string, TableConfigMap> stagingNames_;
+  std::set<std::string> reported_;
+};
+
 KubeSource::KubeSource(TransportFactory makeTransport, KubeSourceOptions opts)
     : make_(std::move(makeTransport)), opts_(std::move(opts)) {
   name_ = "kubernetes";
@@ -259,13 +357,27 @@ std::optional<std::string> KubeSource::serviceUid(const ObjectKey& key) const {
 
 ClusterObjects KubeSource::current() const {
   std::lock_guard lk(mu_);
-  return ClusterObjects{services_, slices_};
+  return ClusterObjects{services_, slices_, tables_};
 }
 
 ListWatch::Stats KubeSource::stats(const std::string& resource) const {
   if (resource == "services" && svcWatch_) return svcWatch_->stats();
   if (resource == "endpointslices" && sliceWatch_) return sliceWatch_->stats();
+  if (resource == "configmaps" && tableWatch_) return tableWatch_->stats();
   return {};
+}
+
+std::vector<StaleTable> KubeSource::staleTables() const {
+  std::vector<StaleTable> out;
+  if (!synced_) return out;
+  std::lock_guard lk(mu_);
+  for (const auto& [name, cm] : tableConfigMaps_) {
+    const auto& t = cm.table;
+    auto svc = t ? services_.find(t->service) : services_.end();
+    if (!t || svc == services_.end() || (!t->uid.empty() && t->uid != svc->second.uid))
+      out.push_back({name, cm.resourceVersion});
+  }
+  return out;
 }
 
 Status KubeSource::start(Callback cb) {
@@ -287,11 +399,33 @@ Status KubeSource::start(Callback cb) {
   spdlog::info("kubernetes: watching Services and EndpointSlices at {} ({}){}",
                transports_[0]->server(), opts_.router ? "all endpoints" : "this node's endpoints",
                opts_.agent && !opts_.router ? " for node " + opts_.nodeName : "");
+  if (!opts_.tablesNamespace.empty()) {
+    auto t = make_();
+    if (!t) return std::unexpected(t.error().wrap("kubernetes client"));
+    transports_.push_back(std::move(*t));
+    tableHandler_ = std::make_unique<TableHandler>(*this);
+    tableWatch_ = std::make_unique<ListWatch>(
+        ResourceSpec{"configmaps",
+                     fmt::format("/api/v1/namespaces/{}/configmaps", urlEncode(opts_.tablesNamespace)),
+                     fmt::format("{}={}", kManagedByLabel, kManagedByValue), ""},
+        *transports_.back(), *tableHandler_, opts_.listWatch, opts_.sleeper);
+    spdlog::info("kubernetes: watching bucket table ConfigMaps in namespace {}",
+                 opts_.tablesNamespace);
+    threads_.emplace_back([this] { tableWatch_->run(); });
+  }
   threads_.emplace_back([this] { svcWatch_->run(); });
   threads_.emplace_back([this] { sliceWatch_->run(); });
-  threads_.emplace_back([this] { publisher(); });
+  auto stopping = [this] {
+    std::lock_guard lk(mu_);
+    return stopping_;
+  };
+  threads_.emplace_back([this, stopping] {
+    keepRunning("kubernetes: delivery", [this] { publisher(); }, stopping);
+  });
   if (opts_.checkNode && opts_.agent && !opts_.nodeName.empty())
-    threads_.emplace_back([this] { checkNode(); });
+    threads_.emplace_back([this, stopping] {
+      keepRunning("kubernetes: Node check", [this] { checkNode(); }, stopping);
+    });
   return {};
 }
 
@@ -303,6 +437,7 @@ void KubeSource::stop() {
   }
   if (svcWatch_) svcWatch_->stop();
   if (sliceWatch_) sliceWatch_->stop();
+  if (tableWatch_) tableWatch_->stop();
   if (transports_.size() > 2) transports_[2]->shutdown();
   for (auto& t : threads_)
     if (t.joinable()) t.join();
@@ -337,7 +472,8 @@ void KubeSource::publisher() {
     {
       std::unique_lock lk(mu_);
       cv_.wait(lk, [&] {
-        return stopping_ || (dirty_ && svcHandler_->listedUnlocked() && sliceHandler_->listedUnlocked());
+        return stopping_ || (dirty_ && svcHandler_->listedUnlocked() && sliceHandler_->listedUnlocked() &&
+                             (!tableHandler_ || tableHandler_->listedUnlocked()));
       });
       if (stopping_) return;
       // Optional window: changes arriving during it go into the same delivery. Without one
@@ -348,10 +484,11 @@ void KubeSource::publisher() {
       dirty_ = false;
       first = !synced_;
       if (first) {
-        out = ObjectChanges::all(ClusterObjects{services_, slices_});
+        out = ObjectChanges::all(ClusterObjects{services_, slices_, tables_});
       } else {
         dropUndone(pending_.services, base_.services);
         dropUndone(pending_.slices, base_.slices);
+        dropUndone(pending_.tables, base_.tables);
         out = std::move(pending_);
       }
       pending_ = {};

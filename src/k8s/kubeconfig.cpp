@@ -12,7 +12,9 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
+
+#include "source/yaml.h"
 
 namespace kst::k8s {
 
@@ -95,16 +97,25 @@ std::string resolve(const std::string& file, const std::string& origin) {
   return dirOf(origin) + "/" + file;
 }
 
-std::string scalar(const YAML::Node& n, const char* key) {
-  if (!n || !n.IsMap()) return {};
-  auto v = n[key];
-  if (!v || !v.IsScalar()) return {};
-  return v.Scalar();
+/** A scalar field as text (YAML typed `true` or `443` as bool/number; kubeconfig reads them as
+ *  text), "" when absent or not a scalar. */
+std::string scalar(const nlohmann::json& n, const char* key) {
+  if (!n.is_object()) return {};
+  auto it = n.find(key);
+  if (it == n.end() || it->is_null() || it->is_structured()) return {};
+  if (it->is_string()) return it->get<std::string>();
+  return it->dump();
+}
+
+bool has(const nlohmann::json& n, const char* key) {
+  if (!n.is_object()) return false;
+  auto it = n.find(key);
+  return it != n.end() && !it->is_null();
 }
 
 // One named entry (cluster, user or context) with the file that defined it.
 struct Entry {
-  YAML::Node body;
+  nlohmann::json body;
   std::string file;
 };
 
@@ -145,42 +156,36 @@ Result<ClientConfig> parseKubeconfig(const std::vector<KubeconfigFile>& files,
   std::map<std::string, Entry> clusters, users, contexts;
   std::string current;
   for (const auto& f : files) {
-    YAML::Node doc;
-    try {
-      doc = YAML::Load(f.text);
-    } catch (const YAML::Exception& e) {
-      return fail(EINVAL, fmt::format("kubeconfig {}: YAML error at line {}: {}", f.path,
-                                      e.mark.line + 1, e.msg));
-    }
-    if (!doc || doc.IsNull()) continue;  // an empty file is allowed (kubectl too)
-    if (!doc.IsMap()) return fail(EINVAL, fmt::format("kubeconfig {}: not a mapping", f.path));
+    if (f.text.size() > kMaxKubeconfigBytes)
+      return fail(EFBIG, fmt::format("kubeconfig {}: larger than {} bytes", f.path,
+                                     kMaxKubeconfigBytes));
+    auto docs = yamlDocuments(f.text);
+    if (!docs) return fail(EINVAL, fmt::format("kubeconfig {}: {}", f.path, docs.error().message));
+    if (docs->empty() || docs->front().is_null()) continue;  // an empty file is allowed (kubectl too)
+    const nlohmann::json& doc = docs->front();
+    if (!doc.is_object()) return fail(EINVAL, fmt::format("kubeconfig {}: not a mapping", f.path));
     auto collect = [&](const char* listKey, const char* bodyKey,
                        std::map<std::string, Entry>& into) -> Status {
-      auto list = doc[listKey];
-      if (!list || list.IsNull()) return {};
-      if (!list.IsSequence())
+      if (!has(doc, listKey)) return {};
+      const auto& list = doc[listKey];
+      if (!list.is_array())
         return fail(EINVAL, fmt::format("kubeconfig {}: {} is not a list", f.path, listKey));
       for (const auto& item : list) {
         std::string name = scalar(item, "name");
         if (name.empty())
           return fail(EINVAL, fmt::format("kubeconfig {}: an entry of {} has no name", f.path,
                                           listKey));
-        auto body = item[bodyKey];
-        if (!body || !body.IsMap())
+        if (!item.is_object() || !item.contains(bodyKey) || !item[bodyKey].is_object())
           return fail(EINVAL, fmt::format("kubeconfig {}: {} {:?} has no {} mapping", f.path,
                                           listKey, name, bodyKey));
-        into.try_emplace(name, Entry{body, f.path});  // first definition wins
+        into.try_emplace(name, Entry{item[bodyKey], f.path});  // first definition wins
       }
       return {};
     };
-    try {
-      if (auto s = collect("clusters", "cluster", clusters); !s) return std::unexpected(s.error());
-      if (auto s = collect("users", "user", users); !s) return std::unexpected(s.error());
-      if (auto s = collect("contexts", "context", contexts); !s) return std::unexpected(s.error());
-      if (current.empty()) current = scalar(doc, "current-context");
-    } catch (const YAML::Exception& e) {
-      return fail(EINVAL, fmt::format("kubeconfig {}: {}", f.path, e.msg));
-    }
+    if (auto s = collect("clusters", "cluster", clusters); !s) return std::unexpected(s.error());
+    if (auto s = collect("users", "user", users); !s) return std::unexpected(s.error());
+    if (auto s = collect("contexts", "context", contexts); !s) return std::unexpected(s.error());
+    if (current.empty()) current = scalar(doc, "current-context");
   }
   std::string ctxName = contextOverride.empty() ? current : contextOverride;
   if (ctxName.empty()) return fail(EINVAL, "kubeconfig: no current-context and no context given");
@@ -239,12 +244,12 @@ Result<ClientConfig> parseKubeconfig(const std::vector<KubeconfigFile>& files,
                                       ctxName, userName));
     const auto& u = uIt->second.body;
     const std::string& ufile = uIt->second.file;
-    if (u["exec"])
+    if (has(u, "exec"))
       return fail(EINVAL, fmt::format("kubeconfig: user {:?} uses an exec credential plugin, "
                                       "which is not supported; use a token or a client "
                                       "certificate",
                                       userName));
-    if (u["auth-provider"])
+    if (has(u, "auth-provider"))
       return fail(EINVAL, fmt::format("kubeconfig: user {:?} uses an auth-provider, which is not "
                                       "supported",
                                       userName));

@@ -38,7 +38,10 @@ FileReader realFileReader();
  * first non-empty current-context, win. Relative paths resolve against the directory of the
  * file that names them. `context` overrides current-context.
  * Unsupported authentication (exec plugins, auth-provider, username/password) is an error.
+ * YAML is parsed with libyaml (source/yaml.h), bounded; a file over kMaxKubeconfigBytes is an
+ * error. Never throws.
  */
+inline constexpr size_t kMaxKubeconfigBytes = size_t(4) << 20;
 struct KubeconfigFile {
   std::string path;  // used for relative paths and messages
   std::string text;

@@ -1,10 +1,15 @@
 #include "k8s/publisher.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <ctime>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+
+#include "common/guard.h"
+#include "desired/published.h"
 
 namespace kst::k8s {
 
@@ -33,7 +38,12 @@ KubePublisher::KubePublisher(TransportFactory makeTransport, PublisherOptions op
 KubePublisher::~KubePublisher() { stop(); }
 
 void KubePublisher::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    keepRunning("lease", [this] { run(); }, [this] {
+      std::lock_guard lk(mu_);
+      return stopping_;
+    });
+  });
 }
 
 void KubePublisher::stop() {
@@ -61,7 +71,7 @@ bool KubePublisher::tryAcquireOrRenew() {
   }
   const auto start = std::chrono::steady_clock::now();
   const std::string path = fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}",
-                                       opts_.leaseNamespace, opts_.leaseName);
+                                       opts_.ns, opts_.leaseName);
   auto got = electionHttp_->perform({"GET", path, "", "", std::chrono::seconds(10)});
   if (!got) {
     spdlog::warn("lease {}: {}", opts_.leaseName, got.error().message);
@@ -72,7 +82,7 @@ bool KubePublisher::tryAcquireOrRenew() {
   if (got->status == 404) {
     lease = {{"apiVersion", "coordination.k8s.io/v1"},
              {"kind", "Lease"},
-             {"metadata", {{"name", opts_.leaseName}, {"namespace", opts_.leaseNamespace}}},
+             {"metadata", {{"name", opts_.leaseName}, {"namespace", opts_.ns}}},
              {"spec",
               {{"holderIdentity", opts_.identity},
                {"leaseDurationSeconds", opts_.leaseDuration.count()},
@@ -80,7 +90,7 @@ bool KubePublisher::tryAcquireOrRenew() {
                {"renewTime", now},
                {"leaseTransitions", 0}}}};
     auto r = electionHttp_->perform(
-        {"POST", fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases", opts_.leaseNamespace),
+        {"POST", fmt::format("/apis/coordination.k8s.io/v1/namespaces/{}/leases", opts_.ns),
          lease.dump(), "application/json", std::chrono::seconds(10)});
     if (!r || r->status / 100 != 2) return false;
     spdlog::info("lease {}: acquired (created) by {}", opts_.leaseName, opts_.identity);
@@ -92,11 +102,21 @@ bool KubePublisher::tryAcquireOrRenew() {
     return false;
   }
   lease = nlohmann::json::parse(got->body, nullptr, false);
-  if (lease.is_discarded() || !lease.contains("spec")) return false;
+  if (!lease.is_object() || !lease.contains("spec") || !lease["spec"].is_object()) return false;
   auto& spec = lease["spec"];
-  std::string holder = spec.value("holderIdentity", "");
-  std::string renew = spec.value("renewTime", "");
-  int64_t duration = spec.value("leaseDurationSeconds", opts_.leaseDuration.count());
+  // Typed reads only (value() throws on a field of another type).
+  auto text = [&](const char* k) {
+    auto it = spec.find(k);
+    return it != spec.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  auto number = [&](const char* k, int64_t dflt) {
+    auto it = spec.find(k);
+    return it != spec.end() && it->is_number_integer() ? it->get<int64_t>() : dflt;
+  };
+  std::string holder = text("holderIdentity");
+  std::string renew = text("renewTime");
+  int64_t duration = std::clamp<int64_t>(number("leaseDurationSeconds", opts_.leaseDuration.count()),
+                                         1, 3600);
   if (holder != observedHolder_ || renew != observedRenew_) {
     observedHolder_ = holder;
     observedRenew_ = renew;
@@ -113,7 +133,7 @@ bool KubePublisher::tryAcquireOrRenew() {
   spec["renewTime"] = now;
   if (!mine) {
     spec["acquireTime"] = now;
-    spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + 1;
+    spec["leaseTransitions"] = std::clamp<int64_t>(number("leaseTransitions", 0), 0, INT32_MAX - 1) + 1;
   }
   // resourceVersion stays in metadata: a concurrent writer makes this PUT fail with 409.
   auto r = electionHttp_->perform({"PUT", path, lease.dump(), "application/json",
@@ -148,6 +168,7 @@ void KubePublisher::run() {
       }
       if (fn) fn();
     }
+    if (now) deleteStale();
     was = now;
     std::unique_lock lk(mu_);
     if (cv_.wait_for(lk, opts_.leaseDuration / 3, [&] { return stopping_; })) return;
@@ -160,16 +181,63 @@ Status KubePublisher::publish(const ObjectKey& service, const std::string& table
     if (!t) return std::unexpected(t.error());
     patchHttp_ = std::move(*t);
   }
-  nlohmann::json patch = {{"metadata", {{"annotations", {{opts_.annotation, table}}}}}};
-  auto r = patchHttp_->perform({"PATCH",
-                                fmt::format("/api/v1/namespaces/{}/services/{}", service.ns, service.name),
-                                patch.dump(), "application/merge-patch+json",
-                                std::chrono::seconds(10)});
+  std::string uid;
+  if (opts_.uidOf)
+    if (auto u = opts_.uidOf(service)) uid = *u;
+  const std::string name = publishedConfigMapName(service.ns, service.name);
+  // The Service's namespace/name/uid are data (labels cannot hold every name); the label
+  // selects the daemon's ConfigMaps.
+  nlohmann::json cm = {
+      {"apiVersion", "v1"},
+      {"kind", "ConfigMap"},
+      {"metadata",
+       {{"name", name},
+        {"namespace", opts_.ns},
+        {"labels", {{kManagedByLabel, kManagedByValue}}}}},
+      {"data",
+       {{"namespace", service.ns}, {"name", service.name}, {"uid", uid}, {kTableKey, table}}}};
+  // Server-side apply: creates or replaces our fields in one request, whoever wrote before.
+  auto r = patchHttp_->perform(
+      {"PATCH",
+       fmt::format("/api/v1/namespaces/{}/configmaps/{}?fieldManager=kube-service-tunnel&force=true",
+                   urlEncode(opts_.ns), name),
+       cm.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+       "application/apply-patch+yaml", std::chrono::seconds(10)});
   if (!r) return std::unexpected(r.error());
   if (r->status / 100 != 2)
-    return fail(fmt::format("PATCH service {}: HTTP {}: {}", service.str(), r->status,
-                            statusMessage(r->body)));
+    return fail(fmt::format("apply ConfigMap {}/{} (bucket table of {}): HTTP {}: {}", opts_.ns,
+                            name, service.str(), r->status, statusMessage(r->body)));
   return {};
+}
+
+int KubePublisher::deleteStale() {
+  if (!opts_.staleTables || !electionHttp_) return 0;
+  int deleted = 0;
+  for (const auto& [name, rv] : opts_.staleTables()) {
+    if (!isLeader()) break;
+    // Only the version judged stale: if the table was published again meanwhile (a Service
+    // created again under the same name), the API server answers 409 and it stays.
+    nlohmann::json options = {{"apiVersion", "v1"}, {"kind", "DeleteOptions"}};
+    if (!rv.empty()) options["preconditions"] = {{"resourceVersion", rv}};
+    auto r = electionHttp_->perform(
+        {"DELETE", fmt::format("/api/v1/namespaces/{}/configmaps/{}", urlEncode(opts_.ns),
+                               urlEncode(name)),
+         options.dump(), "application/json", std::chrono::seconds(10)});
+    if (!r) {
+      spdlog::warn("delete stale bucket table {}: {}", name, r.error().message);
+      break;
+    }
+    if (r->status / 100 == 2 || r->status == 404) {
+      ++deleted;
+      spdlog::info("deleted stale bucket table ConfigMap {}/{}", opts_.ns, name);
+    } else if (r->status == 409) {
+      spdlog::debug("stale bucket table {} changed meanwhile; kept", name);
+    } else {
+      spdlog::warn("delete stale bucket table {}: HTTP {}: {}", name, r->status,
+                   statusMessage(r->body));
+    }
+  }
+  return deleted;
 }
 
 }  // namespace kst::k8s

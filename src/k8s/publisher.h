@@ -1,4 +1,6 @@
-// The elected writer of published bucket tables (desired/published.h, docs/load-balancing.md).
+// The elected writer of published bucket tables (desired/published.h, docs/load-balancing.md):
+// one ConfigMap per Service in the daemon's own namespace, written by server-side apply (creates
+// or updates in one request), and deleted once its Service is gone (KubeSource::staleTables()).
 //
 // Election: a coordination.k8s.io/v1 Lease, renewed by a background thread every
 // leaseDuration/3. Like client-go's leader election, expiry is judged by *local* observation
@@ -13,8 +15,10 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "k8s/http.h"
 #include "k8s/kube_source.h"
@@ -23,11 +27,17 @@
 namespace kst::k8s {
 
 struct PublisherOptions {
-  std::string leaseNamespace = "kube-system";
+  /** The daemon's own namespace: the Lease and the bucket table ConfigMaps. */
+  std::string ns = "kube-service-tunnel";
   std::string leaseName = "kube-service-tunnel-publisher";
   std::string identity;  // this router (node name)
   std::chrono::seconds leaseDuration{15};
-  std::string annotation = "kube-service-tunnel.cmd.nu/buckets";
+  /** metadata.uid of a Service (written with its table, so a Service created again under the
+   *  same name does not take the old table); nullopt when unknown. */
+  std::function<std::optional<std::string>(const ObjectKey&)> uidOf;
+  /** ConfigMaps to delete (KubeSource::staleTables()); asked each election round while this
+   *  router leads. */
+  std::function<std::vector<StaleTable>()> staleTables;
 };
 
 class KubePublisher : public DecisionPublisher {
@@ -39,7 +49,10 @@ class KubePublisher : public DecisionPublisher {
   bool isLeader() override;
   /** Called (from the election thread) each time this router becomes the writer. */
   void setOnAcquired(std::function<void()> fn);
+  /** Writes the Service's table ConfigMap (server-side apply). */
   Status publish(const ObjectKey& service, const std::string& table) override;
+  /** Deletes the stale table ConfigMaps (see PublisherOptions::staleTables). @return deleted. */
+  int deleteStale();
 
   /** One election round (used by the thread; public for tests). @return leader now. */
   bool tryAcquireOrRenew();

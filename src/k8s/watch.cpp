@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+
 namespace kst::k8s {
 
 const char* watchEventTypeName(WatchEventType t) {
@@ -268,7 +270,13 @@ ListWatch::Outcome ListWatch::list() {
     ++pages;
     if (j.contains("items") && j["items"].is_array())
       for (const auto& item : j["items"]) {
-        handler_.listItem(item);
+        // One object the decoders did not expect costs that object only (not the list: a
+        // relist would meet it again).
+        try {
+          handler_.listItem(item);
+        } catch (const std::exception& e) {
+          spdlog::error("kubernetes: {}: list item skipped: {}", spec_.name, e.what());
+        }
         ++items;
       }
     const auto& m = j["metadata"];
@@ -330,7 +338,12 @@ ListWatch::Outcome ListWatch::watch() {
       case WatchEventType::Added:
       case WatchEventType::Modified:
       case WatchEventType::Deleted: {
-        handler_.event(r->type, r->object);
+        try {
+          handler_.event(r->type, r->object);
+        } catch (const std::exception& e) {
+          spdlog::error("kubernetes: {}: {} event skipped: {}", spec_.name,
+                        watchEventTypeName(r->type), e.what());
+        }
         std::string erv = r->resourceVersion();
         std::lock_guard lk(mu_);
         if (!erv.empty()) rv_ = erv;
@@ -350,7 +363,7 @@ ListWatch::Outcome ListWatch::watch() {
         std::string reason = o.contains("reason") && o["reason"].is_string()
                                  ? o["reason"].get<std::string>()
                                  : "";
-        problem = statusMessage(o.dump());
+        problem = statusMessage(o.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
         if (code == 410 || reason == "Expired" || reason == "Gone") outcome = Outcome::Gone;
         else outcome = Outcome::Error;
         break;
@@ -406,6 +419,12 @@ ListWatch::Outcome ListWatch::watch() {
 }
 
 void ListWatch::run() {
+  // An exception (one object the decoders did not expect) costs a relist, not the daemon.
+  keepRunning(
+      "kubernetes", [&] { loop(); }, [&] { return stop_.load(); }, opts_.backoffInitial);
+}
+
+void ListWatch::loop() {
   bool needList = true;
   int goneInRow = 0;
   while (!stop_) {

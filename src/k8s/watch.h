@@ -131,6 +131,7 @@ class ListWatch {
 
  private:
   enum class Outcome { Ok, Gone, Error, Stopped };
+  void loop();
   Outcome list();
   Outcome watch();
   std::string query(const std::vector<std::pair<std::string, std::string>>& params) const;

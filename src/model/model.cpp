@@ -59,10 +59,22 @@ void ModelBuilder::putSlice(const ObjectKey& k, EndpointSliceObject* v) {
   dirtySlices_.insert(k);
 }
 
+void ModelBuilder::putTable(const ObjectKey& k, PublishedTableObject* v) {
+  auto it = objects_.tables.find(k);
+  if (it == objects_.tables.end() ? !v : v && it->second == *v) return;
+  if (v) objects_.tables.insert_or_assign(k, std::move(*v));
+  else objects_.tables.erase(it);
+  dirtyServices_.insert(k);
+}
+
 TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vip) const {
   TunnelService ts{key, vip, {}, {}};  // endpoints, published
-  const auto& ann = objects_.services.at(key).annotations;
-  if (auto p = ann.find(opts_.publishedAnnotation); p != ann.end()) ts.published = p->second;
+  // Only a table written for this very Service (same uid): a Service deleted and created
+  // again under the same name does not inherit the old one's table.
+  const auto& svc = objects_.services.at(key);
+  if (auto t = objects_.tables.find(key);
+      t != objects_.tables.end() && (t->second.uid.empty() || t->second.uid == svc.uid))
+    ts.published = t->second.table;
   auto sl = slicesOf_.find(key);
   if (sl == slicesOf_.end()) return ts;
   std::map<IpAddress, Endpoint> eps;
@@ -105,10 +117,16 @@ std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
       if (auto c = changes.slices.find(k); c == changes.slices.end() || !c->second)
         gone.push_back(k);
     for (auto& k : gone) putSlice(k, nullptr);
+    gone.clear();
+    for (auto& [k, t] : objects_.tables)
+      if (auto c = changes.tables.find(k); c == changes.tables.end() || !c->second)
+        gone.push_back(k);
+    for (auto& k : gone) putTable(k, nullptr);
   }
   // The objects are moved in (a cold start holds them once, not twice).
   for (auto& [k, v] : changes.services) putService(k, v ? &*v : nullptr);
   for (auto& [k, v] : changes.slices) putSlice(k, v ? &*v : nullptr);
+  for (auto& [k, v] : changes.tables) putTable(k, v ? &*v : nullptr);
 
   // 2. Claims of the dirty Services; every VIP they held or now claim is recomputed.
   std::set<IpAddress> affected;

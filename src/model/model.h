@@ -27,7 +27,8 @@ struct TunnelService {
   IpAddress vip;
   /** Sorted by IP, unique; only endpoints that are serving (ready or draining). */
   std::vector<Endpoint> endpoints;
-  /** The bucket table published in the Service (desired/published.h), or empty. */
+  /** The bucket table published for the Service (desired/published.h; a ConfigMap in the
+   *  daemon's namespace, never the Service itself), or empty. Untrusted text. */
   std::string published = {};
   bool operator==(const TunnelService&) const = default;
 };
@@ -52,7 +53,6 @@ struct Model {
 
 struct ModelOptions {
   std::string annotation = "cmd.nu/tunnel";
-  std::string publishedAnnotation = "kube-service-tunnel.cmd.nu/buckets";
 };
 
 /**
@@ -81,6 +81,7 @@ class ModelBuilder {
   };
   void putService(const ObjectKey& k, ServiceObject* v);  // moves from *v
   void putSlice(const ObjectKey& k, EndpointSliceObject* v);
+  void putTable(const ObjectKey& k, PublishedTableObject* v);
   TunnelService serviceFor(const ObjectKey& key, const IpAddress& vip) const;
 
   ModelOptions opts_;

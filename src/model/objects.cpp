@@ -32,6 +32,7 @@ void ObjectChanges::merge(ObjectChanges&& later) {
   }
   fold(replaceAll, services, std::move(later.services));
   fold(replaceAll, slices, std::move(later.slices));
+  fold(replaceAll, tables, std::move(later.tables));
 }
 
 ObjectChanges ObjectChanges::all(const ClusterObjects& objects) {
@@ -39,12 +40,14 @@ ObjectChanges ObjectChanges::all(const ClusterObjects& objects) {
   c.replaceAll = true;
   for (auto& [k, s] : objects.services) c.services.emplace_hint(c.services.end(), k, s);
   for (auto& [k, s] : objects.slices) c.slices.emplace_hint(c.slices.end(), k, s);
+  for (auto& [k, t] : objects.tables) c.tables.emplace_hint(c.tables.end(), k, t);
   return c;
 }
 
 void applyChanges(ClusterObjects& objects, const ObjectChanges& changes) {
   applyTo(changes.replaceAll, objects.services, changes.services);
   applyTo(changes.replaceAll, objects.slices, changes.slices);
+  applyTo(changes.replaceAll, objects.tables, changes.tables);
 }
 
 }  // namespace kst

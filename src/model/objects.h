@@ -46,10 +46,26 @@ struct EndpointSliceObject {
   bool operator==(const EndpointSliceObject&) const = default;
 };
 
+/** The label selecting the daemon's published-table ConfigMaps, and the ConfigMap's data key of
+ *  the table (desired/published.h encodes and decodes the table itself). */
+inline constexpr const char* kManagedByLabel = "app.kubernetes.io/managed-by";
+inline constexpr const char* kManagedByValue = "kube-service-tunnel";
+inline constexpr const char* kTableKey = "table";
+
+/** The bucket table published for one Service (desired/published.h): a ConfigMap that only the
+ *  elected router writes, in the daemon's own namespace. Keyed by the Service it names. */
+struct PublishedTableObject {
+  ObjectKey service;
+  std::string uid;    // the Service's metadata.uid when it was written ("" = any)
+  std::string table;  // JSON; untrusted until decodePublished() accepted it
+  bool operator==(const PublishedTableObject&) const = default;
+};
+
 /** Everything a source currently knows. */
 struct ClusterObjects {
   std::map<ObjectKey, ServiceObject> services;
   std::map<ObjectKey, EndpointSliceObject> slices;
+  std::map<ObjectKey, PublishedTableObject> tables;  // by Service key
   bool operator==(const ClusterObjects&) const = default;
 };
 
@@ -65,8 +81,9 @@ struct ObjectChanges {
   bool replaceAll = false;
   std::map<ObjectKey, std::optional<ServiceObject>> services;
   std::map<ObjectKey, std::optional<EndpointSliceObject>> slices;
-  bool empty() const { return !replaceAll && services.empty() && slices.empty(); }
-  size_t size() const { return services.size() + slices.size(); }
+  std::map<ObjectKey, std::optional<PublishedTableObject>> tables;
+  bool empty() const { return !replaceAll && services.empty() && slices.empty() && tables.empty(); }
+  size_t size() const { return services.size() + slices.size() + tables.size(); }
   /** Folds a later delivery into this one. */
   void merge(ObjectChanges&& later);
   /** The complete set `objects` as a replaceAll delivery. */

@@ -26,7 +26,7 @@ class DecisionPublisher {
   virtual ~DecisionPublisher() = default;
   /** True while this router holds the writer lease. */
   virtual bool isLeader() = 0;
-  /** Sets the published-table annotation of the Service. */
+  /** Writes the Service's published bucket table (where only the tunnel tier can write). */
   virtual Status publish(const ObjectKey& service, const std::string& table) = 0;
 };
 

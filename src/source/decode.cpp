@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+
+
 namespace kst {
 
 namespace {
@@ -42,7 +44,7 @@ Result<ServiceObject> decodeService(const nlohmann::json& j) {
   if (m.contains("annotations") && m["annotations"].is_object()) {
     for (auto& [k, v] : m["annotations"].items()) {
       if (v.is_string()) s.annotations[k] = v.get<std::string>();
-      else s.annotations[k] = v.dump();
+      else s.annotations[k] = safeDump(v);
     }
   }
   return s;
@@ -83,16 +85,50 @@ Result<EndpointSliceObject> decodeEndpointSlice(const nlohmann::json& j) {
   return e;
 }
 
-Status addObject(const nlohmann::json& j, ClusterObjects& objs) {
+Result<PublishedTableObject> decodeTableConfigMap(const nlohmann::json& j) {
+  auto key = metaKey(j);
+  if (!key) return std::unexpected(key.error().wrap("ConfigMap"));
+  auto d = j.find("data");
+  if (d == j.end() || !d->is_object())
+    return fail(fmt::format("ConfigMap {}: no data", key->str()));
+  PublishedTableObject t;
+  t.service = {str(*d, "namespace"), str(*d, "name")};
+  t.uid = str(*d, "uid");
+  t.table = str(*d, kTableKey);
+  if (t.service.ns.empty() || t.service.name.empty() || t.table.empty())
+    return fail(fmt::format("ConfigMap {}: data needs namespace, name and {} strings",
+                            key->str(), kTableKey));
+  return t;
+}
+
+namespace {
+
+bool managedByUs(const nlohmann::json& j) {
+  auto m = j.find("metadata");
+  if (m == j.end() || !m->is_object()) return false;
+  auto l = m->find("labels");
+  return l != m->end() && l->is_object() && str(*l, kManagedByLabel) == kManagedByValue;
+}
+
+}  // namespace
+
+Status addObject(const nlohmann::json& j, ClusterObjects& objs, std::vector<std::string>* skipped) {
   if (!j.is_object()) return fail("document is not an object");
   std::string kind = str(j, "kind");
   std::string api = str(j, "apiVersion");
   if (kind.ends_with("List") && j.contains("items") && j["items"].is_array()) {
+    size_t i = 0;
     for (const auto& item : j["items"]) {
+      ++i;
+      if (!item.is_object()) {
+        if (skipped) skipped->push_back(fmt::format("{} item {}: not an object", kind, i));
+        continue;
+      }
       nlohmann::json copy = item;
       if (!copy.contains("kind") && kind.size() > 4) copy["kind"] = kind.substr(0, kind.size() - 4);
       if (!copy.contains("apiVersion")) copy["apiVersion"] = api;
-      if (auto s = addObject(copy, objs); !s) return s;
+      if (auto s = addObject(copy, objs, skipped); !s && skipped)
+        skipped->push_back(fmt::format("{} item {}: {}", kind, i, s.error().message));
     }
     return {};
   }
@@ -104,39 +140,16 @@ Status addObject(const nlohmann::json& j, ClusterObjects& objs) {
     auto e = decodeEndpointSlice(j);
     if (!e) return std::unexpected(e.error());
     objs.slices[e->key] = std::move(*e);
+  } else if (kind == "ConfigMap" && api == "v1" && managedByUs(j)) {
+    auto t = decodeTableConfigMap(j);
+    if (!t) return std::unexpected(t.error());
+    objs.tables[t->service] = std::move(*t);
   }
   return {};
 }
 
-nlohmann::json yamlToJson(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined: return nullptr;
-    case YAML::NodeType::Sequence: {
-      auto a = nlohmann::json::array();
-      for (const auto& x : n) a.push_back(yamlToJson(x));
-      return a;
-    }
-    case YAML::NodeType::Map: {
-      auto o = nlohmann::json::object();
-      for (const auto& kv : n) o[kv.first.as<std::string>()] = yamlToJson(kv.second);
-      return o;
-    }
-    case YAML::NodeType::Scalar: {
-      const std::string& s = n.Scalar();
-      if (n.Tag() == "!") return s;  // quoted: always a string
-      if (s == "true" || s == "True") return true;
-      if (s == "false" || s == "False") return false;
-      if (s == "null" || s == "~") return nullptr;
-      if (!s.empty() && (std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '-')) {
-        char* end = nullptr;
-        long long v = std::strtoll(s.c_str(), &end, 10);
-        if (end && *end == '\0') return v;
-      }
-      return s;
-    }
-  }
-  return nullptr;
+std::string safeDump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace kst

@@ -12,31 +12,31 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <yaml-cpp/yaml.h>
-
+#include "common/guard.h"
 #include "source/decode.h"
+#include "source/yaml.h"
 
 namespace kst {
 
-Result<ClusterObjects> parseManifestText(const std::string& text, const std::string& fileName) {
+Result<ClusterObjects> parseManifestText(const std::string& text, const std::string& fileName,
+                                         std::vector<std::string>* skipped) {
+  if (text.size() > kMaxManifestBytes)
+    return fail(EFBIG, fmt::format("{}: larger than {} bytes", fileName, kMaxManifestBytes));
+  auto docs = yamlDocuments(text);  // JSON is YAML too
+  if (!docs) return fail(EINVAL, fmt::format("{}: {}", fileName, docs.error().message));
   ClusterObjects objs;
-  std::vector<YAML::Node> docs;
-  try {
-    docs = YAML::LoadAll(text);  // JSON is YAML too
-  } catch (const YAML::Exception& e) {
-    return fail(EINVAL, fmt::format("{}: YAML error at line {}: {}", fileName, e.mark.line + 1,
-                                    e.msg));
-  }
-  for (size_t i = 0; i < docs.size(); ++i) {
-    if (!docs[i] || docs[i].IsNull()) continue;
-    nlohmann::json j;
+  for (size_t i = 0; i < docs->size(); ++i) {
+    const auto& j = (*docs)[i];
+    if (j.is_null()) continue;
+    std::vector<std::string> items;
+    // One bad document (or List item) costs that object only; the rest of the file applies.
     try {
-      j = yamlToJson(docs[i]);
-    } catch (const YAML::Exception& e) {
-      return fail(EINVAL, fmt::format("{} document {}: {}", fileName, i + 1, e.msg));
+      if (auto s = addObject(j, objs, &items); !s) items.push_back(s.error().message);
+    } catch (const std::exception& e) {  // not expected; still only this document
+      items.push_back(e.what());
     }
-    if (auto s = addObject(j, objs); !s)
-      return fail(EINVAL, fmt::format("{} document {}: {}", fileName, i + 1, s.error().message));
+    if (skipped)
+      for (auto& m : items) skipped->push_back(fmt::format("{} document {}: {}", fileName, i + 1, m));
   }
   return objs;
 }
@@ -86,14 +86,18 @@ ObjectChanges ManifestSource::refresh(const std::set<std::string>* only) {
   //    last good content.
   std::map<std::string, std::optional<ClusterObjects>> next;
   for (const auto& f : names) {
-    std::ifstream in(dir_ + "/" + f);
+    std::ifstream in(dir_ + "/" + f, std::ios::binary);
     if (!in) {
       if (lastGood_.contains(f)) next.emplace(f, std::nullopt);
       continue;
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    auto parsed = parseManifestText(ss.str(), f);
+    // At most the size limit and one byte more is read (a huge file is refused, not loaded).
+    std::string text(kMaxManifestBytes + 1, '\0');
+    in.read(text.data(), std::streamsize(text.size()));
+    text.resize(size_t(in.gcount()));
+    std::vector<std::string> skipped;
+    auto parsed = parseManifestText(text, f, &skipped);
+    for (auto& m : skipped) spdlog::error("manifests: {}: object skipped", m);
     if (!parsed) {
       spdlog::error("manifests: {} ({}); keeping its last good content", parsed.error().message,
                     lastGood_.contains(f) ? "had one" : "none yet");
@@ -106,7 +110,10 @@ ObjectChanges ManifestSource::refresh(const std::set<std::string>* only) {
   //    (moved aside; std::map nodes do not move) until the comparison below.
   std::map<ObjectKey, const ServiceObject*> svcBefore;
   std::map<ObjectKey, const EndpointSliceObject*> sliceBefore;
+  std::map<ObjectKey, const PublishedTableObject*> tableBefore;
   auto touch = [&](const ClusterObjects& c) {
+    for (auto& [k, v] : c.tables)
+      tableBefore.try_emplace(k, winner(k, tableFiles_, lastGood_, &ClusterObjects::tables));
     for (auto& [k, v] : c.services)
       svcBefore.try_emplace(k, winner(k, svcFiles_, lastGood_, &ClusterObjects::services));
     for (auto& [k, v] : c.slices)
@@ -131,6 +138,7 @@ ObjectChanges ManifestSource::refresh(const std::set<std::string>* only) {
     auto index = [&](const ClusterObjects& objs, bool add, auto& svcFiles, auto& sliceFiles) {
       for (auto& [k, v] : objs.services) indexOne(svcFiles, k, add);
       for (auto& [k, v] : objs.slices) indexOne(sliceFiles, k, add);
+      for (auto& [k, v] : objs.tables) indexOne(tableFiles_, k, add);
     };
     if (auto it = lastGood_.find(f); it != lastGood_.end()) {
       index(it->second, false, svcFiles_, sliceFiles_);
@@ -157,6 +165,7 @@ ObjectChanges ManifestSource::refresh(const std::set<std::string>* only) {
   };
   settle(svcBefore, svcFiles_, &ClusterObjects::services, out.services, "Service");
   settle(sliceBefore, sliceFiles_, &ClusterObjects::slices, out.slices, "EndpointSlice");
+  settle(tableBefore, tableFiles_, &ClusterObjects::tables, out.tables, "bucket table of");
   return out;
 }
 
@@ -167,6 +176,8 @@ ClusterObjects ManifestSource::loadOnce() {
     all.services.emplace(k, *winner(k, svcFiles_, lastGood_, &ClusterObjects::services));
   for (auto& [k, files] : sliceFiles_)
     all.slices.emplace(k, *winner(k, sliceFiles_, lastGood_, &ClusterObjects::slices));
+  for (auto& [k, files] : tableFiles_)
+    all.tables.emplace(k, *winner(k, tableFiles_, lastGood_, &ClusterObjects::tables));
   return all;
 }
 
@@ -184,7 +195,9 @@ Status ManifestSource::start(Callback cb) {
   auto all = refresh(nullptr);
   all.replaceAll = true;
   cb_(std::move(all));
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    keepRunning("manifests", [this] { run(); }, [this] { return stopping_.load(); });
+  });
   return {};
 }
 
@@ -217,6 +230,7 @@ void ManifestSource::run() {
 }
 
 void ManifestSource::stop() {
+  stopping_ = true;
   if (stopFd_ >= 0) {
     uint64_t one = 1;
     (void)!write(stopFd_, &one, sizeof one);

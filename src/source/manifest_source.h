@@ -1,7 +1,10 @@
 // A directory of Kubernetes-format manifests (*.yaml, *.yml, *.json; several documents per
-// file; v1 Service, discovery.k8s.io/v1 EndpointSlice, or Lists of them), followed with
-// inotify. A file that fails to parse keeps its last good content (and is logged), so a
-// half-written or broken file never withdraws services that were already programmed.
+// file; v1 Service, discovery.k8s.io/v1 EndpointSlice, bucket table ConfigMaps labelled
+// app.kubernetes.io/managed-by=kube-service-tunnel, or Lists of them), followed with inotify.
+// A file that fails to parse (YAML syntax, larger than kMaxManifestBytes) keeps its last good
+// content (and is logged), so a half-written or broken file never withdraws services that were
+// already programmed; an object in it that cannot be decoded is skipped (and logged), the
+// file's other objects apply. YAML is parsed by libyaml (source/yaml.h), bounded.
 // Only the files named by inotify events are read again, and only objects that differ from
 // what was delivered become changes (an edit at 10k Services costs one file's parse).
 #pragma once
@@ -11,13 +14,18 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "source/source.h"
 
 namespace kst {
 
-/** Parses one file's text. Errors name the document. Pure. */
-Result<ClusterObjects> parseManifestText(const std::string& text, const std::string& fileName);
+inline constexpr size_t kMaxManifestBytes = size_t(16) << 20;
+
+/** Parses one file's text. Errors (YAML syntax, size) name the file and line; documents or List
+ *  items that cannot be decoded are left out and described in `skipped`. Pure. */
+Result<ClusterObjects> parseManifestText(const std::string& text, const std::string& fileName,
+                                         std::vector<std::string>* skipped = nullptr);
 
 class ManifestSource : public Source {
  public:
@@ -39,8 +47,9 @@ class ManifestSource : public Source {
   std::thread thread_;
   int inotify_ = -1;
   int stopFd_ = -1;
+  std::atomic<bool> stopping_{false};
   std::map<std::string, ClusterObjects> lastGood_;  // per file
-  std::map<ObjectKey, std::set<std::string>> svcFiles_, sliceFiles_;  // files defining a key
+  std::map<ObjectKey, std::set<std::string>> svcFiles_, sliceFiles_, tableFiles_;  // files defining a key
 };
 
 }  // namespace kst

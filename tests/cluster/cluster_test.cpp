@@ -309,10 +309,29 @@ TEST_F(Cluster, InvalidAnnotationAndVipConflictRaiseEventsAndTheRestWorks) {
   for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n;
 }
 
-/** Kernel-change monitors in the router and a pod, as dataplane_test.cpp does. */
-// The elected router publishes each Service's bucket table in the Service (kubectl shows which
-// endpoint serves which bucket); a router restarted from empty kernel state resumes exactly:
-// its kernel tables (slots included) equal the ones it had.
+/** The bucket table the elected router published for Service kns/name: the data of its
+ *  ConfigMap in the daemon's namespace (label selected), or null. */
+nlohmann::json publishedTable(const std::string& kns, const std::string& name,
+                              std::string* cmName = nullptr) {
+  auto list = nlohmann::json::parse(
+      sh(cp().kubectl("-n kube-service-tunnel get configmaps -l app.kubernetes.io/managed-by=kube-service-tunnel -o json"), false).out,
+      nullptr, false);
+  if (!list.is_object() || !list.contains("items")) return nullptr;
+  for (auto& cm : list["items"]) {
+    auto d = cm.value("data", nlohmann::json::object());
+    if (d.value("namespace", "") != kns || d.value("name", "") != name) continue;
+    auto t = nlohmann::json::parse(d.value("table", ""), nullptr, false);
+    if (t.is_discarded()) return nullptr;
+    if (cmName) *cmName = cm["metadata"]["name"].get<std::string>();
+    t["uid"] = d.value("uid", "");
+    return t;
+  }
+  return nullptr;
+}
+
+// The elected router publishes each Service's bucket table in a ConfigMap of its own namespace
+// (kubectl shows which endpoint serves which bucket); a router restarted from empty kernel state
+// resumes exactly: its kernel tables (slots included) equal the ones it had.
 TEST_F(Cluster, PublishedBucketTableIsVisibleAndAFreshRouterResumesExactly) {
   clusterTopology();
   for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
@@ -322,13 +341,15 @@ TEST_F(Cluster, PublishedBucketTableIsVisibleAndAFreshRouterResumesExactly) {
   ASSERT_TRUE(reachable("203.0.113.50", 30)) << logOf("rt");
   nlohmann::json table;
   ASSERT_TRUE(waitUntil([&] {
-    auto svc = nlohmann::json::parse(kubectl("-n " + kns + " get svc web -o json").out, nullptr, false);
-    if (svc.is_discarded()) return false;
-    auto a = svc["metadata"].value("annotations", nlohmann::json::object());
-    if (!a.contains("kube-service-tunnel.cmd.nu/buckets")) return false;
-    table = nlohmann::json::parse(a["kube-service-tunnel.cmd.nu/buckets"].get<std::string>(), nullptr, false);
-    return !table.is_discarded();
+    table = publishedTable(kns, "web");
+    return table.is_object();
   }, 30)) << logOf("rt");
+  // Written for this very Service, not into it.
+  auto svc = nlohmann::json::parse(kubectl("-n " + kns + " get svc web -o json").out, nullptr, false);
+  ASSERT_FALSE(svc.is_discarded());
+  EXPECT_EQ(table["uid"], svc["metadata"]["uid"]);
+  EXPECT_FALSE(svc["metadata"].value("annotations", nlohmann::json::object())
+                   .contains("kube-service-tunnel.cmd.nu/buckets"));
   ASSERT_EQ(table["buckets"], 64);
   std::set<std::string> ips;
   for (auto& e : table["endpoints"]) ips.insert(e["ip"].get<std::string>());
@@ -372,6 +393,57 @@ TEST_F(Cluster, PublishedBucketTableIsVisibleAndAFreshRouterResumesExactly) {
 }
 
 
+// Tenants can write their own Services, so the old table annotation is not read at all: a
+// tenant writing garbage or a hostile table there (wrong types, a range blow-up, a plausible
+// table that would move every bucket) changes nothing and crashes nothing. The published table
+// stays the router's own; deleting the Service deletes its table.
+TEST_F(Cluster, TenantWritingTheOldTableAnnotationChangesNothing) {
+  clusterTopology();
+  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
+  ASSERT_EQ(createService("web", "203.0.113.51").rc, 0);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  startDaemons();
+  ASSERT_TRUE(reachable("203.0.113.51", 30)) << logOf("rt");
+  nlohmann::json table;
+  std::string cmName;
+  ASSERT_TRUE(waitUntil([&] {
+    table = publishedTable(kns, "web", &cmName);
+    return table.is_object();
+  }, 30)) << logOf("rt");
+  auto kernel = [&] { return out("rt", "ip route show table all proto 211") + out("rt", "ip rule show"); };
+  const std::string before = kernel();
+  std::string blowup;
+  while (blowup.size() < 1900) blowup += "0-4194304,";
+  blowup.pop_back();
+  // Every endpoint's buckets reversed: what a tenant steering the routers would write.
+  nlohmann::json steer = table;
+  steer.erase("uid");
+  for (auto& e : steer["endpoints"]) e["slot"] = 250 - e["slot"].get<int>();
+  for (const std::string& evil :
+       {std::string(R"({"v":"1"})"),
+        R"({"v":1,"buckets":64,"seed":42,"endpoints":[{"ip":"198.19.1.2","slot":0,"buckets":")" + blowup + R"("}]})",
+        std::string("\x01not json{{{"), steer.dump()}) {
+    auto f = dir + "/evil.json";
+    {
+      std::ofstream o(f);
+      o << nlohmann::json{{"metadata", {{"annotations", {{"kube-service-tunnel.cmd.nu/buckets", evil}}}}}}.dump();
+    }
+    ASSERT_EQ(kubectl("-n " + kns + " patch svc web --type=merge --patch-file " + f).rc, 0);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n << "\n" << logOf(n);
+  EXPECT_EQ(kernel(), before) << "the annotation steered the router";
+  auto after = publishedTable(kns, "web");
+  EXPECT_EQ(after, table) << "the published table changed";
+  EXPECT_TRUE(reachable("203.0.113.51", 10));
+  // The Service gone, the elected router deletes its table.
+  ASSERT_EQ(kubectl("-n " + kns + " delete svc web").rc, 0);
+  EXPECT_TRUE(waitUntil([&] {
+    return kubectl("-n kube-service-tunnel get configmap " + cmName).rc != 0;
+  }, 30)) << logOf("rt");
+}
+
+/** Kernel-change monitors in the router and a pod, as dataplane_test.cpp does. */
 struct Monitors {
   Process ipRt, nftRt, ipPod;
   Monitors(Cluster* c, const std::string& rt, const std::string& pod, const std::string& dir) {

@@ -161,7 +161,7 @@ TEST_F(Failover, NegativeControlDifferentSeedOnBBreaksConnections) {
 namespace kst::e2e {
 namespace {
 
-// The table published in the Service (by the elected router, see k8s/publisher.h) is followed
+// The table published for the Service (by the elected router, see k8s/publisher.h) is followed
 // by every router, and a fresh router also takes its slots, so its kernel tables equal it.
 TEST_F(Failover, PublishedTableIsFollowedAndAFreshRouterTakesItsSlots) {
   ASSERT_TRUE(reachable(kVip));
@@ -170,8 +170,12 @@ TEST_F(Failover, PublishedTableIsFollowedAndAFreshRouterTakesItsSlots) {
       R"({"v":1,"buckets":64,"seed":42,"endpoints":[)"
       R"({"ip":"198.19.1.2","slot":3,"buckets":"0-15"},{"ip":"198.19.1.3","slot":2,"buckets":"16-31"},)"
       R"({"ip":"198.19.2.2","slot":1,"buckets":"32-47"},{"ip":"198.19.2.3","slot":0,"buckets":"48-63"}]})";
-  std::string svc = serviceYaml("web", kVip);
-  svc += "    kube-service-tunnel.cmd.nu/buckets: '" + table + "'\n";
+  // The table as the elected router writes it: a ConfigMap labelled as the daemon's, naming
+  // the Service (a manifest directory holds it like any other object).
+  std::string svc = serviceYaml("web", kVip) + "---\n" +
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kst-buckets-web\n"
+                    "  labels: {app.kubernetes.io/managed-by: kube-service-tunnel}\n"
+                    "data:\n  namespace: default\n  name: web\n  table: '" + table + "'\n";
   writeManifest("web.yaml", svc + "---\n" +
                                 sliceYaml("web", "IPv4",
                                           {{"198.19.1.2", "node1"}, {"198.19.1.3", "node1"},

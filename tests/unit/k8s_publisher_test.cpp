@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "desired/published.h"
 #include "k8s/publisher.h"
 #include "unit/k8s_fake_transport.h"
 
@@ -90,6 +91,23 @@ TEST_F(PublisherTest, ALostRaceIsNotLeadership) {
   EXPECT_FALSE(pub.isLeader());
 }
 
+// The Lease is read as untrusted too: wrongly typed fields are absent, never an exception.
+TEST_F(PublisherTest, AWronglyTypedLeaseIsNotAnException) {
+  auto bad = nlohmann::json::parse(lease("router-b", "x"));
+  bad["spec"]["holderIdentity"] = 5;
+  bad["spec"]["leaseDurationSeconds"] = "15";
+  bad["spec"]["leaseTransitions"] = nlohmann::json::array();
+  api.push(kLease + "/", {200, bad.dump()});
+  api.push(kLease + "/", {200, "{}"});
+  bool led = false;
+  EXPECT_NO_THROW(led = pub.tryAcquireOrRenew());
+  EXPECT_TRUE(led) << "no holder: free to take";
+  EXPECT_EQ(nlohmann::json::parse(writes().at(0).body)["spec"]["leaseTransitions"], 1);
+  api.push(kLease + "/", {200, R"({"spec":"x"})"});
+  EXPECT_NO_THROW(led = pub.tryAcquireOrRenew());
+  EXPECT_FALSE(led);
+}
+
 TEST_F(PublisherTest, RenewsItsOwnLease) {
   api.push(kLease + "/", {200, lease("router-a", "2026-11-28T03:00:00.000000Z")});
   api.push(kLease + "/", {200, "{}"});
@@ -99,19 +117,69 @@ TEST_F(PublisherTest, RenewsItsOwnLease) {
   EXPECT_EQ(body["spec"]["leaseTransitions"], 3) << "a renewal is not a transition";
 }
 
-TEST_F(PublisherTest, PublishIsAMergePatchOfTheAnnotation) {
-  api.push("/api/v1/namespaces/shop/services/web", {200, "{}"});
-  ASSERT_TRUE(pub.publish({"shop", "web"}, R"({"v":1})"));
+// The table goes into a ConfigMap of the daemon's own namespace (never into the tenant's
+// Service), by server-side apply, with the Service's namespace, name and uid.
+TEST_F(PublisherTest, PublishAppliesTheTableConfigMapInItsOwnNamespace) {
+  const std::string name = publishedConfigMapName("shop", "web");
+  EXPECT_TRUE(name.starts_with("kst-buckets-"));
+  EXPECT_EQ(name.size(), std::string("kst-buckets-").size() + 16);
+  EXPECT_NE(name, publishedConfigMapName("shop", "web2"));
+  KubePublisher p{[this]() -> Result<std::unique_ptr<HttpTransport>> {
+                    return std::unique_ptr<HttpTransport>(new FakeTransport(api));
+                  },
+                  PublisherOptions{"kube-system", "kube-service-tunnel-publisher", "router-a",
+                                   std::chrono::seconds(15),
+                                   [](const ObjectKey&) { return std::optional<std::string>("u-1"); },
+                                   {}}};
+  const std::string path = "/api/v1/namespaces/kube-system/configmaps/" + name;
+  api.push(path, {200, "{}"});
+  ASSERT_TRUE(p.publish({"shop", "web"}, R"({"v":1})"));
   auto w = writes();
   ASSERT_EQ(w.size(), 1u);
   EXPECT_EQ(w[0].method, "PATCH");
-  EXPECT_EQ(w[0].contentType, "application/merge-patch+json");
+  EXPECT_EQ(w[0].path, path + "?fieldManager=kube-service-tunnel&force=true");
+  EXPECT_EQ(w[0].contentType, "application/apply-patch+yaml");
   auto body = nlohmann::json::parse(w[0].body);
-  EXPECT_EQ(body["metadata"]["annotations"]["kube-service-tunnel.cmd.nu/buckets"], R"({"v":1})");
-  api.push("/api/v1/namespaces/shop/services/web", {403, R"({"kind":"Status","message":"forbidden"})"});
-  auto denied = pub.publish({"shop", "web"}, "x");
+  EXPECT_EQ(body["kind"], "ConfigMap");
+  EXPECT_EQ(body["metadata"]["namespace"], "kube-system");
+  EXPECT_EQ(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "kube-service-tunnel");
+  EXPECT_EQ(body["data"], (nlohmann::json{{"namespace", "shop"}, {"name", "web"}, {"uid", "u-1"},
+                                          {"table", R"({"v":1})"}}));
+  for (auto& r : api.requests()) EXPECT_EQ(r.path.find("/services"), std::string::npos) << r.path;
+  api.push(path, {403, R"({"kind":"Status","message":"forbidden"})"});
+  auto denied = p.publish({"shop", "web"}, "x");
   ASSERT_FALSE(denied);
   EXPECT_NE(denied.error().message.find("403"), std::string::npos);
+}
+
+TEST_F(PublisherTest, TheLeaderDeletesStaleTables) {
+  std::vector<StaleTable> stale{{"kst-buckets-00000000000000aa", "17"},
+                                {"kst-buckets-00000000000000bb", ""}};
+  KubePublisher p{[this]() -> Result<std::unique_ptr<HttpTransport>> {
+                    return std::unique_ptr<HttpTransport>(new FakeTransport(api));
+                  },
+                  PublisherOptions{"kube-system", "kube-service-tunnel-publisher", "router-a",
+                                   std::chrono::seconds(15), {}, [&] { return stale; }}};
+  // Not the leader: nothing is deleted.
+  api.push(kLease + "/", {200, lease("router-b", "2026-11-28T03:00:00.000000Z")});
+  EXPECT_FALSE(p.tryAcquireOrRenew());
+  EXPECT_EQ(p.deleteStale(), 0);
+  api.push(kLease + "/", {200, lease("router-a", "2026-11-28T03:00:00.000000Z")});
+  api.push(kLease + "/", {200, "{}"});
+  ASSERT_TRUE(p.tryAcquireOrRenew());
+  api.push("/api/v1/namespaces/kube-system/configmaps/kst-buckets-00000000000000aa", {200, "{}"});
+  api.push("/api/v1/namespaces/kube-system/configmaps/kst-buckets-00000000000000bb", {404, "{}"});
+  EXPECT_EQ(p.deleteStale(), 2);
+  std::vector<std::string> deletes;
+  for (auto& r : api.requests())
+    if (r.method == "DELETE") {
+      deletes.push_back(r.path);
+      if (deletes.size() == 1)  // only the version judged stale
+        EXPECT_EQ(nlohmann::json::parse(r.body)["preconditions"]["resourceVersion"], "17");
+    }
+  EXPECT_EQ(deletes, (std::vector<std::string>{
+                         "/api/v1/namespaces/kube-system/configmaps/kst-buckets-00000000000000aa",
+                         "/api/v1/namespaces/kube-system/configmaps/kst-buckets-00000000000000bb"}));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "k8s/event_sink.h"
+#include "desired/published.h"
 #include "k8s/kube_source.h"
 #include "model/model.h"
 #include "unit/k8s_fake_transport.h"
@@ -184,6 +185,78 @@ TEST(KubeSource, AgentOnlyKeepsOnlyItsOwnNodesEndpoints) {
   ASSERT_TRUE(waitFor([&] { return other.count() == 1; }));
   EXPECT_TRUE(other.last().slices.empty());
   EXPECT_EQ(other.last().services.size(), 4u);
+}
+
+// Routers read published bucket tables from ConfigMaps in their own namespace only (label
+// selected); the Service's own annotation of the same name (writable by its tenant) is dropped.
+TEST(KubeSource, BucketTablesComeFromOwnNamespaceConfigMapsNeverFromTheService) {
+  const std::string cmList = "/api/v1/namespaces/kst/configmaps?limit=500";
+  const std::string cmWatch = "/api/v1/namespaces/kst/configmaps?watch=1";
+  SourceHarness h;
+  h.opts.tablesNamespace = "kst";
+  auto svcs = nlohmann::json::parse(fixture("services-list.json"));
+  std::string webUid;
+  for (auto& item : svcs["items"])
+    if (item["metadata"]["name"] == "web") {
+      webUid = item["metadata"]["uid"];
+      item["metadata"]["annotations"]["kube-service-tunnel.cmd.nu/buckets"] = R"({"v":"1"})";
+    }
+  auto cm = [](const std::string& name, const std::string& svcName, const std::string& uid,
+               const std::string& table) {
+    return nlohmann::json{
+        {"apiVersion", "v1"},
+        {"kind", "ConfigMap"},
+        {"metadata", {{"name", name}, {"namespace", "kst"}, {"resourceVersion", "7"},
+                      {"labels", {{"app.kubernetes.io/managed-by", "kube-service-tunnel"}}}}},
+        {"data", {{"namespace", "kst-fixtures"}, {"name", svcName}, {"uid", uid}, {"table", table}}}};
+  };
+  const std::string webCm = publishedConfigMapName("kst-fixtures", "web");
+  const std::string goneCm = publishedConfigMapName("kst-fixtures", "gone");
+  nlohmann::json list = {{"kind", "ConfigMapList"},
+                         {"metadata", {{"resourceVersion", "9"}}},
+                         {"items", {cm(webCm, "web", webUid, R"({"v":1,"buckets":64})"),
+                                    cm(goneCm, "gone", "u-gone", "{}"),
+                                    cm("kst-buckets-misnamed", "web6", "", "{}"),
+                                    {{"metadata", {{"name", "kst-buckets-broken"}, {"resourceVersion", "7"}}}, {"data", 5}}}}};
+  h.api.push(kSvcList, {200, svcs.dump()});
+  h.api.push(kEpsList, {200, fixture("endpointslices-list.json")});
+  h.api.push(cmList, {200, list.dump()});
+  h.start();
+  ASSERT_TRUE(waitFor([&] { return h.count() == 1; }));
+  auto lists = h.api.requests();
+  bool selected = false;
+  for (auto& r : lists)
+    if (r.path.starts_with(cmList))
+      selected = r.path.find("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkube-service-tunnel") !=
+                 std::string::npos;
+  EXPECT_TRUE(selected) << "only the daemon's ConfigMaps are listed";
+  auto s = h.last();
+  EXPECT_EQ(s.services.at({"kst-fixtures", "web"}).annotations.size(), 1u)
+      << "the tenant's table annotation is not even kept";
+  ASSERT_EQ(s.tables.size(), 2u);  // web and gone; the misnamed and the broken one are not used
+  EXPECT_EQ(s.tables.at({"kst-fixtures", "web"}).table, R"({"v":1,"buckets":64})");
+  Model m = buildModel(s, {});
+  for (auto& ts : m.services)
+    if (ts.key.name == "web") EXPECT_EQ(ts.published, R"({"v":1,"buckets":64})");
+  // Gone Service, misnamed and undecodable ConfigMaps are for the writer to delete.
+  std::vector<std::string> stale;
+  for (auto& t : h.src->staleTables()) {
+    EXPECT_EQ(t.resourceVersion, "7");
+    stale.push_back(t.name);
+  }
+  std::sort(stale.begin(), stale.end());
+  std::vector<std::string> want{goneCm, "kst-buckets-broken", "kst-buckets-misnamed"};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(stale, want);
+  // A watch event updates the table; a delete removes it.
+  auto upd = cm(webCm, "web", webUid, R"({"v":1,"buckets":32})");
+  upd["metadata"]["resourceVersion"] = "10";
+  h.api.push(cmWatch, {200, nlohmann::json{{"type", "MODIFIED"}, {"object", upd}}.dump() + "\n"});
+  ASSERT_TRUE(waitFor([&] { return h.count() == 2; }));
+  EXPECT_EQ(h.last().tables.at({"kst-fixtures", "web"}).table, R"({"v":1,"buckets":32})");
+  h.api.push(cmWatch, {200, nlohmann::json{{"type", "DELETED"}, {"object", upd}}.dump() + "\n"});
+  ASSERT_TRUE(waitFor([&] { return h.count() == 3; }));
+  EXPECT_FALSE(h.last().tables.contains({"kst-fixtures", "web"}));
 }
 
 TEST(KubeSource, UndecodableObjectIsSkippedAndItsLastGoodVersionKept) {

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "source/decode.h"
+#include "source/yaml.h"
 
 namespace kst {
 namespace {
@@ -142,7 +143,7 @@ TEST(Manifest, MalformedYamlNamesFileAndLine) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, EINVAL);
   EXPECT_TRUE(r.error().message.starts_with("broken.yaml: YAML error at line ")) << r.error().message;
-  // yaml-cpp reports the flow sequence's end of input; the line must be a real line of the file.
+  // The parser reports the flow sequence's end of input; the line must be a real line of the file.
   int line = std::atoi(r.error().message.c_str() + std::string("broken.yaml: YAML error at line ").size());
   EXPECT_GE(line, 4) << r.error().message;
   EXPECT_LE(line, 6) << r.error().message;
@@ -158,28 +159,50 @@ TEST(Manifest, MalformedYamlExactLine) {
   EXPECT_TRUE(r.error().message.starts_with("x.yml: YAML error at line 3:")) << r.error().message;
 }
 
-TEST(Manifest, MissingMetadataNameIsError) {
+// One bad object costs that object only: it is skipped (and described), the rest applies.
+TEST(Manifest, MissingMetadataNameSkipsThatObjectOnly) {
   const char* text = "apiVersion: v1\nkind: Service\nmetadata: {namespace: web}\n"
                      "---\n"
                      "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n";
-  auto r = parseManifestText(text, "svc.yaml");
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().message, "svc.yaml document 1: Service: object has no metadata.name");
+  std::vector<std::string> skipped;
+  auto r = parseManifestText(text, "svc.yaml", &skipped);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->services.size(), 1u);
+  EXPECT_TRUE(r->services.contains({"default", "ok"}));
+  EXPECT_EQ(skipped, std::vector<std::string>{"svc.yaml document 1: Service: object has no metadata.name"});
+  skipped.clear();
   auto r2 = parseManifestText(
       "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\n"
       "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nspec: {}\n",
-      "s.yaml");
-  ASSERT_FALSE(r2);
-  EXPECT_EQ(r2.error().message, "s.yaml document 2: EndpointSlice: object has no metadata");
+      "s.yaml", &skipped);
+  ASSERT_TRUE(r2);
+  EXPECT_EQ(r2->services.size(), 1u);
+  EXPECT_EQ(skipped, std::vector<std::string>{"s.yaml document 2: EndpointSlice: object has no metadata"});
 }
 
-TEST(Manifest, EndpointWithoutAddressesIsError) {
+TEST(Manifest, EndpointWithoutAddressesSkipsTheSlice) {
+  std::vector<std::string> skipped;
   auto r = parseManifestText(
       "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\n"
-      "addressType: IPv4\nendpoints: [{nodeName: n1}]\n",
-      "e.yaml");
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().message, "e.yaml document 1: EndpointSlice default/s: endpoint without addresses");
+      "addressType: IPv4\nendpoints: [{nodeName: n1}]\n"
+      "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: t}\n"
+      "addressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\n",
+      "e.yaml", &skipped);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->slices.size(), 1u);
+  EXPECT_TRUE(r->slices.contains({"default", "t"}));
+  EXPECT_EQ(skipped, std::vector<std::string>{"e.yaml document 1: EndpointSlice default/s: endpoint without addresses"});
+}
+
+TEST(Manifest, ABadListItemSkipsThatItemOnly) {
+  std::vector<std::string> skipped;
+  auto r = parseManifestText(
+      "apiVersion: v1\nkind: ServiceList\nitems:\n- 7\n- metadata: {namespace: x}\n"
+      "- metadata: {name: fine}\n",
+      "l.yaml", &skipped);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->services.size(), 1u);
+  EXPECT_EQ(skipped.size(), 2u);
 }
 
 TEST(Manifest, WrongApiVersionIgnored) {
@@ -242,7 +265,7 @@ TEST(Decode, AddObjectRejectsNonObjects) {
 }
 
 TEST(Decode, YamlToJsonScalarTyping) {
-  auto y = YAML::Load(R"(
+  auto docs = yamlDocuments(R"(
 v4: 198.51.100.10
 v6: 2001:db8::10
 port: 4790
@@ -258,7 +281,9 @@ ts: 2024-01-01T00:00:00Z
 word: hello
 list: [1, "2", three]
 )");
-  auto j = yamlToJson(y);
+  ASSERT_TRUE(docs) << docs.error().message;
+  ASSERT_EQ(docs->size(), 1u);
+  auto& j = docs->front();
   EXPECT_TRUE(j["v4"].is_string());
   EXPECT_EQ(j["v4"], "198.51.100.10");
   EXPECT_TRUE(j["v6"].is_string());

@@ -76,6 +76,38 @@ TEST(Model, ValidAnnotationMakesTunnelService) {
   EXPECT_EQ(m.services[0].endpoints[0].nodeName, "n1");
 }
 
+// The published table comes from the daemon's own ConfigMap, for this very Service (uid); the
+// tenant-writable annotation on the Service is not read at all.
+TEST(Model, PublishedTableOnlyFromTheTablesOfThisServiceNeverFromItsAnnotation) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  o.services.at({"web", "front"}).uid = "u-1";
+  o.services.at({"web", "front"}).annotations["kube-service-tunnel.cmd.nu/buckets"] =
+      R"({"v":1,"buckets":64,"endpoints":[]})";
+  addSlice(o, "web", "front-abc", "front", {ep("10.0.0.1")});
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_EQ(m.services[0].published, "") << "a tenant's annotation changes nothing";
+  o.tables[{"web", "front"}] = PublishedTableObject{{"web", "front"}, "u-0", "old"};
+  EXPECT_EQ(buildModel(o, opts()).services[0].published, "")
+      << "a table written for an earlier Service of the same name is not inherited";
+  o.tables[{"web", "front"}] = PublishedTableObject{{"web", "front"}, "u-1", "mine"};
+  EXPECT_EQ(buildModel(o, opts()).services[0].published, "mine");
+  // Incrementally: the table arriving, changing and going changes that VIP.
+  ModelBuilder b(opts());
+  ClusterObjects noTable = o;
+  noTable.tables.clear();
+  b.apply(ObjectChanges::all(noTable));
+  ObjectChanges add;
+  add.tables[{"web", "front"}] = PublishedTableObject{{"web", "front"}, "u-1", "mine"};
+  EXPECT_EQ(b.apply(add), std::set<IpAddress>{ip("203.0.113.10")});
+  EXPECT_EQ(b.model().services[0].published, "mine");
+  ObjectChanges del;
+  del.tables[{"web", "front"}] = std::nullopt;
+  EXPECT_EQ(b.apply(del), std::set<IpAddress>{ip("203.0.113.10")});
+  EXPECT_EQ(b.model().services[0].published, "");
+}
+
 TEST(Model, ServiceWithoutAnnotationIgnoredSilently) {
   ClusterObjects o;
   ServiceObject s;
@@ -323,7 +355,10 @@ ObjectChanges randomChange(std::mt19937& rng, bool& replaceAll, ClusterObjects& 
       if (a < 6) s.annotations[kAnn] = fmt::format("203.0.113.{}", pick(4));
       else if (a == 6) s.annotations[kAnn] = fmt::format("2001:db8::{}", pick(2));
       else if (a == 7) s.annotations[kAnn] = "not-an-ip";
-      if (pick(4) == 0) s.annotations["kube-service-tunnel.cmd.nu/buckets"] = fmt::format("t{}", pick(3));
+      if (pick(4) == 0)
+        c.tables[k] = PublishedTableObject{k, pick(3) ? s.uid : "other", fmt::format("t{}", pick(3))};
+      else if (pick(4) == 0)
+        c.tables[k] = std::nullopt;
       c.services[k] = s;
     } else {
       ObjectKey k{ns, fmt::format("e{}", pick(12))};

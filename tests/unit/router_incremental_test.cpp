@@ -356,7 +356,7 @@ struct RandomCluster {
                           : a < 11 ? fmt::format("2001:db8::{}", pick(4))
                                    : "";
         auto s = svc(i, vip);
-        if (pick(4) == 0) s.annotations["kube-service-tunnel.cmd.nu/buckets"] = fmt::format("t{}", pick(3));
+        if (pick(4) == 0) c.tables[k] = PublishedTableObject{k, s.uid, fmt::format("t{}", pick(3))};
         c.services[k] = s;
       } else {
         int i = pick(40);
