@@ -1,5 +1,6 @@
 // nftables access to the daemon's single table: libnftables for the table structure (text,
-// rendered by desired/nft_render.h), raw nfnetlink for set/map elements.
+// rendered by desired/nft_render.h), raw nfnetlink for set/map elements and every observation.
+// This is the I/O half: the messages are encoded and decoded by linux/nft_codec.h.
 //
 // NOTE Performance: at V = 10k and B = 64 the bucket maps hold 640k elements. Through nft's
 // text parser (or its JSON listing) that is seconds of CPU and hundreds of MiB; encoded
@@ -26,28 +27,21 @@ class NftClientImpl : public dp::NftClient {
  public:
   explicit NftClientImpl(const DataplaneConfig& cfg);
   ~NftClientImpl() override;
+  /** Raw nfnetlink only (GETTABLE, GETSETELEM dumps and lookups); libnftables is used for
+   *  nothing but the table skeleton (run()). */
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
-  bool hasElementBatches() const override { return true; }
   Status applyElements(const dp::NftElementChanges& changes) override;
   Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override;
   /** nfnetlink messages and libnftables commands sent so far (benchmarks). */
   uint64_t messagesSent() const { return sent_; }
 
  private:
-  Result<std::string> command(const std::string& cmd, bool json, bool terse);
-  /** The listing through libnftables JSON (fallback when nfnetlink dumps fail). */
-  Result<dp::NftState> observeText();
-  Result<dp::NftState> observeRaw();
   Status openSocket();
-  /** Sends one request and calls fn for every reply message until the ack or NLMSG_DONE
-   *  (rx: the receive buffer, reused across requests). @return 0, or the positive errno the
-   *  kernel answered. */
+  /** Sends one request and calls fn for every reply message until the ack or NLMSG_DONE.
+   *  @return 0, or the positive errno the kernel answered. */
   Result<int> request(const std::vector<uint8_t>& req,
-                      const std::function<void(const nlmsghdr*)>& fn, bool& interrupted,
-                      std::vector<uint8_t>& rx);
-  /** A GETSETELEM dump request for one set of the daemon's table (next sequence number). */
-  std::vector<uint8_t> dumpElementsRequest(const char* set);
+                      const std::function<void(const nlmsghdr*)>& fn, bool& interrupted);
   /** The receive buffer of every nfnetlink exchange (≥ kRx bytes), kept for the client's life. */
   std::vector<uint8_t>& rxBuffer();
   /** Sends an encoded batch (BATCH_BEGIN … BATCH_END) in one sendmsg and waits for the ack of
@@ -69,10 +63,5 @@ class NftClientImpl : public dp::NftClient {
   std::vector<uint8_t> rx_;
   bool exhaustive_ = false;  // next observation dumps the bucket maps (after a failed batch)
 };
-
-/** Parses `nft -j list set|map` output into the state (pure, unit-tested). */
-Status parseNftElements(const std::string& json, dp::NftState& out);
-/** Extracts "kst:<id>" from the terse text listing of the table. */
-std::string parseSkeletonId(const std::string& text);
 
 }  // namespace kst

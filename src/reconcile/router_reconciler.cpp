@@ -270,7 +270,7 @@ Status RouterReconciler::applyAll(const std::vector<dp::Change>& changes,
   res.timings.netlink += since(t);
 
   const bool sameSkeleton = observedNft.present && observedNft.skeletonId == desiredNft.skeletonId;
-  if (desiredNft.present && nft_.hasElementBatches() && (sameSkeleton || !observedNft.present)) {
+  if (desiredNft.present && (sameSkeleton || !observedNft.present)) {
     // Element changes straight to nfnetlink. A table that does not exist yet is created
     // first, empty (nothing can match a VIP before its elements arrive, and VIPs enter their
     // set in the same transaction as their buckets).
@@ -292,7 +292,7 @@ Status RouterReconciler::applyAll(const std::vector<dp::Change>& changes,
       res.changes += res.nftElementChanges + (res.nftRebuilt ? 1 : 0);
   } else {
     // Text: removal of the table, or a skeleton change (the table is rebuilt with its
-    // elements in one atomic transaction), or an NftClient without element batches.
+    // elements in one atomic transaction).
     std::string script = renderNftChanges(cfg_, desiredNft, observedNft, &res.nftElementChanges);
     if (!script.empty()) {
       res.nftRebuilt = !observedNft.present || observedNft.skeletonId != desiredNft.skeletonId;
