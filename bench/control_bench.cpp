@@ -14,7 +14,8 @@
 //   restart V E B           a fresh reconciler on programmed state: time to reconciled and
 //                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
 //   observe V E B REPS      the nft listing of a resync/restart alone: NftClientImpl::observe()
-//                           on a table loaded with V VIPs × B buckets (no routes)
+//                           on a table loaded with V VIPs × B buckets (no routes), by fresh
+//                           clients (restart) and by the daemon's long-lived one (resync)
 //
 // Output: one "RESULT key=value ..." line per figure (bench/run.sh builds the table from them).
 #include <arpa/inet.h>
@@ -628,22 +629,62 @@ int trialObserve(uint32_t v, uint32_t e, uint32_t b, int reps) {
     t.push_back(secondsSince(t0));
     if (!got || got->vips != st.nft.vips || !(got->buckets == st.nft.buckets) ||
         got->skeletonId != st.nft.skeletonId) {
-      fprintf(stderr, "observe: %s\n", got ? "observed state differs from the loaded one"
-                                            : got.error().message.c_str());
+      if (got)
+        fprintf(stderr, "observe: observed state differs from the loaded one: %zu VIPs, %zu "
+                "buckets, skeleton %s (loaded %zu, %zu, %s)\n", got->vips.size(),
+                got->buckets.size(), got->skeletonId.c_str(), st.nft.vips.size(),
+                st.nft.buckets.size(), st.nft.skeletonId.c_str());
+      else
+        fprintf(stderr, "observe: %s\n", got.error().message.c_str());
       return 1;
     }
     fprintf(stderr, "  observe rep %d: %.4f s (%zu messages)\n", i, t.back(),
             static_cast<size_t>(nft.messagesSent()));
   }
-  printf("t=%.6f elements=%zu\n", median(t), st.nft.buckets.size() + st.nft.vips.size());
+  // A resync: the daemon's long-lived client, which observed once and has written since (one
+  // bucket moved, conditioned on the generation it knew); then the same after a commit by
+  // someone else (another table), which makes the observation read everything again.
+  NftClientImpl daemon(cfg);
+  auto check = [&](const char* what, double& secs) {
+    auto t0 = Clock::now();
+    auto got = daemon.observe();
+    secs = secondsSince(t0);
+    if (!got || got->vips != st.nft.vips || !(got->buckets == st.nft.buckets)) {
+      fprintf(stderr, "observe (%s): %s\n", what,
+              got ? "observed state differs from the kernel's" : got.error().message.c_str());
+      return false;
+    }
+    return true;
+  };
+  double tFirst = 0, tResync = 0, tForeign = 0;
+  if (!check("first", tFirst)) return 1;
+  const IpAddress& vip0 = vips.at(0);
+  uint32_t was = st.nft.buckets.at({vip0, 0}), now = was + 1;
+  dp::NftElementChanges move;
+  move.bucketDeletes = {{vip0, 0, was}};
+  move.bucketAdds = {{vip0, 0, now}};
+  if (auto s = daemon.applyElements(move); !s) {
+    fprintf(stderr, "observe: move: %s\n", s.error().message.c_str());
+    return 1;
+  }
+  st.nft.buckets.set(vip0, 0, now);
+  if (!check("resync", tResync)) return 1;
+  if (run("nft add table inet kb_other") != 0) return 1;
+  if (!check("after a foreign commit", tForeign)) return 1;
+  fprintf(stderr, "  long-lived client: first %.4f s, resync after its own write %.4f s, after "
+          "a foreign commit %.4f s\n", tFirst, tResync, tForeign);
+  printf("t=%.6f elements=%zu resync=%.6f foreign=%.6f\n", median(t),
+         st.nft.buckets.size() + st.nft.vips.size(), tResync, tForeign);
   return 0;
 }
 
 int observe(uint32_t v, uint32_t e, uint32_t b, int reps) {
   auto out = inFreshNetns([&] { return trialObserve(v, e, b, reps); });
   if (out.empty()) return 1;
-  printf("RESULT bench=observe V=%u E=%u B=%u reps=%d observe_s=%.4f elements=%.0f load=%.2f\n",
-         v, e, b, reps, field(out, "t"), field(out, "elements"), loadAverage1());
+  printf("RESULT bench=observe V=%u E=%u B=%u reps=%d observe_s=%.4f elements=%.0f "
+         "resync_s=%.4f resync_foreign_s=%.4f load=%.2f\n",
+         v, e, b, reps, field(out, "t"), field(out, "elements"), field(out, "resync"),
+         field(out, "foreign"), loadAverage1());
   return 0;
 }
 

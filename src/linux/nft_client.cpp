@@ -31,7 +31,7 @@ NftClientImpl::~NftClientImpl() {
   if (fd_ >= 0) close(fd_);
 }
 
-Status NftClientImpl::run(const std::string& script) {
+Status NftClientImpl::runText(const std::string& script) {
   nft_ctx_output_set_flags(ctx_, 0);
   ++sent_;
   int rc = nft_run_cmd_from_buffer(ctx_, script.c_str());
@@ -86,6 +86,13 @@ Result<int> NftClientImpl::request(const std::vector<uint8_t>& req,
   std::array<mmsghdr, kSlots> hdrs;
   std::array<iovec, kSlots> iov;
   while (true) {
+    // Bounded: a request the kernel never finishes answering fails instead of blocking the
+    // daemon's thread for ever.
+    pollfd p{fd_, POLLIN, 0};
+    int pr = poll(&p, 1, 30000);
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr < 0) return sysFail(errno, "nfnetlink poll");
+    if (pr == 0) return fail(ETIMEDOUT, "nfnetlink: no answer to a request");
     for (size_t i = 0; i < kSlots; ++i) {
       iov[i] = {rx.data() + i * kSlot, kSlot};
       hdrs[i] = {};
@@ -115,8 +122,41 @@ Result<int> NftClientImpl::request(const std::vector<uint8_t>& req,
   }
 }
 
+Result<uint32_t> NftClientImpl::generation() {
+  std::optional<uint32_t> gen;
+  bool intr = false;
+  auto rc = request(nft::getGenRequest(++seq_), [&](const nlmsghdr* m) {
+    if (auto g = nft::decodeGeneration(m)) gen = g;
+  }, intr);
+  if (!rc) return std::unexpected(rc.error());
+  if (*rc != 0) return sysFail(*rc, "nfnetlink get generation");
+  if (!gen) return fail(EBADMSG, "nfnetlink: no generation in the answer");
+  return *gen;
+}
+
 Result<dp::NftState> NftClientImpl::observe() {
   if (auto s = openSocket(); !s) return std::unexpected(s.error());
+  // NOTE Performance: the bucket maps cost ≈ 2.5 µs per element to read back (lookups, one
+  // answer datagram each): ≈ 8 s at 50k VIPs × 64 buckets, every resync. The generation
+  // counts every nf_tables commit in the namespace, by anyone; when it is still the one at
+  // which this client last knew the table exactly (its own complete observation, or its own
+  // commits conditioned on that generation), nothing in nftables changed since, and that state
+  // is the answer. Any other commit (another table's too) makes the next observation full.
+  auto gen = generation();
+  if (!gen) return std::unexpected(gen.error());
+  if (known_ && knownGen_ == *gen) return *known_;
+  known_.reset();
+  auto st = observeKernel();
+  if (!st) return st;
+  // A consistent snapshot only if nothing was committed while it was read.
+  if (auto after = generation(); after && *after == *gen) {
+    known_ = *st;
+    knownGen_ = *gen;
+  }
+  return st;
+}
+
+Result<dp::NftState> NftClientImpl::observeKernel() {
   dp::NftState st;
   // The table and its comment ("kst:<skeleton id>").
   {
@@ -215,17 +255,54 @@ Result<dp::NftState> NftClientImpl::observe() {
   return st;
 }
 
+Status NftClientImpl::run(const std::string& script) {
+  known_.reset();  // a text transaction: the table is whatever the next observation finds
+  return runText(script);
+}
+
+Result<int> NftClientImpl::commit(
+    const std::function<std::vector<uint8_t>(uint32_t, std::vector<uint32_t>&)>& encode,
+    bool& tracked) {
+  // Conditioned on the known generation: applied only if nothing else was committed since,
+  // and then it is the one commit after it. Refused (kErestart, nothing applied) otherwise:
+  // sent again unconditioned, and the state is no longer known.
+  uint32_t genid = known_ ? knownGen_ : 0;
+  while (true) {
+    std::vector<uint32_t> acked;
+    auto buf = encode(genid, acked);
+    auto rc = sendBatch(buf, acked);
+    if (rc && *rc == nft::kErestart && genid) {
+      known_.reset();
+      genid = 0;
+      continue;
+    }
+    tracked = rc && *rc == 0 && genid;
+    if (tracked) knownGen_ = nft::nextGeneration(genid);
+    else known_.reset();
+    return rc;
+  }
+}
+
 Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
   if (ch.size() == 0) return {};
   if (auto s = openSocket(); !s) return std::unexpected(s.error());
-  std::vector<uint32_t> acked;
-  auto buf = nft::encodeElementChanges(cfg_.nftTable, ch, seq_, acked);
-  auto rc = sendBatch(buf, acked);
+  bool tracked = false;
+  auto rc = commit([&](uint32_t genid, std::vector<uint32_t>& acked) {
+    return nft::encodeElementChanges(cfg_.nftTable, ch, seq_, acked, genid);
+  }, tracked);
   if (!rc) return std::unexpected(rc.error().wrap(fmt::format("{} element changes", ch.size())));
   if (*rc) {
-    exhaustive_ = true;  // see observe()
+    exhaustive_ = true;  // see observeKernel()
     return fail(EINVAL, fmt::format("nft: element batch of {} changes failed: {}", ch.size(),
                                     std::strerror(*rc)));
+  }
+  if (tracked) {
+    // The known state follows the transaction, as the kernel applied it.
+    for (const auto& v : ch.vipDeletes) known_->vips.erase(v);
+    for (const auto& b : ch.bucketDeletes) known_->buckets.erase(b.vip, b.bucket);
+    for (const auto& b : ch.bucketAdds)
+      known_->buckets.set(b.vip, b.bucket, b.mark ? b.mark : dp::BucketMap::kForeignZeroMark);
+    for (const auto& v : ch.vipAdds) known_->vips.insert(v);
   }
   return {};
 }
@@ -241,6 +318,11 @@ Result<int> NftClientImpl::sendBatch(const std::vector<uint8_t>& buf,
   if (send(fd_, buf.data(), buf.size(), 0) < 0) return sysFail(errno, "nfnetlink send of a batch");
   sent_ += seqs.size() + 2;
   std::set<uint32_t> pending(seqs.begin(), seqs.end());
+  // Answers to this batch only: BATCH_BEGIN … BATCH_END (an answer left over from an earlier
+  // exchange must not be taken for one).
+  auto msgs0 = nft::split(buf);
+  if (!msgs0 || msgs0->empty()) return fail(EINVAL, "nfnetlink: malformed batch");
+  const uint32_t first = msgs0->front()->nlmsg_seq, last = msgs0->back()->nlmsg_seq;
   int firstError = 0;
   std::vector<uint8_t>& rx = rxBuffer();
   while (!pending.empty()) {
@@ -258,6 +340,7 @@ Result<int> NftClientImpl::sendBatch(const std::vector<uint8_t>& buf,
     for (const nlmsghdr* m : *msgs) {
       nft::Reply r = nft::classify(m);
       if (r.kind != nft::Reply::Ack && r.kind != nft::Reply::Error) continue;
+      if (m->nlmsg_seq - first > last - first) continue;  // modulo 2^32
       if (r.error && !firstError) firstError = r.error;
       // An error on the batch header (e.g. no memory for the batch) ends it at once.
       if (r.error && !pending.contains(m->nlmsg_seq)) pending.clear();
@@ -346,11 +429,16 @@ Result<std::pair<size_t, int>> NftClientImpl::purgeFlowMap(
     if (attempt == 3) return fail(EINTR, fmt::format("nfnetlink: dump of {} kept changing", set));
   }
   if (keys.empty()) return std::make_pair(size_t{0}, 0);
-  // One transaction (DELSETELEM messages of at most nft::kElementsPerMessage keys).
-  nft::BatchEncoder enc(cfg_.nftTable, seq_);
-  for (auto& k : keys) enc.element(false, set, {k.data(), klen}, nullptr);
-  auto buf = enc.finish();
-  auto rc = sendBatch(buf, enc.acked());
+  // One transaction (DELSETELEM messages of at most nft::kElementsPerMessage keys). The
+  // flow maps are not part of the known state, but the commit moves the generation.
+  bool tracked = false;
+  auto rc = commit([&](uint32_t genid, std::vector<uint32_t>& acked) {
+    nft::BatchEncoder enc(cfg_.nftTable, seq_, 0, genid);
+    for (auto& k : keys) enc.element(false, set, {k.data(), klen}, nullptr);
+    auto buf = enc.finish();
+    acked = enc.acked();
+    return buf;
+  }, tracked);
   if (!rc) return std::unexpected(rc.error());
   if (*rc) return std::make_pair(size_t{0}, *rc);
   return std::make_pair(keys.size(), 0);

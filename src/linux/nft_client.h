@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,8 +28,10 @@ class NftClientImpl : public dp::NftClient {
  public:
   explicit NftClientImpl(const DataplaneConfig& cfg);
   ~NftClientImpl() override;
-  /** Raw nfnetlink only (GETTABLE, GETSETELEM dumps and lookups); libnftables is used for
-   *  nothing but the table skeleton (run()). */
+  /** Raw nfnetlink only (GETGEN, GETTABLE, GETSETELEM dumps and lookups); libnftables is
+   *  used for nothing but the table skeleton (run()). When the ruleset generation is still
+   *  the one at which this client last knew the table, that state is returned without
+   *  reading the elements (see observe() in the .cpp). */
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
@@ -38,6 +41,17 @@ class NftClientImpl : public dp::NftClient {
 
  private:
   Status openSocket();
+  Status runText(const std::string& script);
+  /** The ruleset generation (NFT_MSG_GETGEN). */
+  Result<uint32_t> generation();
+  /** Table, VIP sets and bucket maps read from the kernel. */
+  Result<dp::NftState> observeKernel();
+  /** Sends the batch encode(genid, acked) builds; see known_. tracked: the batch was applied
+   *  as the commit right after knownGen_, which now names the generation after it.
+   *  @return as sendBatch(). */
+  Result<int> commit(
+      const std::function<std::vector<uint8_t>(uint32_t, std::vector<uint32_t>&)>& encode,
+      bool& tracked);
   /** Sends one request and calls fn for every reply message until the ack or NLMSG_DONE.
    *  @return 0, or the positive errno the kernel answered. */
   Result<int> request(const std::vector<uint8_t>& req,
@@ -62,6 +76,11 @@ class NftClientImpl : public dp::NftClient {
   // ≈ 1.2 ms added to every pass that purges flows (an endpoint change) in the daemon's thread.
   std::vector<uint8_t> rx_;
   bool exhaustive_ = false;  // next observation dumps the bucket maps (after a failed batch)
+  // The table as it is at ruleset generation knownGen_ (a complete observation with no commit
+  // during it, then this client's own commits, each conditioned on the generation before it
+  // with NFNL_BATCH_GENID). Reset by a text transaction, a failed or unconditioned batch.
+  std::optional<dp::NftState> known_;
+  uint32_t knownGen_ = 0;
 };
 
 }  // namespace kst

@@ -94,10 +94,15 @@ size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, si
   return 2 * kHeader + messages * perMsg + elements * 15 + keyBytes + maps * 12 + kMessageRoom;
 }
 
-BatchEncoder::BatchEncoder(std::string table, uint32_t& seq, size_t reserve)
+BatchEncoder::BatchEncoder(std::string table, uint32_t& seq, size_t reserve, uint32_t genid)
     : table_(std::move(table)), seq_(seq) {
   buf_.reserve(reserve);
   putHeader(buf_, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+  if (genid) {
+    buf_.resize(kHeader + MNL_ALIGN(sizeof(nlattr) + 4));
+    mnl_attr_put_u32(at(buf_, 0), NFNL_BATCH_GENID, htonl(genid));
+    buf_.resize(at(buf_, 0)->nlmsg_len);
+  }
 }
 
 void BatchEncoder::close() {
@@ -156,7 +161,7 @@ size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]) {
 }
 
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& ch,
-                           uint32_t& seq, std::vector<uint32_t>& acked) {
+                           uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid) {
   // One buffer for the whole batch (one sendmsg, ≈ 20 MB at a V = 10k cold start), reserved
   // to its bound so that it is never reallocated (a doubling would briefly hold both copies).
   size_t keyBytes = 0;
@@ -164,7 +169,8 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (auto& b : ch.bucketDeletes) keyBytes += b.vip.size() + 4;
   for (auto& v : ch.vipAdds) keyBytes += v.size();
   for (auto& v : ch.vipDeletes) keyBytes += v.size();
-  BatchEncoder enc(table, seq, batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size()));
+  BatchEncoder enc(table, seq, batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size()),
+                   genid);
   // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a
   // cold start carries 640k of them), one pass per family.
   auto vips = [&](bool add, const std::vector<IpAddress>& v, bool v4) {
@@ -193,6 +199,14 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
 }
 
 // ---- requests ----
+
+Bytes getGenRequest(uint32_t seq) {
+  // With NLM_F_ACK, unlike nft: the answer is NEWGEN then an ack, so that the receive loop
+  // ends on the ack as for every other request (without it, NEWGEN alone comes back).
+  Bytes req;
+  putHeader(req, nftMsg(NFT_MSG_GETGEN), NLM_F_ACK, AF_UNSPEC, 0, seq);
+  return req;
+}
 
 Bytes getTableRequest(const std::string& table, uint32_t seq) {
   Bytes req;
@@ -288,6 +302,15 @@ std::optional<Table> decodeTable(const nlmsghdr* m) {
   return t;
 }
 
+std::optional<uint32_t> decodeGeneration(const nlmsghdr* m) {
+  if (m->nlmsg_type != nftMsg(NFT_MSG_NEWGEN) || m->nlmsg_len < kHeader) return std::nullopt;
+  Attrs a;
+  if (mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &a) < 0 || !a.tb[NFTA_GEN_ID] ||
+      mnl_attr_get_payload_len(a.tb[NFTA_GEN_ID]) != 4)
+    return std::nullopt;
+  return ntohl(mnl_attr_get_u32(a.tb[NFTA_GEN_ID]));
+}
+
 std::optional<ElementList> forEachElement(const nlmsghdr* m,
                                           const std::function<void(const Element&)>& fn) {
   const uint16_t t = m->nlmsg_type;
@@ -373,6 +396,16 @@ Result<DecodedBatch> decodeBatch(std::span<const uint8_t> buf) {
       !isBatch(msgs->back(), NFNL_MSG_BATCH_END))
     return fail(EINVAL, "nft batch: not framed by BATCH_BEGIN/BATCH_END for nf_tables");
   DecodedBatch out;
+  {
+    Attrs a;
+    if (mnl_attr_parse(msgs->front(), sizeof(nfgenmsg), Attrs::cb, &a) < 0)
+      return fail(EINVAL, "nft batch: malformed BATCH_BEGIN");
+    if (a.tb[NFNL_BATCH_GENID]) {
+      if (mnl_attr_get_payload_len(a.tb[NFNL_BATCH_GENID]) != 4)
+        return fail(EINVAL, "nft batch: malformed NFNL_BATCH_GENID");
+      out.genid = ntohl(mnl_attr_get_u32(a.tb[NFNL_BATCH_GENID]));
+    }
+  }
   for (size_t i = 1; i + 1 < msgs->size(); ++i) {
     const nlmsghdr* m = (*msgs)[i];
     DecodedBatch::Message msg;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <array>
+#include <cerrno>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -52,8 +53,10 @@ constexpr size_t kElementsPerMessage = 1000;
  */
 class BatchEncoder {
  public:
-  /** reserve: bytes to reserve up front (batchBytes()), so that the buffer never moves. */
-  BatchEncoder(std::string table, uint32_t& seq, size_t reserve = 0);
+  /** reserve: bytes to reserve up front (batchBytes()), so that the buffer never moves.
+   *  genid ≠ 0: NFNL_BATCH_GENID in BATCH_BEGIN, so that the kernel refuses the batch
+   *  (kErestart, nothing applied) unless the ruleset generation is still genid. */
+  BatchEncoder(std::string table, uint32_t& seq, size_t reserve = 0, uint32_t genid = 0);
   /** Adds one element to set (NFT_MSG_NEWSETELEM when add, else DELSETELEM): appended to the
    *  open message when it is for the same set and operation and has room, else in a new one.
    *  data: the map data (nullptr for a set or a deletion). */
@@ -86,12 +89,21 @@ size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, si
  *  script (desired/nft_render.cpp): VIP deletions, bucket deletions, bucket additions, VIP
  *  additions, IPv4 before IPv6 in each (hitless for removed and added VIPs). */
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& changes,
-                           uint32_t& seq, std::vector<uint32_t>& acked);
+                           uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid = 0);
+
+/** The kernel's answer to a batch whose NFNL_BATCH_GENID is not the current generation
+ *  (an error on the batch header's sequence number; nothing of the batch is applied). */
+constexpr int kErestart = ERESTART;
+/** The generation after one commit from gen (the kernel skips 0). */
+inline uint32_t nextGeneration(uint32_t gen) { return gen + 1 == 0 ? 1 : gen + 1; }
 
 /** The key of a bucket map element: VIP (network order) . kBucketMarkBase + bucket (host order). */
 size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]);
 
 // ---- requests outside batches ----
+/** NFT_MSG_GETGEN: the ruleset generation of the namespace (answered by NEWGEN and an ack). Every
+ *  committed nf_tables transaction, by anyone, increments it. */
+Bytes getGenRequest(uint32_t seq);
 /** NFT_MSG_GETTABLE of one table (answered by NEWTABLE and an ack, or ENOENT). */
 Bytes getTableRequest(const std::string& table, uint32_t seq);
 /** NFT_MSG_GETSETELEM dump of one set (answered by NEWSETELEM messages and NLMSG_DONE). */
@@ -118,6 +130,9 @@ struct Table {
   std::optional<std::string> comment;
 };
 std::optional<Table> decodeTable(const nlmsghdr* m);
+
+/** The generation of a NEWGEN message (NFTA_GEN_ID). */
+std::optional<uint32_t> decodeGeneration(const nlmsghdr* m);
 
 /** One element of a NEWSETELEM/DELSETELEM message: spans into the message. */
 struct Element {
@@ -152,6 +167,7 @@ std::optional<std::vector<const nlmsghdr*>> split(std::span<const uint8_t> buf);
 
 /** A batch decoded (as the kernel reads one): BATCH_BEGIN for nf_tables, messages, BATCH_END. */
 struct DecodedBatch {
+  uint32_t genid = 0;  // NFNL_BATCH_GENID of BATCH_BEGIN (0: none)
   struct Message {
     ElementList list;
     uint32_t seq = 0;

@@ -7,9 +7,9 @@
 //     own counter; both send pid 0, which is zeroed anyway);
 //   * attribute padding bytes (nft leaves whatever was in its buffer, e.g. 0x7f, after a name's
 //     NUL; the kernel never reads padding);
-//   * NLM_F_ACK on element messages in a batch: the daemon asks for an ack per message and
-//     waits for each (it learns the transaction's outcome without polling); nft sends none and
-//     polls for errors. The kernel's transaction is the same;
+//   * NLM_F_ACK on element messages in a batch and on GETGEN: the daemon asks for an ack per
+//     message and waits for each (it learns the transaction's outcome without polling, and a
+//     receive loop ends on the ack); nft sends none and polls. The kernel's work is the same;
 //   * NFTA_SET_ELEM_LIST_SET_ID on nft's NEWSETELEM: nft numbers every set in its cache and
 //     sends the number along; the kernel uses it only to find a set created earlier in the same
 //     batch, and looks an existing set up by name first. The daemon's sets always exist.
@@ -25,12 +25,12 @@
 #include <linux/netfilter/nfnetlink.h>
 
 #include <cstring>
-#include <fstream>
 #include <random>
-#include <sstream>
+#include <set>
 
 #include "desired/nft_render.h"
 #include "linux/nft_codec.h"
+#include "unit/netlink_golden.h"
 
 #ifndef KST_TEST_DATA_DIR
 #error "KST_TEST_DATA_DIR must point at tests/data"
@@ -44,15 +44,8 @@ IpAddress ip(const char* s) { return *IpAddress::parse(s); }
 
 /** The bytes of a capture (all its messages, in order). */
 Bytes golden(const std::string& name) {
-  std::ifstream in(std::string(KST_TEST_DATA_DIR) + "/nft/" + name + ".hex");
-  EXPECT_TRUE(in) << "missing golden " << name;
-  Bytes out;
-  for (std::string line; std::getline(in, line);) {
-    if (line.starts_with("#")) continue;
-    std::istringstream ls(line);
-    for (std::string b; ls >> b;) out.push_back(static_cast<uint8_t>(std::stoul(b, nullptr, 16)));
-  }
-  return out;
+  return nl::golden_bytes::readHexBytes(std::string(KST_TEST_DATA_DIR) + "/nft/" + name + ".hex",
+                                        name);
 }
 
 std::vector<Bytes> messagesOf(const Bytes& buf) {
@@ -132,7 +125,9 @@ void expectSameBatch(const std::string& name, const Bytes& ours) {
     SCOPED_TRACE("message " + std::to_string(i));
     // Our element messages do ask for the ack nft does not.
     auto* oh = reinterpret_cast<const nlmsghdr*>(o[i].data());
-    if (i > 0 && i + 1 < g.size()) EXPECT_TRUE(oh->nlmsg_flags & NLM_F_ACK);
+    if (i > 0 && i + 1 < g.size()) {
+      EXPECT_TRUE(oh->nlmsg_flags & NLM_F_ACK);
+    }
     EXPECT_EQ(hex(normalise(o[i], {.clearAck = true})),
               hex(normalise(g[i], {.dropAttr = NFTA_SET_ELEM_LIST_SET_ID})));
   }
@@ -263,6 +258,37 @@ TEST(NftCodecGolden, Requests) {
                                                      return bucketKey(ip("192.0.2.7"), 2, k);
                                                    },
                                                    7));
+}
+
+// The ruleset generation: nft's GETGEN, the kernel's NEWGEN (13 commits in the capture's
+// namespace before it), and a batch conditioned on a generation (NFNL_BATCH_GENID, be32).
+TEST(NftCodecGolden, Generation) {
+  // Ours asks for an ack (nft's does not): the receive loop ends on it.
+  Bytes gen = getGenRequest(7);
+  EXPECT_EQ(reinterpret_cast<const nlmsghdr*>(gen.data())->nlmsg_flags, NLM_F_REQUEST | NLM_F_ACK);
+  reinterpret_cast<nlmsghdr*>(gen.data())->nlmsg_flags &= ~NLM_F_ACK;
+  expectSameRequest("getgen", gen);
+  Bytes reply = golden("getgen_reply");
+  auto msgs = split(reply);
+  ASSERT_TRUE(msgs && msgs->size() == 1);
+  EXPECT_EQ(decodeGeneration((*msgs)[0]), 13u);
+  EXPECT_FALSE(decodeGeneration(reinterpret_cast<const nlmsghdr*>(golden("list_table").data())));
+
+  uint32_t seq = 0;
+  BatchEncoder enc(kTable, seq, 0, 0x01020304);
+  const IpAddress v = ip("192.0.2.1");
+  enc.element(true, "vip4", {v.data(), v.size()}, nullptr);
+  Bytes b = enc.finish();
+  auto begin = messagesOf(b).at(0);
+  EXPECT_EQ(hex(begin), hex(Bytes{0x1c, 0, 0, 0, 0x10, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+                                  0, 0, 0, 0x0a, 8, 0, 1, 0, 1, 2, 3, 4}));
+  auto batch = decodeBatch(b);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->genid, 0x01020304u);
+  EXPECT_EQ(batch->messages.size(), 1u);
+  EXPECT_EQ(decodeBatch(golden("add_vip4"))->genid, 0u);  // nft sends none
+  EXPECT_EQ(nextGeneration(41), 42u);
+  EXPECT_EQ(nextGeneration(0xffffffffu), 1u);  // the kernel skips 0
 }
 
 // ---- replies ----

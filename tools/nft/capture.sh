@@ -70,6 +70,9 @@ ip netns exec "$ns" nft add element $T flow6 '{ 0x11223344 . 0x55667788 : 1001 }
 capture del_flow6 send $DELSETELEM delete element $T flow6 '{ 0x11223344 . 0x55667788 }'
 
 # Requests and the kernel's answers (observe).
+GETGEN=$((0xa10))
+capture getgen send $GETGEN list table $T
+capture getgen_reply recv $GETGEN list table $T
 capture list_table send $GETTABLE list table $T
 capture list_table_reply recv $GETTABLE list table $T
 capture dump_b2s4 send $GETSETELEM list map $T b2s4
