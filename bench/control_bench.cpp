@@ -13,6 +13,9 @@
 //                           every service compared, and full re-observation per pass)
 //   restart V E B           a fresh reconciler on programmed state: time to reconciled and
 //                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
+//   observe V E B REPS      the nft listing of a resync/restart alone: NftClientImpl::observe()
+//                           on a table loaded with V VIPs × B buckets (no routes), by fresh
+//                           clients (restart) and by the daemon's long-lived one (resync)
 //
 // Output: one "RESULT key=value ..." line per figure (bench/run.sh builds the table from them).
 #include <arpa/inet.h>
@@ -593,6 +596,102 @@ int trialDaemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin
   return 0;
 }
 
+// ---- observe: the nft half of a resync ----
+
+/** The table programmed with V VIPs × B buckets (skeleton by text, elements by nfnetlink
+ *  batches of 5000 VIPs), then REPS observations by the daemon's client, each checked against
+ *  what was loaded: a resync's (or a restart's) nft listing. No routes: their dumps are the
+ *  cheap part of a resync. */
+int trialObserve(uint32_t v, uint32_t e, uint32_t b, int reps) {
+  auto cfg = benchConfig(b);
+  auto st = desiredOf(benchModel(v, e), cfg);
+  dp::NftState skeleton = st.nft;
+  skeleton.vips.clear();
+  skeleton.buckets.clear();
+  NftClientImpl loader(cfg);
+  if (auto s = loader.run(renderNftChanges(cfg, skeleton, dp::NftState{})); !s) {
+    fprintf(stderr, "observe: skeleton: %s\n", s.error().message.c_str());
+    return 1;
+  }
+  std::vector<IpAddress> vips(st.nft.vips.begin(), st.nft.vips.end());
+  for (size_t i = 0; i < vips.size(); i += 5000) {
+    dp::NftState part;
+    for (size_t j = i; j < std::min(vips.size(), i + 5000); ++j) {
+      part.vips.insert(vips[j]);
+      if (auto* marks = st.nft.buckets.marksOf(vips[j])) part.buckets.setVip(vips[j], *marks);
+    }
+    if (auto s = loader.applyElements(nftElementChanges(part, dp::NftState{})); !s) {
+      fprintf(stderr, "observe: load: %s\n", s.error().message.c_str());
+      return 1;
+    }
+  }
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    NftClientImpl nft(cfg);  // a fresh client, as after a restart (a resync reuses one)
+    auto t0 = Clock::now();
+    auto got = nft.observe();
+    t.push_back(secondsSince(t0));
+    if (!got || got->vips != st.nft.vips || !(got->buckets == st.nft.buckets) ||
+        got->skeletonId != st.nft.skeletonId) {
+      if (got)
+        fprintf(stderr, "observe: observed state differs from the loaded one: %zu VIPs, %zu "
+                "buckets, skeleton %s (loaded %zu, %zu, %s)\n", got->vips.size(),
+                got->buckets.size(), got->skeletonId.c_str(), st.nft.vips.size(),
+                st.nft.buckets.size(), st.nft.skeletonId.c_str());
+      else
+        fprintf(stderr, "observe: %s\n", got.error().message.c_str());
+      return 1;
+    }
+    fprintf(stderr, "  observe rep %d: %.4f s (%zu messages)\n", i, t.back(),
+            static_cast<size_t>(nft.messagesSent()));
+  }
+  // A resync: the daemon's long-lived client, which observed once and has written since (one
+  // bucket moved, conditioned on the generation it knew); then the same after a commit by
+  // someone else (another table), which makes the observation read everything again.
+  NftClientImpl daemon(cfg);
+  auto check = [&](const char* what, double& secs) {
+    auto t0 = Clock::now();
+    auto got = daemon.observe();
+    secs = secondsSince(t0);
+    if (!got || got->vips != st.nft.vips || !(got->buckets == st.nft.buckets)) {
+      fprintf(stderr, "observe (%s): %s\n", what,
+              got ? "observed state differs from the kernel's" : got.error().message.c_str());
+      return false;
+    }
+    return true;
+  };
+  double tFirst = 0, tResync = 0, tForeign = 0;
+  if (!check("first", tFirst)) return 1;
+  const IpAddress& vip0 = vips.at(0);
+  uint32_t was = st.nft.buckets.at({vip0, 0}), now = was + 1;
+  dp::NftElementChanges move;
+  move.bucketDeletes = {{vip0, 0, was}};
+  move.bucketAdds = {{vip0, 0, now}};
+  if (auto s = daemon.applyElements(move); !s) {
+    fprintf(stderr, "observe: move: %s\n", s.error().message.c_str());
+    return 1;
+  }
+  st.nft.buckets.set(vip0, 0, now);
+  if (!check("resync", tResync)) return 1;
+  if (run("nft add table inet kb_other") != 0) return 1;
+  if (!check("after a foreign commit", tForeign)) return 1;
+  fprintf(stderr, "  long-lived client: first %.4f s, resync after its own write %.4f s, after "
+          "a foreign commit %.4f s\n", tFirst, tResync, tForeign);
+  printf("t=%.6f elements=%zu resync=%.6f foreign=%.6f\n", median(t),
+         st.nft.buckets.size() + st.nft.vips.size(), tResync, tForeign);
+  return 0;
+}
+
+int observe(uint32_t v, uint32_t e, uint32_t b, int reps) {
+  auto out = inFreshNetns([&] { return trialObserve(v, e, b, reps); });
+  if (out.empty()) return 1;
+  printf("RESULT bench=observe V=%u E=%u B=%u reps=%d observe_s=%.4f elements=%.0f "
+         "resync_s=%.4f resync_foreign_s=%.4f load=%.2f\n",
+         v, e, b, reps, field(out, "t"), field(out, "elements"), field(out, "resync"),
+         field(out, "foreign"), loadAverage1());
+  return 0;
+}
+
 int daemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin, int changes) {
   auto out = inFreshNetns([&] { return trialDaemonBinary(v, e, b, bin, changes); });
   if (out.empty()) return 1;
@@ -612,10 +711,11 @@ int main(int argc, char** argv) {
   if (cmd == "converge") return converge(arg(2, 1000), arg(3, 4), arg(4, 64), arg(5, 3));
   if (cmd == "incremental") return incremental(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 200));
   if (cmd == "restart") return restart(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
+  if (cmd == "observe") return observe(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
   if (cmd == "daemon" && argc >= 6)
     return daemonBinary(arg(2, 10000), arg(3, 4), arg(4, 64), argv[5], arg(6, 20));
   fprintf(stderr,
           "usage: kb-control converge V E B REPS | incremental V E B N | restart V E B REPS |\n"
-          "       daemon V E B BINARY [CHANGES]\n");
+          "       observe V E B REPS | daemon V E B BINARY [CHANGES]\n");
   return 2;
 }

@@ -82,14 +82,12 @@ class NftClient {
   virtual Result<NftState> observe() = 0;
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
-  /** True when applyElements() is implemented (then large element changes skip nft's text
-   *  parser: ≈ 7 µs per element, seconds for 640k; docs/performance.md). */
-  virtual bool hasElementBatches() const { return false; }
   /** Applies element changes as one transaction (order inside: VIP deletions, bucket
-   *  deletions, bucket additions, VIP additions). The table must exist. */
-  virtual Status applyElements(const NftElementChanges&) {
-    return fail("element batches not supported");
-  }
+   *  deletions, bucket additions, VIP additions), all or nothing: the kernel refuses the whole
+   *  batch when one deletion finds no element (ENOENT) or one addition finds its key with
+   *  other data (EBUSY). The table must exist. Element changes never go through nft's text
+   *  parser (a 640k-element load is seconds through text). */
+  virtual Status applyElements(const NftElementChanges&) = 0;
   /** Deletes the flow-table elements pinned to released slots, in one transaction per family:
    *  flow4 elements whose destination is the VIP and whose data is the mark; flow6 elements
    *  whose data is the mark, whatever their VIP (the flow6 key is a hash of the 4-tuple: the

@@ -1,5 +1,6 @@
 // nftables access to the daemon's single table: libnftables for the table structure (text,
-// rendered by desired/nft_render.h), raw nfnetlink for set/map elements.
+// rendered by desired/nft_render.h), raw nfnetlink for set/map elements and every observation.
+// This is the I/O half: the messages are encoded and decoded by linux/nft_codec.h.
 //
 // NOTE Performance: at V = 10k and B = 64 the bucket maps hold 640k elements. Through nft's
 // text parser (or its JSON listing) that is seconds of CPU and hundreds of MiB; encoded
@@ -10,6 +11,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,28 +28,34 @@ class NftClientImpl : public dp::NftClient {
  public:
   explicit NftClientImpl(const DataplaneConfig& cfg);
   ~NftClientImpl() override;
+  /** Raw nfnetlink only (GETGEN, GETTABLE, GETSETELEM dumps and lookups); libnftables is
+   *  used for nothing but the table skeleton (run()). When the ruleset generation is still
+   *  the one at which this client last knew the table, that state is returned without
+   *  reading the elements (see observe() in the .cpp). */
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
-  bool hasElementBatches() const override { return true; }
   Status applyElements(const dp::NftElementChanges& changes) override;
   Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override;
   /** nfnetlink messages and libnftables commands sent so far (benchmarks). */
   uint64_t messagesSent() const { return sent_; }
 
  private:
-  Result<std::string> command(const std::string& cmd, bool json, bool terse);
-  /** The listing through libnftables JSON (fallback when nfnetlink dumps fail). */
-  Result<dp::NftState> observeText();
-  Result<dp::NftState> observeRaw();
   Status openSocket();
-  /** Sends one request and calls fn for every reply message until the ack or NLMSG_DONE
-   *  (rx: the receive buffer, reused across requests). @return 0, or the positive errno the
-   *  kernel answered. */
+  Status runText(const std::string& script);
+  /** The ruleset generation (NFT_MSG_GETGEN). */
+  Result<uint32_t> generation();
+  /** Table, VIP sets and bucket maps read from the kernel. */
+  Result<dp::NftState> observeKernel();
+  /** Sends the batch encode(genid, acked) builds; see known_. tracked: the batch was applied
+   *  as the commit right after knownGen_, which now names the generation after it.
+   *  @return as sendBatch(). */
+  Result<int> commit(
+      const std::function<std::vector<uint8_t>(uint32_t, std::vector<uint32_t>&)>& encode,
+      bool& tracked);
+  /** Sends one request and calls fn for every reply message until the ack or NLMSG_DONE.
+   *  @return 0, or the positive errno the kernel answered. */
   Result<int> request(const std::vector<uint8_t>& req,
-                      const std::function<void(const nlmsghdr*)>& fn, bool& interrupted,
-                      std::vector<uint8_t>& rx);
-  /** A GETSETELEM dump request for one set of the daemon's table (next sequence number). */
-  std::vector<uint8_t> dumpElementsRequest(const char* set);
+                      const std::function<void(const nlmsghdr*)>& fn, bool& interrupted);
   /** The receive buffer of every nfnetlink exchange (≥ kRx bytes), kept for the client's life. */
   std::vector<uint8_t>& rxBuffer();
   /** Sends an encoded batch (BATCH_BEGIN … BATCH_END) in one sendmsg and waits for the ack of
@@ -68,11 +76,11 @@ class NftClientImpl : public dp::NftClient {
   // ≈ 1.2 ms added to every pass that purges flows (an endpoint change) in the daemon's thread.
   std::vector<uint8_t> rx_;
   bool exhaustive_ = false;  // next observation dumps the bucket maps (after a failed batch)
+  // The table as it is at ruleset generation knownGen_ (a complete observation with no commit
+  // during it, then this client's own commits, each conditioned on the generation before it
+  // with NFNL_BATCH_GENID). Reset by a text transaction, a failed or unconditioned batch.
+  std::optional<dp::NftState> known_;
+  uint32_t knownGen_ = 0;
 };
-
-/** Parses `nft -j list set|map` output into the state (pure, unit-tested). */
-Status parseNftElements(const std::string& json, dp::NftState& out);
-/** Extracts "kst:<id>" from the terse text listing of the table. */
-std::string parseSkeletonId(const std::string& text);
 
 }  // namespace kst

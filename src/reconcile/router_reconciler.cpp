@@ -127,7 +127,7 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
   res.timings.netlink += lapSeconds(t);
 
   using Step = NftTableStep;
-  if (delta.tablePresent && nft_.hasElementBatches() &&
+  if (delta.tablePresent &&
       (delta.table == Step::Keep || delta.table == Step::Create)) {
     // Element changes straight to nfnetlink. A table that does not exist yet is created
     // first, empty (nothing can match a VIP before its elements arrive, and VIPs enter their
@@ -145,7 +145,7 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
       res.changes += res.nftElementChanges + (res.nftRebuilt ? 1 : 0);
   } else {
     // Text: removal of the table, or a skeleton change (the table is rebuilt with its
-    // elements in one atomic transaction), or an NftClient without element batches.
+    // elements in one atomic transaction).
     std::string script =
         renderNftStep(cfg_, delta.table, delta.skeletonId, delta.skeleton, delta.elements);
     res.nftElementChanges = delta.table == Step::Delete ? 0 : delta.elements.size();

@@ -17,6 +17,10 @@
 //   * nft scripts are parsed (only the statements desired/nft_render.cpp emits; anything else
 //     is an error) and applied atomically: on any error nothing changes. Re-adding a map
 //     element with a different value fails (EBUSY), deleting a missing element fails.
+//   * nft element changes take production's path: applyElements() encodes them with
+//     linux/nft_codec (the very batch NftClientImpl sends), decodes the bytes as the kernel
+//     reads them and applies the transaction all or nothing (ENOENT for a missing element or
+//     set, EBUSY for a key held with other data, EINVAL for a key of the wrong length).
 // With Options::wire the objects are stored as the kernel would report them back: each one is
 // encoded with linux/netlink_codec and parsed again, so codec normalisation (e.g. fields the
 // parser does not recover) shows up as changes on the next pass.
@@ -24,6 +28,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <optional>
@@ -32,11 +37,16 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netlink.h>
 
 #include "dataplane/kernel.h"
 #include "desired/config.h"
 #include "desired/nft_render.h"
 #include "linux/netlink_codec.h"
+#include "linux/nft_codec.h"
 
 namespace kst::fake {
 
@@ -422,6 +432,30 @@ class FakeNft : public dp::NftClient {
     return {};
   }
 
+  /** See the header comment: the encoded batch, decoded and applied as one transaction.
+   *  Successful batches are recorded in `batches` (and the journal) as nft statements. */
+  Status applyElements(const dp::NftElementChanges& ch) override {
+    if (ch.size() == 0) return {};
+    if (failRuns) return fail(EINVAL, "fake nft: injected failure");
+    std::vector<uint32_t> acked;
+    const nft::Bytes bytes = nft::encodeElementChanges(table_, ch, seq_, acked);
+    auto batch = nft::decodeBatch(bytes);
+    if (!batch) return std::unexpected(batch.error());
+    if (batch->messages.size() != acked.size())
+      return fail(EINVAL, "fake nft: batch messages and acked sequence numbers differ");
+    if (!state_.present) return fail(ENOENT, "fake nft: no such table");
+    dp::NftState next = state_;
+    std::string text;
+    for (const auto& m : batch->messages) {
+      if (auto s = elementMessage(m, next, text); !s) return s;
+    }
+    state_ = std::move(next);
+    ++applied;
+    batches.push_back(text);
+    if (journal) journal->push_back("nft: " + text);
+    return {};
+  }
+
   /** Records the call; the fake has no flow tables, so nothing is pinned (0 purged). */
   Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override {
     if (failPurges) return fail(EIO, "fake nft: injected purge failure");
@@ -438,6 +472,8 @@ class FakeNft : public dp::NftClient {
   dp::NftState& mutableState() { return state_; }
 
   std::vector<std::string> scripts;
+  /** Every successful applyElements() batch, decoded, as nft statements (one per message). */
+  std::vector<std::string> batches;
   /** Every successful purgeFlows() call, in order. */
   std::vector<std::vector<dp::ReleasedSlot>> purges;
   /** See FakeKernel::journal; successful scripts are appended as "nft: <script>". */
@@ -504,8 +540,60 @@ class FakeNft : public dp::NftClient {
     return {};
   }
 
+  /** One decoded element message applied to st with the kernel's checks; appends it to text
+   *  as the nft statement it stands for. */
+  Status elementMessage(const nft::DecodedBatch::Message& m, dp::NftState& st, std::string& text) {
+    const auto& l = m.list;
+    const bool add = l.type == NFT_MSG_NEWSETELEM;
+    if (l.family != NFPROTO_INET || l.table != table_)
+      return fail(ENOENT, fmt::format("fake nft: no such table {}", l.table));
+    const nft::SetShape* shape = nft::setShape(l.set);
+    const bool vipSet = l.set == "vip4" || l.set == "vip6";
+    if (!shape || (!vipSet && l.set != "b2s4" && l.set != "b2s6"))
+      return fail(ENOENT, fmt::format("fake nft: no such set {}", l.set));
+    if (add != ((l.flags & NLM_F_CREATE) != 0) || !(l.flags & NLM_F_ACK))
+      return fail(EINVAL, fmt::format("fake nft: unexpected flags {:#x}", l.flags));
+    std::vector<std::string> items;
+    for (const auto& e : m.elements) {
+      if (e.key.size() != shape->keyLen || e.data.size() != (add ? shape->dataLen : 0))
+        return fail(EINVAL, fmt::format("fake nft: element of {} with key/data length {}/{}",
+                                        l.set, e.key.size(), e.data.size()));
+      if (vipSet) {
+        IpAddress ip = *nft::vipElement(e);
+        items.push_back(ip.str());
+        if (add) st.vips.insert(ip);
+        else if (!st.vips.erase(ip)) return fail(ENOENT, "fake nft: no such element " + ip.str());
+        continue;
+      }
+      uint32_t keyMark;
+      std::memcpy(&keyMark, e.key.data() + e.key.size() - 4, 4);
+      IpAddress ip = IpAddress::fromBytes(e.key.size() == 8 ? Family::V4 : Family::V6, e.key.data());
+      std::string item = fmt::format("{} . {:#x}", ip.str(), keyMark);
+      if (keyMark < kBucketMarkBase || keyMark - kBucketMarkBase >= dp::BucketMap::kMaxBuckets)
+        return fail(EINVAL, "fake nft: bucket outside the modelled range: " + item);
+      const uint32_t bucket = keyMark - kBucketMarkBase;
+      if (add) {
+        uint32_t value;
+        std::memcpy(&value, e.data.data(), 4);
+        item += fmt::format(" : {}", value);
+        if (value == 0) value = dp::BucketMap::kForeignZeroMark;  // as the observer reports it
+        auto have = st.buckets.find({ip, bucket});
+        if (!have) st.buckets.set(ip, bucket, value);
+        else if (*have != value)
+          return fail(EBUSY, "fake nft: element exists with another value: " + item);
+      } else if (!st.buckets.erase({ip, bucket})) {
+        return fail(ENOENT, "fake nft: no such element " + item);
+      }
+      items.push_back(std::move(item));
+    }
+    text += fmt::format("{} element inet {} {} {{ {} }}\n", add ? "add" : "delete", table_, l.set,
+                        fmt::join(items, ", "));
+    return {};
+  }
+
   std::string table_;
   dp::NftState state_;
+  uint32_t seq_ = 0;
 };
 
 }  // namespace kst::fake

@@ -1,4 +1,5 @@
-// Shared by the netlink golden-byte tests (netlink_codec_test.cpp, netlink_modes_golden_test.cpp):
+// Shared by the netlink golden-byte tests (netlink_codec_test.cpp, netlink_modes_golden_test.cpp,
+// nft_codec_test.cpp):
 // reading a captured message (hex bytes, '#' comments; tests/data/netlink/strace_to_hex.py) and
 // flattening its attributes into path → payload hex, so ours and iproute2's can be compared
 // attribute by attribute.
@@ -30,16 +31,22 @@ inline std::string hex(const void* p, size_t n) {
   return s;
 }
 
-/** One captured message; it must be at least a header and its nlmsg_len must match. */
-inline Message readHexFile(const std::string& path, const std::string& name) {
+/** The bytes of a capture file (hex, whitespace ignored, '#' lines are comments). */
+inline std::vector<uint8_t> readHexBytes(const std::string& path, const std::string& name) {
   std::ifstream in(path);
   EXPECT_TRUE(in) << "missing golden " << name;
-  Message m;
+  std::vector<uint8_t> m;
   for (std::string line; std::getline(in, line);) {
     if (line.starts_with("#")) continue;
     std::istringstream ls(line);
     for (std::string b; ls >> b;) m.push_back(static_cast<uint8_t>(std::stoul(b, nullptr, 16)));
   }
+  return m;
+}
+
+/** One captured message; it must be at least a header and its nlmsg_len must match. */
+inline Message readHexFile(const std::string& path, const std::string& name) {
+  Message m = readHexBytes(path, name);
   if (m.size() >= sizeof(nlmsghdr)) {
     EXPECT_EQ(hdr(m)->nlmsg_len, m.size()) << name;
   } else {

@@ -165,6 +165,40 @@ TEST(RouterIncremental, FailureDropsTheCacheAndTheNextPassObserves) {
   expectConverged(w, m);
 }
 
+// Element changes are one nfnetlink transaction (the fake decodes the batch the production
+// client sends): when a bucket the cache believes in was removed behind the daemon's back, the
+// deletion in the next change finds nothing (ENOENT) and the kernel refuses the whole batch,
+// additions included. The failure drops the cache; the next pass observes and repairs.
+TEST(RouterIncremental, ElementBatchIsAllOrNothing) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  r.setCaching(true);
+  Model m;
+  m.services.push_back(service(1, {1, 2}));
+  ASSERT_TRUE(r.reconcile(m)->ok());
+  const IpAddress vip = m.services[0].vip;
+  // 10.0.0.2 leaves: every bucket it held is deleted and re-added with 10.0.0.1's slot.
+  const uint32_t leaverMark = w.cfg.tableOffset + r.lastPlan().vips.at(0).slots.back();
+  std::optional<uint32_t> gone;
+  for (const auto& [k, mark] : w.nft.state().buckets)
+    if (mark == leaverMark && !gone) gone = k.second;
+  ASSERT_TRUE(gone);
+  ASSERT_TRUE(w.nft.mutableState().buckets.erase({vip, *gone}));  // drift: not in the cache
+  const dp::NftState before = w.nft.state();
+  const size_t batches = w.nft.batches.size();
+  m.services[0].endpoints.pop_back();
+  auto failed = r.reconcile(m);
+  ASSERT_TRUE(failed);
+  EXPECT_FALSE(failed->ok());
+  EXPECT_EQ(w.nft.batches.size(), batches);
+  EXPECT_EQ(w.nft.state().buckets, before.buckets);  // no addition of the batch was applied
+  EXPECT_EQ(w.nft.state().vips, before.vips);
+  auto retry = r.reconcile(m);
+  ASSERT_TRUE(retry && retry->ok()) << (retry ? retry->failures.front() : retry.error().message);
+  EXPECT_TRUE(retry->fullObserve);
+  expectConverged(w, m);
+}
+
 TEST(RouterIncremental, ResyncObservesAndRepairsDrift) {
   World w(config());
   RouterReconciler r(w.cfg, w.nl, w.nft);

@@ -129,7 +129,11 @@ TEST(RouterReconciler, FirstPassCreatesEverything) {
   EXPECT_TRUE(w.nft.state().present);
   EXPECT_EQ(w.nft.state().vips, (std::set<IpAddress>{ip(kA), ip(kB), ip(kC)}));
   EXPECT_EQ(w.nft.state().buckets.size(), 3u * 16u);
-  EXPECT_EQ(w.nft.applied, 1u);
+  // The table is created empty through text, its elements follow as one nfnetlink batch.
+  EXPECT_EQ(w.nft.applied, 2u);
+  ASSERT_EQ(w.nft.scripts.size(), 1u);
+  EXPECT_EQ(w.nft.scripts[0].find("element"), std::string::npos) << w.nft.scripts[0];
+  ASSERT_EQ(w.nft.batches.size(), 1u);
   EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u);
   expectConverged(w, sample());
   // Buckets of the draining IPv6 endpoint: none.
@@ -143,7 +147,7 @@ TEST(RouterReconciler, SecondPassMakesZeroChanges) {
   RouterReconciler r(w.cfg, w.nl, w.nft);
   pass(r, sample());
   auto before = w.nl.counts();
-  auto scripts = w.nft.scripts.size();
+  auto nftWrites = w.nft.applied;
   w.nl.clearLog();
   auto res = pass(r, sample());
   for (auto& c : w.nl.log()) ADD_FAILURE() << "unexpected change: " << dp::describe(c);
@@ -152,7 +156,7 @@ TEST(RouterReconciler, SecondPassMakesZeroChanges) {
   EXPECT_FALSE(res.nftRebuilt);
   EXPECT_EQ(w.nl.counts().changeRequests, before.changeRequests);
   EXPECT_EQ(w.nl.counts().applyCalls, before.applyCalls);
-  EXPECT_EQ(w.nft.scripts.size(), scripts);
+  EXPECT_EQ(w.nft.applied, nftWrites);  // neither a script nor an element batch
   EXPECT_GT(w.nl.counts().dumps, before.dumps);  // it did look
 }
 
@@ -171,7 +175,7 @@ TEST(RouterReconciler, RestartAdoptsKernelStateWithZeroChanges) {
     auto res = pass(restarted, sample());
     EXPECT_EQ(res.changes, 0u);
     EXPECT_EQ(w.nl.counts().changeRequests, before.changeRequests);
-    EXPECT_EQ(w.nft.applied, 1u);
+    EXPECT_EQ(w.nft.applied, 2u);  // the first process's skeleton and element batch only
     EXPECT_EQ(restarted.lastPlan().vips.at(0).buckets, bucketsBefore);
   }
 }
@@ -269,8 +273,9 @@ TEST(RouterReconciler, RemovingAnEndpointChangesOnlyItsRouteAndBuckets) {
   EXPECT_EQ(ownedRoutesTo(w.nl, kA, 1001), 0u);
   EXPECT_EQ(ownedRoutesTo(w.nl, kA), 2u);
   // nft: only b2s4 elements of VIP A changed; those 10.0.0.2 owned all moved.
-  ASSERT_EQ(w.nft.scripts.size(), 2u);
-  const auto& script = w.nft.scripts.back();
+  ASSERT_EQ(w.nft.scripts.size(), 1u);  // the skeleton of the first pass only
+  ASSERT_EQ(w.nft.batches.size(), 2u);
+  const auto& script = w.nft.batches.back();
   EXPECT_EQ(script.find("table inet"), std::string::npos) << "no table rebuild expected:\n" << script;
   EXPECT_EQ(script.find(kB), std::string::npos) << script;
   EXPECT_EQ(script.find("vip4"), std::string::npos) << script;
@@ -737,13 +742,13 @@ TEST(Daemon, OncePassProgramsKernelAndReportsProblems) {
 
   // A restarted daemon over the same kernel changes nothing.
   auto changesBefore = w.nl.counts().changeRequests;
-  auto scriptsBefore = w.nft.scripts.size();
+  auto nftWritesBefore = w.nft.applied;
   RouterReconciler router2(w.cfg, w.nl, w.nft);
   SnapshotSource src2(*objs);
   Daemon d2(o, src2, &router2, nullptr, nullptr);
   EXPECT_EQ(d2.run(), 0);
   EXPECT_EQ(w.nl.counts().changeRequests, changesBefore);
-  EXPECT_EQ(w.nft.scripts.size(), scriptsBefore);
+  EXPECT_EQ(w.nft.applied, nftWritesBefore);
 }
 
 TEST(Daemon, AProblemThatGoesAwayIsResolvedInTheSink) {

@@ -1,0 +1,423 @@
+#include "linux/nft_codec.h"
+
+#include <arpa/inet.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "desired/nft_render.h"
+
+namespace kst::nft {
+
+namespace {
+
+constexpr SetShape kShapes[] = {
+    {"vip4", 4, 0},   {"vip6", 16, 0}, {"b2s4", 8, 4},
+    {"b2s6", 20, 4},  {"flow4", 16, 4}, {"flow6", 8, 4},
+};
+
+constexpr size_t kHeader = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
+// Room a message is first sized to (mnl_attr_put writes past nlmsg_len): the element list
+// stays below 64 KiB.
+constexpr size_t kMessageRoom = (1 << 16) + 1024;
+
+/** The attribute type of the i-th (0-based) element of an element list. The kernel walks the
+ *  list without looking at it (its own answers use NFTA_LIST_ELEM for all); libnftnl, and so
+ *  nft, numbers the elements 1, 2, 3 …, and so does the daemon, to send nft's very bytes.
+ *  Lists hold ≤ kElementsPerMessage elements, far below the 14-bit type limit. */
+uint16_t listElementType(size_t i) { return static_cast<uint16_t>(NFTA_LIST_ELEM + i); }
+
+uint16_t nftMsg(int type) { return static_cast<uint16_t>((NFNL_SUBSYS_NFTABLES << 8) | type); }
+
+void putHeader(Bytes& buf, uint16_t type, uint16_t flags, uint8_t family, uint16_t resId,
+               uint32_t seq) {
+  size_t off = buf.size();
+  buf.resize(off + kHeader);
+  auto* h = reinterpret_cast<nlmsghdr*>(buf.data() + off);
+  h->nlmsg_len = static_cast<uint32_t>(kHeader);
+  h->nlmsg_type = type;
+  h->nlmsg_flags = NLM_F_REQUEST | flags;
+  h->nlmsg_seq = seq;
+  h->nlmsg_pid = 0;
+  auto* g = reinterpret_cast<nfgenmsg*>(buf.data() + off + MNL_ALIGN(sizeof(nlmsghdr)));
+  g->nfgen_family = family;
+  g->version = NFNETLINK_V0;
+  g->res_id = htons(resId);
+}
+
+nlmsghdr* at(Bytes& buf, size_t off) { return reinterpret_cast<nlmsghdr*>(buf.data() + off); }
+
+struct Attrs {
+  static constexpr int kMax = 32;
+  const nlattr* tb[kMax] = {};
+  static int cb(const nlattr* a, void* data) {
+    int type = mnl_attr_get_type(a);
+    if (type >= 0 && type < kMax) static_cast<Attrs*>(data)->tb[type] = a;
+    return MNL_CB_OK;
+  }
+};
+
+/** NFTA_DATA_VALUE inside a nested data attribute (empty when absent). */
+std::span<const uint8_t> dataValue(const nlattr* nest) {
+  if (!nest) return {};
+  Attrs a;
+  if (mnl_attr_parse_nested(nest, Attrs::cb, &a) < 0 || !a.tb[NFTA_DATA_VALUE]) return {};
+  return {static_cast<const uint8_t*>(mnl_attr_get_payload(a.tb[NFTA_DATA_VALUE])),
+          mnl_attr_get_payload_len(a.tb[NFTA_DATA_VALUE])};
+}
+
+std::string_view strAttr(const nlattr* a) {
+  if (!a) return {};
+  auto* p = static_cast<const char*>(mnl_attr_get_payload(a));
+  size_t n = mnl_attr_get_payload_len(a);
+  return {p, strnlen(p, n)};
+}
+
+}  // namespace
+
+const SetShape* setShape(std::string_view name) {
+  for (const auto& s : kShapes)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, size_t maps) {
+  // Per element: NFTA_LIST_ELEM + NFTA_SET_ELEM_KEY nests (8) + the key's NFTA_DATA_VALUE
+  // (4 + key, aligned: ≤ 3 more per element) + with data NFTA_SET_ELEM_DATA { u32 } (12).
+  const size_t perMsg = kHeader + MNL_ALIGN(4 + table.size() + 1) + MNL_ALIGN(4 + 6) + 4;
+  const size_t messages = elements / kElementsPerMessage + 10;  // + one per (set, operation)
+  return 2 * kHeader + messages * perMsg + elements * 15 + keyBytes + maps * 12 + kMessageRoom;
+}
+
+BatchEncoder::BatchEncoder(std::string table, uint32_t& seq, size_t reserve, uint32_t genid)
+    : table_(std::move(table)), seq_(seq) {
+  buf_.reserve(reserve);
+  putHeader(buf_, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+  if (genid) {
+    buf_.resize(kHeader + MNL_ALIGN(sizeof(nlattr) + 4));
+    mnl_attr_put_u32(at(buf_, 0), NFNL_BATCH_GENID, htonl(genid));
+    buf_.resize(at(buf_, 0)->nlmsg_len);
+  }
+}
+
+void BatchEncoder::close() {
+  if (open_ == SIZE_MAX) return;
+  auto* h = at(buf_, open_);
+  mnl_attr_nest_end(h, reinterpret_cast<nlattr*>(buf_.data() + listAttr_));
+  buf_.resize(open_ + h->nlmsg_len);
+  open_ = SIZE_MAX;
+}
+
+void BatchEncoder::element(bool add, std::string_view set, std::span<const uint8_t> key,
+                           const uint32_t* data) {
+  if (open_ == SIZE_MAX || openAdd_ != add || openSet_ != set || count_ == kElementsPerMessage) {
+    close();
+    open_ = buf_.size();
+    openAdd_ = add;
+    openSet_.assign(set);
+    count_ = 0;
+    acked_.push_back(++seq_);
+    // NLM_F_CREATE without NLM_F_EXCL: adding an element that exists with the same data is
+    // not an error (with other data it is: EBUSY).
+    putHeader(buf_, nftMsg(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM),
+              (add ? NLM_F_CREATE : 0) | NLM_F_ACK, NFPROTO_INET, 0, seq_);
+    buf_.resize(open_ + kMessageRoom);
+    auto* h = at(buf_, open_);
+    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, table_.c_str());
+    mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, openSet_.c_str());
+    listAttr_ = open_ + h->nlmsg_len;
+    mnl_attr_nest_start(h, NFTA_SET_ELEM_LIST_ELEMENTS);
+  }
+  auto* h = at(buf_, open_);
+  auto* el = mnl_attr_nest_start(h, listElementType(count_));
+  auto* k = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY);
+  mnl_attr_put(h, NFTA_DATA_VALUE, key.size(), key.data());
+  mnl_attr_nest_end(h, k);
+  if (data) {
+    auto* d = mnl_attr_nest_start(h, NFTA_SET_ELEM_DATA);
+    mnl_attr_put(h, NFTA_DATA_VALUE, 4, data);
+    mnl_attr_nest_end(h, d);
+  }
+  mnl_attr_nest_end(h, el);
+  ++count_;
+}
+
+Bytes BatchEncoder::finish() {
+  close();
+  putHeader(buf_, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, ++seq_);
+  return std::move(buf_);
+}
+
+size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]) {
+  std::memcpy(out, vip.data(), vip.size());
+  uint32_t mark = kBucketMarkBase + bucket;  // meta mark: host byte order
+  std::memcpy(out + vip.size(), &mark, 4);
+  return vip.size() + 4;
+}
+
+Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& ch,
+                           uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid) {
+  // One buffer for the whole batch (one sendmsg, ≈ 20 MB at a V = 10k cold start), reserved
+  // to its bound so that it is never reallocated (a doubling would briefly hold both copies).
+  size_t keyBytes = 0;
+  for (auto& b : ch.bucketAdds) keyBytes += b.vip.size() + 4;
+  for (auto& b : ch.bucketDeletes) keyBytes += b.vip.size() + 4;
+  for (auto& v : ch.vipAdds) keyBytes += v.size();
+  for (auto& v : ch.vipDeletes) keyBytes += v.size();
+  BatchEncoder enc(table, seq, batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size()),
+                   genid);
+  // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a
+  // cold start carries 640k of them), one pass per family.
+  auto vips = [&](bool add, const std::vector<IpAddress>& v, bool v4) {
+    for (const auto& ip : v)
+      if (ip.isV4() == v4) enc.element(add, v4 ? "vip4" : "vip6", {ip.data(), ip.size()}, nullptr);
+  };
+  auto buckets = [&](bool add, const std::vector<dp::NftElementChanges::Bucket>& v, bool v4) {
+    uint8_t key[20];
+    for (const auto& b : v) {
+      if (b.vip.isV4() != v4) continue;
+      size_t n = bucketKey(b.vip, b.bucket, key);
+      enc.element(add, v4 ? "b2s4" : "b2s6", {key, n}, add ? &b.mark : nullptr);
+    }
+  };
+  vips(false, ch.vipDeletes, true);
+  vips(false, ch.vipDeletes, false);
+  buckets(false, ch.bucketDeletes, true);
+  buckets(false, ch.bucketDeletes, false);
+  buckets(true, ch.bucketAdds, true);
+  buckets(true, ch.bucketAdds, false);
+  vips(true, ch.vipAdds, true);
+  vips(true, ch.vipAdds, false);
+  Bytes out = enc.finish();
+  acked = enc.acked();
+  return out;
+}
+
+// ---- requests ----
+
+Bytes getGenRequest(uint32_t seq) {
+  // With NLM_F_ACK, unlike nft: the answer is NEWGEN then an ack, so that the receive loop
+  // ends on the ack as for every other request (without it, NEWGEN alone comes back).
+  Bytes req;
+  putHeader(req, nftMsg(NFT_MSG_GETGEN), NLM_F_ACK, AF_UNSPEC, 0, seq);
+  return req;
+}
+
+Bytes getTableRequest(const std::string& table, uint32_t seq) {
+  Bytes req;
+  putHeader(req, nftMsg(NFT_MSG_GETTABLE), NLM_F_ACK, NFPROTO_INET, 0, seq);
+  req.resize(kHeader + MNL_ALIGN(4 + table.size() + 1));
+  auto* h = at(req, 0);
+  mnl_attr_put_strz(h, NFTA_TABLE_NAME, table.c_str());
+  req.resize(h->nlmsg_len);
+  return req;
+}
+
+namespace {
+
+/** GETSETELEM header and the set and table names, in nft's order (set first). */
+nlmsghdr* startGetElements(Bytes& req, const std::string& table, std::string_view set,
+                           uint16_t flags, uint32_t seq, size_t room) {
+  putHeader(req, nftMsg(NFT_MSG_GETSETELEM), flags, NFPROTO_INET, 0, seq);
+  req.resize(kHeader + MNL_ALIGN(4 + set.size() + 1) + MNL_ALIGN(4 + table.size() + 1) + room);
+  auto* h = at(req, 0);
+  std::string s(set);
+  mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_SET, s.c_str());
+  mnl_attr_put_strz(h, NFTA_SET_ELEM_LIST_TABLE, table.c_str());
+  return h;
+}
+
+}  // namespace
+
+Bytes dumpElementsRequest(const std::string& table, std::string_view set, uint32_t seq) {
+  // Without NLM_F_ACK, as nft: a dump ends with NLMSG_DONE, a refused one with NLMSG_ERROR.
+  Bytes req;
+  auto* h = startGetElements(req, table, set, NLM_F_DUMP, seq, 0);
+  req.resize(h->nlmsg_len);
+  return req;
+}
+
+Bytes getElementsRequest(const std::string& table, std::string_view set, size_t count,
+                         const std::function<size_t(size_t, uint8_t (&)[20])>& keyAt,
+                         uint32_t seq) {
+  Bytes req;
+  // Per key: LIST_ELEM + KEY nests (8) + NFTA_DATA_VALUE (4 + ≤ 20).
+  auto* h = startGetElements(req, table, set, NLM_F_ACK, seq, 4 + count * 32);
+  auto* list = mnl_attr_nest_start(h, NFTA_SET_ELEM_LIST_ELEMENTS);
+  uint8_t key[20];
+  for (size_t i = 0; i < count; ++i) {
+    size_t n = keyAt(i, key);
+    auto* el = mnl_attr_nest_start(h, listElementType(i));
+    auto* k = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY);
+    mnl_attr_put(h, NFTA_DATA_VALUE, n, key);
+    mnl_attr_nest_end(h, k);
+    mnl_attr_nest_end(h, el);
+  }
+  mnl_attr_nest_end(h, list);
+  req.resize(h->nlmsg_len);
+  return req;
+}
+
+// ---- replies ----
+
+Reply classify(const nlmsghdr* m) {
+  Reply r{Reply::Data};
+  r.interrupted = (m->nlmsg_flags & NLM_F_DUMP_INTR) != 0;
+  if (m->nlmsg_type == NLMSG_DONE) {
+    r.kind = Reply::Done;
+  } else if (m->nlmsg_type == NLMSG_ERROR) {
+    if (m->nlmsg_len < mnl_nlmsg_size(sizeof(nlmsgerr))) {
+      r.kind = Reply::Error;
+      r.error = EBADMSG;
+      return r;
+    }
+    auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+    r.kind = e->error ? Reply::Error : Reply::Ack;
+    r.error = -e->error;
+  }
+  return r;
+}
+
+std::optional<Table> decodeTable(const nlmsghdr* m) {
+  if (m->nlmsg_type != nftMsg(NFT_MSG_NEWTABLE) || m->nlmsg_len < kHeader) return std::nullopt;
+  Attrs a;
+  if (mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &a) < 0) return std::nullopt;
+  Table t{std::string(strAttr(a.tb[NFTA_TABLE_NAME])), std::nullopt};
+  if (!a.tb[NFTA_TABLE_USERDATA]) return t;
+  // libnftnl user data: { u8 type, u8 len, value[len] }*; type 0 (NFTNL_UDATA_TABLE_COMMENT)
+  // is the comment, NUL-terminated.
+  auto* p = static_cast<const uint8_t*>(mnl_attr_get_payload(a.tb[NFTA_TABLE_USERDATA]));
+  size_t n = mnl_attr_get_payload_len(a.tb[NFTA_TABLE_USERDATA]);
+  for (size_t i = 0; i + 2 <= n && i + 2 + p[i + 1] <= n; i += 2 + p[i + 1]) {
+    if (p[i] != 0) continue;
+    auto* c = reinterpret_cast<const char*>(p + i + 2);
+    t.comment = std::string(c, strnlen(c, p[i + 1]));
+    break;
+  }
+  return t;
+}
+
+std::optional<uint32_t> decodeGeneration(const nlmsghdr* m) {
+  if (m->nlmsg_type != nftMsg(NFT_MSG_NEWGEN) || m->nlmsg_len < kHeader) return std::nullopt;
+  Attrs a;
+  if (mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &a) < 0 || !a.tb[NFTA_GEN_ID] ||
+      mnl_attr_get_payload_len(a.tb[NFTA_GEN_ID]) != 4)
+    return std::nullopt;
+  return ntohl(mnl_attr_get_u32(a.tb[NFTA_GEN_ID]));
+}
+
+std::optional<ElementList> forEachElement(const nlmsghdr* m,
+                                          const std::function<void(const Element&)>& fn) {
+  const uint16_t t = m->nlmsg_type;
+  if (t != nftMsg(NFT_MSG_NEWSETELEM) && t != nftMsg(NFT_MSG_DELSETELEM) &&
+      t != nftMsg(NFT_MSG_GETSETELEM))
+    return std::nullopt;
+  if (m->nlmsg_len < kHeader) return std::nullopt;
+  Attrs top;
+  if (mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &top) < 0) return std::nullopt;
+  ElementList out;
+  out.type = static_cast<uint16_t>(t & 0xff);
+  out.flags = m->nlmsg_flags;
+  out.family = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(m))->nfgen_family;
+  out.table = strAttr(top.tb[NFTA_SET_ELEM_LIST_TABLE]);
+  out.set = strAttr(top.tb[NFTA_SET_ELEM_LIST_SET]);
+  const nlattr* list = top.tb[NFTA_SET_ELEM_LIST_ELEMENTS];
+  if (!list) return out;
+  // Validate the whole list before calling fn (a malformed message yields nothing).
+  const auto* first = static_cast<const nlattr*>(mnl_attr_get_payload(list));
+  const char* end = static_cast<const char*>(mnl_attr_get_payload(list)) + mnl_attr_get_payload_len(list);
+  auto walk = [&](bool call) {
+    for (auto* e = first; mnl_attr_ok(e, static_cast<int>(end - reinterpret_cast<const char*>(e)));
+         e = mnl_attr_next(e)) {
+      Attrs el;
+      if (mnl_attr_parse_nested(e, Attrs::cb, &el) < 0) return false;
+      Element x{dataValue(el.tb[NFTA_SET_ELEM_KEY]), dataValue(el.tb[NFTA_SET_ELEM_DATA])};
+      if (x.key.empty()) return false;
+      if (call) fn(x);
+    }
+    return true;
+  };
+  if (!walk(false)) return std::nullopt;
+  walk(true);
+  return out;
+}
+
+std::optional<IpAddress> vipElement(const Element& e) {
+  if (e.key.size() == 4) return IpAddress::fromBytes(Family::V4, e.key.data());
+  if (e.key.size() == 16) return IpAddress::fromBytes(Family::V6, e.key.data());
+  return std::nullopt;
+}
+
+bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace) {
+  const size_t klen = e.key.size();
+  if ((klen != 8 && klen != 20) || e.data.size() != 4) return false;
+  uint32_t mark, slotMark;
+  std::memcpy(&mark, e.key.data() + klen - 4, 4);
+  std::memcpy(&slotMark, e.data.data(), 4);
+  auto ip = IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, e.key.data());
+  // Keys outside the dense bucket range are not representable (the classifier never looks
+  // them up): skipped.
+  if (mark < kBucketMarkBase || mark - kBucketMarkBase >= dp::BucketMap::kMaxBuckets) return true;
+  uint32_t data = slotMark == 0 ? dp::BucketMap::kForeignZeroMark : slotMark;
+  if (replace) buckets.set(ip, mark - kBucketMarkBase, data);
+  else buckets.insert(ip, mark - kBucketMarkBase, data);
+  return true;
+}
+
+std::optional<std::vector<const nlmsghdr*>> split(std::span<const uint8_t> buf) {
+  // Not mnl_nlmsg_ok(): it compares the length as an int, so a length ≥ 2^31 passes.
+  std::vector<const nlmsghdr*> out;
+  size_t off = 0;
+  while (off < buf.size()) {
+    nlmsghdr h;
+    if (buf.size() - off < sizeof h) return std::nullopt;
+    std::memcpy(&h, buf.data() + off, sizeof h);
+    if (h.nlmsg_len < sizeof h || h.nlmsg_len > buf.size() - off) return std::nullopt;
+    out.push_back(reinterpret_cast<const nlmsghdr*>(buf.data() + off));
+    off += MNL_ALIGN(h.nlmsg_len);  // the last message's padding may be absent
+  }
+  return out;
+}
+
+Result<DecodedBatch> decodeBatch(std::span<const uint8_t> buf) {
+  auto msgs = split(buf);
+  if (!msgs) return fail(EINVAL, "nft batch: inconsistent message lengths");
+  auto isBatch = [](const nlmsghdr* m, uint16_t type) {
+    if (m->nlmsg_type != type || m->nlmsg_len < kHeader) return false;
+    auto* g = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(m));
+    return ntohs(g->res_id) == NFNL_SUBSYS_NFTABLES;
+  };
+  if (msgs->size() < 2 || !isBatch(msgs->front(), NFNL_MSG_BATCH_BEGIN) ||
+      !isBatch(msgs->back(), NFNL_MSG_BATCH_END))
+    return fail(EINVAL, "nft batch: not framed by BATCH_BEGIN/BATCH_END for nf_tables");
+  DecodedBatch out;
+  {
+    Attrs a;
+    if (mnl_attr_parse(msgs->front(), sizeof(nfgenmsg), Attrs::cb, &a) < 0)
+      return fail(EINVAL, "nft batch: malformed BATCH_BEGIN");
+    if (a.tb[NFNL_BATCH_GENID]) {
+      if (mnl_attr_get_payload_len(a.tb[NFNL_BATCH_GENID]) != 4)
+        return fail(EINVAL, "nft batch: malformed NFNL_BATCH_GENID");
+      out.genid = ntohl(mnl_attr_get_u32(a.tb[NFNL_BATCH_GENID]));
+    }
+  }
+  for (size_t i = 1; i + 1 < msgs->size(); ++i) {
+    const nlmsghdr* m = (*msgs)[i];
+    DecodedBatch::Message msg;
+    msg.seq = m->nlmsg_seq;
+    auto list = forEachElement(m, [&](const Element& e) { msg.elements.push_back(e); });
+    if (!list || list->type == NFT_MSG_GETSETELEM)
+      return fail(EINVAL, fmt::format("nft batch: message {} (type {:#x}) is not an element "
+                                      "change", i, m->nlmsg_type));
+    msg.list = *list;
+    out.messages.push_back(std::move(msg));
+  }
+  return out;
+}
+
+}  // namespace kst::nft

@@ -1,0 +1,182 @@
+// nfnetlink (nf_tables) messages of the daemon's table, encoded and decoded as bytes (pure: no
+// sockets). linux/nft_client.cpp sends and receives them; tests/unit/nft_codec_test.cpp pins
+// them against what `nft` 1.0.6 itself sends for the same commands and what the kernel answers
+// (tests/data/nft/*.hex, re-made by tools/nft/capture.sh).
+//
+//   nlmsghdr (type NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_*) | nfgenmsg (family, version, res_id)
+//   | attributes: NFTA_SET_ELEM_LIST_TABLE, _SET, _ELEMENTS { NFTA_LIST_ELEM {
+//       NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } [NFTA_SET_ELEM_DATA { NFTA_DATA_VALUE data }] }* }
+//
+// A write is one batch (NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END, res_id NFNL_SUBSYS_NFTABLES):
+// the kernel applies it as one transaction, all or nothing. Element keys as the kernel stores
+// them (every field of a concatenation in its own 32-bit register word): `ip daddr . meta mark`
+// is the address (network order) then the mark (host order); map data `meta mark` is host order.
+#pragma once
+
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "dataplane/kernel.h"
+#include "dataplane/types.h"
+
+struct nlmsghdr;
+
+namespace kst::nft {
+
+using Bytes = std::vector<uint8_t>;
+
+/** The daemon's sets and maps (desired/nft_render.cpp) with their key and data lengths. */
+struct SetShape {
+  std::string_view name;
+  uint32_t keyLen;
+  uint32_t dataLen;  // 0: a set (no data)
+};
+/** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4; nullptr for another name. */
+const SetShape* setShape(std::string_view name);
+
+/** Elements per NEWSETELEM/DELSETELEM message: the element list is one attribute (< 64 KiB),
+ *  ≤ 44 bytes per element of the daemon's sets. */
+constexpr size_t kElementsPerMessage = 1000;
+
+/**
+ * One batch being encoded. Sequence numbers come from the caller's counter (the socket's):
+ * every message takes ++seq. Element messages carry NLM_F_ACK (the socket waits for the ack of
+ * each, acked()); `nft` sends them without and polls for errors instead.
+ */
+class BatchEncoder {
+ public:
+  /** reserve: bytes to reserve up front (batchBytes()), so that the buffer never moves.
+   *  genid ≠ 0: NFNL_BATCH_GENID in BATCH_BEGIN, so that the kernel refuses the batch
+   *  (kErestart, nothing applied) unless the ruleset generation is still genid. */
+  BatchEncoder(std::string table, uint32_t& seq, size_t reserve = 0, uint32_t genid = 0);
+  /** Adds one element to set (NFT_MSG_NEWSETELEM when add, else DELSETELEM): appended to the
+   *  open message when it is for the same set and operation and has room, else in a new one.
+   *  data: the map data (nullptr for a set or a deletion). */
+  void element(bool add, std::string_view set, std::span<const uint8_t> key, const uint32_t* data);
+  /** Closes the batch (NFNL_MSG_BATCH_END) and returns it. */
+  Bytes finish();
+  /** Sequence numbers of the element messages (each is answered by an ack or an error). */
+  const std::vector<uint32_t>& acked() const { return acked_; }
+  /** Element messages so far. */
+  size_t messages() const { return acked_.size(); }
+
+ private:
+  void close();
+  std::string table_;
+  uint32_t& seq_;
+  Bytes buf_;
+  std::vector<uint32_t> acked_;
+  size_t open_ = SIZE_MAX;  // offset of the open element message
+  size_t listAttr_ = 0;     // offset of its NFTA_SET_ELEM_LIST_ELEMENTS
+  size_t count_ = 0;
+  bool openAdd_ = false;
+  std::string openSet_;
+};
+
+/** Upper bound of the bytes of a batch of `elements` elements whose keys total keyBytes, at
+ *  most `maps` of them with data, for table (BatchEncoder's reserve). */
+size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, size_t maps);
+
+/** The element changes of the VIP sets and bucket maps as one batch, in the order of the text
+ *  script (desired/nft_render.cpp): VIP deletions, bucket deletions, bucket additions, VIP
+ *  additions, IPv4 before IPv6 in each (hitless for removed and added VIPs). */
+Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& changes,
+                           uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid = 0);
+
+/** The kernel's answer to a batch whose NFNL_BATCH_GENID is not the current generation
+ *  (an error on the batch header's sequence number; nothing of the batch is applied). */
+constexpr int kErestart = ERESTART;
+/** The generation after one commit from gen (the kernel skips 0). */
+inline uint32_t nextGeneration(uint32_t gen) { return gen + 1 == 0 ? 1 : gen + 1; }
+
+/** The key of a bucket map element: VIP (network order) . kBucketMarkBase + bucket (host order). */
+size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]);
+
+// ---- requests outside batches ----
+/** NFT_MSG_GETGEN: the ruleset generation of the namespace (answered by NEWGEN and an ack). Every
+ *  committed nf_tables transaction, by anyone, increments it. */
+Bytes getGenRequest(uint32_t seq);
+/** NFT_MSG_GETTABLE of one table (answered by NEWTABLE and an ack, or ENOENT). */
+Bytes getTableRequest(const std::string& table, uint32_t seq);
+/** NFT_MSG_GETSETELEM dump of one set (answered by NEWSETELEM messages and NLMSG_DONE). */
+Bytes dumpElementsRequest(const std::string& table, std::string_view set, uint32_t seq);
+/** NFT_MSG_GETSETELEM lookup of count (≤ kElementsPerMessage) keys (one NEWSETELEM answer
+ *  per element found; the first
+ *  missing key ends the request with ENOENT). keyAt(i, out) writes key i, returns its length. */
+Bytes getElementsRequest(const std::string& table, std::string_view set, size_t count,
+                         const std::function<size_t(size_t, uint8_t (&)[20])>& keyAt,
+                         uint32_t seq);
+
+// ---- replies ----
+/** What one received message is to the request with its sequence number. */
+struct Reply {
+  enum Kind : uint8_t { Data, Done, Ack, Error } kind;
+  int error = 0;              // positive errno (Error)
+  bool interrupted = false;   // NLM_F_DUMP_INTR: the dump saw the set change
+};
+Reply classify(const nlmsghdr* m);
+
+/** A NEWTABLE message: the table's name and comment (libnftnl user data, type 0), if any. */
+struct Table {
+  std::string name;
+  std::optional<std::string> comment;
+};
+std::optional<Table> decodeTable(const nlmsghdr* m);
+
+/** The generation of a NEWGEN message (NFTA_GEN_ID). */
+std::optional<uint32_t> decodeGeneration(const nlmsghdr* m);
+
+/** One element of a NEWSETELEM/DELSETELEM message: spans into the message. */
+struct Element {
+  std::span<const uint8_t> key, data;
+};
+/** The header of an element message (spans into the message). */
+struct ElementList {
+  uint16_t type = 0;   // NFT_MSG_NEWSETELEM, DELSETELEM, GETSETELEM
+  uint16_t flags = 0;  // nlmsg_flags
+  uint8_t family = 0;
+  std::string_view table, set;
+};
+/**
+ * Walks the elements of an element message (a dump's or a lookup's answer, or a request of a
+ * batch): fn per element. @return the header, or nullopt for another message type or a
+ * malformed message (nothing is called then).
+ */
+std::optional<ElementList> forEachElement(const nlmsghdr* m,
+                                          const std::function<void(const Element&)>& fn);
+
+/** A VIP set element's address (4 or 16 bytes), else nullopt. */
+std::optional<IpAddress> vipElement(const Element& e);
+/** A bucket map element (key VIP . mark, data the slot mark): added to buckets unless its key
+ *  is outside the dense bucket range (only a foreign writer makes those; they are skipped).
+ *  Data 0 becomes dp::BucketMap::kForeignZeroMark (0 is "no element" there). replace: an
+ *  element already held is overwritten. @return false for a malformed element. */
+bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace = false);
+
+/** The messages of a buffer (a batch, or a datagram of replies), in order; nullopt when a
+ *  length is inconsistent. */
+std::optional<std::vector<const nlmsghdr*>> split(std::span<const uint8_t> buf);
+
+/** A batch decoded (as the kernel reads one): BATCH_BEGIN for nf_tables, messages, BATCH_END. */
+struct DecodedBatch {
+  uint32_t genid = 0;  // NFNL_BATCH_GENID of BATCH_BEGIN (0: none)
+  struct Message {
+    ElementList list;
+    uint32_t seq = 0;
+    std::vector<Element> elements;
+  };
+  std::vector<Message> messages;
+};
+/** Decodes a batch of element messages; an error names what is malformed (framing, an unknown
+ *  message type, an element without key). Spans point into buf. */
+Result<DecodedBatch> decodeBatch(std::span<const uint8_t> buf);
+
+}  // namespace kst::nft

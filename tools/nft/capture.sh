@@ -1,0 +1,88 @@
+#!/bin/bash
+# Regenerates the golden nfnetlink captures in tests/data/nft/ (tests/unit/nft_codec_test.cpp):
+# runs the real `nft` under strace inside a throwaway network namespace and keeps, as hex, what
+# it sent (a batch: BATCH_BEGIN, the messages, BATCH_END; or a request) and what the kernel
+# answered (dumps, lookups, errors). Needs root, nft and strace. This kernel has no nlmon
+# device ("Unknown device type"), hence strace (`-e write=all -e read=all`: the buffers in hex).
+#
+#   usage: tools/nft/capture.sh [outdir]      (default tests/data/nft)
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(cd "${1:-$here/../../tests/data/nft}" && pwd)
+ns=kst-nftgolden-$$
+ip netns add "$ns" || exit 1
+tmp=$(mktemp -d)
+trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$tmp"' EXIT
+T="inet kube_service_tunnel"
+
+# The daemon's sets and maps as desired/nft_render.cpp declares them (the chains do not matter
+# to element messages), and its table comment "kst:<skeleton id>".
+ip netns exec "$ns" nft -f - <<NFT || exit 1
+table $T {
+  comment "kst:0123456789abcdef"
+  set vip4 { type ipv4_addr; }
+  set vip6 { type ipv6_addr; }
+  map b2s4 { typeof ip daddr . meta mark : meta mark; }
+  map b2s6 { typeof ip6 daddr . meta mark : meta mark; }
+  map flow4 { typeof ip saddr . th sport . ip daddr . th dport : meta mark; flags dynamic,timeout; timeout 120s; size 65536; }
+  map flow6 { typeof numgen inc mod 2 . numgen inc mod 2 : meta mark; flags dynamic,timeout; timeout 120s; size 65536; }
+}
+NFT
+
+NLMSG_ERROR=2; NEWTABLE=$((0xa00)); GETTABLE=$((0xa01)); NEWSETELEM=$((0xa0c))
+GETSETELEM=$((0xa0d)); DELSETELEM=$((0xa0e))
+
+# capture NAME DIRECTION NLMSG_TYPE nft-arguments...   (or "-f FILE")
+capture() {
+  local name=$1 dir=$2 type=$3
+  shift 3
+  ip netns exec "$ns" strace -f -e trace=sendmsg,sendto,recvmsg -e write=all -e read=all \
+    -o "$tmp/$name.strace" nft "$@" >"$tmp/$name.out" 2>&1
+  local rc=$?
+  local cmd="nft $*"
+  [ "$1" = "-f" ] && cmd="nft -f: $(tr '\n' ';' <"$2")"
+  python3 "$here/strace_to_hex.py" "$tmp/$name.strace" "$out/$name.hex" "$dir" "$type" "$cmd" "$rc"
+}
+
+# Batches (what applyElements and purgeFlows send).
+capture add_b2s4 send $NEWSETELEM add element $T b2s4 '{ 203.0.113.10 . 0x40000000 : 1000, 203.0.113.10 . 0x4000003f : 1001 }'
+capture add_b2s6 send $NEWSETELEM add element $T b2s6 '{ 2001:db8::10 . 0x40000001 : 1002 }'
+capture add_vip4 send $NEWSETELEM add element $T vip4 '{ 203.0.113.10, 198.51.100.1 }'
+capture add_vip6 send $NEWSETELEM add element $T vip6 '{ 2001:db8::10 }'
+capture del_b2s4 send $DELSETELEM delete element $T b2s4 '{ 203.0.113.10 . 0x4000003f }'
+capture del_vip4 send $DELSETELEM delete element $T vip4 '{ 198.51.100.1 }'
+# One transaction in the daemon's order (nft_render.cpp): VIP deletions, bucket deletions,
+# bucket additions, VIP additions.
+cat >"$tmp/mixed.nft" <<NFT
+delete element $T vip6 { 2001:db8::10 }
+delete element $T b2s4 { 203.0.113.10 . 0x40000000 }
+delete element $T b2s6 { 2001:db8::10 . 0x40000001 }
+add element $T b2s4 { 203.0.113.10 . 0x40000000 : 1003, 192.0.2.7 . 0x40000002 : 1004 }
+add element $T b2s6 { 2001:db8::20 . 0x40000000 : 1005 }
+add element $T vip4 { 192.0.2.7 }
+add element $T vip6 { 2001:db8::20 }
+NFT
+capture batch_mixed send $NEWSETELEM -f "$tmp/mixed.nft"
+# Flow-table purge: flow4 key ip saddr . th sport . ip daddr . th dport, flow6 key two hashes.
+ip netns exec "$ns" nft add element $T flow4 '{ 198.51.100.7 . 40000 . 203.0.113.10 . 80 : 1000 }'
+capture del_flow4 send $DELSETELEM delete element $T flow4 '{ 198.51.100.7 . 40000 . 203.0.113.10 . 80 }'
+ip netns exec "$ns" nft add element $T flow6 '{ 0x11223344 . 0x55667788 : 1001 }'
+capture del_flow6 send $DELSETELEM delete element $T flow6 '{ 0x11223344 . 0x55667788 }'
+
+# Requests and the kernel's answers (observe).
+GETGEN=$((0xa10))
+capture getgen send $GETGEN list table $T
+capture getgen_reply recv $GETGEN list table $T
+capture list_table send $GETTABLE list table $T
+capture list_table_reply recv $GETTABLE list table $T
+capture dump_b2s4 send $GETSETELEM list map $T b2s4
+capture dump_b2s4_reply recv $GETSETELEM list map $T b2s4
+capture dump_b2s6_reply recv $GETSETELEM list map $T b2s6
+capture dump_vip4_reply recv $GETSETELEM list set $T vip4
+capture dump_vip6_reply recv $GETSETELEM list set $T vip6
+capture get_b2s4 send $GETSETELEM get element $T b2s4 '{ 192.0.2.7 . 0x40000002 }'
+capture get_b2s4_reply recv $GETSETELEM get element $T b2s4 '{ 192.0.2.7 . 0x40000002 }'
+capture get_b2s4_missing_reply recv $GETSETELEM get element $T b2s4 '{ 192.0.2.99 . 0x40000002 }'
+capture del_missing_reply recv $DELSETELEM delete element $T vip4 '{ 192.0.2.99 }'
+nft --version
+uname -r
