@@ -13,6 +13,7 @@ KST_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iputils-ping procps curl ca-certificates
   qemu-system-x86 busybox-static xz-utils
+  containerd runc containernetworking-plugins mmdebstrap
 )
 
 kst_install_deps() {
