@@ -43,9 +43,11 @@ fail() { failed=$((failed + 1)); log "FAIL: $*"; }
 k() { "$KUBECTL" --kubeconfig="$DIR/admin.kubeconfig" "$@"; }
 # wait_for SECONDS CMD...: until CMD succeeds
 wait_for() {
-  local t=$1 i; shift
-  for ((i = 0; i < t * 5; i++)); do "$@" && return 0; sleep 0.2; done
-  return 1
+  local end=$((SECONDS + $1)); shift
+  until "$@"; do
+    (( SECONDS < end )) || return 1
+    sleep 0.2
+  done
 }
 diagnose() {
   log "---- diagnostics"
@@ -218,15 +220,15 @@ if [[ "$(awk '{print $2}' <<<"$udp" | sort -u)" == "$CLIENT_IP" ]]; then pass "U
 else fail "UDP: $(tr '\n' ';' <<<"$udp")"; fi
 
 # ---- 3. the VIP is in containerd's pod namespaces ----------------------------------------------------
-# The pod's sandbox task (pause) PID, from containerd; its network namespace is the pod's.
+# The PID of the pod's running sandbox task (pause), from containerd; its network namespace is the
+# pod's. (After a sandbox restart the exited sandbox stays listed until the kubelet removes it.)
 sandbox_pid() {
-  local id
-  id="$("${CTR[@]}" containers list -q 2>/dev/null | while read -r c; do
-          "${CTR[@]}" containers info "$c" 2>/dev/null |
-            grep -q "\"io.kubernetes.cri.sandbox-name\": \"$1\"" || continue
-          "${CTR[@]}" containers info "$c" | grep -q '"io.kubernetes.cri.container-type": "sandbox"' && echo "$c"
-        done | head -1)"
-  [[ -n "$id" ]] && "${CTR[@]}" tasks ls 2>/dev/null | awk -v id="$id" '$1 == id && $3 == "RUNNING" {print $2}'
+  local ids
+  ids="$("${CTR[@]}" containers list -q \
+           "labels.\"io.kubernetes.pod.name\"==$1,labels.\"io.cri-containerd.kind\"==sandbox" 2>/dev/null)"
+  [[ -n "$ids" ]] || return 1
+  "${CTR[@]}" tasks ls 2>/dev/null |
+    awk 'NR == FNR {want[$1] = 1; next} ($1 in want) && $3 == "RUNNING" {print $2; exit}' <(echo "$ids") -
 }
 vip_in_pod() {
   local pid

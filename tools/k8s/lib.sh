@@ -13,6 +13,15 @@ k8s_dir() {
   (cd "$1" && pwd)
 }
 
+# Until K8S_STARTED=1, an exit (a failed step under set -e) logs that WHAT failed and runs the
+# undo command, keeping the logs. k8s_undo_on_failure WHAT CMD...
+K8S_STARTED=0
+k8s_undo_on_failure() {
+  K8S_UNDO_WHAT="$1"; shift
+  K8S_UNDO=("$@")
+  trap 'if (( ! K8S_STARTED )); then k8s_log "$K8S_UNDO_WHAT failed; undoing it (logs kept)"; "${K8S_UNDO[@]}" || true; fi' EXIT
+}
+
 # Sign a leaf certificate DIR/pki/NAME.{crt,key} with the CA in DIR/pki (openssl errors go to
 # DIR/logs/openssl.log). k8s_leaf DIR NAME SUBJECT EKU [SAN]
 k8s_leaf() {

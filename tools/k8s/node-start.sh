@@ -34,14 +34,7 @@ for p in bridge host-local loopback; do
   [[ -x /usr/lib/cni/$p ]] || k8s_die "/usr/lib/cni/$p missing (Debian package containernetworking-plugins)"
 done
 
-ok=0
-on_exit() {
-  if (( ! ok )); then
-    k8s_log "node start failed; stopping it (logs kept in $DIR/logs)"
-    "$K8S_TOOLS_DIR/node-stop.sh" "$DIR" || true
-  fi
-}
-trap on_exit EXIT
+k8s_undo_on_failure "node start" "$K8S_TOOLS_DIR/node-stop.sh" "$DIR"
 
 # ---- host settings the kubelet and the bridge change; node-stop.sh restores them ---------------
 # The kubelet sets these kernel defaults (protectKernelDefaults would only refuse to start).
@@ -227,5 +220,5 @@ export KUBELET_PORT=$KUBELET_PORT
 export KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT
 export SCHEDULER_PORT=$SCHED_PORT
 ENV
-ok=1
+K8S_STARTED=1
 k8s_log "real node up in $((SECONDS - T0))s: source $N/env"

@@ -27,14 +27,7 @@ fi
 # Partially running / stale: start from a clean process state (data and certs are kept).
 "$K8S_TOOLS_DIR/stop.sh" "$DIR" >/dev/null 2>&1 || true
 
-ok=0
-on_exit() {
-  if (( ! ok )); then
-    k8s_log "start failed; stopping everything in $DIR (logs kept in $DIR/logs)"
-    "$K8S_TOOLS_DIR/stop.sh" "$DIR" || true
-  fi
-}
-trap on_exit EXIT
+k8s_undo_on_failure "start" "$K8S_TOOLS_DIR/stop.sh" "$DIR"
 
 # ---- PKI (kept across restarts of the same DIR) --------------------------------------------------
 PKI="$DIR/pki"
@@ -160,5 +153,5 @@ done
 k8s_log "kube-controller-manager (endpointslice controller running) in $((SECONDS - t))s"
 
 k8s_write_env "$DIR"
-ok=1
+K8S_STARTED=1
 k8s_log "control plane up in $((SECONDS - T0))s: source $DIR/env"
