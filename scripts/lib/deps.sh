@@ -14,6 +14,7 @@ KST_PACKAGES=(
   iproute2 iputils-ping procps curl ca-certificates bird2 frr
   qemu-system-x86 busybox-static xz-utils
   clang-16 libfuzzer-16-dev libclang-rt-16-dev
+  containerd runc containernetworking-plugins mmdebstrap
 )
 
 kst_install_deps() {

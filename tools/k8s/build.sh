@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager, kubectl (from module k8s.io/kubernetes at a pinned
-# release) and etcd (from go.etcd.io/etcd/server/v3) into a version-keyed cache outside the repo.
+# Build kube-apiserver, kube-controller-manager, kubectl, and for the real node (tools/k8s/node-start.sh)
+# kube-scheduler, kubelet and kube-proxy (from module k8s.io/kubernetes at a pinned release) and etcd
+# (from go.etcd.io/etcd/server/v3) into a version-keyed cache outside the repo. Only the binaries
+# missing from the cache are built (an older cache with the first four gets the other three added).
 #
 #   tools/k8s/build.sh            # builds (or reuses) the binaries, prints the bin dir on the last line
 #   tools/k8s/build.sh --print-bin  # only prints the bin dir (no build; exit 1 if not built)
@@ -20,7 +22,11 @@ log() { printf '[k8s-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 ETCD_VERSION="${ETCD_VERSION:-}"
-have_all() { [[ -x "$1/kube-apiserver" && -x "$1/kube-controller-manager" && -x "$1/kubectl" && -x "$1/etcd" ]]; }
+K8S_CMDS=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
+have_all() {
+  local c
+  for c in "${K8S_CMDS[@]}" etcd; do [[ -x "$1/$c" ]] || return 1; done
+}
 
 print_bin_only=0
 [[ "${1:-}" == "--print-bin" ]] && print_bin_only=1
@@ -121,11 +127,25 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ver_ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$build_date"
 done
 
+# Each binary is checked and moved into place (atomically: same file system) as soon as it is
+# built; have_all above decides by the complete set, so an interrupted build resumes with what
+# is missing.
+mkdir -p "$BIN"
+install_bin() {
+  local c="$WORK/bin/$1"
+  case "$1" in
+    kubectl) "$c" version --client >/dev/null || die "kubectl binary does not run" ;;
+    *) "$c" --version >/dev/null || die "$1 binary does not run" ;;
+  esac
+  mv "$c" "$BIN/$1"
+}
 declare -A took
-for cmd in kube-apiserver kube-controller-manager kubectl; do
+for cmd in "${K8S_CMDS[@]}"; do
+  [[ -x "$BIN/$cmd" ]] && continue
   t=$SECONDS
   log "go build $cmd (k8s $K8S_VERSION)"
   ( cd "$WORK/k8s" && "$GO" build -trimpath -ldflags="-s -w$ver_ldflags" -o "$WORK/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd" )
+  install_bin "$cmd"
   took[$cmd]=$(( SECONDS - t ))
   log "  $cmd built in ${took[$cmd]}s"
 done
@@ -150,18 +170,17 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-t=$SECONDS
-log "go build etcd $ETCD_VERSION"
-( cd "$WORK/etcd" && "$GO" build -trimpath -ldflags="-s -w" -o "$WORK/bin/etcd" . )
-took[etcd]=$(( SECONDS - t ))
-log "  etcd built in ${took[etcd]}s"
+if [[ ! -x "$BIN/etcd" ]]; then
+  t=$SECONDS
+  log "go build etcd $ETCD_VERSION"
+  ( cd "$WORK/etcd" && "$GO" build -trimpath -ldflags="-s -w" -o "$WORK/bin/etcd" . )
+  install_bin etcd
+  took[etcd]=$(( SECONDS - t ))
+  log "  etcd built in ${took[etcd]}s"
+fi
 
-# ---- 4. install atomically ----------------------------------------------------------------------
-"$WORK/bin/etcd" --version >/dev/null || die "etcd binary does not run"
-"$WORK/bin/kubectl" version --client >/dev/null || die "kubectl binary does not run"
+# ---- 4. record how it was built ------------------------------------------------------------------
 dest="$(dirname "$BIN")"
-mkdir -p "$dest"
-rm -rf "$BIN"
 cp "$WORK/k8s/go.mod" "$dest/k8s-go.mod"
 cp "$WORK/etcd/go.mod" "$dest/etcd-go.mod"
 {
@@ -169,10 +188,9 @@ cp "$WORK/etcd/go.mod" "$dest/etcd-go.mod"
   echo "etcd_version=$ETCD_VERSION"
   echo "go=$("$GO" env GOVERSION)"
   echo "built=$build_date"
-  for k in kube-apiserver kube-controller-manager kubectl etcd; do echo "seconds_$k=${took[$k]}"; done
+  for k in "${!took[@]}"; do echo "seconds_$k=${took[$k]}"; done
   echo "seconds_total=$(( SECONDS - T0 ))"
-} > "$dest/build-info"
-mv "$WORK/bin" "$BIN"
+} >> "$dest/build-info"
 log "done in $(secs $T0): $BIN"
 cat "$dest/build-info" >&2
 echo "$BIN"

@@ -13,6 +13,58 @@ k8s_dir() {
   (cd "$1" && pwd)
 }
 
+# Until K8S_STARTED=1, an exit (a failed step under set -e) logs that WHAT failed and runs the
+# undo command, keeping the logs. k8s_undo_on_failure WHAT CMD...
+K8S_STARTED=0
+k8s_undo_on_failure() {
+  K8S_UNDO_WHAT="$1"; shift
+  K8S_UNDO=("$@")
+  trap 'if (( ! K8S_STARTED )); then k8s_log "$K8S_UNDO_WHAT failed; undoing it (logs kept)"; "${K8S_UNDO[@]}" || true; fi' EXIT
+}
+
+# Sign a leaf certificate DIR/pki/NAME.{crt,key} with the CA in DIR/pki (openssl errors go to
+# DIR/logs/openssl.log). k8s_leaf DIR NAME SUBJECT EKU [SAN]
+k8s_leaf() {
+  local dir="$1" name="$2" subj="$3" eku="$4" san="${5:-}" pki="$1/pki"
+  mkdir -p "$dir/logs"
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$pki/$name.key" -out "$pki/$name.csr" \
+    2>>"$dir/logs/openssl.log"
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$eku"
+    [[ -n "$san" ]] && echo "subjectAltName=$san"
+  } >"$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>>"$dir/logs/openssl.log"
+  rm -f "$pki/$name.csr" "$pki/$name.ext"
+  chmod 600 "$pki/$name.key"
+}
+
+# A kubeconfig with a client certificate, trusting DIR/pki/ca.crt.
+# k8s_kubeconfig DIR OUT USER CERT KEY SERVER
+k8s_kubeconfig() {
+  cat >"$2" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: kst
+  cluster:
+    server: $6
+    certificate-authority-data: $(base64 -w0 "$1/pki/ca.crt")
+users:
+- name: $3
+  user:
+    client-certificate-data: $(base64 -w0 "$4")
+    client-key-data: $(base64 -w0 "$5")
+contexts:
+- name: kst
+  context: {cluster: kst, user: $3}
+current-context: kst
+KC
+  chmod 600 "$2"
+}
+
 # A free TCP port on 127.0.0.1, below the ephemeral range (so no outgoing connection can take it
 # meanwhile) and not in $K8S_TAKEN_PORTS. Racy by nature, like any port picker; start.sh retries.
 K8S_TAKEN_PORTS=""

@@ -27,14 +27,7 @@ fi
 # Partially running / stale: start from a clean process state (data and certs are kept).
 "$K8S_TOOLS_DIR/stop.sh" "$DIR" >/dev/null 2>&1 || true
 
-ok=0
-on_exit() {
-  if (( ! ok )); then
-    k8s_log "start failed; stopping everything in $DIR (logs kept in $DIR/logs)"
-    "$K8S_TOOLS_DIR/stop.sh" "$DIR" || true
-  fi
-}
-trap on_exit EXIT
+k8s_undo_on_failure "start" "$K8S_TOOLS_DIR/stop.sh" "$DIR"
 
 # ---- PKI (kept across restarts of the same DIR) --------------------------------------------------
 PKI="$DIR/pki"
@@ -45,20 +38,7 @@ if [[ ! -s "$PKI/done" ]]; then
   ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kst-test-ca" \
     -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
-  # leaf NAME SUBJECT EKU [SAN]
-  leaf() {
-    local name="$1" subj="$2" eku="$3" san="${4:-}"
-    ossl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$PKI/$name.key" -out "$PKI/$name.csr"
-    {
-      echo "basicConstraints=critical,CA:FALSE"
-      echo "keyUsage=critical,digitalSignature,keyEncipherment"
-      echo "extendedKeyUsage=$eku"
-      [[ -n "$san" ]] && echo "subjectAltName=$san"
-    } >"$PKI/$name.ext"
-    ossl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-      -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt"
-    rm -f "$PKI/$name.csr" "$PKI/$name.ext"
-  }
+  leaf() { k8s_leaf "$DIR" "$@"; }
   leaf apiserver "/CN=kube-apiserver" serverAuth \
     "IP:127.0.0.1,IP:::1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   leaf kcm-serving "/CN=kube-controller-manager" serverAuth "IP:127.0.0.1,DNS:localhost"
@@ -71,27 +51,7 @@ if [[ ! -s "$PKI/done" ]]; then
   k8s_log "PKI generated in $((SECONDS - t))s"
 fi
 
-kubeconfig() { # OUT USER CERT KEY SERVER
-  cat >"$1" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: kst
-  cluster:
-    server: $5
-    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $(base64 -w0 "$3")
-    client-key-data: $(base64 -w0 "$4")
-contexts:
-- name: kst
-  context: {cluster: kst, user: $2}
-current-context: kst
-KC
-  chmod 600 "$1"
-}
+kubeconfig() { k8s_kubeconfig "$DIR" "$@"; }
 
 # ---- ports (new ones every start; apiserver.sh restarts keep the apiserver's) ---------------------
 ETCD_PORT="$(k8s_free_port)"; ETCD_PEER_PORT="$(k8s_free_port)"
@@ -131,7 +91,10 @@ k8s_log "etcd healthy on :$ETCD_PORT in $((SECONDS - t))s"
 
 # ---- kube-apiserver ----------------------------------------------------------------------------------
 # ServiceAccount admission is disabled: nothing mounts tokens without a kubelet, and it would reject
-# Pods until the serviceaccount controller has created "default" in the namespace.
+# Pods until the serviceaccount controller has created "default" in the namespace. A real node
+# (tools/k8s/node-start.sh) needs it: KST_K8S_SERVICE_ACCOUNT_ADMISSION=1 keeps it enabled.
+sa_admission=(--disable-admission-plugins=ServiceAccount)
+[[ "${KST_K8S_SERVICE_ACCOUNT_ADMISSION:-0}" == 1 ]] && sa_admission=()
 printf '%s\n' "$K8S_BIN/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" --etcd-prefix=/registry \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
@@ -142,7 +105,7 @@ printf '%s\n' "$K8S_BIN/kube-apiserver" \
   --requestheader-extra-headers-prefix=X-Remote-Extra- \
   --service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112 \
   --authorization-mode=Node,RBAC \
-  --disable-admission-plugins=ServiceAccount \
+  "${sa_admission[@]}" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --allow-privileged=true --profiling=false \
@@ -190,5 +153,5 @@ done
 k8s_log "kube-controller-manager (endpointslice controller running) in $((SECONDS - t))s"
 
 k8s_write_env "$DIR"
-ok=1
+K8S_STARTED=1
 k8s_log "control plane up in $((SECONDS - T0))s: source $DIR/env"
