@@ -14,6 +14,7 @@ const char* problemReason(Problem::Kind kind) {
     case Problem::Kind::OrphanSlice: return "OrphanEndpointSlice";
     case Problem::Kind::TooManyEndpoints: return "TooManyEndpoints";
     case Problem::Kind::UnusableEndpoint: return "TunnelEndpointUnusable";
+    case Problem::Kind::VipRefused: return "TunnelVIPRefused";
   }
   return "Unknown";
 }
@@ -135,6 +136,13 @@ std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
                                                 "address; service ignored",
                                                 opts_.annotation, ann->second)});
       continue;
+    }
+    if (opts_.policy) {
+      if (auto why = vipRefusal(*opts_.policy, key.ns, *vip)) {
+        invalid_.emplace(key, Problem{Problem::Kind::VipRefused, key,
+                                      *why + "; service not tunnelled (VIP pools: --vip-pool)"});
+        continue;
+      }
     }
     Claim claim{svc->second.creationTimestamp, key};
     claimOf_.insert_or_assign(key, std::make_pair(*vip, claim));
