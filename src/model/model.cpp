@@ -64,6 +64,7 @@ TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vi
   TunnelService ts{key, vip, {}, {}};  // endpoints, published
   const auto& ann = objects_.services.at(key).annotations;
   if (auto p = ann.find(opts_.publishedAnnotation); p != ann.end()) ts.published = p->second;
+  if (auto ranges = sourceRangesOf(objects_.services.at(key))) ts.sourceRanges = std::move(*ranges);
   auto sl = slicesOf_.find(key);
   if (sl == slicesOf_.end()) return ts;
   std::map<IpAddress, Endpoint> eps;
@@ -127,14 +128,19 @@ std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
     invalid_.erase(key);
     auto svc = objects_.services.find(key);
     if (svc == objects_.services.end()) continue;
-    auto ann = svc->second.annotations.find(opts_.annotation);
-    if (ann == svc->second.annotations.end()) continue;
-    auto vip = IpAddress::parse(trim(ann->second));
+    auto wanted = requestedVip(svc->second, opts_.annotation, opts_.loadBalancerClass);
+    if (!wanted) continue;  // not ours, or a LoadBalancer still waiting for its address
+    auto vip = IpAddress::parse(*wanted);
     if (!vip) {
       invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
                                     fmt::format("annotation {}={:?} is not an IPv4 or IPv6 "
                                                 "address; service ignored",
-                                                opts_.annotation, ann->second)});
+                                                opts_.annotation, wanted->substr(0, 256))});
+      continue;
+    }
+    if (auto ranges = sourceRangesOf(svc->second); !ranges) {
+      invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
+                                    ranges.error().message + "; service not tunnelled"});
       continue;
     }
     if (opts_.policy) {

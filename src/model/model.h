@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/ip.h"
+#include "model/loadbalancer.h"
 #include "model/objects.h"
 #include "model/vip_policy.h"
 
@@ -31,6 +32,9 @@ struct TunnelService {
   std::vector<Endpoint> endpoints;
   /** The bucket table published in the Service (desired/published.h), or empty. */
   std::string published = {};
+  /** loadBalancerSourceRanges (sorted): when non-empty, routers drop every packet to the VIP
+   *  from any other source, for every protocol. */
+  std::vector<IpPrefix> sourceRanges = {};
   bool operator==(const TunnelService&) const = default;
 };
 
@@ -41,7 +45,7 @@ struct Problem {
   /** VipRefused: the VIP is outside every pool open to the Service's namespace, or in a
    *  reserved or cluster range (model/vip_policy.h): no kernel object, no announcement. */
   enum class Kind {
-    InvalidAnnotation,
+    InvalidAnnotation,  // also an invalid loadBalancerSourceRanges entry (fail closed)
     VipConflict,
     OrphanSlice,
     TooManyEndpoints,
@@ -67,6 +71,8 @@ struct ModelOptions {
   /** VIP ownership. The daemon always sets it (default-deny: no pool, no VIP); nullopt skips
    *  the check, for tests of other concerns that build models directly. */
   std::optional<VipPolicy> policy = std::nullopt;
+  /** spec.loadBalancerClass of the LoadBalancer Services that are ours (model/loadbalancer.h). */
+  std::string loadBalancerClass = kLoadBalancerClass;
 };
 
 /**
