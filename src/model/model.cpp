@@ -64,7 +64,6 @@ TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vi
   TunnelService ts{key, vip, {}, {}};  // endpoints, published
   const auto& ann = objects_.services.at(key).annotations;
   if (auto p = ann.find(opts_.publishedAnnotation); p != ann.end()) ts.published = p->second;
-  if (auto ranges = sourceRangesOf(objects_.services.at(key))) ts.sourceRanges = std::move(*ranges);
   auto sl = slicesOf_.find(key);
   if (sl == slicesOf_.end()) return ts;
   std::map<IpAddress, Endpoint> eps;
@@ -141,6 +140,14 @@ std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
     if (auto ranges = sourceRangesOf(svc->second); !ranges) {
       invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
                                     ranges.error().message + "; service not tunnelled"});
+      continue;
+    } else if (!ranges->empty()) {
+      // Fail closed: routers of this version do not filter sources yet, and tunnelling the
+      // VIP would open it to every source the Service's owner meant to exclude.
+      invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
+                                    "loadBalancerSourceRanges are not enforced by this version "
+                                    "of the tunnel routers; service not tunnelled (remove them "
+                                    "to tunnel it)"});
       continue;
     }
     if (opts_.policy) {

@@ -32,9 +32,6 @@ struct TunnelService {
   std::vector<Endpoint> endpoints;
   /** The bucket table published in the Service (desired/published.h), or empty. */
   std::string published = {};
-  /** loadBalancerSourceRanges (sorted): when non-empty, routers drop every packet to the VIP
-   *  from any other source, for every protocol. */
-  std::vector<IpPrefix> sourceRanges = {};
   bool operator==(const TunnelService&) const = default;
 };
 
