@@ -12,7 +12,8 @@ namespace {
 
 bool aboutService(Problem::Kind k) {
   return k == Problem::Kind::InvalidAnnotation || k == Problem::Kind::VipConflict ||
-         k == Problem::Kind::TooManyEndpoints || k == Problem::Kind::UnusableEndpoint;
+         k == Problem::Kind::TooManyEndpoints || k == Problem::Kind::UnusableEndpoint ||
+         k == Problem::Kind::VipRefused;
 }
 
 std::string microTime(std::chrono::system_clock::time_point t) {

@@ -14,6 +14,7 @@ const char* problemReason(Problem::Kind kind) {
     case Problem::Kind::OrphanSlice: return "OrphanEndpointSlice";
     case Problem::Kind::TooManyEndpoints: return "TooManyEndpoints";
     case Problem::Kind::UnusableEndpoint: return "TunnelEndpointUnusable";
+    case Problem::Kind::VipRefused: return "TunnelVIPRefused";
   }
   return "Unknown";
 }
@@ -144,15 +145,35 @@ std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
     invalid_.erase(key);
     auto svc = objects_.services.find(key);
     if (svc == objects_.services.end()) continue;
-    auto ann = svc->second.annotations.find(opts_.annotation);
-    if (ann == svc->second.annotations.end()) continue;
-    auto vip = IpAddress::parse(trim(ann->second));
+    auto wanted = requestedVip(svc->second, opts_.annotation, opts_.loadBalancerClass);
+    if (!wanted) continue;  // not ours, or a LoadBalancer still waiting for its address
+    auto vip = IpAddress::parse(*wanted);
     if (!vip) {
       invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
                                     fmt::format("annotation {}={:?} is not an IPv4 or IPv6 "
                                                 "address; service ignored",
-                                                opts_.annotation, ann->second)});
+                                                opts_.annotation, wanted->substr(0, 256))});
       continue;
+    }
+    if (auto ranges = sourceRangesOf(svc->second); !ranges) {
+      invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
+                                    ranges.error().message + "; service not tunnelled"});
+      continue;
+    } else if (!ranges->empty()) {
+      // Fail closed: routers of this version do not filter sources yet, and tunnelling the
+      // VIP would open it to every source the Service's owner meant to exclude.
+      invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
+                                    "loadBalancerSourceRanges are not enforced by this version "
+                                    "of the tunnel routers; service not tunnelled (remove them "
+                                    "to tunnel it)"});
+      continue;
+    }
+    if (opts_.policy) {
+      if (auto why = vipRefusal(*opts_.policy, key.ns, *vip)) {
+        invalid_.emplace(key, Problem{Problem::Kind::VipRefused, key,
+                                      *why + "; service not tunnelled (VIP pools: --vip-pool)"});
+        continue;
+      }
     }
     Claim claim{svc->second.creationTimestamp, key};
     claimOf_.insert_or_assign(key, std::make_pair(*vip, claim));

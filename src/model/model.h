@@ -4,12 +4,15 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "common/ip.h"
+#include "model/loadbalancer.h"
 #include "model/objects.h"
+#include "model/vip_policy.h"
 
 namespace kst {
 
@@ -37,7 +40,16 @@ struct Problem {
   /** UnusableEndpoint: this router cannot encapsulate toward the endpoint in its mode (e.g.
    *  MPLS to a pod that is not on-link, per-endpoint GRE to an IPv6 pod): it gets no buckets
    *  here, so its share of new flows goes to the endpoints that work. */
-  enum class Kind { InvalidAnnotation, VipConflict, OrphanSlice, TooManyEndpoints, UnusableEndpoint };
+  /** VipRefused: the VIP is outside every pool open to the Service's namespace, or in a
+   *  reserved or cluster range (model/vip_policy.h): no kernel object, no announcement. */
+  enum class Kind {
+    InvalidAnnotation,  // also an invalid loadBalancerSourceRanges entry (fail closed)
+    VipConflict,
+    OrphanSlice,
+    TooManyEndpoints,
+    UnusableEndpoint,
+    VipRefused
+  };
   Kind kind;
   ObjectKey object;
   std::string message;
@@ -53,6 +65,11 @@ struct Model {
 
 struct ModelOptions {
   std::string annotation = "cmd.nu/tunnel";
+  /** VIP ownership. The daemon always sets it (default-deny: no pool, no VIP); nullopt skips
+   *  the check, for tests of other concerns that build models directly. */
+  std::optional<VipPolicy> policy = std::nullopt;
+  /** spec.loadBalancerClass of the LoadBalancer Services that are ours (model/loadbalancer.h). */
+  std::string loadBalancerClass = kLoadBalancerClass;
 };
 
 /**

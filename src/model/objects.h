@@ -22,6 +22,18 @@ struct ServiceObject {
   std::string uid;
   std::string creationTimestamp;  // RFC 3339, as in metadata; compares chronologically as text
   std::map<std::string, std::string> annotations;
+  /** spec.type ("ClusterIP", "LoadBalancer", …; empty when absent). */
+  std::string type;
+  /** spec.loadBalancerClass (empty when absent). */
+  std::string loadBalancerClass;
+  /** spec.loadBalancerSourceRanges as written (validated by the model). */
+  std::vector<std::string> loadBalancerSourceRanges;
+  /** spec.ipFamilies[0] ("IPv4" | "IPv6"; empty when absent). */
+  std::string ipFamily;
+  /** status.loadBalancer.ingress[].ip, in order (hostname-only entries are skipped). */
+  std::vector<std::string> ingressIps;
+  /** Every ingress entry says `ipMode: Proxy` (what this product writes). */
+  bool ingressProxyMode = false;
   bool operator==(const ServiceObject&) const = default;
 };
 

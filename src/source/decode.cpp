@@ -47,6 +47,39 @@ Result<ServiceObject> decodeService(const nlohmann::json& j) {
       else s.annotations[k] = safeDump(v);
     }
   }
+  // LoadBalancer fields (model/loadbalancer.h). Wrong types read as absent; lists are bounded
+  // (the model refuses a Service with more source ranges than it accepts).
+  constexpr size_t kMaxListItems = 1024;
+  if (auto sp = j.find("spec"); sp != j.end() && sp->is_object()) {
+    s.type = str(*sp, "type");
+    s.loadBalancerClass = str(*sp, "loadBalancerClass");
+    if (auto r = sp->find("loadBalancerSourceRanges"); r != sp->end() && r->is_array()) {
+      for (const auto& v : *r) {
+        if (s.loadBalancerSourceRanges.size() >= kMaxListItems) break;
+        // Anything but a string is kept as an entry the model refuses (fail closed).
+        s.loadBalancerSourceRanges.push_back(v.is_string() ? v.get<std::string>() : "<not a string>");
+      }
+    }
+    if (auto f = sp->find("ipFamilies"); f != sp->end() && f->is_array() && !f->empty() &&
+                                          f->front().is_string())
+      s.ipFamily = f->front().get<std::string>();
+  }
+  if (auto st = j.find("status"); st != j.end() && st->is_object()) {
+    auto lb = st->find("loadBalancer");
+    if (lb != st->end() && lb->is_object()) {
+      auto in = lb->find("ingress");
+      if (in != lb->end() && in->is_array()) {
+        bool proxy = !in->empty();
+        for (const auto& e : *in) {
+          if (!e.is_object()) continue;
+          if (str(e, "ipMode") != "Proxy") proxy = false;
+          std::string ip = str(e, "ip");
+          if (!ip.empty() && s.ingressIps.size() < kMaxListItems) s.ingressIps.push_back(ip);
+        }
+        s.ingressProxyMode = proxy;
+      }
+    }
+  }
   return s;
 }
 

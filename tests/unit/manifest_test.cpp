@@ -455,3 +455,35 @@ TEST_F(ManifestDir, FollowingDeliversOnlyWhatChangedInTheEditedFile) {
 
 }  // namespace
 }  // namespace kst
+
+namespace kst {
+namespace {
+
+TEST(Decode, LoadBalancerFieldsTypeSafe) {
+  auto s = decodeService(nlohmann::json::parse(R"({
+    "metadata": {"name": "web", "namespace": "team"},
+    "spec": {"type": "LoadBalancer", "loadBalancerClass": "cmd.nu/kube-service-tunnel",
+             "ipFamilies": ["IPv6", "IPv4"],
+             "loadBalancerSourceRanges": ["192.0.2.0/24", 7, "2001:db8::/32"]},
+    "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::5", "ipMode": "Proxy"},
+                                            {"hostname": "x.example"}]}}})"));
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->type, "LoadBalancer");
+  EXPECT_EQ(s->loadBalancerClass, "cmd.nu/kube-service-tunnel");
+  EXPECT_EQ(s->ipFamily, "IPv6");
+  EXPECT_EQ(s->loadBalancerSourceRanges,
+            (std::vector<std::string>{"192.0.2.0/24", "<not a string>", "2001:db8::/32"}));
+  EXPECT_EQ(s->ingressIps, (std::vector<std::string>{"2001:db8::5"}));
+  EXPECT_FALSE(s->ingressProxyMode);  // the hostname entry has no ipMode
+  auto odd = decodeService(nlohmann::json::parse(R"({
+    "metadata": {"name": "web"}, "spec": {"type": 3, "loadBalancerSourceRanges": "x",
+    "ipFamilies": [1]}, "status": {"loadBalancer": {"ingress": [1, {"ip": 2}]}}})"));
+  ASSERT_TRUE(odd);
+  EXPECT_EQ(odd->type, "");
+  EXPECT_TRUE(odd->loadBalancerSourceRanges.empty());
+  EXPECT_TRUE(odd->ingressIps.empty());
+  EXPECT_EQ(odd->ipFamily, "");
+}
+
+}  // namespace
+}  // namespace kst

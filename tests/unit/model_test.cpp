@@ -499,3 +499,76 @@ TEST(ObjectChanges, MergeKeepsTheNewestVersionAndReplaceAllWins) {
 
 }  // namespace
 }  // namespace kst
+
+namespace kst {
+namespace {
+
+ModelOptions withPolicy(const std::string& pools) {
+  ModelOptions mo;
+  VipPolicy p;
+  p.pools = *parseVipPools(pools);
+  p.clusterRanges = {*IpPrefix::parse("10.96.0.0/12")};
+  mo.policy = p;
+  return mo;
+}
+
+TEST(ModelPolicy, RefusedVipsAreProblemsAndGetNoTunnelServiceTheRestWorks) {
+  ClusterObjects o;
+  addService(o, "web", "ok", "203.0.113.10");
+  addService(o, "web", "outside", "192.0.2.10");
+  addService(o, "web", "svc-range", "10.96.0.10");
+  addService(o, "web", "metadata", "169.254.169.254");
+  addService(o, "other", "wrong-ns", "198.51.100.7");
+  addService(o, "team", "right-ns", "198.51.100.8");
+  for (auto* n : {"ok", "outside", "svc-range", "metadata"})
+    addSlice(o, "web", std::string(n) + "-1", n, {ep("10.0.0.1")});
+  addSlice(o, "other", "wrong-ns-1", "wrong-ns", {ep("10.0.0.2")});
+  addSlice(o, "team", "right-ns-1", "right-ns", {ep("10.0.0.3")});
+  auto m = buildModel(o, withPolicy("203.0.113.0/24 198.51.100.0/24@team"));
+  ASSERT_EQ(m.services.size(), 2u);
+  EXPECT_TRUE(find(m, "web", "ok"));
+  EXPECT_TRUE(find(m, "team", "right-ns"));
+  std::map<std::string, std::string> refused;
+  for (auto& p : m.problems) {
+    EXPECT_EQ(p.kind, Problem::Kind::VipRefused) << p.message;
+    EXPECT_STREQ(problemReason(p.kind), "TunnelVIPRefused");
+    refused[p.object.str()] = p.message;
+  }
+  ASSERT_EQ(refused.size(), 4u);
+  EXPECT_NE(refused["web/outside"].find("outside every VIP pool"), std::string::npos);
+  EXPECT_NE(refused["web/svc-range"].find("cluster's own range 10.96.0.0/12"), std::string::npos);
+  EXPECT_NE(refused["web/metadata"].find("reserved range 169.254.0.0/16"), std::string::npos);
+  EXPECT_NE(refused["other/wrong-ns"].find("not open to namespace other"), std::string::npos);
+  // Default-deny: a policy without pools refuses everything.
+  auto none = buildModel(o, withPolicy(""));
+  EXPECT_TRUE(none.services.empty());
+  EXPECT_EQ(none.problems.size(), 6u);
+}
+
+TEST(ModelPolicy, ARefusedClaimDoesNotConflictWithTheAllowedOwner) {
+  // An older Service in a namespace the pool is closed to cannot take the VIP from the
+  // allowed one (a refused claim is no claim at all).
+  ClusterObjects o;
+  addService(o, "intruder", "old", "198.51.100.9", "2020-01-01T00:00:00Z");
+  addService(o, "team", "owner", "198.51.100.9", "2024-01-01T00:00:00Z");
+  addSlice(o, "team", "owner-1", "owner", {ep("10.0.0.3")});
+  ModelBuilder b(withPolicy("198.51.100.0/24@team"));
+  auto changed = b.apply(ObjectChanges::all(o));
+  ASSERT_EQ(b.model().services.size(), 1u);
+  EXPECT_EQ(b.model().services[0].key, (ObjectKey{"team", "owner"}));
+  EXPECT_EQ(changed, (std::set<IpAddress>{ip("198.51.100.9")}));
+  ASSERT_EQ(b.model().problems.size(), 1u);
+  EXPECT_EQ(b.model().problems[0].kind, Problem::Kind::VipRefused);
+  // The intruder moves its annotation into the pool of its own… none: still refused, and
+  // removing the annotation clears the problem.
+  ObjectChanges c;
+  auto s = b.objects().services.at({"intruder", "old"});
+  s.annotations.clear();
+  c.services[s.key] = s;
+  b.apply(std::move(c));
+  EXPECT_TRUE(b.model().problems.empty());
+  EXPECT_EQ(b.model().services.size(), 1u);
+}
+
+}  // namespace
+}  // namespace kst
