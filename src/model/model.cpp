@@ -19,17 +19,6 @@ const char* problemReason(Problem::Kind kind) {
   return "Unknown";
 }
 
-namespace {
-
-std::string trim(const std::string& s) {
-  auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return {};
-  auto e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
-}
-
-}  // namespace
-
 ModelBuilder::ModelBuilder(ModelOptions options) : opts_(std::move(options)) {}
 
 void ModelBuilder::putService(const ObjectKey& k, ServiceObject* v) {
