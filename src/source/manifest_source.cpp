@@ -1,5 +1,7 @@
 #include "source/manifest_source.h"
 
+#include <algorithm>
+
 #include <dirent.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -91,10 +93,16 @@ ObjectChanges ManifestSource::refresh(const std::set<std::string>* only) {
       if (lastGood_.contains(f)) next.emplace(f, std::nullopt);
       continue;
     }
-    // At most the size limit and one byte more is read (a huge file is refused, not loaded).
-    std::string text(kMaxManifestBytes + 1, '\0');
-    in.read(text.data(), std::streamsize(text.size()));
-    text.resize(size_t(in.gcount()));
+    // At most the size limit and one byte more is read (a huge file is refused, not loaded),
+    // in 64 KiB steps. NOTE Performance: not one zero-filled buffer of the limit per file —
+    // 16 MiB memset per file made a 10k-file directory cost ≈ 6 s of CPU.
+    std::string text;
+    char chunk[64 * 1024];
+    while (text.size() <= kMaxManifestBytes && in) {
+      size_t want = std::min(sizeof chunk, kMaxManifestBytes + 1 - text.size());
+      in.read(chunk, std::streamsize(want));
+      text.append(chunk, size_t(in.gcount()));
+    }
     std::vector<std::string> skipped;
     auto parsed = parseManifestText(text, f, &skipped);
     for (auto& m : skipped) spdlog::error("manifests: {}: object skipped", m);
