@@ -104,13 +104,16 @@ k8s_launch() {
   pid=$!
   echo "$pid" >"$dir/run/$name.pid"
   # Until the child has exec'd, /proc/PID/cmdline is this shell's and k8s_alive would call it
-  # dead (seen once in CI under load: "kube-controller-manager died" with an empty log).
+  # dead (seen in CI under load, twice: "kube-apiserver died" / "kube-controller-manager died"
+  # with an empty log — the exec of a 100 MB binary on a busy 2-core machine took longer than
+  # the 2 s this loop used to wait). Wait for the exec as long as the child lives (≤ 60 s).
   local i
-  for ((i = 0; i < 100; i++)); do
+  for ((i = 0; i < 3000; i++)); do
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" && break
+    k8s_pid_running "$pid" || break
     sleep 0.02
   done
-  k8s_log "started $name pid $pid"
+  k8s_log "started $name pid $pid (exec seen after $((i * 20)) ms)"
 }
 
 # Running = exists and is not a zombie (exited daemons are reparented to a subreaper that may
