@@ -26,6 +26,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   for (auto want : {"namespace/kube-service-tunnel created",
                     "serviceaccount/kube-service-tunnel-router created",
                     "serviceaccount/kube-service-tunnel-agent created",
+                    "configmap/kube-service-tunnel-vip-pools created",
                     "clusterrole.rbac.authorization.k8s.io/kube-service-tunnel-router created",
                     "clusterrolebinding.rbac.authorization.k8s.io/kube-service-tunnel-router created",
                     "role.rbac.authorization.k8s.io/kube-service-tunnel-router created",
@@ -54,6 +55,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   ASSERT_EQ(kubectl("-n " + kns + " create configmap tenant-cm --from-literal=a=b").rc, 0);
   const std::string ns = kSaNamespace, probe = "rbac-probe-" + std::to_string(getpid());
   const std::string svcPatch = R"({"metadata":{"annotations":{"rbac-probe":"x"}}})";
+  const std::string statusPatch = R"({"status":{"loadBalancer":{}}})";
   auto cm = [](const std::string& name) {
     return R"({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":")" + name + R"("}})";
   };
@@ -87,7 +89,6 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
       {"get service", "GET", svc, "", "", false},
       {"patch service in a tenant namespace", "PATCH", svc, svcPatch, merge, false},
       {"delete service", "DELETE", svc, "", "", false},
-      {"patch service status", "PATCH", svc + "/status", svcPatch, merge, false},
       {"list secrets (all namespaces)", "GET", "/api/v1/secrets", "", "", false},
       {"get secrets in own namespace", "GET", "/api/v1/namespaces/" + ns + "/secrets", "", "", false},
       {"list pods", "GET", "/api/v1/pods", "", "", false},
@@ -117,6 +118,8 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
            {"patch configmap in own namespace", "PATCH", ownCms + "/" + probe, R"({"data":{"a":"b"}})", merge, true},
            {"delete configmap in own namespace", "DELETE", ownCms + "/" + probe, "", "", true},
            {"get node", "GET", "/api/v1/nodes/node1", "", "", false},
+           // The elected router writes the address of our LoadBalancer Services.
+           {"patch service status", "PATCH", svc + "/status", statusPatch, merge, true},
        })},
       {kSaAgent,
        withRole({
@@ -127,6 +130,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
            {"create lease in own namespace", "POST", leases, lease(probe, false), json, false},
            {"create configmap in own namespace", "POST", ownCms, cm(probe), json, false},
            {"list configmaps in own namespace", "GET", ownCms, "", "", false},
+           {"patch service status", "PATCH", svc + "/status", statusPatch, merge, false},
        })},
   };
   const std::string url = cp().env["APISERVER_URL"], ca = cp().dir + "/pki/ca.crt";

@@ -207,9 +207,15 @@ class E2E : public ::testing::Test {
   }
   void removeManifest(const std::string& name) { std::filesystem::remove(manifests + "/" + name); }
 
+  /** The VIP pools of every test VIP (the daemon is default-deny): topo.sh's VIP ranges. */
+  static std::vector<std::string> vipPoolFlags() {
+    return {"--vip-pool", "203.0.113.0/24", "--vip-pool", "2001:db8:ffff::/64"};
+  }
   std::vector<std::string> commonFlags(const std::string& mode = "vxlan-gpe") const {
-    return {"--manifests", manifests, "--mode", mode, "--resync-interval", "5",
-            "--log-level", "debug"};
+    std::vector<std::string> f{"--manifests", manifests, "--mode", mode, "--resync-interval", "5",
+                               "--log-level", "debug"};
+    for (auto& p : vipPoolFlags()) f.push_back(p);
+    return f;
   }
   void startRouter(const std::string& n = "rt", std::vector<std::string> extra = {}) {
     std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", "router"};
