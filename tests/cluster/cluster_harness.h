@@ -316,7 +316,7 @@ class Cluster : public E2E {
   static inline const std::string kOtherNamespace = "kvw-elsewhere";
   static std::vector<std::string> clusterPolicyFlags() {
     std::vector<std::string> f = vipPoolFlags();
-    for (const std::string& x : {"--vip-pool", "198.51.100.0/24@" + kOtherNamespace,
+    for (const std::string& x : std::vector<std::string>{"--vip-pool", "198.51.100.0/24@" + kOtherNamespace,
                                  "--cluster-range", "10.96.0.0/16", "--cluster-range",
                                  "fd00:10:96::/112", "--cluster-range", "198.19.0.0/16",
                                  "--cluster-range", "198.18.0.0/24"})
