@@ -316,11 +316,12 @@ class Cluster : public E2E {
   static inline const std::string kOtherNamespace = "kvw-elsewhere";
   static std::vector<std::string> clusterPolicyFlags() {
     std::vector<std::string> f = vipPoolFlags();
-    for (const std::string& x : std::vector<std::string>{"--vip-pool", "198.51.100.0/24@" + kOtherNamespace,
-                                 "--cluster-range", "10.96.0.0/16", "--cluster-range",
-                                 "fd00:10:96::/112", "--cluster-range", "198.19.0.0/16",
-                                 "--cluster-range", "198.18.0.0/24"})
-      f.push_back(x);
+    f.push_back("--vip-pool");
+    f.push_back("198.51.100.0/24@" + kOtherNamespace);
+    for (const char* r : {"10.96.0.0/16", "fd00:10:96::/112", "198.19.0.0/16", "198.18.0.0/24"}) {
+      f.push_back("--cluster-range");
+      f.push_back(r);
+    }
     return f;
   }
   void startRouterK(std::vector<std::string> extra = {}) {
