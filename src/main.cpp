@@ -198,7 +198,7 @@ void addRunFlags(CLI::App* run, Flags& f) {
   run->add_option("--publish-decisions", f.publish,
                   "Router with the Kubernetes source: take part in the Lease election and, as the "
                   "elected writer, publish each Service's bucket table in a ConfigMap of "
-                  "--namespace")
+                  "--namespace and write the address of our LoadBalancer Services' status")
       ->envname("TUNNEL_PUBLISH_DECISIONS");
   run->add_option("--namespace,--lease-namespace", f.leaseNamespace,
                   "The daemon's own namespace: the publisher Lease (kube-service-tunnel-publisher) "
