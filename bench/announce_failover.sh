@@ -69,13 +69,13 @@ endpoints:
 Y
   local rtpid=
   for n in rt rt2; do
-    ip netns exec "$P-$n" "$BIN" run --role router --manifests "$d/manifests" \
+    ip netns exec "$P-$n" "$BIN" run --role router --manifests "$d/manifests" --vip-pool "$VIP/32" \
       --announce-table 4242 --state-dir "$d/state-$n" >"$d/$n.log" 2>&1 & PIDS+=($!)
     [ "$n" = rt ] && rtpid=$!
   done
   for i in 1 2; do
     ip netns exec "$P-n$i" "$BIN" run --role agent --node-name "node$i" --scan-proc=false \
-      --netns-dir "/run/kst-netns/$P/n$i" --manifests "$d/manifests" >"$d/n$i.log" 2>&1 & PIDS+=($!)
+      --netns-dir "/run/kst-netns/$P/n$i" --manifests "$d/manifests" --vip-pool "$VIP/32" >"$d/n$i.log" 2>&1 & PIDS+=($!)
   done
   wait_for 30 bash -c "[ \"\$(ip netns exec $P-dc ip -4 route show $VIP | grep -c 'via')\" = 2 ]" || {
     echo "run $run: the DC router did not learn $VIP from both nodes" >&2; return 1; }

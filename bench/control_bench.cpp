@@ -519,8 +519,9 @@ int trialDaemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin
   std::string dir = fmt::format("/tmp/kb-{}", getpid()), m = dir + "/manifests";
   run("mkdir -p " + m);
   for (uint32_t i = 0; i < v; ++i) writeManifestFile(m, i, e);
+  // vipOf(): 100.64.0.0 + i, inside the pool (the daemon is default-deny).
   std::vector<std::string> base{bin, "run", "--role", "router", "--manifests", m, "--buckets",
-                                std::to_string(b)};
+                                std::to_string(b), "--vip-pool", "100.64.0.0/10"};
   auto once = [&](const std::string& log, double& wall, rusage& ru) {
     auto argv = base;
     for (auto* x : {"--once", "--log-level", "warn"}) argv.push_back(x);

@@ -85,11 +85,11 @@ endpoints:
   conditions: {ready: true, serving: true, terminating: false}
 EOF
 ns rt "$BIN" run --role router --manifests "$DIR/manifests" --buckets "$BUCKETS" \
-  --log-level warn >"$DIR/router.log" 2>&1 &
+  --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router.log" 2>&1 &
 PIDS+=($!)
 ns n1 "$BIN" run --role agent --node-name node1 --scan-proc=false \
   --netns-dir "/run/kst-netns/$P/n1" --manifests "$DIR/manifests" --buckets "$BUCKETS" \
-  --log-level warn >"$DIR/agent.log" 2>&1 &
+  --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/agent.log" 2>&1 &
 PIDS+=($!)
 programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails the writer)
   local a m

@@ -25,6 +25,8 @@
 #include "k8s/event_sink.h"
 #include "k8s/publisher.h"
 #include "k8s/kube_source.h"
+#include "k8s/lb_status.h"
+#include "model/vip_policy.h"
 #include "source/manifest_source.h"
 
 namespace {
@@ -61,6 +63,8 @@ struct Flags {
   uint32_t announceTable = 0;
   std::string stateDir = "/var/lib/kube-service-tunnel";
   double drainHold = 2, drainTimeout = 60;
+  std::vector<std::string> vipPools, clusterRanges;  // as given; parsed into policy
+  kst::VipPolicy policy;
   kst::DataplaneConfig dp;
   std::string drainFile() const { return stateDir + "/drained"; }
 };
@@ -147,6 +151,31 @@ bool buildConfig(Flags& f) {
                   "{}..{}", t, f.dp.tableOffset, f.dp.tableOffset + f.dp.maxSlots - 1);
     return false;
   }
+  // Pools and ranges: each flag value, or the environment's list, may hold several separated
+  // by white space (a ConfigMap value may span lines).
+  auto joined = [](const std::vector<std::string>& v) {
+    std::string all;
+    for (const auto& s : v) all += s + " ";
+    return all;
+  };
+  auto pools = kst::parseVipPools(joined(f.vipPools));
+  if (!pools) {
+    spdlog::error("--vip-pool / TUNNEL_VIP_POOLS: {}", pools.error().message);
+    return false;
+  }
+  f.policy.pools = std::move(*pools);
+  auto ranges = kst::parseVipPools(joined(f.clusterRanges));  // a CIDR list without '@'
+  if (!ranges) {
+    spdlog::error("--cluster-range / TUNNEL_CLUSTER_RANGES: {}", ranges.error().message);
+    return false;
+  }
+  for (auto& r : *ranges) {
+    if (!r.namespaces.empty()) {
+      spdlog::error("--cluster-range {}: a cluster range has no namespaces", r.prefix.str());
+      return false;
+    }
+    f.policy.clusterRanges.push_back(r.prefix);
+  }
   return true;
 }
 
@@ -169,12 +198,22 @@ void addRunFlags(CLI::App* run, Flags& f) {
   run->add_option("--publish-decisions", f.publish,
                   "Router with the Kubernetes source: take part in the Lease election and, as the "
                   "elected writer, publish each Service's bucket table in a ConfigMap of "
-                  "--namespace")
+                  "--namespace and write the address of our LoadBalancer Services' status")
       ->envname("TUNNEL_PUBLISH_DECISIONS");
   run->add_option("--namespace,--lease-namespace", f.leaseNamespace,
                   "The daemon's own namespace: the publisher Lease (kube-service-tunnel-publisher) "
                   "and the bucket table ConfigMaps (only the tunnel tier can write there)")
       ->envname("POD_NAMESPACE");
+  run->add_option("--vip-pool", f.vipPools,
+                  "Allowed VIP range CIDR[@namespace,…] (repeatable; the environment variable "
+                  "holds them separated by spaces). Default-deny: a VIP outside every pool open "
+                  "to its Service's namespace is refused; LoadBalancer Services of our class get "
+                  "addresses from these pools")
+      ->envname("TUNNEL_VIP_POOLS");
+  run->add_option("--cluster-range", f.clusterRanges,
+                  "The cluster's pod, Service and node ranges (CIDR, repeatable; the environment "
+                  "variable holds them separated by spaces): never a VIP, whatever a pool says")
+      ->envname("TUNNEL_CLUSTER_RANGES");
   run->add_option("--health-port", f.healthPort,
                   "Serve /healthz and /readyz on this TCP port (0 = off)")
       ->envname("TUNNEL_HEALTH_PORT")
@@ -238,6 +277,7 @@ struct Sources {
   kst::k8s::KubeSource* kube = nullptr;  // the source, when it is the Kubernetes API
   std::unique_ptr<kst::k8s::KubeEventSink> events;
   std::unique_ptr<kst::k8s::KubePublisher> publisher;
+  std::unique_ptr<kst::k8s::LoadBalancerStatusWriter> lbStatus;  // with the publisher
 };
 
 /** The Kubernetes client configuration: --kubeconfig / $KUBECONFIG, then in-cluster. */
@@ -304,9 +344,35 @@ std::expected<Sources, int> openSources(const Flags& f, bool router, bool agent)
     po.uidOf = [kube = s.kube](const kst::ObjectKey& k) { return kube->serviceUid(k); };
     po.staleTables = [kube = s.kube] { return kube->staleTables(); };
     s.publisher = std::make_unique<kst::k8s::KubePublisher>(factory, po);
+    // The Lease holder also writes our LoadBalancer Services' status (one writer).
+    kst::k8s::LoadBalancerStatusOptions lo;
+    lo.annotation = f.annotation;
+    lo.maxResponseBytes = f.apiMaxResponseMiB << 20;
+    s.lbStatus = std::make_unique<kst::k8s::LoadBalancerStatusWriter>(factory, lo);
     s.publisher->start();
   }
   return s;
+}
+
+/** The policy at start: default-deny is said loudly, it refuses every VIP. */
+void logVipPolicy(const kst::VipPolicy& p) {
+  if (p.pools.empty()) {
+    spdlog::error("no VIP pool configured (--vip-pool / TUNNEL_VIP_POOLS): default-deny, EVERY "
+                  "VIP is refused and no LoadBalancer address is allocated");
+    return;
+  }
+  std::string pools, ranges;
+  for (const auto& pool : p.pools) {
+    pools += (pools.empty() ? "" : " ") + pool.prefix.str();
+    if (!pool.namespaces.empty()) {
+      std::string ns;
+      for (const auto& n : pool.namespaces) ns += (ns.empty() ? "" : ",") + n;
+      pools += "@" + ns;
+    }
+  }
+  for (const auto& r : p.clusterRanges) ranges += (ranges.empty() ? "" : " ") + r.str();
+  spdlog::info("VIP pools: {}; cluster ranges (never a VIP): {}", pools,
+               ranges.empty() ? std::string("none given") : ranges);
 }
 
 /** `run`: the daemon until SIGTERM/SIGINT (or one pass with --once). */
@@ -328,11 +394,14 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   opts.agent = agent;
   opts.nodeName = f.nodeName;
   opts.model.annotation = f.annotation;
+  opts.model.policy = f.policy;  // routers and agents: a refused VIP gets no kernel object
   opts.resyncInterval = std::chrono::seconds(f.resyncSeconds);
   opts.once = f.once;
   kst::Daemon daemon(opts, *s.source, router ? k.router.get() : nullptr,
                      agent ? k.agent.get() : nullptr, s.events.get(), s.publisher.get());
   if (s.publisher) s.publisher->setOnAcquired([&daemon] { daemon.poke(); });
+  if (s.lbStatus) daemon.setLoadBalancerStatus(s.lbStatus.get());
+  logVipPolicy(f.policy);
   kst::DrainWatcher drainWatch(f.drainFile(), [&daemon] { daemon.poke(); });
   if (router && f.announceTable) {
     daemon.setAnnouncer(k.announce.get());

@@ -79,6 +79,9 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
       }
     }
   }
+  // The status of our LoadBalancer Services: written by the Lease holder only.
+  if (router_ && lbStatus_ && publisher_ && publisher_->isLeader())
+    if (!writeLoadBalancerStatus(problems)) ok = false;
   if (agent_) handle("agent", agent_->reconcile(model));
   // Report each distinct problem once while it persists.
   std::map<std::tuple<int, std::string, std::string>, Problem> now;
@@ -100,6 +103,56 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
                  changes, us);
   else
     spdlog::debug("reconciled {} services: no changes ({} us)", model.services.size(), us);
+  return ok;
+}
+
+bool Daemon::writeLoadBalancerStatus(std::vector<Problem>& problems) {
+  using clock = std::chrono::steady_clock;
+  // A write the watch has not shown after this long is not trusted to be pending any more.
+  constexpr auto kRecent = std::chrono::seconds(30);
+  const VipPolicy policy = opts_.model.policy.value_or(VipPolicy{});
+  const std::string& ann = opts_.model.annotation;
+  const std::string& cls = opts_.model.loadBalancerClass;
+  const auto now = clock::now();
+  std::erase_if(lbWritten_, [&](const auto& w) { return now - w.second.second > kRecent; });
+  auto plan = planLoadBalancerStatus(builder_.objects(), policy, ann, cls);
+  auto recent = [&](const LoadBalancerStatusChange& c) {
+    auto w = lbWritten_.find(c.service);
+    return w != lbWritten_.end() && w->second.first == c.ingress;
+  };
+  std::erase_if(plan.changes, recent);
+  if (!plan.changes.empty()) {
+    // Something to write: plan again from the API server's current Services, so that nothing
+    // this router or the previous Lease holder wrote is missed (the cache may lag behind both).
+    auto fresh = lbStatus_->currentServices();
+    if (!fresh) {
+      spdlog::warn("LoadBalancer status: reading the Services: {}", fresh.error().message);
+      return false;
+    }
+    ClusterObjects current;
+    current.services = std::move(*fresh);
+    plan = planLoadBalancerStatus(current, policy, ann, cls);
+  }
+  for (auto& [key, why] : plan.unallocated)
+    problems.push_back({Problem::Kind::VipRefused, key, why + "; no address written"});
+  bool ok = true;
+  for (const auto& c : plan.changes) {
+    if (!publisher_->isLeader()) break;  // lost the lease: the next holder writes
+    std::string ips;
+    for (const auto& ip : c.ingress) ips += (ips.empty() ? "" : ",") + ip.str();
+    if (auto st = lbStatus_->write(c); !st) {
+      spdlog::warn("LoadBalancer {}: writing status.loadBalancer.ingress [{}]: {}",
+                   c.service.str(), ips, st.error().message);
+      ok = false;
+      continue;
+    }
+    lbWritten_.insert_or_assign(c.service, std::make_pair(c.ingress, clock::now()));
+    if (c.ingress.empty())
+      spdlog::info("LoadBalancer {}: status.loadBalancer cleared ({})", c.service.str(), c.reason);
+    else
+      spdlog::info("LoadBalancer {}: status.loadBalancer.ingress [{}] ipMode Proxy ({})",
+                   c.service.str(), ips, c.reason);
+  }
   return ok;
 }
 

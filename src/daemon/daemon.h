@@ -59,9 +59,15 @@ class Daemon {
   /** Router: keeps the announce table in step with each router pass (announce_reconciler.h).
    *  Set before run(). */
   void setAnnouncer(AnnounceReconciler* announcer) { announcer_ = announcer; }
+  /** Router: while the DecisionPublisher holds the writer lease, writes the status of our
+   *  LoadBalancer Services after each pass (model/loadbalancer.h planLoadBalancerStatus with
+   *  opts.model.policy; no policy: every pool empty). Set before run(). */
+  void setLoadBalancerStatus(LoadBalancerStatusSink* sink) { lbStatus_ = sink; }
 
  private:
   bool pass(std::chrono::steady_clock::time_point start);
+  /** The LoadBalancer status writes of one pass; adds what cannot be allocated to problems. */
+  bool writeLoadBalancerStatus(std::vector<Problem>& problems);
   DaemonOptions opts_;
   Source& source_;
   RouterReconciler* router_;
@@ -69,6 +75,11 @@ class Daemon {
   ProblemSink* sink_;
   DecisionPublisher* publisher_;
   AnnounceReconciler* announcer_ = nullptr;
+  LoadBalancerStatusSink* lbStatus_ = nullptr;
+  // Status this router wrote lately (reconcile thread only): until the watch cache shows it, a
+  // plan from the cache asks for it again, which needs no fresh read of the API.
+  std::map<ObjectKey, std::pair<std::vector<IpAddress>, std::chrono::steady_clock::time_point>>
+      lbWritten_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;

@@ -77,6 +77,9 @@ LoadBalancerStatusPlan planLoadBalancerStatus(const ClusterObjects& objects, con
     if (auto a = s.annotations.find(annotation); a != s.annotations.end())
       if (auto ip = IpAddress::parse(trimmed(a->second))) annotated.insert(*ip);
 
+  // Addresses other Services' status shows (another implementation's LoadBalancers): never
+  // allocated to ours, though they do not take an address ours already has.
+  std::set<IpAddress> elsewhere;
   std::vector<const ServiceObject*> ours;
   for (const auto& [k, s] : objects.services) {
     if (isOurLoadBalancer(s, lbClass)) {
@@ -89,7 +92,12 @@ LoadBalancerStatusPlan planLoadBalancerStatus(const ClusterObjects& objects, con
                                                      auto ip = IpAddress::parse(t);
                                                      return ip && inSomePool(policy, *ip);
                                                    });
-    if (wrote) plan.changes.push_back({k, {}, "left class"});
+    if (wrote) {
+      plan.changes.push_back({k, {}, "left class"});
+      continue;
+    }
+    for (const auto& t : s.ingressIps)
+      if (auto ip = IpAddress::parse(trimmed(t))) elsewhere.insert(*ip);
   }
   // Older Services first: the one that had an address keeps it against newer ones.
   std::sort(ours.begin(), ours.end(), [](const ServiceObject* a, const ServiceObject* b) {
@@ -132,6 +140,7 @@ LoadBalancerStatusPlan planLoadBalancerStatus(const ClusterObjects& objects, con
   for (const ServiceObject* s : needAddress) {
     std::set<IpAddress> avoid = taken;
     avoid.insert(annotated.begin(), annotated.end());
+    avoid.insert(elsewhere.begin(), elsewhere.end());
     Family fam = s->ipFamily == "IPv6" ? Family::V6 : Family::V4;
     if (auto a = allocateVip(policy, s->key.ns, fam, avoid)) {
       taken.insert(*a);

@@ -92,19 +92,33 @@ std::optional<std::string> vipRefusal(const VipPolicy& policy, const std::string
     if (r.contains(vip))
       return fmt::format("VIP {} is in the cluster's own range {} (pods, Services or nodes)",
                          vip.str(), r.str());
-  bool inPool = false;
+  const VipPool* closed = nullptr;
   for (const auto& p : policy.pools) {
     if (!p.prefix.contains(vip)) continue;
     if (p.allows(ns)) return std::nullopt;
-    inPool = true;
+    if (!closed) closed = &p;
   }
-  if (inPool)
-    return fmt::format("VIP {} is in a pool that is not open to namespace {}", vip.str(), ns);
+  // The messages name the ranges (bounded: an operator may configure many pools).
+  auto listed = [](const auto& items, auto str) {
+    constexpr size_t kShown = 4;
+    std::string out;
+    size_t n = 0;
+    for (const auto& i : items) {
+      if (n == kShown) return out + fmt::format(", … ({} more)", items.size() - kShown);
+      out += (n++ ? ", " : "") + str(i);
+    }
+    return out;
+  };
+  if (closed)
+    return fmt::format("VIP {} is in the pool {} that is not open to namespace {} (only to {})",
+                       vip.str(), closed->prefix.str(), ns,
+                       listed(closed->namespaces, [](const std::string& s) { return s; }));
   if (policy.pools.empty())
     return fmt::format("VIP {} refused: no VIP pool is configured (--vip-pool), every VIP is "
                        "denied",
                        vip.str());
-  return fmt::format("VIP {} is outside every VIP pool", vip.str());
+  return fmt::format("VIP {} is outside every VIP pool ({})", vip.str(),
+                     listed(policy.pools, [](const VipPool& p) { return p.prefix.str(); }));
 }
 
 std::optional<IpAddress> allocateVip(const VipPolicy& policy, const std::string& ns, Family family,

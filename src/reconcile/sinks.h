@@ -1,8 +1,9 @@
-// Where the daemon's findings go besides the kernel: problems (log + Kubernetes Events) and
-// bucket tables published into the API. Declared here, below k8s/ (the implementations) and
+// Where the daemon's findings go besides the kernel: problems (log + Kubernetes Events),
+// bucket tables published into the API and the status of our LoadBalancer Services. Declared here, below k8s/ (the implementations) and
 // daemon/ (the caller), so neither includes the other.
 #pragma once
 
+#include <map>
 #include <string>
 
 #include "common/error.h"
@@ -28,6 +29,20 @@ class DecisionPublisher {
   virtual bool isLeader() = 0;
   /** Writes the Service's published bucket table (where only the tunnel tier can write). */
   virtual Status publish(const ObjectKey& service, const std::string& table) = 0;
+};
+
+/** Reads and writes status.loadBalancer of Services (k8s/lb_status.h). The daemon writes only
+ *  while its DecisionPublisher holds the writer lease: one writer, so two Services never get
+ *  the same address. */
+class LoadBalancerStatusSink {
+ public:
+  virtual ~LoadBalancerStatusSink() = default;
+  /** Every Service as the API server holds it now (a consistent read, not a watch cache that
+   *  may lag behind this router's own writes or a previous writer's): allocation treats every
+   *  address found there as taken. */
+  virtual Result<std::map<ObjectKey, ServiceObject>> currentServices() = 0;
+  /** Writes one Service's ingress (ipMode Proxy), or clears it (empty ingress). */
+  virtual Status write(const LoadBalancerStatusChange& change) = 0;
 };
 
 }  // namespace kst

@@ -294,17 +294,35 @@ class Cluster : public E2E {
   }
 
   /** Topology + forwarders to the apiserver from the router and node namespaces. */
-  void clusterTopology(int podsPerNode = 3) {
-    topology(podsPerNode);
-    for (auto n : {"rt", "n1", "n2"}) {
+  void clusterTopology(int podsPerNode = 3, int routers = 1) {
+    topology(podsPerNode, routers);
+    std::vector<std::string> names{"rt", "n1", "n2"};
+    if (routers > 1) names.push_back("rt2");
+    for (const auto& n : names) {
       forwarders.push_back(std::make_unique<NsForwarder>(ns(n), cp().apiPort, cp().apiPort));
       ASSERT_TRUE(forwarders.back()->ok()) << n;
     }
   }
 
   std::vector<std::string> kubeFlags(bool router) const {
-    return {"--kubeconfig", router ? cp().routerKubeconfig : cp().agentKubeconfig, "--mode", "vxlan-gpe", "--resync-interval", "5",
-            "--log-level", "debug"};
+    std::vector<std::string> f{"--kubeconfig", router ? cp().routerKubeconfig : cp().agentKubeconfig,
+                               "--mode", "vxlan-gpe", "--resync-interval", "5", "--log-level", "debug"};
+    for (auto& p : clusterPolicyFlags()) f.push_back(p);
+    return f;
+  }
+  /** The VIP policy of routers and agents (the daemon is default-deny): the topology's VIP
+   *  ranges; a pool open only to namespace kOtherNamespace; the control plane's Service
+   *  ranges (tools/k8s/start.sh) and the topology's pod and node ranges as cluster ranges. */
+  static inline const std::string kOtherNamespace = "kvw-elsewhere";
+  static std::vector<std::string> clusterPolicyFlags() {
+    std::vector<std::string> f = vipPoolFlags();
+    f.push_back("--vip-pool");
+    f.push_back("198.51.100.0/24@" + kOtherNamespace);
+    for (const char* r : {"10.96.0.0/16", "fd00:10:96::/112", "198.19.0.0/16", "198.18.0.0/24"}) {
+      f.push_back("--cluster-range");
+      f.push_back(r);
+    }
+    return f;
   }
   void startRouterK(std::vector<std::string> extra = {}) {
     std::vector<std::string> argv{"ip", "netns", "exec", ns("rt"), kBin, "run", "--role", "router",

@@ -2,6 +2,7 @@
 // kube-controller-manager v1.36.3, no kubelet): the install from deploy/, traffic to a VIP
 // through real EndpointSlices, scaling and annotation changes, an apiserver outage, a forced
 // 410 Gone, and Events for bad input. See cluster_harness.h for how it is wired.
+#include <algorithm>
 #include <csignal>
 
 #include "cluster/cluster_harness.h"
@@ -26,6 +27,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   for (auto want : {"namespace/kube-service-tunnel created",
                     "serviceaccount/kube-service-tunnel-router created",
                     "serviceaccount/kube-service-tunnel-agent created",
+                    "configmap/kube-service-tunnel-vip-pools created",
                     "clusterrole.rbac.authorization.k8s.io/kube-service-tunnel-router created",
                     "clusterrolebinding.rbac.authorization.k8s.io/kube-service-tunnel-router created",
                     "role.rbac.authorization.k8s.io/kube-service-tunnel-router created",
@@ -54,6 +56,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   ASSERT_EQ(kubectl("-n " + kns + " create configmap tenant-cm --from-literal=a=b").rc, 0);
   const std::string ns = kSaNamespace, probe = "rbac-probe-" + std::to_string(getpid());
   const std::string svcPatch = R"({"metadata":{"annotations":{"rbac-probe":"x"}}})";
+  const std::string statusPatch = R"({"status":{"loadBalancer":{}}})";
   auto cm = [](const std::string& name) {
     return R"({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":")" + name + R"("}})";
   };
@@ -87,7 +90,6 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
       {"get service", "GET", svc, "", "", false},
       {"patch service in a tenant namespace", "PATCH", svc, svcPatch, merge, false},
       {"delete service", "DELETE", svc, "", "", false},
-      {"patch service status", "PATCH", svc + "/status", svcPatch, merge, false},
       {"list secrets (all namespaces)", "GET", "/api/v1/secrets", "", "", false},
       {"get secrets in own namespace", "GET", "/api/v1/namespaces/" + ns + "/secrets", "", "", false},
       {"list pods", "GET", "/api/v1/pods", "", "", false},
@@ -117,6 +119,8 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
            {"patch configmap in own namespace", "PATCH", ownCms + "/" + probe, R"({"data":{"a":"b"}})", merge, true},
            {"delete configmap in own namespace", "DELETE", ownCms + "/" + probe, "", "", true},
            {"get node", "GET", "/api/v1/nodes/node1", "", "", false},
+           // The elected router writes the address of our LoadBalancer Services.
+           {"patch service status", "PATCH", svc + "/status", statusPatch, merge, true},
        })},
       {kSaAgent,
        withRole({
@@ -127,6 +131,7 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
            {"create lease in own namespace", "POST", leases, lease(probe, false), json, false},
            {"create configmap in own namespace", "POST", ownCms, cm(probe), json, false},
            {"list configmaps in own namespace", "GET", ownCms, "", "", false},
+           {"patch service status", "PATCH", svc + "/status", statusPatch, merge, false},
        })},
   };
   const std::string url = cp().env["APISERVER_URL"], ca = cp().dir + "/pki/ca.crt";
@@ -570,6 +575,222 @@ TEST_F(Cluster, ApiserverDown30sTrafficFlowsThenTheDaemonReconverges) {
   EXPECT_EQ(tcp(kVip, 30, 24000), before);
   EXPECT_EQ(hold.wait(45), 0) << hold.log();
   EXPECT_NE(hold.log().find("ok 4"), std::string::npos) << hold.log();
+}
+
+// ---- VIP ownership policy and LoadBalancer Services (docs/vip-policy.md) ----------------------
+// The daemons run with cluster_harness.h clusterPolicyFlags(): pools 203.0.113.0/24 and
+// 2001:db8:ffff::/64 (every namespace), 198.51.100.0/24 only for namespace kOtherNamespace,
+// cluster ranges 10.96.0.0/16 (the Service CIDR) and the topology's pod and node ranges.
+
+/** The Service's status.loadBalancer as the API server has it ({} when none). */
+nlohmann::json lbStatusOf(const std::string& kns, const std::string& name) {
+  auto j = nlohmann::json::parse(
+      sh(cp().kubectl("-n " + kns + " get svc " + name + " -o json"), false).out, nullptr, false);
+  if (!j.is_object() || !j.contains("status")) return nlohmann::json::object();
+  return j["status"].value("loadBalancer", nlohmann::json::object());
+}
+/** The first ingress IP ("" when none). */
+std::string lbAddressOf(const std::string& kns, const std::string& name) {
+  auto lb = lbStatusOf(kns, name);
+  if (!lb.contains("ingress") || !lb["ingress"].is_array() || lb["ingress"].empty()) return "";
+  return lb["ingress"][0].value("ip", "");
+}
+
+class ClusterVip : public Cluster {
+ protected:
+  /** Every kernel object of the router and the pod, as text (a refused VIP must not appear). */
+  std::string everything(const std::string& pod) {
+    return out("rt", "ip route show table all") + out("rt", "ip -6 route show table all") +
+           out("rt", "ip rule show") + out("rt", "ip nexthop show") +
+           in("rt", "nft list ruleset").out + in(pod, "ip -o addr show").out +
+           in(pod, "nft list ruleset").out;
+  }
+  Cmd createLb(const std::string& name, const std::string& cls, const std::string& app = "web") {
+    nlohmann::json s = {{"apiVersion", "v1"},
+                        {"kind", "Service"},
+                        {"metadata", {{"name", name}, {"namespace", kns}}},
+                        {"spec",
+                         {{"type", "LoadBalancer"},
+                          {"loadBalancerClass", cls},
+                          {"allocateLoadBalancerNodePorts", false},
+                          {"selector", {{"app", app}}},
+                          {"ports", {{{"name", "http"}, {"port", 8080}, {"targetPort", 8080},
+                                      {"protocol", "TCP"}}}}}}};
+    return kubectlStdin("create -f -", s.dump());
+  }
+  std::string leaseHolder() {
+    auto l = nlohmann::json::parse(
+        sh(cp().kubectl("-n kube-service-tunnel get lease kube-service-tunnel-publisher -o json"),
+           false).out, nullptr, false);
+    if (!l.is_object() || !l.contains("spec")) return "";
+    return l["spec"].value("holderIdentity", "");
+  }
+  /** A host address of the pool 203.0.113.0/24 (not its network or broadcast address). */
+  static bool inPool(const std::string& a) {
+    const std::string p = "203.0.113.";
+    if (!a.starts_with(p) || a.size() == p.size() || a.size() > p.size() + 3) return false;
+    std::string h = a.substr(p.size());
+    if (!std::all_of(h.begin(), h.end(), [](char c) { return c >= '0' && c <= '9'; })) return false;
+    int n = std::stoi(h);
+    return n >= 1 && n <= 254 && std::to_string(n) == h;
+  }
+  /** The elements of the router's IPv4 VIP set, as nft prints them. */
+  std::string vip4Elements(const std::string& router = "rt") {
+    auto o = in(router, "nft list set inet kube_service_tunnel vip4").out;
+    auto b = o.find("elements = {");
+    if (b == std::string::npos) return "";
+    b += 12;
+    auto e = o.find('}', b);
+    std::string el = o.substr(b, e == std::string::npos ? std::string::npos : e - b);
+    std::erase_if(el, [](char c) { return c == ' ' || c == '\n' || c == '\t'; });
+    return el;
+  }
+};
+
+TEST_F(ClusterVip, OutOfPoolServiceCidrAndClosedPoolVipsAreRefusedWithEventsAndNoKernelObject) {
+  clusterTopology(2);
+  for (auto p : {"p1a", "p2a"}) serve(p);
+  const std::map<std::string, std::pair<std::string, std::string>> refused{
+      // Service → (VIP, what the Event must name)
+      {"outside", {"192.0.2.10", "outside every VIP pool (203.0.113.0/24"}},
+      {"svccidr", {"10.96.0.50", "cluster's own range 10.96.0.0/16"}},
+      {"closed", {"198.51.100.5", "pool 198.51.100.0/24 that is not open to namespace " + kns}}};
+  ASSERT_EQ(createService("web", kVip).rc, 0);
+  for (auto& [name, v] : refused) ASSERT_EQ(createService(name, v.first).rc, 0);
+  for (auto p : {"p1a", "p2a"}) createPod(p);
+  startDaemons();
+  // The in-pool VIP works, with the client's address.
+  ASSERT_TRUE(waitUntil([&] { return podsAre(kVip, {"p1a", "p2a"}); }, 30)) << logOf("rt");
+  for (auto& a : tcp(kVip, 4)) EXPECT_TRUE(a.ends_with(" 198.18.0.10")) << a;
+  // An Event per refused Service, naming the range that refused it.
+  nlohmann::json ev;
+  std::map<std::string, std::string> noteOf;  // Service → Event message
+  EXPECT_TRUE(waitUntil([&] {
+    ev = nlohmann::json::parse(sh(cp().kubectl("-n " + kns + " get events -o json"), false).out,
+                               nullptr, false);
+    noteOf.clear();
+    if (!ev.is_object() || !ev.contains("items")) return false;
+    for (auto& e : ev["items"])
+      if (e.value("reason", "") == "TunnelVIPRefused")
+        noteOf[e["involvedObject"].value("name", "")] = e.value("message", "");
+    return noteOf.size() == refused.size();
+  }, 20)) << ev.dump() << logOf("rt");
+  for (auto& [name, v] : refused) {
+    EXPECT_NE(noteOf[name].find(v.second), std::string::npos) << name << ": " << noteOf[name];
+    // The log line names the Service and the range.
+    auto l = logOf("rt");
+    auto at = l.find("TunnelVIPRefused " + kns + "/" + name + ": VIP " + v.first);
+    ASSERT_NE(at, std::string::npos) << name << "\n" << l;
+    EXPECT_NE(l.substr(at, l.find('\n', at) - at).find(v.second), std::string::npos) << name;
+    EXPECT_TRUE(logHas("n1", "TunnelVIPRefused " + kns + "/" + name)) << "the agent refuses too";
+  }
+  EXPECT_FALSE(noteOf.contains("web"));
+  // No kernel object anywhere for a refused VIP (routes of every table, rules, nexthops, nft
+  // elements, pod addresses); the allowed one has them.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  for (auto pod : {"p1a", "p2a"}) {
+    auto k = everything(pod);
+    EXPECT_NE(k.find(kVip), std::string::npos) << pod;
+    for (auto& [name, v] : refused) EXPECT_EQ(k.find(v.first), std::string::npos) << name << " " << pod;
+  }
+  EXPECT_FALSE(podHasVip("p1a", "192.0.2.10"));
+  // Not announced either: the announce plan is the router's plan (unit: AnnounceRec).
+  for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n;
+}
+
+TEST_F(ClusterVip, OurLoadBalancerGetsAPoolAddressAndTrafficAnotherClassIsLeftAloneLeavingClears) {
+  clusterTopology(2);
+  for (auto p : {"p1a", "p1b", "p2a"}) serve(p);
+  for (auto p : {"p1a", "p1b", "p2a"}) createPod(p);
+  ASSERT_EQ(createLb("lb", "cmd.nu/kube-service-tunnel").rc, 0);
+  ASSERT_EQ(createLb("foreign", "example.com/other").rc, 0);
+  startDaemons();
+  std::string addr;
+  ASSERT_TRUE(waitUntil([&] { return !(addr = lbAddressOf(kns, "lb")).empty(); }, 40))
+      << logOf("rt");
+  EXPECT_TRUE(inPool(addr)) << addr;
+  auto st = lbStatusOf(kns, "lb");
+  ASSERT_EQ(st["ingress"].size(), 1u) << st.dump();
+  EXPECT_EQ(st["ingress"][0].value("ipMode", ""), "Proxy") << st.dump();
+  // What a user sees.
+  auto table = kubectl("-n " + kns + " get svc lb").out;
+  EXPECT_NE(table.find(addr), std::string::npos) << table;
+  EXPECT_TRUE(logHas("rt", "LoadBalancer " + kns + "/lb: status.loadBalancer.ingress [" + addr +
+                               "] ipMode Proxy (allocated)")) << logOf("rt");
+  // Traffic reaches the pods with the client's own address, TCP and UDP.
+  ASSERT_TRUE(waitUntil([&] { return podsAre(addr, {"p1a", "p1b", "p2a"}); }, 30)) << logOf("rt");
+  for (auto& a : tcp(addr, 6)) EXPECT_TRUE(a.ends_with(" 198.18.0.10")) << a;
+  for (auto& a : udp(addr, 4)) EXPECT_TRUE(a.ends_with(" 198.18.0.10")) << a;
+  // The other class: no status, no tunnel (the router's VIP set holds our address only).
+  EXPECT_EQ(lbStatusOf(kns, "foreign"), nlohmann::json::object()) << lbStatusOf(kns, "foreign");
+  EXPECT_NE(kubectl("-n " + kns + " get svc foreign").out.find("<pending>"), std::string::npos);
+  EXPECT_EQ(vip4Elements(), addr) << "our address, nothing else";
+  EXPECT_FALSE(logHas("rt", kns + "/foreign")) << logOf("rt");
+
+  // Leaving the class (the class cannot change while the type is LoadBalancer, so by the type):
+  // the API server clears status.loadBalancer itself; the tunnel goes, the address is free.
+  auto r = kubectl("-n " + kns + " patch svc lb --type=merge -p "
+                   "'{\"spec\":{\"type\":\"ClusterIP\",\"loadBalancerClass\":null,"
+                   "\"allocateLoadBalancerNodePorts\":null}}'");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(waitUntil([&] { return lbStatusOf(kns, "lb") == nlohmann::json::object() ||
+                                     lbAddressOf(kns, "lb").empty(); }, 30))
+      << lbStatusOf(kns, "lb") << logOf("rt");
+  EXPECT_TRUE(waitUntil([&] { return vip4Elements().empty() && !podHasVip("p1a", addr); }, 20))
+      << vip4Elements();
+  ASSERT_EQ(createLb("next", "cmd.nu/kube-service-tunnel").rc, 0);
+  EXPECT_TRUE(waitUntil([&] { return lbAddressOf(kns, "next") == addr; }, 30))
+      << lbAddressOf(kns, "next") << " (the lowest free address is the one lb had)";
+  EXPECT_FALSE(logHas("rt", "writing status.loadBalancer")) << "a failed write\n" << logOf("rt");
+}
+
+// One writer, and the next one reads what the last wrote: two routers, the Lease holder stopped
+// while more LoadBalancers arrive; the new holder hands out only free addresses.
+TEST_F(ClusterVip, TwoLoadBalancersNeverShareAnAddressAlsoAcrossALeaseHandover) {
+  clusterTopology(2, 2);
+  for (auto p : {"p1a", "p2a"}) {
+    serve(p);
+    createPod(p);
+  }
+  startRouterK({"--node-name", "tunnel1"});
+  // The previous test's router may still hold the Lease: it expires (15 s) unrenewed.
+  ASSERT_TRUE(waitUntil([&] { return leaseHolder() == "tunnel1"; }, 45)) << leaseHolder();
+  std::vector<std::string> argv{"ip", "netns", "exec", ns("rt2"), kBin, "run", "--role", "router",
+                                "--node-name", "tunnel2"};
+  for (auto& f : kubeFlags(true)) argv.push_back(f);
+  procs["rt2"] = Process(argv, dir + "/rt2.log");
+  ASSERT_EQ(createLb("lb1", "cmd.nu/kube-service-tunnel").rc, 0);
+  ASSERT_EQ(createLb("lb2", "cmd.nu/kube-service-tunnel").rc, 0);
+  std::map<std::string, std::string> addr;
+  auto all = [&](std::initializer_list<const char*> names) {
+    for (auto n : names) {
+      addr[n] = lbAddressOf(kns, n);
+      if (addr[n].empty()) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(waitUntil([&] { return all({"lb1", "lb2"}); }, 30)) << logOf("rt");
+  EXPECT_NE(addr["lb1"], addr["lb2"]);
+  EXPECT_FALSE(logHas("rt2", "status.loadBalancer")) << "only the holder writes\n" << logOf("rt2");
+  // The holder goes; two more arrive before anyone holds the Lease.
+  procs["rt"].stop();
+  ASSERT_EQ(createLb("lb3", "cmd.nu/kube-service-tunnel").rc, 0);
+  ASSERT_EQ(createLb("lb4", "cmd.nu/kube-service-tunnel").rc, 0);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(lbAddressOf(kns, "lb3"), "") << "written without a holder";
+  ASSERT_TRUE(waitUntil([&] { return leaseHolder() == "tunnel2"; }, 45)) << leaseHolder();
+  ASSERT_TRUE(waitUntil([&] { return all({"lb1", "lb2", "lb3", "lb4"}); }, 30)) << logOf("rt2");
+  std::set<std::string> distinct;
+  for (auto& [n, a] : addr) {
+    EXPECT_TRUE(inPool(a)) << n << " " << a;
+    distinct.insert(a);
+  }
+  EXPECT_EQ(distinct.size(), 4u) << "an address given twice";
+  EXPECT_TRUE(logHas("rt2", "LoadBalancer " + kns + "/lb3: status.loadBalancer.ingress"));
+  EXPECT_FALSE(logHas("rt2", "LoadBalancer " + kns + "/lb1:")) << "lb1 rewritten\n" << logOf("rt2");
+  // And the new holder tunnels them (its own kernel).
+  EXPECT_TRUE(waitUntil([&] { return vip4Elements("rt2").find(addr["lb4"]) != std::string::npos; },
+                        20)) << vip4Elements("rt2");
 }
 
 }  // namespace

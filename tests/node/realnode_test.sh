@@ -135,7 +135,7 @@ CTR=(ctr --address "$CONTAINERD_ADDRESS" -n k8s.io)
 
 # ---- 1. deploy/ ---------------------------------------------------------------------------------
 k label node "$NODE" node=tunnel >/dev/null
-# deploy/ as it is, plus one knob: the DaemonSets run in this machine's own namespace, where the
+# deploy/ as it is (with the test's VIP as the pool), plus one knob: the DaemonSets run in this machine's own namespace, where the
 # agent (hostPID) sees every network namespace of the machine — also those of other test suites
 # running at the same time, whose kst* devices and protocol-211 addresses it would adopt and
 # remove. Its own link prefix and route protocol keep the real node's state apart.
@@ -150,6 +150,11 @@ deploy_manifests() {
       k set env --local -o yaml -f "$f" "${OWN[@]}" TUNNEL_ANNOUNCE_TABLE=0 |
         k patch --local -f - --type=strategic -o yaml \
           -p '{"spec":{"template":{"spec":{"containers":[{"name":"bird","$patch":"delete"}]}}}}'
+    elif grep -q '^  name: kube-service-tunnel-vip-pools' "$f"; then
+      # The policy is default-deny: the test's VIP is the one pool (applied as an operator would
+      # fill in 05-vip-pools.yaml).
+      k patch --local -f "$f" --type=merge -o yaml \
+        -p "{\"data\":{\"TUNNEL_VIP_POOLS\":\"$VIP/32\"}}"
     else
       cat "$f"
     fi

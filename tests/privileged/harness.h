@@ -207,6 +207,10 @@ class E2E : public ::testing::Test {
   }
   void removeManifest(const std::string& name) { std::filesystem::remove(manifests + "/" + name); }
 
+  /** The VIP pools of every test VIP (the daemon is default-deny): topo.sh's VIP ranges. */
+  static std::vector<std::string> vipPoolFlags() {
+    return {"--vip-pool", "203.0.113.0/24", "--vip-pool", "2001:db8:ffff::/64"};
+  }
   std::vector<std::string> commonFlags(const std::string& mode = "vxlan-gpe") const {
     return {"--manifests", manifests, "--mode", mode, "--resync-interval", "5",
             "--log-level", "debug"};
@@ -214,12 +218,17 @@ class E2E : public ::testing::Test {
   void startRouter(const std::string& n = "rt", std::vector<std::string> extra = {}) {
     std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", "router"};
     for (auto& f : commonFlags()) argv.push_back(f);
+    for (auto& f : vipPoolFlags()) argv.push_back(f);
     for (auto& f : extra) argv.push_back(f);
     procs[n] = Process(argv, dir + "/" + n + ".log");
   }
   void startAgent(int node, std::vector<std::string> extra = {}) {
     std::string n = "n" + std::to_string(node);
-    std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", "agent",
+    // Agents take the same pools from the environment, as the DaemonSets do (a ConfigMap
+    // value may hold several, separated by spaces or newlines).
+    std::vector<std::string> argv{"ip", "netns", "exec", ns(n), "env",
+                                  "TUNNEL_VIP_POOLS=203.0.113.0/24\n 2001:db8:ffff::/64", kBin,
+                                  "run", "--role", "agent",
                                   "--node-name", "node" + std::to_string(node), "--scan-proc=false",
                                   "--netns-dir", "/run/kst-netns/" + prefix + "/" + n};
     for (auto& f : commonFlags()) argv.push_back(f);

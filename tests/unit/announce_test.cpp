@@ -240,6 +240,17 @@ apiVersion: v1
 kind: Service
 metadata: {name: leaving, namespace: web, annotations: {cmd.nu/tunnel: 203.0.113.11}}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: outside, namespace: web, annotations: {cmd.nu/tunnel: 198.51.100.7}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: outside-1, namespace: web, labels: {kubernetes.io/service-name: outside}}
+addressType: IPv4
+endpoints:
+- {addresses: ["10.0.0.3"], nodeName: n1}
+---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: front-1, namespace: web, labels: {kubernetes.io/service-name: front}}
@@ -263,10 +274,16 @@ endpoints:
   DaemonOptions o;
   o.once = true;
   o.agent = false;
+  o.model.policy = VipPolicy{{*parseVipPool("203.0.113.0/24")}, {}};  // outside's VIP is not in it
   Daemon d(o, src, &router, nullptr);
   d.setAnnouncer(&announce);
   EXPECT_EQ(d.run(), 0);
   EXPECT_EQ(table(), (std::vector<std::string>{"203.0.113.10"}));
+  // The refused VIP has no kernel object at all (the router's plan is the model's).
+  auto routes = k.routes(0, 0xffffffffu);
+  ASSERT_TRUE(routes);
+  for (auto& r : *routes) EXPECT_NE(r.key.dst.str(), "198.51.100.7");
+  for (auto& vp : router.lastPlan().vips) EXPECT_NE(vp.vip.str(), "198.51.100.7");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@ namespace kst::k8s {
 namespace {
 
 using test::FakeApi;
+using test::fixture;
 using test::FakeResponse;
 using test::FakeTransport;
 
@@ -43,6 +44,46 @@ TEST(LoadBalancerStatus, WriterPatchesTheStatusSubresourceAndToleratesAGoneServi
   auto denied = w.write({{"team", "web"}, {ip("203.0.113.7")}, "allocated"});
   ASSERT_FALSE(denied);
   EXPECT_NE(denied.error().message.find("HTTP 403"), std::string::npos) << denied.error().message;
+}
+
+// The fresh read before an allocation: every page of the list (continue tokens as the server
+// gave them), decoded like the cache (only the VIP annotation kept), the status addresses read.
+TEST(LoadBalancerStatus, CurrentServicesReadsEveryPageAndTheStatusAddresses) {
+  FakeApi api;
+  LoadBalancerStatusOptions o;
+  o.pageSize = 1;
+  LoadBalancerStatusWriter w([&]() -> Result<std::unique_ptr<HttpTransport>> {
+    return std::make_unique<FakeTransport>(api);
+  }, o);
+  auto page2 = nlohmann::json::parse(fixture("services-list-limit1-page2-last.json"));
+  // One of them as the elected router left it.
+  for (auto& item : page2["items"])
+    if (item["metadata"]["name"] == "web")
+      item["status"]["loadBalancer"]["ingress"] = {{{"ip", "203.0.113.3"}, {"ipMode", "Proxy"}}};
+  api.push("/api/v1/services?limit=1&continue=", FakeResponse{200, page2.dump()});
+  api.push("/api/v1/services?limit=1", FakeResponse{200, fixture("services-list-limit1-page1.json")});
+  auto got = w.currentServices();
+  ASSERT_TRUE(got) << got.error().message;
+  std::vector<std::string> names;
+  for (auto& [k, s] : *got) names.push_back(k.str());
+  EXPECT_EQ(names, (std::vector<std::string>{"kst-fixtures/bad", "kst-fixtures/plain",
+                                             "kst-fixtures/web", "kst-fixtures/web6"}));
+  auto& web = got->at({"kst-fixtures", "web"});
+  EXPECT_EQ(web.ingressIps, (std::vector<std::string>{"203.0.113.3"}));
+  EXPECT_TRUE(web.ingressProxyMode);
+  for (auto& [k, s] : *got)
+    for (auto& [a, v] : s.annotations) EXPECT_EQ(a, "cmd.nu/tunnel") << k.str();
+  auto reqs = api.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[0].path, "/api/v1/services?limit=1");
+  EXPECT_TRUE(reqs[1].path.starts_with("/api/v1/services?limit=1&continue=eyJ2")) << reqs[1].path;
+  // A failed read is an error (the daemon then writes nothing), never a partial answer.
+  api.push("/api/v1/services?limit=1", FakeResponse{403, R"({"kind":"Status","message":"no"})"});
+  auto denied = w.currentServices();
+  ASSERT_FALSE(denied);
+  EXPECT_NE(denied.error().message.find("HTTP 403"), std::string::npos);
+  api.push("/api/v1/services?limit=1", FakeResponse{200, R"({"kind":"Status"})"});
+  EXPECT_FALSE(w.currentServices());
 }
 
 }  // namespace

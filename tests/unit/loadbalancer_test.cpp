@@ -134,6 +134,27 @@ TEST(LoadBalancer, LeavingTheClassClearsOnlyWhatWeWrote) {
   EXPECT_EQ(plan.changes[0].reason, "left class");
 }
 
+TEST(LoadBalancer, AnAddressAnotherServiceShowsIsNeverAllocatedButKeptWhereItWasFirst) {
+  ClusterObjects o;
+  auto& other = lb(o, "team", "metal", "1", "example.com/other");
+  other.ingressIps = {"203.0.113.1"};  // another implementation's LoadBalancer
+  auto& plain = lb(o, "team", "plain", "1");
+  plain.type = "ClusterIP";
+  plain.loadBalancerClass.clear();
+  plain.ingressIps = {"203.0.113.2"};  // any Service's status counts as in use
+  lb(o, "team", "new", "2");
+  auto& kept = lb(o, "team", "kept", "0");
+  kept.ingressIps = {"203.0.113.5"};
+  kept.ingressProxyMode = true;
+  auto& later = lb(o, "team", "later", "3", "example.com/other");
+  later.ingressIps = {"203.0.113.5"};  // shows ours: ours keeps it
+  auto plan = planLoadBalancerStatus(o, policy("203.0.113.0/24"), kAnn, kLoadBalancerClass);
+  ASSERT_EQ(plan.changes.size(), 1u);
+  EXPECT_EQ(plan.changes[0].service, (ObjectKey{"team", "new"}));
+  EXPECT_EQ(plan.changes[0].ingress, (std::vector<IpAddress>{ip("203.0.113.3")}));
+  EXPECT_TRUE(plan.unallocated.empty());
+}
+
 TEST(LoadBalancer, ModelTunnelsOurLoadBalancerByItsStatusAddressSourceRangesFailClosed) {
   ClusterObjects o;
   auto& a = lb(o, "team", "a", "1");

@@ -202,7 +202,9 @@ class VmE2E : public E2E {
     std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", role,
                                   "--manifests", manifests, "--mode", mode,
                                   "--resync-interval", "5", "--log-level", "debug",
-                                  "--flow-timeout", "1"};
+                                  "--flow-timeout", "1",
+                                  // The VIP ranges of the topology (the daemon is default-deny).
+                                  "--vip-pool", "203.0.113.0/24", "--vip-pool", "2001:db8:ffff::/64"};
     if (!node.empty()) {
       for (std::string a : {std::string("--node-name"), node, std::string("--scan-proc=false"),
                             std::string("--netns-dir"),
