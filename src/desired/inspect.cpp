@@ -85,7 +85,8 @@ std::string hex(uint32_t v) { return fmt::format("{:#x}", v); }
 std::optional<uint8_t> parseProtocol(const std::string& name) {
   for (auto p : kProtocols)
     if (name == p.name) return p.number;
-  if (name.empty() || name.size() > 3 || !std::all_of(name.begin(), name.end(), ::isdigit))
+  if (name.empty() || name.size() > 3 ||
+      !std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; }))
     return std::nullopt;
   int n = std::stoi(name);
   if (n > 255) return std::nullopt;

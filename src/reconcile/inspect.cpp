@@ -1,5 +1,7 @@
 #include "reconcile/inspect.h"
 
+#include <algorithm>
+
 namespace kst {
 
 Result<Explanation> explainOnNode(RouterReconciler& router, dp::NftInspector& nft,
@@ -54,6 +56,8 @@ NodeStatus nodeStatus(const StatusSources& src) {
       if (auto p = podStatus(ns.path, src.decapDevice, *links, *all, *owned))
         s.pods.push_back(std::move(*p));
     }
+    std::sort(s.pods.begin(), s.pods.end(),
+              [](const PodStatus& a, const PodStatus& b) { return a.netns < b.netns; });
   }
   return s;
 }
