@@ -11,49 +11,38 @@ namespace {
 
 IpAddress ip(const char* s) { return *IpAddress::parse(s); }
 
-TEST(Jhash, Ipv4FiveTupleFullRangeMatchesTheKernel) {
-  // jhash ip saddr . ip daddr . th sport . th dport mod 4294967295 seed 0x2a
-  const NftJhash h{0xffffffffu, 0x2a, 0};
-  struct V {
-    uint16_t sport;
-    uint32_t want;
-  };
-  for (auto [sport, want] : {V{1, 0x711de897}, V{12345, 0xaac5ebf3}, V{40000, 0x48606888},
-                             V{40001, 0x8a5fb22f}}) {
-    auto r = flowHashInput(ip("10.9.0.1"), ip("10.9.0.2"), true, sport, 8080);
-    EXPECT_EQ(r.bytes().size(), 16u);
+struct Vector {
+  uint16_t sport;
+  uint32_t want;
+};
+
+/** Each source port's 5-tuple hashes to what the kernel stored for it. */
+void expectKernelValues(const NftJhash& h, const char* src, const char* dst, uint16_t dport,
+                        size_t registerBytes, std::initializer_list<Vector> vectors) {
+  for (auto [sport, want] : vectors) {
+    auto r = flowHashInput(ip(src), ip(dst), true, sport, dport);
+    EXPECT_EQ(r.bytes().size(), registerBytes);
     EXPECT_EQ(h.eval(r.bytes()), want) << "sport " << sport;
   }
 }
 
+TEST(Jhash, Ipv4FiveTupleFullRangeMatchesTheKernel) {
+  // jhash ip saddr . ip daddr . th sport . th dport mod 4294967295 seed 0x2a
+  expectKernelValues({0xffffffffu, 0x2a, 0}, "10.9.0.1", "10.9.0.2", 8080, 16,
+                     {{1, 0x711de897}, {12345, 0xaac5ebf3}, {40000, 0x48606888}, {40001, 0x8a5fb22f}});
+}
+
 TEST(Jhash, Ipv4BucketWithModAndOffsetMatchesTheKernel) {
   // The router's bucket hash: … mod 64 seed 0x2a offset 0x40000000 (TCP SYNs to port 80).
-  const NftJhash h{64, 0x2a, 0x40000000};
-  struct V {
-    uint16_t sport;
-    uint32_t want;
-  };
-  for (auto [sport, want] : {V{1, 0x4000000d}, V{12345, 0x40000013}, V{40000, 0x40000016},
-                             V{40001, 0x40000023}}) {
-    EXPECT_EQ(h.eval(flowHashInput(ip("10.9.0.1"), ip("10.9.0.2"), true, sport, 80).bytes()), want)
-        << "sport " << sport;
-  }
+  expectKernelValues({64, 0x2a, 0x40000000}, "10.9.0.1", "10.9.0.2", 80, 16,
+                     {{1, 0x4000000d}, {12345, 0x40000013}, {40000, 0x40000016}, {40001, 0x40000023}});
 }
 
 TEST(Jhash, Ipv6FiveTupleMatchesTheKernel) {
   // jhash ip6 saddr . ip6 daddr . th sport . th dport mod 4294967295 seed 0x6b737431 (the first
   // half of the router's IPv6 flow key), 40 bytes: three whole blocks and a 4-byte tail.
-  const NftJhash h{0xffffffffu, 0x6b737431, 0};
-  struct V {
-    uint16_t sport;
-    uint32_t want;
-  };
-  for (auto [sport, want] : {V{1, 0x14a87889}, V{12345, 0x9ba5e140}, V{40000, 0x45963cba},
-                             V{40001, 0x45ae8ccf}}) {
-    auto r = flowHashInput(ip("fd00::1"), ip("fd00::2"), true, sport, 53);
-    EXPECT_EQ(r.bytes().size(), 40u);
-    EXPECT_EQ(h.eval(r.bytes()), want) << "sport " << sport;
-  }
+  expectKernelValues({0xffffffffu, 0x6b737431, 0}, "fd00::1", "fd00::2", 53, 40,
+                     {{1, 0x14a87889}, {12345, 0x9ba5e140}, {40000, 0x45963cba}, {40001, 0x45ae8ccf}});
 }
 
 TEST(Jhash, AddressPairWithoutPortsMatchesTheKernel) {
