@@ -103,6 +103,9 @@ struct NodeStatus {
   bool router = false;
   bool nftTable = false;                // the router's table exists
   std::vector<VipStatus> vips;
+  /** With an announce table: whether `drain` left its marker in the state dir (then no VIP is
+   *  announced, whatever the router could serve). */
+  std::optional<bool> drained;
   bool agent = false;
   std::vector<PodStatus> pods;
   std::vector<std::string> errors;      // parts that could not be read

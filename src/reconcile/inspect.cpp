@@ -33,6 +33,7 @@ NodeStatus nodeStatus(const StatusSources& src) {
       s.nftTable = st->nft.present;
       std::optional<std::vector<dp::Route>> announced;
       if (src.announce) {
+        s.drained = src.announce->drained();
         auto a = src.announce->observe();
         if (a) announced = std::move(*a);
         else s.errors.push_back("announce table: " + a.error().message);

@@ -254,6 +254,10 @@ TEST(NodeStatusView, BucketsPerEndpointAreWhatTheRouterPlanned) {
   EXPECT_EQ(j["router"]["vips"][0]["vip"], kV4);
   EXPECT_EQ(j["router"]["vips"][0]["endpoints"][1]["state"], "draining");
   EXPECT_NE(toText(s).find("draining"), std::string::npos);
+  EXPECT_TRUE(j["router"]["drained"].is_null());  // no announce table
+  s.drained = true;
+  EXPECT_EQ(toJson(s)["router"]["drained"], true);
+  EXPECT_NE(toText(s).find("drained"), std::string::npos);
 }
 
 TEST(NodeStatusView, NodeStatusReadsTheRouterThroughItsReconciler) {
