@@ -8,6 +8,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -21,12 +22,14 @@
 #include "linux/netns.h"
 #include "linux/netns_provider.h"
 #include "linux/nft_client.h"
+#include "linux/nft_inspect.h"
 #include "linux/route_lookup.h"
 #include "k8s/event_sink.h"
 #include "k8s/publisher.h"
 #include "k8s/kube_source.h"
 #include "k8s/lb_status.h"
 #include "model/vip_policy.h"
+#include "reconcile/inspect.h"
 #include "source/manifest_source.h"
 
 namespace {
@@ -271,6 +274,50 @@ int cleanupCommand(Kernel& k, bool router, bool agent, bool announce) {
   return rc;
 }
 
+/** Arguments of `explain` and `status`. */
+struct InspectArgs {
+  std::string vip, src, protocol = "tcp";
+  uint16_t sport = 0, dport = 0;
+  std::string output = "text";
+};
+
+/** `explain`: where this node's kernel sends one packet (desired/inspect.h). */
+int explainCommand(const Flags& f, Kernel& k, const InspectArgs& a) {
+  kst::FlowQuery q;
+  auto vip = kst::IpAddress::parse(a.vip), src = kst::IpAddress::parse(a.src);
+  auto proto = kst::parseProtocol(a.protocol);
+  if (!vip || !src || vip->family() != src->family() || !proto) {
+    spdlog::error("explain: VIP and SRC must be addresses of one family, the protocol tcp, udp, "
+                  "sctp, icmp, icmpv6 or a number");
+    return 2;
+  }
+  q.vip = *vip;
+  q.src = *src;
+  q.sport = a.sport;
+  q.dport = a.dport;
+  q.protocol = *proto;
+  kst::NftInspectorImpl nft(f.dp);
+  auto e = kst::explainOnNode(*k.router, nft, q);
+  if (!e) {
+    spdlog::error("explain: {}", e.error().message);
+    return 1;
+  }
+  std::cout << (a.output == "json" ? kst::toJson(*e).dump(2) + "\n" : kst::toText(*e));
+  return 0;
+}
+
+/** `status`: the VIPs, slots and pod VIPs this node's kernel holds. */
+int statusCommand(const Flags& f, Kernel& k, bool router, bool agent, const InspectArgs& a) {
+  kst::StatusSources src;
+  if (router) src.router = k.router.get();
+  if (router && f.announceTable) src.announce = k.announce.get();
+  if (agent) src.pods = k.netns.get();
+  src.decapDevice = f.dp.tunnelLinkName();
+  auto s = kst::nodeStatus(src);
+  std::cout << (a.output == "json" ? kst::toJson(s).dump(2) + "\n" : kst::toText(s));
+  return s.errors.empty() ? 0 : 1;
+}
+
 /** Where the model comes from, and, with the Kubernetes API, where problems and decisions go. */
 struct Sources {
   std::unique_ptr<kst::Source> source;
@@ -464,6 +511,22 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 3600.0));
   auto* undrain = app.add_subcommand("undrain", "Tunnel node: announce the VIPs again");
   addCommon(undrain, f);
+  InspectArgs ia;
+  auto* status = app.add_subcommand(
+      "status", "The VIPs, buckets per endpoint and endpoint states this node's kernel holds, "
+                "and (agent) the pod namespaces holding VIPs");
+  addCommon(status, f);
+  auto* explain = app.add_subcommand(
+      "explain", "Tunnel node: which bucket, slot mark and endpoint a packet takes, computed "
+                 "with the kernel's hash from the running node's state");
+  addCommon(explain, f);
+  explain->add_option("VIP", ia.vip, "Destination (the VIP)")->required();
+  explain->add_option("SRC", ia.src, "Source address")->required();
+  explain->add_option("SPORT", ia.sport, "Source port (0 for protocols without ports)")->required();
+  explain->add_option("DPORT", ia.dport, "Destination port")->required();
+  explain->add_option("PROTOCOL", ia.protocol, "tcp (default), udp, sctp, icmp, icmpv6 or a number");
+  for (auto* c : {status, explain})
+    c->add_option("-o,--output", ia.output, "text or json")->check(CLI::IsMember({"text", "json"}));
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
   {
@@ -494,5 +557,7 @@ int main(int argc, char** argv) {
     return kst::drainNode(*kernel->announce, f.drainFile(), o, std::cout);
   }
   if (cleanup->parsed()) return cleanupCommand(*kernel, router, agent, f.announceTable != 0);
+  if (explain->parsed()) return explainCommand(f, *kernel, ia);
+  if (status->parsed()) return statusCommand(f, *kernel, router, agent, ia);
   return runCommand(f, *kernel, router, agent);
 }

@@ -20,6 +20,22 @@ std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint) {
   return cfg.linkPrefix + suffix;
 }
 
+std::optional<IpAddress> routeEndpoint(const dp::Route& r,
+                                       const std::map<uint32_t, const dp::Nexthop*>& nexthops,
+                                       const std::vector<dp::Link>& links) {
+  if (!r.nhid) return std::nullopt;
+  auto it = nexthops.find(r.nhid);
+  if (it == nexthops.end()) return std::nullopt;
+  const auto& nh = *it->second;
+  std::optional<IpAddress> ep = nh.encap == dp::Nexthop::Encap::Ip ? nh.encapDst : nh.gateway;
+  if (!ep) {
+    // GRE per endpoint: the endpoint is the remote of the link.
+    for (const auto& l : links)
+      if (l.name == nh.dev && l.remote) ep = l.remote;
+  }
+  return ep;
+}
+
 Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConfig& cfg) {
   Allocations a;
   std::map<uint32_t, const dp::Nexthop*> byId;
@@ -33,19 +49,7 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
     if (r.key.table < cfg.tableOffset || r.key.table >= cfg.tableOffset + cfg.maxSlots) continue;
     if (r.unreachable) continue;
     uint32_t slot = r.key.table - cfg.tableOffset;
-    std::optional<IpAddress> ep;
-    if (r.nhid) {
-      auto it = byId.find(r.nhid);
-      if (it == byId.end()) continue;
-      const auto& nh = *it->second;
-      ep = nh.encap == dp::Nexthop::Encap::Ip ? nh.encapDst : nh.gateway;
-      if (!ep) {
-        // GRE per endpoint: the endpoint is the remote of the link.
-        for (const auto& l : observed.links)
-          if (l.name == nh.dev && l.remote) ep = l.remote;
-      }
-    }
-    if (ep) a.slots[r.key.dst].emplace(*ep, slot);
+    if (auto ep = routeEndpoint(r, byId, observed.links)) a.slots[r.key.dst].emplace(*ep, slot);
   }
   return a;
 }

@@ -57,6 +57,12 @@ struct Allocations {
 
 Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConfig& cfg);
 
+/** The endpoint a slot-table route leads to: the encapsulation destination (flow devices), the
+ *  gateway (MPLS) or the remote of its per-endpoint GRE link; nullopt for a route of none. */
+std::optional<IpAddress> routeEndpoint(const dp::Route& r,
+                                       const std::map<uint32_t, const dp::Nexthop*>& nexthops,
+                                       const std::vector<dp::Link>& links);
+
 RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior);
 
 /** Gives a new nexthop of a plan its id: the sticky one of its key, else an unused one of the

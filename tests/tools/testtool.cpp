@@ -6,9 +6,11 @@
 //                              IP_PKTINFO: the kernel picks the pod's own address).
 //   tcp HOST PORT COUNT [SPORT] COUNT connections (distinct source ports, SPORT+i if given),
 //                              prints each answer ("FAIL" for none)
-//   udp HOST PORT COUNT [SIZE] COUNT datagrams from distinct sockets, prints each answer; with
-//                              SIZE, each datagram carries SIZE bytes and must not be
-//                              fragmented on the way (DF / IPV6_DONTFRAG)
+//   udp HOST PORT COUNT [SIZE [SPORT]]
+//                              COUNT datagrams from distinct sockets, prints each answer; with
+//                              SIZE > 0, each datagram carries SIZE bytes and must not be
+//                              fragmented on the way (DF / IPV6_DONTFRAG); with SPORT, socket i
+//                              sends from source port SPORT+i
 //   udpstream HOST PORT SPORT SECONDS MS
 //                              one UDP flow (fixed source port SPORT, like a QUIC or DNS client)
 //                              sending a datagram every MS ms for SECONDS; prints
@@ -213,7 +215,7 @@ int tcp(const char* host, int port, int count, int srcBase) {
   return fails ? 1 : 0;
 }
 
-int udp(const char* host, int port, int count, int size) {
+int udp(const char* host, int port, int count, int size, int srcBase) {
   sockaddr_storage ss;
   socklen_t len;
   if (!resolve(host, port, ss, len)) return 2;
@@ -223,6 +225,20 @@ int udp(const char* host, int port, int count, int size) {
     int s = socket(ss.ss_family, SOCK_DGRAM, 0);
     timeval tv{1, 0};
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (srcBase) {
+      int one = 1;
+      setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_storage src{};
+      src.ss_family = ss.ss_family;
+      if (ss.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&src)->sin_port = htons(srcBase + i);
+      else reinterpret_cast<sockaddr_in6*>(&src)->sin6_port = htons(srcBase + i);
+      if (bind(s, reinterpret_cast<sockaddr*>(&src), len) != 0) {
+        close(s);
+        ++fails;
+        std::printf("FAIL\n");
+        continue;
+      }
+    }
     if (size > 0) {
       int dont = IP_PMTUDISC_PROBE, one = 1;  // DF, but never refused locally from a cached PMTU
       if (ss.ss_family == AF_INET) setsockopt(s, IPPROTO_IP, IP_MTU_DISCOVER, &dont, sizeof dont);
@@ -365,15 +381,16 @@ int main(int argc, char** argv) {
                  argc > 4 && std::string(argv[4]) == "plain");
   if (cmd == "tcp" && (argc == 5 || argc == 6))
     return tcp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
-  if (cmd == "udp" && (argc == 5 || argc == 6))
-    return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
+  if (cmd == "udp" && argc >= 5 && argc <= 7)
+    return udp(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc >= 6 ? std::atoi(argv[5]) : 0,
+               argc == 7 ? std::atoi(argv[6]) : 0);
   if (cmd == "udpstream" && argc == 7)
     return udpstream(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
                      std::atoi(argv[6]));
   if (cmd == "hold" && (argc == 6 || argc == 7))
     return hold(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
                 argc == 7 ? argv[6] : "");
-  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp HOST PORT COUNT | udp HOST PORT COUNT [SIZE] | "
+  std::fprintf(stderr, "usage: kst-testtool serve NAME [PORT] | tcp HOST PORT COUNT [SPORT] | udp HOST PORT COUNT [SIZE [SPORT]] | "
                "udpstream HOST PORT SPORT SECONDS MS | hold HOST PORT SECONDS N\n");
   return 2;
 }

@@ -1,0 +1,296 @@
+// desired/inspect.h, reconcile/inspect.h and linux/nft_inspect.h's parser against the fake
+// kernel (tests/fakes): the router reconciler programs a model into the fakes, and explain and
+// status must read back what it planned. The classifier chains are `nft -j list chain` of a
+// real router (tests/data/nft/classify{4,6}.json, nft 1.0.6, --buckets 64, seed 0x2a).
+#include "reconcile/inspect.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "desired/announce.h"
+#include "fakes/fake_inspector.h"
+#include "fakes/fake_kernel.h"
+#include "hashing/jhash.h"
+#include "linux/nft_inspect.h"
+
+namespace kst {
+namespace {
+
+IpAddress ip(const std::string& s) { return *IpAddress::parse(s); }
+
+std::string readData(const std::string& name) {
+  std::ifstream f(std::string(KST_TEST_DATA_DIR) + "/nft/" + name);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+dp::ClassifierHashes chain(Family f) {
+  auto h = parseClassifierJson(readData(f == Family::V4 ? "classify4.json" : "classify6.json"));
+  EXPECT_TRUE(h) << (h ? "" : h.error().message);
+  return h ? *h : dp::ClassifierHashes{};
+}
+
+const std::string kV4 = "203.0.113.10", kV6 = "2001:db8:ffff::10";
+
+Endpoint ep(const std::string& a, bool draining = false) { return Endpoint{ip(a), "n1", true, draining, ""}; }
+
+Model model(bool drainSecond = false) {
+  Model m;
+  m.services = {{{"web", "a"}, ip(kV4), {ep("10.0.0.1"), ep("10.0.0.2", drainSecond), ep("10.0.0.3")}},
+                {{"web", "b"}, ip(kV6), {ep("fd00::1"), ep("fd00::2")}}};
+  return m;
+}
+
+struct Router {
+  explicit Router(bool drainSecond = false)
+      : nl(fake::FakeKernel::optionsFor(cfg)), nft(cfg.nftTable), rec(cfg, nl, nft) {
+    auto r = rec.reconcile(model(drainSecond));
+    EXPECT_TRUE(r && r->ok());
+    insp.chains[Family::V4] = chain(Family::V4);
+    insp.chains[Family::V6] = chain(Family::V6);
+  }
+  /** The endpoint the reconciler's own plan gives a bucket of a VIP. */
+  IpAddress planned(const IpAddress& vip, uint32_t bucket) const {
+    for (const auto& v : rec.lastPlan().vips)
+      if (v.vip == vip) return v.endpoints.at(size_t(v.buckets.at(bucket))).ip;
+    ADD_FAILURE() << "no plan for " << vip.str();
+    return {};
+  }
+  DataplaneConfig cfg = [] {
+    DataplaneConfig c;
+    c.buckets = 64;
+    return c;
+  }();
+  fake::FakeKernel nl;
+  fake::FakeNft nft;
+  RouterReconciler rec;
+  fake::FakeInspector insp;
+};
+
+FlowQuery query(const std::string& vip, const std::string& src, uint16_t sport, uint16_t dport,
+                uint8_t proto) {
+  return FlowQuery{ip(vip), ip(src), sport, dport, proto};
+}
+
+TEST(NftInspectParse, ReadsTheRoutersBucketRulesAndFlowKeys) {
+  auto c4 = chain(Family::V4);
+  ASSERT_EQ(c4.buckets.size(), 2u);
+  using P = dp::BucketHashRule::Protocols;
+  EXPECT_EQ(c4.buckets[0].protocols, P::WithPorts);
+  EXPECT_EQ(c4.buckets[0].hash, (dp::JhashExpr{{"ip saddr", "ip daddr", "th sport", "th dport"},
+                                               64, 0x2a, 0x40000000}));
+  EXPECT_EQ(c4.buckets[1].protocols, P::WithoutPorts);
+  EXPECT_EQ(c4.buckets[1].hash, (dp::JhashExpr{{"ip saddr", "ip daddr"}, 64, 0x2a, 0x40000000}));
+  ASSERT_EQ(c4.flowKey.size(), 4u);
+  EXPECT_EQ(c4.flowKey[0].field, "ip saddr");
+  EXPECT_EQ(c4.flowKey[1].field, "th sport");
+  EXPECT_EQ(c4.flowKey[2].field, "ip daddr");
+  EXPECT_EQ(c4.flowKey[3].field, "th dport");
+  auto c6 = chain(Family::V6);
+  ASSERT_EQ(c6.buckets.size(), 2u);
+  EXPECT_EQ(c6.buckets[0].hash.fields,
+            (std::vector<std::string>{"ip6 saddr", "ip6 daddr", "th sport", "th dport"}));
+  ASSERT_EQ(c6.flowKey.size(), 2u);  // two hashes of the 4-tuple, `mod 4294967295` (JSON: -1)
+  ASSERT_TRUE(c6.flowKey[0].hash && c6.flowKey[1].hash);
+  EXPECT_EQ(c6.flowKey[0].hash->mod, 0xffffffffu);
+  EXPECT_EQ(c6.flowKey[0].hash->seed, 0x6b737431u);
+  EXPECT_EQ(c6.flowKey[1].hash->seed, 0x6b737432u);
+}
+
+TEST(NftInspectParse, HostileListingsAreErrorsOrSkippedNeverThrown) {
+  EXPECT_FALSE(parseClassifierJson("not json"));
+  EXPECT_FALSE(parseClassifierJson("{\"nftables\": 3}"));
+  EXPECT_FALSE(parseClassifierJson("[]"));
+  // Wrong types inside a rule: the rule is skipped.
+  auto h = parseClassifierJson(
+      R"({"nftables":[{"rule":{"expr":[{"mangle":{"value":{"jhash":{"mod":"64","expr":1}}}},
+         {"match":{"op":7}}, 5, {"mangle":{"value":{"map":{"key":{"concat":[{"x":1}]}}}}},
+         {"mangle":{"value":{"jhash":{"mod":99999999999,"expr":{}}}}}]}}, {"rule": 1}]})");
+  ASSERT_TRUE(h);
+  EXPECT_TRUE(h->buckets.empty());
+  EXPECT_TRUE(h->flowKey.empty());
+}
+
+TEST(ExplainFlow, TheEndpointIsThePlansEndpointOfTheHashedBucket) {
+  Router r;
+  std::set<IpAddress> reached;
+  for (uint16_t sport = 1000; sport < 1200; ++sport) {
+    auto e = explainOnNode(r.rec, r.insp, query(kV4, "198.18.0.10", sport, 443, 6));
+    ASSERT_TRUE(e) << e.error().message;
+    ASSERT_TRUE(e->bucket && e->endpoint) << e->verdict;
+    EXPECT_EQ(e->buckets, 64u);
+    // The bucket is the kernel hash of the 5-tuple (hashing/jhash.h) …
+    NftJhash h{64, 0x2a, 0x40000000};
+    EXPECT_EQ(*e->bucket,
+              h.eval(flowHashInput(ip("198.18.0.10"), ip(kV4), true, sport, 443).bytes()) - 0x40000000);
+    // … and the rule, the table and the route lead where the plan put that bucket.
+    EXPECT_EQ(*e->endpoint, r.planned(ip(kV4), *e->bucket));
+    EXPECT_EQ(e->table, e->mark);  // slot s: mark and table offset + s
+    EXPECT_FALSE(e->pinnedMark);
+    reached.insert(*e->endpoint);
+  }
+  EXPECT_EQ(reached.size(), 3u);
+  EXPECT_EQ(r.insp.lookups, 200);  // every TCP query looked the flow up
+}
+
+TEST(ExplainFlow, IcmpHashesTheAddressesOnlyAndIsNeverPinned) {
+  Router r;
+  auto e = explainOnNode(r.rec, r.insp, query(kV6, "2001:db8:f::10", 0, 0, 58));
+  ASSERT_TRUE(e) << e.error().message;
+  EXPECT_EQ(e->hash.fields, (std::vector<std::string>{"ip6 saddr", "ip6 daddr"}));
+  ASSERT_TRUE(e->endpoint);
+  EXPECT_EQ(*e->endpoint, r.planned(ip(kV6), *e->bucket));
+  EXPECT_EQ(r.insp.lookups, 0);
+}
+
+TEST(ExplainFlow, APinnedFlowWinsOverItsBucket) {
+  Router r;
+  auto q = query(kV4, "198.18.0.10", 40000, 8080, 17);
+  auto key = flowKey(q, r.insp.chains[Family::V4]);
+  ASSERT_TRUE(key && *key);
+  // flow4's key: saddr . sport . daddr . dport, the ports zero-padded to a register each.
+  const std::vector<uint8_t> want{198, 18, 0, 10, 0x9c, 0x40, 0, 0, 203, 0, 113, 10, 0x1f, 0x90, 0, 0};
+  EXPECT_EQ(**key, want);
+  auto hashed = explainOnNode(r.rec, r.insp, q);
+  ASSERT_TRUE(hashed && hashed->mark);
+  // Pin it to another slot (as after an endpoint change that kept the old one draining).
+  uint32_t other = *hashed->mark == 1000 ? 1001 : 1000;
+  r.insp.flows[{Family::V4, **key}] = other;
+  auto pinned = explainOnNode(r.rec, r.insp, q);
+  ASSERT_TRUE(pinned);
+  EXPECT_EQ(pinned->pinnedMark, other);
+  EXPECT_EQ(pinned->mark, other);
+  EXPECT_EQ(pinned->bucketMark, hashed->bucketMark);
+  EXPECT_NE(pinned->endpoint, hashed->endpoint);
+  EXPECT_EQ(toJson(*pinned)["pinned"], true);
+  EXPECT_EQ(toJson(*pinned)["endpoint"], pinned->endpoint->str());
+}
+
+TEST(ExplainFlow, Ipv6FlowKeyIsTwoKernelHashesOfTheFourTuple) {
+  Router r;
+  auto q = query(kV6, "2001:db8:f::10", 40000, 53, 17);
+  auto key = flowKey(q, r.insp.chains[Family::V6]);
+  ASSERT_TRUE(key && *key);
+  ASSERT_EQ((*key)->size(), 8u);
+  auto in = flowHashInput(q.src, q.vip, true, 40000, 53);
+  NftRegisters want;
+  want.word(NftJhash{0xffffffffu, 0x6b737431, 0}.eval(in.bytes()))
+      .word(NftJhash{0xffffffffu, 0x6b737432, 0}.eval(in.bytes()));
+  EXPECT_EQ(**key, std::vector<uint8_t>(want.bytes().begin(), want.bytes().end()));
+}
+
+TEST(ExplainFlow, TheRuleWhoseModIsTheVipsBucketCountIsTaken) {
+  Router r;
+  auto& c = r.insp.chains[Family::V4];
+  auto decoy = c.buckets[0];
+  decoy.hash.mod = 16;
+  c.buckets.insert(c.buckets.begin(), decoy);
+  auto e = explainOnNode(r.rec, r.insp, query(kV4, "198.18.0.10", 1234, 80, 6));
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->hash.mod, 64u);
+}
+
+TEST(ExplainFlow, UnknownVipsFieldsAndFamiliesAreAnsweredNotCrashed) {
+  Router r;
+  auto e = explainOnNode(r.rec, r.insp, query("203.0.113.99", "198.18.0.10", 1, 2, 6));
+  ASSERT_TRUE(e);
+  EXPECT_FALSE(e->vipKnown);
+  EXPECT_FALSE(e->endpoint);
+  EXPECT_TRUE(toJson(*e)["endpoint"].is_null());
+  EXPECT_FALSE(explainOnNode(r.rec, r.insp, query(kV4, "2001:db8::1", 1, 2, 6)));
+  r.insp.chains[Family::V4].buckets[0].hash.fields = {"ip saddr", "meta iif"};
+  auto bad = explainOnNode(r.rec, r.insp, query(kV4, "198.18.0.10", 1, 2, 6));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("meta iif"), std::string::npos);
+  r.insp.chains.erase(Family::V6);
+  EXPECT_FALSE(explainOnNode(r.rec, r.insp, query(kV6, "2001:db8:f::10", 1, 2, 6)));
+}
+
+TEST(ExplainFlow, ProtocolNames) {
+  EXPECT_EQ(parseProtocol("udp"), 17);
+  EXPECT_EQ(parseProtocol("icmpv6"), 58);
+  EXPECT_EQ(parseProtocol("47"), 47);
+  EXPECT_FALSE(parseProtocol("256"));
+  EXPECT_FALSE(parseProtocol("-1"));
+  EXPECT_FALSE(parseProtocol("tcpx"));
+  EXPECT_FALSE(parseProtocol(""));
+}
+
+TEST(NodeStatusView, BucketsPerEndpointAreWhatTheRouterPlanned) {
+  Router r(/*drainSecond=*/true);
+  auto st = r.rec.observe();
+  ASSERT_TRUE(st);
+  std::vector<dp::Route> announced{announceRoute(ip(kV4), 500)};
+  auto vips = routerStatus(*st, announced);
+  ASSERT_EQ(vips.size(), 2u);
+  for (const auto& v : vips) {
+    EXPECT_TRUE(v.inVipSet);
+    EXPECT_EQ(v.buckets, 64u);
+    EXPECT_EQ(v.unassigned, 0u);
+    EXPECT_EQ(v.announced, v.vip == ip(kV4));
+    std::map<IpAddress, uint32_t> want;
+    for (const auto& p : r.rec.lastPlan().vips)
+      if (p.vip == v.vip)
+        for (int32_t i : p.buckets) ++want[p.endpoints.at(size_t(i)).ip];
+    uint32_t total = 0;
+    for (const auto& e : v.endpoints) {
+      EXPECT_EQ(e.buckets, want[e.endpoint]) << e.endpoint.str();
+      EXPECT_EQ(e.draining(), e.endpoint == ip("10.0.0.2")) << e.endpoint.str();
+      total += e.buckets;
+    }
+    EXPECT_EQ(total, 64u);
+    EXPECT_EQ(v.endpoints.size(), v.vip == ip(kV4) ? 3u : 2u);
+  }
+  NodeStatus s;
+  s.router = true;
+  s.nftTable = true;
+  s.vips = vips;
+  auto j = toJson(s);
+  EXPECT_EQ(j["router"]["vips"][0]["vip"], kV4);
+  EXPECT_EQ(j["router"]["vips"][0]["endpoints"][1]["state"], "draining");
+  EXPECT_NE(toText(s).find("draining"), std::string::npos);
+  EXPECT_TRUE(j["router"]["drained"].is_null());  // no announce table
+  s.drained = true;
+  EXPECT_EQ(toJson(s)["router"]["drained"], true);
+  EXPECT_NE(toText(s).find("drained"), std::string::npos);
+}
+
+TEST(NodeStatusView, NodeStatusReadsTheRouterThroughItsReconciler) {
+  Router r;
+  StatusSources src;
+  src.router = &r.rec;
+  auto s = nodeStatus(src);
+  EXPECT_TRUE(s.errors.empty());
+  EXPECT_TRUE(s.nftTable);
+  EXPECT_EQ(s.vips.size(), 2u);
+  EXPECT_FALSE(s.vips[0].announced);  // no announce table: unknown, not "no"
+}
+
+TEST(NodeStatusView, PodStatusListsTheAgentsVipsAndThePodsOwnAddresses) {
+  dp::Link decap;
+  decap.name = "kst-vxg";
+  std::vector<dp::Address> owned{{"kst-vxg", ip(kV4), 32}, {"kst-vxg", ip(kV6), 128}};
+  std::vector<dp::Address> all = owned;
+  all.push_back({"eth0", ip("10.0.0.1"), 24});
+  all.push_back({"eth0", ip("fe80::1"), 64});
+  all.push_back({"lo", ip("127.0.0.1"), 8});
+  auto p = podStatus("/run/netns/p", "kst-vxg", {decap}, all, owned);
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(p->decapPresent);
+  EXPECT_EQ(p->vips, (std::vector<IpAddress>{ip(kV4), ip(kV6)}));
+  EXPECT_EQ(p->podIps, (std::vector<IpAddress>{ip("10.0.0.1")}));
+  // A namespace with nothing of the agent's is not a served pod.
+  EXPECT_FALSE(podStatus("/run/netns/q", "kst-vxg", {}, {{"eth0", ip("10.0.0.9"), 24}}, {}));
+  // VIPs without the decap device: listed, device missing.
+  auto half = podStatus("/run/netns/r", "kst-vxg", {}, owned, owned);
+  ASSERT_TRUE(half);
+  EXPECT_FALSE(half->decapPresent);
+}
+
+}  // namespace
+}  // namespace kst
