@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 
+#include "daemon/metrics.h"
 #include "desired/config.h"
 #include "model/model.h"
 #include "reconcile/agent_reconciler.h"
@@ -59,6 +60,9 @@ class Daemon {
   /** Router: keeps the announce table in step with each router pass (announce_reconciler.h).
    *  Set before run(). */
   void setAnnouncer(AnnounceReconciler* announcer) { announcer_ = announcer; }
+  /** Records passes, failures and the VIPs' names into `metrics` (daemon/metrics.h). Set
+   *  before run(). */
+  void setMetrics(Metrics* metrics) { metrics_ = metrics; }
 
  private:
   bool pass(std::chrono::steady_clock::time_point start);
@@ -69,6 +73,10 @@ class Daemon {
   ProblemSink* sink_;
   DecisionPublisher* publisher_;
   AnnounceReconciler* announcer_ = nullptr;
+  Metrics* metrics_ = nullptr;
+  std::optional<Reconciler> running_;  // the reconciler of the pass (exceptions' metrics)
+  bool announceUnreported_ = true;      // the announce state metrics_ has may be stale
+  bool announceDrained_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;
