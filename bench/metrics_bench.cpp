@@ -6,8 +6,11 @@
 // the kernel is not part of it (the source returns a prepared snapshot; it is copied per scrape
 // as a real reader's result would be built).
 //   kb-metrics V E REPS
+// Then the same through the health server as Prometheus asks for it (GET /metrics on
+// 127.0.0.1 with Accept-Encoding: gzip, read until the server closes): wall time and bytes on
+// the wire.
 // Output: RESULT bench=metrics V=… E=… series=… bytes=… render_ms_p50=… render_ms_max=…
-//         families_ms_p50=… serialize_ms_p50=… load=…
+//         families_ms_p50=… serialize_ms_p50=… http_gzip_ms_p50=… http_gzip_bytes=… load=…
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +20,11 @@
 #include <string>
 #include <vector>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "daemon/health.h"
 #include "daemon/metrics.h"
 
 namespace {
@@ -37,6 +45,26 @@ kst::IpAddress v4(uint32_t base, uint32_t i) {
   return *kst::IpAddress::parse(std::to_string(a >> 24) + "." + std::to_string((a >> 16) & 255) +
                                 "." + std::to_string((a >> 8) & 255) + "." +
                                 std::to_string(a & 255));
+}
+
+/** GET /metrics as Prometheus asks for it; the whole answer (headers + body), "" on failure. */
+std::string scrape(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    std::string req = "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n"
+                      "Connection: close\r\n\r\n";
+    if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size())) {
+      char buf[65536];
+      for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, size_t(n));
+    }
+  }
+  close(fd);
+  return out;
 }
 
 }  // namespace
@@ -108,12 +136,34 @@ int main(int argc, char** argv) {
       pos = nl == std::string::npos ? text.size() : nl + 1;
     }
   }
+  // Through the health server (its default options, as the daemon runs it).
+  kst::HealthServer server([] { return std::string(); });
+  m.serve(server);
+  if (auto st = server.start("127.0.0.1", 0); !st) {
+    fprintf(stderr, "health server: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  std::vector<double> http;
+  size_t wire = 0;
+  bool complete = true;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    std::string answer = scrape(server.port());
+    http.push_back(ms(t0, Clock::now()));
+    wire = answer.size();
+    complete = complete && answer.rfind("HTTP/1.1 200", 0) == 0 &&
+               answer.find("Content-Encoding: gzip") != std::string::npos;
+  }
+  server.stop();
+  if (!complete) fprintf(stderr, "a scrape through the server failed or was not gzip\n");
   std::string load;
   std::ifstream("/proc/loadavg") >> load;
   printf("RESULT bench=metrics V=%u E=%u reps=%d series=%zu bytes=%zu render_ms_p50=%.1f "
-         "render_ms_max=%.1f families_ms_p50=%.1f serialize_ms_p50=%.1f load=%s\n",
+         "render_ms_max=%.1f families_ms_p50=%.1f serialize_ms_p50=%.1f http_gzip_ms_p50=%.1f "
+         "http_gzip_ms_max=%.1f http_gzip_bytes=%zu http_ok=%d load=%s\n",
          v, e, reps, series, bytes, median(render),
          *std::max_element(render.begin(), render.end()), median(families), median(serialize),
+         median(http), *std::max_element(http.begin(), http.end()), wire, complete ? 1 : 0,
          load.c_str());
-  return 0;
+  return complete ? 0 : 1;
 }
