@@ -271,9 +271,10 @@ const prometheus::Histogram::BucketBoundaries& durationBuckets() {
 
 void Metrics::enable(Reconciler r) {
   prometheus::Labels l{{"reconciler", reconcilerName(r)}};
-  passes_.Add(l);
-  duration_.Add(l, durationBuckets());
-  changes_.Add(l);
+  auto& p = per_[size_t(r)];
+  p.passes = &passes_.Add(l);
+  p.duration = &duration_.Add(l, durationBuckets());
+  p.changes = &changes_.Add(l);
   for (auto why : {FailureReason::Observe, FailureReason::Apply, FailureReason::Exception})
     failures_.Add({{"reconciler", reconcilerName(r)}, {"reason", failureReasonName(why)}});
   if (r == Reconciler::Router)
@@ -282,10 +283,11 @@ void Metrics::enable(Reconciler r) {
 }
 
 void Metrics::pass(Reconciler r, double seconds, size_t changes) {
-  prometheus::Labels l{{"reconciler", reconcilerName(r)}};
-  passes_.Add(l).Increment();
-  duration_.Add(l, durationBuckets()).Observe(std::max(0.0, seconds));
-  changes_.Add(l).Increment(double(changes));
+  auto& p = per_[size_t(r)];
+  if (!p.passes) enable(r);
+  p.passes->Increment();
+  p.duration->Observe(std::max(0.0, seconds));
+  p.changes->Increment(double(changes));
 }
 
 void Metrics::failure(Reconciler r, FailureReason why) {

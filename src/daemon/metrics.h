@@ -18,6 +18,7 @@
 // workers; every member is thread-safe. Scrapes are serialized (one at a time builds its text).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -110,7 +111,8 @@ class Metrics {
   Metrics& operator=(const Metrics&) = delete;
 
   // ---- recorded by the reconcile thread (daemon/daemon.h) ----
-  /** Creates the reconciler's series at zero (so that rate() sees the first failure). */
+  /** Creates the reconciler's series at zero (so that rate() sees the first failure); pass()
+   *  does it for a reconciler not enabled before. */
   void enable(Reconciler r);
   /** One pass of a reconciler: its duration and the kernel changes it applied. */
   void pass(Reconciler r, double seconds, size_t changes);
@@ -145,6 +147,13 @@ class Metrics {
   prometheus::Counter& purged_;
   prometheus::Gauge& lastSuccess_;
   prometheus::Family<prometheus::Counter>& scrapeErrors_;
+  /** The series of each reconciler, created by enable() (reconcile thread only). */
+  struct PerReconciler {
+    prometheus::Counter* passes = nullptr;
+    prometheus::Histogram* duration = nullptr;
+    prometheus::Counter* changes = nullptr;
+  };
+  std::array<PerReconciler, 3> per_{};
 
   mutable std::mutex mu_;  // the members below
   VipNames names_;

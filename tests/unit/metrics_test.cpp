@@ -6,14 +6,15 @@
 #include "daemon/metrics.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include <httplib.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <stdexcept>
 
 #include "daemon/daemon.h"
@@ -226,9 +227,36 @@ TEST(Metrics, LabelValuesAreEscaped) {
             std::string::npos) << text;
 }
 
-// The daemon records its passes: a router (with the announcer) and an agent, once.
-TEST(Metrics, DaemonRecordsPassesChangesAndAnnouncementState) {
-  auto objs = parseManifestText(R"(apiVersion: v1
+// The daemon records its passes: one router pass (with the announcer) on the in-memory kernel.
+class DaemonMetrics : public ::testing::Test {
+ protected:
+  /** Runs the daemon once over the Services of kManifests; @return its exit code. */
+  int runOnce(bool withAnnouncer) {
+    auto objs = parseManifestText(kManifests, "x.yaml");
+    EXPECT_TRUE(objs) << objs.error().message;
+    if (!objs) return -1;
+    fake::FakeNft nft(cfg.nftTable);
+    RouterReconciler router(cfg, k, nft);
+    AnnounceReconciler announce(4242, k, "");
+    fake::SnapshotSource src(*objs);
+    DaemonOptions o;
+    o.once = true;
+    o.agent = false;
+    Daemon d(o, src, &router, nullptr);
+    if (withAnnouncer) d.setAnnouncer(&announce);
+    d.setMetrics(&m);
+    int rc = d.run();
+    routerChanges = d.lastRouterPassForTest().changes;
+    text = m.render();
+    return rc;
+  }
+  /** The value of the one series `s` (its name and labels), -1 when not exactly one. */
+  double value(const std::string& s) const {
+    auto l = series(text, s + " ");
+    if (l.size() != 1) return -1.0;
+    return std::stod(l[0].substr(l[0].rfind(' ') + 1));
+  }
+  static constexpr const char* kManifests = R"(apiVersion: v1
 kind: Service
 metadata: {name: front, namespace: web, annotations: {cmd.nu/tunnel: 203.0.113.10}}
 ---
@@ -242,90 +270,51 @@ metadata: {name: front-1, namespace: web, labels: {kubernetes.io/service-name: f
 addressType: IPv4
 endpoints:
 - {addresses: ["10.0.0.1"], nodeName: n1}
-)", "x.yaml");
-  ASSERT_TRUE(objs) << objs.error().message;
+)";
   DataplaneConfig cfg;
   fake::FakeKernel k;
-  fake::FakeNft nft(cfg.nftTable);
-  RouterReconciler router(cfg, k, nft);
-  AnnounceReconciler announce(4242, k, "");
-  fake::SnapshotSource src(*objs);
-  DaemonOptions o;
-  o.once = true;
-  o.agent = false;
-  Daemon d(o, src, &router, nullptr);
-  d.setAnnouncer(&announce);
   Metrics m;
-  d.setMetrics(&m);
+  size_t routerChanges = 0;
+  std::string text;
+};
+
+TEST_F(DaemonMetrics, PassesChangesAndAnnouncementStateAreRecorded) {
   double before = double(std::time(nullptr));
-  ASSERT_EQ(d.run(), 0);
-  auto text = m.render();
-  auto value = [&](const std::string& s) {
-    auto l = series(text, s + " ");
-    if (l.size() != 1) return -1.0;
-    return std::stod(l[0].substr(l[0].rfind(' ') + 1));
-  };
+  ASSERT_EQ(runOnce(true), 0);
   EXPECT_EQ(value("kube_service_tunnel_reconcile_passes_total{reconciler=\"router\"}"), 1) << text;
   EXPECT_EQ(value("kube_service_tunnel_reconcile_passes_total{reconciler=\"announce\"}"), 1);
   EXPECT_EQ(value("kube_service_tunnel_reconcile_duration_seconds_count{reconciler=\"router\"}"),
             1);
+  EXPECT_GT(routerChanges, 0u);
   EXPECT_EQ(value("kube_service_tunnel_kernel_changes_total{reconciler=\"router\"}"),
-            double(d.lastRouterPassForTest().changes));
-  EXPECT_GT(d.lastRouterPassForTest().changes, 0u);
+            double(routerChanges));
   EXPECT_EQ(value("kube_service_tunnel_kernel_changes_total{reconciler=\"announce\"}"), 1);
-  EXPECT_EQ(
-      value("kube_service_tunnel_reconcile_failures_total{reason=\"apply\",reconciler=\"router\"}"),
-      0);
+  EXPECT_EQ(value("kube_service_tunnel_reconcile_failures_total{reason=\"apply\","
+                  "reconciler=\"router\"}"), 0);
   EXPECT_GE(value("kube_service_tunnel_last_successful_pass_timestamp_seconds"), before);
-  EXPECT_EQ(value("kube_service_tunnel_vip_announced{namespace=\"web\",service=\"front\",vip=\"203.0.113.10\"}"), 1) << text;
-  EXPECT_EQ(value("kube_service_tunnel_vip_announced{namespace=\"web\",service=\"empty\",vip=\"203.0.113.11\"}"), 0) << text;
+  EXPECT_EQ(value("kube_service_tunnel_vip_announced{namespace=\"web\",service=\"front\","
+                  "vip=\"203.0.113.10\"}"), 1) << text;
+  EXPECT_EQ(value("kube_service_tunnel_vip_announced{namespace=\"web\",service=\"empty\","
+                  "vip=\"203.0.113.11\"}"), 0) << text;
   EXPECT_EQ(value("kube_service_tunnel_announce_drained"), 0);
   EXPECT_TRUE(series(text, "reconciler=\"agent\"").empty()) << "the agent role is off";
 }
 
-TEST(Metrics, DaemonCountsAFailedApplyByReason) {
-  auto objs = parseManifestText(R"(apiVersion: v1
-kind: Service
-metadata: {name: front, namespace: web, annotations: {cmd.nu/tunnel: 203.0.113.10}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: front-1, namespace: web, labels: {kubernetes.io/service-name: front}}
-addressType: IPv4
-endpoints:
-- {addresses: ["10.0.0.1"], nodeName: n1}
-)", "x.yaml");
-  ASSERT_TRUE(objs) << objs.error().message;
-  DataplaneConfig cfg;
-  fake::FakeKernel k;
-  fake::FakeNft nft(cfg.nftTable);
+TEST_F(DaemonMetrics, AFailedApplyIsCountedByReason) {
   k.failWhen([](const dp::Change&) { return true; });
-  RouterReconciler router(cfg, k, nft);
-  fake::SnapshotSource src(*objs);
-  DaemonOptions o;
-  o.once = true;
-  o.agent = false;
-  Daemon d(o, src, &router, nullptr);
-  Metrics m;
-  d.setMetrics(&m);
-  EXPECT_EQ(d.run(), 1);
-  auto text = m.render();
-  EXPECT_EQ(series(text, "reconcile_failures_total{reason=\"apply\",reconciler=\"router\"} 1")
-                .size(), 1u) << text;
-  EXPECT_EQ(series(text, "last_successful_pass_timestamp_seconds 0").size(), 1u) << text;
+  EXPECT_EQ(runOnce(false), 1);
+  EXPECT_EQ(value("kube_service_tunnel_reconcile_failures_total{reason=\"apply\","
+                  "reconciler=\"router\"}"), 1) << text;
+  EXPECT_EQ(value("kube_service_tunnel_last_successful_pass_timestamp_seconds"), 0) << text;
+  EXPECT_TRUE(series(text, "vip_announced").empty()) << "no announcer";
 }
 
-int connectTo(uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
+TEST_F(DaemonMetrics, AKernelThatCannotBeReadIsCountedAsObserve) {
+  k.failDumps = true;
+  EXPECT_EQ(runOnce(false), 1);
+  EXPECT_EQ(value("kube_service_tunnel_reconcile_failures_total{reason=\"observe\","
+                  "reconciler=\"router\"}"), 1) << text;
+  EXPECT_EQ(value("kube_service_tunnel_reconcile_passes_total{reconciler=\"router\"}"), 1);
 }
 
 TEST(Metrics, ServedAsMetricsByTheHealthServer) {
@@ -335,22 +324,16 @@ TEST(Metrics, ServedAsMetricsByTheHealthServer) {
   HealthServer h([] { return std::string(); });
   m.serve(h);
   ASSERT_TRUE(h.start("127.0.0.1", 0));
-  int fd = connectTo(h.port());
-  ASSERT_GE(fd, 0);
-  std::string req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
-  std::string resp;
-  char buf[4096];
-  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) resp.append(buf, size_t(n));
-  close(fd);
+  httplib::Client cli("127.0.0.1", h.port());
+  auto res = cli.Get("/metrics");
   h.stop();
-  EXPECT_EQ(resp.rfind("HTTP/1.1 200", 0), 0u) << resp;
-  EXPECT_NE(resp.find("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
-            std::string::npos) << resp;
-  EXPECT_NE(resp.find("\nkube_service_tunnel_reconcile_passes_total{reconciler=\"agent\"} 1\n"),
-            std::string::npos) << resp;
-  EXPECT_NE(resp.find("\nkube_service_tunnel_kernel_changes_total{reconciler=\"agent\"} 3\n"),
-            std::string::npos) << resp;
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_NE(res->body.find("\nkube_service_tunnel_reconcile_passes_total{reconciler=\"agent\"} 1\n"),
+            std::string::npos) << res->body;
+  EXPECT_NE(res->body.find("\nkube_service_tunnel_kernel_changes_total{reconciler=\"agent\"} 3\n"),
+            std::string::npos) << res->body;
 }
 
 // Every family the daemon can export, through promtool's parser and linter.
