@@ -12,10 +12,11 @@
 // NOTE Cardinality: per-VIP series exist only for VIPs of the model (the Service that claims
 // the VIP gives the namespace and service labels), per-endpoint series only on routers and only
 // while the snapshot holds the (VIP, endpoint) counter, so both vanish with their VIP or
-// endpoint. Bound: 5 series per VIP plus 2 per (VIP, endpoint), plus a fixed set.
+// endpoint. Bound: 4 series per VIP plus 2 per (VIP, endpoint), plus a fixed set.
 //
-// NOTE Threading: the recording calls are made by the reconcile thread, render() by the HTTP
-// workers; every member is thread-safe. Scrapes are serialized (one at a time builds its text).
+// NOTE Threading: the recording calls come from one thread (the daemon's reconcile thread),
+// render() from the HTTP workers at the same time; scrapes are serialized (one at a time builds
+// its text) and never hold a lock the reconcile thread waits for while they build it.
 #pragma once
 
 #include <array>
