@@ -16,7 +16,8 @@
 //
 // NOTE Threading: the recording calls come from one thread (the daemon's reconcile thread),
 // render() from the HTTP workers at the same time; scrapes are serialized (one at a time builds
-// its text) and never hold a lock the reconcile thread waits for while they build it.
+// its text) and share a lock with the reconcile thread only while copying the VIP names, not
+// while building the text.
 #pragma once
 
 #include <array>
