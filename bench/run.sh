@@ -39,7 +39,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-load kst-testtool >/dev/null
+ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-load kb-metrics kst-testtool >/dev/null
 
 : >"$OUT"
 log() { echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2; }
@@ -59,6 +59,8 @@ log "restart V=10k"
 run "$CTL" restart 10000 4 64 "$REPS"
 log "daemon binary V=10k E=40k"
 run "$CTL" daemon 10000 4 64 "$BUILD/src/kube-service-tunnel" "$N_CHANGES"
+log "/metrics scrape V=10k E=4"
+run "$BUILD/bench/kb-metrics" 10000 4 "$((REPS * 5))"
 log "dataplane"
 run "$ROOT/bench/dataplane.sh" "$BUILD" "$DP_REPS" 3 64
 log "tunnel-node failover behind a DC router (BFD 100 ms x 3)"

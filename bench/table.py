@@ -57,6 +57,12 @@ def main():
                        f"{r.get('tcp_gbps_hand_unclamped', '-')}) | plain {r['tcp_gbps_plain']}, hand {r['tcp_gbps_hand']}, "
                        f"daemon {r['tcp_gbps_daemon']} Gbit/s | daemon/hand **{r['daemon_over_hand_tcp']}** (paired {r.get('paired_daemon_over_hand_tcp', '-')}), "
                        f"daemon/plain {r['daemon_over_plain_tcp']} |")
+        elif b == "metrics":
+            out.append(f"| /metrics scrape at V={r['V']} × E={r['E']} (fake counter snapshot; "
+                       f"{r['series']} series, {r['bytes']} bytes), {r['reps']} scrapes | "
+                       f"p50 {r['render_ms_p50']} ms (max {r['render_ms_max']}): snapshot → families "
+                       f"{r['families_ms_p50']} ms, text {r['serialize_ms_p50']} ms | read at scrape "
+                       f"time only: no cost per packet |")
     hashing = [r for r in rows if r.get("bench") == "hashing"]
     if hashing:
         out.append("")

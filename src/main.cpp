@@ -218,7 +218,7 @@ void addRunFlags(CLI::App* run, Flags& f) {
                   "variable holds them separated by spaces): never a VIP, whatever a pool says")
       ->envname("TUNNEL_CLUSTER_RANGES");
   run->add_option("--health-port", f.healthPort,
-                  "Serve /healthz and /readyz on this TCP port (0 = off)")
+                  "Serve /healthz, /readyz and /metrics on this TCP port (0 = off)")
       ->envname("TUNNEL_HEALTH_PORT")
       ->check(CLI::Range(0, 65535));
   run->add_option("--health-address", f.healthAddress, "Address of the health endpoint")
@@ -422,6 +422,32 @@ void logVipPolicy(const kst::VipPolicy& p) {
                ranges.empty() ? std::string("none given") : ranges);
 }
 
+/** /metrics: what the Kubernetes API client knows about itself, read at each scrape. */
+kst::ApiStatsSource apiStatsOf(const Sources& s, bool router) {
+  if (!s.kube) return {};
+  return [&s, router] {
+    kst::ApiStats a;
+    std::vector<std::string> resources{"services", "endpointslices"};
+    if (router) resources.push_back("configmaps");  // the published bucket tables
+    for (auto& r : resources) {
+      auto w = s.kube->stats(r);
+      a.watches.push_back({r, uint64_t(w.lists), uint64_t(w.gone), uint64_t(w.errors),
+                           uint64_t(w.events), uint64_t(w.bookmarks), w.synced});
+    }
+    if (s.events)
+      a.events = kst::ApiStats::Events{uint64_t(s.events->posted()),
+                                       uint64_t(s.events->dropped()), s.events->queued()};
+    if (s.publisher) {
+      a.publisher.emplace();
+      a.publisher->leader = s.publisher->isLeader();
+      a.publisher->publications = s.publisher->publications();
+      if (auto d = s.publisher->sinceLastPublication())
+        a.publisher->lastPublicationAge = std::chrono::duration<double>(*d).count();
+    }
+    return a;
+  };
+}
+
 /** `run`: the daemon until SIGTERM/SIGINT (or one pass with --once). */
 int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   if (agent && f.nodeName.empty()) {
@@ -449,6 +475,11 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   if (s.publisher) s.publisher->setOnAcquired([&daemon] { daemon.poke(); });
   if (s.lbStatus) daemon.setLoadBalancerStatus(s.lbStatus.get());
   logVipPolicy(f.policy);
+  // The one metrics registry (daemon/metrics.h), served as /metrics on the health port. The
+  // router's traffic counters come in through metrics.setCounterSource().
+  kst::Metrics metrics;
+  daemon.setMetrics(&metrics);
+  metrics.setApiStatsSource(apiStatsOf(s, router));
   kst::DrainWatcher drainWatch(f.drainFile(), [&daemon] { daemon.poke(); });
   if (router && f.announceTable) {
     daemon.setAnnouncer(k.announce.get());
@@ -463,12 +494,13 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
     if (!daemon.lastPassOk()) return "the last reconcile pass failed";
     return "";
   });
+  metrics.serve(health);
   if (f.healthPort > 0) {
     if (auto st = health.start(f.healthAddress, uint16_t(f.healthPort)); !st) {
       spdlog::error("{}", st.error().message);
       return 1;
     }
-    spdlog::info("health endpoint on {}:{} (/healthz, /readyz)", f.healthAddress, health.port());
+    spdlog::info("health endpoint on {}:{} (/healthz, /readyz, /metrics)", f.healthAddress, health.port());
   }
   std::thread([&daemon] {
     sigset_t set = stopSignals();

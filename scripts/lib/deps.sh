@@ -10,6 +10,7 @@ KST_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libmnl-dev libnftables-dev nftables libcurl4-openssl-dev libssl-dev openssl
   nlohmann-json3-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
+  prometheus-cpp-dev prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iputils-ping procps curl ca-certificates bird2 frr
   qemu-system-x86 busybox-static xz-utils

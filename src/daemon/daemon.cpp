@@ -35,9 +35,21 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
   std::vector<Problem> problems = model.problems;
   bool ok = true;
   size_t changes = 0;
-  auto handle = [&](const char* role, const Result<PassResult>& r) {
+  // Metrics: one pass of reconciler `who` that began at `began`, with the kernel changes it
+  // applied and whether reading the kernel (observe) or applying (apply) failed.
+  auto record = [&](Reconciler who, std::chrono::steady_clock::time_point began, size_t n,
+                    std::optional<FailureReason> failed) {
+    if (!metrics_) return;
+    metrics_->pass(who, std::chrono::duration<double>(std::chrono::steady_clock::now() - began)
+                            .count(), n);
+    if (failed) metrics_->failure(who, *failed);
+  };
+  auto handle = [&](Reconciler who, std::chrono::steady_clock::time_point began,
+                    const Result<PassResult>& r) {
+    const char* role = reconcilerName(who);
     if (!r) {
       spdlog::error("{}: reconcile failed: {}", role, r.error().message);
+      record(who, began, 0, FailureReason::Observe);
       ok = false;
       return;
     }
@@ -45,26 +57,44 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
     problems.insert(problems.end(), r->problems.begin(), r->problems.end());
     for (auto& f : r->failures) spdlog::warn("{}: {}", role, f);
     if (!r->ok()) ok = false;
+    record(who, began, r->changes,
+           r->ok() ? std::nullopt : std::optional<FailureReason>(FailureReason::Apply));
   };
   if (router_) {
+    running_ = Reconciler::Router;
+    auto began = std::chrono::steady_clock::now();
     auto r = router_->reconcile(model, &routerChanged_);
     // Whatever the outcome, the router's next pass starts from this model: after a success
     // its cache holds it, after a failure it has no cache (and re-reads the kernel).
     routerChanged_.clear();
-    handle("router", r);
+    handle(Reconciler::Router, began, r);
+    if (metrics_ && r) metrics_->purgedFlows(r->purgedFlows);
     bool routerOk = r && r->ok();
     lastRouterPass_ = r ? std::move(*r) : PassResult{};
     // After the router's pass: what is announced is programmed (withdrawals only when the
     // pass did not apply everything).
     if (announcer_) {
+      running_ = Reconciler::Announce;
+      auto aBegan = std::chrono::steady_clock::now();
       auto a = announcer_->reconcile(router_->lastPlan(), routerOk);
       if (!a) {
         spdlog::error("announce: {}", a.error().message);
+        record(Reconciler::Announce, aBegan, 0, FailureReason::Observe);
         ok = false;
       } else {
         changes += a->changes;
         for (auto& f : a->failures) spdlog::warn("announce: {}", f);
         if (!a->ok()) ok = false;
+        record(Reconciler::Announce, aBegan, a->changes,
+               a->ok() ? std::nullopt : std::optional<FailureReason>(FailureReason::Apply));
+      }
+      // The announced set is copied only when it may have changed (not on the usual pass).
+      bool drained = a && a->drained;
+      if (metrics_ && (announceUnreported_ || !a || !a->ok() || a->changes > 0 ||
+                       drained != announceDrained_)) {
+        metrics_->announced(announcer_->announcedVips(), drained);
+        announceUnreported_ = !a || !a->ok();
+        announceDrained_ = drained;
       }
     }
     // Publishing only after the kernel holds the plan; a failed write is retried next pass.
@@ -72,6 +102,7 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
       for (auto& [svc, table] : router_->pendingPublications()) {
         if (auto s = publisher_->publish(svc, table); !s) {
           spdlog::warn("publish bucket table of {}: {}", svc.str(), s.error().message);
+          if (metrics_) metrics_->failure(Reconciler::Router, FailureReason::Publish);
           ok = false;
         } else {
           spdlog::info("published bucket table of {}", svc.str());
@@ -81,8 +112,16 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
   }
   // The status of our LoadBalancer Services: written by the Lease holder only.
   if (router_ && lbStatus_ && publisher_ && publisher_->isLeader())
-    if (!writeLoadBalancerStatus(problems)) ok = false;
-  if (agent_) handle("agent", agent_->reconcile(model));
+    if (!writeLoadBalancerStatus(problems)) {
+      if (metrics_) metrics_->failure(Reconciler::Router, FailureReason::Publish);
+      ok = false;
+    }
+  if (agent_) {
+    running_ = Reconciler::Agent;
+    auto began = std::chrono::steady_clock::now();
+    handle(Reconciler::Agent, began, agent_->reconcile(model));
+  }
+  running_.reset();
   // Report each distinct problem once while it persists.
   std::map<std::tuple<int, std::string, std::string>, Problem> now;
   for (auto& p : problems) {
@@ -160,6 +199,11 @@ int Daemon::run() {
   // The router keeps what it observed between passes and re-reads the kernel on resync and
   // after failures (router_reconciler.h, NOTE Performance).
   if (router_) router_->setCaching(true);
+  if (metrics_) {
+    if (router_) metrics_->enable(Reconciler::Router);
+    if (announcer_) metrics_->enable(Reconciler::Announce);
+    if (agent_) metrics_->enable(Reconciler::Agent);
+  }
   auto st = source_.start([this](ObjectChanges c) { onChanges(std::move(c)); });
   if (!st) {
     spdlog::error("source {}: {}", source_.name(), st.error().message);
@@ -190,6 +234,7 @@ int Daemon::run() {
       // Only the objects that changed are looked at (model.h ModelBuilder).
       try {
         auto vips = builder_.apply(std::move(changes));
+        if (metrics_) metrics_->vipsChanged(builder_.model(), vips);
         routerChanged_.merge(vips);
         synced = true;
       } catch (const std::exception& e) {
@@ -211,10 +256,13 @@ int Daemon::run() {
       ok = pass(now);
     } catch (const std::exception& e) {  // a failed pass: retried with backoff, never fatal
       spdlog::error("reconcile pass failed: {}", e.what());
+      if (metrics_ && running_) metrics_->failure(*running_, FailureReason::Exception);
+      running_.reset();
       if (router_) router_->resyncNextPass();
     }
     lastOk_ = ok;
     ++passes_;
+    if (ok && metrics_) metrics_->passSucceeded();
     if (opts_.once) {
       rc = ok ? 0 : 1;
       break;

@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 
+#include "daemon/metrics.h"
 #include "desired/config.h"
 #include "model/model.h"
 #include "reconcile/agent_reconciler.h"
@@ -63,6 +64,9 @@ class Daemon {
    *  LoadBalancer Services after each pass (model/loadbalancer.h planLoadBalancerStatus with
    *  opts.model.policy; no policy: every pool empty). Set before run(). */
   void setLoadBalancerStatus(LoadBalancerStatusSink* sink) { lbStatus_ = sink; }
+  /** Records passes, failures and the VIPs' names into `metrics` (daemon/metrics.h). Set
+   *  before run(). */
+  void setMetrics(Metrics* metrics) { metrics_ = metrics; }
 
  private:
   bool pass(std::chrono::steady_clock::time_point start);
@@ -80,6 +84,10 @@ class Daemon {
   // plan from the cache asks for it again, which needs no fresh read of the API.
   std::map<ObjectKey, std::pair<std::vector<IpAddress>, std::chrono::steady_clock::time_point>>
       lbWritten_;
+  Metrics* metrics_ = nullptr;
+  std::optional<Reconciler> running_;  // the reconciler of the pass (exceptions' metrics)
+  bool announceUnreported_ = true;      // the announce state metrics_ has may be stale
+  bool announceDrained_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;

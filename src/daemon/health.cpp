@@ -46,6 +46,8 @@ class DeadlineStream : public httplib::Stream {
     deadline_ = deadline;
     requestBytes_ = 0;
   }
+  /** The request's headers are in: from now on its answer has until `deadline`. */
+  void beginAnswer(Clock::time_point deadline) { deadline_ = deadline; }
   /** Waits (until the deadline) for the first byte of the next request; false: none came. */
   bool awaitRequest() { return pos_ < buf_.size() || wait(POLLIN); }
 
@@ -137,8 +139,10 @@ class HealthServer::Server : public httplib::Server {
       if (!strm.awaitRequest()) break;  // idle until the deadline, or closed by the client
       bool closed = false;
       bool last = served + 1 == opts_.keepAliveMax;
+      // httplib calls this once the request line and headers are read, before routing.
       ret = process_request(strm, last, closed, [&](httplib::Request& req) {
         strm.get_remote_ip_and_port(req.remote_addr, req.remote_port);
+        strm.beginAnswer(Clock::now() + opts_.responseTimeout);
       });
       if (!ret || closed) break;
     }

@@ -207,7 +207,16 @@ Status KubePublisher::publish(const ObjectKey& service, const std::string& table
   if (r->status / 100 != 2)
     return fail(fmt::format("apply ConfigMap {}/{} (bucket table of {}): HTTP {}: {}", opts_.ns,
                             name, service.str(), r->status, statusMessage(r->body)));
+  ++publications_;
+  lastPublication_ = std::chrono::steady_clock::now().time_since_epoch().count();
   return {};
+}
+
+std::optional<std::chrono::steady_clock::duration> KubePublisher::sinceLastPublication() const {
+  int64_t at = lastPublication_;
+  if (at == 0) return std::nullopt;
+  return std::chrono::steady_clock::now() -
+         std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(at));
 }
 
 int KubePublisher::deleteStale() {

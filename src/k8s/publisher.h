@@ -51,6 +51,10 @@ class KubePublisher : public DecisionPublisher {
   void setOnAcquired(std::function<void()> fn);
   /** Writes the Service's table ConfigMap (server-side apply). */
   Status publish(const ObjectKey& service, const std::string& table) override;
+  /** Bucket tables written so far, and the time since the last one (nullopt: none yet), for
+   *  metrics; thread-safe. */
+  uint64_t publications() const { return publications_; }
+  std::optional<std::chrono::steady_clock::duration> sinceLastPublication() const;
   /** Deletes the stale table ConfigMaps (see PublisherOptions::staleTables). @return deleted. */
   int deleteStale();
 
@@ -69,6 +73,8 @@ class KubePublisher : public DecisionPublisher {
   std::thread thread_;
   std::function<void()> onAcquired_;  // guarded by mu_
   std::atomic<int64_t> leaderUntil_{0};  // steady_clock ns; leader while now < this
+  std::atomic<uint64_t> publications_{0};
+  std::atomic<int64_t> lastPublication_{0};  // steady_clock ticks of the last write; 0: none
   // Last observed lease record and when we saw it change (local time).
   std::string observedHolder_, observedRenew_;
   std::chrono::steady_clock::time_point observedAt_{};

@@ -28,6 +28,13 @@ bool AnnounceReconciler::drained() const {
   return std::filesystem::exists(drainFile_, ec);
 }
 
+std::optional<std::set<IpAddress>> AnnounceReconciler::announcedVips() const {
+  if (!cache_) return std::nullopt;
+  std::set<IpAddress> vips;
+  for (auto& r : *cache_) vips.insert(r.key.dst);
+  return vips;
+}
+
 Result<std::vector<dp::Route>> AnnounceReconciler::observe() {
   return nl_.routes(table_, table_ + 1);
 }

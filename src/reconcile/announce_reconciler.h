@@ -17,6 +17,7 @@
 #include <atomic>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,6 +50,9 @@ class AnnounceReconciler {
   Result<AnnounceResult> cleanup();
   bool drained() const;
   uint32_t table() const { return table_; }
+  /** The VIPs the announce table holds as of the last pass (metrics); nullopt when unknown
+   *  (not read yet, or the last pass failed: the next one reads the table again). */
+  std::optional<std::set<IpAddress>> announcedVips() const;
 
  private:
   Result<AnnounceResult> converge(const std::vector<dp::Route>& desired, bool drained);

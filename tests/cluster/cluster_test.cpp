@@ -207,6 +207,18 @@ TEST_F(Cluster, TrafficToTheVipReachesPodsWithTheClientSourceAddress) {
   EXPECT_TRUE(waitUntil([&] { return in("rt", "curl -sf http://127.0.0.1:10265/readyz").out == "ok\n"; }));
   EXPECT_EQ(in("n1", "curl -sf http://127.0.0.1:10266/readyz").out, "ok\n");
   EXPECT_EQ(in("n1", "curl -sf http://127.0.0.1:10266/healthz").out, "ok\n");
+  // /metrics with the Kubernetes API source (docs/metrics.md): the API client's series.
+  auto rtMetrics = in("rt", "curl -sf http://127.0.0.1:10265/metrics").out;
+  for (auto s : {"kube_service_tunnel_watch_synced{resource=\"services\"} 1\n",
+                 "kube_service_tunnel_watch_synced{resource=\"endpointslices\"} 1\n",
+                 "kube_service_tunnel_watch_synced{resource=\"configmaps\"} 1\n",
+                 "\nkube_service_tunnel_events_dropped_total 0\n",
+                 "\nkube_service_tunnel_publisher_leader "})
+    EXPECT_NE(rtMetrics.find(s), std::string::npos) << s << "\n" << rtMetrics;
+  auto agentMetrics = in("n1", "curl -sf http://127.0.0.1:10266/metrics").out;
+  EXPECT_NE(agentMetrics.find("kube_service_tunnel_reconcile_passes_total{reconciler=\"agent\"}"),
+            std::string::npos) << agentMetrics;
+  EXPECT_EQ(agentMetrics.find("kube_service_tunnel_events_"), std::string::npos) << agentMetrics;
   EXPECT_TRUE(logHas("n1", "Node node1 found")) << logOf("n1");
   EXPECT_TRUE(logHas("rt", "kubernetes: synced")) << logOf("rt");
 }

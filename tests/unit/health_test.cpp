@@ -174,6 +174,36 @@ TEST(HealthServer, SlowLorisIsCutAtTheDeadlineAndOversizedRequestsAreRefused) {
   EXPECT_EQ(statusLine(get(hs.port(), "/healthz")), "HTTP/1.1 200 OK");
 }
 
+// A slow answer (a large /metrics) has its own deadline from the end of the request's headers,
+// not what is left of the request's.
+TEST(HealthServer, ASlowAnswerHasTheResponseDeadlineNotTheRequestOne) {
+  HealthServerOptions o;
+  o.requestTimeout = milliseconds(200);
+  o.responseTimeout = milliseconds(1500);
+  HealthServer hs([] { return std::string(); }, o);
+  hs.handle("/slow", [] {
+    std::this_thread::sleep_for(milliseconds(500));
+    return HealthServer::Reply{200, "done\n"};
+  });
+  hs.handle("/slower", [] {
+    std::this_thread::sleep_for(milliseconds(2500));
+    return HealthServer::Reply{200, "too late\n"};
+  });
+  ASSERT_TRUE(hs.start("127.0.0.1", 0));
+  auto r = get(hs.port(), "/slow");
+  EXPECT_EQ(statusLine(r), "HTTP/1.1 200 OK") << r;
+  EXPECT_EQ(bodyOf(r), "done\n");
+  int fd = connectTo(hs.port());
+  ASSERT_GE(fd, 0);
+  sendAll(fd, "GET /slower HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  bool closed = false;
+  std::string late = readFor(fd, 4000, &closed);
+  close(fd);
+  EXPECT_TRUE(closed);
+  EXPECT_EQ(late.find("too late"), std::string::npos) << late;
+  hs.stop();
+}
+
 TEST(HealthServer, KeepAliveServesABoundedNumberOfRequestsPerConnection) {
   HealthServerOptions o;
   o.keepAliveMax = 3;
