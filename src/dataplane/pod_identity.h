@@ -1,5 +1,5 @@
 // Which network namespace is a pod's: the one the node's own routing delivers the pod's
-// address to (docs/architecture.md "Pod identity"). Pure: the facts read from the node's
+// address to (docs/pod-identity.md). Pure: the facts read from the node's
 // namespace (the route to the pod IP, links, neighbours, bridge forwarding entries) in, the
 // peer namespace's id (IFLA_LINK_NETNSID of the host-side veth) out. The kernel reads are
 // linux/host_view.h; the reconciler matches the nsid to a held namespace handle.

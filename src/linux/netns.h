@@ -1,4 +1,4 @@
-// Network namespaces without any container-runtime API (docs/architecture.md "Pod identity"):
+// Network namespaces without any container-runtime API (docs/pod-identity.md):
 // candidates are the bind mounts in /run/netns and every process's /proc/<pid>/ns/net
 // (hostPID), deduplicated by device and inode; which one is a pod's is decided by the node's
 // routing (linux/netns_provider.h). A candidate is opened once and then used through its

@@ -126,8 +126,9 @@ std::map<IpAddress, Result<dp::NetnsProvider::Ns>> NetnsProviderImpl::routed(
         // Provoke resolution: the pod's answer creates the neighbour and forwarding entries
         // that the next pass reads.
         auto st = provokeNeighbour(**sock, ip, route.oif);
-        out.emplace(ip, fail(peer.error().message + (st ? " (resolution started)"
-                                                         : " (" + st.error().message + ")")));
+        out.emplace(ip, fail(dp::kNeedsNeighbour,
+                             peer.error().message + (st ? " (resolution started)"
+                                                        : " (" + st.error().message + ")")));
       } else {
         out.emplace(ip, std::unexpected(peer.error()));
       }

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "dataplane/diff.h"
+#include "dataplane/pod_identity.h"
 
 namespace kst {
 
@@ -48,6 +49,16 @@ void AgentReconciler::resolve(const std::vector<PodPlan>& plans, PassResult& res
   std::map<IpAddress, NetnsProvider::Ns> now;
   for (const auto& plan : plans) {
     auto it = routed.find(plan.podIp);
+    auto old = podNs_.find(plan.podIp);
+    if (it != routed.end() && !it->second && it->second.error().code == dp::kNeedsNeighbour &&
+        old != podNs_.end()) {
+      // A bridge's neighbour or forwarding entry aged out (a quiet pod): resolution has been
+      // provoked; the pod keeps its namespace meanwhile instead of losing its VIPs.
+      spdlog::debug("pod {}: {} (namespace {} kept)", plan.podIp.str(),
+                    it->second.error().message, old->second.path);
+      now.emplace(plan.podIp, old->second);
+      continue;
+    }
     if (it == routed.end() || !it->second) {
       res.failures.push_back(fmt::format(
           "pod {} (service {}): no network namespace found by the node's routing: {}",
@@ -56,7 +67,6 @@ void AgentReconciler::resolve(const std::vector<PodPlan>& plans, PassResult& res
       continue;
     }
     const auto& ns = *it->second;
-    auto old = podNs_.find(plan.podIp);
     if (old != podNs_.end() && old->second.id == ns.id) {
       now.emplace(plan.podIp, ns);  // verified when it was first found
       continue;

@@ -42,6 +42,8 @@ class FakeNetns : public NetnsProvider {
   }
   /** The node's routing now delivers podIp to namespace id. */
   void route(const std::string& podIp, const std::string& id) { routes_[ip(podIp)] = id; }
+  /** Resolving podIp fails with this error code (0: no failure). */
+  void routeError(const std::string& podIp, int code) { errors_[ip(podIp)] = code; }
 
   std::vector<Ns> list() override {
     ++lists;
@@ -55,6 +57,10 @@ class FakeNetns : public NetnsProvider {
   std::map<IpAddress, Result<Ns>> routed(const std::vector<IpAddress>& ips) override {
     std::map<IpAddress, Result<Ns>> out;
     for (auto& a : ips) {
+      if (auto e = errors_.find(a); e != errors_.end() && e->second) {
+        out.emplace(a, fail(e->second, a.str() + ": failed"));
+        continue;
+      }
       auto r = routes_.find(a);
       if (r == routes_.end() || !ns_.contains(r->second)) {
         out.emplace(a, fail(a.str() + ": no route"));
@@ -93,6 +99,7 @@ class FakeNetns : public NetnsProvider {
 
  private:
   std::map<IpAddress, std::string> routes_;  // the node's routing: pod IP → namespace
+  std::map<IpAddress, int> errors_;
   DataplaneConfig cfg_;
   std::map<std::string, std::unique_ptr<FakeKernel>> ns_;
 };
@@ -318,6 +325,28 @@ TEST(AgentReconciler, PodMovedToANewNamespaceFollowsTheRouting) {
   EXPECT_EQ(owned(fresh).size(), 1u);
   EXPECT_TRUE(owned(old).empty());  // the old one is cleaned, reported as a duplicate
   EXPECT_EQ(agent.podNamespaces().at(ip("10.0.0.1")).id, "p1-new");
+}
+
+TEST(AgentReconciler, AgedBridgeEntryKeepsTheServedPodOtherFailuresDoNot) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  ASSERT_TRUE(agent.reconcile(m));
+  ns.routeError("10.0.0.1", dp::kNeedsNeighbour);  // resolution provoked, answer pending
+  auto res = agent.reconcile(m);
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok());
+  EXPECT_EQ(res->changes, 0u);
+  EXPECT_EQ(owned(p1).size(), 1u);
+  ns.routeError("10.0.0.1", 0);
+  ns.route("10.0.0.1", "nowhere");  // the route is gone (the pod was deleted): cleaned
+  auto gone = agent.reconcile(m);
+  ASSERT_TRUE(gone);
+  EXPECT_FALSE(gone->ok());
+  EXPECT_TRUE(owned(p1).empty());
 }
 
 TEST(AgentReconciler, RenamedPodLinkIsNeverTheAgents) {
