@@ -118,7 +118,7 @@ void AgentReconciler::scan(const std::vector<PodPlan>& plans) {
     }
     if (!observed->links.empty() || !observed->addresses.empty()) managed_.emplace(ns.id, ns);
     for (auto& a : *addrs) {
-      if (!podAddress(a) || !podIps.contains(a.ip)) continue;
+      if (!podIps.contains(a.ip)) continue;  // on any device, lo included
       if (std::find(observed->addresses.begin(), observed->addresses.end(), a) !=
           observed->addresses.end())
         continue;  // one of our VIPs, not a pod address
