@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "linux/netns.h"
+#include "privileged/harness.h"
 #include "linux/netns_provider.h"
 #include "reconcile/agent_reconciler.h"
 
@@ -28,20 +29,7 @@ namespace {
 
 IpAddress ip(const std::string& s) { return *IpAddress::parse(s); }
 
-struct Out {
-  int rc;
-  std::string text;
-};
-Out sh(const std::string& cmd) {
-  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
-  if (!f) return {-1, ""};
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  int st = pclose(f);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
+using e2e::sh;
 
 size_t openFds() {
   size_t n = 0;
@@ -71,7 +59,7 @@ class PodIdentity : public ::testing::Test {
   std::string ns(const std::string& n) const { return prefix + "-" + n; }
   void run(const std::string& cmd) {
     auto r = sh(cmd);
-    ASSERT_EQ(r.rc, 0) << cmd << ": " << r.text;
+    ASSERT_EQ(r.rc, 0) << cmd << ": " << r.out;
   }
   void newNs(const std::string& n) {
     run("ip netns add " + ns(n));
@@ -113,7 +101,7 @@ class PodIdentity : public ::testing::Test {
   std::string owned(const std::string& n) {
     // The agent's decap link and its VIPs (203.0.113.0/24, 2001:db8:ffff::/64).
     return sh("ip -n " + ns(n) + " -o link show type vxlan; ip -n " + ns(n) +
-              " -o addr show | grep -E '203\\.0\\.113\\.|2001:db8:ffff:' || true").text;
+              " -o addr show | grep -E '203\\.0\\.113\\.|2001:db8:ffff:' || true").out;
   }
   Model model(const std::vector<std::pair<std::string, std::string>>& vipToPod) {
     Model m;
@@ -212,9 +200,9 @@ TEST_F(PodIdentity, HeldHandleOutlivesItsPath) {
   auto c = provider.client(list[0]);
   ASSERT_TRUE(c);
   ASSERT_TRUE((*c)->apply({{dp::Change::Action::Add, podLink(cfg, ip("10.90.0.2"))}}));
-  EXPECT_EQ(sh("ip netns exec " + ns("a") + " nft list tables").text,
+  EXPECT_EQ(sh("ip netns exec " + ns("a") + " nft list tables").out,
             "table inet kube_service_tunnel_pod\n");
-  EXPECT_EQ(sh("ip netns exec " + ns("b") + " nft list tables").text, "");
+  EXPECT_EQ(sh("ip netns exec " + ns("b") + " nft list tables").out, "");
   EXPECT_NE(owned("a").find("kst-vxg"), std::string::npos);
   EXPECT_EQ(owned("b"), "");
   // The namespace outlives its name while held; released, it is gone from the provider.
