@@ -96,6 +96,8 @@ Result<std::map<uint32_t, dp::HostLink>> hostLinks(nl::Socket& sock) {
 }
 
 Result<dp::RouteToPod> routeToPod(nl::Socket& sock, const IpAddress& addr) {
+  // One RTM_GETROUTE request (not a dump); NLM_F_ACK makes the reply end with an ack, which
+  // Socket::dump() treats as the end of the answer.
   auto [req, h] = request<rtmsg>(RTM_GETROUTE, NLM_F_ACK);
   auto* rt = static_cast<rtmsg*>(mnl_nlmsg_get_payload(h));
   rt->rtm_family = static_cast<unsigned char>(addr.af());

@@ -15,7 +15,7 @@ namespace kst {
 /** Every link of the socket's namespace (kind, master, IFLA_LINK_NETNSID, MAC). */
 Result<std::map<uint32_t, dp::HostLink>> hostLinks(nl::Socket& sock);
 
-/** `ip route get ADDR` (the main FIB). */
+/** `ip route get ADDR` (the main FIB, no fwmark): type, output device, gateway or not. */
 Result<dp::RouteToPod> routeToPod(nl::Socket& sock, const IpAddress& addr);
 
 /** IPv4 and IPv6 neighbour entries on device ifindex. */
