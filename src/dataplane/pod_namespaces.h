@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -41,22 +42,39 @@ struct PodSysctls {
   uint32_t mplsLabel = 0;
 };
 
-/** How the agent reaches pod namespaces; the real one scans /run/netns and /proc. */
+/**
+ * How the agent reaches pod namespaces; the real one (linux/netns_provider.h) scans /run/netns
+ * and /proc. A namespace is *held* from the moment list() or routed() returns it until
+ * forget()/retainOnly() releases it: every later operation on it (client, prepare, podTable)
+ * goes to exactly that namespace (the real provider keeps an open handle; a path that now
+ * names another namespace, e.g. a reused /proc/PID, changes nothing). The node's own namespace
+ * (and the host's) is never a candidate.
+ */
 class NetnsProvider {
  public:
   struct Ns {
-    std::string id;    // stable identity (inode)
-    std::string path;  // for logs
+    std::string id;    // stable identity while held (device:inode of the namespace)
+    std::string path;  // the path it was found at (for logs only)
   };
   virtual ~NetnsProvider() = default;
-  /** All candidate namespaces except the daemon's own. */
+  /** All candidate namespaces except the daemon's own (and the host's); each is held. */
   virtual std::vector<Ns> list() = 0;
-  /** A client bound to namespace ns (cached by the provider). */
+  /**
+   * For each pod address, the namespace the node's own routing delivers it to
+   * (dataplane/pod_identity.h: route → host-side veth, or bridge → neighbour → forwarding
+   * entry → veth; the veth's peer namespace, matched to a candidate by the nsid the node's
+   * namespace gives it), held; or why there is none (no route, not a veth, peer not found).
+   * Addresses are not checked here: the caller verifies that the namespace holds the address.
+   */
+  virtual std::map<IpAddress, Result<Ns>> routed(const std::vector<IpAddress>& ips) = 0;
+  /** A client bound to namespace ns (cached while ns is held). */
   virtual Result<NetlinkClient*> client(const Ns& ns) = 0;
   /** Applies the pod-side sysctls inside ns (once per namespace). */
   virtual Status prepare(const Ns& ns, const PodSysctls& sysctls) = 0;
-  /** Drops whatever is cached for ns (it vanished or is no longer served). */
+  /** Releases ns: its handle, client socket and caches (it vanished or is no longer served). */
   virtual void forget(const Ns& ns) = 0;
+  /** Releases every held namespace whose id is not in keep (end of a pass). */
+  virtual void retainOnly(const std::set<std::string>& keep) = 0;
   /**
    * Makes the pod's nft table equal to `want` (PodTable above); want == nullptr removes it.
    * A UDP server bound to 0.0.0.0 answers from the pod's own address, which the client drops;

@@ -7,6 +7,10 @@
 
 namespace kst {
 
+bool ownedPodLink(const dp::Link& link, const std::string& prefix) {
+  return link.name.starts_with(prefix) && link.kind != dp::Link::Kind::Other;
+}
+
 dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp) {
   const ModeTraits& t = modeTraits(cfg.mode);
   dp::Link l;

@@ -24,6 +24,15 @@ struct PodPlan {
 std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
                                const std::string& nodeName);
 
+/**
+ * Whether a link in a pod's namespace is one the agent made: its name starts with the link
+ * prefix AND it is of a kind the agent creates (a tunnel device: vxlan-gpe, ipip, ip6tnl, gre,
+ * ip6gre). A pod can rename any of its links but cannot change a link's kind: its eth0 (a veth)
+ * renamed to `kst-eth0` is never the agent's. A pod that creates a tunnel device under the
+ * agent's name gets it removed or replaced, in its own namespace only.
+ */
+bool ownedPodLink(const dp::Link& link, const std::string& prefix);
+
 /** The decapsulation link the agent puts into a pod with address podIp. */
 dp::Link podLink(const DataplaneConfig& cfg, const IpAddress& podIp);
 

@@ -13,7 +13,7 @@ namespace {
 bool aboutService(Problem::Kind k) {
   return k == Problem::Kind::InvalidAnnotation || k == Problem::Kind::VipConflict ||
          k == Problem::Kind::TooManyEndpoints || k == Problem::Kind::UnusableEndpoint ||
-         k == Problem::Kind::VipRefused;
+         k == Problem::Kind::VipRefused || k == Problem::Kind::DuplicatePodAddress;
 }
 
 std::string microTime(std::chrono::system_clock::time_point t) {

@@ -3,6 +3,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,6 +51,62 @@ ino_t currentNetnsInode() {
   struct stat st{};
   if (stat("/proc/thread-self/ns/net", &st) != 0) return 0;
   return st.st_ino;
+}
+
+Result<NetnsHandle> NetnsHandle::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sysFail(errno, "open " + path);
+  struct stat st{};
+  // NSFS_MAGIC-backed: the ioctl NS_GET_NSTYPE answers CLONE_NEWNET for a network namespace.
+  int type = ioctl(fd, NS_GET_NSTYPE);
+  if (type != CLONE_NEWNET || fstat(fd, &st) != 0) {
+    int e = type < 0 ? errno : EINVAL;
+    ::close(fd);
+    return sysFail(e, path + " is not a network namespace");
+  }
+  NetnsHandle h;
+  h.fd_ = fd;
+  h.dev_ = st.st_dev;
+  h.ino_ = st.st_ino;
+  return h;
+}
+
+NetnsHandle::NetnsHandle(NetnsHandle&& o) noexcept : fd_(o.fd_), dev_(o.dev_), ino_(o.ino_) {
+  o.fd_ = -1;
+}
+
+NetnsHandle& NetnsHandle::operator=(NetnsHandle&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    dev_ = o.dev_;
+    ino_ = o.ino_;
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+NetnsHandle::~NetnsHandle() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::optional<std::pair<dev_t, ino_t>> netnsIdentity(const std::string& path) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0) return std::nullopt;
+  return std::make_pair(st.st_dev, st.st_ino);
+}
+
+Status runInNetns(int nsFd, const std::function<Status()>& fn) {
+  Status result;
+  std::thread t([&] {
+    if (setns(nsFd, CLONE_NEWNET) != 0) {
+      result = sysFail(errno, "setns");
+      return;
+    }
+    result = fn();
+  });
+  t.join();
+  return result;
 }
 
 Status runInNetns(const std::string& path, const std::function<Status()>& fn) {

@@ -62,20 +62,20 @@ ObservedPodTable observe() {
 
 }  // namespace
 
-Status PodNftTables::apply(const dp::NetnsProvider::Ns& ns, const dp::PodTable* want) {
-  auto it = installed_.find(ns.id);
+Status PodNftTables::apply(const std::string& nsId, int nsFd, const dp::PodTable* want) {
+  auto it = installed_.find(nsId);
   if (want && it != installed_.end() && it->second == *want) return {};
-  auto st = runInNetns(ns.path, [&]() -> Status {
+  auto st = runInNetns(nsFd, [&]() -> Status {
     std::string script = podTableScript(want, observe());
     if (script.empty()) return {};
     return runNft(script);
   });
   if (!st) {
-    installed_.erase(ns.id);  // unknown state: observe again next time
+    installed_.erase(nsId);  // unknown state: observe again next time
     return st;
   }
-  if (want) installed_[ns.id] = *want;
-  else installed_.erase(ns.id);
+  if (want) installed_[nsId] = *want;
+  else installed_.erase(nsId);
   return {};
 }
 

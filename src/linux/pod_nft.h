@@ -14,9 +14,9 @@ namespace kst {
  *  that an unchanged table costs nothing. */
 class PodNftTables {
  public:
-  /** Makes the table in ns equal to `want` (nullptr: no table); reads the namespace's table
-   *  first unless the cache already says it matches. */
-  Status apply(const dp::NetnsProvider::Ns& ns, const dp::PodTable* want);
+  /** Makes the table in the namespace of handle nsFd (id nsId) equal to `want` (nullptr: no
+   *  table); reads the namespace's table first unless the cache already says it matches. */
+  Status apply(const std::string& nsId, int nsFd, const dp::PodTable* want);
   /** Forgets the cached table of a namespace (it vanished, or its state is unknown). */
   void forget(const std::string& nsId) { installed_.erase(nsId); }
 

@@ -10,43 +10,17 @@
 
 #include <spdlog/spdlog.h>
 
+#include "linux/host_view.h"
+
 namespace kst {
 
 Result<FibLookup> fibLookup(nl::Socket& sock, const IpAddress& addr) {
-  // One RTM_GETROUTE request (not a dump); NLM_F_ACK makes the reply end with an ack, which
-  // Socket::dump() treats as the end of the answer.
-  nl::Message req(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(rtmsg)) + 64, 0);
-  auto* h = mnl_nlmsg_put_header(req.data());
-  h->nlmsg_type = RTM_GETROUTE;
-  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-  auto* rt = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(rtmsg)));
-  rt->rtm_family = static_cast<unsigned char>(addr.af());
-  rt->rtm_dst_len = addr.hostPrefixLen();
-  mnl_attr_put(h, RTA_DST, addr.size(), addr.data());
-  req.resize(h->nlmsg_len);
-
+  auto route = routeToPod(sock, addr);
+  if (!route) return std::unexpected(route.error());
   FibLookup out;
-  bool got = false;
-  auto st = sock.dump(std::move(req), [&](const nlmsghdr* m) {
-    if (m->nlmsg_type != RTM_NEWROUTE) return;
-    auto* r = static_cast<const rtmsg*>(mnl_nlmsg_get_payload(m));
-    got = true;
-    out.type = r->rtm_type;
-    mnl_attr_parse(m, sizeof(rtmsg), [](const nlattr* a, void* data) {
-      auto* o = static_cast<FibLookup*>(data);
-      switch (mnl_attr_get_type(a)) {
-        case RTA_OIF:
-          if (mnl_attr_get_payload_len(a) >= 4) o->oif = mnl_attr_get_u32(a);
-          break;
-        case RTA_GATEWAY:
-        case RTA_VIA:
-        case RTA_MULTIPATH: o->gateway = true; break;
-      }
-      return MNL_CB_OK;
-    }, &out);
-  });
-  if (!st) return std::unexpected(st.error().wrap("route get " + addr.str()));
-  if (!got) return fail("route get " + addr.str() + ": no answer");
+  out.oif = route->oif;
+  out.gateway = route->gateway;
+  out.type = route->type;
   if (out.oif) {
     // The device's name in the socket's namespace: RTM_GETLINK by index over the same socket.
     nl::Message lreq(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(ifinfomsg)), 0);

@@ -15,6 +15,7 @@ const char* problemReason(Problem::Kind kind) {
     case Problem::Kind::TooManyEndpoints: return "TooManyEndpoints";
     case Problem::Kind::UnusableEndpoint: return "TunnelEndpointUnusable";
     case Problem::Kind::VipRefused: return "TunnelVIPRefused";
+    case Problem::Kind::DuplicatePodAddress: return "TunnelPodAddressDuplicated";
   }
   return "Unknown";
 }

@@ -48,7 +48,10 @@ struct Problem {
     OrphanSlice,
     TooManyEndpoints,
     UnusableEndpoint,
-    VipRefused
+    VipRefused,
+    /** Agent: a namespace the node's routing does not deliver the pod's address to holds it
+     *  too (a spoofing pod, or a stale one): refused, never programmed. */
+    DuplicatePodAddress
   };
   Kind kind;
   ObjectKey object;

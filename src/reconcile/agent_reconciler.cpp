@@ -4,9 +4,11 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "dataplane/diff.h"
+#include "dataplane/pod_identity.h"
 
 namespace kst {
 
@@ -14,36 +16,122 @@ AgentReconciler::AgentReconciler(const DataplaneConfig& cfg, std::string nodeNam
                                  NetnsProvider& ns)
     : cfg_(cfg), node_(std::move(nodeName)), ns_(ns) {}
 
-Status AgentReconciler::refreshIndex() {
-  podNs_.clear();
+namespace {
+
+bool podAddress(const dp::Address& a) {
+  if (a.dev == "lo") return false;
+  return !(a.ip.isV6() && a.ip.data()[0] == 0xfe && (a.ip.data()[1] & 0xc0) == 0x80);
+}
+
+}  // namespace
+
+Result<dp::PodState> AgentReconciler::observeOwned(dp::NetlinkClient& c, bool mplsPops) {
+  dp::PodState observed;
+  auto links = c.links();
+  if (!links) return std::unexpected(links.error());
+  auto addrs = c.addresses(true);
+  if (!addrs) return std::unexpected(addrs.error());
+  for (auto& l : *links)
+    if (ownedPodLink(l, cfg_.linkPrefix)) observed.links.push_back(l);
+  observed.addresses = *addrs;
+  if (mplsPops) {
+    auto pops = c.mplsPops();
+    observed.mplsLabelRoute = pops && !pops->empty();
+  }
+  return observed;
+}
+
+void AgentReconciler::resolve(const std::vector<PodPlan>& plans, PassResult& res,
+                              bool& changed) {
+  std::vector<IpAddress> ips;
+  for (auto& p : plans) ips.push_back(p.podIp);
+  auto routed = ns_.routed(ips);
+  std::map<IpAddress, NetnsProvider::Ns> now;
+  for (const auto& plan : plans) {
+    auto it = routed.find(plan.podIp);
+    auto old = podNs_.find(plan.podIp);
+    if (it != routed.end() && !it->second && it->second.error().code == dp::kNeedsNeighbour &&
+        old != podNs_.end()) {
+      // A bridge's neighbour or forwarding entry aged out (a quiet pod): resolution has been
+      // provoked; the pod keeps its namespace meanwhile instead of losing its VIPs.
+      spdlog::debug("pod {}: {} (namespace {} kept)", plan.podIp.str(),
+                    it->second.error().message, old->second.path);
+      now.emplace(plan.podIp, old->second);
+      continue;
+    }
+    if (it == routed.end() || !it->second) {
+      res.failures.push_back(fmt::format(
+          "pod {} (service {}): no network namespace found by the node's routing: {}",
+          plan.podIp.str(), plan.services.front().str(),
+          it == routed.end() ? "no answer" : it->second.error().message));
+      continue;
+    }
+    const auto& ns = *it->second;
+    if (old != podNs_.end() && old->second.id == ns.id) {
+      now.emplace(plan.podIp, ns);  // verified when it was first found
+      continue;
+    }
+    changed = true;
+    // New answer: the namespace must hold the address itself (not as one of ours).
+    auto c = ns_.client(ns);
+    auto addrs = c ? (*c)->addresses(false) : Result<std::vector<dp::Address>>(
+                                                  std::unexpected(c.error()));
+    auto owned = c ? (*c)->addresses(true) : Result<std::vector<dp::Address>>(
+                                                 std::unexpected(c.error()));
+    if (!addrs || !owned) {
+      res.failures.push_back(fmt::format("pod {}: namespace {} unreadable: {}",
+                                         plan.podIp.str(), ns.path,
+                                         (!addrs ? addrs.error() : owned.error()).message));
+      continue;
+    }
+    bool holds = false;
+    for (auto& a : *addrs)
+      if (a.ip == plan.podIp && podAddress(a) &&
+          std::find(owned->begin(), owned->end(), a) == owned->end())
+        holds = true;
+    if (!holds) {
+      res.failures.push_back(fmt::format(
+          "pod {} (service {}): the node routes it to namespace {}, which does not hold it: "
+          "refused", plan.podIp.str(), plan.services.front().str(), ns.path));
+      continue;
+    }
+    if (old != podNs_.end())
+      spdlog::info("pod {}: namespace {} (was {})", plan.podIp.str(), ns.path, old->second.path);
+    now.emplace(plan.podIp, ns);
+  }
+  podNs_ = std::move(now);
+}
+
+void AgentReconciler::scan(const std::vector<PodPlan>& plans) {
+  std::set<IpAddress> podIps;
+  for (auto& p : plans) podIps.insert(p.podIp);
+  dups_.clear();
   for (const auto& ns : ns_.list()) {
     auto c = ns_.client(ns);
     if (!c) continue;  // vanished or not accessible: not a candidate
     auto addrs = (*c)->addresses(false);
-    if (!addrs) {
+    auto observed = addrs ? observeOwned(**c, false)
+                          : Result<dp::PodState>(std::unexpected(addrs.error()));
+    if (!addrs || !observed) {
       ns_.forget(ns);
       continue;
     }
-    auto links = (*c)->links();
-    bool owned = false;
-    if (links)
-      for (auto& l : *links)
-        if (l.name.starts_with(cfg_.linkPrefix)) owned = true;
-    auto ownedAddrs = (*c)->addresses(true);
-    std::set<IpAddress> skip;
-    if (ownedAddrs) {
-      for (auto& a : *ownedAddrs) skip.insert(a.ip);
-      if (!ownedAddrs->empty()) owned = true;
-    }
-    if (owned) managed_.emplace(ns.id, ns);
+    if (!observed->links.empty() || !observed->addresses.empty()) managed_.emplace(ns.id, ns);
     for (auto& a : *addrs) {
-      if (a.dev == "lo" || skip.contains(a.ip)) continue;
-      if (a.ip.isV6() && a.ip.data()[0] == 0xfe && (a.ip.data()[1] & 0xc0) == 0x80) continue;
-      podNs_.emplace(a.ip, ns);  // first wins; duplicates across namespaces are ambiguous
+      if (!podIps.contains(a.ip)) continue;  // on any device, lo included
+      if (std::find(observed->addresses.begin(), observed->addresses.end(), a) !=
+          observed->addresses.end())
+        continue;  // one of our VIPs, not a pod address
+      auto routed = podNs_.find(a.ip);
+      if (routed != podNs_.end() && routed->second.id == ns.id) continue;
+      auto& d = dups_[a.ip];
+      if (std::find(d.begin(), d.end(), ns.path) == d.end()) d.push_back(ns.path);
     }
   }
+  for (auto& [ip, paths] : dups_)
+    spdlog::warn("pod {}: also held by namespace(s) {} that the node's routing does not deliver "
+                 "it to: refused", ip.str(), fmt::join(paths, ", "));
   scannedOnce_ = true;
-  return {};
 }
 
 PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanAll) {
@@ -59,12 +147,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
   std::map<std::string, Group> groups;
   for (const auto& plan : plans) {
     auto it = podNs_.find(plan.podIp);
-    if (it == podNs_.end()) {
-      res.failures.push_back(fmt::format(
-          "pod {} (service {}): no network namespace owns this address yet", plan.podIp.str(),
-          plan.services.front().str()));
-      continue;
-    }
+    if (it == podNs_.end()) continue;  // resolve() reported why
     auto& g = groups[it->second.id];
     g.ns = it->second;
     g.pods += (g.pods.empty() ? "" : ",") + plan.podIp.str();
@@ -89,22 +172,14 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       ns_.forget(ns);
       continue;
     }
-    dp::PodState observed;
-    auto links = (*c)->links();
-    auto addrs = (*c)->addresses(true);
-    if (!links || !addrs) {
+    auto seen = observeOwned(**c, modeTraits(cfg_.mode).pod == dp::PodShape::LoopbackLabel);
+    if (!seen) {
       res.failures.push_back(
           fmt::format("pod {}: namespace {} vanished or unreadable", g.pods, ns.path));
       ns_.forget(ns);
       continue;
     }
-    for (auto& l : *links)
-      if (l.name.starts_with(cfg_.linkPrefix)) observed.links.push_back(l);
-    observed.addresses = *addrs;
-    if (modeTraits(cfg_.mode).pod == dp::PodShape::LoopbackLabel) {
-      auto pops = (*c)->mplsPops();
-      observed.mplsLabelRoute = pops && !pops->empty();
-    }
+    const dp::PodState& observed = *seen;
     auto changes = dp::diffPod(g.state, observed, cfg_.mplsLabel);
     if (!changes.empty()) {
       auto r = (*c)->apply(changes);
@@ -136,18 +211,11 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     auto c = ns_.client(it->second);
     bool gone = !c;
     if (c) {
-      dp::PodState observed;
-      auto links = (*c)->links();
-      auto addrs = (*c)->addresses(true);
-      if (!links || !addrs) {
+      auto observed = observeOwned(**c, true);
+      if (!observed) {
         gone = true;
       } else {
-        for (auto& l : *links)
-          if (l.name.starts_with(cfg_.linkPrefix)) observed.links.push_back(l);
-        observed.addresses = *addrs;
-        auto pops = (*c)->mplsPops();
-        observed.mplsLabelRoute = pops && !pops->empty();
-        auto changes = dp::diffPod({}, observed, cfg_.mplsLabel);
+        auto changes = dp::diffPod({}, *observed, cfg_.mplsLabel);
         if (!changes.empty()) {
           auto r = (*c)->apply(changes);
           if (r) {
@@ -163,20 +231,40 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     if (gone) ns_.forget(it->second);
     it = managed_.erase(it);
   }
+  // Everything else the provider holds (candidates of a scan, namespaces that stopped serving
+  // or vanished) is released: handles, sockets and caches stay bounded by the pods served.
+  std::set<std::string> keep = wanted;
+  for (auto& [id, ns] : managed_) keep.insert(id);
+  ns_.retainOnly(keep);
   return res;
 }
 
 Result<PassResult> AgentReconciler::reconcile(const Model& model) {
   auto plans = planAgent(model, cfg_, node_);
-  bool missing = !scannedOnce_;
-  for (auto& p : plans)
-    if (!podNs_.contains(p.podIp)) missing = true;
-  if (missing) refreshIndex();
-  return apply(plans, false);
+  PassResult pre;
+  bool changed = !scannedOnce_;
+  resolve(plans, pre, changed);
+  // A new or moved pod (and the first pass, e.g. after a restart) rescans every candidate:
+  // duplicates of the pod addresses are reported, namespaces holding owned objects adopted.
+  if (changed) scan(plans);
+  auto res = apply(plans, false);
+  res.failures.insert(res.failures.begin(), pre.failures.begin(), pre.failures.end());
+  for (const auto& plan : plans) {
+    auto d = dups_.find(plan.podIp);
+    if (d == dups_.end()) continue;
+    for (const auto& svc : plan.services)
+      res.problems.push_back({Problem::Kind::DuplicatePodAddress, svc,
+                              fmt::format("pod address {} is also held by network namespace(s) "
+                                          "{}, which the node's routing does not deliver it "
+                                          "to: refused (the routed pod is served)",
+                                          plan.podIp.str(), fmt::join(d->second, ", "))});
+  }
+  return res;
 }
 
 Result<PassResult> AgentReconciler::cleanup() {
-  refreshIndex();
+  podNs_.clear();
+  scan({});
   return apply({}, true);
 }
 

@@ -1,10 +1,14 @@
-// reconcile/agent_reconciler.h against fake pod namespaces (tests/fakes/fake_kernel.h).
+// reconcile/agent_reconciler.h against fake pod namespaces (tests/fakes/fake_kernel.h), and
+// the pure routing decision of dataplane/pod_identity.h.
 #include "reconcile/agent_reconciler.h"
+
+#include "dataplane/pod_identity.h"
 
 #include <gtest/gtest.h>
 
 #include <map>
 #include <memory>
+#include <set>
 
 #include "fakes/fake_kernel.h"
 
@@ -18,8 +22,10 @@ IpAddress ip(const std::string& s) { return *IpAddress::parse(s); }
 class FakeNetns : public NetnsProvider {
  public:
   explicit FakeNetns(const DataplaneConfig& cfg) : cfg_(cfg) {}
-  /** A pod namespace whose eth0 holds podIp (an address the daemon does not own). */
-  FakeKernel& addPod(const std::string& id, const std::string& podIp) {
+  /** A pod namespace whose eth0 holds podIp (an address the daemon does not own); the node's
+   *  routing delivers podIp to it unless routed is false (a namespace that merely holds it). */
+  FakeKernel& addPod(const std::string& id, const std::string& podIp, bool routed = true) {
+    if (routed) routes_[ip(podIp)] = id;
     auto k = std::make_unique<FakeKernel>(FakeKernel::optionsFor(cfg_));
     dp::Link eth0;
     eth0.name = "eth0";
@@ -30,33 +36,70 @@ class FakeNetns : public NetnsProvider {
     ns_[id] = std::move(k);
     return ref;
   }
-  void removePod(const std::string& id) { ns_.erase(id); }
+  void removePod(const std::string& id) {
+    ns_.erase(id);
+    std::erase_if(routes_, [&](auto& r) { return r.second == id; });
+  }
+  /** The node's routing now delivers podIp to namespace id. */
+  void route(const std::string& podIp, const std::string& id) { routes_[ip(podIp)] = id; }
+  /** Resolving podIp fails with this error code (0: no failure). */
+  void routeError(const std::string& podIp, int code) { errors_[ip(podIp)] = code; }
 
   std::vector<Ns> list() override {
     ++lists;
     std::vector<Ns> out;
-    for (auto& [id, k] : ns_) out.push_back({id, "/run/netns/" + id});
+    for (auto& [id, k] : ns_) {
+      out.push_back({id, "/run/netns/" + id});
+      held.insert(id);
+    }
+    return out;
+  }
+  std::map<IpAddress, Result<Ns>> routed(const std::vector<IpAddress>& ips) override {
+    std::map<IpAddress, Result<Ns>> out;
+    for (auto& a : ips) {
+      if (auto e = errors_.find(a); e != errors_.end() && e->second) {
+        out.emplace(a, fail(e->second, a.str() + ": failed"));
+        continue;
+      }
+      auto r = routes_.find(a);
+      if (r == routes_.end() || !ns_.contains(r->second)) {
+        out.emplace(a, fail(a.str() + ": no route"));
+        continue;
+      }
+      held.insert(r->second);
+      out.emplace(a, Ns{r->second, "/run/netns/" + r->second});
+    }
     return out;
   }
   Result<dp::NetlinkClient*> client(const Ns& ns) override {
     auto it = ns_.find(ns.id);
     if (it == ns_.end()) return fail(ENOENT, "namespace " + ns.id + " is gone");
+    if (!held.contains(ns.id)) return fail(ENOENT, "namespace " + ns.id + " is not held");
     return it->second.get();
+  }
+  void retainOnly(const std::set<std::string>& keep) override {
+    std::erase_if(held, [&](const std::string& id) { return !keep.contains(id); });
   }
   Status prepare(const Ns& ns, const dp::PodSysctls& sysctls) override {
     prepared[ns.id] = sysctls.decapDevice;
     if (sysctls.mpls) mplsLabels[ns.id] = sysctls.mplsLabel;
     return {};
   }
-  void forget(const Ns& ns) override { forgotten.push_back(ns.id); }
+  void forget(const Ns& ns) override {
+    forgotten.push_back(ns.id);
+    held.erase(ns.id);
+  }
 
   FakeKernel& kernel(const std::string& id) { return *ns_.at(id); }
   int lists = 0;
   std::map<std::string, std::string> prepared;
   std::map<std::string, uint32_t> mplsLabels;  // namespaces prepared for MPLS input
   std::vector<std::string> forgotten;
+  std::set<std::string> held;  // what a real provider keeps a handle (and socket) of
 
  private:
+  std::map<IpAddress, std::string> routes_;  // the node's routing: pod IP → namespace
+  std::map<IpAddress, int> errors_;
   DataplaneConfig cfg_;
   std::map<std::string, std::unique_ptr<FakeKernel>> ns_;
 };
@@ -196,6 +239,226 @@ TEST(AgentReconciler, CleanupRemovesOwnedObjectsEverywhere) {
     EXPECT_TRUE(owned(*k).empty());
     EXPECT_EQ(k->allAddresses().size(), 2u);
   }
+}
+
+// ---- pod identity: the node's routing decides, never the first namespace holding the IP ----
+
+TEST(AgentReconciler, NamespaceHoldingAnotherPodsAddressIsRefusedAndReported) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  // The attacker sorts first: the old "first namespace holding the address" chose it.
+  auto& evil = ns.addPod("a-evil", "10.0.0.9");
+  dp::Link spare;
+  spare.name = "spare0";
+  evil.seedLink(spare);
+  evil.seedAddress({"spare0", ip("10.0.0.1"), 32}, 2);  // the victim's address
+  evil.seedAddress({"spare0", ip("10.0.0.3"), 32}, 2);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  auto& p3 = ns.addPod("p3", "10.0.0.3");
+  AgentReconciler agent(cfg, "n1", ns);
+  auto res = agent.reconcile(model());
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok()) << (res->failures.empty() ? "" : res->failures[0]);
+  EXPECT_EQ(evil.link("kst-vxg"), nullptr);
+  EXPECT_TRUE(owned(evil).empty());
+  ASSERT_NE(p1.link("kst-vxg"), nullptr);
+  EXPECT_EQ(owned(p1).size(), 2u);
+  EXPECT_EQ(owned(p3).size(), 1u);
+  EXPECT_EQ(agent.podNamespaces().at(ip("10.0.0.1")).id, "p1");
+  EXPECT_EQ(agent.duplicates().at(ip("10.0.0.1")), std::vector<std::string>{"/run/netns/a-evil"});
+  // One problem per Service of each spoofed pod: 10.0.0.1 serves web/a and web/b, 10.0.0.3 web/a.
+  ASSERT_EQ(res->problems.size(), 3u);
+  for (auto& p : res->problems) {
+    EXPECT_EQ(p.kind, Problem::Kind::DuplicatePodAddress);
+    EXPECT_NE(p.message.find("/run/netns/a-evil"), std::string::npos) << p.message;
+  }
+  // The report persists while the duplicate does (the daemon resolves problems that vanish),
+  // and nothing moves on later passes or a restart.
+  auto again = agent.reconcile(model());
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->changes, 0u);
+  EXPECT_EQ(again->problems.size(), 3u);
+  AgentReconciler restarted(cfg, "n1", ns);
+  auto after = restarted.reconcile(model());
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->changes, 0u);
+  EXPECT_EQ(evil.link("kst-vxg"), nullptr);
+  EXPECT_EQ(owned(p1).size(), 2u);
+}
+
+TEST(AgentReconciler, RoutedNamespaceMustHoldTheAddress) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  auto& other = ns.addPod("other", "10.0.0.7");
+  ns.route("10.0.0.1", "other");  // the routing points at a namespace without the address
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  auto res = agent.reconcile(m);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->failures.size(), 1u);
+  EXPECT_NE(res->failures[0].find("does not hold it"), std::string::npos) << res->failures[0];
+  EXPECT_TRUE(owned(other).empty());
+  EXPECT_TRUE(owned(p1).empty());  // a holder the routing does not name is never used
+  // The routing is fixed (e.g. the CNI finished): the pod is served.
+  ns.route("10.0.0.1", "p1");
+  auto res2 = agent.reconcile(m);
+  ASSERT_TRUE(res2);
+  EXPECT_TRUE(res2->ok());
+  EXPECT_EQ(owned(p1).size(), 1u);
+}
+
+TEST(AgentReconciler, PodMovedToANewNamespaceFollowsTheRouting) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& old = ns.addPod("p1", "10.0.0.1");
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  ASSERT_TRUE(agent.reconcile(m));
+  EXPECT_EQ(owned(old).size(), 1u);
+  auto& fresh = ns.addPod("p1-new", "10.0.0.1");  // same IP, new sandbox; routing moves
+  auto res = agent.reconcile(m);
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok()) << (res->failures.empty() ? "" : res->failures[0]);
+  EXPECT_EQ(owned(fresh).size(), 1u);
+  EXPECT_TRUE(owned(old).empty());  // the old one is cleaned, reported as a duplicate
+  EXPECT_EQ(agent.podNamespaces().at(ip("10.0.0.1")).id, "p1-new");
+}
+
+TEST(AgentReconciler, AgedBridgeEntryKeepsTheServedPodOtherFailuresDoNot) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  ASSERT_TRUE(agent.reconcile(m));
+  ns.routeError("10.0.0.1", dp::kNeedsNeighbour);  // resolution provoked, answer pending
+  auto res = agent.reconcile(m);
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->ok());
+  EXPECT_EQ(res->changes, 0u);
+  EXPECT_EQ(owned(p1).size(), 1u);
+  ns.routeError("10.0.0.1", 0);
+  ns.route("10.0.0.1", "nowhere");  // the route is gone (the pod was deleted): cleaned
+  auto gone = agent.reconcile(m);
+  ASSERT_TRUE(gone);
+  EXPECT_FALSE(gone->ok());
+  EXPECT_TRUE(owned(p1).empty());
+}
+
+TEST(AgentReconciler, RenamedPodLinkIsNeverTheAgents) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  auto& p9 = ns.addPod("p9", "10.0.0.9");
+  dp::Link renamed;  // a veth (kind Other to the agent) renamed into the agent's prefix
+  renamed.name = "kst-eth0";
+  p9.seedLink(renamed);
+  p1.seedLink(renamed);
+  AgentReconciler agent(cfg, "n1", ns);
+  auto res = agent.reconcile(model());
+  ASSERT_TRUE(res);
+  EXPECT_NE(p1.link("kst-vxg"), nullptr);
+  EXPECT_NE(p1.link("kst-eth0"), nullptr);  // a serving pod: not deleted as "not desired"
+  EXPECT_NE(p9.link("kst-eth0"), nullptr);  // a pod that serves nothing: not "managed"
+  AgentReconciler fresh(cfg, "n1", ns);
+  ASSERT_TRUE(fresh.cleanup());
+  EXPECT_EQ(p1.link("kst-vxg"), nullptr);
+  EXPECT_NE(p1.link("kst-eth0"), nullptr);
+  EXPECT_NE(p9.link("kst-eth0"), nullptr);
+  EXPECT_FALSE(ownedPodLink(renamed, "kst"));
+  EXPECT_TRUE(ownedPodLink(podLink(cfg, ip("10.0.0.1")), "kst"));
+}
+
+TEST(AgentReconciler, NamespacesOfPodsThatComeAndGoAreReleased) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  ns.addPod("p1", "10.0.0.1");
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "a"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, ""}}});
+  ASSERT_TRUE(agent.reconcile(m));
+  size_t most = 0;
+  for (int i = 0; i < 40; ++i) {
+    std::string id = "tmp" + std::to_string(i), addr = "10.0.1." + std::to_string(i + 1);
+    ns.addPod(id, addr);
+    auto with = m;
+    with.services[0].endpoints.push_back({ip(addr), "n1", true, false, ""});
+    ASSERT_TRUE(agent.reconcile(with));
+    most = std::max(most, ns.held.size());
+    ASSERT_TRUE(agent.reconcile(m));  // the endpoint leaves
+    ns.removePod(id);
+    ASSERT_TRUE(agent.reconcile(m));
+    most = std::max(most, ns.held.size());
+  }
+  EXPECT_EQ(ns.held, (std::set<std::string>{"p1"}));
+  EXPECT_LE(most, 2u);
+}
+
+// ---- dataplane/pod_identity.h: route → veth → peer namespace id ----
+
+dp::HostLink hostLink(uint32_t ifindex, std::string name, std::string kind, uint32_t master = 0,
+                      std::optional<int32_t> nsid = std::nullopt) {
+  return {ifindex, std::move(name), std::move(kind), master, nsid, std::nullopt};
+}
+
+constexpr uint8_t kUnicast = 1, kLocal = 2;
+constexpr uint16_t kReachable = 0x02, kStale = 0x04, kIncomplete = 0x01;
+
+TEST(PodIdentity, RoutedVethGivesItsPeerNamespace) {
+  dp::HostFacts f;
+  f.links[5] = hostLink(5, "cali1", "veth", 0, 7);
+  auto p = dp::podPeer(ip("10.0.0.1"), {5, false, kUnicast}, f);
+  ASSERT_TRUE(p) << p.error().message;
+  EXPECT_EQ(p->nsid, 7);
+  EXPECT_EQ(p->hostDevice, "cali1");
+  EXPECT_EQ(p->via, "");
+}
+
+TEST(PodIdentity, RefusesWhatIsNotALocalPod) {
+  dp::HostFacts f;
+  f.links[2] = hostLink(2, "eth0", "", 0);
+  f.links[5] = hostLink(5, "vx", "veth");  // peer in the node's own namespace: no netnsid
+  f.links[6] = hostLink(6, "pod", "veth", 0, 3);
+  EXPECT_FALSE(dp::podPeer(ip("10.0.0.1"), {2, false, kUnicast}, f));   // not a veth
+  EXPECT_FALSE(dp::podPeer(ip("10.0.0.1"), {5, false, kUnicast}, f));   // no peer namespace
+  EXPECT_FALSE(dp::podPeer(ip("10.0.0.1"), {6, true, kUnicast}, f));    // via a gateway
+  EXPECT_FALSE(dp::podPeer(ip("10.0.0.1"), {6, false, kLocal}, f));     // the node's own
+  EXPECT_FALSE(dp::podPeer(ip("10.0.0.1"), {9, false, kUnicast}, f));   // unknown device
+}
+
+TEST(PodIdentity, BridgeGoesThroughNeighbourAndForwardingEntry) {
+  dp::HostFacts f;
+  f.links[3] = hostLink(3, "cni0", "bridge");
+  f.links[10] = hostLink(10, "veth-a", "veth", 3, 1);
+  f.links[11] = hostLink(11, "veth-b", "veth", 3, 2);
+  dp::MacAddress macA{2, 0, 0, 0, 0, 0xa}, macB{2, 0, 0, 0, 0, 0xb};
+  f.neighbours.push_back({ip("10.0.0.2"), 3, macB, kStale});
+  f.neighbours.push_back({ip("fd00::2"), 3, macB, kReachable});
+  f.fdb.push_back({macA, 10, 3, false});
+  f.fdb.push_back({macB, 11, 3, false});
+  f.fdb.push_back({macB, 3, 3, true});  // a local entry on the bridge itself: ignored
+  for (auto a : {"10.0.0.2", "fd00::2"}) {
+    auto p = dp::podPeer(ip(a), {3, false, kUnicast}, f);
+    ASSERT_TRUE(p) << p.error().message;
+    EXPECT_EQ(p->nsid, 2);
+    EXPECT_EQ(p->hostDevice, "veth-b");
+    EXPECT_EQ(p->via, "cni0");
+  }
+  // Not resolved yet: the caller provokes resolution and retries.
+  auto none = dp::podPeer(ip("10.0.0.3"), {3, false, kUnicast}, f);
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code, dp::kNeedsNeighbour);
+  f.neighbours.push_back({ip("10.0.0.4"), 3, std::nullopt, kIncomplete});
+  EXPECT_EQ(dp::podPeer(ip("10.0.0.4"), {3, false, kUnicast}, f).error().code, dp::kNeedsNeighbour);
+  // The same MAC on two ports: refused, not guessed.
+  f.fdb.push_back({macB, 10, 3, false});
+  auto two = dp::podPeer(ip("10.0.0.2"), {3, false, kUnicast}, f);
+  ASSERT_FALSE(two);
+  EXPECT_NE(two.error().message.find("two ports"), std::string::npos);
 }
 
 }  // namespace

@@ -240,9 +240,23 @@ class TableNetns : public NetnsProvider {
     dp::Link eth0;
     eth0.name = "eth0";
     k->seedLink(eth0);
-    for (auto& a : podIps) k->seedAddress({"eth0", ip(a), ip(a).hostPrefixLen()}, 2);
+    for (auto& a : podIps) {
+      k->seedAddress({"eth0", ip(a), ip(a).hostPrefixLen()}, 2);
+      routes_[ip(a)] = id;
+    }
     ns_[id] = std::move(k);
   }
+  std::map<IpAddress, Result<Ns>> routed(const std::vector<IpAddress>& ips) override {
+    std::map<IpAddress, Result<Ns>> out;
+    for (auto& a : ips) {
+      if (auto r = routes_.find(a); r != routes_.end())
+        out.emplace(a, Ns{r->second, "/run/netns/" + r->second});
+      else
+        out.emplace(a, fail("no route"));
+    }
+    return out;
+  }
+  void retainOnly(const std::set<std::string>&) override {}
   std::vector<Ns> list() override {
     std::vector<Ns> out;
     for (auto& [id, k] : ns_) out.push_back({id, "/run/netns/" + id});
@@ -263,6 +277,7 @@ class TableNetns : public NetnsProvider {
   std::map<std::string, PodTable> tables;
 
  private:
+  std::map<IpAddress, std::string> routes_;  // the node's routing: pod IP → namespace
   DataplaneConfig cfg_;
   std::map<std::string, std::unique_ptr<FakeKernel>> ns_;
 };
