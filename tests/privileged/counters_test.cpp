@@ -25,9 +25,10 @@ namespace kst::e2e {
 namespace {
 
 const std::string kVip4 = "203.0.113.10", kVip6 = "2001:db8:ffff::10";
-// The topology's client address is allowed; the second address is not.
-const std::string kAllowed4 = "198.18.0.10", kRefused4 = "198.18.0.11";
-const std::string kAllowed6 = "2001:db8:f::10", kRefused6 = "2001:db8:f::11";
+// The topology's client address is allowed; a second one (no other host's in scripts/lib/topo.sh)
+// is not.
+const std::string kAllowed4 = "198.18.0.10", kRefused4 = "198.18.0.99";
+const std::string kAllowed6 = "2001:db8:f::10", kRefused6 = "2001:db8:f::99";
 
 class Counters : public E2E, public ::testing::WithParamInterface<bool> {
  protected:
@@ -128,7 +129,9 @@ TEST_P(Counters, SourceRangesRefuseAndCountExactly) {
   startAgent(1);
   startAgent(2);
   sendFrom(allowed());
-  ASSERT_TRUE(reachable(vip(), 20));
+  ASSERT_TRUE(reachable(vip(), 20)) << in("rt", "nft list ruleset").out
+                                    << in("cl", "ip route").out << in("cl", "ip -6 route").out
+                                    << in("cl", kTool + " tcp " + vip() + " 8080 2").out;
 
   // The refused client: TCP and UDP, nothing answers.
   auto before = routerCounters();

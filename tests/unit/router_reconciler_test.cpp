@@ -341,7 +341,9 @@ TEST(RouterReconciler, RemovingAnEndpointChangesOnlyItsRouteAndBuckets) {
     }
     changedA += after.buckets.at(k) != mark;
   }
-  EXPECT_EQ(res.nftElementChanges, 2 * changedA);  // a delete and an add per changed bucket
+  // A delete and an add per changed bucket, and the leaver's endpoint counter element.
+  EXPECT_EQ(res.nftElementChanges, 2 * changedA + 1);
+  EXPECT_FALSE(w.nft.state().endpoints.at(ip(kA)).contains(1001u));
   // Survivors keep their slots (tables 1000 and 1002).
   EXPECT_EQ(r.lastPlan().vips[0].slots, (std::vector<uint32_t>{0, 2}));
   expectConverged(w, m);
