@@ -139,6 +139,22 @@ void emit(std::string& out, const std::string& verb, const std::string& table,
   }
 }
 
+/** Walks two maps keyed by VIP in order: fn(vip, desired value, base value, in desired, in
+ *  base), with `none` for the side that lacks the VIP. */
+template <typename V, typename Fn>
+void mergeByVip(const std::map<IpAddress, V>& desired, const std::map<IpAddress, V>& base,
+                const V& none, Fn&& fn) {
+  auto d = desired.begin(), o = base.begin();
+  while (d != desired.end() || o != base.end()) {
+    const bool takeD = o == base.end() || (d != desired.end() && d->first <= o->first);
+    const bool takeO = d == desired.end() || (o != base.end() && o->first <= d->first);
+    fn(takeD ? d->first : o->first, takeD ? d->second : none, takeO ? o->second : none, takeD,
+       takeO);
+    if (takeD) ++d;
+    if (takeO) ++o;
+  }
+}
+
 }  // namespace
 
 NftTableStep nftTableStep(const dp::NftState& desired, const dp::NftState& observed) {
@@ -258,50 +274,30 @@ dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::N
   }
   // Per-endpoint counters: an element whose endpoint changed is deleted and added again (its
   // counter restarts with the endpoint it counts).
-  {
-    static const std::map<uint32_t, IpAddress> kNone;
-    auto de = desired.endpoints.begin(), oe = base.endpoints.begin();
-    while (de != desired.endpoints.end() || oe != base.endpoints.end()) {
-      const bool takeD = oe == base.endpoints.end() ||
-                         (de != desired.endpoints.end() && de->first <= oe->first);
-      const bool takeO = de == desired.endpoints.end() ||
-                         (oe != base.endpoints.end() && oe->first <= de->first);
-      const IpAddress& vip = takeD ? de->first : oe->first;
-      const auto& dm = takeD ? de->second : kNone;
-      const auto& om = takeO ? oe->second : kNone;
-      for (auto& [mark, ep] : om)
-        if (auto it = dm.find(mark); it == dm.end() || it->second != ep)
-          out.endpointDeletes.push_back({vip, mark, ep});
-      for (auto& [mark, ep] : dm)
-        if (auto it = om.find(mark); it == om.end() || it->second != ep)
-          out.endpointAdds.push_back({vip, mark, ep});
-      if (takeD) ++de;
-      if (takeO) ++oe;
-    }
-  }
+  static const std::map<uint32_t, IpAddress> kNoEndpoints;
+  mergeByVip(desired.endpoints, base.endpoints, kNoEndpoints,
+             [&](const IpAddress& vip, const auto& dm, const auto& om, bool, bool) {
+               for (auto& [mark, ep] : om)
+                 if (auto it = dm.find(mark); it == dm.end() || it->second != ep)
+                   out.endpointDeletes.push_back({vip, mark, ep});
+               for (auto& [mark, ep] : dm)
+                 if (auto it = om.find(mark); it == om.end() || it->second != ep)
+                   out.endpointAdds.push_back({vip, mark, ep});
+             });
   // Source ranges: the filtered VIPs, then their intervals (set differences per VIP).
-  {
-    static const std::vector<dp::SourceInterval> kNone;
-    auto dr = desired.sourceRanges.begin(), orr = base.sourceRanges.begin();
-    while (dr != desired.sourceRanges.end() || orr != base.sourceRanges.end()) {
-      const bool takeD = orr == base.sourceRanges.end() ||
-                         (dr != desired.sourceRanges.end() && dr->first <= orr->first);
-      const bool takeO = dr == desired.sourceRanges.end() ||
-                         (orr != base.sourceRanges.end() && orr->first <= dr->first);
-      const IpAddress& vip = takeD ? dr->first : orr->first;
-      if (takeD && !takeO) out.rangedAdds.push_back(vip);
-      if (takeO && !takeD) out.rangedDeletes.push_back(vip);
-      const auto& dv = takeD ? dr->second : kNone;
-      const auto& ov = takeO ? orr->second : kNone;
-      std::vector<dp::SourceInterval> gone, fresh;
-      std::set_difference(ov.begin(), ov.end(), dv.begin(), dv.end(), std::back_inserter(gone));
-      std::set_difference(dv.begin(), dv.end(), ov.begin(), ov.end(), std::back_inserter(fresh));
-      for (auto& iv : gone) out.rangeDeletes.push_back({vip, iv});
-      for (auto& iv : fresh) out.rangeAdds.push_back({vip, iv});
-      if (takeD) ++dr;
-      if (takeO) ++orr;
-    }
-  }
+  static const std::vector<dp::SourceInterval> kNoIntervals;
+  mergeByVip(desired.sourceRanges, base.sourceRanges, kNoIntervals,
+             [&](const IpAddress& vip, const auto& dv, const auto& ov, bool inD, bool inO) {
+               if (inD && !inO) out.rangedAdds.push_back(vip);
+               if (inO && !inD) out.rangedDeletes.push_back(vip);
+               std::vector<dp::SourceInterval> gone, fresh;
+               std::set_difference(ov.begin(), ov.end(), dv.begin(), dv.end(),
+                                   std::back_inserter(gone));
+               std::set_difference(dv.begin(), dv.end(), ov.begin(), ov.end(),
+                                   std::back_inserter(fresh));
+               for (auto& iv : gone) out.rangeDeletes.push_back({vip, iv});
+               for (auto& iv : fresh) out.rangeAdds.push_back({vip, iv});
+             });
   std::set_difference(base.vips.begin(), base.vips.end(), desired.vips.begin(), desired.vips.end(),
                       std::back_inserter(out.vipDeletes));
   std::set_difference(desired.vips.begin(), desired.vips.end(), base.vips.begin(), base.vips.end(),

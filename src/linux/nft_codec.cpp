@@ -308,14 +308,24 @@ Bytes getGenRequest(uint32_t seq) {
   return req;
 }
 
-Bytes getTableRequest(const std::string& table, uint32_t seq) {
+namespace {
+
+/** A request whose only attribute is the table name (attr). */
+Bytes tableRequest(int type, uint16_t flags, uint16_t attr, const std::string& table,
+                   uint32_t seq) {
   Bytes req;
-  putHeader(req, nftMsg(NFT_MSG_GETTABLE), NLM_F_ACK, NFPROTO_INET, 0, seq);
+  putHeader(req, nftMsg(type), flags, NFPROTO_INET, 0, seq);
   req.resize(kHeader + MNL_ALIGN(4 + table.size() + 1));
   auto* h = at(req, 0);
-  mnl_attr_put_strz(h, NFTA_TABLE_NAME, table.c_str());
+  mnl_attr_put_strz(h, attr, table.c_str());
   req.resize(h->nlmsg_len);
   return req;
+}
+
+}  // namespace
+
+Bytes getTableRequest(const std::string& table, uint32_t seq) {
+  return tableRequest(NFT_MSG_GETTABLE, NLM_F_ACK, NFTA_TABLE_NAME, table, seq);
 }
 
 namespace {
@@ -364,13 +374,7 @@ Bytes getElementsRequest(const std::string& table, std::string_view set, size_t 
 }
 
 Bytes dumpObjectsRequest(const std::string& table, uint32_t seq) {
-  Bytes req;
-  putHeader(req, nftMsg(NFT_MSG_GETOBJ), NLM_F_DUMP, NFPROTO_INET, 0, seq);
-  req.resize(kHeader + MNL_ALIGN(4 + table.size() + 1));
-  auto* h = at(req, 0);
-  mnl_attr_put_strz(h, NFTA_OBJ_TABLE, table.c_str());
-  req.resize(h->nlmsg_len);
-  return req;
+  return tableRequest(NFT_MSG_GETOBJ, NLM_F_DUMP, NFTA_OBJ_TABLE, table, seq);
 }
 
 // ---- replies ----
