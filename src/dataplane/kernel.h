@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "dataplane/counters.h"
 #include "dataplane/types.h"
 
 namespace kst::dp {
@@ -60,10 +61,28 @@ struct NftElementChanges {
     uint32_t bucket;  // 0 … B-1 (the map key holds kBucketMarkBase + bucket)
     uint32_t mark;    // the slot's fwmark (ignored for deletions)
   };
+  /** A per-endpoint counter element (ep4/ep6): key VIP . slot mark, comment the endpoint. */
+  struct EndpointCounter {
+    IpAddress vip;
+    uint32_t mark;
+    IpAddress endpoint;
+  };
+  /** An allowed source interval of a filtered VIP (src4/src6). */
+  struct SourceRange {
+    IpAddress vip;
+    SourceInterval src;
+  };
+  /** vipDeletes/vipAdds change vip4/vip6 and the refused-packet counter sets refused4/refused6
+   *  (the same VIPs); rangedDeletes/rangedAdds the filtered VIPs (ranged4/ranged6). */
   std::vector<IpAddress> vipDeletes, vipAdds;
   std::vector<Bucket> bucketDeletes, bucketAdds;
+  std::vector<EndpointCounter> endpointDeletes, endpointAdds;
+  std::vector<IpAddress> rangedDeletes, rangedAdds;
+  std::vector<SourceRange> rangeDeletes, rangeAdds;
   size_t size() const {
-    return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size();
+    return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size() +
+           endpointDeletes.size() + endpointAdds.size() + rangedDeletes.size() +
+           rangedAdds.size() + rangeDeletes.size() + rangeAdds.size();
   }
 };
 
@@ -82,8 +101,9 @@ class NftClient {
   virtual Result<NftState> observe() = 0;
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
-  /** Applies element changes as one transaction (order inside: VIP deletions, bucket
-   *  deletions, bucket additions, VIP additions), all or nothing: the kernel refuses the whole
+  /** Applies element changes as one transaction (order inside: VIP deletions, then source
+   *  ranges, endpoint counters and buckets deleted, added in the reverse order, VIP additions
+   *  last), all or nothing: the kernel refuses the whole
    *  batch when one deletion finds no element (ENOENT) or one addition finds its key with
    *  other data (EBUSY). The table must exist. Element changes never go through nft's text
    *  parser (a 640k-element load is seconds through text). */
@@ -95,6 +115,10 @@ class NftClient {
    *  involved, so it is meant for releases (rare), not for every pass. Idempotent; a missing
    *  table or map purges nothing. @return the number of elements deleted. */
   virtual Result<size_t> purgeFlows(const std::vector<ReleasedSlot>& released) = 0;
+  /** The traffic counters of the table (dataplane/counters.h): per VIP, per VIP × endpoint,
+   *  refused by reason and per VIP, flow table occupancy. Read from the kernel at every call
+   *  (counters move without a ruleset generation change). A missing table reads as empty. */
+  virtual Result<NftCounterSnapshot> readCounters() = 0;
 };
 
 }  // namespace kst::dp

@@ -97,6 +97,13 @@ struct Address {
 
 /** The router's nftables state. The skeleton (chains, rules) is identified by a hash kept in
  *  the table's comment; the set/map contents are diffed element by element. */
+/** One allowed source interval [first, last] of a VIP with loadBalancerSourceRanges (an
+ *  element `VIP . first-last` of src4/src6, desired/nft_render.h). */
+struct SourceInterval {
+  IpAddress first, last;
+  auto operator<=>(const SourceInterval&) const = default;
+};
+
 struct NftState {
   bool present = false;
   std::string skeleton;  // full text of table, chains, rules and empty sets (see nft_render)
@@ -104,6 +111,13 @@ struct NftState {
   std::set<IpAddress> vips;
   /** (vip, bucket) → fwmark, one dense vector per VIP (bucket_map.h: 640k elements at 10k VIPs) */
   BucketMap buckets;
+  /** Per-endpoint counter elements (ep4/ep6): VIP → slot mark → the endpoint in that slot (the
+   *  element's comment, so that a slot given to another endpoint is a new element, its counter
+   *  starting at zero). */
+  std::map<IpAddress, std::map<uint32_t, IpAddress>> endpoints;
+  /** VIPs whose sources are filtered (ranged4/ranged6) → their allowed source intervals of the
+   *  VIP's family (src4/src6), disjoint and sorted; an empty list refuses every source. */
+  std::map<IpAddress, std::vector<SourceInterval>> sourceRanges;
   bool operator==(const NftState&) const = default;
 };
 

@@ -26,6 +26,11 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   std::string r;
   // Rules of the per-family chain, entered once per packet by the VIP set lookup in classify.
   auto line = [&](const std::string& s) { r += "    " + s + "\n"; };
+  // Source ranges (loadBalancerSourceRanges), every packet and protocol, before the flow
+  // table: a VIP in ranged accepts only sources in its src intervals; the others go to
+  // refuse_source (counted per VIP and in total, dropped). One hash lookup for other VIPs.
+  line(fmt::format("{ip} daddr @ranged{n} {ip} daddr . {ip} saddr != @src{n} goto refuse_source",
+                   fmt::arg("ip", ip), fmt::arg("n", n)));
   // NOTE Performance: an established flow finds its slot mark in the flow table, refreshes its
   // entry and leaves, all in one rule (a miss ends the rule: NFT_BREAK). The other rules run
   // for a flow's first packet only.
@@ -41,7 +46,9 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
                    cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
   line(fmt::format("meta mark set {} daddr . meta mark map @b2s{}", ip, n));
   // A bucket without an element (mark still base + bucket) is dropped, never routed by main.
-  line(fmt::format("meta mark >= {:#x} counter drop", kBucketMarkBase));
+  // Counted per VIP (refused set) and in total (named counter refused_no_bucket).
+  line(fmt::format("meta mark >= {:#x} {} daddr @refused{}", kBucketMarkBase, ip, n));
+  line(fmt::format("meta mark >= {:#x} counter name \"refused_no_bucket\" drop", kBucketMarkBase));
   line(fmt::format("{} update @flow{} {{ {} : meta mark }}", l4, n, flowKey));
   return r;
 }
@@ -52,8 +59,24 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   std::string flowOpts = fmt::format("flags dynamic,timeout; timeout {}s; size {};",
                                      cfg.flowTimeoutSeconds, cfg.flowTableSize);
   std::string body;
-  body += "  set vip4 { type ipv4_addr; }\n";
-  body += "  set vip6 { type ipv6_addr; }\n";
+  // Counters (dataplane/counters.h), read by GETSETELEM dumps and a GETOBJ dump: per VIP the
+  // VIP set's element counters (the lookup every VIP packet makes anyway), per VIP × endpoint
+  // the ep elements' (key VIP . slot mark, comment the endpoint; looked up in chain unmark,
+  // once per forwarded packet), refused per VIP the refused elements' (looked up on the drop
+  // paths only), refused per reason two named counters.
+  body += "  counter refused_no_bucket { }\n";
+  body += "  counter refused_source_range { }\n";
+  body += "  set vip4 { type ipv4_addr; counter; }\n";
+  body += "  set vip6 { type ipv6_addr; counter; }\n";
+  body += "  set refused4 { type ipv4_addr; counter; }\n";
+  body += "  set refused6 { type ipv6_addr; counter; }\n";
+  body += "  set ep4 { typeof ip daddr . meta mark; counter; }\n";
+  body += "  set ep6 { typeof ip6 daddr . meta mark; counter; }\n";
+  // Source ranges: the filtered VIPs, and their allowed (VIP . source interval) elements.
+  body += "  set ranged4 { type ipv4_addr; }\n";
+  body += "  set ranged6 { type ipv6_addr; }\n";
+  body += "  set src4 { typeof ip daddr . ip saddr; flags interval; }\n";
+  body += "  set src6 { typeof ip6 daddr . ip6 saddr; flags interval; }\n";
   body += "  map b2s4 { typeof ip daddr . meta mark : meta mark; }\n";
   body += "  map b2s6 { typeof ip6 daddr . meta mark : meta mark; }\n";
   body += fmt::format(
@@ -72,10 +95,20 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   // packet it disables the tunnel's route cache (ip_tunnel_dst_cache_usable() refuses marked
   // skbs), so vxlan/ipip/gre would look the outer route up through the policy rules for every
   // packet: ≈ 7 % of small-packet throughput in an A/B on this machine (docs/performance.md).
+  // The per-endpoint counter is this chain's lookup (VIP . slot mark): what was forwarded
+  // toward each endpoint. A packet whose slot has no element (none expected) still loses its
+  // mark by the range test, which needs no lookup (the slot marks are the daemon's own).
   body += "  chain unmark {\n";
   body += "    type filter hook forward priority mangle; policy accept;\n";
-  body += "    ip daddr @vip4 meta mark set 0\n";
-  body += "    ip6 daddr @vip6 meta mark set 0\n";
+  body += "    ip daddr . meta mark @ep4 meta mark set 0 accept\n";
+  body += "    ip6 daddr . meta mark @ep6 meta mark set 0 accept\n";
+  body += fmt::format("    meta mark >= {:#x} meta mark < {:#x} meta mark set 0\n", cfg.tableOffset,
+                      cfg.tableOffset + cfg.maxSlots);
+  body += "  }\n";
+  body += "  chain refuse_source {\n";
+  body += "    ip daddr @refused4\n";
+  body += "    ip6 daddr @refused6\n";
+  body += "    counter name \"refused_source_range\" drop\n";
   body += "  }\n";
   body += "  chain classify4 {\n" + familyRules(cfg, false) + "  }\n";
   body += "  chain classify6 {\n" + familyRules(cfg, true) + "  }\n";
@@ -106,6 +139,22 @@ void emit(std::string& out, const std::string& verb, const std::string& table,
   }
 }
 
+/** Walks two maps keyed by VIP in order: fn(vip, desired value, base value, in desired, in
+ *  base), with `none` for the side that lacks the VIP. */
+template <typename V, typename Fn>
+void mergeByVip(const std::map<IpAddress, V>& desired, const std::map<IpAddress, V>& base,
+                const V& none, Fn&& fn) {
+  auto d = desired.begin(), o = base.begin();
+  while (d != desired.end() || o != base.end()) {
+    const bool takeD = o == base.end() || (d != desired.end() && d->first <= o->first);
+    const bool takeO = d == desired.end() || (o != base.end() && o->first <= d->first);
+    fn(takeD ? d->first : o->first, takeD ? d->second : none, takeO ? o->second : none, takeD,
+       takeO);
+    if (takeD) ++d;
+    if (takeO) ++o;
+  }
+}
+
 }  // namespace
 
 NftTableStep nftTableStep(const dp::NftState& desired, const dp::NftState& observed) {
@@ -131,14 +180,45 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
     (b.vip.isV4() ? add4 : add6).push_back(fmt::format("{} : {}", elementKey({b.vip, b.bucket}), b.mark));
   for (auto& v : d.vipDeletes) (v.isV4() ? delv4 : delv6).push_back(v.str());
   for (auto& v : d.vipAdds) (v.isV4() ? addv4 : addv6).push_back(v.str());
+  std::vector<std::string> delEp4, delEp6, addEp4, addEp6, delR4, delR6, addR4, addR6, delS4,
+      delS6, addS4, addS6;
+  for (auto& e : d.endpointDeletes)
+    (e.vip.isV4() ? delEp4 : delEp6).push_back(fmt::format("{} . {:#x}", e.vip.str(), e.mark));
+  for (auto& e : d.endpointAdds)
+    (e.vip.isV4() ? addEp4 : addEp6)
+        .push_back(fmt::format("{} . {:#x} comment \"{}\"", e.vip.str(), e.mark, e.endpoint.str()));
+  for (auto& v : d.rangedDeletes) (v.isV4() ? delR4 : delR6).push_back(v.str());
+  for (auto& v : d.rangedAdds) (v.isV4() ? addR4 : addR6).push_back(v.str());
+  auto range = [](const dp::NftElementChanges::SourceRange& r) {
+    return fmt::format("{} . {}-{}", r.vip.str(), r.src.first.str(), r.src.last.str());
+  };
+  for (auto& r : d.rangeDeletes) (r.vip.isV4() ? delS4 : delS6).push_back(range(r));
+  for (auto& r : d.rangeAdds) (r.vip.isV4() ? addS4 : addS6).push_back(range(r));
   // Order for hitlessness: a removed VIP leaves the set before its buckets go; a new VIP's
-  // buckets exist before the VIP enters the set.
+  // buckets exist before the VIP enters the set. (One transaction: the order matters to the
+  // kernel's checks, not to packets.)
   emit(out, "delete", cfg.nftTable, "vip4", delv4);
   emit(out, "delete", cfg.nftTable, "vip6", delv6);
+  emit(out, "delete", cfg.nftTable, "refused4", delv4);
+  emit(out, "delete", cfg.nftTable, "refused6", delv6);
+  emit(out, "delete", cfg.nftTable, "src4", delS4);
+  emit(out, "delete", cfg.nftTable, "src6", delS6);
+  emit(out, "delete", cfg.nftTable, "ranged4", delR4);
+  emit(out, "delete", cfg.nftTable, "ranged6", delR6);
+  emit(out, "delete", cfg.nftTable, "ep4", delEp4);
+  emit(out, "delete", cfg.nftTable, "ep6", delEp6);
   emit(out, "delete", cfg.nftTable, "b2s4", del4);
   emit(out, "delete", cfg.nftTable, "b2s6", del6);
   emit(out, "add", cfg.nftTable, "b2s4", add4);
   emit(out, "add", cfg.nftTable, "b2s6", add6);
+  emit(out, "add", cfg.nftTable, "ep4", addEp4);
+  emit(out, "add", cfg.nftTable, "ep6", addEp6);
+  emit(out, "add", cfg.nftTable, "ranged4", addR4);
+  emit(out, "add", cfg.nftTable, "ranged6", addR6);
+  emit(out, "add", cfg.nftTable, "src4", addS4);
+  emit(out, "add", cfg.nftTable, "src6", addS6);
+  emit(out, "add", cfg.nftTable, "refused4", addv4);
+  emit(out, "add", cfg.nftTable, "refused6", addv6);
   emit(out, "add", cfg.nftTable, "vip4", addv4);
   emit(out, "add", cfg.nftTable, "vip6", addv6);
   return out;
@@ -192,6 +272,32 @@ dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::N
       ++o;
     }
   }
+  // Per-endpoint counters: an element whose endpoint changed is deleted and added again (its
+  // counter restarts with the endpoint it counts).
+  static const std::map<uint32_t, IpAddress> kNoEndpoints;
+  mergeByVip(desired.endpoints, base.endpoints, kNoEndpoints,
+             [&](const IpAddress& vip, const auto& dm, const auto& om, bool, bool) {
+               for (auto& [mark, ep] : om)
+                 if (auto it = dm.find(mark); it == dm.end() || it->second != ep)
+                   out.endpointDeletes.push_back({vip, mark, ep});
+               for (auto& [mark, ep] : dm)
+                 if (auto it = om.find(mark); it == om.end() || it->second != ep)
+                   out.endpointAdds.push_back({vip, mark, ep});
+             });
+  // Source ranges: the filtered VIPs, then their intervals (set differences per VIP).
+  static const std::vector<dp::SourceInterval> kNoIntervals;
+  mergeByVip(desired.sourceRanges, base.sourceRanges, kNoIntervals,
+             [&](const IpAddress& vip, const auto& dv, const auto& ov, bool inD, bool inO) {
+               if (inD && !inO) out.rangedAdds.push_back(vip);
+               if (inO && !inD) out.rangedDeletes.push_back(vip);
+               std::vector<dp::SourceInterval> gone, fresh;
+               std::set_difference(ov.begin(), ov.end(), dv.begin(), dv.end(),
+                                   std::back_inserter(gone));
+               std::set_difference(dv.begin(), dv.end(), ov.begin(), ov.end(),
+                                   std::back_inserter(fresh));
+               for (auto& iv : gone) out.rangeDeletes.push_back({vip, iv});
+               for (auto& iv : fresh) out.rangeAdds.push_back({vip, iv});
+             });
   std::set_difference(base.vips.begin(), base.vips.end(), desired.vips.begin(), desired.vips.end(),
                       std::back_inserter(out.vipDeletes));
   std::set_difference(desired.vips.begin(), desired.vips.end(), base.vips.begin(), base.vips.end(),

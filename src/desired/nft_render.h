@@ -2,12 +2,18 @@
 //
 // Classification: chain classify looks the destination up in the VIP set once and jumps to
 // the family chain classify4/classify6, which runs, per family (IPv4 shown):
+//   0. source ranges          → a VIP in @ranged4 whose (VIP . saddr) is in no @src4 interval
+//                               goes to refuse_source: counted, dropped (every protocol)
 //   1. flow table hit         → mark = the slot the flow was pinned to (draining, failover)
 //   2. otherwise              → mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
 //      (ICMP and other protocols without ports hash saddr . daddr only)
 //   3. mark ≥ 0x40000000      → mark = b2s[daddr . mark]   (bucket → slot mark)
-//   4. still unresolved       → drop (a VIP with no endpoint must not leak to the main table)
+//   4. still unresolved       → counted (refused_no_bucket, @refused4), dropped (a VIP with no
+//                               endpoint must not leak to the main table)
 //   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (refreshes the timeout)
+// Counters (dataplane/counters.h): the VIP sets, the refused sets and the per-endpoint sets
+// ep4/ep6 (VIP . slot mark, looked up in chain unmark on forward) carry a counter per element;
+// refused packets per reason are named counters. docs/dataplane-notes.md "Counters".
 // nft 1.0.6 (Debian 12) aborts on concatenations wider than 16 bytes in dynamic-set updates and
 // on `ip6 daddr . jhash(...)`; hence the two-step bucket lookup and the IPv6 flow key made of
 // two 32-bit jhashes with different seeds (collision odds ≈ entries / 2^64).

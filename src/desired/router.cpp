@@ -1,5 +1,7 @@
 #include "desired/router.h"
 
+#include <cstring>
+
 #include <algorithm>
 #include <set>
 
@@ -12,6 +14,29 @@
 #include "hashing/maglev.h"
 
 namespace kst {
+
+std::vector<dp::SourceInterval> sourceIntervals(const IpAddress& vip,
+                                                const std::vector<IpPrefix>& ranges) {
+  std::vector<dp::SourceInterval> out;
+  for (const auto& p : ranges) {
+    if (p.family() != vip.family()) continue;
+    const size_t n = p.address().size();
+    uint8_t last[16];
+    std::memcpy(last, p.address().data(), n);
+    for (size_t bit = p.length(); bit < n * 8; ++bit) last[bit / 8] |= uint8_t(0x80u >> (bit % 8));
+    out.push_back({p.address(), IpAddress::fromBytes(vip.family(), last)});
+  }
+  std::sort(out.begin(), out.end());
+  std::vector<dp::SourceInterval> merged;
+  for (auto& iv : out) {
+    if (!merged.empty() && iv.first <= merged.back().last) {
+      if (merged.back().last < iv.last) merged.back().last = iv.last;
+    } else {
+      merged.push_back(iv);
+    }
+  }
+  return merged;
+}
 
 std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint) {
   std::string suffix = endpoint.isV4()
@@ -62,7 +87,7 @@ std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const 
 RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior) {
   RouterPlan plan;
   for (const auto& svc : model.services) {
-    VipPlan vp{svc.key, svc.vip, {}, {}, {}, svc.published, false};
+    VipPlan vp{svc.key, svc.vip, {}, {}, {}, svc.published, false, svc.sourceRanges};
     // Endpoints this router cannot encapsulate toward get no slot and no buckets: their share
     // of new flows goes to the others (rather than being dropped here).
     for (const auto& ep : svc.endpoints) {
@@ -351,6 +376,17 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       if (!nhOf.contains({vp.vip.family(), vp.endpoints[e].ip})) continue;
       marks[b] = cfg.tableOffset + vp.slots[e];
       any = true;
+    }
+    // Counters and source ranges (nft_render.h): one per-endpoint counter element per slot in
+    // use (draining endpoints keep theirs), the VIP's allowed source intervals.
+    if (!vp.sourceRanges.empty() && !st.nft.sourceRanges.contains(vp.vip))
+      st.nft.sourceRanges.emplace(vp.vip, sourceIntervals(vp.vip, vp.sourceRanges));
+    if (!st.nft.endpoints.contains(vp.vip)) {
+      std::map<uint32_t, IpAddress> eps;
+      for (size_t i = 0; i < vp.endpoints.size(); ++i)
+        if (nhOf.contains({vp.vip.family(), vp.endpoints[i].ip}))
+          eps.emplace(cfg.tableOffset + vp.slots[i], vp.endpoints[i].ip);
+      if (!eps.empty()) st.nft.endpoints.emplace(vp.vip, std::move(eps));
     }
     if (!any) continue;
     if (!st.nft.buckets.marksOf(vp.vip)) {

@@ -35,6 +35,8 @@ struct VipPlan {
   std::vector<int32_t> buckets;     // bucket → index into endpoints, -1 when none
   std::string publishedSeen;        // the table published in the Service when planned
   bool fromPublished = false;       // buckets (and, on a fresh router, slots) came from it
+  /** The Service's loadBalancerSourceRanges (both families; empty: unfiltered). */
+  std::vector<IpPrefix> sourceRanges = {};
 };
 
 struct RouterPlan {
@@ -74,6 +76,12 @@ using NexthopIdDraw = std::function<std::optional<uint32_t>(const dp::Nexthop&)>
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior,
                             const NexthopIdDraw& ids);
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior);
+
+/** The allowed source intervals of a VIP with source ranges: the ranges of the VIP's family as
+ *  [first, last] intervals, sorted, overlapping ones merged (the kernel refuses overlapping
+ *  elements of an interval set). */
+std::vector<dp::SourceInterval> sourceIntervals(const IpAddress& vip,
+                                                const std::vector<IpPrefix>& ranges);
 
 /** Name of the per-endpoint GRE link on the router (the original's "ts" + hex IP idea). */
 std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint);

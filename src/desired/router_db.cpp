@@ -158,6 +158,8 @@ struct RouterDb::Index {
   std::string skeletonId;
   std::set<IpAddress> nftVips;
   dp::BucketMap buckets;                               // VIP → mark of each bucket
+  std::map<IpAddress, std::map<uint32_t, IpAddress>> nftEndpoints;    // counter elements
+  std::map<IpAddress, std::vector<dp::SourceInterval>> nftRanges;     // filtered VIPs
   NexthopIdPool ids;
   std::map<IpAddress, uint32_t> vipSlots;              // VIP → slots it uses (max + 1)
   std::map<uint32_t, size_t> slotHist;                 // slot count → number of VIPs
@@ -177,6 +179,8 @@ struct RouterDb::Index {
     st.nft.skeleton = skeleton;
     st.nft.vips = nftVips;
     st.nft.buckets = buckets;
+    st.nft.endpoints = nftEndpoints;
+    st.nft.sourceRanges = nftRanges;
     return st;
   }
 };
@@ -240,6 +244,8 @@ bool RouterDb::ensureIndex() {
   x->nftPresent = flat_.nft.present;
   x->skeletonId = flat_.nft.skeletonId;
   x->nftVips = std::move(flat_.nft.vips);
+  x->nftEndpoints = std::move(flat_.nft.endpoints);
+  x->nftRanges = std::move(flat_.nft.sourceRanges);
   for (auto& [vip, marks] : flat_.nft.buckets.perVip())
     x->buckets.setVip(vip, indexedMarks(marks, cfg_.buckets));
   for (auto& vp : plan_.vips) {
@@ -411,6 +417,10 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
     for (auto& vip : *changed) {
       if (x.nftVips.contains(vip)) partialNft.vips.insert(vip);
       if (auto* marks = x.buckets.marksOf(vip)) partialNft.buckets.setVip(vip, *marks);
+      if (auto it = x.nftEndpoints.find(vip); it != x.nftEndpoints.end())
+        partialNft.endpoints.insert(*it);
+      if (auto it = x.nftRanges.find(vip); it != x.nftRanges.end())
+        partialNft.sourceRanges.insert(*it);
     }
     baseNft = &partialNft;
   }
@@ -493,6 +503,8 @@ void RouterDb::commit(const Model& model) {
     x.routes.erase(vip);
     x.nftVips.erase(vip);
     x.buckets.eraseVip(vip);
+    x.nftEndpoints.erase(vip);
+    x.nftRanges.erase(vip);
     inputs_.erase(vip);
     x.vipSlots.erase(vip);
   }
@@ -513,6 +525,8 @@ void RouterDb::commit(const Model& model) {
     if (added) x.ids.hold(NexthopKey(nh.key()), nh.id);
   }
   for (auto& vip : des.nft.vips) x.nftVips.insert(vip);
+  for (auto& [vip, eps] : des.nft.endpoints) x.nftEndpoints[vip] = eps;
+  for (auto& [vip, r] : des.nft.sourceRanges) x.nftRanges[vip] = r;
   for (auto& [vip, marks] : des.nft.buckets.perVip())
     x.buckets.setVip(vip, indexedMarks(marks, cfg_.buckets));
   for (auto& svc : p->services) inputs_.emplace(svc.vip, std::move(svc));

@@ -181,6 +181,38 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
       }
     });
   };
+  // The counter and source-range sets (a few elements per VIP): dumped whole, every full
+  // observation. A VIP counts as present only when it is in both its VIP set and its refused
+  // set (a missing element of either is added again by the next pass).
+  std::set<IpAddress> refused, ranged;
+  for (const char* set : {"refused4", "refused6", "ranged4", "ranged6", "ep4", "ep6", "src4",
+                          "src6"}) {
+    const std::string_view name(set);
+    auto rc = dumpSet(set, [&](const nft::Element& e) {
+      if (name.starts_with("refused") || name.starts_with("ranged")) {
+        if (auto ip = nft::vipElement(e)) (name[2] == 'f' ? refused : ranged).insert(*ip);
+      } else if (name.starts_with("ep")) {
+        // An element without the daemon's comment is taken for nothing: the pass adds its own
+        // (EEXIST is not an error without NLM_F_EXCL; the foreign one keeps its key).
+        if (auto ep = nft::endpointElement(e)) st.endpoints[ep->vip][ep->mark] = ep->endpoint;
+      } else if (auto r = nft::sourceElement(e)) {
+        st.sourceRanges[r->first].push_back(r->second);
+      }
+    });
+    if (!rc) return std::unexpected(rc.error());
+  }
+  for (auto& vip : ranged) st.sourceRanges[vip];  // filtered, possibly with no interval
+  for (auto it = st.sourceRanges.begin(); it != st.sourceRanges.end();) {
+    // Intervals of a VIP that is not filtered are left to the diff as if absent: it deletes
+    // none, and adds the VIP's own (the kernel answers EEXIST for an equal one only with
+    // NLM_F_EXCL, which the daemon does not set).
+    if (!ranged.contains(it->first)) {
+      it = st.sourceRanges.erase(it);
+    } else {
+      std::sort(it->second.begin(), it->second.end());
+      ++it;
+    }
+  }
   // Dumps: the VIP sets always; the bucket maps only when asked to be exhaustive, because the
   // kernel resumes a set dump by skipping the elements already sent (≈ 700 per 32 KiB
   // message): listing 640k elements walks the map ~900 times, ≈ a minute of CPU.
@@ -205,6 +237,7 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
       break;
     }
   }
+  std::erase_if(st.vips, [&](const IpAddress& v) { return !refused.contains(v); });
   if (exhaustive_) {
     exhaustive_ = false;
     return st;
@@ -303,8 +336,85 @@ Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
     for (const auto& b : ch.bucketAdds)
       known_->buckets.set(b.vip, b.bucket, b.mark ? b.mark : dp::BucketMap::kForeignZeroMark);
     for (const auto& v : ch.vipAdds) known_->vips.insert(v);
+    for (const auto& e : ch.endpointDeletes) {
+      auto it = known_->endpoints.find(e.vip);
+      if (it == known_->endpoints.end()) continue;
+      it->second.erase(e.mark);
+      if (it->second.empty()) known_->endpoints.erase(it);
+    }
+    for (const auto& e : ch.endpointAdds) known_->endpoints[e.vip][e.mark] = e.endpoint;
+    for (const auto& r : ch.rangeDeletes)
+      if (auto it = known_->sourceRanges.find(r.vip); it != known_->sourceRanges.end())
+        std::erase(it->second, r.src);
+    for (const auto& v : ch.rangedDeletes) known_->sourceRanges.erase(v);
+    for (const auto& v : ch.rangedAdds) known_->sourceRanges[v];
+    for (const auto& r : ch.rangeAdds) {
+      auto& l = known_->sourceRanges[r.vip];
+      l.insert(std::upper_bound(l.begin(), l.end(), r.src), r.src);
+    }
   }
   return {};
+}
+
+Status NftClientImpl::dumpSet(const char* set, const std::function<void(const nft::Element&)>& fn) {
+  for (int attempt = 0;; ++attempt) {
+    bool intr = false;
+    std::vector<std::vector<uint8_t>> msgs;  // the answer, kept until the dump is consistent
+    auto rc = request(nft::dumpElementsRequest(cfg_.nftTable, set, ++seq_), [&](const nlmsghdr* m) {
+      auto* p = reinterpret_cast<const uint8_t*>(m);
+      msgs.emplace_back(p, p + m->nlmsg_len);
+    }, intr);
+    if (!rc) return std::unexpected(rc.error());
+    if (*rc == ENOENT) return {};  // no such set (a table of an older skeleton): no elements
+    if (*rc != 0) return sysFail(*rc, fmt::format("nfnetlink list {} {}", cfg_.nftTable, set));
+    if (intr && attempt < 3) continue;  // the set changed during the dump
+    if (intr) return fail(EINTR, "nfnetlink: dump of " + std::string(set) + " kept changing");
+    for (auto& m : msgs) nft::forEachElement(reinterpret_cast<const nlmsghdr*>(m.data()), fn);
+    return {};
+  }
+}
+
+Result<dp::NftCounterSnapshot> NftClientImpl::readCounters() {
+  if (auto s = openSocket(); !s) return std::unexpected(s.error());
+  dp::NftCounterSnapshot snap;
+  snap.flowLimit = cfg_.flowTableSize;
+  // Element counters: per VIP (vip4/6), per VIP × endpoint (ep4/6, the endpoint in the
+  // comment), refused per VIP (refused4/6).
+  for (const char* set : {"vip4", "vip6", "refused4", "refused6"}) {
+    auto& to = set[0] == 'v' ? snap.vip : snap.refusedByVip;
+    auto rc = dumpSet(set, [&](const nft::Element& e) {
+      if (auto ip = nft::vipElement(e); ip && e.counter) to[*ip] = *e.counter;
+    });
+    if (!rc) return std::unexpected(rc.error());
+  }
+  for (const char* set : {"ep4", "ep6"}) {
+    auto rc = dumpSet(set, [&](const nft::Element& e) {
+      auto ep = nft::endpointElement(e);
+      if (!ep || !e.counter) return;
+      auto& v = snap.endpoint[{ep->vip, ep->endpoint}];
+      v.packets += e.counter->packets;
+      v.bytes += e.counter->bytes;
+    });
+    if (!rc) return std::unexpected(rc.error());
+  }
+  // Flow table occupancy: the elements a dump yields (expired ones are not dumped, as in
+  // `nft list map`).
+  for (bool v4 : {true, false}) {
+    uint64_t n = 0;
+    auto rc = dumpSet(v4 ? "flow4" : "flow6", [&](const nft::Element&) { ++n; });
+    if (!rc) return std::unexpected(rc.error());
+    (v4 ? snap.flows4 : snap.flows6) = n;
+  }
+  // Refused by reason: the named counters refused_<reason>.
+  bool intr = false;
+  auto rc = request(nft::dumpObjectsRequest(cfg_.nftTable, ++seq_), [&](const nlmsghdr* m) {
+    auto c = nft::decodeCounterObject(m);
+    if (c && c->table == cfg_.nftTable && c->name.starts_with("refused_"))
+      snap.refused[c->name.substr(8)] = c->value;
+  }, intr);
+  if (!rc) return std::unexpected(rc.error());
+  if (*rc != 0 && *rc != ENOENT) return sysFail(*rc, "nfnetlink list counters " + cfg_.nftTable);
+  return snap;
 }
 
 Result<int> NftClientImpl::sendBatch(const std::vector<uint8_t>& buf,

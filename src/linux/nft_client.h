@@ -22,6 +22,10 @@
 struct nft_ctx;
 struct nlmsghdr;
 
+namespace kst::nft {
+struct Element;
+}
+
 namespace kst {
 
 class NftClientImpl : public dp::NftClient {
@@ -36,15 +40,21 @@ class NftClientImpl : public dp::NftClient {
   Status run(const std::string& script) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
   Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override;
+  /** GETSETELEM dumps of the counter sets and flow maps, one GETOBJ dump (never the cache). */
+  Result<dp::NftCounterSnapshot> readCounters() override;
   /** nfnetlink messages and libnftables commands sent so far (benchmarks). */
   uint64_t messagesSent() const { return sent_; }
 
  private:
   Status openSocket();
   Status runText(const std::string& script);
+  /** One consistent GETSETELEM dump of set (retried when the set changes during it): fn per
+   *  element. A missing set or table yields nothing. */
+  Status dumpSet(const char* set, const std::function<void(const nft::Element&)>& fn);
   /** The ruleset generation (NFT_MSG_GETGEN). */
   Result<uint32_t> generation();
-  /** Table, VIP sets and bucket maps read from the kernel. */
+  /** Table, VIP sets, bucket maps, endpoint counter and source-range sets read from the
+   *  kernel. */
   Result<dp::NftState> observeKernel();
   /** Sends the batch encode(genid, acked) builds; see known_. tracked: the batch was applied
    *  as the commit right after knownGen_, which now names the generation after it.

@@ -1,11 +1,13 @@
 #include "linux/nft_codec.h"
 
 #include <arpa/inet.h>
+#include <endian.h>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -19,6 +21,8 @@ namespace {
 constexpr SetShape kShapes[] = {
     {"vip4", 4, 0},   {"vip6", 16, 0}, {"b2s4", 8, 4},
     {"b2s6", 20, 4},  {"flow4", 16, 4}, {"flow6", 8, 4},
+    {"refused4", 4, 0}, {"refused6", 16, 0}, {"ranged4", 4, 0}, {"ranged6", 16, 0},
+    {"ep4", 8, 0},    {"ep6", 20, 0},  {"src4", 8, 0},  {"src6", 32, 0},
 };
 
 constexpr size_t kHeader = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
@@ -78,6 +82,26 @@ std::string_view strAttr(const nlattr* a) {
   return {p, strnlen(p, n)};
 }
 
+/** NFTA_COUNTER_BYTES and _PACKETS (big-endian u64) of a counter's data nest. */
+std::optional<dp::CounterValue> counterData(const nlattr* nest) {
+  Attrs c;
+  if (mnl_attr_parse_nested(nest, Attrs::cb, &c) < 0 || !c.tb[NFTA_COUNTER_BYTES] ||
+      !c.tb[NFTA_COUNTER_PACKETS] || mnl_attr_get_payload_len(c.tb[NFTA_COUNTER_BYTES]) != 8 ||
+      mnl_attr_get_payload_len(c.tb[NFTA_COUNTER_PACKETS]) != 8)
+    return std::nullopt;
+  return dp::CounterValue{be64toh(mnl_attr_get_u64(c.tb[NFTA_COUNTER_PACKETS])),
+                          be64toh(mnl_attr_get_u64(c.tb[NFTA_COUNTER_BYTES]))};
+}
+
+/** A `counter` expression (NFTA_EXPR_NAME "counter", NFTA_EXPR_DATA); nullopt for another. */
+std::optional<dp::CounterValue> counterExpr(const nlattr* expr) {
+  Attrs x;
+  if (mnl_attr_parse_nested(expr, Attrs::cb, &x) < 0 || strAttr(x.tb[NFTA_EXPR_NAME]) != "counter" ||
+      !x.tb[NFTA_EXPR_DATA])
+    return std::nullopt;
+  return counterData(x.tb[NFTA_EXPR_DATA]);
+}
+
 }  // namespace
 
 const SetShape* setShape(std::string_view name) {
@@ -115,6 +139,17 @@ void BatchEncoder::close() {
 
 void BatchEncoder::element(bool add, std::string_view set, std::span<const uint8_t> key,
                            const uint32_t* data) {
+  put(add, set, key, data, {}, {});
+}
+
+void BatchEncoder::element(bool add, std::string_view set, std::span<const uint8_t> key,
+                           std::span<const uint8_t> keyEnd, std::string_view comment) {
+  put(add, set, key, nullptr, keyEnd, comment);
+}
+
+void BatchEncoder::put(bool add, std::string_view set, std::span<const uint8_t> key,
+                       const uint32_t* data, std::span<const uint8_t> keyEnd,
+                       std::string_view comment) {
   if (open_ == SIZE_MAX || openAdd_ != add || openSet_ != set || count_ == kElementsPerMessage) {
     close();
     open_ = buf_.size();
@@ -143,6 +178,21 @@ void BatchEncoder::element(bool add, std::string_view set, std::span<const uint8
     mnl_attr_put(h, NFTA_DATA_VALUE, 4, data);
     mnl_attr_nest_end(h, d);
   }
+  if (!keyEnd.empty()) {
+    auto* ke = mnl_attr_nest_start(h, NFTA_SET_ELEM_KEY_END);
+    mnl_attr_put(h, NFTA_DATA_VALUE, keyEnd.size(), keyEnd.data());
+    mnl_attr_nest_end(h, ke);
+  }
+  if (!comment.empty()) {
+    // libnftnl user data: { u8 type 0 (comment), u8 length, the text and its NUL }.
+    uint8_t ud[2 + 255];
+    const size_t n = std::min<size_t>(comment.size(), 253);
+    ud[0] = 0;
+    ud[1] = static_cast<uint8_t>(n + 1);
+    std::memcpy(ud + 2, comment.data(), n);
+    ud[2 + n] = 0;
+    mnl_attr_put(h, NFTA_SET_ELEM_USERDATA, n + 3, ud);
+  }
   mnl_attr_nest_end(h, el);
   ++count_;
 }
@@ -160,6 +210,18 @@ size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]) {
   return vip.size() + 4;
 }
 
+size_t markKey(const IpAddress& vip, uint32_t mark, uint8_t (&out)[20]) {
+  std::memcpy(out, vip.data(), vip.size());
+  std::memcpy(out + vip.size(), &mark, 4);
+  return vip.size() + 4;
+}
+
+size_t sourceKey(const IpAddress& vip, const IpAddress& src, uint8_t (&out)[32]) {
+  std::memcpy(out, vip.data(), vip.size());
+  std::memcpy(out + vip.size(), src.data(), vip.size());
+  return 2 * vip.size();
+}
+
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& ch,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid) {
   // One buffer for the whole batch (one sendmsg, ≈ 20 MB at a V = 10k cold start), reserved
@@ -168,8 +230,18 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (auto& b : ch.bucketAdds) keyBytes += b.vip.size() + 4;
   for (auto& b : ch.bucketDeletes) keyBytes += b.vip.size() + 4;
   for (auto& v : ch.vipAdds) keyBytes += v.size();
-  for (auto& v : ch.vipDeletes) keyBytes += v.size();
-  BatchEncoder enc(table, seq, batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size()),
+  for (auto& v : ch.vipDeletes) keyBytes += 2 * v.size();  // vip and refused
+  for (auto& v : ch.vipAdds) keyBytes += v.size();
+  for (auto& v : ch.rangedAdds) keyBytes += v.size();
+  for (auto& v : ch.rangedDeletes) keyBytes += v.size();
+  // Source intervals: key and key end (+ their nests); endpoint counters: key + comment.
+  for (auto& r : ch.rangeAdds) keyBytes += 4 * r.vip.size() + 12;
+  for (auto& r : ch.rangeDeletes) keyBytes += 4 * r.vip.size() + 12;
+  for (auto& e : ch.endpointAdds) keyBytes += e.vip.size() + 4 + 64;
+  for (auto& e : ch.endpointDeletes) keyBytes += e.vip.size() + 4;
+  BatchEncoder enc(table, seq,
+                   batchBytes(table, ch.size() + ch.vipAdds.size() + ch.vipDeletes.size(),
+                              keyBytes, ch.bucketAdds.size()),
                    genid);
   // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a
   // cold start carries 640k of them), one pass per family.
@@ -185,14 +257,42 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
       enc.element(add, v4 ? "b2s4" : "b2s6", {key, n}, add ? &b.mark : nullptr);
     }
   };
-  vips(false, ch.vipDeletes, true);
-  vips(false, ch.vipDeletes, false);
-  buckets(false, ch.bucketDeletes, true);
-  buckets(false, ch.bucketDeletes, false);
-  buckets(true, ch.bucketAdds, true);
-  buckets(true, ch.bucketAdds, false);
-  vips(true, ch.vipAdds, true);
-  vips(true, ch.vipAdds, false);
+  auto plain = [&](bool add, const std::vector<IpAddress>& v, bool v4, const char* s4,
+                   const char* s6) {
+    for (const auto& ip : v)
+      if (ip.isV4() == v4) enc.element(add, v4 ? s4 : s6, {ip.data(), ip.size()}, nullptr);
+  };
+  auto endpoints = [&](bool add, const std::vector<dp::NftElementChanges::EndpointCounter>& v,
+                       bool v4) {
+    uint8_t key[20];
+    for (const auto& e : v) {
+      if (e.vip.isV4() != v4) continue;
+      size_t n = markKey(e.vip, e.mark, key);
+      std::string comment = add ? e.endpoint.str() : std::string();
+      enc.element(add, v4 ? "ep4" : "ep6", {key, n}, {}, comment);
+    }
+  };
+  auto ranges = [&](bool add, const std::vector<dp::NftElementChanges::SourceRange>& v, bool v4) {
+    uint8_t key[32], end[32];
+    for (const auto& r : v) {
+      if (r.vip.isV4() != v4) continue;
+      size_t n = sourceKey(r.vip, r.src.first, key);
+      sourceKey(r.vip, r.src.last, end);
+      enc.element(add, v4 ? "src4" : "src6", {key, n}, {end, n}, {});
+    }
+  };
+  for (bool v4 : {true, false}) vips(false, ch.vipDeletes, v4);
+  for (bool v4 : {true, false}) plain(false, ch.vipDeletes, v4, "refused4", "refused6");
+  for (bool v4 : {true, false}) ranges(false, ch.rangeDeletes, v4);
+  for (bool v4 : {true, false}) plain(false, ch.rangedDeletes, v4, "ranged4", "ranged6");
+  for (bool v4 : {true, false}) endpoints(false, ch.endpointDeletes, v4);
+  for (bool v4 : {true, false}) buckets(false, ch.bucketDeletes, v4);
+  for (bool v4 : {true, false}) buckets(true, ch.bucketAdds, v4);
+  for (bool v4 : {true, false}) endpoints(true, ch.endpointAdds, v4);
+  for (bool v4 : {true, false}) plain(true, ch.rangedAdds, v4, "ranged4", "ranged6");
+  for (bool v4 : {true, false}) ranges(true, ch.rangeAdds, v4);
+  for (bool v4 : {true, false}) plain(true, ch.vipAdds, v4, "refused4", "refused6");
+  for (bool v4 : {true, false}) vips(true, ch.vipAdds, v4);
   Bytes out = enc.finish();
   acked = enc.acked();
   return out;
@@ -208,14 +308,24 @@ Bytes getGenRequest(uint32_t seq) {
   return req;
 }
 
-Bytes getTableRequest(const std::string& table, uint32_t seq) {
+namespace {
+
+/** A request whose only attribute is the table name (attr). */
+Bytes tableRequest(int type, uint16_t flags, uint16_t attr, const std::string& table,
+                   uint32_t seq) {
   Bytes req;
-  putHeader(req, nftMsg(NFT_MSG_GETTABLE), NLM_F_ACK, NFPROTO_INET, 0, seq);
+  putHeader(req, nftMsg(type), flags, NFPROTO_INET, 0, seq);
   req.resize(kHeader + MNL_ALIGN(4 + table.size() + 1));
   auto* h = at(req, 0);
-  mnl_attr_put_strz(h, NFTA_TABLE_NAME, table.c_str());
+  mnl_attr_put_strz(h, attr, table.c_str());
   req.resize(h->nlmsg_len);
   return req;
+}
+
+}  // namespace
+
+Bytes getTableRequest(const std::string& table, uint32_t seq) {
+  return tableRequest(NFT_MSG_GETTABLE, NLM_F_ACK, NFTA_TABLE_NAME, table, seq);
 }
 
 namespace {
@@ -261,6 +371,10 @@ Bytes getElementsRequest(const std::string& table, std::string_view set, size_t 
   mnl_attr_nest_end(h, list);
   req.resize(h->nlmsg_len);
   return req;
+}
+
+Bytes dumpObjectsRequest(const std::string& table, uint32_t seq) {
+  return tableRequest(NFT_MSG_GETOBJ, NLM_F_DUMP, NFTA_OBJ_TABLE, table, seq);
 }
 
 // ---- replies ----
@@ -338,6 +452,21 @@ std::optional<ElementList> forEachElement(const nlmsghdr* m,
       if (mnl_attr_parse_nested(e, Attrs::cb, &el) < 0) return false;
       Element x{dataValue(el.tb[NFTA_SET_ELEM_KEY]), dataValue(el.tb[NFTA_SET_ELEM_DATA])};
       if (x.key.empty()) return false;
+      x.keyEnd = dataValue(el.tb[NFTA_SET_ELEM_KEY_END]);
+      if (const nlattr* u = el.tb[NFTA_SET_ELEM_USERDATA])
+        x.userdata = {static_cast<const uint8_t*>(mnl_attr_get_payload(u)),
+                      mnl_attr_get_payload_len(u)};
+      if (el.tb[NFTA_SET_ELEM_EXPR]) {
+        x.counter = counterExpr(el.tb[NFTA_SET_ELEM_EXPR]);
+      } else if (const nlattr* list = el.tb[NFTA_SET_ELEM_EXPRESSIONS]) {
+        const auto* p = static_cast<const char*>(mnl_attr_get_payload(list));
+        int left = static_cast<int>(mnl_attr_get_payload_len(list));
+        for (auto* ex = reinterpret_cast<const nlattr*>(p); mnl_attr_ok(ex, left);
+             ex = mnl_attr_next(ex)) {
+          left -= static_cast<int>(MNL_ALIGN(ex->nla_len));
+          if ((x.counter = counterExpr(ex))) break;
+        }
+      }
       if (call) fn(x);
     }
     return true;
@@ -345,6 +474,54 @@ std::optional<ElementList> forEachElement(const nlmsghdr* m,
   if (!walk(false)) return std::nullopt;
   walk(true);
   return out;
+}
+
+std::optional<std::string> elementComment(const Element& e) {
+  const auto& p = e.userdata;
+  for (size_t i = 0; i + 2 <= p.size() && i + 2 + p[i + 1] <= p.size(); i += 2 + p[i + 1]) {
+    if (p[i] != 0) continue;
+    auto* c = reinterpret_cast<const char*>(p.data() + i + 2);
+    return std::string(c, strnlen(c, p[i + 1]));
+  }
+  return std::nullopt;
+}
+
+std::optional<EndpointElement> endpointElement(const Element& e) {
+  const size_t klen = e.key.size();
+  if (klen != 8 && klen != 20) return std::nullopt;
+  auto comment = elementComment(e);
+  if (!comment) return std::nullopt;
+  auto ep = IpAddress::parse(*comment);
+  if (!ep) return std::nullopt;
+  EndpointElement out;
+  out.vip = IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, e.key.data());
+  std::memcpy(&out.mark, e.key.data() + klen - 4, 4);
+  out.endpoint = *ep;
+  return out;
+}
+
+std::optional<std::pair<IpAddress, dp::SourceInterval>> sourceElement(const Element& e) {
+  const size_t klen = e.key.size();
+  if ((klen != 8 && klen != 32) || e.keyEnd.size() != klen) return std::nullopt;
+  const size_t a = klen / 2;
+  if (std::memcmp(e.key.data(), e.keyEnd.data(), a) != 0) return std::nullopt;
+  const Family f = klen == 8 ? Family::V4 : Family::V6;
+  return std::make_pair(IpAddress::fromBytes(f, e.key.data()),
+                        dp::SourceInterval{IpAddress::fromBytes(f, e.key.data() + a),
+                                           IpAddress::fromBytes(f, e.keyEnd.data() + a)});
+}
+
+std::optional<NamedCounter> decodeCounterObject(const nlmsghdr* m) {
+  if (m->nlmsg_type != nftMsg(NFT_MSG_NEWOBJ) || m->nlmsg_len < kHeader) return std::nullopt;
+  Attrs a;
+  if (mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &a) < 0) return std::nullopt;
+  if (!a.tb[NFTA_OBJ_TYPE] || mnl_attr_get_payload_len(a.tb[NFTA_OBJ_TYPE]) != 4 ||
+      ntohl(mnl_attr_get_u32(a.tb[NFTA_OBJ_TYPE])) != NFT_OBJECT_COUNTER || !a.tb[NFTA_OBJ_DATA])
+    return std::nullopt;
+  auto v = counterData(a.tb[NFTA_OBJ_DATA]);
+  if (!v) return std::nullopt;
+  return NamedCounter{std::string(strAttr(a.tb[NFTA_OBJ_TABLE])),
+                      std::string(strAttr(a.tb[NFTA_OBJ_NAME])), *v};
 }
 
 std::optional<IpAddress> vipElement(const Element& e) {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "dataplane/counters.h"
 #include "dataplane/kernel.h"
 #include "dataplane/types.h"
 
@@ -39,7 +40,8 @@ struct SetShape {
   uint32_t keyLen;
   uint32_t dataLen;  // 0: a set (no data)
 };
-/** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4; nullptr for another name. */
+/** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4, refused4 4/0, refused6 16/0,
+ *  ranged4 4/0, ranged6 16/0, ep4 8/0, ep6 20/0, src4 8/0, src6 32/0; nullptr for another name. */
 const SetShape* setShape(std::string_view name);
 
 /** Elements per NEWSETELEM/DELSETELEM message: the element list is one attribute (< 64 KiB),
@@ -61,6 +63,11 @@ class BatchEncoder {
    *  open message when it is for the same set and operation and has room, else in a new one.
    *  data: the map data (nullptr for a set or a deletion). */
   void element(bool add, std::string_view set, std::span<const uint8_t> key, const uint32_t* data);
+  /** An element of an interval set (keyEnd: NFTA_SET_ELEM_KEY_END, the interval's last key) or
+   *  one with a comment (libnftnl user data type 0, as `nft ... comment "…"`); either may be
+   *  empty. */
+  void element(bool add, std::string_view set, std::span<const uint8_t> key,
+               std::span<const uint8_t> keyEnd, std::string_view comment);
   /** Closes the batch (NFNL_MSG_BATCH_END) and returns it. */
   Bytes finish();
   /** Sequence numbers of the element messages (each is answered by an ack or an error). */
@@ -70,6 +77,8 @@ class BatchEncoder {
 
  private:
   void close();
+  void put(bool add, std::string_view set, std::span<const uint8_t> key, const uint32_t* data,
+           std::span<const uint8_t> keyEnd, std::string_view comment);
   std::string table_;
   uint32_t& seq_;
   Bytes buf_;
@@ -85,9 +94,9 @@ class BatchEncoder {
  *  most `maps` of them with data, for table (BatchEncoder's reserve). */
 size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, size_t maps);
 
-/** The element changes of the VIP sets and bucket maps as one batch, in the order of the text
- *  script (desired/nft_render.cpp): VIP deletions, bucket deletions, bucket additions, VIP
- *  additions, IPv4 before IPv6 in each (hitless for removed and added VIPs). */
+/** The element changes as one batch, in the order of the text script (desired/nft_render.cpp):
+ *  deletions (VIPs, refused, source intervals, ranged, endpoint counters, buckets), then
+ *  additions in the reverse order, IPv4 before IPv6 in each. */
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& changes,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid = 0);
 
@@ -99,6 +108,10 @@ inline uint32_t nextGeneration(uint32_t gen) { return gen + 1 == 0 ? 1 : gen + 1
 
 /** The key of a bucket map element: VIP (network order) . kBucketMarkBase + bucket (host order). */
 size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]);
+/** The key of a per-endpoint counter element: VIP (network order) . slot mark (host order). */
+size_t markKey(const IpAddress& vip, uint32_t mark, uint8_t (&out)[20]);
+/** The key of a source interval element: VIP . source (both network order; 8 or 32 bytes). */
+size_t sourceKey(const IpAddress& vip, const IpAddress& src, uint8_t (&out)[32]);
 
 // ---- requests outside batches ----
 /** NFT_MSG_GETGEN: the ruleset generation of the namespace (answered by NEWGEN and an ack). Every
@@ -114,6 +127,10 @@ Bytes dumpElementsRequest(const std::string& table, std::string_view set, uint32
 Bytes getElementsRequest(const std::string& table, std::string_view set, size_t count,
                          const std::function<size_t(size_t, uint8_t (&)[20])>& keyAt,
                          uint32_t seq);
+
+/** NFT_MSG_GETOBJ dump of the table's stateful objects (as `nft list counters table …`: the
+ *  table only; answered by NEWOBJ messages and NLMSG_DONE). */
+Bytes dumpObjectsRequest(const std::string& table, uint32_t seq);
 
 // ---- replies ----
 /** What one received message is to the request with its sequence number. */
@@ -137,6 +154,11 @@ std::optional<uint32_t> decodeGeneration(const nlmsghdr* m);
 /** One element of a NEWSETELEM/DELSETELEM message: spans into the message. */
 struct Element {
   std::span<const uint8_t> key, data;
+  std::span<const uint8_t> keyEnd = {};    // NFTA_SET_ELEM_KEY_END (interval sets)
+  std::span<const uint8_t> userdata = {};  // NFTA_SET_ELEM_USERDATA (libnftnl TLVs)
+  /** The element's counter (NFTA_SET_ELEM_EXPR, or the first counter of
+   *  NFTA_SET_ELEM_EXPRESSIONS), in a dump of a set declared with `counter`. */
+  std::optional<dp::CounterValue> counter = std::nullopt;
 };
 /** The header of an element message (spans into the message). */
 struct ElementList {
@@ -160,6 +182,28 @@ std::optional<IpAddress> vipElement(const Element& e);
  *  Data 0 becomes dp::BucketMap::kForeignZeroMark (0 is "no element" there). replace: an
  *  element already held is overwritten. @return false for a malformed element. */
 bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace = false);
+
+/** The comment of an element (libnftnl user data type 0, NUL-terminated), if any. */
+std::optional<std::string> elementComment(const Element& e);
+/** A per-endpoint counter element: (VIP, slot mark) and the endpoint its comment names; nullopt
+ *  when the key length or the comment is not the daemon's. */
+struct EndpointElement {
+  IpAddress vip;
+  uint32_t mark = 0;
+  IpAddress endpoint;
+};
+std::optional<EndpointElement> endpointElement(const Element& e);
+/** A source interval element: VIP and [first, last] (key and key end of 8 or 32 bytes, the same
+ *  VIP in both); nullopt otherwise. */
+std::optional<std::pair<IpAddress, dp::SourceInterval>> sourceElement(const Element& e);
+
+/** A NEWOBJ message of a counter object: its name and value; nullopt for another object type
+ *  or message, or a malformed one. */
+struct NamedCounter {
+  std::string table, name;
+  dp::CounterValue value;
+};
+std::optional<NamedCounter> decodeCounterObject(const nlmsghdr* m);
 
 /** The messages of a buffer (a batch, or a datagram of replies), in order; nullopt when a
  *  length is inconsistent. */

@@ -63,6 +63,9 @@ TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vi
   // Only a table written for this very Service (same uid): a Service deleted and created
   // again under the same name does not inherit the old one's table.
   const auto& svc = objects_.services.at(key);
+  // Valid here (a Service with an invalid entry claims no VIP, see apply()); enforced by the
+  // routers (desired/nft_render.h, "Source ranges").
+  if (auto ranges = sourceRangesOf(svc)) ts.sourceRanges = std::move(*ranges);
   if (auto t = objects_.tables.find(key);
       t != objects_.tables.end() && (t->second.uid.empty() || t->second.uid == svc.uid))
     ts.published = t->second.table;
@@ -148,14 +151,6 @@ std::set<IpAddress> ModelBuilder::apply(ObjectChanges changes) {
     if (auto ranges = sourceRangesOf(svc->second); !ranges) {
       invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
                                     ranges.error().message + "; service not tunnelled"});
-      continue;
-    } else if (!ranges->empty()) {
-      // Fail closed: routers of this version do not filter sources yet, and tunnelling the
-      // VIP would open it to every source the Service's owner meant to exclude.
-      invalid_.emplace(key, Problem{Problem::Kind::InvalidAnnotation, key,
-                                    "loadBalancerSourceRanges are not enforced by this version "
-                                    "of the tunnel routers; service not tunnelled (remove them "
-                                    "to tunnel it)"});
       continue;
     }
     if (opts_.policy) {

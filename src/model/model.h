@@ -33,6 +33,9 @@ struct TunnelService {
   /** The bucket table published for the Service (desired/published.h; a ConfigMap in the
    *  daemon's namespace, never the Service itself), or empty. Untrusted text. */
   std::string published = {};
+  /** spec.loadBalancerSourceRanges (sourceRangesOf: sorted, unique, both families). Empty: every
+   *  source may reach the VIP; otherwise the routers drop packets from other sources. */
+  std::vector<IpPrefix> sourceRanges = {};
   bool operator==(const TunnelService&) const = default;
 };
 

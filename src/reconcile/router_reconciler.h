@@ -93,6 +93,10 @@ class RouterReconciler {
   std::vector<std::pair<ObjectKey, std::string>> pendingPublications() {
     return db_.pendingPublications();
   }
+  /** The traffic counters of the router's nft table (dp::NftClient::readCounters). Uses the
+   *  reconciler's nft client: call it from the reconciler's thread; another thread reads
+   *  through an NftClientImpl of its own (linux/nft_client.h, one per reader). */
+  Result<dp::NftCounterSnapshot> readCounters() { return nft_.readCounters(); }
   /** Removes everything owned. */
   Result<PassResult> cleanup();
   ~RouterReconciler();

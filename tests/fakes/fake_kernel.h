@@ -32,6 +32,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -388,13 +389,32 @@ class FakeNft : public dp::NftClient {
     if (failObserve) return fail(EIO, "fake nft: listing failed");
     dp::NftState s = state_;
     s.skeleton.clear();  // a listing only yields the id kept in the comment
+    // As the real observer: a VIP is present when it is in its VIP set and its refused set.
+    std::erase_if(s.vips, [&](const IpAddress& v) { return !refused_.contains(v); });
     return s;
   }
+
+  /** Every element counter of the table at zero (the fake forwards no packet), or `counters`
+   *  when a test set it. */
+  Result<dp::NftCounterSnapshot> readCounters() override {
+    if (counters) return *counters;
+    dp::NftCounterSnapshot snap;
+    if (!state_.present) return snap;
+    for (auto& v : state_.vips) snap.vip[v];
+    for (auto& v : refused_) snap.refusedByVip[v];
+    for (auto& [vip, eps] : state_.endpoints)
+      for (auto& [mark, ep] : eps) snap.endpoint[{vip, ep}];
+    snap.refused["no_bucket"];
+    snap.refused["source_range"];
+    return snap;
+  }
+  std::optional<dp::NftCounterSnapshot> counters;
 
   Status run(const std::string& script) override {
     scripts.push_back(script);
     if (failRuns) return fail(EINVAL, "fake nft: injected failure");
     dp::NftState next = state_;
+    std::set<IpAddress> refusedNext = refused_;
     std::istringstream in(script);
     std::string line;
     const std::string prefix = "inet " + table_;
@@ -403,6 +423,7 @@ class FakeNft : public dp::NftClient {
       if (line == "delete table " + prefix) {
         if (!next.present) return fail(ENOENT, "fake nft: no such table");
         next = dp::NftState{};
+        refusedNext.clear();
         continue;
       }
       if (line == "table " + prefix + " {") {
@@ -424,9 +445,10 @@ class FakeNft : public dp::NftClient {
         next.skeleton = body;
         continue;
       }
-      if (auto s = element(line, next); !s) return s;
+      if (auto s = element(line, next, refusedNext); !s) return s;
     }
     state_ = std::move(next);
+    refused_ = std::move(refusedNext);
     ++applied;
     if (journal) journal->push_back("nft: " + script);
     return {};
@@ -445,9 +467,13 @@ class FakeNft : public dp::NftClient {
       return fail(EINVAL, "fake nft: batch messages and acked sequence numbers differ");
     if (!state_.present) return fail(ENOENT, "fake nft: no such table");
     dp::NftState next = state_;
+    std::set<IpAddress> refusedBefore = refused_;
     std::string text;
     for (const auto& m : batch->messages) {
-      if (auto s = elementMessage(m, next, text); !s) return s;
+      if (auto s = elementMessage(m, next, text); !s) {
+        refused_ = std::move(refusedBefore);
+        return s;
+      }
     }
     state_ = std::move(next);
     ++applied;
@@ -493,7 +519,7 @@ class FakeNft : public dp::NftClient {
     }
   }
 
-  Status element(const std::string& line, dp::NftState& st) {
+  Status element(const std::string& line, dp::NftState& st, std::set<IpAddress>& refused) {
     std::istringstream ls(line);
     std::string verb, what, fam, table, set, brace;
     ls >> verb >> what >> fam >> table >> set >> brace;
@@ -505,11 +531,39 @@ class FakeNft : public dp::NftClient {
     auto items = split(line.substr(open + 2, line.size() - open - 4));
     const bool add = verb == "add";
     for (auto& item : items) {
-      if (set == "vip4" || set == "vip6") {
+      const bool v4set = set.ends_with("4");
+      if (set == "vip4" || set == "vip6" || set == "refused4" || set == "refused6" ||
+          set == "ranged4" || set == "ranged6") {
         auto ip = IpAddress::parse(item);
-        if (!ip || ip->isV4() != (set == "vip4")) return fail(EINVAL, "fake nft: bad element " + item);
-        if (add) st.vips.insert(*ip);
-        else if (!st.vips.erase(*ip)) return fail(ENOENT, "fake nft: no such element " + item);
+        if (!ip || ip->isV4() != v4set) return fail(EINVAL, "fake nft: bad element " + item);
+        if (auto s = plainElement(set, add, *ip, st, refused); !s) return s;
+      } else if (set == "ep4" || set == "ep6") {
+        auto dot = item.find(" . ");
+        auto ip = IpAddress::parse(item.substr(0, dot));
+        if (dot == std::string::npos || !ip || ip->isV4() != v4set)
+          return fail(EINVAL, "fake nft: bad element " + item);
+        auto rest = item.substr(dot + 3);
+        auto sp = rest.find(' ');
+        uint32_t mark = static_cast<uint32_t>(std::stoul(rest.substr(0, sp), nullptr, 0));
+        std::optional<IpAddress> ep;
+        if (add) {
+          const std::string c = " comment \"";
+          if (sp == std::string::npos || !rest.substr(sp).starts_with(c) || !rest.ends_with("\""))
+            return fail(EINVAL, "fake nft: endpoint counter without comment " + item);
+          ep = IpAddress::parse(rest.substr(sp + c.size(), rest.size() - sp - c.size() - 1));
+          if (!ep) return fail(EINVAL, "fake nft: bad comment " + item);
+        }
+        if (auto s = endpointElement(add, *ip, mark, ep, st); !s) return s;
+      } else if (set == "src4" || set == "src6") {
+        auto dot = item.find(" . ");
+        auto dash = item.find('-', dot == std::string::npos ? 0 : dot);
+        auto ip = IpAddress::parse(item.substr(0, dot));
+        if (dot == std::string::npos || dash == std::string::npos || !ip || ip->isV4() != v4set)
+          return fail(EINVAL, "fake nft: bad element " + item);
+        auto a = IpAddress::parse(item.substr(dot + 3, dash - dot - 3));
+        auto b = IpAddress::parse(item.substr(dash + 1));
+        if (!a || !b) return fail(EINVAL, "fake nft: bad interval " + item);
+        if (auto s = sourceElement(add, *ip, {*a, *b}, st); !s) return s;
       } else if (set == "b2s4" || set == "b2s6") {
         auto dot = item.find(" . ");
         auto colon = item.find(" : ");
@@ -548,8 +602,11 @@ class FakeNft : public dp::NftClient {
     if (l.family != NFPROTO_INET || l.table != table_)
       return fail(ENOENT, fmt::format("fake nft: no such table {}", l.table));
     const nft::SetShape* shape = nft::setShape(l.set);
-    const bool vipSet = l.set == "vip4" || l.set == "vip6";
-    if (!shape || (!vipSet && l.set != "b2s4" && l.set != "b2s6"))
+    const std::string set(l.set);
+    const bool vipSet = set == "vip4" || set == "vip6" || set == "refused4" ||
+                        set == "refused6" || set == "ranged4" || set == "ranged6";
+    const bool epSet = set == "ep4" || set == "ep6", srcSet = set == "src4" || set == "src6";
+    if (!shape || (!vipSet && !epSet && !srcSet && l.set != "b2s4" && l.set != "b2s6"))
       return fail(ENOENT, fmt::format("fake nft: no such set {}", l.set));
     if (add != ((l.flags & NLM_F_CREATE) != 0) || !(l.flags & NLM_F_ACK))
       return fail(EINVAL, fmt::format("fake nft: unexpected flags {:#x}", l.flags));
@@ -561,8 +618,32 @@ class FakeNft : public dp::NftClient {
       if (vipSet) {
         IpAddress ip = *nft::vipElement(e);
         items.push_back(ip.str());
-        if (add) st.vips.insert(ip);
-        else if (!st.vips.erase(ip)) return fail(ENOENT, "fake nft: no such element " + ip.str());
+        if (auto s = plainElement(set, add, ip, st, refused_); !s) return s;
+        continue;
+      }
+      if (epSet) {
+        uint32_t mark;
+        std::memcpy(&mark, e.key.data() + e.key.size() - 4, 4);
+        IpAddress ip = IpAddress::fromBytes(epSet && e.key.size() == 8 ? Family::V4 : Family::V6,
+                                            e.key.data());
+        std::optional<IpAddress> ep;
+        std::string item = fmt::format("{} . {:#x}", ip.str(), mark);
+        if (add) {
+          auto parsed = nft::endpointElement(e);
+          if (!parsed) return fail(EINVAL, "fake nft: endpoint counter without comment " + item);
+          ep = parsed->endpoint;
+          item += fmt::format(" comment \"{}\"", ep->str());
+        }
+        if (auto s = endpointElement(add, ip, mark, ep, st); !s) return s;
+        items.push_back(std::move(item));
+        continue;
+      }
+      if (srcSet) {
+        auto r = nft::sourceElement(e);
+        if (!r) return fail(EINVAL, "fake nft: source interval without key end in " + set);
+        if (auto s = sourceElement(add, r->first, r->second, st); !s) return s;
+        items.push_back(fmt::format("{} . {}-{}", r->first.str(), r->second.first.str(),
+                                    r->second.last.str()));
         continue;
       }
       uint32_t keyMark;
@@ -591,8 +672,61 @@ class FakeNft : public dp::NftClient {
     return {};
   }
 
+  /** vip, refused and ranged sets (element without data). */
+  static Status plainElement(const std::string& set, bool add, const IpAddress& ip,
+                             dp::NftState& st, std::set<IpAddress>& refused) {
+    if (set.starts_with("vip")) {
+      if (add) st.vips.insert(ip);
+      else if (!st.vips.erase(ip)) return fail(ENOENT, "fake nft: no such element " + ip.str());
+    } else if (set.starts_with("refused")) {
+      if (add) refused.insert(ip);
+      else if (!refused.erase(ip)) return fail(ENOENT, "fake nft: no such element " + ip.str());
+    } else if (add) {
+      st.sourceRanges[ip];
+    } else if (!st.sourceRanges.contains(ip)) {
+      return fail(ENOENT, "fake nft: no such element " + ip.str());
+    } else if (!st.sourceRanges[ip].empty()) {
+      // The fake keeps the intervals under their filtered VIP: the daemon deletes intervals
+      // before (never after) the VIP's ranged element only when none is left.
+      return fail(EINVAL, "fake nft: ranged element deleted before its intervals " + ip.str());
+    } else {
+      st.sourceRanges.erase(ip);
+    }
+    return {};
+  }
+  /** ep4/ep6: adding an existing key keeps its comment (as the kernel: no NLM_F_EXCL). */
+  static Status endpointElement(bool add, const IpAddress& vip, uint32_t mark,
+                                const std::optional<IpAddress>& ep, dp::NftState& st) {
+    auto& m = st.endpoints[vip];
+    if (add) {
+      m.emplace(mark, *ep);
+    } else if (!m.erase(mark)) {
+      if (m.empty()) st.endpoints.erase(vip);
+      return fail(ENOENT, fmt::format("fake nft: no such element {} . {:#x}", vip.str(), mark));
+    }
+    if (m.empty()) st.endpoints.erase(vip);
+    return {};
+  }
+  /** src4/src6, kept under the VIP's ranged element (which must exist). */
+  static Status sourceElement(bool add, const IpAddress& vip, const dp::SourceInterval& iv,
+                              dp::NftState& st) {
+    auto it = st.sourceRanges.find(vip);
+    if (add) {
+      if (it == st.sourceRanges.end())
+        return fail(EINVAL, "fake nft: source interval of a VIP not (yet) in ranged " + vip.str());
+      auto& l = it->second;
+      if (std::find(l.begin(), l.end(), iv) == l.end())
+        l.insert(std::upper_bound(l.begin(), l.end(), iv), iv);
+      return {};
+    }
+    if (it == st.sourceRanges.end() || !std::erase(it->second, iv))
+      return fail(ENOENT, "fake nft: no such source interval of " + vip.str());
+    return {};
+  }
+
   std::string table_;
   dp::NftState state_;
+  std::set<IpAddress> refused_;
   uint32_t seq_ = 0;
 };
 

@@ -155,13 +155,13 @@ TEST(LoadBalancer, AnAddressAnotherServiceShowsIsNeverAllocatedButKeptWhereItWas
   EXPECT_TRUE(plan.unallocated.empty());
 }
 
-TEST(LoadBalancer, ModelTunnelsOurLoadBalancerByItsStatusAddressSourceRangesFailClosed) {
+TEST(LoadBalancer, ModelTunnelsOurLoadBalancerByItsStatusAddressWithItsSourceRanges) {
   ClusterObjects o;
   auto& a = lb(o, "team", "a", "1");
   a.ingressIps = {"203.0.113.9"};
   auto& ranged = lb(o, "team", "ranged", "1");
   ranged.ingressIps = {"203.0.113.12"};
-  ranged.loadBalancerSourceRanges = {"192.0.2.0/24"};  // valid, but not enforced yet: refused
+  ranged.loadBalancerSourceRanges = {"2001:db8::/32", "192.0.2.0/24"};  // valid: carried
   auto& waiting = lb(o, "team", "waiting", "1");  // no address yet: not tunnelled, no problem
   (void)waiting;
   auto& foreign = lb(o, "team", "foreign", "1", "example.com/other");
@@ -172,14 +172,18 @@ TEST(LoadBalancer, ModelTunnelsOurLoadBalancerByItsStatusAddressSourceRangesFail
   ModelOptions mo;
   mo.policy = policy("203.0.113.0/24");
   auto m = buildModel(o, mo);
-  ASSERT_EQ(m.services.size(), 1u);
+  ASSERT_EQ(m.services.size(), 2u);
   EXPECT_EQ(m.services[0].key, (ObjectKey{"team", "a"}));
   EXPECT_EQ(m.services[0].vip, ip("203.0.113.9"));
-  ASSERT_EQ(m.problems.size(), 2u);
+  EXPECT_TRUE(m.services[0].sourceRanges.empty());
+  // Source ranges are enforced by the routers: the Service is tunnelled with them (sorted).
+  EXPECT_EQ(m.services[1].key, (ObjectKey{"team", "ranged"}));
+  EXPECT_EQ(m.services[1].sourceRanges,
+            (std::vector<IpPrefix>{*IpPrefix::parse("192.0.2.0/24"),
+                                   *IpPrefix::parse("2001:db8::/32")}));
+  ASSERT_EQ(m.problems.size(), 1u);
   EXPECT_EQ(m.problems[0].object, (ObjectKey{"team", "bad"}));
   EXPECT_NE(m.problems[0].message.find("192.0.2.0/33"), std::string::npos);
-  EXPECT_EQ(m.problems[1].object, (ObjectKey{"team", "ranged"}));
-  EXPECT_NE(m.problems[1].message.find("not enforced"), std::string::npos);
 }
 
 }  // namespace

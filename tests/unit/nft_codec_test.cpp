@@ -24,9 +24,14 @@
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 
+#include <endian.h>
+
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include "desired/nft_render.h"
 #include "linux/nft_codec.h"
@@ -162,22 +167,72 @@ TEST(NftCodecGolden, AddBucketsIpv6) {
   expectSameBatch("add_b2s6", batchOf(ch));
 }
 
+/** One batch of plain elements (no data) of one set. */
+Bytes plainBatch(bool add, std::string_view set, const std::vector<IpAddress>& ips) {
+  uint32_t seq = 0;
+  BatchEncoder enc(kTable, seq);
+  for (auto& v : ips) enc.element(add, set, {v.data(), v.size()}, nullptr);
+  return enc.finish();
+}
+
 TEST(NftCodecGolden, AddVips) {
+  expectSameBatch("add_vip4", plainBatch(true, "vip4", {ip("203.0.113.10"), ip("198.51.100.1")}));
+  expectSameBatch("add_vip6", plainBatch(true, "vip6", {ip("2001:db8::10")}));
+  expectSameBatch("add_refused4", plainBatch(true, "refused4", {ip("203.0.113.10")}));
+  expectSameBatch("add_ranged4", plainBatch(true, "ranged4", {ip("203.0.113.10")}));
+  // A VIP change is its VIP set's element and its refused set's, in the daemon's order.
   dp::NftElementChanges ch;
-  ch.vipAdds = {ip("203.0.113.10"), ip("198.51.100.1")};
-  expectSameBatch("add_vip4", batchOf(ch));
+  ch.vipAdds = {ip("203.0.113.10")};
+  auto b = decodeBatch(batchOf(ch));
+  ASSERT_TRUE(b);
+  ASSERT_EQ(b->messages.size(), 2u);
+  EXPECT_EQ(b->messages[0].list.set, "refused4");
+  EXPECT_EQ(b->messages[1].list.set, "vip4");
+}
+
+// Per-endpoint counter elements: key VIP . slot mark, the endpoint as the element's comment.
+TEST(NftCodecGolden, EndpointCounterElements) {
+  dp::NftElementChanges ch;
+  ch.endpointAdds = {{ip("203.0.113.10"), 1000, ip("10.1.0.5")},
+                     {ip("203.0.113.10"), 1001, ip("10.1.0.6")}};
+  expectSameBatch("add_ep4", batchOf(ch));
   dp::NftElementChanges ch6;
-  ch6.vipAdds = {ip("2001:db8::10")};
-  expectSameBatch("add_vip6", batchOf(ch6));
+  ch6.endpointAdds = {{ip("2001:db8::10"), 1000, ip("2001:db8:1::5")}};
+  expectSameBatch("add_ep6", batchOf(ch6));
+  dp::NftElementChanges del;
+  del.endpointDeletes = {{ip("203.0.113.10"), 1001, ip("10.1.0.6")}};
+  expectSameBatch("del_ep4", batchOf(del));
+  // Decoded back (as the fake kernel and the observer read them).
+  auto b = decodeBatch(golden("add_ep4"));
+  ASSERT_TRUE(b);
+  ASSERT_EQ(b->messages.at(0).elements.size(), 2u);
+  auto e = endpointElement(b->messages[0].elements[1]);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->vip, ip("203.0.113.10"));
+  EXPECT_EQ(e->mark, 1001u);
+  EXPECT_EQ(e->endpoint, ip("10.1.0.6"));
+}
+
+// Source interval elements: key VIP . first, key end VIP . last (one element per interval).
+TEST(NftCodecGolden, SourceIntervalElements) {
+  dp::NftElementChanges ch;
+  ch.rangeAdds = {{ip("203.0.113.10"), {ip("192.0.2.0"), ip("192.0.2.255")}},
+                  {ip("203.0.113.10"), {ip("198.51.100.7"), ip("198.51.100.7")}}};
+  expectSameBatch("add_src4", batchOf(ch));
+  dp::NftElementChanges ch6;
+  ch6.rangeAdds = {{ip("2001:db8::10"),
+                    {ip("2001:db8:c::"), ip("2001:db8:c:ffff:ffff:ffff:ffff:ffff")}}};
+  expectSameBatch("add_src6", batchOf(ch6));
+  dp::NftElementChanges del;
+  del.rangeDeletes = {{ip("203.0.113.10"), {ip("198.51.100.7"), ip("198.51.100.7")}}};
+  expectSameBatch("del_src4", batchOf(del));
 }
 
 TEST(NftCodecGolden, DeleteElements) {
   dp::NftElementChanges ch;
   ch.bucketDeletes = {{ip("203.0.113.10"), 63, 0}};
   expectSameBatch("del_b2s4", batchOf(ch));
-  dp::NftElementChanges v;
-  v.vipDeletes = {ip("198.51.100.1")};
-  expectSameBatch("del_vip4", batchOf(v));
+  expectSameBatch("del_vip4", plainBatch(false, "vip4", {ip("198.51.100.1")}));
 }
 
 // The daemon's transaction order (VIP deletions, bucket deletions, bucket additions, VIP
@@ -193,11 +248,11 @@ TEST(NftCodecGolden, MixedTransaction) {
   std::vector<uint32_t> acked;
   Bytes b = batchOf(ch, &acked);
   expectSameBatch("batch_mixed", b);
-  // Sequence numbers: BATCH_BEGIN 42, the seven element messages 43…49 (each acked), END 50.
-  EXPECT_EQ(acked, (std::vector<uint32_t>{43, 44, 45, 46, 47, 48, 49}));
+  // Sequence numbers: BATCH_BEGIN 42, the ten element messages 43…52 (each acked), END 53.
+  EXPECT_EQ(acked, (std::vector<uint32_t>{43, 44, 45, 46, 47, 48, 49, 50, 51, 52}));
   auto msgs = messagesOf(b);
   EXPECT_EQ(reinterpret_cast<const nlmsghdr*>(msgs.front().data())->nlmsg_seq, 42u);
-  EXPECT_EQ(reinterpret_cast<const nlmsghdr*>(msgs.back().data())->nlmsg_seq, 50u);
+  EXPECT_EQ(reinterpret_cast<const nlmsghdr*>(msgs.back().data())->nlmsg_seq, 53u);
 }
 
 // Flow-table purge keys: flow4 = saddr . sport . daddr . dport, each in a 32-bit word (ports in
@@ -231,12 +286,13 @@ TEST(NftCodec, BatchSplitsMessages) {
   Bytes b = batchOf(ch, &acked);
   auto batch = decodeBatch(b);
   ASSERT_TRUE(batch) << batch.error().message;
-  ASSERT_EQ(batch->messages.size(), 4u);
-  EXPECT_EQ(acked.size(), 4u);
+  ASSERT_EQ(batch->messages.size(), 5u);
+  EXPECT_EQ(acked.size(), 5u);
   std::vector<size_t> sizes;
   for (auto& m : batch->messages) sizes.push_back(m.elements.size());
-  EXPECT_EQ(sizes, (std::vector<size_t>{1000, 1000, 500, 1}));
-  EXPECT_EQ(batch->messages[3].list.set, "vip4");
+  EXPECT_EQ(sizes, (std::vector<size_t>{1000, 1000, 500, 1, 1}));
+  EXPECT_EQ(batch->messages[3].list.set, "refused4");
+  EXPECT_EQ(batch->messages[4].list.set, "vip4");
   // The reserve bound holds: the buffer never moved (capacity is what was reserved).
   size_t keyBytes = 2500 * 8 + 4;
   EXPECT_LE(b.size(), batchBytes(kTable, ch.size(), keyBytes, 2500));
@@ -260,7 +316,7 @@ TEST(NftCodecGolden, Requests) {
                                                    7));
 }
 
-// The ruleset generation: nft's GETGEN, the kernel's NEWGEN (13 commits in the capture's
+// The ruleset generation: nft's GETGEN, the kernel's NEWGEN (14 commits in the capture's
 // namespace before it), and a batch conditioned on a generation (NFNL_BATCH_GENID, be32).
 TEST(NftCodecGolden, Generation) {
   // Ours asks for an ack (nft's does not): the receive loop ends on it.
@@ -271,7 +327,7 @@ TEST(NftCodecGolden, Generation) {
   Bytes reply = golden("getgen_reply");
   auto msgs = split(reply);
   ASSERT_TRUE(msgs && msgs->size() == 1);
-  EXPECT_EQ(decodeGeneration((*msgs)[0]), 13u);
+  EXPECT_EQ(decodeGeneration((*msgs)[0]), 14u);
   EXPECT_FALSE(decodeGeneration(reinterpret_cast<const nlmsghdr*>(golden("list_table").data())));
 
   uint32_t seq = 0;
@@ -351,6 +407,89 @@ TEST(NftCodecGolden, DumpReplies) {
   EXPECT_EQ(decodeAll("dump_vip6_reply").vips, (std::set<IpAddress>{ip("2001:db8::20")}));
 }
 
+// Dumps of the counter sets: each element carries its counter (NFTA_SET_ELEM_EXPR "counter"),
+// ep elements their comment, src elements their key end. The named counters (GETOBJ).
+TEST(NftCodecGolden, CounterAndSourceDumps) {
+  std::vector<std::tuple<IpAddress, uint32_t, IpAddress>> eps;
+  std::vector<std::pair<IpAddress, dp::SourceInterval>> srcs;
+  std::vector<IpAddress> refused;
+  size_t counted = 0;
+  for (const char* name : {"dump_ep4_reply", "dump_ep6_reply", "dump_src4_reply",
+                           "dump_src6_reply", "dump_refused4_reply"}) {
+    Bytes buf = golden(name);
+    auto msgs = split(buf);
+    ASSERT_TRUE(msgs);
+    for (auto* m : *msgs) {
+      forEachElement(m, [&](const Element& e) {
+        if (e.counter) {
+          ++counted;
+          EXPECT_EQ(*e.counter, (dp::CounterValue{0, 0}));  // no traffic in the capture
+        }
+        if (auto ep = endpointElement(e)) eps.emplace_back(ep->vip, ep->mark, ep->endpoint);
+        else if (auto r = sourceElement(e)) srcs.push_back(*r);
+        else if (auto v = vipElement(e)) refused.push_back(*v);
+      });
+    }
+  }
+  // ep4 after del_ep4: one left; ep6: one.
+  EXPECT_EQ(eps, (std::vector<std::tuple<IpAddress, uint32_t, IpAddress>>{
+                     {ip("203.0.113.10"), 1000, ip("10.1.0.5")},
+                     {ip("2001:db8::10"), 1000, ip("2001:db8:1::5")}}));
+  EXPECT_EQ(srcs, (std::vector<std::pair<IpAddress, dp::SourceInterval>>{
+                      {ip("203.0.113.10"), {ip("192.0.2.0"), ip("192.0.2.255")}},
+                      {ip("2001:db8::10"),
+                       {ip("2001:db8:c::"), ip("2001:db8:c:ffff:ffff:ffff:ffff:ffff")}}}));
+  // refused4: the mixed transaction's VIP and add_refused4's.
+  EXPECT_EQ(std::set<IpAddress>(refused.begin(), refused.end()),
+            (std::set<IpAddress>{ip("192.0.2.7"), ip("203.0.113.10")}));
+  EXPECT_EQ(refused.size(), 2u);
+  EXPECT_EQ(counted, 2u + 2u);  // ep and refused elements have counters; src elements none
+
+  expectSameRequest("dump_counters", dumpObjectsRequest(kTable, 7));
+  std::map<std::string, dp::CounterValue> named;
+  Bytes reply = golden("dump_counters_reply");
+  auto msgs = split(reply);
+  ASSERT_TRUE(msgs);
+  std::vector<Reply::Kind> kinds;
+  for (auto* m : *msgs) {
+    kinds.push_back(classify(m).kind);
+    if (auto c = decodeCounterObject(m)) {
+      EXPECT_EQ(c->table, kTable);
+      named[c->name] = c->value;
+    }
+  }
+  EXPECT_EQ(kinds, (std::vector<Reply::Kind>{Reply::Data, Reply::Data, Reply::Done}));
+  EXPECT_EQ(named, (std::map<std::string, dp::CounterValue>{
+                       {"refused_no_bucket", {0, 0}}, {"refused_source_range", {0, 0}}}));
+  EXPECT_FALSE(decodeCounterObject(reinterpret_cast<const nlmsghdr*>(golden("list_table").data())));
+}
+
+// A counter's values are big-endian u64 (packets, bytes): decoded from a dump element built here
+// with known values (the capture's are zero).
+TEST(NftCodec, ElementCounterValues) {
+  Bytes buf = golden("dump_ep4_reply");
+  auto msgs = split(buf);
+  ASSERT_TRUE(msgs && !msgs->empty());
+  Bytes m((const uint8_t*)(*msgs)[0], (const uint8_t*)(*msgs)[0] + (*msgs)[0]->nlmsg_len);
+  // The counter nest: NFTA_COUNTER_BYTES (1) then NFTA_COUNTER_PACKETS (2), 12 bytes each.
+  // The key's NFTA_DATA_VALUE has the same header; the counter's follows "counter\0".
+  const uint8_t bytesAttr[] = {0x0c, 0, 1, 0};
+  const char name[] = "counter";
+  auto c = std::search(m.begin(), m.end(), name, name + 8);
+  ASSERT_NE(c, m.end());
+  auto at = std::search(c, m.end(), std::begin(bytesAttr), std::end(bytesAttr));
+  ASSERT_NE(at, m.end());
+  const uint64_t bytes = htobe64(123456789012ull), packets = htobe64(4242);
+  std::memcpy(&*(at + 4), &bytes, 8);
+  ASSERT_EQ(*(at + 14), 2);  // NFTA_COUNTER_PACKETS
+  std::memcpy(&*(at + 16), &packets, 8);
+  std::optional<dp::CounterValue> got;
+  forEachElement(reinterpret_cast<const nlmsghdr*>(m.data()),
+                 [&](const Element& e) { got = e.counter; });
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, (dp::CounterValue{4242, 123456789012ull}));
+}
+
 TEST(NftCodecGolden, LookupReplies) {
   auto found = decodeAll("get_b2s4_reply");
   EXPECT_EQ(found.kinds, (std::vector<Reply::Kind>{Reply::Data, Reply::Ack}));
@@ -386,16 +525,17 @@ TEST(NftCodecGolden, DecodesNftBatches) {
   ASSERT_TRUE(batch) << batch.error().message;
   std::vector<std::string> sets;
   for (auto& m : batch->messages) sets.push_back(std::string(m.list.set));
-  EXPECT_EQ(sets, (std::vector<std::string>{"vip6", "b2s4", "b2s6", "b2s4", "b2s6", "vip4", "vip6"}));
+  EXPECT_EQ(sets, (std::vector<std::string>{"vip6", "refused6", "b2s4", "b2s6", "b2s4", "b2s6",
+                                            "refused4", "refused6", "vip4", "vip6"}));
   dp::BucketMap added;
-  for (auto& e : batch->messages[3].elements) ASSERT_TRUE(addBucketElement(e, added));
+  for (auto& e : batch->messages[4].elements) ASSERT_TRUE(addBucketElement(e, added));
   dp::BucketMap want;
   want.set(ip("203.0.113.10"), 0, 1003);
   want.set(ip("192.0.2.7"), 2, 1004);
   EXPECT_EQ(added, want);
   EXPECT_EQ(batch->messages[0].list.type, NFT_MSG_DELSETELEM);
-  EXPECT_EQ(batch->messages[3].list.type, NFT_MSG_NEWSETELEM);
-  EXPECT_EQ(vipElement(batch->messages[6].elements.at(0)), ip("2001:db8::20"));
+  EXPECT_EQ(batch->messages[4].list.type, NFT_MSG_NEWSETELEM);
+  EXPECT_EQ(vipElement(batch->messages[9].elements.at(0)), ip("2001:db8::20"));
 }
 
 // ---- bad input never crashes; malformed messages decode to nothing ----
@@ -412,7 +552,8 @@ TEST(NftCodec, MalformedInput) {
   // Every byte of every reply flipped in turn: the decoders may reject, never crash.
   std::mt19937 rng(7);
   for (const char* name : {"dump_b2s4_reply", "get_b2s4_reply", "list_table_reply",
-                           "del_missing_reply", "batch_mixed"}) {
+                           "del_missing_reply", "batch_mixed", "dump_ep4_reply",
+                           "dump_src6_reply", "dump_counters_reply"}) {
     Bytes g = golden(name);
     for (size_t i = 0; i < g.size(); ++i) {
       Bytes x = g;
@@ -427,7 +568,10 @@ TEST(NftCodec, MalformedInput) {
         forEachElement(m, [&](const Element& e) {
           (void)vipElement(e);
           (void)addBucketElement(e, bm);
+          (void)endpointElement(e);
+          (void)sourceElement(e);
         });
+        (void)decodeCounterObject(m);
       }
     }
   }

@@ -88,6 +88,18 @@ struct Kernel {
     for (auto& b : d.elements.bucketDeletes) nft.buckets.erase(b.vip, b.bucket);
     for (auto& b : d.elements.bucketAdds) nft.buckets.set(b.vip, b.bucket, b.mark);
     for (auto& v : d.elements.vipAdds) nft.vips.insert(v);
+    for (auto& e : d.elements.endpointDeletes) {
+      nft.endpoints[e.vip].erase(e.mark);
+      if (nft.endpoints[e.vip].empty()) nft.endpoints.erase(e.vip);
+    }
+    for (auto& e : d.elements.endpointAdds) nft.endpoints[e.vip][e.mark] = e.endpoint;
+    for (auto& r : d.elements.rangeDeletes) std::erase(nft.sourceRanges[r.vip], r.src);
+    for (auto& v : d.elements.rangedDeletes) nft.sourceRanges.erase(v);
+    for (auto& v : d.elements.rangedAdds) nft.sourceRanges[v];
+    for (auto& r : d.elements.rangeAdds) {
+      auto& l = nft.sourceRanges[r.vip];
+      l.insert(std::upper_bound(l.begin(), l.end(), r.src), r.src);
+    }
   }
 };
 
@@ -160,7 +172,15 @@ TEST(RouterDb, PartialUpdatesEndWhereAWholeUpdateOfARestartedDatabaseChangesNoth
   for (int step = 0; step < 300; ++step) {
     Model before = m;
     auto& s = m.services[rng() % m.services.size()];
-    switch (rng() % 5) {
+    switch (rng() % 6) {
+      case 5:  // source ranges: none, or one or two /24s (a partial update's nft elements)
+        s.sourceRanges.clear();
+        for (uint32_t k = rng() % 3; k > 0; --k)
+          s.sourceRanges.push_back(IpPrefix::of(v4(0xc6336400 + (rng() % 4) * 256), 24));
+        std::sort(s.sourceRanges.begin(), s.sourceRanges.end());
+        s.sourceRanges.erase(std::unique(s.sourceRanges.begin(), s.sourceRanges.end()),
+                             s.sourceRanges.end());
+        break;
       case 0: s.endpoints[rng() % s.endpoints.size()].ip = v4(0x0a000000 + ++fresh); break;
       case 1: s.endpoints.push_back({v4(0x0a000000 + 1 + rng() % 150), "n1", true, false, ""}); break;
       case 2: if (s.endpoints.size() > 1) s.endpoints.pop_back(); break;

@@ -624,8 +624,12 @@ TEST(NftRender, RemovedAndAddedVipOrdering) {
   auto script = renderNftChanges(cfg, desired, observed);
   EXPECT_EQ(script,
             "delete element inet kube_service_tunnel vip4 { 203.0.113.1 }\n"
+            "delete element inet kube_service_tunnel refused4 { 203.0.113.1 }\n"
+            "delete element inet kube_service_tunnel ep4 { 203.0.113.1 . 0x3e8 }\n"
             "delete element inet kube_service_tunnel b2s4 { 203.0.113.1 . 0x40000000, 203.0.113.1 . 0x40000001 }\n"
             "add element inet kube_service_tunnel b2s6 { 2001:db8::1 . 0x40000000 : 1000, 2001:db8::1 . 0x40000001 : 1000 }\n"
+            "add element inet kube_service_tunnel ep6 { 2001:db8::1 . 0x3e8 comment \"fd00::1\" }\n"
+            "add element inet kube_service_tunnel refused6 { 2001:db8::1 }\n"
             "add element inet kube_service_tunnel vip6 { 2001:db8::1 }\n");
 }
 
@@ -646,8 +650,11 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                         "}\n"
                         "add element inet kube_service_tunnel b2s4 { 203.0.113.10 . 0x40000000 : "
                         "1000, 203.0.113.10 . 0x40000001 : 1000 }\n"
+                        "add element inet kube_service_tunnel ep4 { 203.0.113.10 . 0x3e8 comment "
+                        "\"10.0.0.1\" }\n"
+                        "add element inet kube_service_tunnel refused4 { 203.0.113.10 }\n"
                         "add element inet kube_service_tunnel vip4 { 203.0.113.10 }\n");
-  EXPECT_EQ(n, 3u);
+  EXPECT_EQ(n, 4u);  // a VIP's refused element goes with it (one change)
 }
 
 TEST(NftRender, AbsentTableIsCreatedWithoutDelete) {
@@ -683,6 +690,100 @@ TEST(NftRender, LargeChangesAreChunked) {
   size_t lines = std::count(script.begin(), script.end(), '\n');
   EXPECT_EQ(lines, 3u);  // 2048 + 2048 + 904
   EXPECT_EQ(std::count(script.begin(), script.end(), ':'), 5000);
+}
+
+// ---- source ranges and counters ----
+
+TEST(NftRender, SourceIntervalsMergeNestedRangesOfTheVipsFamily) {
+  auto p = [](const char* s) { return *IpPrefix::parse(s); };
+  EXPECT_EQ(sourceIntervals(ip(kVip), {p("198.51.100.0/24"), p("198.51.100.128/25"),
+                                       p("192.0.2.7/32"), p("2001:db8::/32"), p("10.0.0.0/8")}),
+            (std::vector<dp::SourceInterval>{{ip("10.0.0.0"), ip("10.255.255.255")},
+                                             {ip("192.0.2.7"), ip("192.0.2.7")},
+                                             {ip("198.51.100.0"), ip("198.51.100.255")}}));
+  EXPECT_EQ(sourceIntervals(ip("2001:db8::1"), {p("2001:db8:c::/48"), p("192.0.2.0/24")}),
+            (std::vector<dp::SourceInterval>{{ip("2001:db8:c::"),
+                                              ip("2001:db8:c:ffff:ffff:ffff:ffff:ffff")}}));
+  // Only ranges of the other family: filtered, and no source is allowed.
+  EXPECT_TRUE(sourceIntervals(ip(kVip), {p("2001:db8::/32")}).empty());
+  EXPECT_EQ(sourceIntervals(ip(kVip), {p("0.0.0.0/0")}),
+            (std::vector<dp::SourceInterval>{{ip("0.0.0.0"), ip("255.255.255.255")}}));
+}
+
+TunnelService ranged(std::vector<const char*> ranges, std::vector<Endpoint> eps) {
+  auto t = svc("a", kVip, std::move(eps));
+  for (auto* r : ranges) t.sourceRanges.push_back(*IpPrefix::parse(r));
+  std::sort(t.sourceRanges.begin(), t.sourceRanges.end());
+  return t;
+}
+
+TEST(NftRender, SourceRangesAreElementsChangedMinimally) {
+  DataplaneConfig cfg;
+  cfg.buckets = 1;
+  auto plain = nftOf(cfg, model({svc("a", kVip, {ep("10.0.0.1")})}));
+  EXPECT_TRUE(plain.sourceRanges.empty());
+  auto a = nftOf(cfg, model({ranged({"192.0.2.0/24", "198.51.100.7/32"}, {ep("10.0.0.1")})}));
+  ASSERT_EQ(a.sourceRanges.size(), 1u);
+  // Filtering a VIP: its ranged element and one element per interval.
+  EXPECT_EQ(renderNftChanges(cfg, a, plain),
+            "add element inet kube_service_tunnel ranged4 { 203.0.113.10 }\n"
+            "add element inet kube_service_tunnel src4 { 203.0.113.10 . 192.0.2.0-192.0.2.255, "
+            "203.0.113.10 . 198.51.100.7-198.51.100.7 }\n");
+  // One range replaced: one interval out, one in; the VIP stays filtered.
+  auto b = nftOf(cfg, model({ranged({"192.0.2.0/24", "198.51.100.8/32"}, {ep("10.0.0.1")})}));
+  size_t n = 0;
+  EXPECT_EQ(renderNftChanges(cfg, b, a, &n),
+            "delete element inet kube_service_tunnel src4 { 203.0.113.10 . "
+            "198.51.100.7-198.51.100.7 }\n"
+            "add element inet kube_service_tunnel src4 { 203.0.113.10 . "
+            "198.51.100.8-198.51.100.8 }\n");
+  EXPECT_EQ(n, 2u);
+  // No range of the VIP's family: filtered with no interval (every source refused).
+  auto c = nftOf(cfg, model({ranged({"2001:db8::/32"}, {ep("10.0.0.1")})}));
+  EXPECT_TRUE(c.sourceRanges.at(ip(kVip)).empty());
+  EXPECT_EQ(renderNftChanges(cfg, plain, a),
+            "delete element inet kube_service_tunnel src4 { 203.0.113.10 . 192.0.2.0-192.0.2.255, "
+            "203.0.113.10 . 198.51.100.7-198.51.100.7 }\n"
+            "delete element inet kube_service_tunnel ranged4 { 203.0.113.10 }\n");
+  EXPECT_EQ(renderNftChanges(cfg, a, a), "");
+}
+
+TEST(NftRender, EndpointCountersFollowTheSlotsEndpoint) {
+  DataplaneConfig cfg;
+  cfg.buckets = 4;
+  auto a = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2", true)})}), cfg);
+  // One element per slot in use, draining endpoints included.
+  EXPECT_EQ(a.st.nft.endpoints.at(ip(kVip)),
+            (std::map<uint32_t, IpAddress>{{1000, ip("10.0.0.1")}, {1001, ip("10.0.0.2")}}));
+  // 10.0.0.2 leaves and 10.0.0.3 arrives: slot 1001 goes to the new endpoint, so its counter
+  // element is deleted and added again (the counter restarts with the endpoint it counts).
+  auto b = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.3")})}), cfg, &a.st);
+  ASSERT_EQ(b.st.nft.endpoints.at(ip(kVip)).at(1001), ip("10.0.0.3"));
+  auto d = nftElementChanges(b.st.nft, a.st.nft);
+  ASSERT_EQ(d.endpointDeletes.size(), 1u);
+  ASSERT_EQ(d.endpointAdds.size(), 1u);
+  EXPECT_EQ(d.endpointDeletes[0].endpoint, ip("10.0.0.2"));
+  EXPECT_EQ(d.endpointAdds[0].endpoint, ip("10.0.0.3"));
+  EXPECT_EQ(d.endpointAdds[0].mark, 1001u);
+  EXPECT_TRUE(nftElementChanges(a.st.nft, a.st.nft).size() == 0);
+}
+
+TEST(NftRender, SkeletonCountsAndFilters) {
+  DataplaneConfig cfg;
+  std::string sk = renderSkeleton(cfg);
+  for (const char* want :
+       {"counter refused_no_bucket { }", "counter refused_source_range { }",
+        "set vip4 { type ipv4_addr; counter; }", "set ep6 { typeof ip6 daddr . meta mark; counter; }",
+        "set src6 { typeof ip6 daddr . ip6 saddr; flags interval; }",
+        "ip daddr @ranged4 ip daddr . ip saddr != @src4 goto refuse_source",
+        "ip6 daddr @ranged6 ip6 daddr . ip6 saddr != @src6 goto refuse_source",
+        "ip daddr . meta mark @ep4 meta mark set 0 accept",
+        "meta mark >= 0x3e8 meta mark < 0x4e8 meta mark set 0",
+        "counter name \"refused_source_range\" drop", "counter name \"refused_no_bucket\" drop"})
+    EXPECT_NE(sk.find(want), std::string::npos) << want << "\n" << sk;
+  // The source check comes first in the family chains (before a pinned flow is accepted).
+  auto c4 = sk.find("chain classify4 {");
+  EXPECT_LT(sk.find("@ranged4", c4), sk.find("@flow4", c4));
 }
 
 TEST(NftRender, SkeletonDependsOnConfig) {

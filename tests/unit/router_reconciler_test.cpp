@@ -134,7 +134,8 @@ TEST(RouterReconciler, FirstPassCreatesEverything) {
   ASSERT_EQ(w.nft.scripts.size(), 1u);
   EXPECT_EQ(w.nft.scripts[0].find("element"), std::string::npos) << w.nft.scripts[0];
   ASSERT_EQ(w.nft.batches.size(), 1u);
-  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u);
+  // Buckets, VIPs (each with its refused counter), one endpoint counter per slot in use (7).
+  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u + 7u);
   expectConverged(w, sample());
   // Buckets of the draining IPv6 endpoint: none.
   for (auto& [k, mark] : w.nft.state().buckets) {
@@ -177,6 +178,54 @@ TEST(RouterReconciler, RestartAdoptsKernelStateWithZeroChanges) {
     EXPECT_EQ(w.nl.counts().changeRequests, before.changeRequests);
     EXPECT_EQ(w.nft.applied, 2u);  // the first process's skeleton and element batch only
     EXPECT_EQ(restarted.lastPlan().vips.at(0).buckets, bucketsBefore);
+  }
+}
+
+/** sample() with source ranges on VIP a (IPv4) and c (IPv6; only an IPv4 range: refuse all). */
+Model sampleRanged(const char* range4 = "192.0.2.0/24") {
+  Model m = sample();
+  for (auto& t : m.services) {
+    if (t.vip == ip(kA)) t.sourceRanges = {*IpPrefix::parse(range4), *IpPrefix::parse("2001:db8:c::/48")};
+    if (t.vip == ip(kC)) t.sourceRanges = {*IpPrefix::parse("198.51.100.0/24")};
+  }
+  return m;
+}
+
+TEST(RouterReconciler, SourceRangesAppliedAdoptedAndChangedMinimally) {
+  for (bool wire : {false, true}) {
+    SCOPED_TRACE(wire ? "codec round trip" : "plain");
+    World w(config(), wire);
+    {
+      RouterReconciler first(w.cfg, w.nl, w.nft);
+      pass(first, sampleRanged());
+    }
+    const auto& st = w.nft.state();
+    EXPECT_EQ(st.sourceRanges,
+              (std::map<IpAddress, std::vector<dp::SourceInterval>>{
+                  {ip(kA), {{ip("192.0.2.0"), ip("192.0.2.255")}}}, {ip(kC), {}}}));
+    expectConverged(w, sampleRanged());
+    // A restart adopts the ranges and the counters: nothing to change.
+    auto writes = w.nft.applied;
+    RouterReconciler restarted(w.cfg, w.nl, w.nft);
+    auto res = pass(restarted, sampleRanged());
+    EXPECT_EQ(res.changes, 0u);
+    EXPECT_EQ(w.nft.applied, writes);
+    // One range changed: one interval deleted, one added.
+    res = pass(restarted, sampleRanged("192.0.3.0/24"));
+    EXPECT_EQ(res.nftElementChanges, 2u);
+    EXPECT_EQ(w.nft.state().sourceRanges.at(ip(kA)),
+              (std::vector<dp::SourceInterval>{{ip("192.0.3.0"), ip("192.0.3.255")}}));
+    // Ranges removed: the VIPs are no longer filtered.
+    res = pass(restarted, sample());
+    EXPECT_EQ(res.nftElementChanges, 1u + 1u + 1u);  // an interval, two ranged elements
+    EXPECT_TRUE(w.nft.state().sourceRanges.empty());
+    expectConverged(w, sample());
+    // The fake's counters: one series per VIP and per (VIP, endpoint).
+    auto snap = restarted.readCounters();
+    ASSERT_TRUE(snap);
+    EXPECT_EQ(snap->vip.size(), 3u);
+    EXPECT_EQ(snap->endpoint.size(), 7u);
+    EXPECT_TRUE(snap->endpoint.contains({ip(kC), ip("fd00::2")}));
   }
 }
 
@@ -292,7 +341,9 @@ TEST(RouterReconciler, RemovingAnEndpointChangesOnlyItsRouteAndBuckets) {
     }
     changedA += after.buckets.at(k) != mark;
   }
-  EXPECT_EQ(res.nftElementChanges, 2 * changedA);  // a delete and an add per changed bucket
+  // A delete and an add per changed bucket, and the leaver's endpoint counter element.
+  EXPECT_EQ(res.nftElementChanges, 2 * changedA + 1);
+  EXPECT_FALSE(w.nft.state().endpoints.at(ip(kA)).contains(1001u));
   // Survivors keep their slots (tables 1000 and 1002).
   EXPECT_EQ(r.lastPlan().vips[0].slots, (std::vector<uint32_t>{0, 2}));
   expectConverged(w, m);

@@ -20,8 +20,18 @@ T="inet kube_service_tunnel"
 ip netns exec "$ns" nft -f - <<NFT || exit 1
 table $T {
   comment "kst:0123456789abcdef"
-  set vip4 { type ipv4_addr; }
-  set vip6 { type ipv6_addr; }
+  counter refused_no_bucket { }
+  counter refused_source_range { }
+  set vip4 { type ipv4_addr; counter; }
+  set vip6 { type ipv6_addr; counter; }
+  set refused4 { type ipv4_addr; counter; }
+  set refused6 { type ipv6_addr; counter; }
+  set ep4 { typeof ip daddr . meta mark; counter; }
+  set ep6 { typeof ip6 daddr . meta mark; counter; }
+  set ranged4 { type ipv4_addr; }
+  set ranged6 { type ipv6_addr; }
+  set src4 { typeof ip daddr . ip saddr; flags interval; }
+  set src6 { typeof ip6 daddr . ip6 saddr; flags interval; }
   map b2s4 { typeof ip daddr . meta mark : meta mark; }
   map b2s6 { typeof ip6 daddr . meta mark : meta mark; }
   map flow4 { typeof ip saddr . th sport . ip daddr . th dport : meta mark; flags dynamic,timeout; timeout 120s; size 65536; }
@@ -30,7 +40,7 @@ table $T {
 NFT
 
 NLMSG_ERROR=2; NEWTABLE=$((0xa00)); GETTABLE=$((0xa01)); NEWSETELEM=$((0xa0c))
-GETSETELEM=$((0xa0d)); DELSETELEM=$((0xa0e))
+GETSETELEM=$((0xa0d)); DELSETELEM=$((0xa0e)); GETOBJ=$((0xa13))
 
 # capture NAME DIRECTION NLMSG_TYPE nft-arguments...   (or "-f FILE")
 capture() {
@@ -51,14 +61,18 @@ capture add_vip4 send $NEWSETELEM add element $T vip4 '{ 203.0.113.10, 198.51.10
 capture add_vip6 send $NEWSETELEM add element $T vip6 '{ 2001:db8::10 }'
 capture del_b2s4 send $DELSETELEM delete element $T b2s4 '{ 203.0.113.10 . 0x4000003f }'
 capture del_vip4 send $DELSETELEM delete element $T vip4 '{ 198.51.100.1 }'
-# One transaction in the daemon's order (nft_render.cpp): VIP deletions, bucket deletions,
-# bucket additions, VIP additions.
+# One transaction in the daemon's order (nft_render.cpp): VIP deletions (VIP set, then refused
+# set), bucket deletions, bucket additions, VIP additions (refused set, then VIP set).
+ip netns exec "$ns" nft add element $T refused6 '{ 2001:db8::10 }'
 cat >"$tmp/mixed.nft" <<NFT
 delete element $T vip6 { 2001:db8::10 }
+delete element $T refused6 { 2001:db8::10 }
 delete element $T b2s4 { 203.0.113.10 . 0x40000000 }
 delete element $T b2s6 { 2001:db8::10 . 0x40000001 }
 add element $T b2s4 { 203.0.113.10 . 0x40000000 : 1003, 192.0.2.7 . 0x40000002 : 1004 }
 add element $T b2s6 { 2001:db8::20 . 0x40000000 : 1005 }
+add element $T refused4 { 192.0.2.7 }
+add element $T refused6 { 2001:db8::20 }
 add element $T vip4 { 192.0.2.7 }
 add element $T vip6 { 2001:db8::20 }
 NFT
@@ -83,6 +97,24 @@ capture dump_vip6_reply recv $GETSETELEM list set $T vip6
 capture get_b2s4 send $GETSETELEM get element $T b2s4 '{ 192.0.2.7 . 0x40000002 }'
 capture get_b2s4_reply recv $GETSETELEM get element $T b2s4 '{ 192.0.2.7 . 0x40000002 }'
 capture get_b2s4_missing_reply recv $GETSETELEM get element $T b2s4 '{ 192.0.2.99 . 0x40000002 }'
+# Counters and source ranges: per-endpoint counter elements (comment: the endpoint), source
+# interval elements (key VIP . first, key end VIP . last), filtered VIPs; their dumps with the
+# element counters; the named counters (GETOBJ dump).
+capture add_ep4 send $NEWSETELEM add element $T ep4 '{ 203.0.113.10 . 0x3e8 comment "10.1.0.5", 203.0.113.10 . 0x3e9 comment "10.1.0.6" }'
+capture add_ep6 send $NEWSETELEM add element $T ep6 '{ 2001:db8::10 . 0x3e8 comment "2001:db8:1::5" }'
+capture del_ep4 send $DELSETELEM delete element $T ep4 '{ 203.0.113.10 . 0x3e9 }'
+capture add_src4 send $NEWSETELEM add element $T src4 '{ 203.0.113.10 . 192.0.2.0-192.0.2.255, 203.0.113.10 . 198.51.100.7-198.51.100.7 }'
+capture add_src6 send $NEWSETELEM add element $T src6 '{ 2001:db8::10 . 2001:db8:c::-2001:db8:c:ffff:ffff:ffff:ffff:ffff }'
+capture del_src4 send $DELSETELEM delete element $T src4 '{ 203.0.113.10 . 198.51.100.7-198.51.100.7 }'
+capture add_ranged4 send $NEWSETELEM add element $T ranged4 '{ 203.0.113.10 }'
+capture add_refused4 send $NEWSETELEM add element $T refused4 '{ 203.0.113.10 }'
+capture dump_ep4_reply recv $GETSETELEM list set $T ep4
+capture dump_ep6_reply recv $GETSETELEM list set $T ep6
+capture dump_src4_reply recv $GETSETELEM list set $T src4
+capture dump_src6_reply recv $GETSETELEM list set $T src6
+capture dump_refused4_reply recv $GETSETELEM list set $T refused4
+capture dump_counters send $GETOBJ list counters table $T
+capture dump_counters_reply recv $GETOBJ list counters table $T
 capture del_missing_reply recv $DELSETELEM delete element $T vip4 '{ 192.0.2.99 }'
 nft --version
 uname -r
