@@ -8,6 +8,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -229,6 +230,10 @@ void addRunFlags(CLI::App* run, Flags& f) {
 struct Kernel {
   std::unique_ptr<kst::NetlinkClientImpl> nl;
   std::unique_ptr<kst::NftClientImpl> nft;
+  // /metrics reads the router's counters from HTTP threads: a client (socket) of its own,
+  // one scrape at a time, never the reconciler's.
+  std::unique_ptr<kst::NftClientImpl> nftScrape;
+  std::unique_ptr<std::mutex> nftScrapeLock = std::make_unique<std::mutex>();
   std::unique_ptr<kst::NetnsProviderImpl> netns;
   std::unique_ptr<kst::RouterReconciler> router;
   std::unique_ptr<kst::AgentReconciler> agent;
@@ -242,6 +247,7 @@ kst::Result<Kernel> openKernel(const Flags& f) {
   Kernel k;
   k.nl = std::make_unique<kst::NetlinkClientImpl>(std::move(*sock), f.dp);
   k.nft = std::make_unique<kst::NftClientImpl>(f.dp);
+  k.nftScrape = std::make_unique<kst::NftClientImpl>(f.dp);
   k.netns = std::make_unique<kst::NetnsProviderImpl>(f.dp, f.netnsDirs, f.scanProc);
   k.router = std::make_unique<kst::RouterReconciler>(
       f.dp, *k.nl, *k.nft,
@@ -480,6 +486,16 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   kst::Metrics metrics;
   daemon.setMetrics(&metrics);
   metrics.setApiStatsSource(apiStatsOf(s, router));
+  if (router)
+    metrics.setCounterSource([&k]() -> std::optional<kst::dp::NftCounterSnapshot> {
+      std::lock_guard lock(*k.nftScrapeLock);
+      auto snap = k.nftScrape->readCounters();
+      if (!snap) {
+        spdlog::warn("/metrics: reading the nft counters: {}", snap.error().message);
+        return std::nullopt;
+      }
+      return std::move(*snap);
+    });
   kst::DrainWatcher drainWatch(f.drainFile(), [&daemon] { daemon.poke(); });
   if (router && f.announceTable) {
     daemon.setAnnouncer(k.announce.get());

@@ -98,6 +98,21 @@ TEST_F(PromScrape, PrometheusScrapesTheRouterAndAnswersForItsSeries) {
   EXPECT_EQ(scalar("kube_service_tunnel_vip_announced{namespace=\"default\",service=\"web\","
                    "vip=\"" + kVip + "\"}"), 1.0);
 
+  // Traffic: the router's nft counters, read at scrape time through their own client. Every
+  // datagram the client sends to the VIP passes the router once (answers go directly, DSR), and
+  // the per-endpoint series of the VIP add up to the VIP's.
+  auto answers = udp(kVip, 25);
+  ASSERT_EQ(answers.size(), 25u);
+  const std::string sel =
+      "{namespace=\"default\",service=\"web\",vip=\"" + kVip + "\"}";
+  std::optional<double> vipPackets, endpointPackets;
+  EXPECT_TRUE(waitUntil([&] {
+    vipPackets = scalar("kube_service_tunnel_vip_packets_total" + sel);
+    endpointPackets = scalar("sum(kube_service_tunnel_endpoint_packets_total" + sel + ")");
+    return vipPackets.value_or(0) >= 25 && endpointPackets == vipPackets;
+  }, 30)) << "vip " << vipPackets.value_or(-1) << " endpoints " << endpointPackets.value_or(-1);
+  EXPECT_GT(scalar("kube_service_tunnel_vip_bytes_total" + sel).value_or(0), 25 * 28);
+
   // The Service goes: its per-VIP series leave the next scrape.
   removeManifest("web.yaml");
   EXPECT_TRUE(waitUntil([&] {
