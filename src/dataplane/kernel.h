@@ -53,17 +53,25 @@ class NetlinkClient {
   virtual Result<std::vector<std::string>> apply(const std::vector<Change>& changes) = 0;
 };
 
-/** Element changes of the router's VIP sets and bucket maps (vip4/vip6, b2s4/b2s6). */
+/** Element changes of the router's VIP sets, bucket maps and bucket count maps (vip4/vip6,
+ *  b2s4/b2s6, bcount4/bcount6). */
 struct NftElementChanges {
   struct Bucket {
     IpAddress vip;
     uint32_t bucket;  // 0 … B-1 (the map key holds kBucketMarkBase + bucket)
     uint32_t mark;    // the slot's fwmark (ignored for deletions)
   };
+  /** A VIP's bucket count element (bcount4/bcount6). */
+  struct Count {
+    IpAddress vip;
+    uint32_t buckets;  // ignored for deletions
+  };
   std::vector<IpAddress> vipDeletes, vipAdds;
   std::vector<Bucket> bucketDeletes, bucketAdds;
+  std::vector<Count> countDeletes, countAdds;
   size_t size() const {
-    return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size();
+    return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size() +
+           countDeletes.size() + countAdds.size();
   }
 };
 
@@ -82,8 +90,8 @@ class NftClient {
   virtual Result<NftState> observe() = 0;
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
-  /** Applies element changes as one transaction (order inside: VIP deletions, bucket
-   *  deletions, bucket additions, VIP additions), all or nothing: the kernel refuses the whole
+  /** Applies element changes as one transaction (order inside: VIP deletions, count
+   *  deletions, bucket deletions, bucket additions, count additions, VIP additions), all or nothing: the kernel refuses the whole
    *  batch when one deletion finds no element (ENOENT) or one addition finds its key with
    *  other data (EBUSY). The table must exist. Element changes never go through nft's text
    *  parser (a 640k-element load is seconds through text). */

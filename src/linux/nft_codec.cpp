@@ -18,7 +18,8 @@ namespace {
 
 constexpr SetShape kShapes[] = {
     {"vip4", 4, 0},   {"vip6", 16, 0}, {"b2s4", 8, 4},
-    {"b2s6", 20, 4},  {"flow4", 16, 4}, {"flow6", 8, 4},
+    {"b2s6", 20, 4},  {"flow4", 16, 4}, {"flow6", 8, 4}, {"bcount4", 4, 4},
+    {"bcount6", 16, 4},
 };
 
 constexpr size_t kHeader = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
@@ -169,7 +170,10 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (auto& b : ch.bucketDeletes) keyBytes += b.vip.size() + 4;
   for (auto& v : ch.vipAdds) keyBytes += v.size();
   for (auto& v : ch.vipDeletes) keyBytes += v.size();
-  BatchEncoder enc(table, seq, batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size()),
+  for (auto& c : ch.countAdds) keyBytes += c.vip.size();
+  for (auto& c : ch.countDeletes) keyBytes += c.vip.size();
+  BatchEncoder enc(table, seq,
+                   batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size() + ch.countAdds.size()),
                    genid);
   // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a
   // cold start carries 640k of them), one pass per family.
@@ -185,12 +189,24 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
       enc.element(add, v4 ? "b2s4" : "b2s6", {key, n}, add ? &b.mark : nullptr);
     }
   };
+  auto counts = [&](bool add, const std::vector<dp::NftElementChanges::Count>& v, bool v4) {
+    for (const auto& c : v) {
+      if (c.vip.isV4() != v4) continue;
+      const uint32_t data = kCountMarkBase | c.buckets;
+      enc.element(add, v4 ? "bcount4" : "bcount6", {c.vip.data(), c.vip.size()},
+                  add ? &data : nullptr);
+    }
+  };
   vips(false, ch.vipDeletes, true);
   vips(false, ch.vipDeletes, false);
+  counts(false, ch.countDeletes, true);
+  counts(false, ch.countDeletes, false);
   buckets(false, ch.bucketDeletes, true);
   buckets(false, ch.bucketDeletes, false);
   buckets(true, ch.bucketAdds, true);
   buckets(true, ch.bucketAdds, false);
+  counts(true, ch.countAdds, true);
+  counts(true, ch.countAdds, false);
   vips(true, ch.vipAdds, true);
   vips(true, ch.vipAdds, false);
   Bytes out = enc.finish();
@@ -366,6 +382,19 @@ bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace) {
   uint32_t data = slotMark == 0 ? dp::BucketMap::kForeignZeroMark : slotMark;
   if (replace) buckets.set(ip, mark - kBucketMarkBase, data);
   else buckets.insert(ip, mark - kBucketMarkBase, data);
+  return true;
+}
+
+bool addCountElement(const Element& e, std::map<IpAddress, uint32_t>& counts) {
+  auto ip = vipElement(e);
+  if (!ip || e.data.size() != 4) return false;
+  uint32_t data;
+  std::memcpy(&data, e.data.data(), 4);
+  const uint32_t count = data & ~kCountMarkBase;
+  // Only the daemon's data is a count; anything else stays visible to the diff (replaced).
+  counts[*ip] = (data & kCountMarkBase) && count != 0 && count <= dp::BucketMap::kMaxBuckets
+                    ? count
+                    : dp::NftState::kForeignCount;
   return true;
 }
 

@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -39,7 +40,8 @@ struct SetShape {
   uint32_t keyLen;
   uint32_t dataLen;  // 0: a set (no data)
 };
-/** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4; nullptr for another name. */
+/** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4, bcount4 4/4, bcount6 16/4;
+ *  nullptr for another name. */
 const SetShape* setShape(std::string_view name);
 
 /** Elements per NEWSETELEM/DELSETELEM message: the element list is one attribute (< 64 KiB),
@@ -85,9 +87,10 @@ class BatchEncoder {
  *  most `maps` of them with data, for table (BatchEncoder's reserve). */
 size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, size_t maps);
 
-/** The element changes of the VIP sets and bucket maps as one batch, in the order of the text
- *  script (desired/nft_render.cpp): VIP deletions, bucket deletions, bucket additions, VIP
- *  additions, IPv4 before IPv6 in each (hitless for removed and added VIPs). */
+/** The element changes of the VIP sets, bucket maps and bucket count maps as one batch, in the
+ *  order of the text script (desired/nft_render.cpp): VIP deletions, count deletions, bucket
+ *  deletions, bucket additions, count additions, VIP additions, IPv4 before IPv6 in each
+ *  (hitless for removed and added VIPs). */
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& changes,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid = 0);
 
@@ -160,6 +163,10 @@ std::optional<IpAddress> vipElement(const Element& e);
  *  Data 0 becomes dp::BucketMap::kForeignZeroMark (0 is "no element" there). replace: an
  *  element already held is overwritten. @return false for a malformed element. */
 bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace = false);
+
+/** A bucket count element (key VIP, data kCountMarkBase | count) into counts: the count, or
+ *  dp::NftState::kForeignCount for data the daemon does not write. @return false when malformed. */
+bool addCountElement(const Element& e, std::map<IpAddress, uint32_t>& counts);
 
 /** The messages of a buffer (a batch, or a datagram of replies), in order; nullopt when a
  *  length is inconsistent. */

@@ -510,6 +510,20 @@ class FakeNft : public dp::NftClient {
         if (!ip || ip->isV4() != (set == "vip4")) return fail(EINVAL, "fake nft: bad element " + item);
         if (add) st.vips.insert(*ip);
         else if (!st.vips.erase(*ip)) return fail(ENOENT, "fake nft: no such element " + item);
+      } else if (set == "bcount4" || set == "bcount6") {
+        auto colon = item.find(" : ");
+        if (add != (colon != std::string::npos)) return fail(EINVAL, "fake nft: bad element " + item);
+        auto ip = IpAddress::parse(item.substr(0, colon));
+        if (!ip || ip->isV4() != (set == "bcount4")) return fail(EINVAL, "fake nft: bad key " + item);
+        if (add) {
+          uint32_t value = static_cast<uint32_t>(std::stoul(item.substr(colon + 3), nullptr, 0));
+          if (!(value & kCountMarkBase)) return fail(EINVAL, "fake nft: bad count " + item);
+          auto [it, added] = st.vipBuckets.emplace(*ip, value & ~kCountMarkBase);
+          if (!added && it->second != (value & ~kCountMarkBase))
+            return fail(EBUSY, "fake nft: element exists with another value: " + item);
+        } else if (!st.vipBuckets.erase(*ip)) {
+          return fail(ENOENT, "fake nft: no such element " + item);
+        }
       } else if (set == "b2s4" || set == "b2s6") {
         auto dot = item.find(" . ");
         auto colon = item.find(" : ");
@@ -549,7 +563,8 @@ class FakeNft : public dp::NftClient {
       return fail(ENOENT, fmt::format("fake nft: no such table {}", l.table));
     const nft::SetShape* shape = nft::setShape(l.set);
     const bool vipSet = l.set == "vip4" || l.set == "vip6";
-    if (!shape || (!vipSet && l.set != "b2s4" && l.set != "b2s6"))
+    const bool countMap = l.set == "bcount4" || l.set == "bcount6";
+    if (!shape || (!vipSet && !countMap && l.set != "b2s4" && l.set != "b2s6"))
       return fail(ENOENT, fmt::format("fake nft: no such set {}", l.set));
     if (add != ((l.flags & NLM_F_CREATE) != 0) || !(l.flags & NLM_F_ACK))
       return fail(EINVAL, fmt::format("fake nft: unexpected flags {:#x}", l.flags));
@@ -563,6 +578,22 @@ class FakeNft : public dp::NftClient {
         items.push_back(ip.str());
         if (add) st.vips.insert(ip);
         else if (!st.vips.erase(ip)) return fail(ENOENT, "fake nft: no such element " + ip.str());
+        continue;
+      }
+      if (countMap) {
+        IpAddress ip = *nft::vipElement(e);
+        std::string item = ip.str();
+        if (add) {
+          uint32_t value;
+          std::memcpy(&value, e.data.data(), 4);
+          item += fmt::format(" : {:#x}", value);
+          auto [it, added] = st.vipBuckets.emplace(ip, value & ~kCountMarkBase);
+          if (!added && it->second != (value & ~kCountMarkBase))
+            return fail(EBUSY, "fake nft: element exists with another value: " + item);
+        } else if (!st.vipBuckets.erase(ip)) {
+          return fail(ENOENT, "fake nft: no such element " + item);
+        }
+        items.push_back(std::move(item));
         continue;
       }
       uint32_t keyMark;

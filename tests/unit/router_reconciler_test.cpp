@@ -679,9 +679,11 @@ TEST(RouterReconciler, IncrementalPassesPurgeReleasedSlotsToo) {
   expectConverged(w, m({ep("10.0.0.2")}));
 }
 
+// Buckets grow with the endpoints (hashing/balance.h); slots do not: more endpoints than
+// --max-slots is the problem that is left.
 TEST(RouterReconciler, TooManyEndpointsProblemIsReported) {
   auto cfg = config();
-  cfg.buckets = 2;
+  cfg.maxSlots = 2;
   World w(cfg);
   RouterReconciler r(w.cfg, w.nl, w.nft);
   auto res = pass(r, sample());
