@@ -169,7 +169,9 @@ TEST(Balanced, SpreadAndDisruptionBoundsForEveryCount2To300) {
         const double moved = movedShare(t, t2) / share;
         worstRemove = std::max(worstRemove, moved);
         ASSERT_LE(moved, 1.1) << "n=" << n << " removing " << ids[gone];
-        if (rest.size() >= 2) ASSERT_LE(ratio(rest, t2), 1.5) << "n=" << n;
+        if (rest.size() >= 2) {
+          ASSERT_LE(ratio(rest, t2), 1.5) << "n=" << n;
+        }
       }
       auto more = ids;
       more.push_back(extra[0]);

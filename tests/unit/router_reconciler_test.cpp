@@ -134,7 +134,7 @@ TEST(RouterReconciler, FirstPassCreatesEverything) {
   ASSERT_EQ(w.nft.scripts.size(), 1u);
   EXPECT_EQ(w.nft.scripts[0].find("element"), std::string::npos) << w.nft.scripts[0];
   ASSERT_EQ(w.nft.batches.size(), 1u);
-  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u);
+  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u + 3u);  // buckets, VIPs, bucket counts
   expectConverged(w, sample());
   // Buckets of the draining IPv6 endpoint: none.
   for (auto& [k, mark] : w.nft.state().buckets) {
