@@ -205,8 +205,19 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
     e.klen = v.size();
     (v.isV4() ? v4 : v6).push_back(e);
   }
+  std::vector<Elem> c4, c6;  // bucket counts: VIP → kCountMarkBase | B_v
+  for (auto& [v, count] : nft.vipBuckets) {
+    Elem e{};
+    std::memcpy(e.key, v.data(), v.size());
+    e.klen = v.size();
+    e.data = kst::kCountMarkBase | count;
+    e.hasData = true;
+    (v.isV4() ? c4 : c6).push_back(e);
+  }
   emitSet("b2s4", b4);
   emitSet("b2s6", b6);
+  emitSet("bcount4", c4);
+  emitSet("bcount6", c6);
   emitSet("vip4", v4);
   emitSet("vip6", v6);
   rawnft::putHeader(buf, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, nl.nextSeq());

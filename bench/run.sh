@@ -39,7 +39,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-load kb-metrics kst-testtool >/dev/null
+ninja -C "$BUILD" kube-service-tunnel kb-control kb-hashing kb-spread kb-load kb-metrics kst-testtool >/dev/null
 
 : >"$OUT"
 log() { echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2; }
@@ -49,6 +49,8 @@ REPS=3 N_INC=500 N_CHANGES=20 DP_REPS=11
 if [ -n "$QUICK" ]; then REPS=1 N_INC=100 N_CHANGES=5 DP_REPS=1; fi
 log "hashing"
 run "$BUILD/bench/kb-hashing" --benchmark_min_time=0.05
+log "bucket spread n=2..300"
+run "$BUILD/bench/kb-spread"
 log "cold convergence V=1k"
 run "$CTL" converge 1000 4 64 "$REPS"
 log "cold convergence V=10k"

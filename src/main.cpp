@@ -81,12 +81,14 @@ void addCommon(CLI::App* app, Flags& f) {
       ->check(CLI::IsMember({"router", "agent", "both"}));
   app->add_option("--mode", f.mode, "Encapsulation: " + kst::modeHelp())
       ->envname("TUNNEL_ROUTER_MODE");
-  app->add_option("--buckets", f.dp.buckets, "Hash buckets per VIP (B)")
+  app->add_option("--buckets", f.dp.buckets, "Minimum hash buckets per VIP: a VIP with n endpoints gets this times 2^k >= 2n, "
+                  "at most max(this, 4096)")
       ->envname("TUNNEL_ROUTER_BUCKETS")
       ->check(CLI::Range(1u, 1u << 20));
   app->add_option("--bucket-algorithm", f.algorithm,
-                  "Bucket to endpoint assignment: rendezvous (only a leaving endpoint's buckets "
-                  "move) or maglev (exactly even spread, a few extra moves)")
+                  "Bucket to endpoint assignment: rendezvous (balanced, derived from the published "
+                  "table: only a leaving endpoint's buckets move) or maglev (even spread, a few "
+                  "extra moves)")
       ->envname("TUNNEL_BUCKET_ALGORITHM")
       ->check(CLI::IsMember({"rendezvous", "maglev"}));
   app->add_option("--hash-seed", f.dp.hashSeed,

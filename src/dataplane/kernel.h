@@ -54,7 +54,8 @@ class NetlinkClient {
   virtual Result<std::vector<std::string>> apply(const std::vector<Change>& changes) = 0;
 };
 
-/** Element changes of the router's VIP sets and bucket maps (vip4/vip6, b2s4/b2s6). */
+/** Element changes of the router's VIP sets, bucket maps and bucket count maps (vip4/vip6,
+ *  b2s4/b2s6, bcount4/bcount6). */
 struct NftElementChanges {
   struct Bucket {
     IpAddress vip;
@@ -79,10 +80,17 @@ struct NftElementChanges {
   std::vector<EndpointCounter> endpointDeletes, endpointAdds;
   std::vector<IpAddress> rangedDeletes, rangedAdds;
   std::vector<SourceRange> rangeDeletes, rangeAdds;
+  /** A VIP's bucket count element (bcount4/bcount6). */
+  struct Count {
+    IpAddress vip;
+    uint32_t buckets;  // ignored for deletions
+  };
+  std::vector<Count> countDeletes, countAdds;
   size_t size() const {
     return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size() +
            endpointDeletes.size() + endpointAdds.size() + rangedDeletes.size() +
-           rangedAdds.size() + rangeDeletes.size() + rangeAdds.size();
+           rangedAdds.size() + rangeDeletes.size() + rangeAdds.size() + countDeletes.size() +
+           countAdds.size();
   }
 };
 
@@ -102,8 +110,8 @@ class NftClient {
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
   /** Applies element changes as one transaction (order inside: VIP deletions, then source
-   *  ranges, endpoint counters and buckets deleted, added in the reverse order, VIP additions
-   *  last), all or nothing: the kernel refuses the whole
+   *  ranges, endpoint counters, bucket counts and buckets deleted, added in the reverse order,
+   *  VIP additions last), all or nothing: the kernel refuses the whole
    *  batch when one deletion finds no element (ENOENT) or one addition finds its key with
    *  other data (EBUSY). The table must exist. Element changes never go through nft's text
    *  parser (a 640k-element load is seconds through text). */

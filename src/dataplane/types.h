@@ -109,6 +109,10 @@ struct NftState {
   std::string skeleton;  // full text of table, chains, rules and empty sets (see nft_render)
   std::string skeletonId;  // short hash of skeleton, stored as the table comment
   std::set<IpAddress> vips;
+  /** VIP → its bucket count (the bcount4/bcount6 maps, which select the VIP's `jhash … mod B`
+   *  rule); a VIP without buckets has none. kForeignCount: an element not written by the daemon. */
+  std::map<IpAddress, uint32_t> vipBuckets;
+  static constexpr uint32_t kForeignCount = 0xffffffffu;
   /** (vip, bucket) → fwmark, one dense vector per VIP (bucket_map.h: 640k elements at 10k VIPs) */
   BucketMap buckets;
   /** Per-endpoint counter elements (ep4/ep6): VIP → slot mark → the endpoint in that slot (the

@@ -13,6 +13,7 @@ enum class BucketAlgorithm : uint8_t { Rendezvous, Maglev };
 struct DataplaneConfig {
   Mode mode = Mode::VxlanGpe;
   BucketAlgorithm algorithm = BucketAlgorithm::Rendezvous;
+  /** --buckets: the minimum bucket count of a VIP (hashing/balance.h vipBucketCount). */
   uint32_t buckets = 64;
   uint32_t hashSeed = 0x2a;
   /** First routing table and fwmark; slot s uses table/mark tableOffset + s. */

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "hashing/balance.h"
 #include "hashing/maglev.h"
 
 namespace kst {
@@ -36,14 +37,19 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   // for a flow's first packet only.
   line(fmt::format("{l4} meta mark set {k} map @flow{n} update @flow{n} {{ {k} : meta mark }} accept",
                    fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n)));
-  // New flow: bucket from the fixed-seed hash (whatever mark the packet carried before is
-  // overwritten, never taken for a slot).
-  line(fmt::format("{} meta mark set jhash {ip} saddr . {ip} daddr . th sport . th dport mod {} "
-                   "seed {:#x} offset {:#x}",
-                   l4, cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
-  line(fmt::format("meta l4proto != {{ tcp, udp, sctp }} meta mark set jhash {ip} saddr . {ip} "
-                   "daddr mod {} seed {:#x} offset {:#x}",
-                   cfg.buckets, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
+  // New flow: the VIP's bucket count class, then the bucket from the fixed-seed hash mod that
+  // count (whatever mark the packet carried before is overwritten, never taken for a slot).
+  line(fmt::format("meta mark set {:#x}", kCountMarkBase));
+  line(fmt::format("meta mark set {} daddr map @bcount{}", ip, n));
+  for (uint32_t b = cfg.buckets, cap = vipBucketCap(cfg.buckets); b != 0 && b <= cap; b *= 2) {
+    line(fmt::format("meta mark {:#x} {} meta mark set jhash {ip} saddr . {ip} daddr . th sport "
+                     ". th dport mod {} seed {:#x} offset {:#x}",
+                     kCountMarkBase | b, l4, b, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
+    line(fmt::format("meta mark {:#x} meta mark set jhash {ip} saddr . {ip} daddr mod {} seed "
+                     "{:#x} offset {:#x}",
+                     kCountMarkBase | b, b, cfg.hashSeed, kBucketMarkBase, fmt::arg("ip", ip)));
+    if (b == cap) break;
+  }
   line(fmt::format("meta mark set {} daddr . meta mark map @b2s{}", ip, n));
   // A bucket without an element (mark still base + bucket) is dropped, never routed by main.
   // Counted per VIP (refused set) and in total (named counter refused_no_bucket).
@@ -79,6 +85,8 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   body += "  set src6 { typeof ip6 daddr . ip6 saddr; flags interval; }\n";
   body += "  map b2s4 { typeof ip daddr . meta mark : meta mark; }\n";
   body += "  map b2s6 { typeof ip6 daddr . meta mark : meta mark; }\n";
+  body += "  map bcount4 { typeof ip daddr : meta mark; }\n";
+  body += "  map bcount6 { typeof ip6 daddr : meta mark; }\n";
   body += fmt::format(
       "  map flow4 {{ typeof ip saddr . th sport . ip daddr . th dport : meta mark; {} }}\n",
       flowOpts);
@@ -178,6 +186,11 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
     (b.vip.isV4() ? del4 : del6).push_back(elementKey({b.vip, b.bucket}));
   for (auto& b : d.bucketAdds)
     (b.vip.isV4() ? add4 : add6).push_back(fmt::format("{} : {}", elementKey({b.vip, b.bucket}), b.mark));
+  std::vector<std::string> delc4, delc6, addc4, addc6;
+  for (auto& c : d.countDeletes) (c.vip.isV4() ? delc4 : delc6).push_back(c.vip.str());
+  for (auto& c : d.countAdds)
+    (c.vip.isV4() ? addc4 : addc6)
+        .push_back(fmt::format("{} : {:#x}", c.vip.str(), kCountMarkBase | c.buckets));
   for (auto& v : d.vipDeletes) (v.isV4() ? delv4 : delv6).push_back(v.str());
   for (auto& v : d.vipAdds) (v.isV4() ? addv4 : addv6).push_back(v.str());
   std::vector<std::string> delEp4, delEp6, addEp4, addEp6, delR4, delR6, addR4, addR6, delS4,
@@ -207,10 +220,14 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
   emit(out, "delete", cfg.nftTable, "ranged6", delR6);
   emit(out, "delete", cfg.nftTable, "ep4", delEp4);
   emit(out, "delete", cfg.nftTable, "ep6", delEp6);
+  emit(out, "delete", cfg.nftTable, "bcount4", delc4);
+  emit(out, "delete", cfg.nftTable, "bcount6", delc6);
   emit(out, "delete", cfg.nftTable, "b2s4", del4);
   emit(out, "delete", cfg.nftTable, "b2s6", del6);
   emit(out, "add", cfg.nftTable, "b2s4", add4);
   emit(out, "add", cfg.nftTable, "b2s6", add6);
+  emit(out, "add", cfg.nftTable, "bcount4", addc4);
+  emit(out, "add", cfg.nftTable, "bcount6", addc6);
   emit(out, "add", cfg.nftTable, "ep4", addEp4);
   emit(out, "add", cfg.nftTable, "ep6", addEp6);
   emit(out, "add", cfg.nftTable, "ranged4", addR4);
@@ -298,6 +315,24 @@ dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::N
                for (auto& iv : gone) out.rangeDeletes.push_back({vip, iv});
                for (auto& iv : fresh) out.rangeAdds.push_back({vip, iv});
              });
+  // Bucket counts: a changed count is a deletion plus an addition of the VIP's element.
+  auto dc = desired.vipBuckets.begin(), oc = base.vipBuckets.begin();
+  while (dc != desired.vipBuckets.end() || oc != base.vipBuckets.end()) {
+    if (oc == base.vipBuckets.end() || (dc != desired.vipBuckets.end() && dc->first < oc->first)) {
+      out.countAdds.push_back({dc->first, dc->second});
+      ++dc;
+    } else if (dc == desired.vipBuckets.end() || oc->first < dc->first) {
+      out.countDeletes.push_back({oc->first, oc->second});
+      ++oc;
+    } else {
+      if (dc->second != oc->second) {
+        out.countDeletes.push_back({oc->first, oc->second});
+        out.countAdds.push_back({dc->first, dc->second});
+      }
+      ++dc;
+      ++oc;
+    }
+  }
   std::set_difference(base.vips.begin(), base.vips.end(), desired.vips.begin(), desired.vips.end(),
                       std::back_inserter(out.vipDeletes));
   std::set_difference(desired.vips.begin(), desired.vips.end(), base.vips.begin(), base.vips.end(),

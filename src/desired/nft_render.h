@@ -5,8 +5,13 @@
 //   0. source ranges          → a VIP in @ranged4 whose (VIP . saddr) is in no @src4 interval
 //                               goes to refuse_source: counted, dropped (every protocol)
 //   1. flow table hit         → mark = the slot the flow was pinned to (draining, failover)
-//   2. otherwise              → mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
-//      (ICMP and other protocols without ports hash saddr . daddr only)
+//   2. otherwise              → mark = bcount[daddr] (0x80000000 | the VIP's bucket count B;
+//      0x80000000 for a VIP without one), then the rule of that count class:
+//                                 mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
+//      (ICMP and other protocols without ports hash saddr . daddr only). One rule pair per
+//      class minBuckets · 2^k (hashing/balance.h), all in the skeleton, so a VIP changing class
+//      is an element change and the flow table (pinned flows) survives it; a new flow costs
+//      one map lookup, a few mark compares and one hash.
 //   3. mark ≥ 0x40000000      → mark = b2s[daddr . mark]   (bucket → slot mark)
 //   4. still unresolved       → counted (refused_no_bucket, @refused4), dropped (a VIP with no
 //                               endpoint must not leak to the main table)
@@ -29,6 +34,9 @@
 namespace kst {
 
 constexpr uint32_t kBucketMarkBase = 0x40000000;
+/** Data of a bcount element: kCountMarkBase | the VIP's bucket count. Alone, it is the mark of a
+ *  VIP without a count (dropped: ≥ kBucketMarkBase and no b2s element). */
+constexpr uint32_t kCountMarkBase = 0x80000000;
 
 /** Table, sets, maps and chain, without elements. */
 std::string renderSkeleton(const DataplaneConfig& cfg);

@@ -73,7 +73,7 @@ std::string encodePublished(const VipPlan& plan, const DataplaneConfig& cfg) {
     if (plan.buckets[b] >= 0) of[plan.buckets[b]].push_back(b);
   nlohmann::ordered_json j;
   j["v"] = 1;
-  j["buckets"] = cfg.buckets;
+  j["buckets"] = static_cast<uint32_t>(plan.buckets.size());  // this VIP's bucket count
   j["seed"] = cfg.hashSeed;
   j["endpoints"] = nlohmann::ordered_json::array();
   for (size_t i = 0; i < plan.endpoints.size(); ++i) {

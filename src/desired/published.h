@@ -13,10 +13,12 @@
 //
 // The table is still decoded as untrusted input (decodePublished: types, bounds, size).
 //
-// Routers use a published table only when it matches their configuration (B, seed) and the
-// current endpoint set exactly (same active endpoints, every draining endpoint listed);
-// otherwise they compute the table themselves — the computation is a pure function of the
-// endpoint set, so they still agree, and the elected writer republishes.
+// "buckets" is the VIP's own bucket count (it grows with the endpoints, hashing/balance.h).
+// Routers follow a published table as it is when it matches their seed, the current endpoint
+// set exactly (same active endpoints, every draining endpoint listed), the bucket count they
+// compute for it, and is balanced; otherwise they compute the table from it (balancedTable with
+// the published table as the base: a pure function of the published table and the endpoint
+// set, so routers that read the same table agree), and the elected writer republishes.
 #pragma once
 
 #include <optional>

@@ -11,6 +11,7 @@
 #include "desired/nft_render.h"
 #include "desired/published.h"
 #include "desired/router_db.h"
+#include "hashing/balance.h"
 #include "hashing/maglev.h"
 
 namespace kst {
@@ -82,7 +83,25 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
 namespace {
 std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const IpAddress& vip,
                     const IpAddress& ep);
+
+/** Every bucket of the table is assigned and the endpoints holding buckets hold ⌊B/n⌋ or
+ *  ⌈B/n⌉ of them (n: the non-draining endpoints): what balancedTable makes. */
+bool balanced(const PublishedTable& t) {
+  size_t n = 0;
+  for (auto& e : t.endpoints) n += !e.draining;
+  if (n == 0) return false;
+  std::vector<uint32_t> count(t.endpoints.size(), 0);
+  for (int32_t e : t.table) {
+    if (e < 0) return false;
+    ++count[e];
+  }
+  const uint32_t lo = t.buckets / n, hi = lo + (t.buckets % n != 0);
+  for (size_t i = 0; i < t.endpoints.size(); ++i)
+    if (!t.endpoints[i].draining && (count[i] < lo || count[i] > hi)) return false;
+  return true;
+}
 }  // namespace
+
 
 RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allocations& prior) {
   RouterPlan plan;
@@ -96,27 +115,30 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
       else
         vp.endpoints.push_back(ep);
     }
-    // A published table that matches this configuration and exactly this endpoint set.
+    // The published table of the VIP, when it was made with this hash seed.
     std::optional<PublishedTable> pub;
     if (!svc.published.empty()) pub = decodePublished(svc.published);
-    if (pub && (pub->buckets != cfg.buckets || pub->seed != cfg.hashSeed ||
-                pub->endpoints.size() != svc.endpoints.size()))
-      pub.reset();
+    if (pub && pub->seed != cfg.hashSeed) pub.reset();
+    // `pub` stays the base of the bucket assignment (balancedTable) whatever the endpoints;
+    // `exact` is set when it also matches the endpoint set and can be followed as it is.
+    std::optional<PublishedTable> exact = pub;
+    if (exact && exact->endpoints.size() != svc.endpoints.size()) exact.reset();
     std::map<IpAddress, uint32_t> pubSlot;
-    if (pub) {
+    if (exact) {
       std::set<uint32_t> slotsSeen;
-      for (size_t i = 0; i < pub->endpoints.size() && pub; ++i) {
-        const auto& pe = pub->endpoints[i];
+      for (size_t i = 0; i < exact->endpoints.size() && exact; ++i) {
+        const auto& pe = exact->endpoints[i];
         const auto& e = svc.endpoints[i];  // both sorted by address when published by us
         if (pe.ip != e.ip || pe.draining != e.draining || pe.slot >= cfg.maxSlots ||
             !slotsSeen.insert(pe.slot).second)
-          pub.reset();
+          exact.reset();
         else
           pubSlot[pe.ip] = pe.slot;
       }
-      if (pub)
-        for (int32_t idx : pub->table)
-          if (idx >= 0 && pub->endpoints[idx].draining) pub.reset();
+      if (exact)
+        for (int32_t idx : exact->table)
+          if (idx >= 0 && exact->endpoints[idx].draining) exact.reset();
+      if (!exact) pubSlot.clear();
     }
     // Sticky slots first (the kernel's; a router without any for this VIP takes the published
     // ones, so a fresh router builds the same tables), then the lowest free ones in address
@@ -124,7 +146,7 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     std::set<uint32_t> used;
     vp.slots.assign(vp.endpoints.size(), UINT32_MAX);
     auto pit = prior.slots.find(svc.vip);
-    if (pit == prior.slots.end() && pub) {
+    if (pit == prior.slots.end() && exact) {
       for (size_t i = 0; i < vp.endpoints.size(); ++i) {
         vp.slots[i] = pubSlot[vp.endpoints[i].ip];
         used.insert(vp.slots[i]);
@@ -160,7 +182,9 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     vp.slots = std::move(keptSlots);
     for (uint32_t s : vp.slots) plan.slotCount = std::max(plan.slotCount, s + 1);
 
-    // Buckets: rendezvous (or Maglev) over the endpoints that take new flows.
+    // Buckets over the endpoints that take new flows: the VIP's bucket count grows with them
+    // (hashing/balance.h), the assignment is balanced and derived from the published table
+    // when there is one, so that every router reading it computes the same.
     std::vector<std::string> ids;
     std::vector<int32_t> idx;
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
@@ -168,21 +192,32 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
       ids.push_back(vp.endpoints[i].ip.str());
       idx.push_back(static_cast<int32_t>(i));
     }
-    if (ids.size() > cfg.buckets) {
+    const uint32_t count = vipBucketCount(cfg.buckets, ids.size(), pub ? pub->buckets : 0);
+    if (ids.size() > count) {
       plan.problems.push_back(
           {Problem::Kind::TooManyEndpoints, svc.key,
-           fmt::format("VIP {} has {} ready endpoints but only {} buckets (--buckets): {} "
-                       "endpoints get no new flows; raise --buckets",
-                       svc.vip.str(), ids.size(), cfg.buckets, ids.size() - cfg.buckets)});
+           fmt::format("VIP {} has {} ready endpoints but at most {} buckets (the cap of a VIP's "
+                       "bucket count, max(--buckets, {})): {} endpoints get no new flows",
+                       svc.vip.str(), ids.size(), count, kVipBucketCap, ids.size() - count)});
     }
-    vp.buckets.assign(cfg.buckets, -1);
-    if (pub && vp.endpoints.size() == svc.endpoints.size()) {
-      // Follow the published table (e.g. written by a router running another version).
+    vp.buckets.assign(count, -1);
+    if (exact && vp.endpoints.size() == svc.endpoints.size() && exact->buckets == count &&
+        cfg.algorithm == BucketAlgorithm::Rendezvous && balanced(*exact)) {
+      // Follow the published table (the elected router's, or one written by another version).
       vp.fromPublished = true;
-      for (size_t b = 0; b < pub->table.size(); ++b) vp.buckets[b] = pub->table[b];
+      for (size_t b = 0; b < exact->table.size(); ++b) vp.buckets[b] = exact->table[b];
+    } else if (cfg.algorithm == BucketAlgorithm::Maglev) {
+      auto table = maglevTable(ids, count);
+      for (size_t b = 0; b < table.size(); ++b) vp.buckets[b] = idx[table[b]];
     } else {
-      auto table = cfg.algorithm == BucketAlgorithm::Maglev ? maglevTable(ids, cfg.buckets)
-                                                            : rendezvousTable(ids, cfg.buckets);
+      std::vector<std::string> base;
+      if (pub) {
+        base.resize(pub->table.size());
+        for (size_t b = 0; b < pub->table.size(); ++b)
+          if (int32_t e = pub->table[b]; e >= 0 && !pub->endpoints[e].draining)
+            base[b] = pub->endpoints[e].ip.str();
+      }
+      auto table = balancedTable(ids, count, base);
       for (size_t b = 0; b < table.size(); ++b) vp.buckets[b] = idx[table[b]];
     }
     plan.vips.push_back(std::move(vp));
@@ -390,6 +425,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
     }
     if (!any) continue;
     if (!st.nft.buckets.marksOf(vp.vip)) {
+      st.nft.vipBuckets.emplace(vp.vip, static_cast<uint32_t>(vp.buckets.size()));
       st.nft.buckets.setVip(vp.vip, std::move(marks));
     } else {  // a VIP planned twice: the first plan's elements win (as map emplace did)
       for (uint32_t b = 0; b < marks.size(); ++b)

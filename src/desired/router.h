@@ -2,7 +2,7 @@
 //
 //   packet to VIP ─ nft: flow table hit? ─ yes → mark = slot of that flow's endpoint
 //                        │ no
-//                        └ mark = b2s[VIP . jhash(5-tuple, seed) mod B]   (bucket → slot)
+//                        └ mark = b2s[VIP . jhash(5-tuple, seed) mod B_VIP]   (bucket → slot)
 //   ip rule fwmark (tableOffset + s) → table (tableOffset + s): VIP → nexthop(endpoint) → encap
 //
 // A *slot* is a per-VIP position of an endpoint: table tableOffset+s holds, for every VIP, the
@@ -10,9 +10,10 @@
 // per VIP) are independent, so more endpoints than buckets never needs more tables and a
 // draining endpoint keeps its slot (its established flows stay routable) while losing all
 // its buckets. Slots are sticky: an endpoint keeps the slot the kernel already has for it;
-// new endpoints take the lowest free slot in address order. Bucket → endpoint is rendezvous
-// hashing (or Maglev, --bucket-algorithm) over the identity set only (hashing/maglev.h),
-// identical on every router.
+// new endpoints take the lowest free slot in address order. Each VIP has its own bucket count
+// B_VIP, growing with its endpoints (--buckets the minimum), and bucket → endpoint is the
+// balanced assignment derived from the VIP's published table (or Maglev, --bucket-algorithm),
+// hashing/balance.h; identical on every router that reads the same published table.
 #pragma once
 
 #include <functional>

@@ -7,6 +7,7 @@
 #include "common/clock.h"
 #include "dataplane/diff.h"
 #include "desired/published.h"
+#include "hashing/balance.h"
 
 namespace kst {
 
@@ -56,7 +57,8 @@ bool sortedUniqueVips(const Model& m) {
   return true;
 }
 
-/** A VIP's bucket marks as the index keeps them: buckets 0 … B-1 (the plan's are exactly B). */
+/** A VIP's bucket marks as the index keeps them: buckets below the largest bucket count a VIP
+ *  can have (a plan has exactly its VIP's count). */
 std::vector<uint32_t> indexedMarks(const std::vector<uint32_t>& marks, uint32_t nb) {
   return {marks.begin(), marks.begin() + std::min<size_t>(marks.size(), nb)};
 }
@@ -157,6 +159,7 @@ struct RouterDb::Index {
   bool nftPresent = false;
   std::string skeletonId;
   std::set<IpAddress> nftVips;
+  std::map<IpAddress, uint32_t> nftCounts;             // VIP → its bucket count element
   dp::BucketMap buckets;                               // VIP → mark of each bucket
   std::map<IpAddress, std::map<uint32_t, IpAddress>> nftEndpoints;    // counter elements
   std::map<IpAddress, std::vector<dp::SourceInterval>> nftRanges;     // filtered VIPs
@@ -178,6 +181,7 @@ struct RouterDb::Index {
     st.nft.skeletonId = skeletonId;
     st.nft.skeleton = skeleton;
     st.nft.vips = nftVips;
+    st.nft.vipBuckets = nftCounts;
     st.nft.buckets = buckets;
     st.nft.endpoints = nftEndpoints;
     st.nft.sourceRanges = nftRanges;
@@ -246,8 +250,9 @@ bool RouterDb::ensureIndex() {
   x->nftVips = std::move(flat_.nft.vips);
   x->nftEndpoints = std::move(flat_.nft.endpoints);
   x->nftRanges = std::move(flat_.nft.sourceRanges);
+  x->nftCounts = std::move(flat_.nft.vipBuckets);
   for (auto& [vip, marks] : flat_.nft.buckets.perVip())
-    x->buckets.setVip(vip, indexedMarks(marks, cfg_.buckets));
+    x->buckets.setVip(vip, indexedMarks(marks, vipBucketCap(cfg_.buckets)));
   for (auto& vp : plan_.vips) {
     uint32_t n = slotCountOf(vp);
     x->vipSlots[vp.vip] = n;
@@ -416,6 +421,8 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
     partialNft.skeleton = des.nft.skeleton;
     for (auto& vip : *changed) {
       if (x.nftVips.contains(vip)) partialNft.vips.insert(vip);
+      if (auto c = x.nftCounts.find(vip); c != x.nftCounts.end())
+        partialNft.vipBuckets.insert(*c);
       if (auto* marks = x.buckets.marksOf(vip)) partialNft.buckets.setVip(vip, *marks);
       if (auto it = x.nftEndpoints.find(vip); it != x.nftEndpoints.end())
         partialNft.endpoints.insert(*it);
@@ -502,6 +509,7 @@ void RouterDb::commit(const Model& model) {
   for (auto& vip : p->changed) {
     x.routes.erase(vip);
     x.nftVips.erase(vip);
+    x.nftCounts.erase(vip);
     x.buckets.eraseVip(vip);
     x.nftEndpoints.erase(vip);
     x.nftRanges.erase(vip);
@@ -527,8 +535,9 @@ void RouterDb::commit(const Model& model) {
   for (auto& vip : des.nft.vips) x.nftVips.insert(vip);
   for (auto& [vip, eps] : des.nft.endpoints) x.nftEndpoints[vip] = eps;
   for (auto& [vip, r] : des.nft.sourceRanges) x.nftRanges[vip] = r;
+  for (auto& [vip, count] : des.nft.vipBuckets) x.nftCounts[vip] = count;
   for (auto& [vip, marks] : des.nft.buckets.perVip())
-    x.buckets.setVip(vip, indexedMarks(marks, cfg_.buckets));
+    x.buckets.setVip(vip, indexedMarks(marks, vipBucketCap(cfg_.buckets)));
   for (auto& svc : p->services) inputs_.emplace(svc.vip, std::move(svc));
   for (auto& [vip, n] : p->vipSlots) x.vipSlots[vip] = n;
   x.slotHist = std::move(p->slotHist);

@@ -64,19 +64,24 @@ uint64_t mix64(uint64_t x) {
 }
 }  // namespace
 
+uint64_t rendezvousKey(const std::string& id) { return stableHash(id, 0x72656e64); }
+
+uint64_t rendezvousWeight(uint64_t key, uint32_t bucket) {
+  return mix64(key ^ mix64(bucket + 0x9e3779b97f4a7c15ULL));
+}
+
 std::vector<uint32_t> rendezvousTable(const std::vector<std::string>& ids, uint32_t buckets) {
   std::vector<uint32_t> table;
   const size_t n = ids.size();
   if (n == 0 || buckets == 0) return table;
   std::vector<uint64_t> h(n);
-  for (size_t i = 0; i < n; ++i) h[i] = stableHash(ids[i], 0x72656e64);
+  for (size_t i = 0; i < n; ++i) h[i] = rendezvousKey(ids[i]);
   table.resize(buckets);
   for (uint32_t b = 0; b < buckets; ++b) {
-    uint64_t bk = mix64(b + 0x9e3779b97f4a7c15ULL);
     uint64_t best = 0;
     uint32_t who = 0;
     for (size_t i = 0; i < n; ++i) {
-      uint64_t w = mix64(h[i] ^ bk);
+      uint64_t w = rendezvousWeight(h[i], b);
       // Ties (astronomically rare) go to the smaller identity: still order-independent.
       if (w > best || (w == best && ids[i] < ids[who])) {
         best = w;

@@ -35,6 +35,11 @@ std::vector<uint32_t> maglevTable(const std::vector<std::string>& ids, uint32_t 
  */
 std::vector<uint32_t> rendezvousTable(const std::vector<std::string>& ids, uint32_t buckets);
 
+/** Rendezvous weight of bucket `bucket` for an endpoint whose key is rendezvousKey(id): the
+ *  endpoint with the highest weight wins the bucket (rendezvousTable, balancedTable). */
+uint64_t rendezvousKey(const std::string& id);
+uint64_t rendezvousWeight(uint64_t key, uint32_t bucket);
+
 /** The original prototype's assignment, for comparison in benchmarks: bucket b → b mod n. */
 std::vector<uint32_t> moduloTable(size_t n, uint32_t buckets);
 

@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "desired/nft_render.h"
+#include "hashing/balance.h"
 #include "linux/nft_codec.h"
 
 namespace kst {
@@ -172,10 +173,13 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
     if (*rc != 0) return sysFail(*rc, "nfnetlink get table " + cfg_.nftTable);
   }
   // Elements of a dump or a lookup answer: VIP sets and bucket maps.
-  auto parse = [](const nlmsghdr* m, std::set<IpAddress>& vips, dp::BucketMap& buckets) {
+  auto parse = [&st](const nlmsghdr* m, std::set<IpAddress>& vips, dp::BucketMap& buckets) {
     nft::forEachElement(m, [&](const nft::Element& e) {
       if (e.data.empty()) {
         if (auto ip = nft::vipElement(e)) vips.insert(*ip);
+      } else if (e.key.size() == 4 || e.key.size() == 16) {  // bcount4/bcount6
+        if (!nft::addCountElement(e, st.vipBuckets))
+          spdlog::debug("nft: ignoring a malformed bucket count element");
       } else if (!nft::addBucketElement(e, buckets)) {
         spdlog::debug("nft: ignoring a malformed bucket map element");
       }
@@ -213,10 +217,11 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
       ++it;
     }
   }
-  // Dumps: the VIP sets always; the bucket maps only when asked to be exhaustive, because the
-  // kernel resumes a set dump by skipping the elements already sent (≈ 700 per 32 KiB
-  // message): listing 640k elements walks the map ~900 times, ≈ a minute of CPU.
-  std::vector<const char*> dumped{"vip4", "vip6"};
+  // Dumps: the VIP sets and bucket count maps (one element per VIP) always; the bucket maps
+  // only when asked to be exhaustive, because the kernel resumes a set dump by skipping the
+  // elements already sent (≈ 700 per 32 KiB message): listing 640k elements walks the map
+  // ~900 times, ≈ a minute of CPU.
+  std::vector<const char*> dumped{"vip4", "vip6", "bcount4", "bcount6"};
   if (exhaustive_) {
     dumped.push_back("b2s4");
     dumped.push_back("b2s6");
@@ -230,7 +235,11 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
                         [&](const nlmsghdr* m) { parse(m, vips, buckets); }, intr);
       if (!rc) return std::unexpected(rc.error());
       if (*rc != 0) return sysFail(*rc, fmt::format("nfnetlink list {} {}", cfg_.nftTable, set));
-      if (intr && attempt < 3) continue;  // the set changed during the dump
+      if (intr && attempt < 3) {  // the set changed during the dump
+        if (std::string_view(set).starts_with("bcount"))
+          std::erase_if(st.vipBuckets, [&](auto& c) { return c.first.isV4() == (set[6] == '4'); });
+        continue;
+      }
       if (intr) return fail(EINTR, "nfnetlink: dump of " + std::string(set) + " kept changing");
       st.vips.merge(vips);
       st.buckets.merge(std::move(buckets));
@@ -243,20 +252,31 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
     return st;
   }
   // Buckets by lookup: every bucket key (VIP . kBucketMarkBase + b, b < B) of every VIP in the
-  // VIP sets, 256 keys per GETSETELEM request (one reply per element found; a missing key
+  // VIP sets, B the VIP's bucket count element (--buckets without one), 256 keys per
+  // GETSETELEM request (one reply per element found; a missing key
   // ends the request with ENOENT, and the lookup resumes after it). Elements of VIPs outside
   // the sets are not seen: the daemon only ever adds or removes a VIP together with its
   // buckets in one transaction; an element batch that then fails (a foreign element in the
   // way) makes the next observation exhaustive.
   // Found elements go straight into st.buckets (no bucket map was dumped, so it holds only
-  // what these lookups answered). Key j of a family is (vips[j / B], j % B): no key list.
-  const uint32_t nb = cfg_.buckets;
+  // what these lookups answered). Key j of a family is found from the running key counts of
+  // its VIPs (no key list).
+  const uint32_t cap = vipBucketCap(cfg_.buckets);
   for (bool v4 : {true, false}) {
     std::vector<IpAddress> famVips;
-    for (auto& vip : st.vips)
-      if (vip.isV4() == v4) famVips.push_back(vip);
-    auto keyAt = [&](size_t j) { return std::make_pair(famVips[j / nb], uint32_t(j % nb)); };
-    const size_t total = famVips.size() * nb;
+    std::vector<size_t> firstKey{0};  // firstKey[k]: the index of famVips[k]'s bucket 0
+    for (auto& vip : st.vips) {
+      if (vip.isV4() != v4) continue;
+      famVips.push_back(vip);
+      auto c = st.vipBuckets.find(vip);
+      uint32_t nb = c == st.vipBuckets.end() || c->second > cap ? cfg_.buckets : c->second;
+      firstKey.push_back(firstKey.back() + nb);
+    }
+    auto keyAt = [&](size_t j) {
+      size_t k = std::upper_bound(firstKey.begin(), firstKey.end(), j) - firstKey.begin() - 1;
+      return std::make_pair(famVips[k], uint32_t(j - firstKey[k]));
+    };
+    const size_t total = firstKey.back();
     const char* set = v4 ? "b2s4" : "b2s6";
     constexpr size_t kChunk = 256;
     size_t i = 0;
@@ -332,6 +352,8 @@ Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {
   if (tracked) {
     // The known state follows the transaction, as the kernel applied it.
     for (const auto& v : ch.vipDeletes) known_->vips.erase(v);
+    for (const auto& c : ch.countDeletes) known_->vipBuckets.erase(c.vip);
+    for (const auto& c : ch.countAdds) known_->vipBuckets[c.vip] = c.buckets;
     for (const auto& b : ch.bucketDeletes) known_->buckets.erase(b.vip, b.bucket);
     for (const auto& b : ch.bucketAdds)
       known_->buckets.set(b.vip, b.bucket, b.mark ? b.mark : dp::BucketMap::kForeignZeroMark);

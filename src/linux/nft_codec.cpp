@@ -23,6 +23,7 @@ constexpr SetShape kShapes[] = {
     {"b2s6", 20, 4},  {"flow4", 16, 4}, {"flow6", 8, 4},
     {"refused4", 4, 0}, {"refused6", 16, 0}, {"ranged4", 4, 0}, {"ranged6", 16, 0},
     {"ep4", 8, 0},    {"ep6", 20, 0},  {"src4", 8, 0},  {"src6", 32, 0},
+    {"bcount4", 4, 4}, {"bcount6", 16, 4},
 };
 
 constexpr size_t kHeader = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
@@ -239,9 +240,11 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (auto& r : ch.rangeDeletes) keyBytes += 4 * r.vip.size() + 12;
   for (auto& e : ch.endpointAdds) keyBytes += e.vip.size() + 4 + 64;
   for (auto& e : ch.endpointDeletes) keyBytes += e.vip.size() + 4;
+  for (auto& c : ch.countAdds) keyBytes += c.vip.size();
+  for (auto& c : ch.countDeletes) keyBytes += c.vip.size();
   BatchEncoder enc(table, seq,
                    batchBytes(table, ch.size() + ch.vipAdds.size() + ch.vipDeletes.size(),
-                              keyBytes, ch.bucketAdds.size()),
+                              keyBytes, ch.bucketAdds.size() + ch.countAdds.size()),
                    genid);
   // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a
   // cold start carries 640k of them), one pass per family.
@@ -281,13 +284,23 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
       enc.element(add, v4 ? "src4" : "src6", {key, n}, {end, n}, {});
     }
   };
+  auto counts = [&](bool add, const std::vector<dp::NftElementChanges::Count>& v, bool v4) {
+    for (const auto& c : v) {
+      if (c.vip.isV4() != v4) continue;
+      const uint32_t data = kCountMarkBase | c.buckets;
+      enc.element(add, v4 ? "bcount4" : "bcount6", {c.vip.data(), c.vip.size()},
+                  add ? &data : nullptr);
+    }
+  };
   for (bool v4 : {true, false}) vips(false, ch.vipDeletes, v4);
   for (bool v4 : {true, false}) plain(false, ch.vipDeletes, v4, "refused4", "refused6");
   for (bool v4 : {true, false}) ranges(false, ch.rangeDeletes, v4);
   for (bool v4 : {true, false}) plain(false, ch.rangedDeletes, v4, "ranged4", "ranged6");
   for (bool v4 : {true, false}) endpoints(false, ch.endpointDeletes, v4);
+  for (bool v4 : {true, false}) counts(false, ch.countDeletes, v4);
   for (bool v4 : {true, false}) buckets(false, ch.bucketDeletes, v4);
   for (bool v4 : {true, false}) buckets(true, ch.bucketAdds, v4);
+  for (bool v4 : {true, false}) counts(true, ch.countAdds, v4);
   for (bool v4 : {true, false}) endpoints(true, ch.endpointAdds, v4);
   for (bool v4 : {true, false}) plain(true, ch.rangedAdds, v4, "ranged4", "ranged6");
   for (bool v4 : {true, false}) ranges(true, ch.rangeAdds, v4);
@@ -543,6 +556,19 @@ bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace) {
   uint32_t data = slotMark == 0 ? dp::BucketMap::kForeignZeroMark : slotMark;
   if (replace) buckets.set(ip, mark - kBucketMarkBase, data);
   else buckets.insert(ip, mark - kBucketMarkBase, data);
+  return true;
+}
+
+bool addCountElement(const Element& e, std::map<IpAddress, uint32_t>& counts) {
+  auto ip = vipElement(e);
+  if (!ip || e.data.size() != 4) return false;
+  uint32_t data;
+  std::memcpy(&data, e.data.data(), 4);
+  const uint32_t count = data & ~kCountMarkBase;
+  // Only the daemon's data is a count; anything else stays visible to the diff (replaced).
+  counts[*ip] = (data & kCountMarkBase) && count != 0 && count <= dp::BucketMap::kMaxBuckets
+                    ? count
+                    : dp::NftState::kForeignCount;
   return true;
 }
 

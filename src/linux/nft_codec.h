@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -41,7 +42,8 @@ struct SetShape {
   uint32_t dataLen;  // 0: a set (no data)
 };
 /** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4, refused4 4/0, refused6 16/0,
- *  ranged4 4/0, ranged6 16/0, ep4 8/0, ep6 20/0, src4 8/0, src6 32/0; nullptr for another name. */
+ *  ranged4 4/0, ranged6 16/0, ep4 8/0, ep6 20/0, src4 8/0, src6 32/0, bcount4 4/4, bcount6 16/4;
+ *  nullptr for another name. */
 const SetShape* setShape(std::string_view name);
 
 /** Elements per NEWSETELEM/DELSETELEM message: the element list is one attribute (< 64 KiB),
@@ -95,8 +97,8 @@ class BatchEncoder {
 size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, size_t maps);
 
 /** The element changes as one batch, in the order of the text script (desired/nft_render.cpp):
- *  deletions (VIPs, refused, source intervals, ranged, endpoint counters, buckets), then
- *  additions in the reverse order, IPv4 before IPv6 in each. */
+ *  deletions (VIPs, refused, source intervals, ranged, endpoint counters, bucket counts,
+ *  buckets), then additions in the reverse order, IPv4 before IPv6 in each. */
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& changes,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid = 0);
 
@@ -204,6 +206,9 @@ struct NamedCounter {
   dp::CounterValue value;
 };
 std::optional<NamedCounter> decodeCounterObject(const nlmsghdr* m);
+/** A bucket count element (key VIP, data kCountMarkBase | count) into counts: the count, or
+ *  dp::NftState::kForeignCount for data the daemon does not write. @return false when malformed. */
+bool addCountElement(const Element& e, std::map<IpAddress, uint32_t>& counts);
 
 /** The messages of a buffer (a batch, or a datagram of replies), in order; nullopt when a
  *  length is inconsistent. */

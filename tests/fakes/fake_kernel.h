@@ -564,6 +564,20 @@ class FakeNft : public dp::NftClient {
         auto b = IpAddress::parse(item.substr(dash + 1));
         if (!a || !b) return fail(EINVAL, "fake nft: bad interval " + item);
         if (auto s = sourceElement(add, *ip, {*a, *b}, st); !s) return s;
+      } else if (set == "bcount4" || set == "bcount6") {
+        auto colon = item.find(" : ");
+        if (add != (colon != std::string::npos)) return fail(EINVAL, "fake nft: bad element " + item);
+        auto ip = IpAddress::parse(item.substr(0, colon));
+        if (!ip || ip->isV4() != (set == "bcount4")) return fail(EINVAL, "fake nft: bad key " + item);
+        if (add) {
+          uint32_t value = static_cast<uint32_t>(std::stoul(item.substr(colon + 3), nullptr, 0));
+          if (!(value & kCountMarkBase)) return fail(EINVAL, "fake nft: bad count " + item);
+          auto [it, added] = st.vipBuckets.emplace(*ip, value & ~kCountMarkBase);
+          if (!added && it->second != (value & ~kCountMarkBase))
+            return fail(EBUSY, "fake nft: element exists with another value: " + item);
+        } else if (!st.vipBuckets.erase(*ip)) {
+          return fail(ENOENT, "fake nft: no such element " + item);
+        }
       } else if (set == "b2s4" || set == "b2s6") {
         auto dot = item.find(" . ");
         auto colon = item.find(" : ");
@@ -606,7 +620,8 @@ class FakeNft : public dp::NftClient {
     const bool vipSet = set == "vip4" || set == "vip6" || set == "refused4" ||
                         set == "refused6" || set == "ranged4" || set == "ranged6";
     const bool epSet = set == "ep4" || set == "ep6", srcSet = set == "src4" || set == "src6";
-    if (!shape || (!vipSet && !epSet && !srcSet && l.set != "b2s4" && l.set != "b2s6"))
+    const bool countMap = set == "bcount4" || set == "bcount6";
+    if (!shape || (!vipSet && !epSet && !srcSet && !countMap && l.set != "b2s4" && l.set != "b2s6"))
       return fail(ENOENT, fmt::format("fake nft: no such set {}", l.set));
     if (add != ((l.flags & NLM_F_CREATE) != 0) || !(l.flags & NLM_F_ACK))
       return fail(EINVAL, fmt::format("fake nft: unexpected flags {:#x}", l.flags));
@@ -644,6 +659,22 @@ class FakeNft : public dp::NftClient {
         if (auto s = sourceElement(add, r->first, r->second, st); !s) return s;
         items.push_back(fmt::format("{} . {}-{}", r->first.str(), r->second.first.str(),
                                     r->second.last.str()));
+        continue;
+      }
+      if (countMap) {
+        IpAddress ip = *nft::vipElement(e);
+        std::string item = ip.str();
+        if (add) {
+          uint32_t value;
+          std::memcpy(&value, e.data.data(), 4);
+          item += fmt::format(" : {:#x}", value);
+          auto [it, added] = st.vipBuckets.emplace(ip, value & ~kCountMarkBase);
+          if (!added && it->second != (value & ~kCountMarkBase))
+            return fail(EBUSY, "fake nft: element exists with another value: " + item);
+        } else if (!st.vipBuckets.erase(ip)) {
+          return fail(ENOENT, "fake nft: no such element " + item);
+        }
+        items.push_back(std::move(item));
         continue;
       }
       uint32_t keyMark;

@@ -304,6 +304,38 @@ TEST(NftCodec, BatchSplitsMessages) {
   for (auto& a : ch.bucketAdds) EXPECT_EQ(got.at({a.vip, a.bucket}), a.mark);
 }
 
+// Bucket count elements (bcount4/bcount6): key the VIP, data kCountMarkBase | count, in the
+// batch order VIP deletions, count deletions, buckets, count additions, VIP additions; decoded
+// back to the count (anything without the flag is foreign).
+TEST(NftCodec, BucketCountElementsRoundTrip) {
+  dp::NftElementChanges ch;
+  ch.countDeletes = {{ip("192.0.2.1"), 0}};
+  ch.countAdds = {{ip("192.0.2.1"), 128}, {ip("2001:db8::1"), 64}};
+  ch.bucketAdds = {{ip("192.0.2.1"), 100, 1001}};
+  ch.vipAdds = {ip("2001:db8::1")};
+  std::vector<uint32_t> acked;
+  Bytes b = batchOf(ch, &acked);
+  auto batch = decodeBatch(b);
+  ASSERT_TRUE(batch) << batch.error().message;
+  std::vector<std::string> sets;
+  for (auto& m : batch->messages) sets.push_back(std::string(m.list.set));
+  EXPECT_EQ(sets, (std::vector<std::string>{"bcount4", "b2s4", "bcount4", "bcount6", "vip6"}));
+  EXPECT_EQ(batch->messages[0].list.type, NFT_MSG_DELSETELEM);
+  std::map<IpAddress, uint32_t> counts;
+  for (size_t m : {2u, 3u})
+    for (auto& e : batch->messages[m].elements) {
+      EXPECT_EQ(e.key.size(), setShape(batch->messages[m].list.set)->keyLen);
+      ASSERT_TRUE(addCountElement(e, counts));
+    }
+  EXPECT_EQ(counts, (std::map<IpAddress, uint32_t>{{ip("192.0.2.1"), 128}, {ip("2001:db8::1"), 64}}));
+  const uint8_t key[4] = {192, 0, 2, 9};
+  const uint32_t foreign = 64;  // no kCountMarkBase flag
+  Element e{{key, 4}, {reinterpret_cast<const uint8_t*>(&foreign), 4}};
+  ASSERT_TRUE(addCountElement(e, counts));
+  EXPECT_EQ(counts.at(ip("192.0.2.9")), dp::NftState::kForeignCount);
+  EXPECT_FALSE(addCountElement({{key, 3}, {reinterpret_cast<const uint8_t*>(&foreign), 4}}, counts));
+}
+
 // ---- requests ----
 
 TEST(NftCodecGolden, Requests) {

@@ -85,6 +85,8 @@ struct Kernel {
       case NftTableStep::Keep: break;
     }
     for (auto& v : d.elements.vipDeletes) nft.vips.erase(v);
+    for (auto& c : d.elements.countDeletes) nft.vipBuckets.erase(c.vip);
+    for (auto& c : d.elements.countAdds) nft.vipBuckets[c.vip] = c.buckets;
     for (auto& b : d.elements.bucketDeletes) nft.buckets.erase(b.vip, b.bucket);
     for (auto& b : d.elements.bucketAdds) nft.buckets.set(b.vip, b.bucket, b.mark);
     for (auto& v : d.elements.vipAdds) nft.vips.insert(v);

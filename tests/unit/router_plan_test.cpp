@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "desired/nft_render.h"
+#include "hashing/balance.h"
 #include "hashing/maglev.h"
 
 namespace kst {
@@ -325,7 +326,8 @@ TEST(RouterPlan, BucketsMoreThanEndpoints) {
 }
 
 // The planner's buckets are exactly the hashing unit's table over the active endpoints (by
-// identity), for either --bucket-algorithm; with Maglev every endpoint gets floor/ceil(B/n).
+// identity), for either --bucket-algorithm (rendezvous: balanced, from rendezvous without a
+// published table); every endpoint gets floor/ceil(B/n).
 TEST(RouterPlan, BucketsFollowTheConfiguredAlgorithm) {
   for (auto alg : {BucketAlgorithm::Maglev, BucketAlgorithm::Rendezvous}) {
     SCOPED_TRACE(alg == BucketAlgorithm::Maglev ? "maglev" : "rendezvous");
@@ -336,40 +338,63 @@ TEST(RouterPlan, BucketsFollowTheConfiguredAlgorithm) {
                                             ep("10.0.0.4"), ep("10.0.0.10")})}),
                      cfg);
     std::vector<std::string> active = {"10.0.0.1", "10.0.0.10", "10.0.0.3", "10.0.0.4"};
-    auto t = alg == BucketAlgorithm::Maglev ? maglevTable(active, 61) : rendezvousTable(active, 61);
+    auto t = alg == BucketAlgorithm::Maglev ? maglevTable(active, 61) : balancedTable(active, 61);
     std::vector<std::string> expected;
     for (auto i : t) expected.push_back(active[i]);
     EXPECT_EQ(bucketOwners(s.plan, kVip), expected);
-    if (alg == BucketAlgorithm::Maglev) {
-      std::map<std::string, int> count;
-      for (auto& o : expected) ++count[o];
-      for (auto& [e, c] : count) {
-        EXPECT_GE(c, 15) << e;
-        EXPECT_LE(c, 16) << e;
-      }
+    std::map<std::string, int> count;
+    for (auto& o : expected) ++count[o];
+    EXPECT_EQ(count.size(), 4u);
+    for (auto& [e, c] : count) {
+      EXPECT_GE(c, 15) << e;
+      EXPECT_LE(c, 16) << e;
     }
   }
 }
 
-TEST(RouterPlan, MoreEndpointsThanBucketsIsAProblem) {
+// The bucket count grows with the endpoints (--buckets the minimum): 6 endpoints with
+// --buckets 4 get 16 buckets, 2 or 3 each, and no problem.
+TEST(RouterPlan, BucketCountGrowsWithTheEndpoints) {
   DataplaneConfig cfg;
   cfg.buckets = 4;
   std::vector<Endpoint> eps;
   for (int i = 1; i <= 6; ++i) eps.push_back(ep("10.0.0." + std::to_string(i)));
   auto s = compute(model({svc("a", kVip, eps)}), cfg);
+  EXPECT_TRUE(s.plan.problems.empty());
+  auto owners = bucketOwners(s.plan, kVip);
+  ASSERT_EQ(owners.size(), 16u);
+  std::map<std::string, int> count;
+  for (auto& o : owners) ++count[o];
+  ASSERT_EQ(count.size(), 6u);
+  for (auto& [e, c] : count) {
+    EXPECT_GE(c, 2) << e;
+    EXPECT_LE(c, 3) << e;
+  }
+  EXPECT_EQ(s.st.nft.vipBuckets, (std::map<IpAddress, uint32_t>{{ip(kVip), 16}}));
+  EXPECT_EQ(s.st.nft.buckets.marksOf(ip(kVip))->size(), 16u);
+}
+
+// Only beyond the cap of a VIP's bucket count (max(--buckets, 4096)) do endpoints go without.
+TEST(RouterPlan, MoreEndpointsThanTheBucketCapIsAProblem) {
+  DataplaneConfig cfg;
+  cfg.buckets = 4;
+  cfg.maxSlots = 4200;
+  std::vector<Endpoint> eps;
+  for (int i = 0; i < 4100; ++i)
+    eps.push_back(ep(fmt::format("10.1.{}.{}", i / 250, i % 250 + 1)));
+  auto s = compute(model({svc("a", kVip, eps)}), cfg);
   ASSERT_EQ(s.plan.problems.size(), 1u);
   EXPECT_EQ(s.plan.problems[0].kind, Problem::Kind::TooManyEndpoints);
   EXPECT_EQ(s.plan.problems[0].object, (ObjectKey{"default", "a"}));
-  EXPECT_NE(s.plan.problems[0].message.find("6 ready endpoints but only 4 buckets"),
+  EXPECT_NE(s.plan.problems[0].message.find("4100 ready endpoints but at most 4096 buckets"),
             std::string::npos)
       << s.plan.problems[0].message;
   auto owners = bucketOwners(s.plan, kVip);
+  ASSERT_EQ(owners.size(), 4096u);
   std::set<std::string> distinct(owners.begin(), owners.end());
-  EXPECT_LE(distinct.size(), 4u);  // at most B endpoints can own a bucket
+  EXPECT_EQ(distinct.size(), 4096u);  // one bucket each for 4096 of them
   EXPECT_FALSE(distinct.contains(""));
-  // All six still have a slot and a route (established flows, draining later).
-  EXPECT_EQ(slotsOf(s.plan, kVip).size(), 6u);
-  EXPECT_EQ(vipRoutes(s.st, kVip).size(), 6u);
+  EXPECT_FALSE(distinct.contains(""));
 }
 
 TEST(RouterPlan, MoreEndpointsThanSlotsIsAProblem) {
@@ -626,8 +651,10 @@ TEST(NftRender, RemovedAndAddedVipOrdering) {
             "delete element inet kube_service_tunnel vip4 { 203.0.113.1 }\n"
             "delete element inet kube_service_tunnel refused4 { 203.0.113.1 }\n"
             "delete element inet kube_service_tunnel ep4 { 203.0.113.1 . 0x3e8 }\n"
+            "delete element inet kube_service_tunnel bcount4 { 203.0.113.1 }\n"
             "delete element inet kube_service_tunnel b2s4 { 203.0.113.1 . 0x40000000, 203.0.113.1 . 0x40000001 }\n"
             "add element inet kube_service_tunnel b2s6 { 2001:db8::1 . 0x40000000 : 1000, 2001:db8::1 . 0x40000001 : 1000 }\n"
+            "add element inet kube_service_tunnel bcount6 { 2001:db8::1 : 0x80000002 }\n"
             "add element inet kube_service_tunnel ep6 { 2001:db8::1 . 0x3e8 comment \"fd00::1\" }\n"
             "add element inet kube_service_tunnel refused6 { 2001:db8::1 }\n"
             "add element inet kube_service_tunnel vip6 { 2001:db8::1 }\n");
@@ -650,11 +677,13 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                         "}\n"
                         "add element inet kube_service_tunnel b2s4 { 203.0.113.10 . 0x40000000 : "
                         "1000, 203.0.113.10 . 0x40000001 : 1000 }\n"
+                        "add element inet kube_service_tunnel bcount4 { 203.0.113.10 : "
+                        "0x80000002 }\n"
                         "add element inet kube_service_tunnel ep4 { 203.0.113.10 . 0x3e8 comment "
                         "\"10.0.0.1\" }\n"
                         "add element inet kube_service_tunnel refused4 { 203.0.113.10 }\n"
                         "add element inet kube_service_tunnel vip4 { 203.0.113.10 }\n");
-  EXPECT_EQ(n, 4u);  // a VIP's refused element goes with it (one change)
+  EXPECT_EQ(n, 5u);  // buckets, count, endpoint counter, VIP (its refused element goes with it)
 }
 
 TEST(NftRender, AbsentTableIsCreatedWithoutDelete) {

@@ -134,8 +134,9 @@ TEST(RouterReconciler, FirstPassCreatesEverything) {
   ASSERT_EQ(w.nft.scripts.size(), 1u);
   EXPECT_EQ(w.nft.scripts[0].find("element"), std::string::npos) << w.nft.scripts[0];
   ASSERT_EQ(w.nft.batches.size(), 1u);
-  // Buckets, VIPs (each with its refused counter), one endpoint counter per slot in use (7).
-  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u + 7u);
+  // Buckets, VIPs (each with its refused counter), one endpoint counter per slot in use (7),
+  // bucket counts (3).
+  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u + 7u + 3u);
   expectConverged(w, sample());
   // Buckets of the draining IPv6 endpoint: none.
   for (auto& [k, mark] : w.nft.state().buckets) {
@@ -730,9 +731,11 @@ TEST(RouterReconciler, IncrementalPassesPurgeReleasedSlotsToo) {
   expectConverged(w, m({ep("10.0.0.2")}));
 }
 
+// Buckets grow with the endpoints (hashing/balance.h); slots do not: more endpoints than
+// --max-slots is the problem that is left.
 TEST(RouterReconciler, TooManyEndpointsProblemIsReported) {
   auto cfg = config();
-  cfg.buckets = 2;
+  cfg.maxSlots = 2;
   World w(cfg);
   RouterReconciler r(w.cfg, w.nl, w.nft);
   auto res = pass(r, sample());
