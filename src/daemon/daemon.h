@@ -36,6 +36,9 @@ struct DaemonOptions {
   ModelOptions model;
   std::chrono::milliseconds resyncInterval{std::chrono::seconds(60)};
   std::chrono::milliseconds maxBackoff{std::chrono::seconds(30)};
+  /** Agent: between passes, re-read the pod namespaces this often (repairs what was removed by
+   *  hand and confirms repaired pods for their VIP readiness gate). 0: only with the resync. */
+  std::chrono::milliseconds agentVerifyInterval{std::chrono::seconds(2)};
   bool once = false;  // one pass, then return (exit code reflects success)
 };
 
@@ -59,9 +62,13 @@ class Daemon {
   /** Router: keeps the announce table in step with each router pass (announce_reconciler.h).
    *  Set before run(). */
   void setAnnouncer(AnnounceReconciler* announcer) { announcer_ = announcer; }
+  /** Agent: receives the pods' VIP readiness after every agent pass. Set before run(). */
+  void setPodGateSink(PodGateSink* gates) { gates_ = gates; }
 
  private:
   bool pass(std::chrono::steady_clock::time_point start);
+  /** The agent alone (periodic verify between passes). */
+  void verifyAgent();
   DaemonOptions opts_;
   Source& source_;
   RouterReconciler* router_;
@@ -69,6 +76,8 @@ class Daemon {
   ProblemSink* sink_;
   DecisionPublisher* publisher_;
   AnnounceReconciler* announcer_ = nullptr;
+  PodGateSink* gates_ = nullptr;
+  std::set<std::string> verifyFailures_;  // of the last verify, logged once while they last
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;

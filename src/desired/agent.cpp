@@ -231,12 +231,18 @@ std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
                                const std::string& nodeName) {
   std::map<IpAddress, PodPlan> pods;
   for (const auto& svc : model.services) {
-    for (const auto& ep : svc.endpoints) {
-      if (ep.nodeName != nodeName) continue;
-      auto& p = pods[ep.ip];
-      p.podIp = ep.ip;
-      p.services.push_back(svc.key);
-      p.state.addresses.push_back({cfg.tunnelLinkName(), svc.vip, svc.vip.hostPrefixLen()});
+    for (const auto* list : {&svc.endpoints, &svc.starting}) {
+      for (const auto& ep : *list) {
+        if (ep.nodeName != nodeName) continue;
+        auto& p = pods[ep.ip];
+        p.podIp = ep.ip;
+        p.services.push_back(svc.key);
+        p.state.addresses.push_back({cfg.tunnelLinkName(), svc.vip, svc.vip.hostPrefixLen()});
+        if (p.pod.empty() && !ep.targetRef.empty()) {
+          p.pod = ep.targetRef;
+          p.podUid = ep.targetUid;
+        }
+      }
     }
   }
   std::vector<PodPlan> out;

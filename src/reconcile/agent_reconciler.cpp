@@ -46,8 +46,42 @@ Status AgentReconciler::refreshIndex() {
   return {};
 }
 
+namespace {
+
+/** What of `had` (applied before) that is still wanted is missing from `observed`. */
+std::string lostState(const dp::PodState& had, const dp::PodState& want,
+                      const dp::PodState& observed) {
+  std::string lost;
+  auto note = [&](const std::string& what) { lost += (lost.empty() ? "" : ", ") + what; };
+  for (const auto& l : had.links) {
+    auto named = [&](const dp::Link& x) { return x.name == l.name; };
+    if (std::none_of(want.links.begin(), want.links.end(), named)) continue;
+    if (std::none_of(observed.links.begin(), observed.links.end(), named))
+      note("device " + l.name);
+  }
+  for (const auto& a : had.addresses) {
+    if (!std::binary_search(want.addresses.begin(), want.addresses.end(), a)) continue;
+    if (std::find(observed.addresses.begin(), observed.addresses.end(), a) ==
+        observed.addresses.end())
+      note("VIP " + a.ip.str());
+  }
+  if (had.mplsLabelRoute && want.mplsLabelRoute && !observed.mplsLabelRoute)
+    note("MPLS label route");
+  return lost;
+}
+
+}  // namespace
+
 PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanAll) {
   PassResult res;
+  // Pod → (ready, message); a pod is ready when all its addresses are.
+  std::map<std::pair<std::string, std::string>, PodGate> gates;
+  auto gate = [&](const PodPlan& plan, bool ready, const std::string& message) {
+    if (plan.pod.empty()) return;
+    auto [it, inserted] = gates.try_emplace({plan.pod, plan.podUid},
+                                            PodGate{plan.pod, plan.podUid, ready, message});
+    if (!inserted && it->second.ready && !ready) it->second = {plan.pod, plan.podUid, false, message};
+  };
   std::set<std::string> wanted;
   // A pod may own several endpoint addresses (dual stack): one merged state per namespace.
   struct Group {
@@ -63,6 +97,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       res.failures.push_back(fmt::format(
           "pod {} (service {}): no network namespace owns this address yet", plan.podIp.str(),
           plan.services.front().str()));
+      gate(plan, false, fmt::format("no network namespace on this node owns {}", plan.podIp.str()));
       continue;
     }
     auto& g = groups[it->second.id];
@@ -83,10 +118,28 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
                             g.state.addresses.end());
     const auto& ns = g.ns;
     wanted.insert(ns.id);
+    size_t failuresBefore = res.failures.size();
+    std::string lost;
+    bool changed = false;
+    // Reports the group's readiness on every exit of this iteration.
+    auto report = [&] {
+      bool ok = res.failures.size() == failuresBefore;
+      if (!lost.empty()) held_.insert(ns.id);
+      else if (ok && !changed) held_.erase(ns.id);  // found complete: confirmed
+      bool ready = ok && !held_.contains(ns.id);
+      std::string message =
+          !ok ? res.failures.back()
+          : !lost.empty() ? fmt::format("{} missing in the pod's namespace; repaired, waiting for "
+                                        "the next verification", lost)
+          : held_.contains(ns.id) ? "repaired; waiting for the next verification"
+                                  : fmt::format("VIPs and decap state in place in {}", ns.path);
+      for (const auto* p : g.plans) gate(*p, ready, message);
+    };
     auto c = ns_.client(ns);
     if (!c) {
       res.failures.push_back(fmt::format("pod {}: {}", g.pods, c.error().message));
       ns_.forget(ns);
+      report();
       continue;
     }
     dp::PodState observed;
@@ -96,6 +149,8 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       res.failures.push_back(
           fmt::format("pod {}: namespace {} vanished or unreadable", g.pods, ns.path));
       ns_.forget(ns);
+      inPlace_.erase(ns.id);
+      report();
       continue;
     }
     for (auto& l : *links)
@@ -105,11 +160,20 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       auto pops = (*c)->mplsPops();
       observed.mplsLabelRoute = pops && !pops->empty();
     }
+    if (auto had = inPlace_.find(ns.id); had != inPlace_.end())
+      lost = lostState(had->second, g.state, observed);
+    if (!lost.empty())
+      spdlog::warn("pod {}: {} missing in namespace {}: repairing; its VIP readiness is False "
+                   "until a later pass finds it complete",
+                   g.pods, lost, ns.path);
     auto changes = dp::diffPod(g.state, observed, cfg_.mplsLabel);
+    changed = !changes.empty();
     if (!changes.empty()) {
       auto r = (*c)->apply(changes);
       if (!r) {
         res.failures.push_back(fmt::format("pod {}: {}", g.pods, r.error().message));
+        inPlace_.erase(ns.id);
+        report();
         continue;
       }
       res.changes += changes.size() - r->size();
@@ -126,6 +190,9 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       res.failures.push_back(fmt::format("pod {}: nft table {} (UDP reply source, TCP MSS): {}",
                                          g.pods, kPodTableName, s.error().message));
     managed_.emplace(ns.id, ns);
+    if (res.failures.size() == failuresBefore) inPlace_[ns.id] = g.state;
+    else inPlace_.erase(ns.id);
+    report();
   }
   // Namespaces that hold owned objects but serve nothing any more.
   for (auto it = managed_.begin(); it != managed_.end();) {
@@ -161,8 +228,15 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     }
     if (!gone) (void)ns_.podTable(it->second, nullptr);
     if (gone) ns_.forget(it->second);
+    inPlace_.erase(it->first);
+    held_.erase(it->first);
     it = managed_.erase(it);
   }
+  // Namespaces no plan names any more (vanished ones included) are forgotten.
+  std::erase_if(inPlace_, [&](const auto& e) { return !wanted.contains(e.first); });
+  std::erase_if(held_, [&](const std::string& id) { return !wanted.contains(id); });
+  gates_.clear();
+  for (auto& [key, g] : gates) gates_.push_back(std::move(g));
   return res;
 }
 

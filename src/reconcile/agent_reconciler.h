@@ -2,11 +2,20 @@
 // (by scanning namespaces for the one that owns the pod IP) and make it hold the decap link
 // and the VIPs; remove them from namespaces that no longer serve. A namespace that vanishes
 // mid-operation only fails its own pod; the others continue.
+//
+// VIP readiness (docs/readiness-gate.md): after each pass gates() says, per endpoint pod, whether
+// its VIPs and decap state are in place. A pod is ready when every change for its namespace was
+// accepted by the kernel. When a pass finds that something the agent had put in place is missing
+// (the decap device deleted by hand, a VIP removed), the pod is held not ready: the pass repairs
+// it, and only a later pass (the daemon's periodic verify) that finds the namespace complete
+// without changing anything releases it. So a namespace that keeps losing its state stays out
+// of the routers' tables instead of flapping in and out.
 #pragma once
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "dataplane/pod_namespaces.h"
@@ -14,6 +23,7 @@
 #include "desired/config.h"
 #include "model/model.h"
 #include "reconcile/router_reconciler.h"
+#include "reconcile/sinks.h"
 
 namespace kst {
 
@@ -27,6 +37,10 @@ class AgentReconciler {
   Result<PassResult> cleanup();
   /** Pod IP → namespace id, as last resolved. */
   const std::map<IpAddress, NetnsProvider::Ns>& podNamespaces() const { return podNs_; }
+  /** The VIP readiness of every endpoint pod of the last reconcile() that the EndpointSlices
+   *  name (one entry per pod, sorted by pod; a pod with several addresses is ready only when
+   *  all of them are). */
+  const std::vector<PodGate>& gates() const { return gates_; }
 
  private:
   Status refreshIndex();
@@ -37,6 +51,11 @@ class AgentReconciler {
   std::map<IpAddress, NetnsProvider::Ns> podNs_;   // pod IP → namespace
   std::map<std::string, NetnsProvider::Ns> managed_;  // namespaces holding owned objects
   bool scannedOnce_ = false;
+  // Namespace id → the state last applied there completely (what a later pass must still find).
+  std::map<std::string, dp::PodState> inPlace_;
+  // Namespaces found missing part of inPlace_: not ready until a pass finds them complete.
+  std::set<std::string> held_;
+  std::vector<PodGate> gates_;
 };
 
 }  // namespace kst

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "model/model.h"
@@ -28,6 +29,25 @@ class DecisionPublisher {
   virtual bool isLeader() = 0;
   /** Writes the Service's published bucket table (where only the tunnel tier can write). */
   virtual Status publish(const ObjectKey& service, const std::string& table) = 0;
+};
+
+/** The VIP readiness of one local endpoint pod after an agent pass (docs/readiness-gate.md). */
+struct PodGate {
+  std::string pod;  // "ns/name"
+  std::string uid;  // empty when the EndpointSlice gave none
+  /** The VIPs and the decap state are in place in the pod's namespace (the kernel accepted
+   *  every change, and no verify found something missing since the last confirmation). */
+  bool ready = false;
+  std::string message;  // why not, or what is in place
+  bool operator==(const PodGate&) const = default;
+};
+
+/** Receives the VIP readiness of this node's endpoint pods after every agent pass (all of them,
+ *  each time; the implementation writes only what changed). Must not block. */
+class PodGateSink {
+ public:
+  virtual ~PodGateSink() = default;
+  virtual void update(const std::vector<PodGate>& gates) = 0;
 };
 
 }  // namespace kst
