@@ -238,7 +238,9 @@ std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
         p.podIp = ep.ip;
         p.services.push_back(svc.key);
         p.state.addresses.push_back({cfg.tunnelLinkName(), svc.vip, svc.vip.hostPrefixLen()});
-        if (p.pod.empty() && !ep.targetRef.empty()) {
+        // Only a pod of the Service's own namespace (what the EndpointSlice controller
+        // writes; a hand-written slice cannot point the agent at another namespace's pod).
+        if (p.pod.empty() && ep.targetRef.starts_with(svc.key.ns + "/")) {
           p.pod = ep.targetRef;
           p.podUid = ep.targetUid;
         }

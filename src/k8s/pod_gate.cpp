@@ -1,5 +1,6 @@
 #include "k8s/pod_gate.h"
 
+#include <algorithm>
 #include <ctime>
 
 #include <fmt/format.h>
@@ -54,6 +55,16 @@ Result<PodGateView> readPodGate(const nlohmann::json& pod, const std::string& co
     if (const auto* gates = field(*spec, "readinessGates"); gates && gates->is_array())
       for (const auto& g : *gates)
         if (stringField(g, "conditionType") == conditionType) v.gated = true;
+  }
+  if (const auto* st = field(pod, "status")) {
+    auto addIp = [&](const std::string& s) {
+      if (auto ip = IpAddress::parse(s);
+          ip && std::find(v.ips.begin(), v.ips.end(), *ip) == v.ips.end())
+        v.ips.push_back(*ip);
+    };
+    addIp(stringField(*st, "podIP"));
+    if (const auto* ips = field(*st, "podIPs"); ips && ips->is_array())
+      for (const auto& i : *ips) addIp(stringField(i, "ip"));
   }
   if (const auto* st = field(pod, "status"))
     if (const auto* conds = field(*st, "conditions"); conds && conds->is_array())
@@ -206,13 +217,17 @@ bool PodGateWriter::syncOnce() {
       k.gated = v->gated;
       k.status = v->status;
       k.readAt = now;
+      bool holds = gate.addresses.empty() ||
+                   std::any_of(gate.addresses.begin(), gate.addresses.end(), [&](auto& a) {
+                     return std::find(v->ips.begin(), v->ips.end(), a) != v->ips.end();
+                   });
       k.foreign = (!gate.uid.empty() && gate.uid != v->uid) ||
-                  (!opts_.nodeName.empty() && v->nodeName != opts_.nodeName);
+                  (!opts_.nodeName.empty() && v->nodeName != opts_.nodeName) || !holds;
       if (k.foreign)
-        spdlog::warn("VIP readiness of pod {}: not written (uid {} on node {}, expected uid {} on "
-                     "node {})",
-                     pod, v->uid, v->nodeName, gate.uid.empty() ? "any" : gate.uid,
-                     opts_.nodeName);
+        spdlog::warn("VIP readiness of pod {}: not written (uid {} on node {}{}; expected uid {} "
+                     "on node {})",
+                     pod, v->uid, v->nodeName, holds ? "" : ", without the endpoint's address",
+                     gate.uid.empty() ? "any" : gate.uid, opts_.nodeName);
       it = known_.insert_or_assign(pod, k).first;
     }
     Known& k = it->second;

@@ -10,8 +10,8 @@
 // whole pod and writes nothing. Per pod it reads once (and again after a minute, after a failed
 // write, or when the pod's uid changes), and writes only when the condition's value differs:
 //   - pods without the gate are never written (their behaviour is unchanged);
-//   - pods on another node (spec.nodeName) or another uid than the EndpointSlice named are
-//     never written;
+//   - pods on another node (spec.nodeName), with another uid than the EndpointSlice named, or
+//     holding none of the endpoint's addresses (status.podIPs) are never written;
 //   - the write is a strategic-merge patch of status.conditions (merged by type, the kubelet's
 //     own conditions untouched) with lastTransitionTime, carrying metadata.uid so that it can
 //     only land on the pod that was read (a recreated pod of the same name answers 422).
@@ -58,6 +58,7 @@ struct PodGateView {
   std::string nodeName;
   bool gated = false;                // spec.readinessGates names the condition type
   std::optional<bool> status;        // the condition's status (nullopt: absent or Unknown)
+  std::vector<IpAddress> ips;        // status.podIP and status.podIPs
 };
 
 /** Reads a pod object (hostile input: any shape is an error or a default, never a throw). */

@@ -79,8 +79,14 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
   auto gate = [&](const PodPlan& plan, bool ready, const std::string& message) {
     if (plan.pod.empty()) return;
     auto [it, inserted] = gates.try_emplace({plan.pod, plan.podUid},
-                                            PodGate{plan.pod, plan.podUid, ready, message});
-    if (!inserted && it->second.ready && !ready) it->second = {plan.pod, plan.podUid, false, message};
+                                            PodGate{plan.pod, plan.podUid, {}, ready, message});
+    auto& g = it->second;
+    if (std::find(g.addresses.begin(), g.addresses.end(), plan.podIp) == g.addresses.end())
+      g.addresses.push_back(plan.podIp);
+    if (!inserted && g.ready && !ready) {
+      g.ready = false;
+      g.message = message;
+    }
   };
   std::set<std::string> wanted;
   // A pod may own several endpoint addresses (dual stack): one merged state per namespace.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/ip.h"
 #include "model/model.h"
 
 namespace kst {
@@ -35,6 +36,8 @@ class DecisionPublisher {
 struct PodGate {
   std::string pod;  // "ns/name"
   std::string uid;  // empty when the EndpointSlice gave none
+  /** Its endpoint addresses: the pod written must hold one of them (status.podIPs). */
+  std::vector<IpAddress> addresses;
   /** The VIPs and the decap state are in place in the pod's namespace (the kernel accepted
    *  every change, and no verify found something missing since the last confirmation). */
   bool ready = false;

@@ -216,17 +216,23 @@ std::map<std::string, bool> readiness(const AgentReconciler& a) {
   return out;
 }
 
-TEST(AgentGate, StartingPodsGetTheVipAndAreReadyOnceItIsInPlace) {
+/** Pods web/a (p1, 10.0.0.1) and web/b (p3, 10.0.0.3) after a first pass of gatedModel(). */
+class AgentGateAfterFirstPass : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(agent.reconcile(gatedModel())); }
   DataplaneConfig cfg;
-  FakeNetns ns(cfg);
-  ns.addPod("p1", "10.0.0.1");
-  auto& p3 = ns.addPod("p3", "10.0.0.3");
-  AgentReconciler agent(cfg, "n1", ns);
-  ASSERT_TRUE(agent.reconcile(gatedModel()));
+  FakeNetns ns{cfg};
+  FakeKernel& p1 = ns.addPod("p1", "10.0.0.1");
+  FakeKernel& p3 = ns.addPod("p3", "10.0.0.3");
+  AgentReconciler agent{cfg, "n1", ns};
+};
+
+TEST_F(AgentGateAfterFirstPass, StartingPodsGetTheVipAndAreReadyOnceItIsInPlace) {
   EXPECT_EQ(owned(p3), (std::vector<dp::Address>{{"kst-vxg", ip("203.0.113.10"), 32}}));
   EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}, {"web/b", true}}));
   ASSERT_EQ(agent.gates().size(), 2u);
   EXPECT_EQ(agent.gates()[1].uid, "ub");
+  EXPECT_EQ(agent.gates()[1].addresses, std::vector<IpAddress>{ip("10.0.0.3")});
 }
 
 TEST(AgentGate, NotReadyWithoutANamespaceOrWhenTheKernelRefuses) {
@@ -246,13 +252,7 @@ TEST(AgentGate, NotReadyWithoutANamespaceOrWhenTheKernelRefuses) {
   EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}, {"web/b", true}}));
 }
 
-TEST(AgentGate, ALostDecapDeviceHoldsThePodFalseUntilAPassFindsItRepaired) {
-  DataplaneConfig cfg;
-  FakeNetns ns(cfg);
-  auto& p1 = ns.addPod("p1", "10.0.0.1");
-  ns.addPod("p3", "10.0.0.3");
-  AgentReconciler agent(cfg, "n1", ns);
-  ASSERT_TRUE(agent.reconcile(gatedModel()));
+TEST_F(AgentGateAfterFirstPass, ALostDecapDeviceHoldsThePodFalseUntilAPassFindsItRepaired) {
   {  // by hand: the VIP on it goes too
     dp::Link l;
     l.name = "kst-vxg";
@@ -272,13 +272,7 @@ TEST(AgentGate, ALostDecapDeviceHoldsThePodFalseUntilAPassFindsItRepaired) {
   EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}, {"web/b", true}}));
 }
 
-TEST(AgentGate, ALostVipHoldsThePodAndARepairThatFailsKeepsItFalse) {
-  DataplaneConfig cfg;
-  FakeNetns ns(cfg);
-  auto& p1 = ns.addPod("p1", "10.0.0.1");
-  ns.addPod("p3", "10.0.0.3");
-  AgentReconciler agent(cfg, "n1", ns);
-  ASSERT_TRUE(agent.reconcile(gatedModel()));
+TEST_F(AgentGateAfterFirstPass, ALostVipHoldsThePodAndARepairThatFailsKeepsItFalse) {
   ASSERT_TRUE(p1.apply({{dp::Change::Action::Delete, dp::Address{"kst-vxg", ip("203.0.113.10"), 32}}}));
   p1.failWhen([](const dp::Change& c) { return std::holds_alternative<dp::Address>(c.object); });
   for (int i = 0; i < 3; ++i) {
@@ -292,13 +286,7 @@ TEST(AgentGate, ALostVipHoldsThePodAndARepairThatFailsKeepsItFalse) {
   EXPECT_TRUE(readiness(agent).at("web/a"));
 }
 
-TEST(AgentGate, ANewVipForAReadyPodIsNoLoss) {
-  DataplaneConfig cfg;
-  FakeNetns ns(cfg);
-  ns.addPod("p1", "10.0.0.1");
-  ns.addPod("p3", "10.0.0.3");
-  AgentReconciler agent(cfg, "n1", ns);
-  ASSERT_TRUE(agent.reconcile(gatedModel()));
+TEST_F(AgentGateAfterFirstPass, ANewVipForAReadyPodIsNoLoss) {
   auto m = gatedModel();
   m.services.push_back({{"web", "other"}, ip("203.0.113.11"), {{ip("10.0.0.1"), "n1", true, false, "web/a", "ua"}}});
   auto r = agent.reconcile(m);
@@ -323,8 +311,12 @@ TEST(AgentGate, PodsTheSlicesDoNotNameHaveNoGateAndADualStackPodIsOneGate) {
                          {ip("10.0.0.2"), "n1", true, false, "", ""}}});
   m.services.push_back({{"web", "v6"}, ip("2001:db8::10"),
                         {{ip("fd00::1"), "n1", true, false, "web/a", "ua"}}});
+  // A Service of another namespace whose slice names web/a (hand-written): never its gate.
+  m.services.push_back({{"other", "x"}, ip("203.0.113.12"),
+                        {{ip("10.0.0.2"), "n1", true, false, "web/a", "ua"}}});
   ASSERT_TRUE(agent.reconcile(m));
   EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}}));
+  EXPECT_EQ(agent.gates()[0].addresses, (std::vector<IpAddress>{ip("10.0.0.1"), ip("fd00::1")}));
   // One of its addresses loses its VIP: the pod is not ready.
   ASSERT_TRUE(p1.apply({{dp::Change::Action::Delete, dp::Address{"kst-vxg", ip("2001:db8::10"), 128}}}));
   ASSERT_TRUE(agent.reconcile(m));

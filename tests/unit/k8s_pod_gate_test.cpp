@@ -14,12 +14,15 @@ using test::FakeResponse;
 using test::FakeTransport;
 
 const std::string kPath = "/api/v1/namespaces/web/pods/front-1/status";
+const IpAddress kPodIp = *IpAddress::parse("10.0.0.1");
 
 std::string pod(bool gated, const char* status = nullptr, const char* uid = "u1",
-                const char* node = "n1") {
+                const char* node = "n1", const char* podIp = "10.0.0.1") {
   nlohmann::json p = {{"metadata", {{"name", "front-1"}, {"namespace", "web"}, {"uid", uid}}},
                       {"spec", {{"nodeName", node}}},
-                      {"status", {{"conditions", nlohmann::json::array(
+                      {"status", {{"podIP", podIp},
+                                  {"podIPs", nlohmann::json::array({{{"ip", podIp}}, {{"ip", "fd00::1"}}})},
+                                  {"conditions", nlohmann::json::array(
                                                       {{{"type", "Ready"}, {"status", "False"}}})}}}};
   if (gated)
     p["spec"]["readinessGates"] = nlohmann::json::array(
@@ -69,6 +72,7 @@ TEST(PodGate, ReadsTheGateAndTheConditionFromAnyShapeWithoutThrowing) {
   EXPECT_EQ(v->status, true);
   EXPECT_EQ(v->uid, "u1");
   EXPECT_EQ(v->nodeName, "n1");
+  EXPECT_EQ(v->ips, (std::vector<IpAddress>{kPodIp, *IpAddress::parse("fd00::1")}));
   v = readPodGate(nlohmann::json::parse(pod(false)), "cmd.nu/vip-ready");
   ASSERT_TRUE(v);
   EXPECT_FALSE(v->gated);
@@ -87,14 +91,14 @@ TEST(PodGate, ReadsTheGateAndTheConditionFromAnyShapeWithoutThrowing) {
 
 TEST(PodGate, PatchSetsOneConditionByTypeWithItsTransitionTimeAndTheUid) {
   auto t = std::chrono::system_clock::from_time_t(1'800'000'000);  // 2027-01-15T08:00:00Z
-  auto j = nlohmann::json::parse(podGatePatch("cmd.nu/vip-ready", {"web/a", "u1", true, "ok"}, t));
+  auto j = nlohmann::json::parse(podGatePatch("cmd.nu/vip-ready", {"web/a", "u1", {}, true, "ok"}, t));
   EXPECT_EQ(j["metadata"]["uid"], "u1");
   ASSERT_EQ(j["status"]["conditions"].size(), 1u);
   auto c = j["status"]["conditions"][0];
   EXPECT_EQ(c["type"], "cmd.nu/vip-ready");
   EXPECT_EQ(c["status"], "True");
   EXPECT_EQ(c["lastTransitionTime"], "2027-01-15T08:00:00Z");
-  j = nlohmann::json::parse(podGatePatch("cmd.nu/vip-ready", {"web/a", "", false, "gone"}, t));
+  j = nlohmann::json::parse(podGatePatch("cmd.nu/vip-ready", {"web/a", "", {}, false, "gone"}, t));
   EXPECT_FALSE(j.contains("metadata"));
   EXPECT_EQ(j["status"]["conditions"][0]["status"], "False");
   EXPECT_EQ(j["status"]["conditions"][0]["reason"], "VipNotInPlace");
@@ -104,7 +108,7 @@ TEST(PodGate, WritesAGatedPodOnlyWhenTheValueChanges) {
   Writer x;
   x.api.push(kPath + "?dryRun=All", {200, pod(true)});
   x.api.push(kPath, {200, "{}"});
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   auto r = x.since();
   ASSERT_EQ(r.size(), 2u);
@@ -113,16 +117,16 @@ TEST(PodGate, WritesAGatedPodOnlyWhenTheValueChanges) {
   EXPECT_EQ(body["status"]["conditions"][0]["status"], "True");
   EXPECT_EQ(body["metadata"]["uid"], "u1");
   // The same value again: no request at all.
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   EXPECT_TRUE(x.since().empty());
   // A new message alone is no transition either.
-  x.w.update({{"web/front-1", "u1", true, "still in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "still in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   EXPECT_TRUE(x.since().empty());
   // False: one write.
   x.api.push(kPath, {200, "{}"});
-  x.w.update({{"web/front-1", "u1", false, "device gone"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, false, "device gone"}});
   EXPECT_TRUE(x.w.syncOnce());
   r = x.since();
   ASSERT_EQ(r.size(), 1u);
@@ -133,7 +137,7 @@ TEST(PodGate, WritesAGatedPodOnlyWhenTheValueChanges) {
 TEST(PodGate, AConditionAlreadyAtTheValueIsNotWritten) {
   Writer x;
   x.api.push(kPath + "?dryRun=All", {200, pod(true, "True")});
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   EXPECT_EQ(x.since(), std::vector<std::string>{"READ"});
   EXPECT_EQ(x.w.writes(), 0);
@@ -142,9 +146,9 @@ TEST(PodGate, AConditionAlreadyAtTheValueIsNotWritten) {
 TEST(PodGate, PodsWithoutTheGateAreNeverWritten) {
   Writer x;
   x.api.push(kPath + "?dryRun=All", {200, pod(false)});
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
-  x.w.update({{"web/front-1", "u1", false, "gone"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, false, "gone"}});
   EXPECT_TRUE(x.w.syncOnce());
   EXPECT_EQ(x.since(), std::vector<std::string>{"READ"});  // read once, never patched
   EXPECT_EQ(x.w.writes(), 0);
@@ -153,22 +157,28 @@ TEST(PodGate, PodsWithoutTheGateAreNeverWritten) {
 TEST(PodGate, AnotherNodesPodOrAnotherUidIsNotWritten) {
   Writer x;
   x.api.push(kPath + "?dryRun=All", {200, pod(true, nullptr, "u1", "n2")});
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   EXPECT_EQ(x.since(), std::vector<std::string>{"READ"});
   Writer y;
   y.api.push(kPath + "?dryRun=All", {200, pod(true, nullptr, "u-new")});
-  y.w.update({{"web/front-1", "u-old", true, "in place"}});
+  y.w.update({{"web/front-1", "u-old", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(y.w.syncOnce());
   EXPECT_EQ(y.since(), std::vector<std::string>{"READ"});
-  EXPECT_EQ(x.w.writes() + y.w.writes(), 0);
+  // A pod of that name and uid that does not hold the endpoint's address (a hand-written slice).
+  Writer z;
+  z.api.push(kPath + "?dryRun=All", {200, pod(true, nullptr, "u1", "n1", "10.0.0.99")});
+  z.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
+  EXPECT_TRUE(z.w.syncOnce());
+  EXPECT_EQ(z.since(), std::vector<std::string>{"READ"});
+  EXPECT_EQ(x.w.writes() + y.w.writes() + z.w.writes(), 0);
 }
 
 TEST(PodGate, ANewUidIsReadAgainAndAFailedWriteIsRetried) {
   Writer x;
   x.api.push(kPath + "?dryRun=All", {200, pod(true, nullptr, "u1")});
   x.api.push(kPath, {500, R"({"kind":"Status","message":"etcd timeout"})"});
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_FALSE(x.w.syncOnce());  // retry wanted
   x.api.push(kPath + "?dryRun=All", {200, pod(true, nullptr, "u1")});
   x.api.push(kPath, {200, "{}"});
@@ -177,7 +187,7 @@ TEST(PodGate, ANewUidIsReadAgainAndAFailedWriteIsRetried) {
   // The pod was recreated under the same name: the slice names the new uid.
   x.api.push(kPath + "?dryRun=All", {200, pod(true, nullptr, "u2")});
   x.api.push(kPath, {200, "{}"});
-  x.w.update({{"web/front-1", "u2", true, "in place"}});
+  x.w.update({{"web/front-1", "u2", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   auto r = x.since();
   ASSERT_EQ(r.size(), 2u);
@@ -187,11 +197,11 @@ TEST(PodGate, ANewUidIsReadAgainAndAFailedWriteIsRetried) {
 TEST(PodGate, AGonePodOrAForbiddenReadIsNotRetriedEverySecond) {
   Writer x;
   x.api.push(kPath + "?dryRun=All", {404, R"({"kind":"Status","message":"not found"})"});
-  x.w.update({{"web/front-1", "u1", true, "in place"}});
+  x.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(x.w.syncOnce());
   Writer y;
   y.api.push(kPath + "?dryRun=All", {403, R"({"kind":"Status","message":"forbidden"})"});
-  y.w.update({{"web/front-1", "u1", true, "in place"}});
+  y.w.update({{"web/front-1", "u1", {kPodIp}, true, "in place"}});
   EXPECT_TRUE(y.w.syncOnce());
   EXPECT_TRUE(y.w.syncOnce());  // not asked again before the reread interval
   EXPECT_EQ(y.since().size(), 1u);
@@ -203,7 +213,7 @@ TEST(PodGate, AGonePodOrAForbiddenReadIsNotRetriedEverySecond) {
 
 TEST(PodGate, HostilePodReferencesAreRefusedWithoutARequest) {
   Writer x;
-  x.w.update({{"no-slash", "", true, ""}, {"a/b/c", "", true, ""}, {"/x", "", true, ""}});
+  x.w.update({{"no-slash", "", {}, true, ""}, {"a/b/c", "", {}, true, ""}, {"/x", "", {}, true, ""}});
   EXPECT_TRUE(x.w.syncOnce());
   EXPECT_TRUE(x.since().empty());
 }
