@@ -31,6 +31,7 @@
 #include "k8s/lb_status.h"
 #include "model/vip_policy.h"
 #include "reconcile/inspect.h"
+#include "k8s/pod_gate.h"
 #include "source/manifest_source.h"
 
 namespace {
@@ -61,6 +62,8 @@ struct Flags {
   std::vector<std::string> netnsDirs{"/run/netns", "/var/run/netns"};
   bool scanProc = true;
   int resyncSeconds = 60;
+  double verifySeconds = 2;
+  bool readinessGate = true;
   std::string logLevel = "info";
   std::string algorithm = "rendezvous";
   bool once = false;
@@ -189,6 +192,15 @@ void addRunFlags(CLI::App* run, Flags& f) {
   addCommon(run, f);
   run->add_option("--resync-interval", f.resyncSeconds, "Seconds between full resyncs")
       ->envname("TUNNEL_RESYNC_INTERVAL");
+  run->add_option("--verify-interval", f.verifySeconds,
+                  "Agent: seconds between re-reads of the pod namespaces (repairs, and confirms "
+                  "the VIP readiness gate after a repair); 0: only at the resync")
+      ->envname("TUNNEL_VERIFY_INTERVAL")
+      ->check(CLI::Range(0.0, 3600.0));
+  run->add_option("--readiness-gate", f.readinessGate,
+                  "Agent: write the pod condition cmd.nu/vip-ready of endpoint pods that carry "
+                  "it as a readiness gate (docs/readiness-gate.md)")
+      ->envname("TUNNEL_READINESS_GATE");
   run->add_flag("--once", f.once, "One reconcile pass, then exit (0 = converged)");
   run->add_option("--kubeconfig", f.kubeconfig,
                   "Kubernetes API source: kubeconfig file(s), a:b as in $KUBECONFIG (without it "
@@ -333,6 +345,7 @@ struct Sources {
   std::unique_ptr<kst::k8s::KubeEventSink> events;
   std::unique_ptr<kst::k8s::KubePublisher> publisher;
   std::unique_ptr<kst::k8s::LoadBalancerStatusWriter> lbStatus;  // with the publisher
+  std::unique_ptr<kst::k8s::PodGateWriter> gates;  // agent: the VIP readiness gate
 };
 
 /** The Kubernetes client configuration: --kubeconfig / $KUBECONFIG, then in-cluster. */
@@ -380,6 +393,12 @@ std::expected<Sources, int> openSources(const Flags& f, bool router, bool agent)
   auto ks = std::make_unique<kst::k8s::KubeSource>(factory, ko);
   s.kube = ks.get();
   s.source = std::move(ks);
+  if (agent && f.readinessGate) {
+    kst::k8s::PodGateOptions go;
+    go.nodeName = f.nodeName;
+    s.gates = std::make_unique<kst::k8s::PodGateWriter>(factory, go);
+    s.gates->start();
+  }
   // Events come from routers only: one report per problem per router instead of one per node.
   if (!router) return s;
   auto t = factory();
@@ -477,6 +496,8 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   opts.model.annotation = f.annotation;
   opts.model.policy = f.policy;  // routers and agents: a refused VIP gets no kernel object
   opts.resyncInterval = std::chrono::seconds(f.resyncSeconds);
+  opts.agentVerifyInterval = std::chrono::milliseconds(int64_t(f.verifySeconds * 1000));
+  opts.model.startingEndpoints = agent;
   opts.once = f.once;
   kst::Daemon daemon(opts, *s.source, router ? k.router.get() : nullptr,
                      agent ? k.agent.get() : nullptr, s.events.get(), s.publisher.get());
@@ -498,6 +519,7 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
       }
       return std::move(*snap);
     });
+  if (s.gates) daemon.setPodGateSink(s.gates.get());
   kst::DrainWatcher drainWatch(f.drainFile(), [&daemon] { daemon.poke(); });
   if (router && f.announceTable) {
     daemon.setAnnouncer(k.announce.get());
@@ -534,6 +556,7 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   int rc = daemon.run();
   drainWatch.stop();
   if (s.publisher) s.publisher->stop();
+  if (s.gates) s.gates->stop();
   health.stop();
   spdlog::info("kube-service-tunnel stopped (kernel state left in place)");
   return rc;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <random>
 
 namespace kst {
@@ -120,6 +121,7 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
     running_ = Reconciler::Agent;
     auto began = std::chrono::steady_clock::now();
     handle(Reconciler::Agent, began, agent_->reconcile(model));
+    if (gates_) gates_->update(agent_->gates());
   }
   running_.reset();
   // Report each distinct problem once while it persists.
@@ -195,6 +197,20 @@ bool Daemon::writeLoadBalancerStatus(std::vector<Problem>& problems) {
   return ok;
 }
 
+void Daemon::verifyAgent() {
+  auto r = agent_->reconcile(builder_.model());
+  if (!r) {
+    spdlog::error("agent: verify failed: {}", r.error().message);
+    return;
+  }
+  if (r->changes) spdlog::info("agent: verify repaired {} kernel objects", r->changes);
+  std::set<std::string> failures(r->failures.begin(), r->failures.end());
+  for (auto& f : failures)
+    if (!verifyFailures_.contains(f)) spdlog::warn("agent: {}", f);
+  verifyFailures_ = std::move(failures);
+  if (gates_) gates_->update(agent_->gates());
+}
+
 int Daemon::run() {
   // The router keeps what it observed between passes and re-reads the kernel on resync and
   // after failures (router_reconciler.h, NOTE Performance).
@@ -215,14 +231,18 @@ int Daemon::run() {
   auto nextResync = std::chrono::steady_clock::now() + opts_.resyncInterval;
   bool retry = false;
   auto retryAt = std::chrono::steady_clock::time_point::max();
+  bool verify = agent_ && opts_.agentVerifyInterval.count() > 0;
+  auto nextVerify = std::chrono::steady_clock::time_point::max();
   int rc = 0;
   ObjectChanges changes;
   while (true) {
+    bool woken = false;  // changes or a poke (not only a deadline)
     {
       std::unique_lock lk(mu_);
-      auto deadline = std::min(nextResync, retry ? retryAt : nextResync);
+      auto deadline = std::min({nextResync, retry ? retryAt : nextResync, nextVerify});
       cv_.wait_until(lk, deadline, [&] { return stopping_ || pending_.has_value() || poked_; });
       if (stopping_) break;
+      woken = poked_ || pending_.has_value();
       poked_ = false;
       if (pending_) {
         changes = std::move(*pending_);
@@ -246,6 +266,19 @@ int Daemon::run() {
       changes = {};
     }
     if (!synced) continue;  // resync before the first delivery
+    if (!woken && now < nextResync && !(retry && now >= retryAt)) {
+      // Only the verify deadline passed: the agent alone re-reads its pod namespaces.
+      if (now >= nextVerify) {
+        try {
+          verifyAgent();
+        } catch (const std::exception& e) {
+          spdlog::error("agent verify failed: {}", e.what());
+        }
+        nextVerify = std::chrono::steady_clock::now() + opts_.agentVerifyInterval;
+      }
+      continue;
+    }
+    if (verify) nextVerify = now + opts_.agentVerifyInterval;
     if (now >= nextResync) {
       nextResync = now + opts_.resyncInterval;
       if (router_) router_->resyncNextPass();

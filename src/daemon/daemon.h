@@ -37,6 +37,9 @@ struct DaemonOptions {
   ModelOptions model;
   std::chrono::milliseconds resyncInterval{std::chrono::seconds(60)};
   std::chrono::milliseconds maxBackoff{std::chrono::seconds(30)};
+  /** Agent: between passes, re-read the pod namespaces this often (repairs what was removed by
+   *  hand and confirms repaired pods for their VIP readiness gate). 0: only with the resync. */
+  std::chrono::milliseconds agentVerifyInterval{std::chrono::seconds(2)};
   bool once = false;  // one pass, then return (exit code reflects success)
 };
 
@@ -68,10 +71,15 @@ class Daemon {
    *  before run(). */
   void setMetrics(Metrics* metrics) { metrics_ = metrics; }
 
+  /** Agent: receives the pods' VIP readiness after every agent pass. Set before run(). */
+  void setPodGateSink(PodGateSink* gates) { gates_ = gates; }
+
  private:
   bool pass(std::chrono::steady_clock::time_point start);
   /** The LoadBalancer status writes of one pass; adds what cannot be allocated to problems. */
   bool writeLoadBalancerStatus(std::vector<Problem>& problems);
+  /** The agent alone (periodic verify between passes). */
+  void verifyAgent();
   DaemonOptions opts_;
   Source& source_;
   RouterReconciler* router_;
@@ -88,6 +96,8 @@ class Daemon {
   std::optional<Reconciler> running_;  // the reconciler of the pass (exceptions' metrics)
   bool announceUnreported_ = true;      // the announce state metrics_ has may be stale
   bool announceDrained_ = false;
+  PodGateSink* gates_ = nullptr;
+  std::set<std::string> verifyFailures_;  // of the last verify, logged once while they last
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<ObjectChanges> pending_;

@@ -235,12 +235,20 @@ std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
                                const std::string& nodeName) {
   std::map<IpAddress, PodPlan> pods;
   for (const auto& svc : model.services) {
-    for (const auto& ep : svc.endpoints) {
-      if (ep.nodeName != nodeName) continue;
-      auto& p = pods[ep.ip];
-      p.podIp = ep.ip;
-      p.services.push_back(svc.key);
-      p.state.addresses.push_back({cfg.tunnelLinkName(), svc.vip, svc.vip.hostPrefixLen()});
+    for (const auto* list : {&svc.endpoints, &svc.starting}) {
+      for (const auto& ep : *list) {
+        if (ep.nodeName != nodeName) continue;
+        auto& p = pods[ep.ip];
+        p.podIp = ep.ip;
+        p.services.push_back(svc.key);
+        p.state.addresses.push_back({cfg.tunnelLinkName(), svc.vip, svc.vip.hostPrefixLen()});
+        // Only a pod of the Service's own namespace (what the EndpointSlice controller
+        // writes; a hand-written slice cannot point the agent at another namespace's pod).
+        if (p.pod.empty() && ep.targetRef.starts_with(svc.key.ns + "/")) {
+          p.pod = ep.targetRef;
+          p.podUid = ep.targetUid;
+        }
+      }
     }
   }
   std::vector<PodPlan> out;

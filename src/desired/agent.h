@@ -18,9 +18,15 @@ struct PodPlan {
   IpAddress podIp;
   std::vector<ObjectKey> services;
   dp::PodState state;
+  /** The pod the EndpointSlices name for this address ("ns/name", its uid), when they name
+   *  one: the pod whose VIP readiness gate the agent reports (docs/readiness-gate.md). */
+  std::string pod;
+  std::string podUid;
 };
 
-/** One plan per local endpoint address (draining endpoints keep their VIPs). */
+/** One plan per local endpoint address (draining endpoints keep their VIPs; starting ones,
+ *  TunnelService::starting, get them already: never routed to, their readiness gate waits for
+ *  the VIP). */
 std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,
                                const std::string& nodeName);
 

@@ -71,18 +71,25 @@ TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vi
     ts.published = t->second.table;
   auto sl = slicesOf_.find(key);
   if (sl == slicesOf_.end()) return ts;
-  std::map<IpAddress, Endpoint> eps;
+  std::map<IpAddress, Endpoint> eps, starting;
   for (const auto& sk : sl->second) {
     const auto& slice = objects_.slices.at(sk);
     if (slice.addressType != "IPv4" && slice.addressType != "IPv6") continue;
     for (const auto& se : slice.endpoints) {
-      if (!se.serving) continue;
+      if (!se.serving) {
+        if (!opts_.startingEndpoints || se.terminating) continue;
+        if (auto ip = IpAddress::parse(se.address))
+          starting.emplace(*ip, Endpoint{*ip, se.nodeName.value_or(""), false, false,
+                                         se.targetRef, se.targetUid});
+        continue;
+      }
       auto ip = IpAddress::parse(se.address);
       if (!ip) continue;
       // A terminating endpoint that is still serving drains; one that is serving but not ready
       // and not terminating (e.g. a failing readiness probe with publishNotReadyAddresses) is
       // also kept out of new flows.
-      Endpoint e{*ip, se.nodeName.value_or(""), true, se.terminating || !se.ready, se.targetRef};
+      Endpoint e{*ip, se.nodeName.value_or(""), true, se.terminating || !se.ready, se.targetRef,
+                 se.targetUid};
       auto [pos, inserted] = eps.emplace(*ip, e);
       // The same address in two slices (during slice migration): prefer the more useful view.
       if (!inserted) pos->second.draining = pos->second.draining && e.draining;
@@ -93,6 +100,12 @@ TunnelService ModelBuilder::serviceFor(const ObjectKey& key, const IpAddress& vi
                               [&](auto& p) { return p.first.family() == vip.family(); });
   for (auto& [ip, e] : eps)
     if (!haveSame || ip.family() == vip.family()) ts.endpoints.push_back(e);
+  bool haveSameStarting = haveSame || std::any_of(starting.begin(), starting.end(), [&](auto& p) {
+                            return p.first.family() == vip.family();
+                          });
+  for (auto& [ip, e] : starting)
+    if (!eps.contains(ip) && (!haveSameStarting || ip.family() == vip.family()))
+      ts.starting.push_back(e);
   return ts;
 }
 

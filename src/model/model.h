@@ -21,7 +21,8 @@ struct Endpoint {
   std::string nodeName;  // empty if unknown
   bool serving = true;   // may receive traffic at all
   bool draining = false; // serving + terminating: established flows only
-  std::string targetRef;
+  std::string targetRef;   // "ns/pod" or empty
+  std::string targetUid;   // the pod's uid when the slice names a Pod, or empty
   auto operator<=>(const Endpoint&) const = default;
 };
 
@@ -36,6 +37,11 @@ struct TunnelService {
   /** spec.loadBalancerSourceRanges (sourceRangesOf: sorted, unique, both families). Empty: every
    *  source may reach the VIP; otherwise the routers drop packets from other sources. */
   std::vector<IpPrefix> sourceRanges = {};
+  /** Only with ModelOptions::startingEndpoints: endpoints that are neither serving nor
+   *  terminating (a pod starting up, or NotReady: failing probe or the VIP readiness gate
+   *  still False), sorted by IP. Never routed to; the agent puts the VIP into these pods so
+   *  that their readiness gate can turn True (docs/readiness-gate.md). */
+  std::vector<Endpoint> starting = {};
   bool operator==(const TunnelService&) const = default;
 };
 
@@ -76,6 +82,8 @@ struct ModelOptions {
   std::optional<VipPolicy> policy = std::nullopt;
   /** spec.loadBalancerClass of the LoadBalancer Services that are ours (model/loadbalancer.h). */
   std::string loadBalancerClass = kLoadBalancerClass;
+  /** Fill TunnelService::starting (the agent role; routers never look at it). */
+  bool startingEndpoints = false;
 };
 
 /**

@@ -47,6 +47,7 @@ struct SliceEndpoint {
   bool serving = true;
   bool terminating = false;
   std::string targetRef;  // "ns/pod", informational
+  std::string targetUid;  // the pod's metadata.uid (targetRef.uid), if given
   bool operator==(const SliceEndpoint&) const = default;
 };
 

@@ -134,8 +134,48 @@ void AgentReconciler::scan(const std::vector<PodPlan>& plans) {
   scannedOnce_ = true;
 }
 
+namespace {
+
+/** What of `had` (applied before) that is still wanted is missing from `observed`. */
+std::string lostState(const dp::PodState& had, const dp::PodState& want,
+                      const dp::PodState& observed) {
+  std::string lost;
+  auto note = [&](const std::string& what) { lost += (lost.empty() ? "" : ", ") + what; };
+  for (const auto& l : had.links) {
+    auto named = [&](const dp::Link& x) { return x.name == l.name; };
+    if (std::none_of(want.links.begin(), want.links.end(), named)) continue;
+    if (std::none_of(observed.links.begin(), observed.links.end(), named))
+      note("device " + l.name);
+  }
+  for (const auto& a : had.addresses) {
+    if (!std::binary_search(want.addresses.begin(), want.addresses.end(), a)) continue;
+    if (std::find(observed.addresses.begin(), observed.addresses.end(), a) ==
+        observed.addresses.end())
+      note("VIP " + a.ip.str());
+  }
+  if (had.mplsLabelRoute && want.mplsLabelRoute && !observed.mplsLabelRoute)
+    note("MPLS label route");
+  return lost;
+}
+
+}  // namespace
+
 PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanAll) {
   PassResult res;
+  // Pod → (ready, message); a pod is ready when all its addresses are.
+  std::map<std::pair<std::string, std::string>, PodGate> gates;
+  auto gate = [&](const PodPlan& plan, bool ready, const std::string& message) {
+    if (plan.pod.empty()) return;
+    auto [it, inserted] = gates.try_emplace({plan.pod, plan.podUid},
+                                            PodGate{plan.pod, plan.podUid, {}, ready, message});
+    auto& g = it->second;
+    if (std::find(g.addresses.begin(), g.addresses.end(), plan.podIp) == g.addresses.end())
+      g.addresses.push_back(plan.podIp);
+    if (!inserted && g.ready && !ready) {
+      g.ready = false;
+      g.message = message;
+    }
+  };
   std::set<std::string> wanted;
   // A pod may own several endpoint addresses (dual stack): one merged state per namespace.
   struct Group {
@@ -147,7 +187,12 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
   std::map<std::string, Group> groups;
   for (const auto& plan : plans) {
     auto it = podNs_.find(plan.podIp);
-    if (it == podNs_.end()) continue;  // resolve() reported why
+    if (it == podNs_.end()) {  // resolve() reported why
+      gate(plan, false,
+           fmt::format("no network namespace on this node that its routing leads to holds {}",
+                       plan.podIp.str()));
+      continue;
+    }
     auto& g = groups[it->second.id];
     g.ns = it->second;
     g.pods += (g.pods.empty() ? "" : ",") + plan.podIp.str();
@@ -166,10 +211,28 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
                             g.state.addresses.end());
     const auto& ns = g.ns;
     wanted.insert(ns.id);
+    size_t failuresBefore = res.failures.size();
+    std::string lost;
+    bool changed = false;
+    // Reports the group's readiness on every exit of this iteration.
+    auto report = [&] {
+      bool ok = res.failures.size() == failuresBefore;
+      if (!lost.empty()) held_.insert(ns.id);
+      else if (ok && !changed) held_.erase(ns.id);  // found complete: confirmed
+      bool ready = ok && !held_.contains(ns.id);
+      std::string message =
+          !ok ? res.failures.back()
+          : !lost.empty() ? fmt::format("{} missing in the pod's namespace; repaired, waiting for "
+                                        "the next verification", lost)
+          : held_.contains(ns.id) ? "repaired; waiting for the next verification"
+                                  : fmt::format("VIPs and decap state in place in {}", ns.path);
+      for (const auto* p : g.plans) gate(*p, ready, message);
+    };
     auto c = ns_.client(ns);
     if (!c) {
       res.failures.push_back(fmt::format("pod {}: {}", g.pods, c.error().message));
       ns_.forget(ns);
+      report();
       continue;
     }
     auto seen = observeOwned(**c, modeTraits(cfg_.mode).pod == dp::PodShape::LoopbackLabel);
@@ -177,14 +240,25 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       res.failures.push_back(
           fmt::format("pod {}: namespace {} vanished or unreadable", g.pods, ns.path));
       ns_.forget(ns);
+      inPlace_.erase(ns.id);
+      report();
       continue;
     }
     const dp::PodState& observed = *seen;
+    if (auto had = inPlace_.find(ns.id); had != inPlace_.end())
+      lost = lostState(had->second, g.state, observed);
+    if (!lost.empty())
+      spdlog::warn("pod {}: {} missing in namespace {}: repairing; its VIP readiness is False "
+                   "until a later pass finds it complete",
+                   g.pods, lost, ns.path);
     auto changes = dp::diffPod(g.state, observed, cfg_.mplsLabel);
+    changed = !changes.empty();
     if (!changes.empty()) {
       auto r = (*c)->apply(changes);
       if (!r) {
         res.failures.push_back(fmt::format("pod {}: {}", g.pods, r.error().message));
+        inPlace_.erase(ns.id);
+        report();
         continue;
       }
       res.changes += changes.size() - r->size();
@@ -201,6 +275,9 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       res.failures.push_back(fmt::format("pod {}: nft table {} (UDP reply source, TCP MSS): {}",
                                          g.pods, kPodTableName, s.error().message));
     managed_.emplace(ns.id, ns);
+    if (res.failures.size() == failuresBefore) inPlace_[ns.id] = g.state;
+    else inPlace_.erase(ns.id);
+    report();
   }
   // Namespaces that hold owned objects but serve nothing any more.
   for (auto it = managed_.begin(); it != managed_.end();) {
@@ -229,6 +306,8 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     }
     if (!gone) (void)ns_.podTable(it->second, nullptr);
     if (gone) ns_.forget(it->second);
+    inPlace_.erase(it->first);
+    held_.erase(it->first);
     it = managed_.erase(it);
   }
   // Everything else the provider holds (candidates of a scan, namespaces that stopped serving
@@ -236,6 +315,11 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
   std::set<std::string> keep = wanted;
   for (auto& [id, ns] : managed_) keep.insert(id);
   ns_.retainOnly(keep);
+  // Namespaces no plan names any more (vanished ones included) are forgotten.
+  std::erase_if(inPlace_, [&](const auto& e) { return !wanted.contains(e.first); });
+  std::erase_if(held_, [&](const std::string& id) { return !wanted.contains(id); });
+  gates_.clear();
+  for (auto& [key, g] : gates) gates_.push_back(std::move(g));
   return res;
 }
 

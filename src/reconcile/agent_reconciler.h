@@ -5,11 +5,20 @@
 // is refused and reported (a Problem for the pod's Services). A namespace that vanishes
 // mid-operation only fails its own pod; the others continue. At the end of every pass the
 // provider releases every namespace not in use.
+//
+// VIP readiness (docs/readiness-gate.md): after each pass gates() says, per endpoint pod, whether
+// its VIPs and decap state are in place. A pod is ready when every change for its namespace was
+// accepted by the kernel. When a pass finds that something the agent had put in place is missing
+// (the decap device deleted by hand, a VIP removed), the pod is held not ready: the pass repairs
+// it, and only a later pass (the daemon's periodic verify) that finds the namespace complete
+// without changing anything releases it. So a namespace that keeps losing its state stays out
+// of the routers' tables instead of flapping in and out.
 #pragma once
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "dataplane/pod_namespaces.h"
@@ -17,6 +26,7 @@
 #include "desired/config.h"
 #include "model/model.h"
 #include "reconcile/router_reconciler.h"
+#include "reconcile/sinks.h"
 
 namespace kst {
 
@@ -32,6 +42,10 @@ class AgentReconciler {
   const std::map<IpAddress, NetnsProvider::Ns>& podNamespaces() const { return podNs_; }
   /** Pod IP → paths of the other namespaces that hold it too (last scan), refused. */
   const std::map<IpAddress, std::vector<std::string>>& duplicates() const { return dups_; }
+  /** The VIP readiness of every endpoint pod of the last reconcile() that the EndpointSlices
+   *  name (one entry per pod, sorted by pod; a pod with several addresses is ready only when
+   *  all of them are). */
+  const std::vector<PodGate>& gates() const { return gates_; }
 
  private:
   /** Resolves every plan's namespace by routing; verifies a new answer holds the address. */
@@ -49,6 +63,11 @@ class AgentReconciler {
   std::map<std::string, NetnsProvider::Ns> managed_;  // namespaces holding owned objects
   std::map<IpAddress, std::vector<std::string>> dups_;
   bool scannedOnce_ = false;
+  // Namespace id → the state last applied there completely (what a later pass must still find).
+  std::map<std::string, dp::PodState> inPlace_;
+  // Namespaces found missing part of inPlace_: not ready until a pass finds them complete.
+  std::set<std::string> held_;
+  std::vector<PodGate> gates_;
 };
 
 }  // namespace kst

@@ -5,8 +5,10 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
+#include "common/ip.h"
 #include "model/model.h"
 
 namespace kst {
@@ -43,6 +45,27 @@ class LoadBalancerStatusSink {
   virtual Result<std::map<ObjectKey, ServiceObject>> currentServices() = 0;
   /** Writes one Service's ingress (ipMode Proxy), or clears it (empty ingress). */
   virtual Status write(const LoadBalancerStatusChange& change) = 0;
+};
+
+/** The VIP readiness of one local endpoint pod after an agent pass (docs/readiness-gate.md). */
+struct PodGate {
+  std::string pod;  // "ns/name"
+  std::string uid;  // empty when the EndpointSlice gave none
+  /** Its endpoint addresses: the pod written must hold one of them (status.podIPs). */
+  std::vector<IpAddress> addresses;
+  /** The VIPs and the decap state are in place in the pod's namespace (the kernel accepted
+   *  every change, and no verify found something missing since the last confirmation). */
+  bool ready = false;
+  std::string message;  // why not, or what is in place
+  bool operator==(const PodGate&) const = default;
+};
+
+/** Receives the VIP readiness of this node's endpoint pods after every agent pass (all of them,
+ *  each time; the implementation writes only what changed). Must not block. */
+class PodGateSink {
+ public:
+  virtual ~PodGateSink() = default;
+  virtual void update(const std::vector<PodGate>& gates) = 0;
 };
 
 }  // namespace kst

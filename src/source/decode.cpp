@@ -105,8 +105,10 @@ Result<EndpointSliceObject> decodeEndpointSlice(const nlohmann::json& j) {
         base.serving = boolOr(c, "serving", base.ready);
         base.terminating = boolOr(c, "terminating", false);
       }
-      if (ep.contains("targetRef") && ep["targetRef"].is_object())
+      if (ep.contains("targetRef") && ep["targetRef"].is_object()) {
         base.targetRef = str(ep["targetRef"], "namespace") + "/" + str(ep["targetRef"], "name");
+        if (str(ep["targetRef"], "kind") == "Pod") base.targetUid = str(ep["targetRef"], "uid");
+      }
       for (const auto& a : ep["addresses"]) {
         if (!a.is_string()) continue;
         SliceEndpoint se = base;

@@ -75,6 +75,12 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
   const std::string pod =
       R"({"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"},"spec":{"containers":[{"name":"x","image":"x"}]}})";
   const std::string merge = "application/merge-patch+json", json = "application/json";
+  // The agent's VIP readiness gate (k8s/pod_gate.h): patch of pods/status and nothing else of
+  // pods (a pod that does not exist: 404 when authorized).
+  const std::string podStatus = "/api/v1/namespaces/" + kns + "/pods/rbac-probe/status";
+  const std::string podGate =
+      R"({"status":{"conditions":[{"type":"cmd.nu/vip-ready","status":"True"}]}})";
+  const std::string strategic = "application/strategic-merge-patch+json";
   struct Call {
     std::string what, method, path, body, type;
     bool allowed;
@@ -93,6 +99,9 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
       {"list secrets (all namespaces)", "GET", "/api/v1/secrets", "", "", false},
       {"get secrets in own namespace", "GET", "/api/v1/namespaces/" + ns + "/secrets", "", "", false},
       {"list pods", "GET", "/api/v1/pods", "", "", false},
+      {"get pod", "GET", "/api/v1/namespaces/" + kns + "/pods/rbac-probe", "", "", false},
+      {"get pod status", "GET", podStatus, "", "", false},
+      {"patch pod (spec)", "PATCH", "/api/v1/namespaces/" + kns + "/pods/rbac-probe", podGate, strategic, false},
       {"create pod", "POST", "/api/v1/namespaces/" + kns + "/pods", pod, json, false},
       {"list nodes", "GET", "/api/v1/nodes", "", "", false},
       {"create configmap in a tenant namespace", "POST", "/api/v1/namespaces/" + kns + "/configmaps", cm(probe), json, false},
@@ -121,10 +130,12 @@ TEST_F(Cluster, DeployManifestsInstallWithLeastPrivilegeRbac) {
            {"get node", "GET", "/api/v1/nodes/node1", "", "", false},
            // The elected router writes the address of our LoadBalancer Services.
            {"patch service status", "PATCH", svc + "/status", statusPatch, merge, true},
+           {"patch pod status", "PATCH", podStatus, podGate, strategic, false},
        })},
       {kSaAgent,
        withRole({
            {"get node", "GET", "/api/v1/nodes/node1", "", "", true},
+           {"patch pod status", "PATCH", podStatus, podGate, strategic, true},
            {"create event (tenant namespace)", "POST", "/apis/events.k8s.io/v1/namespaces/" + kns + "/events", event, json, false},
            {"get the publisher lease", "GET", leases + "/kube-service-tunnel-publisher", "", "", false},
            {"update the publisher lease", "PUT", leases + "/kube-service-tunnel-publisher", lease("kube-service-tunnel-publisher"), json, false},

@@ -16,9 +16,23 @@
 #   4. a pod sandbox restart (the pause process killed: the kubelet makes a new sandbox, hence a
 #      new network namespace and address, for the same pod) gets the VIP again and traffic;
 #   5. a deleted pod's replacement gets the VIP and traffic.
+# The web pods carry the VIP readiness gate cmd.nu/vip-ready (docs/readiness-gate.md), so 2-5
+# also need the agent's condition; then
+#   6. agent stopped (its DaemonSet pinned away from the node): a new pod stays NotReady and
+#      gets no flows;
+#   7. agent started again: the pod is Ready within 2 s of its VIP appearing (measured, printed);
+#   8. the decap device deleted by hand in a pod: its condition goes False and its buckets move
+#      (the published bucket table drops it), then back once the agent has repaired it;
+#   9. kube-proxy (nftables mode, from the same Kubernetes build) runs on the node: a
+#      LoadBalancer Service of another class (example.com/test) with the tunnel annotation and
+#      status ingress [{ip: VIP2, ipMode: Proxy}] is left alone — the pods get the VIP as
+#      destination on any port, so the Service port 80 reaches the pods' port 80 (nothing listens:
+#      refused) and 8080 answers —; written as ipMode: VIP, kube-proxy intercepts the Service
+#      port (80 is DNATed to the pods' 8080 and answered).
 # Addresses: pods 198.19.64.0/24 on bridge rnbr<pid>, client 198.18.64.10 behind veth
-# 198.18.64.1 (benchmarking range), VIP 203.0.113.60 (documentation range, blackholed in the main
-# table so that nothing but the router's own tables ever routes it). Everything is removed on exit,
+# 198.18.64.1 (benchmarking range), VIPs 203.0.113.60 and .61 (documentation range, the suite's
+# VIP range 203.0.113.60-63; blackholed in the main table so that nothing but the router's own
+# tables ever routes them). Everything is removed on exit,
 # also when a check fails. Prints "N passed, N failed" and the suite's time.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -32,10 +46,12 @@ CLIENT_NS="$P-cl"
 VETH="${P}c"
 POD_CIDR=198.19.64.0/24
 VIP=203.0.113.60
+VIP2=203.0.113.61
 CLIENT_IP=198.18.64.10
 APP_NS=rn-web
 OWN=(TUNNEL_LINK_PREFIX=krn TUNNEL_ROUTE_PROTOCOL=212)
 passed=0; failed=0
+BG_PIDS=(); KUBE_PROXY_PID=""
 
 log() { printf '[realnode %(%H:%M:%S)T +%ss] %s\n' -1 "$((SECONDS - T0))" "$*"; }
 pass() { passed=$((passed + 1)); log "PASS: $*"; }
@@ -73,12 +89,24 @@ for d in /tmp/rn*-k8s; do
   ip netns del "$old-cl" 2>/dev/null
   ip link del "${old}c" 2>/dev/null
   ip route del blackhole "$VIP/32" 2>/dev/null
+  ip route del blackhole "$VIP2/32" 2>/dev/null
 done
+# kube-proxy runs only inside this suite (check 9): a table of it is a killed run's.
+nft delete table ip kube-proxy 2>/dev/null
+nft delete table ip6 kube-proxy 2>/dev/null
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   log "cleanup"
+  for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  if [[ -n "$KUBE_PROXY_PID" ]]; then
+    kill "$KUBE_PROXY_PID" 2>/dev/null; wait "$KUBE_PROXY_PID" 2>/dev/null
+  fi
+  # kube-proxy's own tables (nftables mode; it rejects 10.96.0.1, whose only endpoint is the
+  # loopback apiserver, which the DaemonSets reach through it).
+  nft delete table ip kube-proxy 2>/dev/null
+  nft delete table ip6 kube-proxy 2>/dev/null
   if [[ -f "$DIR/env" ]]; then
     # Pods first, through the kubelet (CNI DEL, unmounts); node-stop.sh forces what is left.
     k delete namespace "$APP_NS" --wait=false >/dev/null 2>&1
@@ -94,6 +122,7 @@ cleanup() {
   ip netns del "$CLIENT_NS" 2>/dev/null
   ip link del "$VETH" 2>/dev/null
   ip route del blackhole "$VIP/32" 2>/dev/null
+  ip route del blackhole "$VIP2/32" 2>/dev/null
   log "suite time $((SECONDS - T0)) s"
   echo "$passed passed, $failed failed"
   (( rc == 0 && failed == 0 )) || exit 1
@@ -118,6 +147,7 @@ ip -n "$CLIENT_NS" link set eth0 up
 ip -n "$CLIENT_NS" link set lo up
 ip -n "$CLIENT_NS" route add 203.0.113.0/24 via 198.18.64.1
 ip route add blackhole "$VIP/32"
+ip route add blackhole "$VIP2/32"
 
 # (8>&-: the daemons must not inherit the lock.)
 # One more try when a component dies at once (seen in CI; start.sh undoes a failed start).
@@ -187,6 +217,7 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       terminationGracePeriodSeconds: 1
+      readinessGates: [{conditionType: cmd.nu/vip-ready}]
       containers:
         - name: web
           image: kst.local/kst-testtool:1
@@ -287,4 +318,171 @@ if wait_for 90 replaced && k -n "$APP_NS" rollout status deploy/web --timeout=90
   fi
 else
   fail "no replacement pod"; diagnose
+fi
+
+# ---- 6. VIP readiness gate: agent stopped → a new pod stays NotReady, no flows ----------------------
+ANS=kube-service-tunnel
+AGENT_SEL=app.kubernetes.io/component=agent
+agent_pods() { k -n "$ANS" get pods -l "$AGENT_SEL" --field-selector "spec.nodeName=$NODE" -o name 2>/dev/null; }
+gate_of() { k -n "$APP_NS" get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="cmd.nu/vip-ready")].status}' 2>/dev/null; }
+ready_of() { k -n "$APP_NS" get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null; }
+# The agent DaemonSet pinned to no node: its pod goes, its kernel state stays (by design).
+k -n "$ANS" patch ds kube-service-tunnel-agent --type=merge \
+  -p '{"spec":{"template":{"spec":{"nodeSelector":{"kst.test/agent-paused":"true"}}}}}' >/dev/null
+if ! wait_for 60 bash -c "[[ -z \"\$('$KUBECTL' --kubeconfig='$DIR/admin.kubeconfig' -n $ANS get pods -l $AGENT_SEL -o name 2>/dev/null)\" ]]"; then
+  fail "agent pod still present 60 s after pinning it away"; diagnose
+fi
+before="$(pods)"
+k -n "$APP_NS" scale deploy/web --replicas=3 >/dev/null
+new_pod() { local now; now="$(pods)"; gated="$(comm -13 <(echo "$before") <(echo "$now") | head -1)"; [[ -n "$gated" ]]; }
+gated=""
+if wait_for 60 new_pod && k -n "$APP_NS" wait pod "$gated" --for=condition=ContainersReady --timeout=60s >/dev/null; then
+  sleep 3  # time enough to turn Ready if the gate were not honoured
+  gpid="$(sandbox_pid "$gated")"
+  got="$(tcp_answers 40)"
+  if [[ "$(ready_of "$gated")" == False && "$(gate_of "$gated")" != True ]] &&
+     ! nsenter -t "$gpid" -n ip -o addr show 2>/dev/null | grep -q " $VIP/" &&
+     ! grep -q "^$gated " <<<"$got" && [[ -n "$got" ]] && ! grep -q FAIL <<<"$got"; then
+    pass "agent stopped: new pod $gated has ready containers but stays NotReady (gate '$(gate_of "$gated")'), no VIP, 0 of 40 connections ($(awk '{print $1}' <<<"$got" | sort | uniq -c | tr '\n' ' '))"
+  else
+    fail "agent stopped: pod $gated Ready=$(ready_of "$gated") gate=$(gate_of "$gated"); answers: $(awk '{print $1}' <<<"$got" | sort | uniq -c | tr '\n' ';')"
+  fi
+else
+  fail "no third web pod with ready containers"; diagnose
+fi
+
+# ---- 7. agent started: Ready within 2 s of the VIP being in place -------------------------------------
+k -n "$ANS" patch ds kube-service-tunnel-agent --type=merge \
+  -p '{"spec":{"template":{"spec":{"nodeSelector":null}}}}' >/dev/null
+if [[ -n "$gated" && -n "$gpid" ]]; then
+  t_vip=""; t_ready=""
+  end=$((SECONDS + 90))
+  while (( SECONDS < end )); do
+    if nsenter -t "$gpid" -n ip -o addr show 2>/dev/null | grep -q " $VIP/"; then t_vip="$(date +%s%N)"; break; fi
+    sleep 0.05
+  done
+  if [[ -n "$t_vip" ]]; then
+    end=$((SECONDS + 30))
+    while (( SECONDS < end )); do
+      if [[ "$(ready_of "$gated")" == True ]]; then t_ready="$(date +%s%N)"; break; fi
+      sleep 0.05
+    done
+  fi
+  if [[ -n "$t_ready" ]]; then
+    ms=$(( (t_ready - t_vip) / 1000000 ))
+    log "gate: VIP in $gated's namespace -> pod Ready: $ms ms (polled: VIP every 50 ms, kubectl every 50 ms + its own time)"
+    if (( ms <= 2000 )) && wait_for 60 served_by "$(pods)"; then
+      pass "agent started: $gated Ready $ms ms after its VIP appeared (<= 2000), now served with the others"
+    else
+      fail "agent started: Ready after $ms ms; answers: $(tcp_answers 20 | awk '{print $1}' | sort | uniq -c | tr '\n' ';')"
+    fi
+  else
+    fail "agent started: VIP at ${t_vip:-never}, Ready at never (gate '$(gate_of "$gated")')"; diagnose
+  fi
+else
+  fail "agent started: no gated pod to watch"
+fi
+wait_for 60 bash -c "[[ -n \"\$('$KUBECTL' --kubeconfig='$DIR/admin.kubeconfig' -n $ANS get pods -l $AGENT_SEL -o name 2>/dev/null)\" ]]" &&
+  k -n "$ANS" rollout status ds/kube-service-tunnel-agent --timeout=90s >/dev/null
+
+# ---- 8. decap device deleted by hand: condition False, buckets move, then back -------------------------
+# One of the pods that were Ready before check 6 (their place in the table is settled).
+victim="$(pods | grep -vx "$gated" | head -1)"
+vpid="$(sandbox_pid "$victim")"
+vip_ip="$(k -n "$APP_NS" get pod "$victim" -o jsonpath='{.status.podIP}')"
+dev="$(nsenter -t "$vpid" -n ip -o link show 2>/dev/null | grep -o 'krn[^:@ ]*' | head -1)"
+# Watch both sides while it happens: the pod's condition and the published bucket tables.
+k -n "$APP_NS" get pod "$victim" -w -o jsonpath='{.status.conditions[?(@.type=="cmd.nu/vip-ready")].status}{"\n"}' \
+  >"$DIR/gate.log" 2>/dev/null &
+BG_PIDS+=($!)
+k -n "$ANS" get cm -l app.kubernetes.io/managed-by=kube-service-tunnel -w -o jsonpath='{.data.table}{"\n"}' \
+  >"$DIR/tables.log" 2>/dev/null &
+BG_PIDS+=($!)
+sleep 2
+# The web Service is the only tunnelled one so far: every table line is its table.
+web_table_lines() { grep '"endpoints"' "$DIR/tables.log"; }
+in_table() { [[ "$(web_table_lines | tail -1)" == *"\"ip\":\"$vip_ip\""* ]] && [[ "$(tail -1 "$DIR/gate.log")" == True ]]; }
+wait_for 30 in_table || log "before the deletion: $victim ($vip_ip) not in the last published table or not True"
+# Only what the watches print after the deletion counts.
+n_gate=$(wc -l <"$DIR/gate.log"); n_tab=$(web_table_lines | wc -l)
+after_gate() { tail -n +$((n_gate + 1)) "$DIR/gate.log"; }
+after_tab() { web_table_lines | tail -n +$((n_tab + 1)); }
+t_del=$SECONDS
+if [[ -n "$dev" ]] && in_table && nsenter -t "$vpid" -n ip link del "$dev"; then
+  log "deleted $dev in $victim ($vip_ip)"
+  went_false() { after_gate | grep -q '^False$'; }
+  came_back() { after_gate | awk '/^False$/{f=1} f && /^True$/{t=1} END{exit !t}'; }
+  moved() { after_tab | grep -vq "\"ip\":\"$vip_ip\""; }
+  back_in() { after_tab | awk -v ip="\"ip\":\"$vip_ip\"" '!index($0, ip){g=1} g && index($0, ip){b=1} END{exit !b}'; }
+  if wait_for 30 went_false && wait_for 30 moved; then
+    pass "device $dev deleted: $victim's condition False and its buckets moved (a published table without $vip_ip) within $((SECONDS - t_del)) s"
+  else
+    fail "device deleted: gate log $(tr '\n' ' ' <"$DIR/gate.log"); tables without $vip_ip: $(web_table_lines | grep -vc "$vip_ip")"
+    diagnose
+  fi
+  if wait_for 60 came_back && wait_for 60 back_in && wait_for 60 served_by "$(pods)" &&
+     nsenter -t "$vpid" -n ip -o link show "$dev" >/dev/null 2>&1; then
+    pass "repaired: $dev back, condition True, $victim back in the table and served at +$((SECONDS - t_del)) s after the deletion"
+  else
+    fail "after the repair: gate log $(tr '\n' ' ' <"$DIR/gate.log"); answers $(tcp_answers 20 | awk '{print $1}' | sort | uniq -c | tr '\n' ';')"
+  fi
+else
+  fail "no decap device (krn*) found in $victim's namespace, or $victim not in the table before"
+fi
+for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+BG_PIDS=()
+
+# ---- 9. kube-proxy present: ipMode Proxy leaves the VIP alone, ipMode VIP is intercepted ----------------
+# The Service first: kube-proxy rejects 10.96.0.1 (its only endpoint, the loopback apiserver, is
+# not one it uses), through which the DaemonSets reach the API — they must have seen the Service
+# before kube-proxy starts. What happens next is between kube-proxy and the kernel state.
+k apply -f - >/dev/null <<YAML || fail "LoadBalancer Service"
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb
+  namespace: $APP_NS
+  annotations: {cmd.nu/tunnel: "$VIP2"}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/test
+  allocateLoadBalancerNodePorts: false
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+YAML
+set_ipmode() {
+  k -n "$APP_NS" patch svc lb --subresource=status --type=merge \
+    -p "{\"status\":{\"loadBalancer\":{\"ingress\":[{\"ip\":\"$VIP2\",\"ipMode\":\"$1\"}]}}}" >/dev/null
+}
+# kube-proxy's view: the VIP's Service port in one of its verdict maps (ipMode VIP) or nowhere.
+kp_has_vip() { nft list table ip kube-proxy 2>/dev/null | grep -q "$VIP2 . tcp . 80"; }
+kp_running() { nft list map ip kube-proxy service-ips >/dev/null 2>&1; }
+answers2() { ip netns exec "$CLIENT_NS" "$BUILD/tests/kst-testtool" tcp "$VIP2" "$1" "$2" 2>/dev/null; }
+served2() { local got; got="$(answers2 8080 10)"; ! grep -q FAIL <<<"$got" && [[ "$(awk '{print $2}' <<<"$got" | sort -u)" == "$CLIENT_IP" ]]; }
+refused80() { local got; got="$(answers2 80 5)"; [[ "$(grep -c FAIL <<<"$got")" == 5 ]]; }
+answered80() { local got; got="$(answers2 80 5)"; ! grep -q FAIL <<<"$got"; }
+set_ipmode Proxy
+if ! wait_for 60 served2; then
+  fail "LoadBalancer Service $VIP2 not served before kube-proxy: $(answers2 8080 5 | tr '\n' ';')"; diagnose
+fi
+"$K8S_BIN/kube-proxy" --kubeconfig="$DIR/admin.kubeconfig" --hostname-override="$NODE" \
+  --proxy-mode=nftables --cluster-cidr="$POD_CIDR" --conntrack-max-per-core=0 \
+  --healthz-bind-address=127.0.0.1:10356 --metrics-bind-address="" \
+  >"$DIR/logs/kube-proxy.log" 2>&1 8>&- &
+KUBE_PROXY_PID=$!
+if wait_for 60 kp_running; then
+  sleep 2  # a sync or two with the Service and its status
+  if served2 && refused80 && ! kp_has_vip; then
+    pass "kube-proxy running, ipMode Proxy: $VIP2:8080 (no Service port) answered with source $CLIENT_IP, the Service port $VIP2:80 reaches the pods' port 80 unchanged (refused: nothing listens), $VIP2 in none of kube-proxy's maps"
+  else
+    fail "ipMode Proxy: 8080 $(answers2 8080 5 | tr '\n' ';') 80 $(answers2 80 3 | tr '\n' ';') kube-proxy has VIP: $(kp_has_vip && echo yes || echo no)"
+  fi
+  set_ipmode VIP
+  if wait_for 30 kp_has_vip && wait_for 30 answered80; then
+    pass "negative control, ipMode VIP: kube-proxy took $VIP2:80 into its maps and DNATs it to the pods' 8080 (answered: $(answers2 80 3 | awk '{print $1" from "$2}' | sort -u | tr '\n' ' '))"
+  else
+    fail "ipMode VIP: kube-proxy has VIP: $(kp_has_vip && echo yes || echo no); 80: $(answers2 80 3 | tr '\n' ';')"
+  fi
+else
+  fail "kube-proxy did not program its nftables table"; tail -n 20 "$DIR/logs/kube-proxy.log"
 fi

@@ -459,6 +459,129 @@ TEST(PodIdentity, BridgeGoesThroughNeighbourAndForwardingEntry) {
   auto two = dp::podPeer(ip("10.0.0.2"), {3, false, kUnicast}, f);
   ASSERT_FALSE(two);
   EXPECT_NE(two.error().message.find("two ports"), std::string::npos);
+// ---- VIP readiness gate (the decision; k8s/pod_gate.h writes it) -----------------------------
+
+/** One Service with VIP .10: pod web/a at 10.0.0.1 (serving) and web/b at 10.0.0.3 (starting:
+ *  not ready yet, e.g. its readiness gate still False). */
+Model gatedModel() {
+  Model m;
+  TunnelService s{{"web", "svc"}, ip("203.0.113.10"), {{ip("10.0.0.1"), "n1", true, false, "web/a", "ua"}}};
+  s.starting = {{ip("10.0.0.3"), "n1", false, false, "web/b", "ub"}};
+  m.services.push_back(s);
+  return m;
+}
+
+std::map<std::string, bool> readiness(const AgentReconciler& a) {
+  std::map<std::string, bool> out;
+  for (auto& g : a.gates()) out[g.pod] = g.ready;
+  return out;
+}
+
+/** Pods web/a (p1, 10.0.0.1) and web/b (p3, 10.0.0.3) after a first pass of gatedModel(). */
+class AgentGateAfterFirstPass : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(agent.reconcile(gatedModel())); }
+  DataplaneConfig cfg;
+  FakeNetns ns{cfg};
+  FakeKernel& p1 = ns.addPod("p1", "10.0.0.1");
+  FakeKernel& p3 = ns.addPod("p3", "10.0.0.3");
+  AgentReconciler agent{cfg, "n1", ns};
+};
+
+TEST_F(AgentGateAfterFirstPass, StartingPodsGetTheVipAndAreReadyOnceItIsInPlace) {
+  EXPECT_EQ(owned(p3), (std::vector<dp::Address>{{"kst-vxg", ip("203.0.113.10"), 32}}));
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}, {"web/b", true}}));
+  ASSERT_EQ(agent.gates().size(), 2u);
+  EXPECT_EQ(agent.gates()[1].uid, "ub");
+  EXPECT_EQ(agent.gates()[1].addresses, std::vector<IpAddress>{ip("10.0.0.3")});
+}
+
+TEST(AgentGate, NotReadyWithoutANamespaceOrWhenTheKernelRefuses) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");  // web/b (10.0.0.3) has no namespace here
+  p1.failWhen([](const dp::Change& c) { return std::holds_alternative<dp::Address>(c.object); });
+  AgentReconciler agent(cfg, "n1", ns);
+  auto r = agent.reconcile(gatedModel());
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->ok());
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", false}, {"web/b", false}}));
+  EXPECT_NE(agent.gates()[1].message.find("no network namespace"), std::string::npos);
+  p1.clearFailures();
+  ns.addPod("p3", "10.0.0.3");
+  ASSERT_TRUE(agent.reconcile(gatedModel()));
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}, {"web/b", true}}));
+}
+
+TEST_F(AgentGateAfterFirstPass, ALostDecapDeviceHoldsThePodFalseUntilAPassFindsItRepaired) {
+  {  // by hand: the VIP on it goes too
+    dp::Link l;
+    l.name = "kst-vxg";
+    ASSERT_TRUE(p1.apply({{dp::Change::Action::Delete, l}}));
+  }
+  auto r = agent.reconcile(gatedModel());  // the verify: repairs, but holds web/a
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->ok());
+  EXPECT_GT(r->changes, 0u);
+  EXPECT_NE(p1.link("kst-vxg"), nullptr);
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", false}, {"web/b", true}}));
+  EXPECT_NE(agent.gates()[0].message.find("device kst-vxg"), std::string::npos)
+      << agent.gates()[0].message;
+  auto again = agent.reconcile(gatedModel());  // finds it complete: confirmed
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->changes, 0u);
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}, {"web/b", true}}));
+}
+
+TEST_F(AgentGateAfterFirstPass, ALostVipHoldsThePodAndARepairThatFailsKeepsItFalse) {
+  ASSERT_TRUE(p1.apply({{dp::Change::Action::Delete, dp::Address{"kst-vxg", ip("203.0.113.10"), 32}}}));
+  p1.failWhen([](const dp::Change& c) { return std::holds_alternative<dp::Address>(c.object); });
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(agent.reconcile(gatedModel()));
+    EXPECT_FALSE(readiness(agent).at("web/a"));
+  }
+  p1.clearFailures();
+  ASSERT_TRUE(agent.reconcile(gatedModel()));  // repaired: still held
+  EXPECT_FALSE(readiness(agent).at("web/a"));
+  ASSERT_TRUE(agent.reconcile(gatedModel()));
+  EXPECT_TRUE(readiness(agent).at("web/a"));
+}
+
+TEST_F(AgentGateAfterFirstPass, ANewVipForAReadyPodIsNoLoss) {
+  auto m = gatedModel();
+  m.services.push_back({{"web", "other"}, ip("203.0.113.11"), {{ip("10.0.0.1"), "n1", true, false, "web/a", "ua"}}});
+  auto r = agent.reconcile(m);
+  ASSERT_TRUE(r);
+  EXPECT_GT(r->changes, 0u);
+  EXPECT_TRUE(readiness(agent).at("web/a"));
+  // A VIP that is no longer wanted and was removed is no loss either.
+  ASSERT_TRUE(agent.reconcile(gatedModel()));
+  EXPECT_TRUE(readiness(agent).at("web/a"));
+}
+
+TEST(AgentGate, PodsTheSlicesDoNotNameHaveNoGateAndADualStackPodIsOneGate) {
+  DataplaneConfig cfg;
+  FakeNetns ns(cfg);
+  auto& p1 = ns.addPod("p1", "10.0.0.1");
+  p1.seedAddress({"eth0", ip("fd00::1"), 128}, 2);
+  ns.addPod("p2", "10.0.0.2");
+  AgentReconciler agent(cfg, "n1", ns);
+  Model m;
+  m.services.push_back({{"web", "v4"}, ip("203.0.113.10"),
+                        {{ip("10.0.0.1"), "n1", true, false, "web/a", "ua"},
+                         {ip("10.0.0.2"), "n1", true, false, "", ""}}});
+  m.services.push_back({{"web", "v6"}, ip("2001:db8::10"),
+                        {{ip("fd00::1"), "n1", true, false, "web/a", "ua"}}});
+  // A Service of another namespace whose slice names web/a (hand-written): never its gate.
+  m.services.push_back({{"other", "x"}, ip("203.0.113.12"),
+                        {{ip("10.0.0.2"), "n1", true, false, "web/a", "ua"}}});
+  ASSERT_TRUE(agent.reconcile(m));
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", true}}));
+  EXPECT_EQ(agent.gates()[0].addresses, (std::vector<IpAddress>{ip("10.0.0.1"), ip("fd00::1")}));
+  // One of its addresses loses its VIP: the pod is not ready.
+  ASSERT_TRUE(p1.apply({{dp::Change::Action::Delete, dp::Address{"kst-vxg", ip("2001:db8::10"), 128}}}));
+  ASSERT_TRUE(agent.reconcile(m));
+  EXPECT_EQ(readiness(agent), (std::map<std::string, bool>{{"web/a", false}}));
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ endpoints:
 - addresses: ["10.0.0.1"]
   nodeName: n1
   conditions: {ready: true}
-  targetRef: {kind: Pod, namespace: web, name: front-1}
+  targetRef: {kind: Pod, namespace: web, name: front-1, uid: 6e0c-1}
 - addresses: ["10.0.0.2", "10.0.0.3"]
   nodeName: n2
   conditions: {ready: false, serving: true, terminating: true}
@@ -72,6 +72,7 @@ TEST(Manifest, MultiDocumentServiceAndSlice) {
   EXPECT_EQ(e.endpoints[0].address, "10.0.0.1");
   EXPECT_EQ(e.endpoints[0].nodeName, "n1");
   EXPECT_EQ(e.endpoints[0].targetRef, "web/front-1");
+  EXPECT_EQ(e.endpoints[0].targetUid, "6e0c-1");
   EXPECT_TRUE(e.endpoints[0].ready);
   EXPECT_TRUE(e.endpoints[0].serving);
   EXPECT_FALSE(e.endpoints[0].terminating);

@@ -272,6 +272,29 @@ TEST(Model, EndpointConditionSemantics) {
   for (auto& x : e) EXPECT_TRUE(x.serving);
 }
 
+TEST(Model, StartingEndpointsOnlyForTheAgentNeverRouted) {
+  ClusterObjects o;
+  addService(o, "web", "front", "203.0.113.10");
+  auto starting = ep("10.0.0.4", false, false, false);
+  starting.targetRef = "web/front-4";
+  starting.targetUid = "u4";
+  addSlice(o, "web", "front-a", "front",
+           {ep("10.0.0.1"), ep("10.0.0.3", false, false, true), starting});
+  auto m = buildModel(o, opts());
+  ASSERT_EQ(m.services.size(), 1u);
+  EXPECT_TRUE(m.services[0].starting.empty());  // routers: not even kept
+  auto agentOpts = opts();
+  agentOpts.startingEndpoints = true;
+  auto a = buildModel(o, agentOpts);
+  ASSERT_EQ(a.services.size(), 1u);
+  EXPECT_EQ(ips(a.services[0]), (std::vector<std::string>{"10.0.0.1"}));  // still not routed
+  ASSERT_EQ(a.services[0].starting.size(), 1u);  // the terminating one is not starting
+  EXPECT_EQ(a.services[0].starting[0].ip.str(), "10.0.0.4");
+  EXPECT_EQ(a.services[0].starting[0].targetRef, "web/front-4");
+  EXPECT_EQ(a.services[0].starting[0].targetUid, "u4");
+  EXPECT_FALSE(a.services[0].starting[0].serving);
+}
+
 TEST(Model, Ipv6Vip) {
   ClusterObjects o;
   addService(o, "web", "six", "2001:db8::10");
