@@ -459,6 +459,8 @@ TEST(PodIdentity, BridgeGoesThroughNeighbourAndForwardingEntry) {
   auto two = dp::podPeer(ip("10.0.0.2"), {3, false, kUnicast}, f);
   ASSERT_FALSE(two);
   EXPECT_NE(two.error().message.find("two ports"), std::string::npos);
+}
+
 // ---- VIP readiness gate (the decision; k8s/pod_gate.h writes it) -----------------------------
 
 /** One Service with VIP .10: pod web/a at 10.0.0.1 (serving) and web/b at 10.0.0.3 (starting:
