@@ -88,8 +88,19 @@ k8s_alive() {
   [[ -f "$dir/run/$name.pid" ]] || return 1
   pid="$(<"$dir/run/$name.pid")"
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-  # Guard against PID reuse: the command line must mention this control-plane dir.
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/" || return 1
+  # Guard against PID reuse: the command line must mention this control-plane dir. A process in
+  # the middle of execve() shows an EMPTY command line (the new memory map exists, its argument
+  # pages are not set up yet; loading a 100 MB binary on a busy machine makes that window long):
+  # read again for up to 2 s before calling it dead. This, not a crash, was the "died right after
+  # launch with an empty log" seen in CI (kube-apiserver, kube-controller-manager, kube-scheduler).
+  local cmd i
+  for ((i = 0; i < 20; i++)); do
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ -n "$cmd" ]] && break
+    k8s_pid_running "$pid" || return 1
+    sleep 0.1
+  done
+  grep -qF -- "$dir/" <<<"$cmd" || return 1
   return 0
 }
 
