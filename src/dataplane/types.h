@@ -95,6 +95,14 @@ struct Address {
   auto operator<=>(const Address&) const = default;
 };
 
+/** A (VIP, slot mark) pair: an element of the live-slot sets live4/live6 (desired/nft_render.cpp)
+ *  and the unit in which slots are released. */
+struct SlotMark {
+  IpAddress vip;
+  uint32_t mark;  // tableOffset + slot
+  auto operator<=>(const SlotMark&) const = default;
+};
+
 /** The router's nftables state. The skeleton (chains, rules) is identified by a hash kept in
  *  the table's comment; the set/map contents are diffed element by element. */
 struct NftState {
@@ -104,6 +112,9 @@ struct NftState {
   std::set<IpAddress> vips;
   /** (vip, bucket) → fwmark, one dense vector per VIP (bucket_map.h: 640k elements at 10k VIPs) */
   BucketMap buckets;
+  /** (VIP, slot mark) of every slot holding an endpoint, draining ones included: the flow
+   *  table's pins that are still valid (docs/load-balancing.md "Released slots"). */
+  std::set<SlotMark> live;
   bool operator==(const NftState&) const = default;
 };
 

@@ -26,11 +26,16 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   std::string r;
   // Rules of the per-family chain, entered once per packet by the VIP set lookup in classify.
   auto line = [&](const std::string& s) { r += "    " + s + "\n"; };
-  // NOTE Performance: an established flow finds its slot mark in the flow table, refreshes its
-  // entry and leaves, all in one rule (a miss ends the rule: NFT_BREAK). The other rules run
-  // for a flow's first packet only.
-  line(fmt::format("{l4} meta mark set {k} map @flow{n} update @flow{n} {{ {k} : meta mark }} accept",
-                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n)));
+  // NOTE Performance: an established flow finds its slot mark in the flow table, checks that
+  // the (VIP, slot) it is pinned to is still live, refreshes its entry and leaves, all in one
+  // rule (a miss of either lookup ends the rule: NFT_BREAK). The other rules run for a flow's
+  // first packet, and for every packet of a flow pinned to a released slot.
+  // [flowtable] Lazy invalidation (docs/load-balancing.md "Released slots"): releasing a slot
+  // is one live-set deletion, not a walk of the flow table; a stale pin is never refreshed.
+  line(fmt::format("{l4} meta mark set {k} map @flow{n} {ip} daddr . meta mark @live{n} "
+                   "update @flow{n} {{ {k} : meta mark }} accept",
+                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n),
+                   fmt::arg("ip", ip)));
   // New flow: bucket from the fixed-seed hash (whatever mark the packet carried before is
   // overwritten, never taken for a slot).
   line(fmt::format("{} meta mark set jhash {ip} saddr . {ip} daddr . th sport . th dport mod {} "
@@ -42,7 +47,12 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   line(fmt::format("meta mark set {} daddr . meta mark map @b2s{}", ip, n));
   // A bucket without an element (mark still base + bucket) is dropped, never routed by main.
   line(fmt::format("meta mark >= {:#x} counter drop", kBucketMarkBase));
-  line(fmt::format("{} update @flow{} {{ {} : meta mark }}", l4, n, flowKey));
+  // [flowtable] `add`, not `update`: a flow whose pin went stale keeps its old element (the
+  // kernel neither replaces an element's data nor may a rule delete from a map), and `add`
+  // leaves that element's timeout alone, so it expires --flow-timeout after the release at
+  // the latest; the flow is hashed per packet until then and pinned afresh after. The
+  // planner does not give a released slot of a VIP to another endpoint for that long.
+  line(fmt::format("{} add @flow{} {{ {} : meta mark }}", l4, n, flowKey));
   return r;
 }
 
@@ -56,6 +66,9 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   body += "  set vip6 { type ipv6_addr; }\n";
   body += "  map b2s4 { typeof ip daddr . meta mark : meta mark; }\n";
   body += "  map b2s6 { typeof ip6 daddr . meta mark : meta mark; }\n";
+  // [flowtable] The (VIP, slot mark) pairs that hold an endpoint (draining ones too).
+  body += "  set live4 { typeof ip daddr . meta mark; }\n";
+  body += "  set live6 { typeof ip6 daddr . meta mark; }\n";
   body += fmt::format(
       "  map flow4 {{ typeof ip saddr . th sport . ip daddr . th dport : meta mark; {} }}\n",
       flowOpts);
@@ -125,6 +138,10 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
                        skeleton);
   // Deletions first (a changed bucket is delete + add of the same key, atomic in one batch).
   std::vector<std::string> del4, del6, delv4, delv6, add4, add6, addv4, addv6;
+  std::vector<std::string> dell4, dell6, addl4, addl6;
+  auto liveKey = [](const dp::SlotMark& l) { return fmt::format("{} . {:#x}", l.vip.str(), l.mark); };
+  for (auto& l : d.liveDeletes) (l.vip.isV4() ? dell4 : dell6).push_back(liveKey(l));
+  for (auto& l : d.liveAdds) (l.vip.isV4() ? addl4 : addl6).push_back(liveKey(l));
   for (auto& b : d.bucketDeletes)
     (b.vip.isV4() ? del4 : del6).push_back(elementKey({b.vip, b.bucket}));
   for (auto& b : d.bucketAdds)
@@ -135,10 +152,14 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
   // buckets exist before the VIP enters the set.
   emit(out, "delete", cfg.nftTable, "vip4", delv4);
   emit(out, "delete", cfg.nftTable, "vip6", delv6);
+  emit(out, "delete", cfg.nftTable, "live4", dell4);
+  emit(out, "delete", cfg.nftTable, "live6", dell6);
   emit(out, "delete", cfg.nftTable, "b2s4", del4);
   emit(out, "delete", cfg.nftTable, "b2s6", del6);
   emit(out, "add", cfg.nftTable, "b2s4", add4);
   emit(out, "add", cfg.nftTable, "b2s6", add6);
+  emit(out, "add", cfg.nftTable, "live4", addl4);
+  emit(out, "add", cfg.nftTable, "live6", addl6);
   emit(out, "add", cfg.nftTable, "vip4", addv4);
   emit(out, "add", cfg.nftTable, "vip6", addv6);
   return out;
@@ -192,6 +213,10 @@ dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::N
       ++o;
     }
   }
+  std::set_difference(base.live.begin(), base.live.end(), desired.live.begin(), desired.live.end(),
+                      std::back_inserter(out.liveDeletes));
+  std::set_difference(desired.live.begin(), desired.live.end(), base.live.begin(), base.live.end(),
+                      std::back_inserter(out.liveAdds));
   std::set_difference(base.vips.begin(), base.vips.end(), desired.vips.begin(), desired.vips.end(),
                       std::back_inserter(out.vipDeletes));
   std::set_difference(desired.vips.begin(), desired.vips.end(), base.vips.begin(), base.vips.end(),

@@ -2,12 +2,14 @@
 //
 // Classification: chain classify looks the destination up in the VIP set once and jumps to
 // the family chain classify4/classify6, which runs, per family (IPv4 shown):
-//   1. flow table hit         → mark = the slot the flow was pinned to (draining, failover)
+//   1. flow table hit and (daddr . mark) in the live-slot set
+//                             → mark = the slot the flow was pinned to (draining, failover)
 //   2. otherwise              → mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
 //      (ICMP and other protocols without ports hash saddr . daddr only)
 //   3. mark ≥ 0x40000000      → mark = b2s[daddr . mark]   (bucket → slot mark)
 //   4. still unresolved       → drop (a VIP with no endpoint must not leak to the main table)
-//   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (refreshes the timeout)
+//   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (a new element only: a stale
+//      pin, to a released slot, is left to time out; docs/load-balancing.md "Released slots")
 // nft 1.0.6 (Debian 12) aborts on concatenations wider than 16 bytes in dynamic-set updates and
 // on `ip6 daddr . jhash(...)`; hence the two-step bucket lookup and the IPv6 flow key made of
 // two 32-bit jhashes with different seeds (collision odds ≈ entries / 2^64).

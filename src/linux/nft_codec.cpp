@@ -19,6 +19,7 @@ namespace {
 constexpr SetShape kShapes[] = {
     {"vip4", 4, 0},   {"vip6", 16, 0}, {"b2s4", 8, 4},
     {"b2s6", 20, 4},  {"flow4", 16, 4}, {"flow6", 8, 4},
+    {"live4", 8, 0},  {"live6", 20, 0},
 };
 
 constexpr size_t kHeader = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
@@ -160,6 +161,12 @@ size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]) {
   return vip.size() + 4;
 }
 
+size_t slotMarkKey(const dp::SlotMark& l, uint8_t (&out)[20]) {
+  std::memcpy(out, l.vip.data(), l.vip.size());
+  std::memcpy(out + l.vip.size(), &l.mark, 4);  // meta mark: host byte order
+  return l.vip.size() + 4;
+}
+
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& ch,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid) {
   // One buffer for the whole batch (one sendmsg, ≈ 20 MB at a V = 10k cold start), reserved
@@ -169,6 +176,8 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (auto& b : ch.bucketDeletes) keyBytes += b.vip.size() + 4;
   for (auto& v : ch.vipAdds) keyBytes += v.size();
   for (auto& v : ch.vipDeletes) keyBytes += v.size();
+  for (auto& l : ch.liveAdds) keyBytes += l.vip.size() + 4;
+  for (auto& l : ch.liveDeletes) keyBytes += l.vip.size() + 4;
   BatchEncoder enc(table, seq, batchBytes(table, ch.size(), keyBytes, ch.bucketAdds.size()),
                    genid);
   // Elements are encoded straight from the change lists (no intermediate copies: at V = 10k a
@@ -185,12 +194,24 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
       enc.element(add, v4 ? "b2s4" : "b2s6", {key, n}, add ? &b.mark : nullptr);
     }
   };
+  auto live = [&](bool add, const std::vector<dp::SlotMark>& v, bool v4) {
+    uint8_t key[20];
+    for (const auto& l : v) {
+      if (l.vip.isV4() != v4) continue;
+      size_t n = slotMarkKey(l, key);
+      enc.element(add, v4 ? "live4" : "live6", {key, n}, nullptr);
+    }
+  };
   vips(false, ch.vipDeletes, true);
   vips(false, ch.vipDeletes, false);
+  live(false, ch.liveDeletes, true);
+  live(false, ch.liveDeletes, false);
   buckets(false, ch.bucketDeletes, true);
   buckets(false, ch.bucketDeletes, false);
   buckets(true, ch.bucketAdds, true);
   buckets(true, ch.bucketAdds, false);
+  live(true, ch.liveAdds, true);
+  live(true, ch.liveAdds, false);
   vips(true, ch.vipAdds, true);
   vips(true, ch.vipAdds, false);
   Bytes out = enc.finish();
@@ -351,6 +372,14 @@ std::optional<IpAddress> vipElement(const Element& e) {
   if (e.key.size() == 4) return IpAddress::fromBytes(Family::V4, e.key.data());
   if (e.key.size() == 16) return IpAddress::fromBytes(Family::V6, e.key.data());
   return std::nullopt;
+}
+
+std::optional<dp::SlotMark> liveElement(const Element& e) {
+  const size_t klen = e.key.size();
+  if ((klen != 8 && klen != 20) || !e.data.empty()) return std::nullopt;
+  uint32_t mark;
+  std::memcpy(&mark, e.key.data() + klen - 4, 4);
+  return dp::SlotMark{IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, e.key.data()), mark};
 }
 
 bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace) {

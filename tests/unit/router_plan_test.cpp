@@ -442,12 +442,14 @@ TEST(RouterPlan, AllocationsRoundTripGrePerEndpoint) {
 }
 
 TEST(RouterPlan, AllocationsRoundTripAfterChurn) {
-  // Sticky slots that are no longer in address order must survive a restart as they are.
+  // Sticky slots that are no longer in address order must survive a restart as they are. The
+  // slots released in the same plan (0 and 1) do not go to the new endpoint: flows may still
+  // be pinned to them (docs/load-balancing.md "Released slots").
   DataplaneConfig cfg;
   auto s1 = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")})}), cfg);
   auto m2 = model({svc("a", kVip, {ep("10.0.0.0"), ep("10.0.0.3")})});
   auto s2 = compute(m2, cfg, &s1.st);
-  EXPECT_EQ(slotsOf(s2.plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.0", 0}, {"10.0.0.3", 2}}));
+  EXPECT_EQ(slotsOf(s2.plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.0", 3}, {"10.0.0.3", 2}}));
   auto s3 = compute(m2, cfg, &s2.st);
   expectSameState(s2.st, s3.st);
 }
@@ -624,8 +626,10 @@ TEST(NftRender, RemovedAndAddedVipOrdering) {
   auto script = renderNftChanges(cfg, desired, observed);
   EXPECT_EQ(script,
             "delete element inet kube_service_tunnel vip4 { 203.0.113.1 }\n"
+            "delete element inet kube_service_tunnel live4 { 203.0.113.1 . 0x3e8 }\n"
             "delete element inet kube_service_tunnel b2s4 { 203.0.113.1 . 0x40000000, 203.0.113.1 . 0x40000001 }\n"
             "add element inet kube_service_tunnel b2s6 { 2001:db8::1 . 0x40000000 : 1000, 2001:db8::1 . 0x40000001 : 1000 }\n"
+            "add element inet kube_service_tunnel live6 { 2001:db8::1 . 0x3e8 }\n"
             "add element inet kube_service_tunnel vip6 { 2001:db8::1 }\n");
 }
 
@@ -646,8 +650,9 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                         "}\n"
                         "add element inet kube_service_tunnel b2s4 { 203.0.113.10 . 0x40000000 : "
                         "1000, 203.0.113.10 . 0x40000001 : 1000 }\n"
+                        "add element inet kube_service_tunnel live4 { 203.0.113.10 . 0x3e8 }\n"
                         "add element inet kube_service_tunnel vip4 { 203.0.113.10 }\n");
-  EXPECT_EQ(n, 3u);
+  EXPECT_EQ(n, 4u);
 }
 
 TEST(NftRender, AbsentTableIsCreatedWithoutDelete) {
