@@ -325,7 +325,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   bool any4 = false, any6 = false;
   for (auto& vp : plan.vips) (vp.vip.isV4() ? any4 : any6) = true;
   // A slot without an endpoint for a VIP holds an unreachable route for it: a packet marked for
-  // a slot whose endpoint is gone (pinned before the router purged the flow, see
+  // a slot whose endpoint is gone (classified in the moment its live-slot element went, see
   // RouterReconciler) gets an ICMP unreachable instead of leaking into the main table
   // (and upstream). Not a default route: the encapsulated packet keeps the fwmark and its
   // outer lookup must fall through these tables to the main one.
