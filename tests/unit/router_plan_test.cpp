@@ -467,12 +467,14 @@ TEST(RouterPlan, AllocationsRoundTripGrePerEndpoint) {
 }
 
 TEST(RouterPlan, AllocationsRoundTripAfterChurn) {
-  // Sticky slots that are no longer in address order must survive a restart as they are.
+  // Sticky slots that are no longer in address order must survive a restart as they are. The
+  // slots released in the same plan (0 and 1) do not go to the new endpoint: flows may still
+  // be pinned to them (docs/load-balancing.md "Released slots").
   DataplaneConfig cfg;
   auto s1 = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")})}), cfg);
   auto m2 = model({svc("a", kVip, {ep("10.0.0.0"), ep("10.0.0.3")})});
   auto s2 = compute(m2, cfg, &s1.st);
-  EXPECT_EQ(slotsOf(s2.plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.0", 0}, {"10.0.0.3", 2}}));
+  EXPECT_EQ(slotsOf(s2.plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.0", 3}, {"10.0.0.3", 2}}));
   auto s3 = compute(m2, cfg, &s2.st);
   expectSameState(s2.st, s3.st);
 }
@@ -653,6 +655,10 @@ TEST(NftRender, RemovedAndAddedVipOrdering) {
             "delete element inet kube_service_tunnel ep4 { 203.0.113.1 . 0x3e8 }\n"
             "delete element inet kube_service_tunnel bcount4 { 203.0.113.1 }\n"
             "delete element inet kube_service_tunnel b2s4 { 203.0.113.1 . 0x40000000, 203.0.113.1 . 0x40000001 }\n"
+            // (nftcount + flowtable: the live-slot elements go after the buckets' deletions
+            // and before their additions)
+            "delete element inet kube_service_tunnel live4 { 203.0.113.1 . 0x3e8 }\n"
+            "add element inet kube_service_tunnel live6 { 2001:db8::1 . 0x3e8 }\n"
             "add element inet kube_service_tunnel b2s6 { 2001:db8::1 . 0x40000000 : 1000, 2001:db8::1 . 0x40000001 : 1000 }\n"
             "add element inet kube_service_tunnel bcount6 { 2001:db8::1 : 0x80000002 }\n"
             "add element inet kube_service_tunnel ep6 { 2001:db8::1 . 0x3e8 comment \"fd00::1\" }\n"
@@ -675,6 +681,7 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                     "table inet kube_service_tunnel {\n  comment \"kst:" +
                         desired.skeletonId + "\"\n" + desired.skeleton +
                         "}\n"
+                        "add element inet kube_service_tunnel live4 { 203.0.113.10 . 0x3e8 }\n"
                         "add element inet kube_service_tunnel b2s4 { 203.0.113.10 . 0x40000000 : "
                         "1000, 203.0.113.10 . 0x40000001 : 1000 }\n"
                         "add element inet kube_service_tunnel bcount4 { 203.0.113.10 : "
@@ -683,7 +690,9 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                         "\"10.0.0.1\" }\n"
                         "add element inet kube_service_tunnel refused4 { 203.0.113.10 }\n"
                         "add element inet kube_service_tunnel vip4 { 203.0.113.10 }\n");
-  EXPECT_EQ(n, 5u);  // buckets, count, endpoint counter, VIP (its refused element goes with it)
+  // buckets, count, endpoint counter, live slot, VIP (its refused element goes with it):
+  // nftcount's and flowtable's elements both
+  EXPECT_EQ(n, 6u);
 }
 
 TEST(NftRender, AbsentTableIsCreatedWithoutDelete) {
