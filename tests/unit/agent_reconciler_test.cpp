@@ -566,6 +566,7 @@ TEST(AgentGate, PodsTheSlicesDoNotNameHaveNoGateAndADualStackPodIsOneGate) {
   FakeNetns ns(cfg);
   auto& p1 = ns.addPod("p1", "10.0.0.1");
   p1.seedAddress({"eth0", ip("fd00::1"), 128}, 2);
+  ns.route("fd00::1", "p1");  // dual stack: the node routes both addresses to the pod
   ns.addPod("p2", "10.0.0.2");
   AgentReconciler agent(cfg, "n1", ns);
   Model m;

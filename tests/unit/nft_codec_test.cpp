@@ -360,7 +360,9 @@ TEST(NftCodec, BucketCountElementsRoundTrip) {
   ASSERT_TRUE(batch) << batch.error().message;
   std::vector<std::string> sets;
   for (auto& m : batch->messages) sets.push_back(std::string(m.list.set));
-  EXPECT_EQ(sets, (std::vector<std::string>{"bcount4", "b2s4", "bcount4", "bcount6", "vip6"}));
+  // A VIP addition adds its refused-packet counter element too (refused6), before the VIP.
+  EXPECT_EQ(sets, (std::vector<std::string>{"bcount4", "b2s4", "bcount4", "bcount6", "refused6",
+                                            "vip6"}));
   EXPECT_EQ(batch->messages[0].list.type, NFT_MSG_DELSETELEM);
   std::map<IpAddress, uint32_t> counts;
   for (size_t m : {2u, 3u})
