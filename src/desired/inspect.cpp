@@ -138,6 +138,12 @@ Result<Explanation> explainFlow(const FlowQuery& q, const dp::RouterState& st,
   e.buckets = vipBucketCount(st.nft, q.vip);
   std::string note;
   const auto* rule = bucketRule(hashes, protocolHasPorts(q.protocol), e.buckets, note);
+  if (!rule && !e.vipKnown) {
+    // (A router's classifier has a rule pair per bucket count class: for an address without a
+    // count none is the one; the packet never reaches them anyway.)
+    e.verdict = "not a VIP of this router: the classifier does not touch the packet";
+    return e;
+  }
   if (!rule)
     return fail(ENOENT, fmt::format("no bucket hash rule of the {} classifier fits {} with {} buckets",
                                     q.vip.isV4() ? "IPv4" : "IPv6", protocolName(q.protocol),

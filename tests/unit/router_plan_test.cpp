@@ -793,16 +793,24 @@ TEST(NftRender, EndpointCountersFollowTheSlotsEndpoint) {
   // One element per slot in use, draining endpoints included.
   EXPECT_EQ(a.st.nft.endpoints.at(ip(kVip)),
             (std::map<uint32_t, IpAddress>{{1000, ip("10.0.0.1")}, {1001, ip("10.0.0.2")}}));
-  // 10.0.0.2 leaves and 10.0.0.3 arrives: slot 1001 goes to the new endpoint, so its counter
-  // element is deleted and added again (the counter restarts with the endpoint it counts).
+  // 10.0.0.2 leaves and 10.0.0.3 arrives: (flowtable) the leaver's slot 1001 is not given to
+  // another endpoint in the same pass (flows may still be pinned to it), 10.0.0.3 takes 1002.
   auto b = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.3")})}), cfg, &a.st);
-  ASSERT_EQ(b.st.nft.endpoints.at(ip(kVip)).at(1001), ip("10.0.0.3"));
-  auto d = nftElementChanges(b.st.nft, a.st.nft);
+  ASSERT_EQ(b.st.nft.endpoints.at(ip(kVip)).at(1002), ip("10.0.0.3"));
+  EXPECT_FALSE(b.st.nft.endpoints.at(ip(kVip)).contains(1001));
+  // Later (no hold left: planRouter alone keeps none) 10.0.0.4 takes slot 1001: against a
+  // kernel that still had 10.0.0.2's element there, the counter element is deleted and added
+  // again (the counter restarts with the endpoint it counts).
+  auto c = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.4")})}), cfg,
+                   &b.st);
+  ASSERT_EQ(c.st.nft.endpoints.at(ip(kVip)).at(1001), ip("10.0.0.4"));
+  auto d = nftElementChanges(c.st.nft, a.st.nft);
   ASSERT_EQ(d.endpointDeletes.size(), 1u);
-  ASSERT_EQ(d.endpointAdds.size(), 1u);
+  ASSERT_EQ(d.endpointAdds.size(), 2u);
   EXPECT_EQ(d.endpointDeletes[0].endpoint, ip("10.0.0.2"));
-  EXPECT_EQ(d.endpointAdds[0].endpoint, ip("10.0.0.3"));
+  EXPECT_EQ(d.endpointAdds[0].endpoint, ip("10.0.0.4"));
   EXPECT_EQ(d.endpointAdds[0].mark, 1001u);
+  EXPECT_EQ(d.endpointAdds[1].mark, 1002u);
   EXPECT_TRUE(nftElementChanges(a.st.nft, a.st.nft).size() == 0);
 }
 
