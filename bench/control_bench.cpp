@@ -37,6 +37,7 @@
 #include "linux/netlink_client.h"
 #include "linux/netlink_socket.h"
 #include "linux/nft_client.h"
+#include "linux/nft_codec.h"
 #include "reconcile/router_reconciler.h"
 
 using namespace kst;
@@ -133,20 +134,22 @@ int trialIproute(uint32_t v, uint32_t e, uint32_t b) {
   return 0;
 }
 
-int trialRaw(uint32_t v, uint32_t e, uint32_t b) {
+int trialRawLoad(uint32_t v, uint32_t e, uint32_t b, bool naive) {
   auto cfg = benchConfig(b);
   auto model = benchModel(v, e);
   auto st = desiredOf(model, cfg);
   dp::NftState skeleton = st.nft;
   skeleton.vips.clear();
   skeleton.buckets.clear();
+  skeleton.live.clear();
+  skeleton.vipBuckets.clear();  // (the raw loader sends the bucket counts itself)
   std::string skel = renderNftChanges(cfg, skeleton, dp::NftState{});
   NftClientImpl nft(cfg);
   auto t0 = Clock::now();
-  int e1 = rawLoadRoutes(st);
+  int e1 = rawLoadRoutes(st, naive);
   double tnl = secondsSince(t0);
   auto s = nft.run(skel);
-  int e2 = rawLoadNftElements(cfg.nftTable, st.nft);
+  int e2 = rawLoadNftElements(cfg.nftTable, st.nft, naive ? 1 : 16);
   double t = secondsSince(t0);
   if (e1 || e2 || !s) {
     fprintf(stderr, "raw loader: %d %d %s\n", e1, e2, s ? "" : s.error().message.c_str());
@@ -156,6 +159,11 @@ int trialRaw(uint32_t v, uint32_t e, uint32_t b) {
   return 0;
 }
 
+/** The raw loader as the honest baseline: ack-last route batches, 16 element transactions. */
+int trialRaw(uint32_t v, uint32_t e, uint32_t b) { return trialRawLoad(v, e, b, false); }
+/** The earlier baseline: every route acked, all elements in one transaction. */
+int trialRawNaive(uint32_t v, uint32_t e, uint32_t b) { return trialRawLoad(v, e, b, true); }
+
 int converge(uint32_t v, uint32_t e, uint32_t b, int reps) {
   struct M {
     const char* name;
@@ -164,7 +172,9 @@ int converge(uint32_t v, uint32_t e, uint32_t b, int reps) {
     std::string last;
   };
   std::vector<M> ms{{"daemon", trialDaemon, {}, {}}, {"iproute", trialIproute, {}, {}},
-                    {"raw", trialRaw, {}, {}}};
+                    {"raw", trialRaw, {}, {}}, {"raw1", trialRawNaive, {}, {}}};
+  // KB_NO_IPROUTE=1: skip the text baseline (≈ 25 s a repetition at V = 50k).
+  if (getenv("KB_NO_IPROUTE")) ms.erase(ms.begin() + 1);
   // Interleaved repetitions: a burst of load from other users hits every method alike.
   for (int r = 0; r < reps; ++r) {
     for (auto& m : ms) {
@@ -179,12 +189,17 @@ int converge(uint32_t v, uint32_t e, uint32_t b, int reps) {
       fprintf(stderr, "  converge V=%u %s rep %d: %s", v, m.name, r, out.c_str());
     }
   }
-  double daemon = median(ms[0].t), ipr = median(ms[1].t), raw = median(ms[2].t);
+  auto med = [&](const char* name) {
+    for (auto& m : ms)
+      if (std::string_view(m.name) == name) return median(m.t);
+    return std::nan("");
+  };
+  double daemon = med("daemon"), ipr = med("iproute"), raw = med("raw"), raw1 = med("raw1");
   printf("RESULT bench=converge V=%u E=%u B=%u reps=%d routes=%u elements=%u daemon_s=%.4f "
-         "iproute_s=%.4f raw_s=%.4f daemon_over_raw=%.2f iproute_over_raw=%.2f "
-         "daemon_over_iproute=%.2f load=%.2f\n",
-         v, e, b, reps, v * e, v * b, daemon, ipr, raw, daemon / raw, ipr / raw, daemon / ipr,
-         loadAverage1());
+         "iproute_s=%.4f raw_s=%.4f raw1_s=%.4f daemon_over_raw=%.2f daemon_over_raw1=%.2f "
+         "iproute_over_raw=%.2f daemon_over_iproute=%.2f load=%.2f\n",
+         v, e, b, reps, v * e, v * b, daemon, ipr, raw, raw1, daemon / raw, daemon / raw1,
+         ipr / raw, daemon / ipr, loadAverage1());
   printf("DETAIL converge V=%u daemon: %s", v, ms[0].last.c_str());
   return 0;
 }
@@ -202,6 +217,53 @@ IpAddress changeEndpoint(Model& m, std::mt19937& rng, uint32_t e, uint32_t& fres
   return svc.vip;
 }
 
+/** Kernel slab memory in bytes (/proc/meminfo Slab), for the flow table's cost per element. */
+double slabBytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  double v = 0;
+  std::string unit;
+  while (f >> k >> v >> unit)
+    if (k == "Slab:") return v * 1024;
+  return 0;
+}
+
+/** KB_PINNED_FLOWS=N (default 0): N flow4 elements pinned to the model's (VIP, slot) pairs, as
+ *  the first packets of N flows would leave them (nfnetlink batches of 50k elements; the map's
+ *  own timeout, --flow-timeout, applies). Prints the slab growth per element to stderr.
+ *  @return false when the kernel refused some. */
+bool pinFlows(const DataplaneConfig& cfg, const Model& model, uint32_t e) {
+  const char* env = getenv("KB_PINNED_FLOWS");
+  const size_t n = env ? std::strtoull(env, nullptr, 10) : 0;
+  if (n == 0 || model.services.empty()) return true;
+  const double slab0 = slabBytes();
+  const auto t0 = Clock::now();
+  RawNetlink nl(NETLINK_NETFILTER);
+  uint32_t seq = static_cast<uint32_t>(time(nullptr));
+  constexpr size_t kPerBatch = 50000;
+  for (size_t i = 0; i < n; i += kPerBatch) {
+    nft::BatchEncoder enc(cfg.nftTable, seq);
+    for (size_t j = i; j < std::min(n, i + kPerBatch); ++j) {
+      // saddr . sport . daddr . dport, each field in its own 32-bit word, ports zero-padded.
+      uint8_t key[16] = {};
+      uint32_t saddr = htonl(0x0a800000u + static_cast<uint32_t>(j / 50000));
+      uint16_t sport = htons(static_cast<uint16_t>(1024 + j % 50000)), dport = htons(80);
+      const auto& svc = model.services[j % model.services.size()];
+      std::memcpy(key, &saddr, 4);
+      std::memcpy(key + 4, &sport, 2);
+      std::memcpy(key + 8, svc.vip.data(), 4);
+      std::memcpy(key + 12, &dport, 2);
+      const uint32_t mark = cfg.tableOffset + static_cast<uint32_t>((j / model.services.size()) % e);
+      enc.element(true, "flow4", {key, sizeof key}, &mark);
+    }
+    auto buf = enc.finish();
+    if (nl.sendAndAck(buf, enc.acked().size()) != 0) return false;
+  }
+  fprintf(stderr, "  pinned %zu flows in %.2f s; slab +%.1f MiB (%.0f bytes per flow)\n", n,
+          secondsSince(t0), (slabBytes() - slab0) / (1 << 20), (slabBytes() - slab0) / n);
+  return true;
+}
+
 /** caching: the daemon's cached passes; hinted: given the changed VIP, as the daemon does. */
 int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bool hinted) {
   auto cfg = benchConfig(b);
@@ -210,6 +272,7 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
   d.rr.setCaching(caching);
   auto r0 = d.rr.reconcile(model);
   if (!r0 || !r0->ok()) return 1;
+  if (!pinFlows(cfg, model, e)) return 1;
   std::mt19937 rng(42);
   uint32_t fresh = 0;
   std::vector<double> lat, msgs, nftMsgs, changes, tplan, tdiff, tnl, tnft;
@@ -281,6 +344,7 @@ int trialSource(uint32_t v, uint32_t e, uint32_t b, int n) {
   };
   waitPasses(1);
   if (!daemon.lastPassOk()) return 1;
+  if (!pinFlows(cfg, buildModel(objs, {}), e)) return 1;
   std::mt19937 rng(42);
   std::vector<double> lat, msgs, nftMsgs;
   for (int k = 0; k < n; ++k) {
@@ -612,6 +676,7 @@ int trialObserve(uint32_t v, uint32_t e, uint32_t b, int reps) {
   dp::NftState skeleton = st.nft;
   skeleton.vips.clear();
   skeleton.buckets.clear();
+  skeleton.live.clear();
   NftClientImpl loader(cfg);
   if (auto s = loader.run(renderNftChanges(cfg, skeleton, dp::NftState{})); !s) {
     fprintf(stderr, "observe: skeleton: %s\n", s.error().message.c_str());

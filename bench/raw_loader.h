@@ -1,8 +1,11 @@
 // The "kernel's own pace" baseline: a minimal loader that writes precomputed kernel objects
 // with raw netlink and nothing else (no observation, no diff, no text):
-//   rtnetlink: 256 requests per sendmsg(), NLM_F_ACK on each, every ack read;
-//   nfnetlink: set elements in one batch (BEGIN, NEWSETELEM × ⌈n / 2000⌉, END), as nft itself
-//   sends them, after the table skeleton (no elements) was created through libnftables.
+//   rtnetlink: 256 requests per sendmsg(), NLM_F_ACK on the last one only (errors are answered
+//   anyway), one ack read per send;
+//   nfnetlink: set elements in 16 transactions (BEGIN, NEWSETELEM × ⌈n / 16000⌉, END; VIPs in
+//   the last), after the table skeleton (no elements) was created through libnftables. The
+//   kernel loads the same elements ≈ 2× faster that way than in one transaction.
+// `naive` = the earlier baseline: every request acked, all elements in one transaction.
 // Independent of the daemon's own nft code path on purpose; it reuses only the rtnetlink
 // message encoders (linux/netlink_codec.h), which are byte-for-byte what iproute2 sends.
 #pragma once
@@ -96,7 +99,7 @@ class RawNetlink {
 };
 
 /** rtnetlink: link, nexthops, routes, rules of a RouterState; 256 requests per sendmsg. */
-inline int rawLoadRoutes(const kst::dp::RouterState& st, size_t perSend = 256) {
+inline int rawLoadRoutes(const kst::dp::RouterState& st, bool naive = false, size_t perSend = 256) {
   RawNetlink nl(NETLINK_ROUTE);
   kst::nl::Tags tags{211};
   std::vector<kst::nl::Message> msgs;
@@ -109,10 +112,11 @@ inline int rawLoadRoutes(const kst::dp::RouterState& st, size_t perSend = 256) {
       for (size_t j = i; j < i + n; ++j) {
         auto* h = reinterpret_cast<nlmsghdr*>(msgs[j].data());
         h->nlmsg_seq = nl.nextSeq();
-        h->nlmsg_flags |= NLM_F_ACK;
+        if (naive || j + 1 == i + n) h->nlmsg_flags |= NLM_F_ACK;
+        else h->nlmsg_flags &= static_cast<uint16_t>(~NLM_F_ACK);
         buf.insert(buf.end(), msgs[j].begin(), msgs[j].end());
       }
-      int e = nl.sendAndAck(buf, n);
+      int e = nl.sendAndAck(buf, naive ? n : 1);
       if (e < 0) return -1;
       errors += e;
     }
@@ -147,13 +151,14 @@ inline void putHeader(std::vector<uint8_t>& buf, uint16_t type, uint16_t flags, 
 
 }  // namespace rawnft
 
-/** nfnetlink: every element of the VIP sets and bucket maps, one transaction. */
-inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState& nft) {
+/** nfnetlink: every element of the VIP sets, live-slot sets and bucket maps, in `transactions`
+ *  transactions (the VIPs in the last). */
+inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState& nft,
+                              size_t transactions = 16) {
   RawNetlink nl(NETLINK_NETFILTER);
   std::vector<uint8_t> buf;
   buf.reserve(nft.buckets.size() * 40 + 4096);
   size_t acks = 0;
-  rawnft::putHeader(buf, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, nl.nextSeq());
   struct Elem {
     uint8_t key[20];
     size_t klen;
@@ -163,6 +168,9 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
   auto emitSet = [&](const char* set, const std::vector<Elem>& elems) {
     constexpr size_t kPerMsg = 1000;  // the element list nest must stay < 64 KiB
     for (size_t i = 0; i < elems.size(); i += kPerMsg) {
+      if (buf.empty())
+        rawnft::putHeader(buf, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES,
+                          nl.nextSeq());
       size_t off = buf.size();
       rawnft::putHeader(buf, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
                         NLM_F_CREATE | NLM_F_ACK, NFPROTO_INET, 0, nl.nextSeq());
@@ -188,7 +196,7 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
       ++acks;
     }
   };
-  std::vector<Elem> b4, b6, v4, v6;
+  std::vector<Elem> b4, b6, v4, v6, l4, l6;
   for (const auto& [k, mark] : nft.buckets) {  // (VIP, bucket) order, by value
     Elem e{};
     std::memcpy(e.key, k.first.data(), k.first.size());
@@ -214,14 +222,49 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
     e.hasData = true;
     (v.isV4() ? c4 : c6).push_back(e);
   }
-  emitSet("b2s4", b4);
-  emitSet("b2s6", b6);
-  emitSet("bcount4", c4);
-  emitSet("bcount6", c6);
+  for (auto& l : nft.live) {
+    Elem e{};
+    std::memcpy(e.key, l.vip.data(), l.vip.size());
+    std::memcpy(e.key + l.vip.size(), &l.mark, 4);
+    e.klen = l.vip.size() + 4;
+    (l.vip.isV4() ? l4 : l6).push_back(e);
+  }
+  // The live slots, buckets and bucket counts split into transactions of about equal size; VIPs last.
+  std::vector<std::pair<const char*, std::vector<Elem>>> parts;
+  const size_t total = b4.size() + b6.size() + l4.size() + l6.size() + c4.size() + c6.size();
+  const size_t per = std::max<size_t>(1, (total + transactions - 1) / std::max<size_t>(1, transactions));
+  int errors = 0;
+  auto send = [&] {
+    if (buf.empty()) return;
+    rawnft::putHeader(buf, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, nl.nextSeq());
+    int e = nl.sendAndAck(buf, acks);
+    errors += e < 0 ? 1 : e;
+    buf.clear();
+    acks = 0;
+  };
+  size_t inTx = 0;
+  for (auto* part : {&l4, &l6, &b4, &b6, &c4, &c6}) {
+    const char* set = part == &l4   ? "live4"
+                      : part == &l6 ? "live6"
+                      : part == &b4 ? "b2s4"
+                      : part == &b6 ? "b2s6"
+                      : part == &c4 ? "bcount4"
+                                    : "bcount6";
+    for (size_t i = 0; i < part->size();) {
+      size_t n = std::min(part->size() - i, per - inTx);
+      emitSet(set, std::vector<Elem>(part->begin() + i, part->begin() + i + n));
+      i += n;
+      inTx += n;
+      if (inTx == per) {
+        send();
+        inTx = 0;
+      }
+    }
+  }
   emitSet("vip4", v4);
   emitSet("vip6", v6);
-  rawnft::putHeader(buf, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, nl.nextSeq());
-  return nl.sendAndAck(buf, acks);
+  send();
+  return errors;
 }
 
 }  // namespace kb

@@ -121,6 +121,11 @@ void addCommon(CLI::App* app, Flags& f) {
   app->add_option("--flow-timeout", f.dp.flowTimeoutSeconds,
                   "Seconds an idle flow stays pinned to its endpoint (draining, failover)")
       ->envname("TUNNEL_FLOW_TIMEOUT");
+  app->add_option("--flow-table-size", f.dp.flowTableSize,
+                  "Most flows pinned at once per family (flow4/flow6 map size); kernel memory "
+                  "≈ 130 bytes per pinned flow (docs/load-balancing.md)")
+      ->envname("TUNNEL_FLOW_TABLE_SIZE")
+      ->check(CLI::Range(1024u, 1u << 26));
   app->add_option("--mpls-label", f.dp.mplsLabel, "MPLS label popped in pods")->envname("TUNNEL_MPLS_LABEL");
   app->add_option("--underlay-mtu", f.dp.underlayMtu,
                   "MTU between routers and pods (same on routers and agents): the router sets "

@@ -69,7 +69,7 @@ bool Daemon::pass(std::chrono::steady_clock::time_point start) {
     // its cache holds it, after a failure it has no cache (and re-reads the kernel).
     routerChanged_.clear();
     handle(Reconciler::Router, began, r);
-    if (metrics_ && r) metrics_->purgedFlows(r->purgedFlows);
+    if (metrics_ && r) metrics_->releasedSlots(r->releasedSlots);
     bool routerOk = r && r->ok();
     lastRouterPass_ = r ? std::move(*r) : PassResult{};
     // After the router's pass: what is announced is programmed (withdrawals only when the

@@ -241,9 +241,10 @@ Metrics::Metrics()
                    .Name(std::string(kPrefix) + "kernel_changes_total")
                    .Help("Kernel changes applied (netlink objects, nft elements, routes)")
                    .Register(*registry_)),
-      purged_(prometheus::BuildCounter()
-                  .Name(std::string(kPrefix) + "purged_flows_total")
-                  .Help("Pinned flows deleted from the flow tables for released endpoint slots")
+      released_(prometheus::BuildCounter()
+                  .Name(std::string(kPrefix) + "released_slots_total")
+                  .Help("Endpoint slots released (live-slot elements deleted): the flows "
+                        "pinned to them are hashed again on their next packet")
                   .Register(*registry_)
                   .Add({})),
       lastSuccess_(prometheus::BuildGauge()
@@ -295,7 +296,7 @@ void Metrics::failure(Reconciler r, FailureReason why) {
       .Increment();
 }
 
-void Metrics::purgedFlows(size_t n) { purged_.Increment(double(n)); }
+void Metrics::releasedSlots(size_t n) { released_.Increment(double(n)); }
 
 void Metrics::passSucceeded() { lastSuccess_.SetToCurrentTime(); }
 

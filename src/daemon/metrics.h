@@ -119,8 +119,9 @@ class Metrics {
   /** One pass of a reconciler: its duration and the kernel changes it applied. */
   void pass(Reconciler r, double seconds, size_t changes);
   void failure(Reconciler r, FailureReason why);
-  /** Flow table elements deleted for released slots (router). */
-  void purgedFlows(size_t n);
+  /** (VIP, slot) pairs released from the live-slot sets (router): the flow table is not
+   *  walked, so the number of pinned flows this moved is not known. */
+  void releasedSlots(size_t n);
   /** A daemon pass in which every reconciler succeeded ended now. */
   void passSucceeded();
   /** The model changed for these VIPs: their names are taken from `model` (or dropped). */
@@ -146,7 +147,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& duration_;
   prometheus::Family<prometheus::Counter>& failures_;
   prometheus::Family<prometheus::Counter>& changes_;
-  prometheus::Counter& purged_;
+  prometheus::Counter& released_;
   prometheus::Gauge& lastSuccess_;
   prometheus::Family<prometheus::Counter>& scrapeErrors_;
   /** The series of each reconciler, created by enable() (reconcile thread only). */

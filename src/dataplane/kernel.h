@@ -86,20 +86,15 @@ struct NftElementChanges {
     uint32_t buckets;  // ignored for deletions
   };
   std::vector<Count> countDeletes, countAdds;
+  /** Elements of the live-slot sets live4/live6: a deletion releases the slot's pinned flows
+   *  (their next packet is hashed again), an addition makes a new slot's pins valid. */
+  std::vector<SlotMark> liveDeletes, liveAdds;
   size_t size() const {
     return vipDeletes.size() + vipAdds.size() + bucketDeletes.size() + bucketAdds.size() +
            endpointDeletes.size() + endpointAdds.size() + rangedDeletes.size() +
            rangedAdds.size() + rangeDeletes.size() + rangeAdds.size() + countDeletes.size() +
-           countAdds.size();
+           countAdds.size() + liveDeletes.size() + liveAdds.size();
   }
-};
-
-/** A slot a VIP no longer uses for the endpoint that held it: flows pinned to it in the flow
- *  tables are to be forgotten (docs/load-balancing.md "Released slots"). */
-struct ReleasedSlot {
-  IpAddress vip;
-  uint32_t mark;  // the slot's fwmark (tableOffset + slot), the flow tables' data
-  auto operator<=>(const ReleasedSlot&) const = default;
 };
 
 /** nftables access (the daemon's own table only). */
@@ -110,19 +105,15 @@ class NftClient {
   /** Runs an nft script as one atomic transaction. */
   virtual Status run(const std::string& script) = 0;
   /** Applies element changes as one transaction (order inside: VIP deletions, then source
-   *  ranges, endpoint counters, bucket counts and buckets deleted, added in the reverse order,
-   *  VIP additions last), all or nothing: the kernel refuses the whole
-   *  batch when one deletion finds no element (ENOENT) or one addition finds its key with
-   *  other data (EBUSY). The table must exist. Element changes never go through nft's text
-   *  parser (a 640k-element load is seconds through text). */
+   *  ranges, endpoint counters, bucket counts, buckets and live slots deleted, added in the
+   *  reverse order, VIP additions last; a new slot is live before a bucket points at it, a
+   *  released one's live element goes with its buckets), all or nothing: the kernel refuses
+   *  the whole batch when one deletion finds no element (ENOENT) or one addition finds its key
+   *  with other data (EBUSY). Exception: a large set of additions only (a cold start) may go
+   *  in several transactions, the VIP additions in the last, so that no VIP is classified
+   *  before its buckets exist. The table must exist. Element changes never go through nft's
+   *  text parser (a 640k-element load is seconds through text). */
   virtual Status applyElements(const NftElementChanges&) = 0;
-  /** Deletes the flow-table elements pinned to released slots, in one transaction per family:
-   *  flow4 elements whose destination is the VIP and whose data is the mark; flow6 elements
-   *  whose data is the mark, whatever their VIP (the flow6 key is a hash of the 4-tuple: the
-   *  caller decides which IPv6 releases are safe to pass). Dumps the flow maps of the families
-   *  involved, so it is meant for releases (rare), not for every pass. Idempotent; a missing
-   *  table or map purges nothing. @return the number of elements deleted. */
-  virtual Result<size_t> purgeFlows(const std::vector<ReleasedSlot>& released) = 0;
   /** The traffic counters of the table (dataplane/counters.h): per VIP, per VIP × endpoint,
    *  refused by reason and per VIP, flow table occupancy. Read from the kernel at every call
    *  (counters move without a ruleset generation change). A missing table reads as empty. */

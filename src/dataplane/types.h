@@ -95,6 +95,14 @@ struct Address {
   auto operator<=>(const Address&) const = default;
 };
 
+/** A (VIP, slot mark) pair: an element of the live-slot sets live4/live6 (desired/nft_render.cpp)
+ *  and the unit in which slots are released. */
+struct SlotMark {
+  IpAddress vip;
+  uint32_t mark;  // tableOffset + slot
+  auto operator<=>(const SlotMark&) const = default;
+};
+
 /** The router's nftables state. The skeleton (chains, rules) is identified by a hash kept in
  *  the table's comment; the set/map contents are diffed element by element. */
 /** One allowed source interval [first, last] of a VIP with loadBalancerSourceRanges (an
@@ -122,6 +130,9 @@ struct NftState {
   /** VIPs whose sources are filtered (ranged4/ranged6) → their allowed source intervals of the
    *  VIP's family (src4/src6), disjoint and sorted; an empty list refuses every source. */
   std::map<IpAddress, std::vector<SourceInterval>> sourceRanges;
+  /** (VIP, slot mark) of every slot holding an endpoint, draining ones included: the flow
+   *  table's pins that are still valid (docs/load-balancing.md "Released slots"). */
+  std::set<SlotMark> live;
   bool operator==(const NftState&) const = default;
 };
 

@@ -35,7 +35,9 @@ struct DataplaneConfig {
   uint8_t ttl = 64;
   uint32_t mplsLabel = 100;
   uint32_t flowTimeoutSeconds = 120;
-  uint32_t flowTableSize = 65536;
+  /** Size of each flow map (flow4, flow6): the most flows pinned at once per family. A full
+   *  map pins no new flow (those are hashed per packet). */
+  uint32_t flowTableSize = 1u << 20;
   /** MTU of the network between routers and pods (--underlay-mtu). The router sets its tunnel
    *  devices' MTU to it minus the encapsulation (routerLinkMtu in desired/agent.h), and the
    *  agent clamps the MSS of TCP SYNs sent from a pod's VIPs so that the encapsulated segments

@@ -138,6 +138,12 @@ Result<Explanation> explainFlow(const FlowQuery& q, const dp::RouterState& st,
   e.buckets = vipBucketCount(st.nft, q.vip);
   std::string note;
   const auto* rule = bucketRule(hashes, protocolHasPorts(q.protocol), e.buckets, note);
+  if (!rule && !e.vipKnown) {
+    // (A router's classifier has a rule pair per bucket count class: for an address without a
+    // count none is the one; the packet never reaches them anyway.)
+    e.verdict = "not a VIP of this router: the classifier does not touch the packet";
+    return e;
+  }
   if (!rule)
     return fail(ENOENT, fmt::format("no bucket hash rule of the {} classifier fits {} with {} buckets",
                                     q.vip.isV4() ? "IPv4" : "IPv6", protocolName(q.protocol),
@@ -158,6 +164,12 @@ Result<Explanation> explainFlow(const FlowQuery& q, const dp::RouterState& st,
   if (!e.vipKnown) {
     e.verdict = "not a VIP of this router: the classifier does not touch the packet";
     return e;
+  }
+  // [flowtable] The established-flow rule takes a pin only while (VIP, mark) is in the
+  // live-slot set: a pin to a released slot is stale, the packet is hashed again.
+  if (pinned && !st.nft.live.contains({q.vip, *pinned})) {
+    e.stalePinMark = pinned;
+    pinned.reset();
   }
   e.pinnedMark = pinned;
   e.mark = pinned ? pinned : e.bucketMark;
@@ -192,6 +204,7 @@ nlohmann::json toJson(const Explanation& e) {
   j["bucketMark"] = opt(e.bucketMark);
   j["pinned"] = e.pinnedMark.has_value();
   j["pinnedMark"] = opt(e.pinnedMark);
+  j["stalePinMark"] = opt(e.stalePinMark);
   j["mark"] = opt(e.mark);
   j["table"] = opt(e.table);
   j["endpoint"] = e.endpoint ? json(e.endpoint->str()) : json(nullptr);
@@ -209,8 +222,11 @@ std::string toText(const Explanation& e) {
                    hex(e.hash.seed), hex(e.hash.offset), hex(e.hashMark));
   s += fmt::format("  bucket    {} of {}{}\n", e.bucket ? std::to_string(*e.bucket) : "-",
                    e.buckets, e.bucketMark ? " → mark " + std::to_string(*e.bucketMark) : "");
-  s += fmt::format("  pinned    {}\n", e.pinnedMark ? "yes, mark " + std::to_string(*e.pinnedMark)
-                                                    : std::string("no"));
+  s += fmt::format("  pinned    {}\n",
+                   e.pinnedMark     ? "yes, mark " + std::to_string(*e.pinnedMark)
+                   : e.stalePinMark ? "stale, mark " + std::to_string(*e.stalePinMark) +
+                                          " (a released slot: not followed)"
+                                    : std::string("no"));
   s += fmt::format("  mark      {}\n", e.mark ? std::to_string(*e.mark) : "-");
   s += fmt::format("  table     {}\n", e.table ? std::to_string(*e.table) : "-");
   s += fmt::format("  endpoint  {}\n", e.endpoint ? e.endpoint->str() : "-");

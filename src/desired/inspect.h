@@ -55,6 +55,9 @@ struct Explanation {
   dp::JhashExpr hash;             // the rule's expression used
   std::optional<uint32_t> bucketMark;  // the bucket map's slot mark for that bucket
   std::optional<uint32_t> pinnedMark;  // the flow map's element, when the flow is pinned
+  /** The flow map's element when its (VIP, mark) is not in the live-slot set: a pin to a
+   *  released slot, which the classifier ignores (the packet is hashed). */
+  std::optional<uint32_t> stalePinMark;
   std::optional<uint32_t> mark;        // the mark the packet is routed with (pinned wins)
   std::optional<uint32_t> table;       // the policy rule's table for that mark
   std::optional<IpAddress> endpoint;   // where the table's route for the VIP encapsulates to

@@ -32,11 +32,16 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   // refuse_source (counted per VIP and in total, dropped). One hash lookup for other VIPs.
   line(fmt::format("{ip} daddr @ranged{n} {ip} daddr . {ip} saddr != @src{n} goto refuse_source",
                    fmt::arg("ip", ip), fmt::arg("n", n)));
-  // NOTE Performance: an established flow finds its slot mark in the flow table, refreshes its
-  // entry and leaves, all in one rule (a miss ends the rule: NFT_BREAK). The other rules run
-  // for a flow's first packet only.
-  line(fmt::format("{l4} meta mark set {k} map @flow{n} update @flow{n} {{ {k} : meta mark }} accept",
-                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n)));
+  // NOTE Performance: an established flow finds its slot mark in the flow table, checks that
+  // the (VIP, slot) it is pinned to is still live, refreshes its entry and leaves, all in one
+  // rule (a miss of either lookup ends the rule: NFT_BREAK). The other rules run for a flow's
+  // first packet, and for every packet of a flow pinned to a released slot.
+  // [flowtable] Lazy invalidation (docs/load-balancing.md "Released slots"): releasing a slot
+  // is one live-set deletion, not a walk of the flow table; a stale pin is never refreshed.
+  line(fmt::format("{l4} meta mark set {k} map @flow{n} {ip} daddr . meta mark @live{n} "
+                   "update @flow{n} {{ {k} : meta mark }} accept",
+                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n),
+                   fmt::arg("ip", ip)));
   // New flow: the VIP's bucket count class, then the bucket from the fixed-seed hash mod that
   // count (whatever mark the packet carried before is overwritten, never taken for a slot).
   line(fmt::format("meta mark set {:#x}", kCountMarkBase));
@@ -55,7 +60,12 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   // Counted per VIP (refused set) and in total (named counter refused_no_bucket).
   line(fmt::format("meta mark >= {:#x} {} daddr @refused{}", kBucketMarkBase, ip, n));
   line(fmt::format("meta mark >= {:#x} counter name \"refused_no_bucket\" drop", kBucketMarkBase));
-  line(fmt::format("{} update @flow{} {{ {} : meta mark }}", l4, n, flowKey));
+  // [flowtable] `add`, not `update`: a flow whose pin went stale keeps its old element (the
+  // kernel neither replaces an element's data nor may a rule delete from a map), and `add`
+  // leaves that element's timeout alone, so it expires --flow-timeout after the release at
+  // the latest; the flow is hashed per packet until then and pinned afresh after. The
+  // planner does not give a released slot of a VIP to another endpoint for that long.
+  line(fmt::format("{} add @flow{} {{ {} : meta mark }}", l4, n, flowKey));
   return r;
 }
 
@@ -87,6 +97,9 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   body += "  map b2s6 { typeof ip6 daddr . meta mark : meta mark; }\n";
   body += "  map bcount4 { typeof ip daddr : meta mark; }\n";
   body += "  map bcount6 { typeof ip6 daddr : meta mark; }\n";
+  // [flowtable] The (VIP, slot mark) pairs that hold an endpoint (draining ones too).
+  body += "  set live4 { typeof ip daddr . meta mark; }\n";
+  body += "  set live6 { typeof ip6 daddr . meta mark; }\n";
   body += fmt::format(
       "  map flow4 {{ typeof ip saddr . th sport . ip daddr . th dport : meta mark; {} }}\n",
       flowOpts);
@@ -182,6 +195,10 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
                        skeleton);
   // Deletions first (a changed bucket is delete + add of the same key, atomic in one batch).
   std::vector<std::string> del4, del6, delv4, delv6, add4, add6, addv4, addv6;
+  std::vector<std::string> dell4, dell6, addl4, addl6;
+  auto liveKey = [](const dp::SlotMark& l) { return fmt::format("{} . {:#x}", l.vip.str(), l.mark); };
+  for (auto& l : d.liveDeletes) (l.vip.isV4() ? dell4 : dell6).push_back(liveKey(l));
+  for (auto& l : d.liveAdds) (l.vip.isV4() ? addl4 : addl6).push_back(liveKey(l));
   for (auto& b : d.bucketDeletes)
     (b.vip.isV4() ? del4 : del6).push_back(elementKey({b.vip, b.bucket}));
   for (auto& b : d.bucketAdds)
@@ -224,6 +241,12 @@ std::string renderNftStep(const DataplaneConfig& cfg, NftTableStep step,
   emit(out, "delete", cfg.nftTable, "bcount6", delc6);
   emit(out, "delete", cfg.nftTable, "b2s4", del4);
   emit(out, "delete", cfg.nftTable, "b2s6", del6);
+  // [flowtable] A released slot's live element goes with (after) its buckets, a new slot's is
+  // added before any bucket points at it.
+  emit(out, "delete", cfg.nftTable, "live4", dell4);
+  emit(out, "delete", cfg.nftTable, "live6", dell6);
+  emit(out, "add", cfg.nftTable, "live4", addl4);
+  emit(out, "add", cfg.nftTable, "live6", addl6);
   emit(out, "add", cfg.nftTable, "b2s4", add4);
   emit(out, "add", cfg.nftTable, "b2s6", add6);
   emit(out, "add", cfg.nftTable, "bcount4", addc4);
@@ -333,6 +356,10 @@ dp::NftElementChanges nftElementChanges(const dp::NftState& desired, const dp::N
       ++oc;
     }
   }
+  std::set_difference(base.live.begin(), base.live.end(), desired.live.begin(), desired.live.end(),
+                      std::back_inserter(out.liveDeletes));
+  std::set_difference(desired.live.begin(), desired.live.end(), base.live.begin(), base.live.end(),
+                      std::back_inserter(out.liveAdds));
   std::set_difference(base.vips.begin(), base.vips.end(), desired.vips.begin(), desired.vips.end(),
                       std::back_inserter(out.vipDeletes));
   std::set_difference(desired.vips.begin(), desired.vips.end(), base.vips.begin(), base.vips.end(),

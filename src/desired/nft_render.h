@@ -4,7 +4,8 @@
 // the family chain classify4/classify6, which runs, per family (IPv4 shown):
 //   0. source ranges          → a VIP in @ranged4 whose (VIP . saddr) is in no @src4 interval
 //                               goes to refuse_source: counted, dropped (every protocol)
-//   1. flow table hit         → mark = the slot the flow was pinned to (draining, failover)
+//   1. flow table hit and (daddr . mark) in the live-slot set @live4
+//                             → mark = the slot the flow was pinned to (draining, failover)
 //   2. otherwise              → mark = bcount[daddr] (0x80000000 | the VIP's bucket count B;
 //      0x80000000 for a VIP without one), then the rule of that count class:
 //                                 mark = 0x40000000 + jhash(saddr . daddr . sport . dport) mod B
@@ -15,7 +16,8 @@
 //   3. mark ≥ 0x40000000      → mark = b2s[daddr . mark]   (bucket → slot mark)
 //   4. still unresolved       → counted (refused_no_bucket, @refused4), dropped (a VIP with no
 //                               endpoint must not leak to the main table)
-//   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (refreshes the timeout)
+//   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (a new element only: a stale
+//      pin, to a released slot, is left to time out; docs/load-balancing.md "Released slots")
 // Counters (dataplane/counters.h): the VIP sets, the refused sets and the per-endpoint sets
 // ep4/ep6 (VIP . slot mark, looked up in chain unmark on forward) carry a counter per element;
 // refused packets per reason are named counters. docs/dataplane-notes.md "Counters".

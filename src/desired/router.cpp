@@ -146,7 +146,14 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     std::set<uint32_t> used;
     vp.slots.assign(vp.endpoints.size(), UINT32_MAX);
     auto pit = prior.slots.find(svc.vip);
-    if (pit == prior.slots.end() && exact) {
+    // (A published slot that is held here is not taken: this router computes its own.)
+    auto heldHere = [&](uint32_t s) {
+      auto h = prior.held.find(svc.vip);
+      return s < prior.heldBelow || (h != prior.held.end() && h->second.contains(s));
+    };
+    if (pit == prior.slots.end() && exact &&
+        std::none_of(vp.endpoints.begin(), vp.endpoints.end(),
+                     [&](const Endpoint& e) { return heldHere(pubSlot[e.ip]); })) {
       for (size_t i = 0; i < vp.endpoints.size(); ++i) {
         vp.slots[i] = pubSlot[vp.endpoints[i].ip];
         used.insert(vp.slots[i]);
@@ -158,6 +165,14 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
           vp.slots[i] = s->second;
       }
     }
+    // A slot the kernel routed to an endpoint that leaves now, or released less than
+    // --flow-timeout ago (prior.held), is not given to another endpoint: flows still pinned to
+    // (VIP, slot mark) in the flow table would follow the mark to the new endpoint. They are
+    // gone (moved on their next packet, or timed out) once the timeout has passed.
+    if (pit != prior.slots.end())
+      for (const auto& [ip, s] : pit->second) used.insert(s);
+    if (auto h = prior.held.find(svc.vip); h != prior.held.end()) used.insert(h->second.begin(), h->second.end());
+    for (uint32_t s = 0; s < prior.heldBelow; ++s) used.insert(s);
     uint32_t nextFree = 0;
     std::vector<Endpoint> kept;
     std::vector<uint32_t> keptSlots;
@@ -374,7 +389,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   bool any4 = false, any6 = false;
   for (auto& vp : plan.vips) (vp.vip.isV4() ? any4 : any6) = true;
   // A slot without an endpoint for a VIP holds an unreachable route for it: a packet marked for
-  // a slot whose endpoint is gone (pinned before the router purged the flow, see
+  // a slot whose endpoint is gone (classified in the moment its live-slot element went, see
   // RouterReconciler) gets an ICMP unreachable instead of leaking into the main table
   // (and upstream). Not a default route: the encapsulated packet keeps the fwmark and its
   // outer lookup must fall through these tables to the main one.
@@ -402,6 +417,11 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   st.nft.skeletonId = skeletonId(st.nft.skeleton);
   for (auto& vp : plan.vips) {
     st.nft.vips.insert(vp.vip);
+    // Live slots: every endpoint the slot tables route to, draining ones included (their
+    // pinned flows continue); flows pinned to any other (VIP, mark) are hashed again.
+    for (size_t i = 0; i < vp.endpoints.size(); ++i)
+      if (nhOf.contains({vp.vip.family(), vp.endpoints[i].ip}))
+        st.nft.live.insert({vp.vip, cfg.tableOffset + vp.slots[i]});
     // One dense vector per VIP, bucket → mark (0 = no element; marks are ≥ tableOffset ≥ 1).
     std::vector<uint32_t> marks(vp.buckets.size(), 0);
     bool any = false;

@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <tuple>
 #include <vector>
 
@@ -54,6 +55,11 @@ using NexthopKey = std::tuple<Family, dp::Nexthop::Encap, std::optional<IpAddres
 struct Allocations {
   std::map<IpAddress, std::map<IpAddress, uint32_t>> slots;  // vip → endpoint → slot
   std::map<NexthopKey, uint32_t> nexthopIds;                 // Nexthop::key() → id
+  /** Slots released less than --flow-timeout ago, per VIP, and (after a restart, whose
+   *  releases before it are unknown) every slot below heldBelow that no endpoint holds: not
+   *  given to a new endpoint of that VIP (the flow table may still pin flows to them). */
+  std::map<IpAddress, std::set<uint32_t>> held;
+  uint32_t heldBelow = 0;
   /** MPLS mode: the device through which each endpoint is directly reachable. */
   std::map<IpAddress, std::string> mplsDevice;
 };

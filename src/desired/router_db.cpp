@@ -69,27 +69,6 @@ uint32_t slotCountOf(const VipPlan& vp) {
   return n;
 }
 
-/** The slot of every endpoint the kernel routes for a VIP (prior) that the plan does not give
- *  to that same endpoint: the endpoint left the VIP or the VIP is gone. A draining endpoint
- *  keeps its slot, so it is not released. */
-std::vector<dp::ReleasedSlot> releasedSlots(const Allocations& prior,
-                                            const std::vector<VipPlan>& planned,
-                                            const DataplaneConfig& cfg) {
-  std::vector<dp::ReleasedSlot> out;
-  auto byVip = [](const VipPlan& a, const IpAddress& v) { return a.vip < v; };
-  for (const auto& [vip, slots] : prior.slots) {
-    auto pos = std::lower_bound(planned.begin(), planned.end(), vip, byVip);
-    const VipPlan* vp = pos != planned.end() && pos->vip == vip ? &*pos : nullptr;
-    for (const auto& [ep, slot] : slots) {
-      bool kept = false;
-      for (size_t i = 0; vp && i < vp->endpoints.size() && !kept; ++i)
-        kept = vp->endpoints[i].ip == ep && vp->slots[i] == slot;
-      if (!kept) out.push_back({vip, cfg.tableOffset + slot});
-    }
-  }
-  return out;
-}
-
 /**
  * The hinted VIPs whose service differs from the committed inputs, in VIP order, and the model's
  * services among them. O(hint · log V): the model is looked up by binary search (ModelBuilder
@@ -163,6 +142,7 @@ struct RouterDb::Index {
   dp::BucketMap buckets;                               // VIP → mark of each bucket
   std::map<IpAddress, std::map<uint32_t, IpAddress>> nftEndpoints;    // counter elements
   std::map<IpAddress, std::vector<dp::SourceInterval>> nftRanges;     // filtered VIPs
+  std::set<dp::SlotMark> live;                         // live-slot set elements
   NexthopIdPool ids;
   std::map<IpAddress, uint32_t> vipSlots;              // VIP → slots it uses (max + 1)
   std::map<uint32_t, size_t> slotHist;                 // slot count → number of VIPs
@@ -185,6 +165,7 @@ struct RouterDb::Index {
     st.nft.buckets = buckets;
     st.nft.endpoints = nftEndpoints;
     st.nft.sourceRanges = nftRanges;
+    st.nft.live = live;
     return st;
   }
 };
@@ -253,6 +234,7 @@ bool RouterDb::ensureIndex() {
   x->nftCounts = std::move(flat_.nft.vipBuckets);
   for (auto& [vip, marks] : flat_.nft.buckets.perVip())
     x->buckets.setVip(vip, indexedMarks(marks, vipBucketCap(cfg_.buckets)));
+  x->live = std::move(flat_.nft.live);
   for (auto& vp : plan_.vips) {
     uint32_t n = slotCountOf(vp);
     x->vipSlots[vp.vip] = n;
@@ -335,6 +317,8 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
 
   // 2. Slots: sticky per (VIP, endpoint) from the base's routes; then the plan.
   Allocations prior = allocationsFrom(base, cfg_);
+  prior.held = held_;
+  prior.heldBelow = heldBelow_;
   if (cfg_.mode == Mode::Mpls && resolver_) {
     for (const auto& svc : planned.services)
       for (const auto& ep : svc.endpoints)
@@ -428,6 +412,8 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
         partialNft.endpoints.insert(*it);
       if (auto it = x.nftRanges.find(vip); it != x.nftRanges.end())
         partialNft.sourceRanges.insert(*it);
+      for (auto it = x.live.lower_bound({vip, 0}); it != x.live.end() && it->vip == vip; ++it)
+        partialNft.live.insert(partialNft.live.end(), *it);
     }
     baseNft = &partialNft;
   }
@@ -441,7 +427,6 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
   d.skeletonId = des.nft.skeletonId;
   if (d.table != NftTableStep::Delete)
     d.elements = nftElementChanges(des.nft, d.table == NftTableStep::Keep ? *baseNft : dp::NftState{});
-  d.released = releasedSlots(prior, plan.vips, cfg_);
   d.diffSeconds = lapSeconds(t);
 
   // 6. The plan of the whole model, problems and publications follow the update.
@@ -513,6 +498,7 @@ void RouterDb::commit(const Model& model) {
     x.buckets.eraseVip(vip);
     x.nftEndpoints.erase(vip);
     x.nftRanges.erase(vip);
+    x.live.erase(x.live.lower_bound({vip, 0}), x.live.upper_bound({vip, UINT32_MAX}));
     inputs_.erase(vip);
     x.vipSlots.erase(vip);
   }
@@ -536,6 +522,7 @@ void RouterDb::commit(const Model& model) {
   for (auto& [vip, eps] : des.nft.endpoints) x.nftEndpoints[vip] = eps;
   for (auto& [vip, r] : des.nft.sourceRanges) x.nftRanges[vip] = r;
   for (auto& [vip, count] : des.nft.vipBuckets) x.nftCounts[vip] = count;
+  x.live.insert(des.nft.live.begin(), des.nft.live.end());
   for (auto& [vip, marks] : des.nft.buckets.perVip())
     x.buckets.setVip(vip, indexedMarks(marks, vipBucketCap(cfg_.buckets)));
   for (auto& svc : p->services) inputs_.emplace(svc.vip, std::move(svc));

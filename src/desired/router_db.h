@@ -87,8 +87,6 @@ struct RouterDelta {
   bool tablePresent = false;       // the nft table exists after the step
   std::string skeleton, skeletonId;  // of the table to create (Create, Rebuild)
   dp::NftElementChanges elements;  // after the table step (on an empty table for Create/Rebuild)
-  /** (VIP, slot) the kernel routed to an endpoint that the plan no longer puts there. */
-  std::vector<dp::ReleasedSlot> released;
   std::vector<Problem> problems;   // of the whole plan
   bool whole = false;              // the change set was every VIP
   bool hintIgnored = false;        // the hint did not fit the model: every service was compared
@@ -122,6 +120,13 @@ class RouterDb {
    *  must be the one given to that update(). */
   void commit(const Model& model);
 
+  /** Slots not to give to a new endpoint (Allocations::held, heldBelow), from the next
+   *  update() on: the caller keeps them (released less than --flow-timeout ago). */
+  void setHeld(std::map<IpAddress, std::set<uint32_t>> held, uint32_t heldBelow) {
+    held_ = std::move(held);
+    heldBelow_ = heldBelow;
+  }
+
   /** The plan of the whole model (bucket tables, slots), as of the last update(). */
   const RouterPlan& plan() const { return plan_; }
   /** Services whose published bucket table (desired/published.h) differs from the plan. Only
@@ -148,6 +153,8 @@ class RouterDb {
   bool inputsKnown_ = false;
   std::unique_ptr<Pending> pending_;
 
+  std::map<IpAddress, std::set<uint32_t>> held_;
+  uint32_t heldBelow_ = 0;
   RouterPlan plan_;
   std::map<ObjectKey, std::vector<Problem>> problems_;  // plan_.problems by service
   std::set<IpAddress> pubCheck_;  // planned since the last pendingPublications()

@@ -71,20 +71,30 @@ Result<std::vector<RequestError>> Socket::transact(std::vector<Message>& request
     std::vector<uint8_t> out;
     std::unordered_map<uint32_t, size_t> pending;  // seq → index
     size_t first = next;
+    // NOTE Performance: only the last request of a send asks for an ack. The kernel handles
+    // the requests of one send in order and answers every failed one with an error whether or
+    // not it asked for an ack, so the last request's ack means every earlier one was handled,
+    // and the errors that came before it are all there are (≈ 1.3× the route rate of reading
+    // one ack per request, bench/README.md `converge`).
+    nlmsghdr* lastHdr = nullptr;
     while (next < requests.size() &&
            (out.empty() || out.size() + requests[next].size() <= kSendChunk)) {
       auto& m = requests[next];
       auto* h = reinterpret_cast<nlmsghdr*>(m.data());
       h->nlmsg_seq = ++seq_;
-      h->nlmsg_flags |= NLM_F_ACK;
+      h->nlmsg_flags &= static_cast<uint16_t>(~NLM_F_ACK);
       pending.emplace(h->nlmsg_seq, next);
       out.insert(out.end(), m.begin(), m.end());
+      lastHdr = reinterpret_cast<nlmsghdr*>(out.data() + out.size() - m.size());
       ++next;
     }
+    lastHdr->nlmsg_flags |= NLM_F_ACK;
+    const uint32_t lastSeq = lastHdr->nlmsg_seq;
     if (mnl_socket_sendto(sock_, out.data(), out.size()) < 0)
       return sysFail(errno, fmt::format("netlink send of {} requests", next - first));
     sent_ += next - first;
-    while (!pending.empty()) {
+    bool done = false;
+    while (!done) {
       ssize_t n = mnl_socket_recvfrom(sock_, rx_.data(), rx_.size());
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -108,6 +118,7 @@ Result<std::vector<RequestError>> Socket::transact(std::vector<Message>& request
           errors.push_back({it->second, code,
                             fmt::format("{}: {}", describe(requests[it->second]), text)});
         }
+        if (h->nlmsg_seq == lastSeq) done = true;
         pending.erase(it);
       }
     }

@@ -2,9 +2,10 @@
 // while a thread is inside a namespace keeps talking to that namespace afterwards, so the
 // agent programs pod namespaces without ever moving the daemon's main thread (netns.h).
 //
-// NOTE Performance: requests are packed many per sendmsg() (up to ~64 KiB per send), each
-// carries NLM_F_ACK, and every ack is read and matched by sequence number so that an error is
-// reported against the exact request that caused it (docs/dataplane-notes.md "Batching
+// NOTE Performance: requests are packed many per sendmsg() (up to ~64 KiB per send), the last
+// of each send carries NLM_F_ACK (the kernel answers every failed request with an error anyway),
+// and every error is matched by sequence number so that it is reported against the exact
+// request that caused it (docs/dataplane-notes.md "Batching
 // rtnetlink": batching is the difference between ~1k and ~300k changes/s).
 #pragma once
 
@@ -35,7 +36,7 @@ class Socket {
   Socket& operator=(const Socket&) = delete;
 
   /**
-   * Sends all requests (batched) and waits for every ack.
+   * Sends all requests (batched) and waits until the kernel has handled each of them.
    * @return per-request failures (empty when all succeeded), or an Error when the socket
    *   itself failed.
    */

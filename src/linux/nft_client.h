@@ -39,7 +39,6 @@ class NftClientImpl : public dp::NftClient {
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
-  Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override;
   /** GETSETELEM dumps of the counter sets and flow maps, one GETOBJ dump (never the cache). */
   Result<dp::NftCounterSnapshot> readCounters() override;
   /** nfnetlink messages and libnftables commands sent so far (benchmarks). */
@@ -47,6 +46,8 @@ class NftClientImpl : public dp::NftClient {
 
  private:
   Status openSocket();
+  /** One transaction of element changes (applyElements splits large additions). */
+  Status applyTransaction(const dp::NftElementChanges& changes);
   Status runText(const std::string& script);
   /** One consistent GETSETELEM dump of set (retried when the set changes during it): fn per
    *  element. A missing set or table yields nothing. */
@@ -72,9 +73,6 @@ class NftClientImpl : public dp::NftClient {
    *  each message in seqs. @return 0, or the positive errno of the first message the kernel
    *  refused (the whole transaction is then aborted). */
   Result<int> sendBatch(const std::vector<uint8_t>& buf, const std::vector<uint32_t>& seqs);
-  /** One dump of flow4/flow6 and one deletion batch (purgeFlows). @return elements deleted, or
-   *  the positive errno of a refused deletion (an element expired in between: ENOENT). */
-  Result<std::pair<size_t, int>> purgeFlowMap(bool v4, const std::vector<dp::ReleasedSlot>& released);
   DataplaneConfig cfg_;
   nft_ctx* ctx_;
   uint64_t sent_ = 0;
@@ -83,7 +81,7 @@ class NftClientImpl : public dp::NftClient {
   int sndbuf_ = 0;
   // NOTE Performance: kept, not allocated per exchange. A fresh 1–2 MiB buffer per call comes
   // from mmap (or a thread arena that trims it back) and is zero-filled: ≈ 500 page faults,
-  // ≈ 1.2 ms added to every pass that purges flows (an endpoint change) in the daemon's thread.
+  // ≈ 1.2 ms added to every exchange with a large answer, in the daemon's thread.
   std::vector<uint8_t> rx_;
   bool exhaustive_ = false;  // next observation dumps the bucket maps (after a failed batch)
   // The table as it is at ruleset generation knownGen_ (a complete observation with no commit

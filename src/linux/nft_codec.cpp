@@ -24,6 +24,7 @@ constexpr SetShape kShapes[] = {
     {"refused4", 4, 0}, {"refused6", 16, 0}, {"ranged4", 4, 0}, {"ranged6", 16, 0},
     {"ep4", 8, 0},    {"ep6", 20, 0},  {"src4", 8, 0},  {"src6", 32, 0},
     {"bcount4", 4, 4}, {"bcount6", 16, 4},
+    {"live4", 8, 0},  {"live6", 20, 0},
 };
 
 constexpr size_t kHeader = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
@@ -223,6 +224,12 @@ size_t sourceKey(const IpAddress& vip, const IpAddress& src, uint8_t (&out)[32])
   return 2 * vip.size();
 }
 
+size_t slotMarkKey(const dp::SlotMark& l, uint8_t (&out)[20]) {
+  std::memcpy(out, l.vip.data(), l.vip.size());
+  std::memcpy(out + l.vip.size(), &l.mark, 4);  // meta mark: host byte order
+  return l.vip.size() + 4;
+}
+
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& ch,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid) {
   // One buffer for the whole batch (one sendmsg, ≈ 20 MB at a V = 10k cold start), reserved
@@ -242,6 +249,8 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (auto& e : ch.endpointDeletes) keyBytes += e.vip.size() + 4;
   for (auto& c : ch.countAdds) keyBytes += c.vip.size();
   for (auto& c : ch.countDeletes) keyBytes += c.vip.size();
+  for (auto& l : ch.liveAdds) keyBytes += l.vip.size() + 4;
+  for (auto& l : ch.liveDeletes) keyBytes += l.vip.size() + 4;
   BatchEncoder enc(table, seq,
                    batchBytes(table, ch.size() + ch.vipAdds.size() + ch.vipDeletes.size(),
                               keyBytes, ch.bucketAdds.size() + ch.countAdds.size()),
@@ -292,6 +301,14 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
                   add ? &data : nullptr);
     }
   };
+  auto live = [&](bool add, const std::vector<dp::SlotMark>& v, bool v4) {
+    uint8_t key[20];
+    for (const auto& l : v) {
+      if (l.vip.isV4() != v4) continue;
+      size_t n = slotMarkKey(l, key);
+      enc.element(add, v4 ? "live4" : "live6", {key, n}, nullptr);
+    }
+  };
   for (bool v4 : {true, false}) vips(false, ch.vipDeletes, v4);
   for (bool v4 : {true, false}) plain(false, ch.vipDeletes, v4, "refused4", "refused6");
   for (bool v4 : {true, false}) ranges(false, ch.rangeDeletes, v4);
@@ -299,6 +316,10 @@ Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges
   for (bool v4 : {true, false}) endpoints(false, ch.endpointDeletes, v4);
   for (bool v4 : {true, false}) counts(false, ch.countDeletes, v4);
   for (bool v4 : {true, false}) buckets(false, ch.bucketDeletes, v4);
+  // A released slot's live element goes with (after) its buckets, a new slot's is added before
+  // any bucket points at it (desired/nft_render.cpp renderNftStep, the same order).
+  for (bool v4 : {true, false}) live(false, ch.liveDeletes, v4);
+  for (bool v4 : {true, false}) live(true, ch.liveAdds, v4);
   for (bool v4 : {true, false}) buckets(true, ch.bucketAdds, v4);
   for (bool v4 : {true, false}) counts(true, ch.countAdds, v4);
   for (bool v4 : {true, false}) endpoints(true, ch.endpointAdds, v4);
@@ -541,6 +562,14 @@ std::optional<IpAddress> vipElement(const Element& e) {
   if (e.key.size() == 4) return IpAddress::fromBytes(Family::V4, e.key.data());
   if (e.key.size() == 16) return IpAddress::fromBytes(Family::V6, e.key.data());
   return std::nullopt;
+}
+
+std::optional<dp::SlotMark> liveElement(const Element& e) {
+  const size_t klen = e.key.size();
+  if ((klen != 8 && klen != 20) || !e.data.empty()) return std::nullopt;
+  uint32_t mark;
+  std::memcpy(&mark, e.key.data() + klen - 4, 4);
+  return dp::SlotMark{IpAddress::fromBytes(klen == 8 ? Family::V4 : Family::V6, e.key.data()), mark};
 }
 
 bool addBucketElement(const Element& e, dp::BucketMap& buckets, bool replace) {

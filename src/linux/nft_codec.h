@@ -42,7 +42,8 @@ struct SetShape {
   uint32_t dataLen;  // 0: a set (no data)
 };
 /** vip4 4/0, vip6 16/0, b2s4 8/4, b2s6 20/4, flow4 16/4, flow6 8/4, refused4 4/0, refused6 16/0,
- *  ranged4 4/0, ranged6 16/0, ep4 8/0, ep6 20/0, src4 8/0, src6 32/0, bcount4 4/4, bcount6 16/4;
+ *  ranged4 4/0, ranged6 16/0, ep4 8/0, ep6 20/0, src4 8/0, src6 32/0, bcount4 4/4, bcount6 16/4,
+ *  live4 8/0, live6 20/0;
  *  nullptr for another name. */
 const SetShape* setShape(std::string_view name);
 
@@ -98,7 +99,8 @@ size_t batchBytes(const std::string& table, size_t elements, size_t keyBytes, si
 
 /** The element changes as one batch, in the order of the text script (desired/nft_render.cpp):
  *  deletions (VIPs, refused, source intervals, ranged, endpoint counters, bucket counts,
- *  buckets), then additions in the reverse order, IPv4 before IPv6 in each. */
+ *  buckets, live slots), then additions in the reverse order, IPv4 before IPv6 in each
+ *  (hitless for removed and added VIPs; a new slot is live before a bucket points at it). */
 Bytes encodeElementChanges(const std::string& table, const dp::NftElementChanges& changes,
                            uint32_t& seq, std::vector<uint32_t>& acked, uint32_t genid = 0);
 
@@ -108,6 +110,8 @@ constexpr int kErestart = ERESTART;
 /** The generation after one commit from gen (the kernel skips 0). */
 inline uint32_t nextGeneration(uint32_t gen) { return gen + 1 == 0 ? 1 : gen + 1; }
 
+/** The key of a live-slot set element: VIP (network order) . mark (host order). */
+size_t slotMarkKey(const dp::SlotMark& l, uint8_t (&out)[20]);
 /** The key of a bucket map element: VIP (network order) . kBucketMarkBase + bucket (host order). */
 size_t bucketKey(const IpAddress& vip, uint32_t bucket, uint8_t (&out)[20]);
 /** The key of a per-endpoint counter element: VIP (network order) . slot mark (host order). */
@@ -179,6 +183,8 @@ std::optional<ElementList> forEachElement(const nlmsghdr* m,
 
 /** A VIP set element's address (4 or 16 bytes), else nullopt. */
 std::optional<IpAddress> vipElement(const Element& e);
+/** A live-slot set element (key VIP . mark, no data), else nullopt. */
+std::optional<dp::SlotMark> liveElement(const Element& e);
 /** A bucket map element (key VIP . mark, data the slot mark): added to buckets unless its key
  *  is outside the dense bucket range (only a foreign writer makes those; they are skipped).
  *  Data 0 becomes dp::BucketMap::kForeignZeroMark (0 is "no element" there). replace: an

@@ -15,6 +15,14 @@
 
 namespace kst {
 
+namespace {
+/** How long a released (VIP, slot) is held: the flow timeout (a stale pin is not refreshed, so
+ *  it is gone by then) and a second for packets that were being classified during the commit. */
+std::chrono::steady_clock::duration holdTime(const DataplaneConfig& cfg) {
+  return std::chrono::seconds(cfg.flowTimeoutSeconds) + std::chrono::seconds(1);
+}
+}  // namespace
+
 RouterReconciler::RouterReconciler(const DataplaneConfig& cfg, dp::NetlinkClient& nl,
                                    dp::NftClient& nft, DeviceResolver resolver)
     : cfg_(cfg), nl_(nl), nft_(nft), db_(cfg, std::move(resolver)) {}
@@ -61,10 +69,24 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model,
       db_.forget();
       return std::unexpected(o.error());
     }
+    if (!observedOnce_) {
+      // A fresh reconciler: releases before it started are unknown. With a table (and flow
+      // maps) already there, every free slot below the kernel's slot count is held.
+      observedOnce_ = true;
+      uint32_t slots = 0;
+      for (const auto& r : o->routes)
+        if (r.key.table >= cfg_.tableOffset && r.key.table < cfg_.tableOffset + cfg_.maxSlots)
+          slots = std::max(slots, r.key.table - cfg_.tableOffset + 1);
+      if (o->nft.present && slots > 0) {
+        heldBelow_ = slots;
+        heldBelowUntil_ = std::chrono::steady_clock::now() + holdTime(cfg_);
+      }
+    }
     db_.seed(std::move(*o));
     res.fullObserve = true;
     res.timings.observe = lapSeconds(t);
   }
+  passHeld();
   RouterDelta delta = db_.update(model, changed);
   if (delta.hintIgnored)
     spdlog::warn("router: the changed-VIP hint does not match the model; comparing every service");
@@ -73,8 +95,8 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model,
   res.problems = delta.problems;
   res.timings.plan = delta.planSeconds;
   res.timings.diff = delta.diffSeconds;
-  for (auto& r : delta.released) purgePending_.insert(r);
   auto s = applyAll(delta, res);
+  holdReleased(delta, res);
   if (!s) {
     db_.forget();
     return std::unexpected(s.error());
@@ -82,9 +104,6 @@ Result<PassResult> RouterReconciler::reconcile(const Model& model,
   // Until the kernel is known to hold the update's target, the database forgets its state.
   if (caching_ && res.ok()) db_.commit(model);
   else db_.forget();
-  if (delta.whole || delta.vipsPlanned > 0)
-    purgeReleased(delta.tablePresent && delta.table == NftTableStep::Keep, res);
-  if (!res.ok()) db_.forget();  // (the purge failed: the next pass observes)
   if (delta.whole && db_.plan().vips.size() * cfg_.buckets > 50000) {
     // A whole pass at scale leaves hundreds of MiB of freed maps (observed and desired state,
     // element batches): give them back instead of keeping them as RSS.
@@ -164,45 +183,45 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
   return {};
 }
 
-void RouterReconciler::purgeReleased(bool tableKept, PassResult& res) {
-  if (purgePending_.empty()) return;
-  if (!tableKept) {
-    purgePending_.clear();
+void RouterReconciler::holdReleased(const RouterDelta& delta, PassResult& res) {
+  if (delta.table != NftTableStep::Keep || !delta.tablePresent) {
+    // Created, rebuilt or removed: the flow maps are new or gone, nothing is pinned.
+    if (delta.table != NftTableStep::Keep) {
+      held_.clear();
+      heldBelow_ = 0;
+    }
     return;
   }
-  // After a failed change the bucket maps may still send new flows to a released slot (they
-  // would be pinned there again): purge after a pass that applied everything.
+  const auto& rel = delta.elements.liveDeletes;
+  if (rel.empty()) return;
+  // Held whether or not the batch went through (a hold too many costs a slot number; one too
+  // few could send stale pins to another endpoint). A deletion retried by a later pass
+  // starts its hold again.
+  const auto until = std::chrono::steady_clock::now() + holdTime(cfg_);
+  for (const auto& l : rel) held_[l] = until;
   if (!res.ok()) return;
-  // flow6 elements carry no VIP, only the mark, and every IPv6 VIP's slot s has the same mark:
-  // a purge re-hashes the IPv6 flows of every VIP pinned to slot s. An active endpoint's flow
-  // hashes back to it (unless its bucket moved while it was pinned); a draining endpoint has no
-  // buckets, so its established flows would be cut: those marks wait until no IPv6 VIP drains
-  // an endpoint in that slot (docs/load-balancing.md).
-  std::set<uint32_t> draining6;
-  if (std::any_of(purgePending_.begin(), purgePending_.end(),
-                  [](const dp::ReleasedSlot& r) { return r.vip.isV6(); }))
-    for (const auto& vp : db_.plan().vips)
-      if (vp.vip.isV6())
-        for (size_t i = 0; i < vp.endpoints.size(); ++i)
-          if (vp.endpoints[i].draining) draining6.insert(cfg_.tableOffset + vp.slots[i]);
-  std::vector<dp::ReleasedSlot> now;
-  for (const auto& r : purgePending_)
-    if (r.vip.isV4() || !draining6.contains(r.mark)) now.push_back(r);
-  if (now.empty()) return;
-  auto purged = nft_.purgeFlows(now);
-  if (!purged) {
-    spdlog::warn("router: purging the flows pinned to {} released slots failed: {}", now.size(),
-                 purged.error().message);
-    res.failures.push_back("purge pinned flows: " + purged.error().message);
-    return;
-  }
-  for (const auto& r : now) purgePending_.erase(r);
-  res.purgedFlows = *purged;
+  res.releasedSlots = rel.size();
   std::string which;
-  for (const auto& r : now)
+  for (const auto& r : rel)
     which += fmt::format("{}{} slot {}", which.empty() ? "" : ", ", r.vip.str(),
                          r.mark - cfg_.tableOffset);
-  spdlog::info("router: purged {} pinned flows of released slots ({})", *purged, which);
+  spdlog::info("router: released {} slots ({}): their pinned flows are hashed again", rel.size(),
+               which);
+}
+
+void RouterReconciler::passHeld() {
+  const auto now = std::chrono::steady_clock::now();
+  std::map<IpAddress, std::set<uint32_t>> held;
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (it->second <= now) {
+      it = held_.erase(it);
+      continue;
+    }
+    if (it->first.mark >= cfg_.tableOffset) held[it->first.vip].insert(it->first.mark - cfg_.tableOffset);
+    ++it;
+  }
+  if (heldBelow_ && heldBelowUntil_ <= now) heldBelow_ = 0;
+  db_.setHeld(std::move(held), heldBelow_);
 }
 
 Result<PassResult> RouterReconciler::cleanup() {

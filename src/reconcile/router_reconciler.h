@@ -14,20 +14,22 @@
 // A hint whose added/removed VIPs do not account for the change in the number of services is
 // ignored (compare all). Without caching, every pass observes and plans every VIP.
 //
-// Released slots: a pass in which an endpoint leaves a VIP (or a VIP goes) deletes the flows
-// pinned to that (VIP, slot) from the flow tables (NftClient::purgeFlows, one dump of the flow
-// map), after the bucket maps stopped pointing there, so those flows are hashed again onto live
-// endpoints instead of hitting the slot's unreachable route for as long as they keep sending.
-// The release is found by the database comparing the endpoints the kernel routes (observed or
-// committed) with the plan, so one that happened while the daemon was down is purged by the
-// first pass. A release whose purge could not run yet (failed pass or purge; IPv6 slot that a
-// draining endpoint of an IPv6 VIP occupies, see docs/load-balancing.md) is kept and retried by
-// later passes.
+// Released slots (docs/load-balancing.md "Released slots"): the flow tables pin a flow to a
+// (VIP, slot mark) only while that pair is in the live-slot set, which follows the plan like the
+// bucket maps. A pass in which an endpoint leaves a VIP (or a VIP goes) deletes its live element
+// in the same transaction as the bucket changes: one element, whatever the number of pinned
+// flows; each of those flows is hashed again on its next packet (lazy invalidation). Its stale
+// flow-table element is not refreshed any more and times out within --flow-timeout, so until
+// then that slot of that VIP is held: not given to another endpoint (RouterDb::setHeld), else
+// the stale pins would become valid again and send old flows to the new endpoint. A fresh
+// reconciler that finds an existing table does not know what was released before it started:
+// it holds every free slot below the kernel's slot count for --flow-timeout.
 //
-// NOTE Logging: info for each applied change summary and each purge of pinned flows, warn for
+// NOTE Logging: info for each applied change summary and each released slot, warn for
 // failed changes (retried on the next pass), debug for "nothing to do".
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -54,7 +56,7 @@ struct PassTimings {
 struct PassResult {
   size_t changes = 0;         // netlink changes + nft element changes applied
   size_t nftElementChanges = 0;
-  size_t purgedFlows = 0;     // flow-table elements deleted for released slots
+  size_t releasedSlots = 0;   // live-slot elements deleted (pinned flows hashed again)
   bool nftRebuilt = false;
   bool fullObserve = false;   // the kernel was re-read (not the database's state)
   size_t vipsCompared = 0;    // services compared with the committed inputs (cached passes)
@@ -103,16 +105,20 @@ class RouterReconciler {
 
  private:
   Status applyAll(const RouterDelta& delta, PassResult& res);
-  /** Purges the flows pinned to pending released slots once the pass succeeded (the database's
-   *  plan is the whole plan). tableKept: false when the pass removed or rebuilt the nft table
-   *  (its flow maps went with it: nothing is pinned any more). */
-  void purgeReleased(bool tableKept, PassResult& res);
+  /** Starts holding the slots whose live element the pass deletes; forgets every hold when
+   *  the table (and its flow maps) is created, rebuilt or removed. */
+  void holdReleased(const RouterDelta& delta, PassResult& res);
+  /** Gives the holds that have not expired to the database. */
+  void passHeld();
 
   DataplaneConfig cfg_;
   dp::NetlinkClient& nl_;
   dp::NftClient& nft_;
   RouterDb db_;
-  std::set<dp::ReleasedSlot> purgePending_;  // released, flows not purged yet
+  std::map<dp::SlotMark, std::chrono::steady_clock::time_point> held_;  // → end of the hold
+  uint32_t heldBelow_ = 0;  // restart: free slots below it are held until heldBelowUntil_
+  std::chrono::steady_clock::time_point heldBelowUntil_{};
+  bool observedOnce_ = false;
   bool caching_ = false;
 };
 

@@ -482,30 +482,16 @@ class FakeNft : public dp::NftClient {
     return {};
   }
 
-  /** Records the call; the fake has no flow tables, so nothing is pinned (0 purged). */
-  Result<size_t> purgeFlows(const std::vector<dp::ReleasedSlot>& released) override {
-    if (failPurges) return fail(EIO, "fake nft: injected purge failure");
-    purges.push_back(released);
-    if (journal) {
-      std::string j = "nft purge:";
-      for (auto& r : released) j += " " + r.vip.str() + "/" + std::to_string(r.mark);
-      journal->push_back(j);
-    }
-    return size_t{0};
-  }
-
   const dp::NftState& state() const { return state_; }
   dp::NftState& mutableState() { return state_; }
 
   std::vector<std::string> scripts;
   /** Every successful applyElements() batch, decoded, as nft statements (one per message). */
   std::vector<std::string> batches;
-  /** Every successful purgeFlows() call, in order. */
-  std::vector<std::vector<dp::ReleasedSlot>> purges;
   /** See FakeKernel::journal; successful scripts are appended as "nft: <script>". */
   std::vector<std::string>* journal = nullptr;
   uint64_t observes = 0, applied = 0;
-  bool failRuns = false, failObserve = false, failPurges = false;
+  bool failRuns = false, failObserve = false;
 
  private:
   static std::vector<std::string> split(const std::string& s) {
@@ -578,6 +564,13 @@ class FakeNft : public dp::NftClient {
         } else if (!st.vipBuckets.erase(*ip)) {
           return fail(ENOENT, "fake nft: no such element " + item);
         }
+      } else if (set == "live4" || set == "live6") {
+        auto dot = item.find(" . ");
+        auto ip = dot == std::string::npos ? std::nullopt : IpAddress::parse(item.substr(0, dot));
+        if (!ip || ip->isV4() != (set == "live4")) return fail(EINVAL, "fake nft: bad key " + item);
+        dp::SlotMark l{*ip, static_cast<uint32_t>(std::stoul(item.substr(dot + 3), nullptr, 0))};
+        if (add) st.live.insert(l);  // (nft's add ignores an existing element)
+        else if (!st.live.erase(l)) return fail(ENOENT, "fake nft: no such element " + item);
       } else if (set == "b2s4" || set == "b2s6") {
         auto dot = item.find(" . ");
         auto colon = item.find(" : ");
@@ -621,7 +614,8 @@ class FakeNft : public dp::NftClient {
                         set == "refused6" || set == "ranged4" || set == "ranged6";
     const bool epSet = set == "ep4" || set == "ep6", srcSet = set == "src4" || set == "src6";
     const bool countMap = set == "bcount4" || set == "bcount6";
-    if (!shape || (!vipSet && !epSet && !srcSet && !countMap && l.set != "b2s4" && l.set != "b2s6"))
+    const bool liveSet = set == "live4" || set == "live6";
+    if (!shape || (!vipSet && !epSet && !srcSet && !countMap && !liveSet && l.set != "b2s4" && l.set != "b2s6"))
       return fail(ENOENT, fmt::format("fake nft: no such set {}", l.set));
     if (add != ((l.flags & NLM_F_CREATE) != 0) || !(l.flags & NLM_F_ACK))
       return fail(EINVAL, fmt::format("fake nft: unexpected flags {:#x}", l.flags));
@@ -674,6 +668,15 @@ class FakeNft : public dp::NftClient {
         } else if (!st.vipBuckets.erase(ip)) {
           return fail(ENOENT, "fake nft: no such element " + item);
         }
+        items.push_back(std::move(item));
+        continue;
+      }
+      if (liveSet) {
+        dp::SlotMark sm = *nft::liveElement(e);
+        std::string item = fmt::format("{} . {:#x}", sm.vip.str(), sm.mark);
+        // The kernel ignores an existing element on NEWSETELEM without NLM_F_EXCL.
+        if (add) st.live.insert(sm);
+        else if (!st.live.erase(sm)) return fail(ENOENT, "fake nft: no such element " + item);
         items.push_back(std::move(item));
         continue;
       }

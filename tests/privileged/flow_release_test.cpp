@@ -1,8 +1,11 @@
-// Flows pinned to an endpoint that leaves are hashed again onto a live endpoint (the router
-// purges them from its flow table), while a draining endpoint keeps its pinned flows. The
-// client is one UDP flow with a fixed source port sending every 5 ms, the kind of client (QUIC,
-// DNS resolver, RTP) that does not reconnect on an ICMP error: refreshed on every packet, its
-// pinned entry would otherwise never expire.
+// Flows pinned to an endpoint that leaves are hashed again onto a live endpoint on their next
+// packet (the router takes the slot out of its live-slot set: lazy invalidation, nothing walks
+// the flow table), a slot released that way is given to no other endpoint while stale pins to
+// it may remain, and a draining endpoint keeps its pinned flows. The client is one UDP flow
+// with a fixed source port sending every 5 ms, the kind of client (QUIC, DNS resolver, RTP)
+// that does not reconnect on an ICMP error.
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 #include "privileged/harness.h"
@@ -12,6 +15,7 @@ namespace {
 
 const std::string kVip4 = "203.0.113.10", kVip6 = "2001:db8:ffff::10";
 constexpr double kMoveBound = 2.0;  // seconds from the EndpointSlice change to the other pod
+constexpr int kFlowTimeout = 3;     // --flow-timeout of the router (seconds)
 
 struct Answer {
   long ms;          // since the stream started (the tool's clock)
@@ -23,27 +27,35 @@ class FlowRelease : public E2E {
   void SetUp() override {
     E2E::SetUp();
     if (IsSkipped()) return;
-    // This test's namespaces are named kfp*: its own prefix, not the harness' default.
-    usePrefix("kfp");
-    topology(1, 1);  // pods p1a (198.19.1.2, 2001:db8:1::2) and p2a (198.19.2.2, 2001:db8:2::2)
+    // This test's namespaces are named kft*: its own prefix, not the harness' default.
+    usePrefix("kft");
+    // pods p1a (198.19.1.2, 2001:db8:1::2), p1b (.3, ::3), p2a (198.19.2.2, 2001:db8:2::2), p2b
+    topology(2, 1);
     serve("p1a");
     serve("p2a");
+    serve("p1b");
   }
 
   bool v6() const { return vip_ == kVip6; }
   std::string podIp(const std::string& pod) const {
     const char node = pod[1];
-    return v6() ? std::string("2001:db8:") + node + "::2" : std::string("198.19.") + node + ".2";
+    const std::string host = pod[2] == 'a' ? "2" : "3";
+    return v6() ? std::string("2001:db8:") + node + "::" + host
+                : std::string("198.19.") + node + "." + host;
   }
   std::string other(const std::string& pod) const { return pod == "p1a" ? "p2a" : "p1a"; }
 
-  /** Service with endpoints p1a and p2a; `changed` is left out (gone) or draining. */
-  void writeEndpoints(const std::string& changed = "", bool draining = false) {
+  /** Service with endpoints p1a and p2a; `changed` is left out (gone) or draining; `extra`
+   *  (if any) is one more endpoint, draining. */
+  void writeEndpoints(const std::string& changed = "", bool draining = false,
+                      const std::string& extra = "") {
     std::vector<Ep> eps;
-    for (std::string pod : {"p1a", "p2a"}) {
+    std::vector<std::string> pods{"p1a", "p2a"};
+    if (!extra.empty()) pods.push_back(extra);
+    for (const auto& pod : pods) {
       Ep e{podIp(pod), std::string("node") + pod[1]};
-      if (pod == changed) {
-        if (!draining) continue;
+      if (pod == changed || pod == extra) {
+        if (pod == changed && !draining) continue;
         e.ready = false;
         e.terminating = true;  // serving + terminating
       }
@@ -56,7 +68,7 @@ class FlowRelease : public E2E {
   void start(const std::string& vip) {
     vip_ = vip;
     writeEndpoints();
-    startRouter();
+    startRouter("rt", {"--flow-timeout", std::to_string(kFlowTimeout)});
     startAgent(1);
     startAgent(2);
     ASSERT_TRUE(reachable(vip_, 20));
@@ -78,7 +90,7 @@ class FlowRelease : public E2E {
 
   /** The fwmark of the slot whose route for the VIP leads to the pod (0 when none does). */
   uint32_t markOf(const std::string& pod) {
-    for (uint32_t t = 1000; t < 1004; ++t) {
+    for (uint32_t t = 1000; t < 1008; ++t) {
       auto rt = out("rt", std::string(v6() ? "ip -6" : "ip") + " route show table " +
                               std::to_string(t) + " " + vip_);
       auto nh = rt.find("nhid ");
@@ -120,7 +132,8 @@ class FlowRelease : public E2E {
   }
 
   /** The endpoint of the pinned flow leaves: the flow reaches the other pod within the bound,
-   *  and nothing stays pinned to the released slot. */
+   *  its stale pin is left alone (not refreshed) and times out, and the flow is pinned to the
+   *  other pod's slot after that. */
   void expectFlowMovesWhenItsPodLeaves() {
     const std::string first = answers().back().pod;
     const uint32_t mark = markOf(first);
@@ -146,11 +159,47 @@ class FlowRelease : public E2E {
       if (a[i].pod == other(first)) firstNew = a[i].ms;
     std::cout << vip_ << ": moved from " << first << " to " << other(first) << " " << took
               << " s after the change; client gap " << firstNew - lastOld << " ms\n";
-    EXPECT_EQ(pinnedTo(mark), 0u);
-    // It stays there (pinned to the live slot now).
+    // Lazy: the flow-table element is still there with the released mark (nothing walked or
+    // purged the flow table); the live-slot set no longer has (VIP, mark).
+    EXPECT_GE(pinnedTo(mark), 1u);
+    char liveKey[80];
+    std::snprintf(liveKey, sizeof liveKey, "%s . 0x%08x", vip_.c_str(), mark);
+    EXPECT_EQ(out("rt", "nft list set inet kube_service_tunnel " + std::string(v6() ? "live6" : "live4"))
+                  .find(liveKey),
+              std::string::npos);
+    // Not refreshed by the packets that keep coming: it times out, and the flow's next packet
+    // pins it to the other pod's slot.
     const size_t moved0 = answers().size();
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    std::this_thread::sleep_for(std::chrono::seconds(kFlowTimeout + 1));
+    EXPECT_EQ(pinnedTo(mark), 0u);
+    EXPECT_GE(pinnedTo(markOf(other(first))), 1u);
     EXPECT_TRUE(allFrom(other(first), moved0));
+  }
+
+  /** The pinned pod leaves and, in the same change, p1b joins, draining (so that no flow is
+   *  hashed to it): it must not get the released slot while the flow table still pins the flow
+   *  there, or the flow would follow the mark to p1b. */
+  void expectReleasedSlotGoesToNoOtherPod() {
+    const std::string first = answers().back().pod;
+    const uint32_t mark = markOf(first);
+    ASSERT_NE(mark, 0u);
+    ASSERT_GE(pinnedTo(mark), 1u);
+    const size_t before = answers().size();
+    writeEndpoints(first, false, "p1b");
+    ASSERT_TRUE(waitUntil([&] { return markOf("p1b") != 0; }, 10))
+        << out("rt", "ip route show table all proto 211");
+    EXPECT_NE(markOf("p1b"), mark) << "the released slot went to the joining pod";
+    ASSERT_TRUE(waitUntil([&] {
+      auto a = answers();
+      return a.size() > before && a.back().pod == other(first);
+    }, 10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    // Every answer since the change: the old pod (until the pass) or the live one, never p1b,
+    // although the stale pin to `mark` is still in the flow table.
+    auto a = answers();
+    for (size_t i = before; i < a.size(); ++i)
+      EXPECT_NE(a[i].pod, "p1b") << "answer #" << i << " at " << a[i].ms << " ms";
+    EXPECT_GE(pinnedTo(mark), 1u);
   }
 
   std::string vip_;
@@ -167,6 +216,18 @@ TEST_F(FlowRelease, Ipv6UdpFlowOfARemovedEndpointMovesToALiveOne) {
   start(kVip6);
   if (HasFatalFailure()) return;
   expectFlowMovesWhenItsPodLeaves();
+}
+
+TEST_F(FlowRelease, ReleasedSlotGoesToNoOtherPodWhileFlowsArePinnedToIt) {
+  start(kVip4);
+  if (HasFatalFailure()) return;
+  expectReleasedSlotGoesToNoOtherPod();
+}
+
+TEST_F(FlowRelease, Ipv6ReleasedSlotGoesToNoOtherPodWhileFlowsArePinnedToIt) {
+  start(kVip6);
+  if (HasFatalFailure()) return;
+  expectReleasedSlotGoesToNoOtherPod();
 }
 
 TEST_F(FlowRelease, DrainingEndpointKeepsItsPinnedUdpFlowUntilItIsGone) {

@@ -9,6 +9,8 @@
 
 #include <cstdlib>
 
+#include <fmt/format.h>
+
 #include "desired/nft_render.h"
 #include "linux/nft_client.h"
 
@@ -86,6 +88,51 @@ TEST(NftClient, GenerationKeepsObservationExactAndCheap) {
   // A text transaction (a skeleton change) forgets the state.
   ASSERT_TRUE(nft.run("add table inet kube_service_tunnel\n"));
   expectObserved(true, "after a text transaction");
+}
+
+// A cold load of more than one chunk (applyElements: 40k-element transactions, the VIPs in the
+// last) carries every element kind: live slots, buckets, bucket counts, endpoint counters,
+// filtered VIPs and their source intervals, VIPs (with their refused elements). A restarted
+// reader sees exactly what was meant.
+TEST(NftClient, ChunkedColdLoadCarriesEveryElementKind) {
+  ASSERT_EQ(unshare(CLONE_NEWNET), 0) << "needs root";
+  DataplaneConfig cfg;
+  cfg.buckets = 64;
+  NftClientImpl nft(cfg);
+  dp::NftState want;
+  want.present = true;
+  want.skeleton = renderSkeleton(cfg);
+  want.skeletonId = skeletonId(want.skeleton);
+  ASSERT_TRUE(nft.run(renderNftChanges(cfg, want, dp::NftState{})));  // the table, empty
+  const dp::NftState empty = want;
+  for (uint32_t k = 0; k < 800; ++k) {  // 800 VIPs × 64 buckets: two transactions
+    IpAddress vip = *IpAddress::parse(k < 700 ? fmt::format("10.200.{}.{}", k >> 8, k & 0xff)
+                                              : fmt::format("2001:db8::{:x}", k));
+    want.vips.insert(vip);
+    want.vipBuckets[vip] = cfg.buckets;
+    for (uint32_t b = 0; b < cfg.buckets; ++b) want.buckets.set(vip, b, 1000 + b % 2);
+    const bool v4 = vip.isV4();
+    want.endpoints[vip] = {{1000, ip(v4 ? "10.0.0.1" : "fd00::1")},
+                           {1001, ip(v4 ? "10.0.0.2" : "fd00::2")}};
+    want.live.insert({vip, 1000});
+    want.live.insert({vip, 1001});
+    if (k % 100 == 0)
+      want.sourceRanges[vip] = {v4 ? dp::SourceInterval{ip("198.18.0.0"), ip("198.18.255.255")}
+                                   : dp::SourceInterval{ip("2001:db8:f::"), ip("2001:db8:f::ff")}};
+  }
+  auto ch = nftElementChanges(want, empty);
+  ASSERT_GT(ch.size(), 40000u);  // more than one transaction
+  ASSERT_TRUE(nft.applyElements(ch));
+  NftClientImpl fresh(cfg);
+  auto got = fresh.observe();
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(got->vips, want.vips);
+  EXPECT_TRUE(got->buckets == want.buckets);
+  EXPECT_EQ(got->vipBuckets, want.vipBuckets);
+  EXPECT_EQ(got->endpoints, want.endpoints);
+  EXPECT_EQ(got->live, want.live);
+  EXPECT_EQ(got->sourceRanges, want.sourceRanges);
+  EXPECT_EQ(nftElementChanges(want, *got).size(), 0u);
 }
 
 }  // namespace

@@ -79,12 +79,17 @@ FlowQuery query(const std::string& vip, const std::string& src, uint16_t sport, 
 
 TEST(NftInspectParse, ReadsTheRoutersBucketRulesAndFlowKeys) {
   auto c4 = chain(Family::V4);
-  ASSERT_EQ(c4.buckets.size(), 2u);
+  // Captured from the merged skeleton (nft 1.0.6, default flags): one rule pair per bucket
+  // count class 64 … 4096 (spread); the established-flow rule's live-slot match
+  // (`ip daddr . meta mark @live4`, flowtable) sits between the flow map lookup and the update.
+  ASSERT_EQ(c4.buckets.size(), 14u);
   using P = dp::BucketHashRule::Protocols;
   EXPECT_EQ(c4.buckets[0].protocols, P::WithPorts);
   EXPECT_EQ(c4.buckets[0].hash, (dp::JhashExpr{{"ip saddr", "ip daddr", "th sport", "th dport"},
                                                64, 0x2a, 0x40000000}));
-  EXPECT_EQ(c4.buckets[1].protocols, P::WithoutPorts);
+  // (spread: the address-only rule of a class matches the class mark, not `l4proto !=`; a
+  // packet with ports was marked by the rule before it, so it no longer matches)
+  EXPECT_EQ(c4.buckets[1].protocols, P::Any);
   EXPECT_EQ(c4.buckets[1].hash, (dp::JhashExpr{{"ip saddr", "ip daddr"}, 64, 0x2a, 0x40000000}));
   ASSERT_EQ(c4.flowKey.size(), 4u);
   EXPECT_EQ(c4.flowKey[0].field, "ip saddr");
@@ -92,7 +97,7 @@ TEST(NftInspectParse, ReadsTheRoutersBucketRulesAndFlowKeys) {
   EXPECT_EQ(c4.flowKey[2].field, "ip daddr");
   EXPECT_EQ(c4.flowKey[3].field, "th dport");
   auto c6 = chain(Family::V6);
-  ASSERT_EQ(c6.buckets.size(), 2u);
+  ASSERT_EQ(c6.buckets.size(), 14u);
   EXPECT_EQ(c6.buckets[0].hash.fields,
             (std::vector<std::string>{"ip6 saddr", "ip6 daddr", "th sport", "th dport"}));
   ASSERT_EQ(c6.flowKey.size(), 2u);  // two hashes of the 4-tuple, `mod 4294967295` (JSON: -1)
@@ -169,6 +174,16 @@ TEST(ExplainFlow, APinnedFlowWinsOverItsBucket) {
   EXPECT_NE(pinned->endpoint, hashed->endpoint);
   EXPECT_EQ(toJson(*pinned)["pinned"], true);
   EXPECT_EQ(toJson(*pinned)["endpoint"], pinned->endpoint->str());
+  // A pin to a slot that is not in the live-slot set (released) is stale: the kernel's rule
+  // does not follow it, the packet is hashed (docs/load-balancing.md "Released slots").
+  r.insp.flows[{Family::V4, **key}] = 1007;
+  auto stale = explainOnNode(r.rec, r.insp, q);
+  ASSERT_TRUE(stale);
+  EXPECT_FALSE(stale->pinnedMark);
+  EXPECT_EQ(stale->stalePinMark, 1007u);
+  EXPECT_EQ(stale->mark, hashed->mark);
+  EXPECT_EQ(stale->endpoint, hashed->endpoint);
+  EXPECT_EQ(toJson(*stale)["pinned"], false);
 }
 
 TEST(ExplainFlow, Ipv6FlowKeyIsTwoKernelHashesOfTheFourTuple) {

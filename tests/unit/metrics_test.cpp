@@ -344,7 +344,7 @@ TEST(Metrics, PromtoolAcceptsTheWholeExposition) {
   for (auto r : {Reconciler::Router, Reconciler::Announce, Reconciler::Agent}) m.enable(r);
   m.pass(Reconciler::Router, 0.01, 4);
   m.failure(Reconciler::Router, FailureReason::Publish);
-  m.purgedFlows(2);
+  m.releasedSlots(2);
   m.passSucceeded();
   Model both = model({{{"web", "front"}, ip("203.0.113.10"), {}}, {{"web", "six"}, ip("2001:db8::10"), {}}});
   m.vipsChanged(both, {ip("203.0.113.10"), ip("2001:db8::10")});

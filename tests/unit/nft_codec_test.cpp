@@ -255,9 +255,9 @@ TEST(NftCodecGolden, MixedTransaction) {
   EXPECT_EQ(reinterpret_cast<const nlmsghdr*>(msgs.back().data())->nlmsg_seq, 53u);
 }
 
-// Flow-table purge keys: flow4 = saddr . sport . daddr . dport, each in a 32-bit word (ports in
-// network order, zero-padded), so the destination is at byte 8 (nft_client.cpp's kFlow4Daddr);
-// flow6 = two 32-bit hashes in host order.
+// Flow-table keys (bench/control_bench.cpp pins flows with them): flow4 = saddr . sport . daddr
+// . dport, each in a 32-bit word (ports in network order, zero-padded), so the destination is at
+// byte 8; flow6 = two 32-bit hashes in host order.
 TEST(NftCodecGolden, FlowDeletions) {
   uint8_t k4[16] = {};
   std::memcpy(k4, ip("198.51.100.7").data(), 4);
@@ -274,6 +274,47 @@ TEST(NftCodecGolden, FlowDeletions) {
   BatchEncoder e6(kTable, seq);
   e6.element(false, "flow6", {reinterpret_cast<const uint8_t*>(k6), 8}, nullptr);
   expectSameBatch("del_flow6", e6.finish());
+}
+
+// Live-slot elements (key VIP . mark, no data) in the transaction order of nft_render.cpp: after
+// the merge with the counters and bucket counts, live deletions come after the bucket deletions
+// (a released slot's live element goes with its buckets) and live additions first (a new slot
+// is live before a bucket points at it); the VIPs (with their refused elements) stay outermost.
+TEST(NftCodec, LiveSlotElementsInTransactionOrder) {
+  dp::NftElementChanges ch;
+  ch.vipDeletes = {ip("198.51.100.1")};
+  ch.liveDeletes = {{ip("198.51.100.1"), 1000}, {ip("2001:db8::10"), 1001}};
+  ch.bucketDeletes = {{ip("203.0.113.10"), 3, 0}};
+  ch.bucketAdds = {{ip("203.0.113.10"), 3, 1002}};
+  ch.liveAdds = {{ip("203.0.113.10"), 1002}};
+  ch.vipAdds = {ip("192.0.2.7")};
+  uint32_t seq = 0;
+  std::vector<uint32_t> acked;
+  auto b = encodeElementChanges(kTable, ch, seq, acked);
+  auto batch = decodeBatch(b);
+  ASSERT_TRUE(batch) << batch.error().message;
+  std::vector<std::string> sets;
+  for (auto& m : batch->messages)
+    sets.push_back(std::string(m.list.type == NFT_MSG_NEWSETELEM ? "+" : "-") +
+                   std::string(m.list.set));
+  EXPECT_EQ(sets, (std::vector<std::string>{"-vip4", "-refused4", "-b2s4", "-live4", "-live6",
+                                            "+live4", "+b2s4", "+refused4", "+vip4"}));
+  // The keys decode back to the pairs; a live element is never taken for a VIP or a bucket.
+  std::vector<dp::SlotMark> seen;
+  for (auto& m : batch->messages)
+    if (m.list.set.starts_with("live"))
+      for (auto& e : m.elements) {
+        ASSERT_TRUE(e.data.empty());
+        EXPECT_FALSE(vipElement(e));
+        auto l = liveElement(e);
+        ASSERT_TRUE(l);
+        seen.push_back(*l);
+      }
+  EXPECT_EQ(seen, (std::vector<dp::SlotMark>{{ip("198.51.100.1"), 1000},
+                                            {ip("2001:db8::10"), 1001},
+                                            {ip("203.0.113.10"), 1002}}));
+  EXPECT_EQ(setShape("live4")->keyLen, 8u);
+  EXPECT_EQ(setShape("live6")->keyLen, 20u);
 }
 
 // Messages are cut at kElementsPerMessage elements, and at every change of set or operation.

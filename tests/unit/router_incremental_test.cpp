@@ -135,13 +135,19 @@ TEST(RouterIncremental, OneEndpointChangeSendsWorkForThatVipOnly) {
   for (uint32_t i = 0; i < 200; ++i) m.services.push_back(service(i, {4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4}));
   normalize(m);
   ASSERT_TRUE(r.reconcile(m)->ok());
+  // A first replacement takes slot 4 (the leaver's slot is held, docs/load-balancing.md
+  // "Released slots"): a slot table more for every VIP.
+  m.services[3].endpoints[2].ip = v4(0x0a00fffe);
+  normalize(m);
+  ASSERT_TRUE(r.reconcile(m)->ok());
   w.nl.clearLog();
   m.services[17].endpoints[2].ip = v4(0x0a00ffff);
   normalize(m);
   auto res = r.reconcile(m);
   ASSERT_TRUE(res && res->ok());
-  // New nexthop, the route of its slot replaced, the old nexthop deleted.
-  EXPECT_EQ(w.nl.log().size(), 3u);
+  // New nexthop, the routes of its slot (4) and of the released one replaced, the old nexthop
+  // deleted.
+  EXPECT_EQ(w.nl.log().size(), 4u);
   EXPECT_LE(res->nftElementChanges, 2u * w.cfg.buckets);
   expectConverged(w, m);
 }
@@ -497,6 +503,9 @@ struct Programmed {
 TEST(RouterIncremental, HintedPassComparesAndPlansOnlyTheChangedVip) {
   Programmed p;
   ASSERT_TRUE(p.r.reconcile(p.m)->ok());
+  // (A first replacement adds slot 2 for every VIP: the leaver's slot is held.)
+  auto first = p.change([](Model& m) { m.services[3].endpoints[1].ip = v4(0x0a00fffe); });
+  ASSERT_TRUE(p.r.reconcile(p.m, &first)->ok());
   p.w.nl.clearLog();
   auto hint = p.change([](Model& m) { m.services[7].endpoints[1].ip = v4(0x0a00ffff); });
   ASSERT_EQ(hint.size(), 1u);
@@ -505,7 +514,8 @@ TEST(RouterIncremental, HintedPassComparesAndPlansOnlyTheChangedVip) {
   EXPECT_FALSE(res->fullObserve);
   EXPECT_EQ(res->vipsCompared, 1u);
   EXPECT_EQ(res->vipsPlanned, 1u);
-  EXPECT_EQ(p.w.nl.log().size(), 3u);  // new nexthop, route replaced, old nexthop deleted
+  // New nexthop, the new and the released slot's routes replaced, old nexthop deleted.
+  EXPECT_EQ(p.w.nl.log().size(), 4u);
   expectConverged(p.w, p.m);
   // Without the hint the same kind of pass compares every service.
   p.change([](Model& m) { m.services[3].endpoints[0].draining = true; });

@@ -467,12 +467,14 @@ TEST(RouterPlan, AllocationsRoundTripGrePerEndpoint) {
 }
 
 TEST(RouterPlan, AllocationsRoundTripAfterChurn) {
-  // Sticky slots that are no longer in address order must survive a restart as they are.
+  // Sticky slots that are no longer in address order must survive a restart as they are. The
+  // slots released in the same plan (0 and 1) do not go to the new endpoint: flows may still
+  // be pinned to them (docs/load-balancing.md "Released slots").
   DataplaneConfig cfg;
   auto s1 = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")})}), cfg);
   auto m2 = model({svc("a", kVip, {ep("10.0.0.0"), ep("10.0.0.3")})});
   auto s2 = compute(m2, cfg, &s1.st);
-  EXPECT_EQ(slotsOf(s2.plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.0", 0}, {"10.0.0.3", 2}}));
+  EXPECT_EQ(slotsOf(s2.plan, kVip), (std::map<std::string, uint32_t>{{"10.0.0.0", 3}, {"10.0.0.3", 2}}));
   auto s3 = compute(m2, cfg, &s2.st);
   expectSameState(s2.st, s3.st);
 }
@@ -653,6 +655,10 @@ TEST(NftRender, RemovedAndAddedVipOrdering) {
             "delete element inet kube_service_tunnel ep4 { 203.0.113.1 . 0x3e8 }\n"
             "delete element inet kube_service_tunnel bcount4 { 203.0.113.1 }\n"
             "delete element inet kube_service_tunnel b2s4 { 203.0.113.1 . 0x40000000, 203.0.113.1 . 0x40000001 }\n"
+            // (nftcount + flowtable: the live-slot elements go after the buckets' deletions
+            // and before their additions)
+            "delete element inet kube_service_tunnel live4 { 203.0.113.1 . 0x3e8 }\n"
+            "add element inet kube_service_tunnel live6 { 2001:db8::1 . 0x3e8 }\n"
             "add element inet kube_service_tunnel b2s6 { 2001:db8::1 . 0x40000000 : 1000, 2001:db8::1 . 0x40000001 : 1000 }\n"
             "add element inet kube_service_tunnel bcount6 { 2001:db8::1 : 0x80000002 }\n"
             "add element inet kube_service_tunnel ep6 { 2001:db8::1 . 0x3e8 comment \"fd00::1\" }\n"
@@ -675,6 +681,7 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                     "table inet kube_service_tunnel {\n  comment \"kst:" +
                         desired.skeletonId + "\"\n" + desired.skeleton +
                         "}\n"
+                        "add element inet kube_service_tunnel live4 { 203.0.113.10 . 0x3e8 }\n"
                         "add element inet kube_service_tunnel b2s4 { 203.0.113.10 . 0x40000000 : "
                         "1000, 203.0.113.10 . 0x40000001 : 1000 }\n"
                         "add element inet kube_service_tunnel bcount4 { 203.0.113.10 : "
@@ -683,7 +690,9 @@ TEST(NftRender, SkeletonChangeRebuildsTable) {
                         "\"10.0.0.1\" }\n"
                         "add element inet kube_service_tunnel refused4 { 203.0.113.10 }\n"
                         "add element inet kube_service_tunnel vip4 { 203.0.113.10 }\n");
-  EXPECT_EQ(n, 5u);  // buckets, count, endpoint counter, VIP (its refused element goes with it)
+  // buckets, count, endpoint counter, live slot, VIP (its refused element goes with it):
+  // nftcount's and flowtable's elements both
+  EXPECT_EQ(n, 6u);
 }
 
 TEST(NftRender, AbsentTableIsCreatedWithoutDelete) {
@@ -784,16 +793,24 @@ TEST(NftRender, EndpointCountersFollowTheSlotsEndpoint) {
   // One element per slot in use, draining endpoints included.
   EXPECT_EQ(a.st.nft.endpoints.at(ip(kVip)),
             (std::map<uint32_t, IpAddress>{{1000, ip("10.0.0.1")}, {1001, ip("10.0.0.2")}}));
-  // 10.0.0.2 leaves and 10.0.0.3 arrives: slot 1001 goes to the new endpoint, so its counter
-  // element is deleted and added again (the counter restarts with the endpoint it counts).
+  // 10.0.0.2 leaves and 10.0.0.3 arrives: (flowtable) the leaver's slot 1001 is not given to
+  // another endpoint in the same pass (flows may still be pinned to it), 10.0.0.3 takes 1002.
   auto b = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.3")})}), cfg, &a.st);
-  ASSERT_EQ(b.st.nft.endpoints.at(ip(kVip)).at(1001), ip("10.0.0.3"));
-  auto d = nftElementChanges(b.st.nft, a.st.nft);
+  ASSERT_EQ(b.st.nft.endpoints.at(ip(kVip)).at(1002), ip("10.0.0.3"));
+  EXPECT_FALSE(b.st.nft.endpoints.at(ip(kVip)).contains(1001));
+  // Later (no hold left: planRouter alone keeps none) 10.0.0.4 takes slot 1001: against a
+  // kernel that still had 10.0.0.2's element there, the counter element is deleted and added
+  // again (the counter restarts with the endpoint it counts).
+  auto c = compute(model({svc("a", kVip, {ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.4")})}), cfg,
+                   &b.st);
+  ASSERT_EQ(c.st.nft.endpoints.at(ip(kVip)).at(1001), ip("10.0.0.4"));
+  auto d = nftElementChanges(c.st.nft, a.st.nft);
   ASSERT_EQ(d.endpointDeletes.size(), 1u);
-  ASSERT_EQ(d.endpointAdds.size(), 1u);
+  ASSERT_EQ(d.endpointAdds.size(), 2u);
   EXPECT_EQ(d.endpointDeletes[0].endpoint, ip("10.0.0.2"));
-  EXPECT_EQ(d.endpointAdds[0].endpoint, ip("10.0.0.3"));
+  EXPECT_EQ(d.endpointAdds[0].endpoint, ip("10.0.0.4"));
   EXPECT_EQ(d.endpointAdds[0].mark, 1001u);
+  EXPECT_EQ(d.endpointAdds[1].mark, 1002u);
   EXPECT_TRUE(nftElementChanges(a.st.nft, a.st.nft).size() == 0);
 }
 

@@ -135,8 +135,8 @@ TEST(RouterReconciler, FirstPassCreatesEverything) {
   EXPECT_EQ(w.nft.scripts[0].find("element"), std::string::npos) << w.nft.scripts[0];
   ASSERT_EQ(w.nft.batches.size(), 1u);
   // Buckets, VIPs (each with its refused counter), one endpoint counter per slot in use (7),
-  // bucket counts (3).
-  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u + 7u + 3u);
+  // bucket counts (3), and (flowtable) one live-slot element per slot in use (7).
+  EXPECT_EQ(res.nftElementChanges, 3u * 16u + 3u + 7u + 3u + 7u);
   expectConverged(w, sample());
   // Buckets of the draining IPv6 endpoint: none.
   for (auto& [k, mark] : w.nft.state().buckets) {
@@ -342,8 +342,9 @@ TEST(RouterReconciler, RemovingAnEndpointChangesOnlyItsRouteAndBuckets) {
     }
     changedA += after.buckets.at(k) != mark;
   }
-  // A delete and an add per changed bucket, and the leaver's endpoint counter element.
-  EXPECT_EQ(res.nftElementChanges, 2 * changedA + 1);
+  // A delete and an add per changed bucket, the leaver's endpoint counter element and (both
+  // features) the released slot's live element.
+  EXPECT_EQ(res.nftElementChanges, 2 * changedA + 2);
   EXPECT_FALSE(w.nft.state().endpoints.at(ip(kA)).contains(1001u));
   // Survivors keep their slots (tables 1000 and 1002).
   EXPECT_EQ(r.lastPlan().vips[0].slots, (std::vector<uint32_t>{0, 2}));
@@ -412,7 +413,8 @@ TEST(RouterReconciler, NftStepSitsBetweenNetlinkAddsAndWithdrawals) {
                           [](auto& j) { return j.starts_with("nft: "); }),
             1);
   EXPECT_LT(at("add nexthop " + std::to_string(w.cfg.nexthopIdBase + 6)), nft);
-  EXPECT_LT(at("203.0.113.11/32 table 1001 nhid " + std::to_string(w.cfg.nexthopIdBase + 6)), nft);
+  // (10.0.0.9 takes slot 2: slot 1, which 10.0.0.4 leaves, is held.)
+  EXPECT_LT(at("203.0.113.11/32 table 1002 nhid " + std::to_string(w.cfg.nexthopIdBase + 6)), nft);
   EXPECT_GT(at("delete nexthop " + std::to_string(w.cfg.nexthopIdBase + 3)), nft);  // 10.0.0.4
   EXPECT_GT(at("2001:db8::10/128 table 1000"), nft);
   EXPECT_GT(at("delete nexthop " + std::to_string(w.cfg.nexthopIdBase + 4)), nft);  // fd00::1
@@ -571,36 +573,62 @@ TEST(RouterReconciler, SkeletonChangeRebuildsTableOnce) {
 
 // ---- Flows pinned to released slots (docs/load-balancing.md "Released slots") ----
 
-using Released = std::vector<dp::ReleasedSlot>;
+std::set<uint32_t> liveMarks(const World& w, const std::string& vip) {
+  std::set<uint32_t> out;
+  for (const auto& l : w.nft.state().live)
+    if (l.vip == ip(vip)) out.insert(l.mark);
+  return out;
+}
 
-dp::ReleasedSlot rel(const std::string& vip, uint32_t mark) { return {ip(vip), mark}; }
+uint32_t slotOf(const RouterReconciler& r, const std::string& vip, const std::string& endpoint) {
+  for (const auto& vp : r.lastPlan().vips)
+    if (vp.vip == ip(vip))
+      for (size_t i = 0; i < vp.endpoints.size(); ++i)
+        if (vp.endpoints[i].ip == ip(endpoint)) return vp.slots[i];
+  return UINT32_MAX;
+}
 
-TEST(RouterReconciler, RemovedEndpointsFlowsArePurgedOnce) {
+TEST(RouterReconciler, LiveSlotsAreEveryRoutedEndpointDrainingIncluded) {
   World w(config());
   RouterReconciler r(w.cfg, w.nl, w.nft);
   pass(r, sample());
-  EXPECT_TRUE(w.nft.purges.empty());
-  // 10.0.0.2 leaves VIP A (slot 1 there, mark 1001); it still serves B, whose flows stay.
+  EXPECT_EQ(liveMarks(w, kA), (std::set<uint32_t>{1000, 1001, 1002}));
+  EXPECT_EQ(liveMarks(w, kB), (std::set<uint32_t>{1000, 1001}));
+  EXPECT_EQ(liveMarks(w, kC), (std::set<uint32_t>{1000, 1001}));  // fd00::2 drains
+  EXPECT_EQ(w.nft.state().live.size(), 7u);
+}
+
+TEST(RouterReconciler, RemovedEndpointsSlotLeavesTheLiveSetWithItsBucketsInOneBatch) {
+  World w(config());
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  // 10.0.0.2 leaves VIP A (slot 1 there, mark 1001); it still serves B, whose pins stay valid.
   auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
                   {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
                   {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
-  pass(r, m);
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
-  pass(r, m);  // released once: nothing more to purge
-  EXPECT_EQ(w.nft.purges.size(), 1u);
+  auto res = pass(r, m);
+  EXPECT_EQ(res.releasedSlots, 1u);
+  EXPECT_EQ(liveMarks(w, kA), (std::set<uint32_t>{1000, 1002}));
+  EXPECT_EQ(liveMarks(w, kB), (std::set<uint32_t>{1000, 1001}));
+  // One transaction: the live element goes with the bucket changes (no flow-table walk).
+  ASSERT_FALSE(w.nft.batches.empty());
+  const std::string& b = w.nft.batches.back();
+  EXPECT_NE(b.find("delete element inet kube_service_tunnel live4 { 203.0.113.10 . 0x3e9 }"),
+            std::string::npos) << b;
+  EXPECT_NE(b.find("b2s4"), std::string::npos) << b;
+  EXPECT_EQ(pass(r, m).releasedSlots, 0u);  // released once
 }
 
-TEST(RouterReconciler, RemovedVipsFlowsArePurgedForEverySlot) {
+TEST(RouterReconciler, RemovedVipReleasesEverySlotOfIt) {
   World w(config());
   RouterReconciler r(w.cfg, w.nl, w.nft);
   pass(r, sample());
   // B goes, and so does C with its draining endpoint (its slot is released with the VIP).
-  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}}});
-  pass(r, m);
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0],
-            (Released{rel(kB, 1000), rel(kB, 1001), rel(kC, 1000), rel(kC, 1001)}));
+  auto res = pass(r, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}}}));
+  EXPECT_EQ(res.releasedSlots, 4u);
+  EXPECT_TRUE(liveMarks(w, kB).empty());
+  EXPECT_TRUE(liveMarks(w, kC).empty());
+  EXPECT_EQ(liveMarks(w, kA).size(), 3u);
 }
 
 TEST(RouterReconciler, DrainingEndpointKeepsItsPinnedFlowsUntilItIsGone) {
@@ -612,100 +640,93 @@ TEST(RouterReconciler, DrainingEndpointKeepsItsPinnedFlowsUntilItIsGone) {
                          {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
   auto res = pass(r, draining);
   EXPECT_GT(res.nftElementChanges, 0u);  // its buckets moved
-  EXPECT_TRUE(w.nft.purges.empty());     // its slot and pinned flows did not
+  EXPECT_EQ(res.releasedSlots, 0u);      // its slot (and the flows pinned to it) did not
+  EXPECT_EQ(liveMarks(w, kA), (std::set<uint32_t>{1000, 1001, 1002}));
   auto gone = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
                      {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
-                     {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
-  pass(r, gone);
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
+                     {{"web", "c"}, ip(kC), {ep("fd00::1")}}});
+  res = pass(r, gone);
+  EXPECT_EQ(res.releasedSlots, 2u);  // A's slot 1 and the IPv6 VIP's, exactly (daddr . mark)
+  EXPECT_EQ(liveMarks(w, kA), (std::set<uint32_t>{1000, 1002}));
+  EXPECT_EQ(liveMarks(w, kC), (std::set<uint32_t>{1000}));
+  EXPECT_EQ(liveMarks(w, kB), (std::set<uint32_t>{1000, 1001}));
 }
 
-TEST(RouterReconciler, RestartAdoptionPurgesNothingButAReleaseWhileDownIsPurged) {
+TEST(RouterReconciler, ReleasedSlotGoesToNoOtherEndpointUntilTheFlowTimeoutPassed) {
+  auto cfg = config();
+  cfg.flowTimeoutSeconds = 0;  // held for the margin alone: one second
+  World w(cfg);
+  RouterReconciler r(w.cfg, w.nl, w.nft);
+  pass(r, sample());
+  ASSERT_EQ(slotOf(r, kA, "10.0.0.2"), 1u);
+  // 10.0.0.2 leaves A and 10.0.0.9 joins in the same pass: slot 1 is not reused, or the flows
+  // still pinned to (A, 1001) would reach 10.0.0.9.
+  auto m = [](std::vector<Endpoint> a) {
+    return model({{{"web", "a"}, ip(kA), std::move(a)},
+                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
+  };
+  auto res = pass(r, m({ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.9")}));
+  EXPECT_EQ(res.releasedSlots, 1u);
+  EXPECT_EQ(slotOf(r, kA, "10.0.0.9"), 3u);
+  EXPECT_EQ(liveMarks(w, kA), (std::set<uint32_t>{1000, 1002, 1003}));
+  // Still held in a later pass.
+  pass(r, m({ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.8"), ep("10.0.0.9")}));
+  EXPECT_EQ(slotOf(r, kA, "10.0.0.8"), 4u);
+  // Other VIPs' slot 1 is not held.
+  pass(r, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.8"), ep("10.0.0.9")}},
+                 {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                 {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}},
+                 {{"web", "d"}, ip("203.0.113.12"), {ep("10.0.0.5"), ep("10.0.0.6")}}}));
+  EXPECT_EQ(slotOf(r, "203.0.113.12", "10.0.0.6"), 1u);
+  // Once the hold has passed, the lowest free slot is 1 again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  pass(r, m({ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.7"), ep("10.0.0.8"), ep("10.0.0.9")}));
+  EXPECT_EQ(slotOf(r, kA, "10.0.0.7"), 1u);
+  expectConverged(w, m({ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.7"), ep("10.0.0.8"), ep("10.0.0.9")}));
+}
+
+TEST(RouterReconciler, RestartHoldsFreeSlotsBelowTheKernelsSlotCount) {
+  World w(config());
+  {
+    RouterReconciler first(w.cfg, w.nl, w.nft);
+    pass(first, sample());
+    pass(first, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
+                       {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                       {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
+  }
+  // The next process does not know that A's slot 1 was released a moment ago: a new endpoint
+  // of A takes slot 3 (the kernel has slot tables 0 … 2), not 1.
+  RouterReconciler again(w.cfg, w.nl, w.nft);
+  auto res = pass(again, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.9")}},
+                                {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                                {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
+  EXPECT_EQ(slotOf(again, kA, "10.0.0.9"), 3u);
+  EXPECT_EQ(res.releasedSlots, 0u);
+  // A restart with unchanged endpoints changes nothing.
+  RouterReconciler third(w.cfg, w.nl, w.nft);
+  EXPECT_EQ(pass(third, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.9")}},
+                               {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
+                               {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}))
+                .changes,
+            0u);
+}
+
+TEST(RouterReconciler, AReleaseWhileDownIsReleasedByTheFirstPass) {
   World w(config());
   {
     RouterReconciler first(w.cfg, w.nl, w.nft);
     pass(first, sample());
   }
-  {
-    RouterReconciler restarted(w.cfg, w.nl, w.nft);
-    pass(restarted, sample());
-    EXPECT_TRUE(w.nft.purges.empty());
-  }
-  // While the daemon was down, 10.0.0.4 left B: the kernel still routes B's slot 1 to it, so
-  // the first pass of the next process sees the release.
   RouterReconciler again(w.cfg, w.nl, w.nft);
-  pass(again, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
-                     {{"web", "b"}, ip(kB), {ep("10.0.0.2")}},
-                     {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0], (Released{rel(kB, 1001)}));
+  auto res = pass(again, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}},
+                                {{"web", "b"}, ip(kB), {ep("10.0.0.2")}},
+                                {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
+  EXPECT_EQ(res.releasedSlots, 1u);
+  EXPECT_EQ(liveMarks(w, kB), (std::set<uint32_t>{1000}));
 }
 
-TEST(RouterReconciler, PurgeFollowsTheBucketChangeAndRemovingTheTablePurgesNothing) {
-  World w(config());
-  RouterReconciler r(w.cfg, w.nl, w.nft);
-  pass(r, sample());
-  std::vector<std::string> journal;
-  w.nl.journal = &journal;
-  w.nft.journal = &journal;
-  pass(r, model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
-                 {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
-                 {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}}));
-  // Purged after the bucket maps stopped pointing at the slot: otherwise a purged flow's next
-  // packet would be hashed into the released slot and pinned there again.
-  ASSERT_GE(journal.size(), 2u);
-  EXPECT_TRUE(journal[journal.size() - 2].starts_with("nft: ")) << journal[journal.size() - 2];
-  EXPECT_EQ(journal.back(), "nft purge: 203.0.113.10/1001");
-  // No services: the table goes, and its flow maps with it.
-  pass(r, Model{});
-  EXPECT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_FALSE(w.nft.state().present);
-}
-
-TEST(RouterReconciler, Ipv6PurgeWaitsWhileAnIpv6VipDrainsAnEndpointInThatSlot) {
-  World w(config());
-  RouterReconciler r(w.cfg, w.nl, w.nft);
-  const std::string kD = "2001:db8::11";
-  auto m = [&](std::vector<Endpoint> c, std::vector<Endpoint> d, std::vector<Endpoint> a) {
-    return model({{{"web", "a"}, ip(kA), a}, {{"web", "c"}, ip(kC), c}, {{"web", "d"}, ip(kD), d}});
-  };
-  // Slots: C fd00::1 → 0, fd00::2 → 1; D fd00::3 → 0, fd00::4 → 1 (draining); A 0, 1.
-  pass(r, m({ep("fd00::1"), ep("fd00::2")}, {ep("fd00::3"), ep("fd00::4", true)},
-            {ep("10.0.0.1"), ep("10.0.0.2")}));
-  // fd00::2 leaves C: purging flow6 mark 1001 would also re-hash D's flows pinned to its
-  // draining fd00::4 (no buckets: they would move). The IPv4 release in the same pass goes on.
-  pass(r, m({ep("fd00::1")}, {ep("fd00::3"), ep("fd00::4", true)}, {ep("10.0.0.1")}));
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
-  pass(r, m({ep("fd00::1")}, {ep("fd00::3"), ep("fd00::4", true)}, {ep("10.0.0.1")}));
-  EXPECT_EQ(w.nft.purges.size(), 1u);
-  // D's drain ends: both releases of mark 1001 are purged (one flow6 purge covers them).
-  pass(r, m({ep("fd00::1")}, {ep("fd00::3")}, {ep("10.0.0.1")}));
-  ASSERT_EQ(w.nft.purges.size(), 2u);
-  EXPECT_EQ(w.nft.purges[1], (Released{rel(kC, 1001), rel(kD, 1001)}));
-}
-
-TEST(RouterReconciler, FailedPurgeIsReportedAndRetried) {
-  World w(config());
-  RouterReconciler r(w.cfg, w.nl, w.nft);
-  pass(r, sample());
-  auto m = model({{{"web", "a"}, ip(kA), {ep("10.0.0.1"), ep("10.0.0.3")}},
-                  {{"web", "b"}, ip(kB), {ep("10.0.0.2"), ep("10.0.0.4")}},
-                  {{"web", "c"}, ip(kC), {ep("fd00::1"), ep("fd00::2", true)}}});
-  w.nft.failPurges = true;
-  auto res = r.reconcile(m);
-  ASSERT_TRUE(res);
-  ASSERT_EQ(res->failures.size(), 1u);
-  EXPECT_NE(res->failures[0].find("purge pinned flows"), std::string::npos) << res->failures[0];
-  w.nft.failPurges = false;
-  auto retry = pass(r, m);  // the kernel routes no longer show the release: it was kept
-  EXPECT_EQ(retry.changes, 0u);
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0], (Released{rel(kA, 1001)}));
-}
-
-TEST(RouterReconciler, IncrementalPassesPurgeReleasedSlotsToo) {
+TEST(RouterReconciler, IncrementalPassesReleaseSlotsToo) {
   World w(config());
   RouterReconciler r(w.cfg, w.nl, w.nft);
   r.setCaching(true);
@@ -721,14 +742,16 @@ TEST(RouterReconciler, IncrementalPassesPurgeReleasedSlotsToo) {
   auto res = pass(r, m({ep("10.0.0.2"), ep("10.0.0.4", true)}));
   EXPECT_FALSE(res.fullObserve);
   EXPECT_GT(res.changes, 0u);
-  EXPECT_TRUE(w.nft.purges.empty());
+  EXPECT_EQ(res.releasedSlots, 0u);
   res = pass(r, m({ep("10.0.0.2")}));
   EXPECT_FALSE(res.fullObserve);
-  ASSERT_EQ(w.nft.purges.size(), 1u);
-  EXPECT_EQ(w.nft.purges[0], (Released{rel(kB, 1001)}));
-  EXPECT_EQ(pass(r, m({ep("10.0.0.2")})).changes, 0u);
-  EXPECT_EQ(w.nft.purges.size(), 1u);
-  expectConverged(w, m({ep("10.0.0.2")}));
+  EXPECT_EQ(res.releasedSlots, 1u);
+  EXPECT_EQ(liveMarks(w, kB), (std::set<uint32_t>{1000}));
+  // A new endpoint in the same cached path does not get the held slot 1.
+  res = pass(r, m({ep("10.0.0.2"), ep("10.0.0.5")}));
+  EXPECT_EQ(slotOf(r, kB, "10.0.0.5"), 2u);
+  EXPECT_EQ(liveMarks(w, kB), (std::set<uint32_t>{1000, 1002}));
+  expectConverged(w, m({ep("10.0.0.2"), ep("10.0.0.5")}));
 }
 
 // Buckets grow with the endpoints (hashing/balance.h); slots do not: more endpoints than

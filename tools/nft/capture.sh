@@ -54,7 +54,7 @@ capture() {
   python3 "$here/strace_to_hex.py" "$tmp/$name.strace" "$out/$name.hex" "$dir" "$type" "$cmd" "$rc"
 }
 
-# Batches (what applyElements and purgeFlows send).
+# Batches (what applyElements sends; the flow-table keys are the benchmark's).
 capture add_b2s4 send $NEWSETELEM add element $T b2s4 '{ 203.0.113.10 . 0x40000000 : 1000, 203.0.113.10 . 0x4000003f : 1001 }'
 capture add_b2s6 send $NEWSETELEM add element $T b2s6 '{ 2001:db8::10 . 0x40000001 : 1002 }'
 capture add_vip4 send $NEWSETELEM add element $T vip4 '{ 203.0.113.10, 198.51.100.1 }'
@@ -77,7 +77,7 @@ add element $T vip4 { 192.0.2.7 }
 add element $T vip6 { 2001:db8::20 }
 NFT
 capture batch_mixed send $NEWSETELEM -f "$tmp/mixed.nft"
-# Flow-table purge: flow4 key ip saddr . th sport . ip daddr . th dport, flow6 key two hashes.
+# Flow-table elements: flow4 key ip saddr . th sport . ip daddr . th dport, flow6 key two hashes.
 ip netns exec "$ns" nft add element $T flow4 '{ 198.51.100.7 . 40000 . 203.0.113.10 . 80 : 1000 }'
 capture del_flow4 send $DELSETELEM delete element $T flow4 '{ 198.51.100.7 . 40000 . 203.0.113.10 . 80 }'
 ip netns exec "$ns" nft add element $T flow6 '{ 0x11223344 . 0x55667788 : 1001 }'
