@@ -181,10 +181,11 @@ deploy_manifests() {
         k patch --local -f - --type=strategic -o yaml \
           -p '{"spec":{"template":{"spec":{"containers":[{"name":"bird","$patch":"delete"}]}}}}'
     elif grep -q '^  name: kube-service-tunnel-vip-pools' "$f"; then
-      # The policy is default-deny: the test's VIP is the one pool (applied as an operator would
-      # fill in 05-vip-pools.yaml).
+      # The policy is default-deny: the test's two VIPs are the pools (applied as an operator
+      # would fill in 05-vip-pools.yaml): $VIP the annotated web Service, $VIP2 the
+      # LoadBalancer Service of the kube-proxy check.
       k patch --local -f "$f" --type=merge -o yaml \
-        -p "{\"data\":{\"TUNNEL_VIP_POOLS\":\"$VIP/32\"}}"
+        -p "{\"data\":{\"TUNNEL_VIP_POOLS\":\"$VIP/32 $VIP2/32\"}}"
     else
       cat "$f"
     fi
