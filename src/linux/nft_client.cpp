@@ -1,7 +1,10 @@
 #include "linux/nft_client.h"
 
+#include <arpa/inet.h>
 #include <libmnl/libmnl.h>
+#include <linux/filter.h>
 #include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
 #include <nftables/libnftables.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -22,7 +25,10 @@
 
 namespace kst {
 
-NftClientImpl::NftClientImpl(const DataplaneConfig& cfg) : cfg_(cfg), ctx_(nft_ctx_new(NFT_CTX_DEFAULT)) {
+NftClientImpl::NftClientImpl(const DataplaneConfig& cfg)
+    : cfg_(cfg),
+      ctx_(nft_ctx_new(NFT_CTX_DEFAULT)),
+      follower_(cfg.nftTable, cfg.buckets, vipBucketCap(cfg.buckets)) {
   nft_ctx_buffer_output(ctx_);
   nft_ctx_buffer_error(ctx_);
 }
@@ -30,6 +36,7 @@ NftClientImpl::NftClientImpl(const DataplaneConfig& cfg) : cfg_(cfg), ctx_(nft_c
 NftClientImpl::~NftClientImpl() {
   nft_ctx_free(ctx_);
   if (fd_ >= 0) close(fd_);
+  if (mon_ >= 0) close(mon_);
 }
 
 Status NftClientImpl::runText(const std::string& script) {
@@ -138,27 +145,179 @@ Result<uint32_t> NftClientImpl::generation() {
 Result<dp::NftState> NftClientImpl::observe() {
   if (auto s = openSocket(); !s) return std::unexpected(s.error());
   // NOTE Performance: the bucket maps cost ≈ 2.5 µs per element to read back (lookups, one
-  // answer datagram each): ≈ 8 s at 50k VIPs × 64 buckets, every resync. The generation
-  // counts every nf_tables commit in the namespace, by anyone; when it is still the one at
-  // which this client last knew the table exactly (its own complete observation, or its own
-  // commits conditioned on that generation), nothing in nftables changed since, and that state
-  // is the answer. Any other commit (another table's too) makes the next observation full.
+  // answer datagram each): ≈ 8 s at 50k VIPs × 64 buckets. The generation counts every
+  // nf_tables commit in the namespace, by anyone; when it is still the one at which this
+  // client last knew the table exactly (its own complete observation, or its own commits
+  // conditioned on that generation), nothing in nftables changed since, and that state is the
+  // answer. Others commit all the time (kube-proxy in nftables mode, firewalls): their
+  // announcements, received since the first observation, bring the state forward instead of a
+  // full read when they can (followForeign()).
+  openMonitor();
+  drainMonitor();  // before GETGEN: every commit up to it is then received or still queued
   auto gen = generation();
   if (!gen) return std::unexpected(gen.error());
-  if (known_ && knownGen_ == *gen) return *known_;
+  if (known_ && knownGen_ == *gen) {
+    follower_.reset(*gen);  // whatever was lost or pending is in known_ already
+    return *known_;
+  }
+  if (known_ && followForeign(*gen)) return *known_;
   known_.reset();
+  const bool exhaustive = exhaustive_;
   auto st = observeKernel();
   if (!st) return st;
   // A consistent snapshot only if nothing was committed while it was read.
   if (auto after = generation(); after && *after == *gen) {
     known_ = *st;
     knownGen_ = *gen;
+    knownExhaustive_ = exhaustive;
+    follower_.reset(*gen);
   }
   return st;
 }
 
+void NftClientImpl::openMonitor() {
+  if (monTried_) return;
+  monTried_ = true;
+  // Without it (no permission, an old kernel) every foreign commit costs a full observation.
+  auto give_up = [&](const char* what) {
+    spdlog::warn("nft: no nf_tables notifications ({}: {}); every foreign commit makes the "
+                 "next observation read everything", what, std::strerror(errno));
+    if (mon_ >= 0) close(mon_);
+    mon_ = -1;
+  };
+  mon_ = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_NETFILTER);
+  if (mon_ < 0) return give_up("socket");
+  sockaddr_nl sa{};
+  sa.nl_family = AF_NETLINK;
+  if (bind(mon_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return give_up("bind");
+  // Sized for bursts (a foreign transaction of many elements): 8 MiB of queued skbs at most,
+  // beyond that the kernel drops and reports ENOBUFS (then: a full observation).
+  int rcv = 8 << 20;
+  if (setsockopt(mon_, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
+    setsockopt(mon_, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+  // The client's own batches are announced too (every element: 640k at a cold start); they are
+  // applied to known_ by the client itself. A socket filter drops them in the kernel, before
+  // they are queued, except their NEWGEN (the follower counts generations). Every skb of a
+  // commit's announcements holds messages of that commit only, so the first header decides.
+  sockaddr_nl own{};
+  socklen_t len = sizeof own;
+  if (getsockname(fd_, reinterpret_cast<sockaddr*>(&own), &len) == 0 && own.nl_pid != 0) {
+    follower_.setOwnPort(own.nl_pid);
+    // Classic BPF loads are big-endian: compare with the header fields as stored (host order).
+    const uint32_t newgen =
+        ntohs(static_cast<uint16_t>((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN));
+    const uint32_t port = ntohl(own.nl_pid);
+    sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_H | BPF_ABS, offsetof(nlmsghdr, nlmsg_type)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, newgen, 2, 0),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(nlmsghdr, nlmsg_pid)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, port, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffff),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    sock_fprog prog{static_cast<unsigned short>(std::size(code)), code};
+    if (setsockopt(mon_, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
+      spdlog::debug("nft: no socket filter for the own announcements: {}", std::strerror(errno));
+  }
+  int group = NFNLGRP_NFTABLES;
+  if (setsockopt(mon_, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0)
+    return give_up("join NFNLGRP_NFTABLES");
+}
+
+void NftClientImpl::drainMonitor() {
+  if (mon_ < 0) return;
+  if (monRx_.size() < (1 << 16)) monRx_.resize(1 << 16);
+  // Bounded: a namespace committing faster than this reads makes the state unknown instead of
+  // holding the daemon's thread.
+  for (int i = 0; i < 100000; ++i) {
+    ssize_t n = recv(mon_, monRx_.data(), monRx_.size(), MSG_TRUNC);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      follower_.lost();  // ENOBUFS: the kernel dropped announcements
+      continue;
+    }
+    if (static_cast<size_t>(n) > monRx_.size()) {  // truncated
+      follower_.lost();
+      continue;
+    }
+    auto msgs = nft::split({monRx_.data(), static_cast<size_t>(n)});
+    if (!msgs) {
+      follower_.lost();
+      continue;
+    }
+    for (const nlmsghdr* m : *msgs) follower_.feed(m);
+  }
+  follower_.lost();
+}
+
+bool NftClientImpl::followForeign(uint32_t gen) {
+  if (mon_ < 0 || follower_.broken()) return false;
+  // GETGEN may answer a commit whose announcements are still being sent: wait for them
+  // (briefly; then the full observation).
+  for (int waited = 0; static_cast<int32_t>(gen - follower_.generation()) > 0; waited += 10) {
+    if (waited >= 500 || follower_.broken()) return false;
+    pollfd p{mon_, POLLIN, 0};
+    poll(&p, 1, 10);
+    drainMonitor();
+  }
+  dp::NftState st = *known_;
+  auto c = follower_.catchUp(st, knownGen_, !knownExhaustive_);
+  switch (c.verdict) {
+    case nft::CommitFollower::Verdict::Unknown: return false;
+    case nft::CommitFollower::Verdict::Applied:
+      known_ = std::move(st);
+      knownGen_ = c.generation;
+      return true;
+    case nft::CommitFollower::Verdict::Reread: break;
+  }
+  // The small sets again (dumps: one element per VIP, endpoint or interval), the bucket map
+  // changes applied: the buckets of the VIPs whose membership or count changed are looked up.
+  dp::NftState fresh;
+  if (auto s = readSets(fresh, false); !s || !fresh.present || fresh.skeletonId != st.skeletonId)
+    return false;
+  const uint32_t cap = vipBucketCap(cfg_.buckets);
+  auto count = [&](const dp::NftState& s, const IpAddress& vip) {
+    auto it = s.vipBuckets.find(vip);
+    return it == s.vipBuckets.end() || it->second > cap ? cfg_.buckets : it->second;
+  };
+  std::vector<IpAddress> again;
+  fresh.buckets = std::move(st.buckets);
+  std::vector<IpAddress> gone;
+  for (const auto& [vip, marks] : fresh.buckets.perVip())
+    if (!fresh.vips.contains(vip)) gone.push_back(vip);
+  for (const IpAddress& vip : gone) fresh.buckets.eraseVip(vip);
+  for (const IpAddress& vip : fresh.vips) {
+    if (st.vips.contains(vip) && count(st, vip) == count(fresh, vip)) continue;
+    fresh.buckets.eraseVip(vip);
+    again.push_back(vip);
+  }
+  if (auto s = lookupBuckets(fresh, again); !s) return false;
+  // Consistent only if no commit came after the one the notifications were followed to.
+  auto after = generation();
+  if (!after || *after != c.generation) return false;
+  fresh.skeleton = st.skeleton;
+  known_ = std::move(fresh);
+  knownGen_ = c.generation;
+  return true;
+}
+
 Result<dp::NftState> NftClientImpl::observeKernel() {
   dp::NftState st;
+  const bool exhaustive = exhaustive_;
+  exhaustive_ = false;
+  if (auto s = readSets(st, exhaustive); !s) {
+    exhaustive_ = exhaustive;
+    return std::unexpected(s.error());
+  }
+  if (!st.present || exhaustive) return st;
+  if (auto s = lookupBuckets(st, std::vector<IpAddress>(st.vips.begin(), st.vips.end())); !s)
+    return std::unexpected(s.error());
+  return st;
+}
+
+Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps) {
+  st = dp::NftState{};
   // The table and its comment ("kst:<skeleton id>").
   {
     bool intr = false;
@@ -169,7 +328,10 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
       if (t->comment && t->comment->starts_with("kst:")) st.skeletonId = t->comment->substr(4);
     }, intr);
     if (!rc) return std::unexpected(rc.error());
-    if (*rc == ENOENT) return dp::NftState{};
+    if (*rc == ENOENT) {
+      st = dp::NftState{};
+      return {};
+    }
     if (*rc != 0) return sysFail(*rc, "nfnetlink get table " + cfg_.nftTable);
   }
   // Elements of a dump or a lookup answer: VIP sets and bucket maps.
@@ -225,7 +387,7 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
   // (≈ 700 per 32 KiB message): listing 640k elements walks the map ~900 times, ≈ a minute of
   // CPU.
   std::vector<const char*> dumped{"vip4", "vip6", "bcount4", "bcount6", "live4", "live6"};
-  if (exhaustive_) {
+  if (bucketMaps) {
     dumped.push_back("b2s4");
     dumped.push_back("b2s6");
   }
@@ -252,10 +414,10 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
     }
   }
   std::erase_if(st.vips, [&](const IpAddress& v) { return !refused.contains(v); });
-  if (exhaustive_) {
-    exhaustive_ = false;
-    return st;
-  }
+  return {};
+}
+
+Status NftClientImpl::lookupBuckets(dp::NftState& st, const std::vector<IpAddress>& vips) {
   // Buckets by lookup: every bucket key (VIP . kBucketMarkBase + b, b < B) of every VIP in the
   // VIP sets, B the VIP's bucket count element (--buckets without one), 256 keys per
   // GETSETELEM request (one reply per element found; a missing key
@@ -270,7 +432,7 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
   for (bool v4 : {true, false}) {
     std::vector<IpAddress> famVips;
     std::vector<size_t> firstKey{0};  // firstKey[k]: the index of famVips[k]'s bucket 0
-    for (auto& vip : st.vips) {
+    for (auto& vip : vips) {
       if (vip.isV4() != v4) continue;
       famVips.push_back(vip);
       auto c = st.vipBuckets.find(vip);
@@ -294,11 +456,13 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
             return nft::bucketKey(vip, bucket, key);
           },
           ++seq_);
-      std::set<IpAddress> unused;
-      std::set<dp::SlotMark> unusedLive;
       bool intr = false;
-      auto rc = request(req, [&](const nlmsghdr* m) { parse(m, unused, st.buckets, unusedLive); },
-                        intr);
+      auto rc = request(req, [&](const nlmsghdr* m) {
+        nft::forEachElement(m, [&](const nft::Element& e) {
+          if (!nft::addBucketElement(e, st.buckets))
+            spdlog::debug("nft: ignoring a malformed bucket map element");
+        });
+      }, intr);
       if (!rc) return std::unexpected(rc.error());
       if (*rc != 0 && *rc != ENOENT)
         return sysFail(*rc, fmt::format("nfnetlink get elements of {} {}", cfg_.nftTable, set));
@@ -312,7 +476,7 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
       i = next;
     }
   }
-  return st;
+  return {};
 }
 
 Status NftClientImpl::run(const std::string& script) {
@@ -325,13 +489,21 @@ Result<int> NftClientImpl::commit(
     bool& tracked) {
   // Conditioned on the known generation: applied only if nothing else was committed since,
   // and then it is the one commit after it. Refused (kErestart, nothing applied) otherwise:
-  // sent again unconditioned, and the state is no longer known.
+  // the known state is brought forward through the foreign commits (their announcements) and
+  // the batch sent again conditioned on the new generation; when that cannot be, sent again
+  // unconditioned, and the state is no longer known.
   uint32_t genid = known_ ? knownGen_ : 0;
-  while (true) {
+  for (int refused = 0;; ++refused) {
     std::vector<uint32_t> acked;
     auto buf = encode(genid, acked);
     auto rc = sendBatch(buf, acked);
     if (rc && *rc == nft::kErestart && genid) {
+      drainMonitor();
+      auto gen = refused < 3 && known_ ? generation() : Result<uint32_t>(0u);
+      if (gen && *gen && *gen != knownGen_ && followForeign(*gen)) {
+        genid = knownGen_;
+        continue;
+      }
       known_.reset();
       genid = 0;
       continue;

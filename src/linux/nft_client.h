@@ -18,13 +18,10 @@
 
 #include "dataplane/kernel.h"
 #include "desired/config.h"
+#include "linux/nft_codec.h"
 
 struct nft_ctx;
 struct nlmsghdr;
-
-namespace kst::nft {
-struct Element;
-}
 
 namespace kst {
 
@@ -35,7 +32,9 @@ class NftClientImpl : public dp::NftClient {
   /** Raw nfnetlink only (GETGEN, GETTABLE, GETSETELEM dumps and lookups); libnftables is
    *  used for nothing but the table skeleton (run()). When the ruleset generation is still
    *  the one at which this client last knew the table, that state is returned without
-   *  reading the elements (see observe() in the .cpp). */
+   *  reading the elements; when others committed since, their announcements (the nf_tables
+   *  multicast group, followed from the first observation on) bring the state forward
+   *  (see observe() in the .cpp). */
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
@@ -57,6 +56,18 @@ class NftClientImpl : public dp::NftClient {
   /** Table, VIP sets, bucket maps, endpoint counter and source-range sets read from the
    *  kernel. */
   Result<dp::NftState> observeKernel();
+  /** Everything observeKernel() reads but the bucket map lookups (the table, the small sets;
+   *  the bucket maps too when bucketMaps: dumped whole). */
+  Status readSets(dp::NftState& st, bool bucketMaps);
+  /** Looks up the bucket keys of vips (in st.vips, sorted) into st.buckets. */
+  Status lookupBuckets(dp::NftState& st, const std::vector<IpAddress>& vips);
+  /** known_ brought forward from the notifications received since knownGen_ to the kernel's
+   *  generation gen; false (and known_ untouched) when it cannot be. */
+  bool followForeign(uint32_t gen);
+  /** The multicast socket (NFNLGRP_NFTABLES), opened on the first observation; -1 without. */
+  void openMonitor();
+  /** Feeds every pending notification to follower_. */
+  void drainMonitor();
   /** Sends the batch encode(genid, acked) builds; see known_. tracked: the batch was applied
    *  as the commit right after knownGen_, which now names the generation after it.
    *  @return as sendBatch(). */
@@ -89,6 +100,11 @@ class NftClientImpl : public dp::NftClient {
   // with NFNL_BATCH_GENID). Reset by a text transaction, a failed or unconditioned batch.
   std::optional<dp::NftState> known_;
   uint32_t knownGen_ = 0;
+  bool knownExhaustive_ = false;  // known_'s buckets are a whole dump, not lookups
+  int mon_ = -1;                  // NETLINK_NETFILTER, member of NFNLGRP_NFTABLES
+  bool monTried_ = false;
+  std::vector<uint8_t> monRx_;
+  nft::CommitFollower follower_;
 };
 
 }  // namespace kst

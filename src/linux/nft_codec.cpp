@@ -652,4 +652,173 @@ Result<DecodedBatch> decodeBatch(std::span<const uint8_t> buf) {
   return out;
 }
 
+// ---- notifications ----
+
+std::optional<Notification> decodeNotification(const nlmsghdr* m) {
+  if ((m->nlmsg_type >> 8) != NFNL_SUBSYS_NFTABLES || m->nlmsg_len < kHeader) return std::nullopt;
+  Attrs a;
+  if (mnl_attr_parse(m, sizeof(nfgenmsg), Attrs::cb, &a) < 0) return std::nullopt;
+  Notification n;
+  n.type = static_cast<uint16_t>(m->nlmsg_type & 0xff);
+  n.portid = m->nlmsg_pid;
+  n.family = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(m))->nfgen_family;
+  if (n.type == NFT_MSG_NEWGEN) {
+    if (!a.tb[NFTA_GEN_ID] || mnl_attr_get_payload_len(a.tb[NFTA_GEN_ID]) != 4)
+      return std::nullopt;
+    n.genid = ntohl(mnl_attr_get_u32(a.tb[NFTA_GEN_ID]));
+    if (a.tb[NFTA_GEN_PROC_PID] && mnl_attr_get_payload_len(a.tb[NFTA_GEN_PROC_PID]) == 4)
+      n.procPid = ntohl(mnl_attr_get_u32(a.tb[NFTA_GEN_PROC_PID]));
+    n.procName = strAttr(a.tb[NFTA_GEN_PROC_NAME]);
+    return n;
+  }
+  // Attribute 1 is the table in every object message (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE,
+  // NFTA_RULE_TABLE, NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE,
+  // NFTA_FLOWTABLE_TABLE).
+  static_assert(NFTA_TABLE_NAME == 1 && NFTA_CHAIN_TABLE == 1 && NFTA_RULE_TABLE == 1 &&
+                NFTA_SET_TABLE == 1 && NFTA_SET_ELEM_LIST_TABLE == 1 && NFTA_OBJ_TABLE == 1 &&
+                NFTA_FLOWTABLE_TABLE == 1);
+  n.table = strAttr(a.tb[1]);
+  return n;
+}
+
+CommitFollower::CommitFollower(std::string table, uint32_t defaultBuckets, uint32_t bucketCap)
+    : table_(std::move(table)), defaultBuckets_(defaultBuckets), bucketCap_(bucketCap) {}
+
+void CommitFollower::reset(uint32_t gen) {
+  gen_ = gen;
+  broken_ = false;
+  recorded_ = 0;
+  open_ = {};
+  done_.clear();
+}
+
+void CommitFollower::feed(const nlmsghdr* m) {
+  if (broken_) return;
+  auto n = decodeNotification(m);
+  if (!n) {
+    broken_ = true;
+    return;
+  }
+  if (n->type == NFT_MSG_NEWGEN) {
+    Commit c = std::move(open_);
+    open_ = {};
+    // A commit already in the observed state (announced before the observation's GETGEN
+    // but received after it): dropped.
+    if (static_cast<int32_t>(n->genid - gen_) <= 0) {
+      recorded_ -= std::min(recorded_, c.changes.size());
+      return;
+    }
+    if (n->genid != nextGeneration(gen_)) {  // a commit never announced to this socket
+      broken_ = true;
+      return;
+    }
+    gen_ = n->genid;
+    c.gen = n->genid;
+    c.port = n->portid;
+    if (!c.touches()) return;
+    if (done_.size() >= kMaxCommits) {
+      broken_ = true;
+      return;
+    }
+    done_.push_back(std::move(c));
+    return;
+  }
+  if (n->table.empty()) {  // not an object of a table: nothing the follower can place
+    open_.unknown = true;
+    return;
+  }
+  if (n->family != NFPROTO_INET || n->table != table_) return;  // another table
+  if (ownPort_ && n->portid == ownPort_) return;                 // the client's own batch
+  if (n->type == NFT_MSG_NEWSETELEM || n->type == NFT_MSG_DELSETELEM) {
+    elements(m, *n);
+  } else {
+    open_.unknown = true;  // the table, a chain, a rule, a set, an object: not followed
+  }
+}
+
+void CommitFollower::elements(const nlmsghdr* m, const Notification& n) {
+  std::vector<Element> els;
+  auto list = forEachElement(m, [&](const Element& e) { els.push_back(e); });
+  if (!list) {
+    open_.unknown = true;
+    return;
+  }
+  const std::string_view set = list->set;
+  const bool buckets = set == "b2s4" || set == "b2s6";
+  const bool live = set == "live4" || set == "live6";
+  if (set == "flow4" || set == "flow6") return;  // the flow maps are not observed
+  if (!buckets && !live) {
+    // An element of a small set: read again. A set the daemon does not declare: unknown.
+    (setShape(set) ? open_.reread : open_.unknown) = true;
+    return;
+  }
+  const size_t keyLen = set.back() == '4' ? 8 : 20;
+  const bool add = n.type == NFT_MSG_NEWSETELEM;
+  for (const Element& e : els) {
+    if (e.key.size() != keyLen || (buckets && add && e.data.size() != 4) ||
+        (live && !e.data.empty())) {
+      open_.unknown = true;  // not an element the daemon's declaration allows
+      return;
+    }
+    if (++recorded_ > kMaxChanges) {
+      broken_ = true;
+      return;
+    }
+    Change c;
+    c.add = add;
+    c.live = live;
+    c.keyLen = static_cast<uint8_t>(keyLen);
+    std::memcpy(c.key, e.key.data(), keyLen);
+    if (buckets && add) std::memcpy(&c.data, e.data.data(), 4);
+    open_.changes.push_back(c);
+  }
+}
+
+CommitFollower::Catchup CommitFollower::catchUp(dp::NftState& state, uint32_t at, bool lookedUp) {
+  auto forget = [&](Verdict v) {
+    done_.clear();
+    recorded_ = open_.changes.size();
+    return Catchup{v, gen_};
+  };
+  // Behind `at`: the announcement of one of the client's own commits was not received.
+  if (broken_ || static_cast<int32_t>(gen_ - at) < 0) return forget(Verdict::Unknown);
+  auto after = [&](const Commit& c) { return static_cast<int32_t>(c.gen - at) > 0; };
+  bool reread = false;
+  for (const Commit& c : done_) {
+    if (!after(c)) continue;  // in the state already (the client's own tracked commits)
+    if (c.unknown || (ownPort_ && c.port == ownPort_)) return forget(Verdict::Unknown);
+    if (!lookedUp && (c.reread || std::ranges::any_of(c.changes, [](auto& x) { return !x.live; })))
+      return forget(Verdict::Unknown);
+    reread = reread || c.reread;
+  }
+  for (const Commit& c : done_) {
+    if (!after(c)) continue;
+    for (const Change& x : c.changes) {
+      const Family f = x.keyLen == 8 ? Family::V4 : Family::V6;
+      const IpAddress vip = IpAddress::fromBytes(f, x.key);
+      uint32_t mark;
+      std::memcpy(&mark, x.key + x.keyLen - 4, 4);
+      if (x.live) {
+        if (x.add) state.live.insert({vip, mark});
+        else state.live.erase({vip, mark});
+        continue;
+      }
+      // As a lookup would see it: keys outside the dense range are never read, and with
+      // lookups only the buckets below the count of a VIP in the VIP sets.
+      if (mark < kBucketMarkBase || mark - kBucketMarkBase >= dp::BucketMap::kMaxBuckets) continue;
+      const uint32_t bucket = mark - kBucketMarkBase;
+      if (lookedUp) {
+        if (!state.vips.contains(vip)) continue;
+        auto cnt = state.vipBuckets.find(vip);
+        uint32_t nb = cnt == state.vipBuckets.end() || cnt->second > bucketCap_ ? defaultBuckets_
+                                                                                : cnt->second;
+        if (bucket >= nb) continue;
+      }
+      if (x.add) state.buckets.set(vip, bucket, x.data ? x.data : dp::BucketMap::kForeignZeroMark);
+      else state.buckets.erase(vip, bucket);
+    }
+  }
+  return forget(reread ? Verdict::Reread : Verdict::Applied);
+}
+
 }  // namespace kst::nft

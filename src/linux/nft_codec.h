@@ -216,6 +216,112 @@ std::optional<NamedCounter> decodeCounterObject(const nlmsghdr* m);
  *  dp::NftState::kForeignCount for data the daemon does not write. @return false when malformed. */
 bool addCountElement(const Element& e, std::map<IpAddress, uint32_t>& counts);
 
+// ---- notifications (the nf_tables multicast group, NFNLGRP_NFTABLES) ----
+// Every committed transaction announces, in the order of the transaction, each object it
+// created or deleted (NEWTABLE/DELTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM/DELSETELEM with
+// the elements themselves, NEWOBJ, …; nlmsg_pid the netlink port of the committing socket), and
+// then NEWGEN with the generation it produced (NFTA_GEN_ID, the value GETGEN answers from then
+// on) and the committing process (NFTA_GEN_PROC_PID, _NAME). Commits are serialised, so their
+// announcements never interleave.
+
+/** One notification decoded. */
+struct Notification {
+  uint16_t type = 0;        // NFT_MSG_* (without the subsystem byte)
+  uint32_t portid = 0;      // nlmsg_pid: the committing socket's port
+  uint8_t family = 0;       // nfgen_family (NFPROTO_*)
+  std::string_view table;   // the table the object belongs to (attribute 1 of every object
+                            // message: NFTA_TABLE_NAME, _CHAIN_TABLE, _SET_ELEM_LIST_TABLE, …)
+  uint32_t genid = 0;       // NEWGEN: the generation the commit produced
+  uint32_t procPid = 0;     // NEWGEN: the committing process
+  std::string_view procName;
+};
+/** A notification of the nf_tables subsystem; nullopt for another message or a malformed one
+ *  (a NEWGEN without a 4-byte NFTA_GEN_ID). Spans point into the message. */
+std::optional<Notification> decodeNotification(const nlmsghdr* m);
+
+/**
+ * Follows the ruleset's commits from their notifications, for the daemon's table as
+ * NftClientImpl observes it (dp::NftState: VIPs that are in their VIP and refused sets, bucket
+ * map elements looked up for those VIPs only, the other sets dumped whole). Pure: the client
+ * owns the socket and feeds every message it receives.
+ *
+ * Started at the generation of a complete observation (reset()), it records what each later
+ * commit did to the table: nothing (another table, the flow maps); bucket map and live-slot
+ * element additions and deletions (kept, to be applied exactly); element changes of the small
+ * sets (VIPs, refused, bucket counts, endpoint counters, source ranges: the client reads those
+ * again); anything else in the table (a chain, a rule, a set, the table itself, an unknown
+ * set) makes the state unknown. So does a lost notification (lost()), a generation that does
+ * not follow the previous one, a malformed message, or more than kMaxChanges recorded
+ * elements or kMaxCommits recorded commits (bounded memory); then only reset() starts again.
+ */
+class CommitFollower {
+ public:
+  /** defaultBuckets, bucketCap: the VIP bucket count the client assumes without a valid bucket
+   *  count element (cfg.buckets and vipBucketCap(cfg.buckets)), which decides the keys it
+   *  looks up. */
+  CommitFollower(std::string table, uint32_t defaultBuckets, uint32_t bucketCap);
+  static constexpr size_t kMaxChanges = 1 << 18;
+  static constexpr size_t kMaxCommits = 1 << 14;
+  /** The netlink port of the client's own batches: their element messages are skipped (the
+   *  client applies its own tracked commits itself), and a commit of that port after the
+   *  generation catchUp() starts from is Unknown (an untracked own commit). */
+  void setOwnPort(uint32_t port) { ownPort_ = port; }
+  /** Follows from generation gen on, forgetting everything recorded: the state was observed
+   *  at gen. Messages of commits up to gen received later are dropped at their NEWGEN. */
+  void reset(uint32_t gen);
+  /** One received message, in the order of reception. */
+  void feed(const nlmsghdr* m);
+  /** Notifications were lost (ENOBUFS, a truncated datagram). */
+  void lost() { broken_ = true; }
+  bool broken() const { return broken_; }
+  /** The generation of the last commit whose NEWGEN was received (all before it followed). */
+  uint32_t generation() const { return gen_; }
+
+  enum class Verdict : uint8_t {
+    Applied,  // state is now the table at generation (exact)
+    Reread,   // bucket and live changes applied; the small sets must be read again
+    Unknown,  // the state cannot be brought forward: observe everything again
+  };
+  struct Catchup {
+    Verdict verdict;
+    uint32_t generation;  // the generation state was brought to (Applied, Reread)
+  };
+  /**
+   * Brings state, the table at generation `at` (the observation's, advanced by the client's own
+   * conditioned commits, which the follower skips), through every commit received after `at`,
+   * and forgets them. lookedUp: state's buckets are the looked-up ones (only VIPs in
+   * state.vips, buckets below their count); false (an exhaustive dump holds every element):
+   * any bucket change or small-set change is Unknown. state is untouched when Unknown.
+   */
+  Catchup catchUp(dp::NftState& state, uint32_t at, bool lookedUp = true);
+
+ private:
+  struct Change {
+    bool add = false;
+    bool live = false;  // live-slot set, else the bucket map
+    uint8_t keyLen = 0;
+    uint8_t key[20] = {};
+    uint32_t data = 0;
+  };
+  struct Commit {
+    uint32_t gen = 0;
+    uint32_t port = 0;
+    bool unknown = false;  // something in the table the follower does not apply
+    bool reread = false;   // an element of a small set changed
+    std::vector<Change> changes;
+    bool touches() const { return unknown || reread || !changes.empty(); }
+  };
+  void elements(const nlmsghdr* m, const Notification& n);
+  std::string table_;
+  uint32_t defaultBuckets_, bucketCap_;
+  uint32_t ownPort_ = 0;
+  uint32_t gen_ = 0;
+  bool broken_ = true;  // until reset()
+  size_t recorded_ = 0;
+  Commit open_;                 // the commit being announced (before its NEWGEN)
+  std::vector<Commit> done_;    // received commits that touch the table
+};
+
 /** The messages of a buffer (a batch, or a datagram of replies), in order; nullopt when a
  *  length is inconsistent. */
 std::optional<std::vector<const nlmsghdr*>> split(std::span<const uint8_t> buf);

@@ -1,8 +1,9 @@
 // NftClientImpl against the kernel (root), in a private network namespace of its own
 // (unshare(CLONE_NEWNET) in the test process: nothing outlives it, nothing collides with other
 // tests). What only the kernel can show: the generation-conditioned batches (NFNL_BATCH_GENID)
-// and the observation they make cheap, and the fallback to a full observation after a commit
-// by someone else, before a write or before an observation.
+// and the observation they make cheap; foreign commits followed from their announcements
+// (NFNLGRP_NFTABLES), before a write or before an observation; the fallback to a full
+// observation for what cannot be followed.
 #include <gtest/gtest.h>
 
 #include <sched.h>
@@ -18,6 +19,13 @@ namespace kst {
 namespace {
 
 IpAddress ip(const char* s) { return *IpAddress::parse(s); }
+
+/** The observed part of a state (the skeleton text is never read back). */
+bool sameElements(const dp::NftState& a, const dp::NftState& b) {
+  return a.present == b.present && a.skeletonId == b.skeletonId && a.vips == b.vips &&
+         a.vipBuckets == b.vipBuckets && a.buckets == b.buckets && a.endpoints == b.endpoints &&
+         a.sourceRanges == b.sourceRanges && a.live == b.live;
+}
 
 TEST(NftClient, GenerationKeepsObservationExactAndCheap) {
   ASSERT_EQ(unshare(CLONE_NEWNET), 0) << "needs root";
@@ -59,7 +67,7 @@ TEST(NftClient, GenerationKeepsObservationExactAndCheap) {
   expectObserved(false, "nothing committed since");
 
   // One bucket moved: a batch of BEGIN, DELSETELEM, NEWSETELEM, END (4 messages) per send.
-  auto move = [&](const IpAddress& vip, uint32_t b, uint64_t sends) {
+  auto move = [&](const IpAddress& vip, uint32_t b, uint64_t messages) {
     uint32_t was = want.buckets.at({vip, b}), now = was + 7;
     dp::NftElementChanges ch;
     ch.bucketDeletes = {{vip, b, was}};
@@ -67,23 +75,26 @@ TEST(NftClient, GenerationKeepsObservationExactAndCheap) {
     uint64_t before = nft.messagesSent();
     auto applied = nft.applyElements(ch);
     ASSERT_TRUE(applied) << applied.error().message;
-    EXPECT_EQ(nft.messagesSent() - before, 4 * sends);
+    EXPECT_EQ(nft.messagesSent() - before, messages);
     want.buckets.set(vip, b, now);
   };
-  move(ip("203.0.113.1"), 2, 1);  // conditioned on the known generation: still known after
+  move(ip("203.0.113.1"), 2, 4);  // conditioned on the known generation: still known after
   expectObserved(false, "after the client's own batch");
 
-  ASSERT_EQ(std::system("nft add table inet kst_test_other"), 0);  // someone else's commit
-  move(ip("2001:db8::1"), 0, 2);  // refused (ERESTART), sent again unconditioned
-  expectObserved(true, "after a foreign commit before a write");
-  expectObserved(false, "known again");
+  ASSERT_EQ(std::system("nft add table inet krs_other"), 0);  // someone else's commit
+  // Refused (ERESTART): the foreign commit followed (GETGEN), sent again conditioned.
+  move(ip("2001:db8::1"), 0, 4 + 1 + 4);
+  expectObserved(false, "after a foreign commit before a write");
 
-  // Drift by someone else in the daemon's own table: seen.
+  // Drift by someone else in the daemon's own table: applied from its announcement.
   ASSERT_EQ(std::system("nft delete element inet kube_service_tunnel b2s4 "
                         "'{ 203.0.113.2 . 0x40000001 }'"),
             0);
   want.buckets.erase(ip("203.0.113.2"), 1);
-  expectObserved(true, "after a foreign change of the table");
+  expectObserved(false, "after a foreign change of the table");
+  // Something the follower does not apply (a chain in the table): everything read again.
+  ASSERT_EQ(std::system("nft add chain inet kube_service_tunnel krs_chain"), 0);
+  expectObserved(true, "after a foreign chain");
 
   // A text transaction (a skeleton change) forgets the state.
   ASSERT_TRUE(nft.run("add table inet kube_service_tunnel\n"));
@@ -133,6 +144,103 @@ TEST(NftClient, ChunkedColdLoadCarriesEveryElementKind) {
   EXPECT_EQ(got->live, want.live);
   EXPECT_EQ(got->sourceRanges, want.sourceRanges);
   EXPECT_EQ(nftElementChanges(want, *got).size(), 0u);
+}
+
+// Foreign commits between two observations of a long-lived client, as on a node where
+// kube-proxy (nftables mode) and firewalls commit all the time: another table's commit costs
+// one GETGEN; a foreign element deletion in the daemon's table is applied from its announcement
+// (observe() returns the kernel's true state) and the next pass repairs exactly that element;
+// a foreign change of a small set (a VIP removed, a VIP added with its buckets) reads the small
+// sets again and looks up only the buckets of the VIPs that changed.
+TEST(NftClient, ForeignCommitsFollowedFromAnnouncements) {
+  ASSERT_EQ(unshare(CLONE_NEWNET), 0) << "needs root";
+  DataplaneConfig cfg;
+  cfg.buckets = 8;
+  NftClientImpl nft(cfg);
+  dp::NftState want;
+  want.present = true;
+  want.skeleton = renderSkeleton(cfg);
+  want.skeletonId = skeletonId(want.skeleton);
+  ASSERT_TRUE(nft.run(renderNftChanges(cfg, want, dp::NftState{})));
+  const dp::NftState empty = want;
+  for (const char* v : {"203.0.113.1", "203.0.113.2", "2001:db8::1"}) {
+    want.vips.insert(ip(v));
+    want.vipBuckets[ip(v)] = cfg.buckets;
+    for (uint32_t b = 0; b < cfg.buckets; ++b) want.buckets.set(ip(v), b, 1000 + b % 2);
+    want.live.insert({ip(v), 1000});
+    want.live.insert({ip(v), 1001});
+  }
+  ASSERT_TRUE(nft.applyElements(nftElementChanges(want, empty)));
+  auto first = nft.observe();  // the full observation; following starts here
+  ASSERT_TRUE(first) << first.error().message;
+  ASSERT_TRUE(sameElements(*first, want));
+
+  const std::string other = fmt::format("krs_other_{}", getpid());
+  auto observeAfter = [&](const std::string& command, const char* what) {
+    SCOPED_TRACE(what);
+    if (!command.empty()) EXPECT_EQ(std::system(command.c_str()), 0) << command;
+    uint64_t before = nft.messagesSent();
+    auto got = nft.observe();
+    EXPECT_TRUE(got) << got.error().message;
+    NftClientImpl fresh(cfg);  // the kernel's true state
+    auto kernel = fresh.observe();
+    EXPECT_TRUE(kernel) << kernel.error().message;
+    if (got && kernel) {
+      EXPECT_EQ(got->vips, kernel->vips);
+      EXPECT_TRUE(got->buckets == kernel->buckets);
+      EXPECT_EQ(got->vipBuckets, kernel->vipBuckets);
+      EXPECT_EQ(got->live, kernel->live);
+      EXPECT_EQ(got->endpoints, kernel->endpoints);
+      EXPECT_EQ(got->sourceRanges, kernel->sourceRanges);
+    }
+    return std::make_pair(got ? *got : dp::NftState{}, nft.messagesSent() - before);
+  };
+  const std::string T = "inet kube_service_tunnel";
+  auto [a, na] = observeAfter("nft add table inet " + other + " && nft add set inet " + other +
+                                  " s '{ type ipv4_addr; }' && nft add element inet " + other +
+                                  " s '{ 192.0.2.1 }'",
+                              "three commits to another table");
+  EXPECT_EQ(na, 1u);  // GETGEN only
+  EXPECT_TRUE(sameElements(a, want));
+
+  auto [b, nb] = observeAfter("nft delete element " + T + " b2s4 '{ 203.0.113.2 . 0x40000003 }'"
+                              " && nft delete element " + T + " live6 '{ 2001:db8::1 . 1001 }'",
+                              "foreign element deletions in the daemon's table");
+  EXPECT_EQ(nb, 1u);
+  EXPECT_FALSE(b.buckets.contains({ip("203.0.113.2"), 3}));
+  EXPECT_FALSE(b.live.contains({ip("2001:db8::1"), 1001}));
+  // The next pass repairs exactly those elements, and the state stays known.
+  auto repair = nftElementChanges(want, b);
+  EXPECT_EQ(repair.size(), 2u);
+  EXPECT_EQ(repair.bucketAdds.size(), 1u);
+  EXPECT_EQ(repair.liveAdds.size(), 1u);
+  ASSERT_TRUE(nft.applyElements(repair));
+  auto [c, nc] = observeAfter("", "repaired");
+  EXPECT_EQ(nc, 1u);
+  EXPECT_TRUE(sameElements(c, want));
+
+  auto [d, nd] = observeAfter("nft delete element " + T + " vip4 '{ 203.0.113.1 }'",
+                              "a VIP removed by someone else");
+  EXPECT_GT(nd, 1u);  // the small sets read again
+  EXPECT_FALSE(d.vips.contains(ip("203.0.113.1")));
+  EXPECT_EQ(d.buckets.marksOf(ip("203.0.113.1")), nullptr);  // not looked up
+  auto [e, ne] = observeAfter(
+      "nft add element " + T + " b2s4 '{ 203.0.113.9 . 0x40000000 : 1000, 203.0.113.9 . "
+      "0x40000005 : 1001 }' && nft add element " + T + " refused4 '{ 203.0.113.9 }' && "
+      "nft add element " + T + " vip4 '{ 203.0.113.9, 203.0.113.1 }'",
+      "VIPs added by someone else, one with buckets");
+  EXPECT_TRUE(e.vips.contains(ip("203.0.113.9")));
+  EXPECT_EQ(e.buckets.find({ip("203.0.113.9"), 5}), std::optional<uint32_t>(1001));
+  dp::BucketMap withNew = want.buckets;
+  withNew.set(ip("203.0.113.9"), 0, 1000);
+  withNew.set(ip("203.0.113.9"), 5, 1001);
+  EXPECT_TRUE(e.buckets == withNew);
+  EXPECT_GT(ne, 1u);
+  // A notification the follower cannot place: the table itself replaced.
+  auto [f, nf] = observeAfter("nft delete table " + T, "the table deleted");
+  EXPECT_FALSE(f.present);
+  (void)nf;
+  std::system(("nft delete table inet " + other).c_str());
 }
 
 }  // namespace
