@@ -658,5 +658,366 @@ TEST(NftCodec, MalformedInput) {
   EXPECT_FALSE(vipElement({key, {}}));
 }
 
+// ---- announcements (NFNLGRP_NFTABLES) and the commit follower ----
+
+/** The messages of a capture, each copied (the follower's input). */
+std::vector<Bytes> goldenMessages(const std::string& name) { return messagesOf(golden(name)); }
+
+const nlmsghdr* hdr(const Bytes& m) { return reinterpret_cast<const nlmsghdr*>(m.data()); }
+
+// What `nft monitor` received while six commits were made (tools/nft/capture.sh): another
+// table; two b2s4 elements added; one deleted; a live6 element; a vip4 element; a chain in the
+// daemon's table. Every commit ends with NEWGEN, generations consecutive, the port of the
+// committing socket in nlmsg_pid.
+TEST(NftCodecGolden, DecodesAnnouncements) {
+  auto msgs = goldenMessages("monitor");
+  ASSERT_EQ(msgs.size(), 13u);
+  std::vector<uint16_t> types;
+  std::vector<std::string> tables;
+  std::vector<uint32_t> gens;
+  for (auto& m : msgs) {
+    auto n = decodeNotification(hdr(m));
+    ASSERT_TRUE(n);
+    types.push_back(n->type);
+    EXPECT_EQ(n->portid, hdr(m)->nlmsg_pid);
+    if (n->type == NFT_MSG_NEWGEN) {
+      gens.push_back(n->genid);
+      EXPECT_EQ(n->procName, "nft");
+      EXPECT_NE(n->procPid, 0u);
+      EXPECT_EQ(n->table, "");
+    } else {
+      tables.emplace_back(n->table);
+      EXPECT_EQ(n->family, NFPROTO_INET);
+    }
+  }
+  EXPECT_EQ(types, (std::vector<uint16_t>{NFT_MSG_NEWTABLE, NFT_MSG_NEWGEN, NFT_MSG_NEWSETELEM,
+                                          NFT_MSG_NEWSETELEM, NFT_MSG_NEWGEN, NFT_MSG_DELSETELEM,
+                                          NFT_MSG_NEWGEN, NFT_MSG_NEWSETELEM, NFT_MSG_NEWGEN,
+                                          NFT_MSG_NEWSETELEM, NFT_MSG_NEWGEN, NFT_MSG_NEWCHAIN,
+                                          NFT_MSG_NEWGEN}));
+  EXPECT_EQ(tables, (std::vector<std::string>{"kst_golden_other", kTable, kTable, kTable, kTable,
+                                              kTable, kTable}));
+  ASSERT_EQ(gens.size(), 6u);
+  for (size_t i = 1; i < gens.size(); ++i) EXPECT_EQ(gens[i], nextGeneration(gens[i - 1]));
+  // The elements are in the announcement, as in a dump.
+  std::vector<std::pair<uint32_t, uint32_t>> b2s;  // (mark, data)
+  forEachElement(hdr(msgs[2]), [&](const Element& e) {
+    uint32_t mark, data;
+    ASSERT_EQ(e.key.size(), 8u);
+    ASSERT_EQ(e.data.size(), 4u);
+    std::memcpy(&mark, e.key.data() + 4, 4);
+    std::memcpy(&data, e.data.data(), 4);
+    EXPECT_EQ(IpAddress::fromBytes(Family::V4, e.key.data()), ip("198.51.100.20"));
+    b2s.emplace_back(mark, data);
+  });
+  EXPECT_EQ(b2s, (std::vector<std::pair<uint32_t, uint32_t>>{{kBucketMarkBase, 1000}}));
+  // Not announcements: a reply of another subsystem's type, a NEWGEN without its id.
+  Bytes done(sizeof(nlmsghdr), 0);
+  reinterpret_cast<nlmsghdr*>(done.data())->nlmsg_len = sizeof(nlmsghdr);
+  reinterpret_cast<nlmsghdr*>(done.data())->nlmsg_type = NLMSG_DONE;
+  EXPECT_FALSE(decodeNotification(hdr(done)));
+  Bytes gen = msgs[1];
+  reinterpret_cast<nlmsghdr*>(gen.data())->nlmsg_len = sizeof(nlmsghdr) + sizeof(nfgenmsg);
+  EXPECT_FALSE(decodeNotification(hdr(gen)));
+}
+
+/** The state the follower's tests start from: 198.51.100.20 (64 buckets, count element) and
+ *  2001:db8::10 (no count: --buckets 8) in the VIP sets. */
+dp::NftState followedState() {
+  dp::NftState st;
+  st.present = true;
+  st.vips = {ip("198.51.100.20"), ip("2001:db8::10")};
+  st.vipBuckets[ip("198.51.100.20")] = 64;
+  for (uint32_t b = 0; b < 64; ++b) st.buckets.set(ip("198.51.100.20"), b, 2000);
+  for (uint32_t b = 0; b < 8; ++b) st.buckets.set(ip("2001:db8::10"), b, 2001);
+  return st;
+}
+
+/** Feeds messages [from, to) of a capture. */
+void feedGolden(CommitFollower& f, const std::vector<Bytes>& msgs, size_t from, size_t to) {
+  for (size_t i = from; i < to; ++i) f.feed(hdr(msgs[i]));
+}
+
+TEST(NftCommitFollower, GoldenCommitsAppliedInOrder) {
+  auto msgs = goldenMessages("monitor");
+  ASSERT_EQ(msgs.size(), 13u);
+  const uint32_t g0 = decodeNotification(hdr(msgs[1]))->genid - 1;
+  CommitFollower f(kTable, 8, 256);
+  f.reset(g0);
+  feedGolden(f, msgs, 0, 9);  // another table; b2s4 add 2; b2s4 delete 1; live6 add
+  EXPECT_EQ(f.generation(), g0 + 4);
+  dp::NftState st = followedState(), want = st;
+  auto c = f.catchUp(st, g0);
+  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Applied);
+  EXPECT_EQ(c.generation, g0 + 4);
+  want.buckets.set(ip("198.51.100.20"), 0, 1000);
+  want.buckets.erase(ip("198.51.100.20"), 63);  // added (1001) then deleted
+  want.live.insert({ip("2001:db8::10"), 0x3e8});
+  EXPECT_TRUE(st == want);
+  // A vip4 element: the small sets are read again (the state carries nothing of it).
+  feedGolden(f, msgs, 9, 11);
+  dp::NftState again = st;
+  c = f.catchUp(again, g0 + 4);
+  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Reread);
+  EXPECT_EQ(c.generation, g0 + 5);
+  EXPECT_TRUE(again == st);
+  // A chain in the daemon's table: not followed.
+  feedGolden(f, msgs, 11, 13);
+  EXPECT_EQ(f.catchUp(again, g0 + 5).verdict, CommitFollower::Verdict::Unknown);
+}
+
+/** Scripted announcements: element messages (as a batch encodes them; portid set) and NEWGEN. */
+struct Script {
+  uint32_t seq = 1;
+  std::vector<Bytes> msgs;
+  void elements(bool add, std::string_view set, const std::vector<std::pair<Bytes, uint32_t>>& els,
+                uint32_t port, const std::string& table = kTable, uint8_t family = NFPROTO_INET) {
+    BatchEncoder enc(table, seq);
+    const bool map = set.starts_with("b2s") || set.starts_with("bcount");
+    for (auto& [key, data] : els) enc.element(add, set, key, add && map ? &data : nullptr);
+    auto all = messagesOf(enc.finish());
+    for (size_t i = 1; i + 1 < all.size(); ++i) {
+      auto* h = reinterpret_cast<nlmsghdr*>(all[i].data());
+      h->nlmsg_pid = port;
+      reinterpret_cast<nfgenmsg*>(all[i].data() + sizeof(nlmsghdr))->nfgen_family = family;
+      msgs.push_back(all[i]);
+    }
+  }
+  void other(uint16_t type, const std::string& table, uint32_t port) {
+    Bytes m(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg)) + 64, 0);
+    auto* h = reinterpret_cast<nlmsghdr*>(m.data());
+    h->nlmsg_len = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
+    h->nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | type;
+    h->nlmsg_pid = port;
+    reinterpret_cast<nfgenmsg*>(m.data() + sizeof(nlmsghdr))->nfgen_family = NFPROTO_INET;
+    mnl_attr_put_strz(h, 1, table.c_str());
+    m.resize(h->nlmsg_len);
+    msgs.push_back(m);
+  }
+  void gen(uint32_t g, uint32_t port) {
+    Bytes m(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg)) + 64, 0);
+    auto* h = reinterpret_cast<nlmsghdr*>(m.data());
+    h->nlmsg_len = MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg));
+    h->nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN;
+    h->nlmsg_pid = port;
+    mnl_attr_put_u32(h, NFTA_GEN_ID, htonl(g));
+    mnl_attr_put_u32(h, NFTA_GEN_PROC_PID, htonl(4242));
+    mnl_attr_put_strz(h, NFTA_GEN_PROC_NAME, "kube-proxy");
+    m.resize(h->nlmsg_len);
+    msgs.push_back(m);
+  }
+  void feed(CommitFollower& f) {
+    for (auto& m : msgs) f.feed(hdr(m));
+    msgs.clear();
+  }
+};
+
+Bytes bkey(const char* vip, uint32_t bucket) {
+  uint8_t k[20];
+  size_t n = bucketKey(ip(vip), bucket, k);
+  return Bytes(k, k + n);
+}
+Bytes vkey(const char* vip) {
+  auto a = ip(vip);
+  return Bytes(a.data(), a.data() + a.size());
+}
+
+constexpr uint32_t kOwn = 777, kProxy = 1234;
+
+TEST(NftCommitFollower, ForeignTableCommitsNeedNoRead) {
+  CommitFollower f(kTable, 8, 256);
+  f.setOwnPort(kOwn);
+  f.reset(100);
+  Script s;
+  for (uint32_t g = 101; g <= 150; ++g) {  // kube-proxy, every few seconds
+    s.other(NFT_MSG_NEWRULE, "kube-proxy", kProxy);
+    s.elements(true, "cluster-ips", {{vkey("10.96.0.1"), 0}}, kProxy, "kube-proxy", NFPROTO_IPV4);
+    s.gen(g, kProxy);
+  }
+  // The daemon's table name in another family is another table.
+  s.other(NFT_MSG_NEWCHAIN, kTable, kProxy);
+  reinterpret_cast<nfgenmsg*>(s.msgs.back().data() + sizeof(nlmsghdr))->nfgen_family =
+      NFPROTO_IPV4;
+  s.gen(151, kProxy);
+  s.feed(f);
+  EXPECT_EQ(f.generation(), 151u);
+  dp::NftState st = followedState(), want = st;
+  auto c = f.catchUp(st, 100);
+  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Applied);
+  EXPECT_EQ(c.generation, 151u);
+  EXPECT_TRUE(st == want);
+}
+
+TEST(NftCommitFollower, ForeignElementChangesAppliedExactly) {
+  CommitFollower f(kTable, 8, 256);
+  f.setOwnPort(kOwn);
+  f.reset(7);
+  Script s;
+  // The client's own commit (tracked: in the state already at 8): its elements are skipped.
+  s.elements(false, "b2s4", {{bkey("198.51.100.20", 1), 0}}, kOwn);
+  s.gen(8, kOwn);
+  // Someone else: a bucket moved (delete + add), a bucket deleted, a live slot added and one
+  // deleted; buckets outside what a lookup reads (a VIP not in the sets, a bucket at or past the
+  // VIP's count, a key outside the dense range) and the flow maps are not seen.
+  s.elements(false, "b2s4", {{bkey("198.51.100.20", 5), 0}, {bkey("198.51.100.20", 6), 0}},
+             kProxy);
+  s.elements(true, "b2s4", {{bkey("198.51.100.20", 5), 3000}, {bkey("192.0.2.99", 0), 3001}},
+             kProxy);
+  s.elements(true, "b2s6", {{bkey("2001:db8::10", 8), 3002}, {bkey("2001:db8::10", 7), 0}},
+             kProxy);
+  s.gen(9, kProxy);
+  uint8_t k[20];
+  size_t n = slotMarkKey({ip("2001:db8::10"), 2001}, k);
+  s.elements(true, "live6", {{Bytes(k, k + n), 0}}, kProxy);
+  n = slotMarkKey({ip("198.51.100.20"), 2000}, k);
+  s.elements(false, "live4", {{Bytes(k, k + n), 0}}, kProxy);
+  s.elements(true, "flow4", {{Bytes(16, 1), 5}}, kProxy);
+  s.gen(10, kProxy);
+  s.feed(f);
+  dp::NftState st = followedState();
+  st.live = {{ip("198.51.100.20"), 2000}};
+  dp::NftState want = st;
+  want.buckets.set(ip("198.51.100.20"), 5, 3000);
+  want.buckets.erase(ip("198.51.100.20"), 6);
+  want.buckets.set(ip("2001:db8::10"), 7, dp::BucketMap::kForeignZeroMark);  // data 0
+  want.live = {{ip("2001:db8::10"), 2001}};
+  auto c = f.catchUp(st, 8);
+  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Applied);
+  EXPECT_EQ(c.generation, 10u);
+  EXPECT_TRUE(st.buckets == want.buckets);
+  EXPECT_EQ(st.live, want.live);
+  EXPECT_TRUE(st == want);
+  // Forgotten once applied: nothing more to do.
+  dp::NftState same = st;
+  EXPECT_EQ(f.catchUp(same, 10).verdict, CommitFollower::Verdict::Applied);
+  EXPECT_TRUE(same == st);
+  // A dumped (exhaustive) state cannot take bucket changes by the lookup rule.
+  s.elements(false, "b2s4", {{bkey("198.51.100.20", 5), 0}}, kProxy);
+  s.gen(11, kProxy);
+  s.feed(f);
+  EXPECT_EQ(f.catchUp(same, 10, false).verdict, CommitFollower::Verdict::Unknown);
+  EXPECT_TRUE(same == st);  // untouched
+}
+
+TEST(NftCommitFollower, SmallSetsReadAgainUnknownNotFollowed) {
+  for (const char* set : {"vip4", "refused6", "bcount4", "ep4", "src6", "ranged4"}) {
+    SCOPED_TRACE(set);
+    CommitFollower f(kTable, 8, 256);
+    f.reset(1);
+    Script s;
+    s.elements(true, set, {{vkey("192.0.2.1"), 0}}, kProxy);
+    s.gen(2, kProxy);
+    s.feed(f);
+    dp::NftState st = followedState();
+    EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Reread);
+  }
+  // Not followed: a set the daemon does not declare, a chain, a rule, the table itself, an
+  // element not of the set's shape, a message of no table.
+  auto unknownAfter = [](auto&& script) {
+    CommitFollower f(kTable, 8, 256);
+    f.reset(1);
+    Script s;
+    script(s);
+    s.gen(2, kProxy);
+    s.feed(f);
+    dp::NftState st = followedState(), was = st;
+    auto v = f.catchUp(st, 1).verdict;
+    EXPECT_TRUE(st == was);
+    return v == CommitFollower::Verdict::Unknown;
+  };
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.elements(true, "krs_set", {{vkey("192.0.2.1"), 0}}, kProxy); }));
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_NEWCHAIN, kTable, kProxy); }));
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_DELRULE, kTable, kProxy); }));
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_DELTABLE, kTable, kProxy); }));
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.elements(true, "b2s4", {{vkey("192.0.2.1"), 5}}, kProxy); }));
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_NEWOBJ, "", kProxy); }));
+}
+
+TEST(NftCommitFollower, LostOrOutOfOrderAnnouncementsMeanUnknown) {
+  dp::NftState st = followedState();
+  {  // ENOBUFS (an overrun of the socket)
+    CommitFollower f(kTable, 8, 256);
+    f.reset(1);
+    f.lost();
+    EXPECT_TRUE(f.broken());
+    EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Unknown);
+    f.reset(5);  // a full observation starts again
+    EXPECT_FALSE(f.broken());
+    EXPECT_EQ(f.catchUp(st, 5).verdict, CommitFollower::Verdict::Applied);
+  }
+  {  // a generation that does not follow (a commit never announced here)
+    CommitFollower f(kTable, 8, 256);
+    f.reset(1);
+    Script s;
+    s.gen(2, kProxy);
+    s.gen(4, kProxy);
+    s.feed(f);
+    EXPECT_TRUE(f.broken());
+    EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Unknown);
+  }
+  {  // announcements of commits already observed are dropped; then the next must follow
+    CommitFollower f(kTable, 8, 256);
+    f.reset(10);
+    Script s;
+    s.elements(true, "vip4", {{vkey("192.0.2.1"), 0}}, kProxy);
+    s.gen(9, kProxy);
+    s.gen(10, kProxy);
+    s.gen(11, kProxy);
+    s.feed(f);
+    EXPECT_FALSE(f.broken());
+    EXPECT_EQ(f.generation(), 11u);
+    EXPECT_EQ(f.catchUp(st, 10).verdict, CommitFollower::Verdict::Applied);
+  }
+  {  // the client's own announcement not received: behind the state it is asked to advance
+    CommitFollower f(kTable, 8, 256);
+    f.reset(3);
+    EXPECT_EQ(f.catchUp(st, 4).verdict, CommitFollower::Verdict::Unknown);
+  }
+  {  // a malformed message
+    CommitFollower f(kTable, 8, 256);
+    f.reset(1);
+    Script s;
+    s.gen(2, kProxy);
+    Bytes bad = s.msgs.back();
+    reinterpret_cast<nlmsghdr*>(bad.data())->nlmsg_len = sizeof(nlmsghdr) + sizeof(nfgenmsg);
+    f.feed(hdr(bad));
+    EXPECT_TRUE(f.broken());
+  }
+  {  // generations wrap, skipping 0
+    CommitFollower f(kTable, 8, 256);
+    f.reset(0xffffffffu);
+    Script s;
+    s.gen(1, kProxy);
+    s.gen(2, kProxy);
+    s.feed(f);
+    EXPECT_FALSE(f.broken());
+    EXPECT_EQ(f.catchUp(st, 0xffffffffu).generation, 2u);
+  }
+}
+
+TEST(NftCommitFollower, MemoryIsBounded) {
+  CommitFollower f(kTable, 8, 256);
+  f.reset(1);
+  Script s;
+  std::vector<std::pair<Bytes, uint32_t>> els;
+  for (uint32_t i = 0; i <= CommitFollower::kMaxChanges; ++i)
+    els.emplace_back(bkey("198.51.100.20", i % 64), 1);  // keys repeat: the count is what matters
+  s.elements(false, "b2s4", els, kProxy);
+  s.gen(2, kProxy);
+  s.feed(f);
+  EXPECT_TRUE(f.broken());
+  dp::NftState st = followedState();
+  EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Unknown);
+  // Commits: bounded too.
+  CommitFollower g(kTable, 8, 256);
+  g.reset(1);
+  for (uint32_t i = 0; i <= CommitFollower::kMaxCommits; ++i) {
+    s.elements(false, "live4", {{Bytes(8, 1), 0}}, kProxy);
+    s.gen(2 + i, kProxy);
+  }
+  s.feed(g);
+  EXPECT_TRUE(g.broken());
+}
+
 }  // namespace
 }  // namespace kst::nft

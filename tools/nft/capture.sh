@@ -32,6 +32,8 @@ table $T {
   set ranged6 { type ipv6_addr; }
   set src4 { typeof ip daddr . ip saddr; flags interval; }
   set src6 { typeof ip6 daddr . ip6 saddr; flags interval; }
+  set live4 { typeof ip daddr . meta mark; }
+  set live6 { typeof ip6 daddr . meta mark; }
   map b2s4 { typeof ip daddr . meta mark : meta mark; }
   map b2s6 { typeof ip6 daddr . meta mark : meta mark; }
   map flow4 { typeof ip saddr . th sport . ip daddr . th dport : meta mark; flags dynamic,timeout; timeout 120s; size 65536; }
@@ -116,5 +118,21 @@ capture dump_refused4_reply recv $GETSETELEM list set $T refused4
 capture dump_counters send $GETOBJ list counters table $T
 capture dump_counters_reply recv $GETOBJ list counters table $T
 capture del_missing_reply recv $DELSETELEM delete element $T vip4 '{ 192.0.2.99 }'
+
+# Announcements (NFNLGRP_NFTABLES, what `nft monitor` receives): the commits made while it
+# listens, in order, each ending with NEWGEN (linux/nft_codec.h CommitFollower).
+ip netns exec "$ns" strace -f -e trace=recvmsg -e read=all -o "$tmp/monitor.strace" \
+  timeout 3 nft monitor >"$tmp/monitor.out" 2>&1 &
+mon=$!
+sleep 1
+ip netns exec "$ns" nft add table inet kst_golden_other
+ip netns exec "$ns" nft add element $T b2s4 '{ 198.51.100.20 . 0x40000000 : 1000, 198.51.100.20 . 0x4000003f : 1001 }'
+ip netns exec "$ns" nft delete element $T b2s4 '{ 198.51.100.20 . 0x4000003f }'
+ip netns exec "$ns" nft add element $T live6 '{ 2001:db8::10 . 0x3e8 }'
+ip netns exec "$ns" nft add element $T vip4 '{ 198.51.100.20 }'
+ip netns exec "$ns" nft add chain $T kst_golden_chain
+wait "$mon"
+python3 "$here/strace_to_hex.py" "$tmp/monitor.strace" "$out/monitor.hex" notify 0 \
+  "nft monitor: add table inet kst_golden_other; add element b2s4 {198.51.100.20 . 0x40000000 : 1000, 198.51.100.20 . 0x4000003f : 1001}; delete element b2s4 {198.51.100.20 . 0x4000003f}; add element live6 {2001:db8::10 . 0x3e8}; add element vip4 {198.51.100.20}; add chain kst_golden_chain" 0
 nft --version
 uname -r

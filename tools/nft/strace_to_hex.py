@@ -7,6 +7,8 @@ usage: strace_to_hex.py STRACE_LOG DEST_HEX DIRECTION NLMSG_TYPE "COMMAND" NFT_E
                    one buffer: BATCH_BEGIN, the messages, BATCH_END)
              recv: every message received after the last send holding a message of NLMSG_TYPE
                    (the request) up to the next send: the kernel's answer to it
+             notify: every message received from a multicast group (`nft monitor`: the
+                   announcements of the commits made meanwhile); NLMSG_TYPE is not used
 Messages are written one after the other, each preceded by a '#' line naming it.
 """
 import re
@@ -21,7 +23,10 @@ for line in open(path):
     if call:
         # The call's data follows as hex lines (recvmsg: after "* N bytes in buffer 0").
         cur = bytearray()
-        bufs.append(("recv" if call.group(1) == "recvmsg" else "send", cur))
+        kind = "recv" if call.group(1) == "recvmsg" else "send"
+        if kind == "recv" and re.search(r"nl_groups=0x0*[1-9a-f]", line):
+            kind = "notify"
+        bufs.append((kind, cur))
         continue
     if re.match(r"\s*\* \d+ bytes in buffer", line):
         continue
@@ -60,9 +65,13 @@ def name(ty):
 
 last_send = max((i for i, (k, b) in enumerate(bufs)
                  if k == "send" and any(t == want for t, _ in messages(b))), default=None)
-if last_send is None:
+if direction == "notify":
+    msgs = [m for k, b in bufs if k == "notify" for m in messages(b)]
+    if not msgs:
+        sys.exit(f"{dest}: no announcement received")
+elif last_send is None:
     sys.exit(f"{dest}: no message of type {want:#x} sent")
-if direction == "send":
+elif direction == "send":
     msgs = messages(bufs[last_send][1])
 else:
     msgs = []
