@@ -15,7 +15,9 @@
 //                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
 //   observe V E B REPS      the nft listing of a resync/restart alone: NftClientImpl::observe()
 //                           on a table loaded with V VIPs × B buckets (no routes), by fresh
-//                           clients (restart) and by the daemon's long-lived one (resync)
+//                           clients (restart) and by the daemon's long-lived one (resync: after
+//                           its own write, after foreign commits to another table, of a bucket
+//                           element, of a VIP element)
 //
 // Output: one "RESULT key=value ..." line per figure (bench/run.sh builds the table from them).
 #include <arpa/inet.h>
@@ -715,8 +717,10 @@ int trialObserve(uint32_t v, uint32_t e, uint32_t b, int reps) {
             static_cast<size_t>(nft.messagesSent()));
   }
   // A resync: the daemon's long-lived client, which observed once and has written since (one
-  // bucket moved, conditioned on the generation it knew); then the same after a commit by
-  // someone else (another table), which makes the observation read everything again.
+  // bucket moved, conditioned on the generation it knew); then the same after commits by
+  // someone else, followed from their announcements: (a) another table (kube-proxy's, a
+  // firewall's), (b) an element deleted from the daemon's bucket map (applied as announced),
+  // (c) a VIP deleted from its VIP set (the small sets read again, no bucket looked up).
   NftClientImpl daemon(cfg);
   auto check = [&](const char* what, double& secs) {
     auto t0 = Clock::now();
@@ -729,7 +733,7 @@ int trialObserve(uint32_t v, uint32_t e, uint32_t b, int reps) {
     }
     return true;
   };
-  double tFirst = 0, tResync = 0, tForeign = 0;
+  double tFirst = 0, tResync = 0, tForeign = 0, tElement = 0, tVip = 0;
   if (!check("first", tFirst)) return 1;
   const IpAddress& vip0 = vips.at(0);
   uint32_t was = st.nft.buckets.at({vip0, 0}), now = was + 1;
@@ -744,10 +748,25 @@ int trialObserve(uint32_t v, uint32_t e, uint32_t b, int reps) {
   if (!check("resync", tResync)) return 1;
   if (run("nft add table inet kb_other") != 0) return 1;
   if (!check("after a foreign commit", tForeign)) return 1;
+  const std::string table = "inet " + cfg.nftTable;
+  if (run(fmt::format("nft delete element {} {} '{{ {} . {:#x} }}'", table,
+                      vip0.isV4() ? "b2s4" : "b2s6", vip0.str(), kBucketMarkBase + 1)) != 0)
+    return 1;
+  st.nft.buckets.erase(vip0, 1);
+  if (!check("after a foreign element deletion", tElement)) return 1;
+  const IpAddress& vip1 = vips.at(1);
+  if (run(fmt::format("nft delete element {} {} '{{ {} }}'", table,
+                      vip1.isV4() ? "vip4" : "vip6", vip1.str())) != 0)
+    return 1;
+  st.nft.vips.erase(vip1);
+  st.nft.buckets.eraseVip(vip1);
+  if (!check("after a foreign VIP deletion", tVip)) return 1;
   fprintf(stderr, "  long-lived client: first %.4f s, resync after its own write %.4f s, after "
-          "a foreign commit %.4f s\n", tFirst, tResync, tForeign);
-  printf("t=%.6f elements=%zu resync=%.6f foreign=%.6f\n", median(t),
-         st.nft.buckets.size() + st.nft.vips.size(), tResync, tForeign);
+          "a foreign commit to another table %.4f s, a foreign bucket deletion %.4f s, a "
+          "foreign VIP deletion %.4f s\n", tFirst, tResync, tForeign, tElement, tVip);
+  printf("t=%.6f elements=%zu resync=%.6f foreign=%.6f foreign_element=%.6f foreign_vip=%.6f\n",
+         median(t), st.nft.buckets.size() + st.nft.vips.size(), tResync, tForeign, tElement,
+         tVip);
   return 0;
 }
 
@@ -755,9 +774,11 @@ int observe(uint32_t v, uint32_t e, uint32_t b, int reps) {
   auto out = inFreshNetns([&] { return trialObserve(v, e, b, reps); });
   if (out.empty()) return 1;
   printf("RESULT bench=observe V=%u E=%u B=%u reps=%d observe_s=%.4f elements=%.0f "
-         "resync_s=%.4f resync_foreign_s=%.4f load=%.2f\n",
+         "resync_s=%.4f resync_foreign_table_s=%.4f resync_foreign_element_s=%.4f "
+         "resync_foreign_vip_s=%.4f load=%.2f\n",
          v, e, b, reps, field(out, "t"), field(out, "elements"), field(out, "resync"),
-         field(out, "foreign"), loadAverage1());
+         field(out, "foreign"), field(out, "foreign_element"), field(out, "foreign_vip"),
+         loadAverage1());
   return 0;
 }
 

@@ -261,44 +261,21 @@ bool NftClientImpl::followForeign(uint32_t gen) {
     poll(&p, 1, 10);
     drainMonitor();
   }
-  dp::NftState st = *known_;
-  auto c = follower_.catchUp(st, knownGen_, !knownExhaustive_);
-  switch (c.verdict) {
-    case nft::CommitFollower::Verdict::Unknown: return false;
-    case nft::CommitFollower::Verdict::Applied:
-      known_ = std::move(st);
-      knownGen_ = c.generation;
-      return true;
-    case nft::CommitFollower::Verdict::Reread: break;
-  }
-  // The small sets again (dumps: one element per VIP, endpoint or interval), the bucket map
-  // changes applied: the buckets of the VIPs whose membership or count changed are looked up.
-  dp::NftState fresh;
-  if (auto s = readSets(fresh, false); !s || !fresh.present || fresh.skeletonId != st.skeletonId)
-    return false;
-  const uint32_t cap = vipBucketCap(cfg_.buckets);
-  auto count = [&](const dp::NftState& s, const IpAddress& vip) {
-    auto it = s.vipBuckets.find(vip);
-    return it == s.vipBuckets.end() || it->second > cap ? cfg_.buckets : it->second;
-  };
-  std::vector<IpAddress> again;
-  fresh.buckets = std::move(st.buckets);
-  std::vector<IpAddress> gone;
-  for (const auto& [vip, marks] : fresh.buckets.perVip())
-    if (!fresh.vips.contains(vip)) gone.push_back(vip);
-  for (const IpAddress& vip : gone) fresh.buckets.eraseVip(vip);
-  for (const IpAddress& vip : fresh.vips) {
-    if (st.vips.contains(vip) && count(st, vip) == count(fresh, vip)) continue;
-    fresh.buckets.eraseVip(vip);
-    again.push_back(vip);
-  }
-  if (auto s = lookupBuckets(fresh, again); !s) return false;
-  // Consistent only if no commit came after the one the notifications were followed to.
-  auto after = generation();
-  if (!after || *after != c.generation) return false;
-  fresh.skeleton = st.skeleton;
-  known_ = std::move(fresh);
+  // In place (a copy of the state at 50k VIPs costs ≈ 70 ms); untouched when not known.
+  auto c = follower_.catchUp(*known_, knownRaw_, knownGen_, !knownExhaustive_);
+  if (!c.known) return false;
   knownGen_ = c.generation;
+  if (c.lookup.empty()) return true;
+  // VIPs that entered the sets or changed their bucket count: their buckets looked up, which
+  // is consistent only if nothing was committed after the generation followed to.
+  if (auto s = lookupBuckets(*known_, c.lookup); !s) {
+    known_.reset();
+    return false;
+  }
+  if (auto after = generation(); !after || *after != c.generation) {
+    known_.reset();
+    return false;
+  }
   return true;
 }
 
@@ -306,7 +283,7 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
   dp::NftState st;
   const bool exhaustive = exhaustive_;
   exhaustive_ = false;
-  if (auto s = readSets(st, exhaustive); !s) {
+  if (auto s = readSets(st, exhaustive, knownRaw_); !s) {
     exhaustive_ = exhaustive;
     return std::unexpected(s.error());
   }
@@ -316,8 +293,9 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
   return st;
 }
 
-Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps) {
+Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps, nft::RawSets& raw) {
   st = dp::NftState{};
+  raw = nft::RawSets{};
   // The table and its comment ("kst:<skeleton id>").
   {
     bool intr = false;
@@ -328,10 +306,7 @@ Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps) {
       if (t->comment && t->comment->starts_with("kst:")) st.skeletonId = t->comment->substr(4);
     }, intr);
     if (!rc) return std::unexpected(rc.error());
-    if (*rc == ENOENT) {
-      st = dp::NftState{};
-      return {};
-    }
+    if (*rc == ENOENT) return {};
     if (*rc != 0) return sysFail(*rc, "nfnetlink get table " + cfg_.nftTable);
   }
   // Elements of a dump or a lookup answer: VIP sets and bucket maps.
@@ -352,7 +327,8 @@ Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps) {
   // The counter and source-range sets (a few elements per VIP): dumped whole, every full
   // observation. A VIP counts as present only when it is in both its VIP set and its refused
   // set (a missing element of either is added again by the next pass).
-  std::set<IpAddress> refused, ranged;
+  std::set<IpAddress>& refused = raw.refused;
+  std::set<IpAddress>& ranged = raw.ranged;
   for (const char* set : {"refused4", "refused6", "ranged4", "ranged6", "ep4", "ep6", "src4",
                           "src6"}) {
     const std::string_view name(set);
@@ -369,6 +345,7 @@ Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps) {
     });
     if (!rc) return std::unexpected(rc.error());
   }
+  raw.sources = st.sourceRanges;  // every VIP's, filtered or not (the follower's)
   for (auto& vip : ranged) st.sourceRanges[vip];  // filtered, possibly with no interval
   for (auto it = st.sourceRanges.begin(); it != st.sourceRanges.end();) {
     // Intervals of a VIP that is not filtered are left to the diff as if absent: it deletes
@@ -413,6 +390,7 @@ Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps) {
       break;
     }
   }
+  raw.vipSet = st.vips;
   std::erase_if(st.vips, [&](const IpAddress& v) { return !refused.contains(v); });
   return {};
 }
@@ -596,6 +574,26 @@ Status NftClientImpl::applyTransaction(const dp::NftElementChanges& ch) {
     for (const auto& r : ch.rangeAdds) {
       auto& l = known_->sourceRanges[r.vip];
       l.insert(std::upper_bound(l.begin(), l.end(), r.src), r.src);
+    }
+    // And the sets as the follower applies announcements to them: a VIP goes into (out of)
+    // its VIP set and its refused set together.
+    nft::RawSets& raw = knownRaw_;
+    for (const auto& v : ch.vipDeletes) {
+      raw.vipSet.erase(v);
+      raw.refused.erase(v);
+    }
+    for (const auto& v : ch.rangedDeletes) raw.ranged.erase(v);
+    for (const auto& r : ch.rangeDeletes) {
+      auto it = raw.sources.find(r.vip);
+      if (it == raw.sources.end()) continue;
+      std::erase(it->second, r.src);
+      if (it->second.empty()) raw.sources.erase(it);
+    }
+    for (const auto& v : ch.rangedAdds) raw.ranged.insert(v);
+    for (const auto& r : ch.rangeAdds) raw.sources[r.vip].push_back(r.src);
+    for (const auto& v : ch.vipAdds) {
+      raw.vipSet.insert(v);
+      raw.refused.insert(v);
     }
   }
   return {};

@@ -57,12 +57,12 @@ class NftClientImpl : public dp::NftClient {
    *  kernel. */
   Result<dp::NftState> observeKernel();
   /** Everything observeKernel() reads but the bucket map lookups (the table, the small sets;
-   *  the bucket maps too when bucketMaps: dumped whole). */
-  Status readSets(dp::NftState& st, bool bucketMaps);
+   *  the bucket maps too when bucketMaps: dumped whole), and raw the sets as read. */
+  Status readSets(dp::NftState& st, bool bucketMaps, nft::RawSets& raw);
   /** Looks up the bucket keys of vips (in st.vips, sorted) into st.buckets. */
   Status lookupBuckets(dp::NftState& st, const std::vector<IpAddress>& vips);
-  /** known_ brought forward from the notifications received since knownGen_ to the kernel's
-   *  generation gen; false (and known_ untouched) when it cannot be. */
+  /** known_ brought forward from the announcements received since knownGen_ to the kernel's
+   *  generation gen (at least); false when it cannot be (then known_ is to be read again). */
   bool followForeign(uint32_t gen);
   /** The multicast socket (NFNLGRP_NFTABLES), opened on the first observation; -1 without. */
   void openMonitor();
@@ -100,6 +100,7 @@ class NftClientImpl : public dp::NftClient {
   // with NFNL_BATCH_GENID). Reset by a text transaction, a failed or unconditioned batch.
   std::optional<dp::NftState> known_;
   uint32_t knownGen_ = 0;
+  nft::RawSets knownRaw_;         // with known_ (the last observation's, as followed since)
   bool knownExhaustive_ = false;  // known_'s buckets are a whole dump, not lookups
   int mon_ = -1;                  // NETLINK_NETFILTER, member of NFNLGRP_NFTABLES
   bool monTried_ = false;

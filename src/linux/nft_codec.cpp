@@ -593,11 +593,8 @@ bool addCountElement(const Element& e, std::map<IpAddress, uint32_t>& counts) {
   if (!ip || e.data.size() != 4) return false;
   uint32_t data;
   std::memcpy(&data, e.data.data(), 4);
-  const uint32_t count = data & ~kCountMarkBase;
   // Only the daemon's data is a count; anything else stays visible to the diff (replaced).
-  counts[*ip] = (data & kCountMarkBase) && count != 0 && count <= dp::BucketMap::kMaxBuckets
-                    ? count
-                    : dp::NftState::kForeignCount;
+  counts[*ip] = countOfData(data);
   return true;
 }
 
@@ -744,81 +741,185 @@ void CommitFollower::elements(const nlmsghdr* m, const Notification& n) {
     return;
   }
   const std::string_view set = list->set;
-  const bool buckets = set == "b2s4" || set == "b2s6";
-  const bool live = set == "live4" || set == "live6";
   if (set == "flow4" || set == "flow6") return;  // the flow maps are not observed
-  if (!buckets && !live) {
-    // An element of a small set: read again. A set the daemon does not declare: unknown.
-    (setShape(set) ? open_.reread : open_.unknown) = true;
+  const SetShape* shape = setShape(set);
+  if (!shape) {  // a set the daemon does not declare
+    open_.unknown = true;
     return;
   }
-  const size_t keyLen = set.back() == '4' ? 8 : 20;
   const bool add = n.type == NFT_MSG_NEWSETELEM;
+  const std::string_view base = set.substr(0, set.size() - 1);
+  SetKind kind = SetKind::Bucket;
+  if (base == "b2s") kind = SetKind::Bucket;
+  else if (base == "live") kind = SetKind::Live;
+  else if (base == "vip") kind = SetKind::Vip;
+  else if (base == "refused") kind = SetKind::Refused;
+  else if (base == "ranged") kind = SetKind::Ranged;
+  else if (base == "bcount") kind = SetKind::Count;
+  else if (base == "ep") kind = SetKind::Endpoint;
+  else if (base == "src") kind = SetKind::Source;
+  else {
+    open_.unknown = true;
+    return;
+  }
   for (const Element& e : els) {
-    if (e.key.size() != keyLen || (buckets && add && e.data.size() != 4) ||
-        (live && !e.data.empty())) {
-      open_.unknown = true;  // not an element the daemon's declaration allows
+    // Of the set's declared shape, else not the daemon's set as it knows it.
+    if (e.key.size() != shape->keyLen ||
+        (add && shape->dataLen && e.data.size() != shape->dataLen)) {
+      open_.unknown = true;
       return;
+    }
+    Change c;
+    c.set = kind;
+    c.add = add;
+    const size_t klen = e.key.size();
+    const Family f = set.back() == '4' ? Family::V4 : Family::V6;
+    c.vip = IpAddress::fromBytes(f, e.key.data());
+    if (klen == 8 || klen == 20) std::memcpy(&c.mark, e.key.data() + klen - 4, 4);
+    if (add && e.data.size() == 4) std::memcpy(&c.data, e.data.data(), 4);
+    if (kind == SetKind::Endpoint && add) {
+      // An element without the daemon's comment is taken for nothing, as by the observation.
+      auto ep = endpointElement(e);
+      if (!ep) continue;
+      c.endpoint = ep->endpoint;
+    } else if (kind == SetKind::Source) {
+      auto r = sourceElement(e);  // as the observation: an interval of another shape is skipped
+      if (!r) continue;
+      c.interval = r->second;
     }
     if (++recorded_ > kMaxChanges) {
       broken_ = true;
       return;
     }
-    Change c;
-    c.add = add;
-    c.live = live;
-    c.keyLen = static_cast<uint8_t>(keyLen);
-    std::memcpy(c.key, e.key.data(), keyLen);
-    if (buckets && add) std::memcpy(&c.data, e.data.data(), 4);
     open_.changes.push_back(c);
   }
 }
 
-CommitFollower::Catchup CommitFollower::catchUp(dp::NftState& state, uint32_t at, bool lookedUp) {
-  auto forget = [&](Verdict v) {
+uint32_t CommitFollower::bucketsOf(const dp::NftState& st, const IpAddress& vip) const {
+  auto c = st.vipBuckets.find(vip);
+  return c == st.vipBuckets.end() || c->second > bucketCap_ ? defaultBuckets_ : c->second;
+}
+
+CommitFollower::Catchup CommitFollower::catchUp(dp::NftState& state, RawSets& raw, uint32_t at,
+                                                bool lookedUp) {
+  auto forget = [&](bool known) {
     done_.clear();
     recorded_ = open_.changes.size();
-    return Catchup{v, gen_};
+    return Catchup{known, gen_, {}};
   };
   // Behind `at`: the announcement of one of the client's own commits was not received.
-  if (broken_ || static_cast<int32_t>(gen_ - at) < 0) return forget(Verdict::Unknown);
+  if (broken_ || static_cast<int32_t>(gen_ - at) < 0) return forget(false);
   auto after = [&](const Commit& c) { return static_cast<int32_t>(c.gen - at) > 0; };
-  bool reread = false;
+  for (const Commit& c : done_)
+    if (after(c) && (c.unknown || (ownPort_ && c.port == ownPort_))) return forget(false);
+  // The small sets first (which VIPs are in the sets, their bucket counts), then the bucket
+  // map: a bucket change counts for a VIP whose membership and count are the same before and
+  // after (its held buckets are the old lookups); a VIP that entered the sets or changed its
+  // count is looked up whole, one that left is dropped. Order matters within one set only.
+  std::map<IpAddress, std::pair<bool, uint32_t>> before;  // VIP → (in the sets, bucket count)
+  std::set<IpAddress> ranges;                             // VIPs whose source ranges changed
+  auto touch = [&](const IpAddress& vip) {
+    before.try_emplace(vip, state.vips.contains(vip), bucketsOf(state, vip));
+  };
+  auto toggle = [](std::set<IpAddress>& s, const IpAddress& v, bool add) {
+    if (add) s.insert(v);
+    else s.erase(v);
+  };
   for (const Commit& c : done_) {
     if (!after(c)) continue;  // in the state already (the client's own tracked commits)
-    if (c.unknown || (ownPort_ && c.port == ownPort_)) return forget(Verdict::Unknown);
-    if (!lookedUp && (c.reread || std::ranges::any_of(c.changes, [](auto& x) { return !x.live; })))
-      return forget(Verdict::Unknown);
-    reread = reread || c.reread;
+    for (const Change& x : c.changes) {
+      switch (x.set) {
+        case SetKind::Bucket: break;
+        case SetKind::Live:
+          if (x.add) state.live.insert({x.vip, x.mark});
+          else state.live.erase({x.vip, x.mark});
+          break;
+        case SetKind::Vip:
+          touch(x.vip);
+          toggle(raw.vipSet, x.vip, x.add);
+          break;
+        case SetKind::Refused:
+          touch(x.vip);
+          toggle(raw.refused, x.vip, x.add);
+          break;
+        case SetKind::Count:
+          touch(x.vip);
+          if (x.add) state.vipBuckets[x.vip] = countOfData(x.data);
+          else state.vipBuckets.erase(x.vip);
+          break;
+        case SetKind::Ranged:
+          ranges.insert(x.vip);
+          toggle(raw.ranged, x.vip, x.add);
+          break;
+        case SetKind::Source: {
+          ranges.insert(x.vip);
+          auto& l = raw.sources[x.vip];
+          if (x.add) l.push_back(x.interval);
+          else if (auto it = std::ranges::find(l, x.interval); it != l.end()) l.erase(it);
+          if (l.empty()) raw.sources.erase(x.vip);
+          break;
+        }
+        case SetKind::Endpoint:
+          if (x.add) {
+            state.endpoints[x.vip][x.mark] = x.endpoint;
+          } else if (auto it = state.endpoints.find(x.vip); it != state.endpoints.end()) {
+            it->second.erase(x.mark);
+            if (it->second.empty()) state.endpoints.erase(it);
+          }
+          break;
+      }
+    }
+  }
+  Catchup out{true, gen_, {}};
+  for (const auto& [vip, was] : before) {
+    const bool in = raw.vipSet.contains(vip) && raw.refused.contains(vip);
+    if (in) state.vips.insert(vip);
+    else state.vips.erase(vip);
+    if (!lookedUp) continue;
+    if (in && (!was.first || was.second != bucketsOf(state, vip))) {
+      state.buckets.eraseVip(vip);
+      out.lookup.push_back(vip);
+    } else if (!in && was.first) {
+      state.buckets.eraseVip(vip);
+    }
+  }
+  for (const IpAddress& vip : ranges) {
+    if (!raw.ranged.contains(vip)) {
+      state.sourceRanges.erase(vip);
+      continue;
+    }
+    auto it = raw.sources.find(vip);
+    auto& l = state.sourceRanges[vip];
+    l = it == raw.sources.end() ? std::vector<dp::SourceInterval>{} : it->second;
+    std::sort(l.begin(), l.end());
   }
   for (const Commit& c : done_) {
     if (!after(c)) continue;
     for (const Change& x : c.changes) {
-      const Family f = x.keyLen == 8 ? Family::V4 : Family::V6;
-      const IpAddress vip = IpAddress::fromBytes(f, x.key);
-      uint32_t mark;
-      std::memcpy(&mark, x.key + x.keyLen - 4, 4);
-      if (x.live) {
-        if (x.add) state.live.insert({vip, mark});
-        else state.live.erase({vip, mark});
-        continue;
-      }
+      if (x.set != SetKind::Bucket) continue;
       // As a lookup would see it: keys outside the dense range are never read, and with
       // lookups only the buckets below the count of a VIP in the VIP sets.
-      if (mark < kBucketMarkBase || mark - kBucketMarkBase >= dp::BucketMap::kMaxBuckets) continue;
-      const uint32_t bucket = mark - kBucketMarkBase;
-      if (lookedUp) {
-        if (!state.vips.contains(vip)) continue;
-        auto cnt = state.vipBuckets.find(vip);
-        uint32_t nb = cnt == state.vipBuckets.end() || cnt->second > bucketCap_ ? defaultBuckets_
-                                                                                : cnt->second;
-        if (bucket >= nb) continue;
-      }
-      if (x.add) state.buckets.set(vip, bucket, x.data ? x.data : dp::BucketMap::kForeignZeroMark);
-      else state.buckets.erase(vip, bucket);
+      if (x.mark < kBucketMarkBase || x.mark - kBucketMarkBase >= dp::BucketMap::kMaxBuckets)
+        continue;
+      const uint32_t bucket = x.mark - kBucketMarkBase;
+      if (lookedUp && (!state.vips.contains(x.vip) || bucket >= bucketsOf(state, x.vip) ||
+                       std::ranges::binary_search(out.lookup, x.vip)))
+        continue;
+      if (x.add)
+        state.buckets.set(x.vip, bucket, x.data ? x.data : dp::BucketMap::kForeignZeroMark);
+      else
+        state.buckets.erase(x.vip, bucket);
     }
   }
-  return forget(reread ? Verdict::Reread : Verdict::Applied);
+  forget(true);
+  return out;
+}
+
+uint32_t countOfData(uint32_t data) {
+  const uint32_t count = data & ~kCountMarkBase;
+  return (data & kCountMarkBase) && count != 0 && count <= dp::BucketMap::kMaxBuckets
+             ? count
+             : dp::NftState::kForeignCount;
 }
 
 }  // namespace kst::nft

@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -239,20 +240,29 @@ struct Notification {
  *  (a NEWGEN without a 4-byte NFTA_GEN_ID). Spans point into the message. */
 std::optional<Notification> decodeNotification(const nlmsghdr* m);
 
+/** What an observation reads besides dp::NftState, so that announced changes of the small
+ *  sets apply exactly: the VIP sets and refused sets (dp::NftState::vips is the VIPs in both),
+ *  the filtered VIPs, and the source intervals of every VIP, filtered or not. */
+struct RawSets {
+  std::set<IpAddress> vipSet, refused, ranged;
+  std::map<IpAddress, std::vector<dp::SourceInterval>> sources;
+  bool operator==(const RawSets&) const = default;
+};
+
 /**
- * Follows the ruleset's commits from their notifications, for the daemon's table as
- * NftClientImpl observes it (dp::NftState: VIPs that are in their VIP and refused sets, bucket
- * map elements looked up for those VIPs only, the other sets dumped whole). Pure: the client
- * owns the socket and feeds every message it receives.
+ * Follows the ruleset's commits from their announcements, for the daemon's table as
+ * NftClientImpl observes it (dp::NftState: VIPs that are in both their VIP and refused sets,
+ * bucket map elements looked up for those VIPs only, below their bucket count; the other sets
+ * dumped whole) plus RawSets. Pure: the client owns the socket and feeds every message.
  *
  * Started at the generation of a complete observation (reset()), it records what each later
- * commit did to the table: nothing (another table, the flow maps); bucket map and live-slot
- * element additions and deletions (kept, to be applied exactly); element changes of the small
- * sets (VIPs, refused, bucket counts, endpoint counters, source ranges: the client reads those
- * again); anything else in the table (a chain, a rule, a set, the table itself, an unknown
- * set) makes the state unknown. So does a lost notification (lost()), a generation that does
- * not follow the previous one, a malformed message, or more than kMaxChanges recorded
- * elements or kMaxCommits recorded commits (bounded memory); then only reset() starts again.
+ * commit did to the table: nothing (another table, the flow maps), or element additions and
+ * deletions of the daemon's sets, decoded as the observation decodes them (kept, then applied
+ * in order by catchUp()). Anything else in the table (a chain, a rule, a set, the table itself,
+ * an object, a set the daemon does not declare, an element not of its set's shape) makes the
+ * state unknown; so do a lost announcement (lost()), a generation that does not follow the
+ * previous one, a malformed message, more than kMaxChanges recorded elements or kMaxCommits
+ * recorded commits (bounded memory: ≈ 10 MiB at most); then only reset() starts again.
  */
 class CommitFollower {
  public:
@@ -260,7 +270,7 @@ class CommitFollower {
    *  count element (cfg.buckets and vipBucketCap(cfg.buckets)), which decides the keys it
    *  looks up. */
   CommitFollower(std::string table, uint32_t defaultBuckets, uint32_t bucketCap);
-  static constexpr size_t kMaxChanges = 1 << 18;
+  static constexpr size_t kMaxChanges = 1 << 17;
   static constexpr size_t kMaxCommits = 1 << 14;
   /** The netlink port of the client's own batches: their element messages are skipped (the
    *  client applies its own tracked commits itself), and a commit of that port after the
@@ -271,56 +281,61 @@ class CommitFollower {
   void reset(uint32_t gen);
   /** One received message, in the order of reception. */
   void feed(const nlmsghdr* m);
-  /** Notifications were lost (ENOBUFS, a truncated datagram). */
+  /** Announcements were lost (ENOBUFS, a truncated datagram). */
   void lost() { broken_ = true; }
   bool broken() const { return broken_; }
   /** The generation of the last commit whose NEWGEN was received (all before it followed). */
   uint32_t generation() const { return gen_; }
 
-  enum class Verdict : uint8_t {
-    Applied,  // state is now the table at generation (exact)
-    Reread,   // bucket and live changes applied; the small sets must be read again
-    Unknown,  // the state cannot be brought forward: observe everything again
-  };
   struct Catchup {
-    Verdict verdict;
-    uint32_t generation;  // the generation state was brought to (Applied, Reread)
+    bool known = false;     // false: the state cannot be brought forward (observe everything)
+    uint32_t generation = 0;  // the generation the state was brought to
+    /** VIPs that entered the VIP sets or whose bucket count changed: their buckets are not in
+     *  the state (erased), the client looks them up. Sorted. */
+    std::vector<IpAddress> lookup;
   };
   /**
-   * Brings state, the table at generation `at` (the observation's, advanced by the client's own
-   * conditioned commits, which the follower skips), through every commit received after `at`,
-   * and forgets them. lookedUp: state's buckets are the looked-up ones (only VIPs in
-   * state.vips, buckets below their count); false (an exhaustive dump holds every element):
-   * any bucket change or small-set change is Unknown. state is untouched when Unknown.
+   * Brings state and raw, the table at generation `at` (the observation's, advanced by the
+   * client's own conditioned commits, which the follower skips), through every commit received
+   * after `at`, and forgets them. lookedUp: state's buckets are the looked-up ones; false (an
+   * exhaustive dump, which holds every element): bucket changes apply to any key, nothing is
+   * to be looked up. state and raw are untouched when not known.
    */
-  Catchup catchUp(dp::NftState& state, uint32_t at, bool lookedUp = true);
+  Catchup catchUp(dp::NftState& state, RawSets& raw, uint32_t at, bool lookedUp = true);
 
  private:
+  enum class SetKind : uint8_t { Bucket, Live, Vip, Refused, Ranged, Count, Endpoint, Source };
   struct Change {
+    SetKind set = SetKind::Bucket;
     bool add = false;
-    bool live = false;  // live-slot set, else the bucket map
-    uint8_t keyLen = 0;
-    uint8_t key[20] = {};
-    uint32_t data = 0;
+    IpAddress vip;
+    uint32_t mark = 0;       // bucket key mark, live or endpoint slot mark
+    uint32_t data = 0;       // bucket map data, bucket count data
+    IpAddress endpoint;      // endpoint counter comment
+    dp::SourceInterval interval;
   };
   struct Commit {
     uint32_t gen = 0;
     uint32_t port = 0;
     bool unknown = false;  // something in the table the follower does not apply
-    bool reread = false;   // an element of a small set changed
     std::vector<Change> changes;
-    bool touches() const { return unknown || reread || !changes.empty(); }
+    bool touches() const { return unknown || !changes.empty(); }
   };
   void elements(const nlmsghdr* m, const Notification& n);
+  uint32_t bucketsOf(const dp::NftState& st, const IpAddress& vip) const;
   std::string table_;
   uint32_t defaultBuckets_, bucketCap_;
   uint32_t ownPort_ = 0;
   uint32_t gen_ = 0;
   bool broken_ = true;  // until reset()
   size_t recorded_ = 0;
-  Commit open_;                 // the commit being announced (before its NEWGEN)
-  std::vector<Commit> done_;    // received commits that touch the table
+  Commit open_;               // the commit being announced (before its NEWGEN)
+  std::vector<Commit> done_;  // received commits that touch the table
 };
+
+/** A bucket count element's data as dp::NftState::vipBuckets holds it: the count, or
+ *  dp::NftState::kForeignCount for data the daemon does not write. */
+uint32_t countOfData(uint32_t data);
 
 /** The messages of a buffer (a batch, or a datagram of replies), in order; nullopt when a
  *  length is inconsistent. */

@@ -150,8 +150,9 @@ TEST(NftClient, ChunkedColdLoadCarriesEveryElementKind) {
 // kube-proxy (nftables mode) and firewalls commit all the time: another table's commit costs
 // one GETGEN; a foreign element deletion in the daemon's table is applied from its announcement
 // (observe() returns the kernel's true state) and the next pass repairs exactly that element;
-// a foreign change of a small set (a VIP removed, a VIP added with its buckets) reads the small
-// sets again and looks up only the buckets of the VIPs that changed.
+// foreign changes of the small sets (VIPs, refused, counts, endpoint counters, source ranges)
+// are applied too, and only the buckets of VIPs that entered the sets or changed their bucket
+// count are looked up.
 TEST(NftClient, ForeignCommitsFollowedFromAnnouncements) {
   ASSERT_EQ(unshare(CLONE_NEWNET), 0) << "needs root";
   DataplaneConfig cfg;
@@ -221,7 +222,7 @@ TEST(NftClient, ForeignCommitsFollowedFromAnnouncements) {
 
   auto [d, nd] = observeAfter("nft delete element " + T + " vip4 '{ 203.0.113.1 }'",
                               "a VIP removed by someone else");
-  EXPECT_GT(nd, 1u);  // the small sets read again
+  EXPECT_EQ(nd, 1u);  // applied as announced
   EXPECT_FALSE(d.vips.contains(ip("203.0.113.1")));
   EXPECT_EQ(d.buckets.marksOf(ip("203.0.113.1")), nullptr);  // not looked up
   auto [e, ne] = observeAfter(
@@ -235,7 +236,19 @@ TEST(NftClient, ForeignCommitsFollowedFromAnnouncements) {
   withNew.set(ip("203.0.113.9"), 0, 1000);
   withNew.set(ip("203.0.113.9"), 5, 1001);
   EXPECT_TRUE(e.buckets == withNew);
-  EXPECT_GT(ne, 1u);
+  EXPECT_GT(ne, 1u);  // the buckets of the two VIPs that entered the sets looked up
+  auto [g, ng] = observeAfter(
+      "nft add element " + T + " ranged4 '{ 203.0.113.2 }' && nft add element " + T +
+          " src4 '{ 203.0.113.2 . 10.0.0.0-10.0.0.255, 203.0.113.2 . 10.2.0.0-10.2.0.15 }' && "
+          "nft add element " + T + " ep4 '{ 203.0.113.2 . 0x3e8 comment \"10.1.0.5\" }' && "
+          "nft delete element " + T + " bcount4 '{ 203.0.113.2 }' && nft add element " + T +
+          " bcount4 '{ 203.0.113.2 : 0x80000004 }'",
+      "source ranges, an endpoint counter and a bucket count by someone else");
+  EXPECT_EQ(g.sourceRanges.at(ip("203.0.113.2")).size(), 2u);
+  EXPECT_EQ(g.endpoints.at(ip("203.0.113.2")).at(1000), ip("10.1.0.5"));
+  EXPECT_EQ(g.vipBuckets.at(ip("203.0.113.2")), 4u);
+  EXPECT_EQ(g.buckets.marksOf(ip("203.0.113.2"))->size(), 4u);  // looked up again: 4 of 8
+  EXPECT_GT(ng, 1u);
   // A notification the follower cannot place: the table itself replaced.
   auto [f, nf] = observeAfter("nft delete table " + T, "the table deleted");
   EXPECT_FALSE(f.present);

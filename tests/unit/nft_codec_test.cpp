@@ -722,15 +722,23 @@ TEST(NftCodecGolden, DecodesAnnouncements) {
 }
 
 /** The state the follower's tests start from: 198.51.100.20 (64 buckets, count element) and
- *  2001:db8::10 (no count: --buckets 8) in the VIP sets. */
-dp::NftState followedState() {
+ *  2001:db8::10 (no count: --buckets 8) in the VIP sets; 192.0.2.50 refused only. */
+struct Followed {
   dp::NftState st;
+  RawSets raw;
+};
+Followed followedState() {
+  Followed f;
+  dp::NftState& st = f.st;
   st.present = true;
   st.vips = {ip("198.51.100.20"), ip("2001:db8::10")};
   st.vipBuckets[ip("198.51.100.20")] = 64;
   for (uint32_t b = 0; b < 64; ++b) st.buckets.set(ip("198.51.100.20"), b, 2000);
   for (uint32_t b = 0; b < 8; ++b) st.buckets.set(ip("2001:db8::10"), b, 2001);
-  return st;
+  f.raw.vipSet = st.vips;
+  f.raw.refused = st.vips;
+  f.raw.refused.insert(ip("192.0.2.50"));
+  return f;
 }
 
 /** Feeds messages [from, to) of a capture. */
@@ -742,39 +750,53 @@ TEST(NftCommitFollower, GoldenCommitsAppliedInOrder) {
   auto msgs = goldenMessages("monitor");
   ASSERT_EQ(msgs.size(), 13u);
   const uint32_t g0 = decodeNotification(hdr(msgs[1]))->genid - 1;
-  CommitFollower f(kTable, 8, 256);
-  f.reset(g0);
-  feedGolden(f, msgs, 0, 9);  // another table; b2s4 add 2; b2s4 delete 1; live6 add
-  EXPECT_EQ(f.generation(), g0 + 4);
-  dp::NftState st = followedState(), want = st;
-  auto c = f.catchUp(st, g0);
-  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Applied);
-  EXPECT_EQ(c.generation, g0 + 4);
-  want.buckets.set(ip("198.51.100.20"), 0, 1000);
-  want.buckets.erase(ip("198.51.100.20"), 63);  // added (1001) then deleted
-  want.live.insert({ip("2001:db8::10"), 0x3e8});
-  EXPECT_TRUE(st == want);
-  // A vip4 element: the small sets are read again (the state carries nothing of it).
-  feedGolden(f, msgs, 9, 11);
-  dp::NftState again = st;
-  c = f.catchUp(again, g0 + 4);
-  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Reread);
-  EXPECT_EQ(c.generation, g0 + 5);
-  EXPECT_TRUE(again == st);
-  // A chain in the daemon's table: not followed.
-  feedGolden(f, msgs, 11, 13);
-  EXPECT_EQ(f.catchUp(again, g0 + 5).verdict, CommitFollower::Verdict::Unknown);
+  {
+    // Another table; two b2s4 elements added; one deleted; a live6 element.
+    CommitFollower f(kTable, 8, 256);
+    f.reset(g0);
+    feedGolden(f, msgs, 0, 9);
+    EXPECT_EQ(f.generation(), g0 + 4);
+    Followed s = followedState(), want = s;
+    auto c = f.catchUp(s.st, s.raw, g0);
+    EXPECT_TRUE(c.known);
+    EXPECT_EQ(c.generation, g0 + 4);
+    EXPECT_TRUE(c.lookup.empty());
+    want.st.buckets.set(ip("198.51.100.20"), 0, 1000);
+    want.st.buckets.erase(ip("198.51.100.20"), 63);  // added (1001) then deleted
+    want.st.live.insert({ip("2001:db8::10"), 0x3e8});
+    EXPECT_TRUE(s.st == want.st);
+    EXPECT_EQ(s.raw, want.raw);
+  }
+  {
+    // The same with 198.51.100.20 in its refused set only: its buckets are not looked up, so
+    // not followed either, until the vip4 element puts it in the sets: then it is to be
+    // looked up. A chain in the daemon's table after that: not followed.
+    CommitFollower f(kTable, 8, 256);
+    f.reset(g0);
+    feedGolden(f, msgs, 0, 11);
+    Followed s = followedState();
+    s.st.vips.erase(ip("198.51.100.20"));
+    s.raw.vipSet.erase(ip("198.51.100.20"));
+    s.st.buckets.eraseVip(ip("198.51.100.20"));
+    auto c = f.catchUp(s.st, s.raw, g0);
+    EXPECT_TRUE(c.known);
+    EXPECT_EQ(c.generation, g0 + 5);
+    EXPECT_EQ(c.lookup, std::vector<IpAddress>{ip("198.51.100.20")});
+    EXPECT_TRUE(s.st.vips.contains(ip("198.51.100.20")));
+    EXPECT_EQ(s.st.buckets.marksOf(ip("198.51.100.20")), nullptr);
+    feedGolden(f, msgs, 11, 13);
+    Followed was = s;
+    EXPECT_FALSE(f.catchUp(s.st, s.raw, g0 + 5).known);
+    EXPECT_TRUE(s.st == was.st);
+    EXPECT_EQ(s.raw, was.raw);
+  }
 }
 
 /** Scripted announcements: element messages (as a batch encodes them; portid set) and NEWGEN. */
 struct Script {
   uint32_t seq = 1;
   std::vector<Bytes> msgs;
-  void elements(bool add, std::string_view set, const std::vector<std::pair<Bytes, uint32_t>>& els,
-                uint32_t port, const std::string& table = kTable, uint8_t family = NFPROTO_INET) {
-    BatchEncoder enc(table, seq);
-    const bool map = set.starts_with("b2s") || set.starts_with("bcount");
-    for (auto& [key, data] : els) enc.element(add, set, key, add && map ? &data : nullptr);
+  void push(BatchEncoder& enc, uint32_t port, uint8_t family) {
     auto all = messagesOf(enc.finish());
     for (size_t i = 1; i + 1 < all.size(); ++i) {
       auto* h = reinterpret_cast<nlmsghdr*>(all[i].data());
@@ -782,6 +804,20 @@ struct Script {
       reinterpret_cast<nfgenmsg*>(all[i].data() + sizeof(nlmsghdr))->nfgen_family = family;
       msgs.push_back(all[i]);
     }
+  }
+  void elements(bool add, std::string_view set, const std::vector<std::pair<Bytes, uint32_t>>& els,
+                uint32_t port, const std::string& table = kTable, uint8_t family = NFPROTO_INET) {
+    BatchEncoder enc(table, seq);
+    const bool map = set.starts_with("b2s") || set.starts_with("bcount");
+    for (auto& [key, data] : els) enc.element(add, set, key, add && map ? &data : nullptr);
+    push(enc, port, family);
+  }
+  /** An element with a key end (an interval) or a comment. */
+  void element(bool add, std::string_view set, const Bytes& key, const Bytes& keyEnd,
+               std::string_view comment, uint32_t port) {
+    BatchEncoder enc(kTable, seq);
+    enc.element(add, set, key, keyEnd, comment);
+    push(enc, port, NFPROTO_INET);
   }
   void other(uint16_t type, const std::string& table, uint32_t port) {
     Bytes m(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(nfgenmsg)) + 64, 0);
@@ -821,6 +857,16 @@ Bytes vkey(const char* vip) {
   auto a = ip(vip);
   return Bytes(a.data(), a.data() + a.size());
 }
+Bytes mkey(const char* vip, uint32_t mark) {
+  uint8_t k[20];
+  size_t n = markKey(ip(vip), mark, k);
+  return Bytes(k, k + n);
+}
+Bytes skey(const char* vip, const char* src) {
+  uint8_t k[32];
+  size_t n = sourceKey(ip(vip), ip(src), k);
+  return Bytes(k, k + n);
+}
 
 constexpr uint32_t kOwn = 777, kProxy = 1234;
 
@@ -841,14 +887,16 @@ TEST(NftCommitFollower, ForeignTableCommitsNeedNoRead) {
   s.gen(151, kProxy);
   s.feed(f);
   EXPECT_EQ(f.generation(), 151u);
-  dp::NftState st = followedState(), want = st;
-  auto c = f.catchUp(st, 100);
-  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Applied);
+  Followed st = followedState(), want = st;
+  auto c = f.catchUp(st.st, st.raw, 100);
+  EXPECT_TRUE(c.known);
   EXPECT_EQ(c.generation, 151u);
-  EXPECT_TRUE(st == want);
+  EXPECT_TRUE(c.lookup.empty());
+  EXPECT_TRUE(st.st == want.st);
+  EXPECT_EQ(st.raw, want.raw);
 }
 
-TEST(NftCommitFollower, ForeignElementChangesAppliedExactly) {
+TEST(NftCommitFollower, ForeignBucketAndLiveChangesAppliedExactly) {
   CommitFollower f(kTable, 8, 256);
   f.setOwnPort(kOwn);
   f.reset(7);
@@ -858,7 +906,7 @@ TEST(NftCommitFollower, ForeignElementChangesAppliedExactly) {
   s.gen(8, kOwn);
   // Someone else: a bucket moved (delete + add), a bucket deleted, a live slot added and one
   // deleted; buckets outside what a lookup reads (a VIP not in the sets, a bucket at or past the
-  // VIP's count, a key outside the dense range) and the flow maps are not seen.
+  // VIP's count) and the flow maps are not seen.
   s.elements(false, "b2s4", {{bkey("198.51.100.20", 5), 0}, {bkey("198.51.100.20", 6), 0}},
              kProxy);
   s.elements(true, "b2s4", {{bkey("198.51.100.20", 5), 3000}, {bkey("192.0.2.99", 0), 3001}},
@@ -874,43 +922,110 @@ TEST(NftCommitFollower, ForeignElementChangesAppliedExactly) {
   s.elements(true, "flow4", {{Bytes(16, 1), 5}}, kProxy);
   s.gen(10, kProxy);
   s.feed(f);
-  dp::NftState st = followedState();
-  st.live = {{ip("198.51.100.20"), 2000}};
-  dp::NftState want = st;
-  want.buckets.set(ip("198.51.100.20"), 5, 3000);
-  want.buckets.erase(ip("198.51.100.20"), 6);
-  want.buckets.set(ip("2001:db8::10"), 7, dp::BucketMap::kForeignZeroMark);  // data 0
-  want.live = {{ip("2001:db8::10"), 2001}};
-  auto c = f.catchUp(st, 8);
-  EXPECT_EQ(c.verdict, CommitFollower::Verdict::Applied);
+  Followed st = followedState();
+  st.st.live = {{ip("198.51.100.20"), 2000}};
+  Followed want = st;
+  want.st.buckets.set(ip("198.51.100.20"), 5, 3000);
+  want.st.buckets.erase(ip("198.51.100.20"), 6);
+  want.st.buckets.set(ip("2001:db8::10"), 7, dp::BucketMap::kForeignZeroMark);  // data 0
+  want.st.live = {{ip("2001:db8::10"), 2001}};
+  auto c = f.catchUp(st.st, st.raw, 8);
+  EXPECT_TRUE(c.known);
   EXPECT_EQ(c.generation, 10u);
-  EXPECT_TRUE(st.buckets == want.buckets);
-  EXPECT_EQ(st.live, want.live);
-  EXPECT_TRUE(st == want);
+  EXPECT_TRUE(c.lookup.empty());
+  EXPECT_TRUE(st.st.buckets == want.st.buckets);
+  EXPECT_EQ(st.st.live, want.st.live);
+  EXPECT_TRUE(st.st == want.st);
   // Forgotten once applied: nothing more to do.
-  dp::NftState same = st;
-  EXPECT_EQ(f.catchUp(same, 10).verdict, CommitFollower::Verdict::Applied);
-  EXPECT_TRUE(same == st);
-  // A dumped (exhaustive) state cannot take bucket changes by the lookup rule.
-  s.elements(false, "b2s4", {{bkey("198.51.100.20", 5), 0}}, kProxy);
+  Followed same = st;
+  EXPECT_TRUE(f.catchUp(same.st, same.raw, 10).known);
+  EXPECT_TRUE(same.st == st.st);
+  // A dumped (exhaustive) state holds every element: a bucket change applies to any key.
+  s.elements(true, "b2s4", {{bkey("192.0.2.99", 0), 3001}}, kProxy);
   s.gen(11, kProxy);
   s.feed(f);
-  EXPECT_EQ(f.catchUp(same, 10, false).verdict, CommitFollower::Verdict::Unknown);
-  EXPECT_TRUE(same == st);  // untouched
+  auto d = f.catchUp(same.st, same.raw, 10, false);
+  EXPECT_TRUE(d.known);
+  EXPECT_EQ(same.st.buckets.find({ip("192.0.2.99"), 0}), std::optional<uint32_t>(3001));
 }
 
-TEST(NftCommitFollower, SmallSetsReadAgainUnknownNotFollowed) {
-  for (const char* set : {"vip4", "refused6", "bcount4", "ep4", "src6", "ranged4"}) {
-    SCOPED_TRACE(set);
-    CommitFollower f(kTable, 8, 256);
-    f.reset(1);
-    Script s;
-    s.elements(true, set, {{vkey("192.0.2.1"), 0}}, kProxy);
-    s.gen(2, kProxy);
-    s.feed(f);
-    dp::NftState st = followedState();
-    EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Reread);
-  }
+TEST(NftCommitFollower, SmallSetChangesAppliedExactly) {
+  CommitFollower f(kTable, 8, 256);
+  f.reset(1);
+  Script s;
+  // 198.51.100.20 leaves (its VIP set element deleted); 192.0.2.50 (refused already) and
+  // 192.0.2.60 (both elements now) enter; 192.0.2.70 is only in its VIP set; 2001:db8::10 gets
+  // a count of 16 (its buckets to be looked up again).
+  s.elements(false, "vip4", {{vkey("198.51.100.20"), 0}}, kProxy);
+  s.elements(true, "vip4", {{vkey("192.0.2.50"), 0}, {vkey("192.0.2.60"), 0},
+                            {vkey("192.0.2.70"), 0}}, kProxy);
+  s.elements(true, "refused4", {{vkey("192.0.2.60"), 0}}, kProxy);
+  s.elements(true, "bcount6", {{vkey("2001:db8::10"), kCountMarkBase | 16}}, kProxy);
+  // A bucket change of a VIP that is looked up again anyway, one of a VIP that left: not kept.
+  s.elements(false, "b2s6", {{bkey("2001:db8::10", 0), 0}}, kProxy);
+  s.elements(true, "b2s4", {{bkey("198.51.100.20", 70), 5}}, kProxy);
+  s.gen(2, kProxy);
+  // Endpoint counters: with the daemon's comment, without (taken for nothing), deleted.
+  s.element(true, "ep4", mkey("192.0.2.60", 1000), {}, "10.1.0.5", kProxy);
+  s.element(true, "ep4", mkey("192.0.2.60", 1001), {}, "", kProxy);
+  s.element(true, "ep6", mkey("2001:db8::10", 1000), {}, "2001:db8:1::5", kProxy);
+  s.gen(3, kProxy);
+  s.element(false, "ep6", mkey("2001:db8::10", 1000), {}, "", kProxy);
+  // Source ranges: a filtered VIP with two intervals (announced out of order: sorted), an
+  // interval of a VIP that is not filtered (kept aside, not in the state), then one deleted.
+  s.elements(true, "ranged4", {{vkey("192.0.2.60"), 0}}, kProxy);
+  s.element(true, "src4", skey("192.0.2.60", "198.51.100.0"), skey("192.0.2.60", "198.51.100.255"),
+            "", kProxy);
+  s.element(true, "src4", skey("192.0.2.60", "10.0.0.0"), skey("192.0.2.60", "10.0.0.255"), "",
+            kProxy);
+  s.element(true, "src4", skey("192.0.2.50", "10.9.0.0"), skey("192.0.2.50", "10.9.0.255"), "",
+            kProxy);
+  s.gen(4, kProxy);
+  s.feed(f);
+  Followed st = followedState();
+  auto c = f.catchUp(st.st, st.raw, 1);
+  ASSERT_TRUE(c.known);
+  EXPECT_EQ(c.generation, 4u);
+  EXPECT_EQ(c.lookup, (std::vector<IpAddress>{ip("192.0.2.50"), ip("192.0.2.60"),
+                                              ip("2001:db8::10")}));
+  EXPECT_EQ(st.st.vips, (std::set<IpAddress>{ip("192.0.2.50"), ip("192.0.2.60"),
+                                             ip("2001:db8::10")}));
+  EXPECT_TRUE(st.st.buckets.empty());  // the one VIP left, the other to be looked up
+  EXPECT_EQ(st.st.vipBuckets[ip("2001:db8::10")], 16u);
+  EXPECT_EQ(st.st.endpoints, (std::map<IpAddress, std::map<uint32_t, IpAddress>>{
+                                 {ip("192.0.2.60"), {{1000, ip("10.1.0.5")}}}}));
+  EXPECT_EQ(st.st.sourceRanges,
+            (std::map<IpAddress, std::vector<dp::SourceInterval>>{
+                {ip("192.0.2.60"), {{ip("10.0.0.0"), ip("10.0.0.255")},
+                                    {ip("198.51.100.0"), ip("198.51.100.255")}}}}));
+  // Later: 192.0.2.50 becomes filtered (its interval appears), an interval deleted; a
+  // foreign count element of 192.0.2.60 (not the daemon's data: the default count, 8, as
+  // before: nothing to look up); 2001:db8::10 leaves and comes back with a bucket deleted in
+  // between (same membership and count at both ends: the deletion counts).
+  for (uint32_t b = 0; b < 8; ++b) st.st.buckets.set(ip("192.0.2.60"), b, 1);
+  for (uint32_t b = 0; b < 16; ++b) st.st.buckets.set(ip("2001:db8::10"), b, 1);
+  s.elements(true, "ranged4", {{vkey("192.0.2.50"), 0}}, kProxy);
+  s.element(false, "src4", skey("192.0.2.60", "10.0.0.0"), skey("192.0.2.60", "10.0.0.255"), "",
+            kProxy);
+  s.elements(true, "bcount4", {{vkey("192.0.2.60"), 77}}, kProxy);
+  s.elements(false, "refused6", {{vkey("2001:db8::10"), 0}}, kProxy);
+  s.elements(false, "b2s6", {{bkey("2001:db8::10", 3), 0}}, kProxy);
+  s.elements(true, "refused6", {{vkey("2001:db8::10"), 0}}, kProxy);
+  s.gen(5, kProxy);
+  s.feed(f);
+  c = f.catchUp(st.st, st.raw, 4);
+  ASSERT_TRUE(c.known);
+  EXPECT_TRUE(c.lookup.empty());
+  EXPECT_EQ(st.st.vipBuckets[ip("192.0.2.60")], dp::NftState::kForeignCount);
+  EXPECT_EQ(st.st.sourceRanges,
+            (std::map<IpAddress, std::vector<dp::SourceInterval>>{
+                {ip("192.0.2.50"), {{ip("10.9.0.0"), ip("10.9.0.255")}}},
+                {ip("192.0.2.60"), {{ip("198.51.100.0"), ip("198.51.100.255")}}}}));
+  EXPECT_EQ(st.st.buckets.size(), 8u + 15u);
+  EXPECT_FALSE(st.st.buckets.contains({ip("2001:db8::10"), 3}));
+}
+
+TEST(NftCommitFollower, UnknownChangesNotFollowed) {
   // Not followed: a set the daemon does not declare, a chain, a rule, the table itself, an
   // element not of the set's shape, a message of no table.
   auto unknownAfter = [](auto&& script) {
@@ -920,30 +1035,40 @@ TEST(NftCommitFollower, SmallSetsReadAgainUnknownNotFollowed) {
     script(s);
     s.gen(2, kProxy);
     s.feed(f);
-    dp::NftState st = followedState(), was = st;
-    auto v = f.catchUp(st, 1).verdict;
-    EXPECT_TRUE(st == was);
-    return v == CommitFollower::Verdict::Unknown;
+    Followed st = followedState(), was = st;
+    bool known = f.catchUp(st.st, st.raw, 1).known;
+    if (!known) {  // untouched
+      EXPECT_TRUE(st.st == was.st);
+      EXPECT_EQ(st.raw, was.raw);
+    }
+    return !known;
   };
-  EXPECT_TRUE(unknownAfter([](Script& s) { s.elements(true, "krs_set", {{vkey("192.0.2.1"), 0}}, kProxy); }));
+  EXPECT_TRUE(unknownAfter(
+      [](Script& s) { s.elements(true, "krs_set", {{vkey("192.0.2.1"), 0}}, kProxy); }));
   EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_NEWCHAIN, kTable, kProxy); }));
   EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_DELRULE, kTable, kProxy); }));
   EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_DELTABLE, kTable, kProxy); }));
-  EXPECT_TRUE(unknownAfter([](Script& s) { s.elements(true, "b2s4", {{vkey("192.0.2.1"), 5}}, kProxy); }));
+  EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_NEWOBJ, kTable, kProxy); }));
+  EXPECT_TRUE(unknownAfter(
+      [](Script& s) { s.elements(true, "b2s4", {{vkey("192.0.2.1"), 5}}, kProxy); }));
+  EXPECT_TRUE(unknownAfter(
+      [](Script& s) { s.elements(true, "vip6", {{vkey("192.0.2.1"), 0}}, kProxy); }));
   EXPECT_TRUE(unknownAfter([](Script& s) { s.other(NFT_MSG_NEWOBJ, "", kProxy); }));
+  EXPECT_FALSE(unknownAfter(
+      [](Script& s) { s.elements(true, "vip4", {{vkey("192.0.2.1"), 0}}, kProxy); }));
 }
 
 TEST(NftCommitFollower, LostOrOutOfOrderAnnouncementsMeanUnknown) {
-  dp::NftState st = followedState();
+  Followed st = followedState();
   {  // ENOBUFS (an overrun of the socket)
     CommitFollower f(kTable, 8, 256);
     f.reset(1);
     f.lost();
     EXPECT_TRUE(f.broken());
-    EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Unknown);
+    EXPECT_FALSE(f.catchUp(st.st, st.raw, 1).known);
     f.reset(5);  // a full observation starts again
     EXPECT_FALSE(f.broken());
-    EXPECT_EQ(f.catchUp(st, 5).verdict, CommitFollower::Verdict::Applied);
+    EXPECT_TRUE(f.catchUp(st.st, st.raw, 5).known);
   }
   {  // a generation that does not follow (a commit never announced here)
     CommitFollower f(kTable, 8, 256);
@@ -953,25 +1078,25 @@ TEST(NftCommitFollower, LostOrOutOfOrderAnnouncementsMeanUnknown) {
     s.gen(4, kProxy);
     s.feed(f);
     EXPECT_TRUE(f.broken());
-    EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Unknown);
+    EXPECT_FALSE(f.catchUp(st.st, st.raw, 1).known);
   }
   {  // announcements of commits already observed are dropped; then the next must follow
     CommitFollower f(kTable, 8, 256);
     f.reset(10);
     Script s;
-    s.elements(true, "vip4", {{vkey("192.0.2.1"), 0}}, kProxy);
+    s.other(NFT_MSG_NEWCHAIN, kTable, kProxy);
     s.gen(9, kProxy);
     s.gen(10, kProxy);
     s.gen(11, kProxy);
     s.feed(f);
     EXPECT_FALSE(f.broken());
     EXPECT_EQ(f.generation(), 11u);
-    EXPECT_EQ(f.catchUp(st, 10).verdict, CommitFollower::Verdict::Applied);
+    EXPECT_TRUE(f.catchUp(st.st, st.raw, 10).known);
   }
   {  // the client's own announcement not received: behind the state it is asked to advance
     CommitFollower f(kTable, 8, 256);
     f.reset(3);
-    EXPECT_EQ(f.catchUp(st, 4).verdict, CommitFollower::Verdict::Unknown);
+    EXPECT_FALSE(f.catchUp(st.st, st.raw, 4).known);
   }
   {  // a malformed message
     CommitFollower f(kTable, 8, 256);
@@ -991,7 +1116,7 @@ TEST(NftCommitFollower, LostOrOutOfOrderAnnouncementsMeanUnknown) {
     s.gen(2, kProxy);
     s.feed(f);
     EXPECT_FALSE(f.broken());
-    EXPECT_EQ(f.catchUp(st, 0xffffffffu).generation, 2u);
+    EXPECT_EQ(f.catchUp(st.st, st.raw, 0xffffffffu).generation, 2u);
   }
 }
 
@@ -1006,8 +1131,8 @@ TEST(NftCommitFollower, MemoryIsBounded) {
   s.gen(2, kProxy);
   s.feed(f);
   EXPECT_TRUE(f.broken());
-  dp::NftState st = followedState();
-  EXPECT_EQ(f.catchUp(st, 1).verdict, CommitFollower::Verdict::Unknown);
+  Followed st = followedState();
+  EXPECT_FALSE(f.catchUp(st.st, st.raw, 1).known);
   // Commits: bounded too.
   CommitFollower g(kTable, 8, 256);
   g.reset(1);
