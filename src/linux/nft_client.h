@@ -97,7 +97,8 @@ class NftClientImpl : public dp::NftClient {
   bool exhaustive_ = false;  // next observation dumps the bucket maps (after a failed batch)
   // The table as it is at ruleset generation knownGen_ (a complete observation with no commit
   // during it, then this client's own commits, each conditioned on the generation before it
-  // with NFNL_BATCH_GENID). Reset by a text transaction, a failed or unconditioned batch.
+  // with NFNL_BATCH_GENID, and others' commits as follower_ applied their announcements).
+  // Reset by a text transaction, a failed or unconditioned batch, a commit not followed.
   std::optional<dp::NftState> known_;
   uint32_t knownGen_ = 0;
   nft::RawSets knownRaw_;         // with known_ (the last observation's, as followed since)

@@ -20,6 +20,15 @@ namespace {
 
 IpAddress ip(const char* s) { return *IpAddress::parse(s); }
 
+/** The daemon's table with no element. */
+dp::NftState skeletonOnly(const DataplaneConfig& cfg) {
+  dp::NftState st;
+  st.present = true;
+  st.skeleton = renderSkeleton(cfg);
+  st.skeletonId = skeletonId(st.skeleton);
+  return st;
+}
+
 /** The observed part of a state (the skeleton text is never read back). */
 bool sameElements(const dp::NftState& a, const dp::NftState& b) {
   return a.present == b.present && a.skeletonId == b.skeletonId && a.vips == b.vips &&
@@ -32,10 +41,7 @@ TEST(NftClient, GenerationKeepsObservationExactAndCheap) {
   DataplaneConfig cfg;
   cfg.buckets = 4;
   NftClientImpl nft(cfg);
-  dp::NftState want;
-  want.present = true;
-  want.skeleton = renderSkeleton(cfg);
-  want.skeletonId = skeletonId(want.skeleton);
+  dp::NftState want = skeletonOnly(cfg);
   ASSERT_TRUE(nft.run(renderNftChanges(cfg, want, dp::NftState{})));  // the table, empty
   for (const char* v : {"203.0.113.1", "203.0.113.2", "2001:db8::1"}) {
     want.vips.insert(ip(v));
@@ -110,10 +116,7 @@ TEST(NftClient, ChunkedColdLoadCarriesEveryElementKind) {
   DataplaneConfig cfg;
   cfg.buckets = 64;
   NftClientImpl nft(cfg);
-  dp::NftState want;
-  want.present = true;
-  want.skeleton = renderSkeleton(cfg);
-  want.skeletonId = skeletonId(want.skeleton);
+  dp::NftState want = skeletonOnly(cfg);
   ASSERT_TRUE(nft.run(renderNftChanges(cfg, want, dp::NftState{})));  // the table, empty
   const dp::NftState empty = want;
   for (uint32_t k = 0; k < 800; ++k) {  // 800 VIPs × 64 buckets: two transactions
@@ -158,10 +161,7 @@ TEST(NftClient, ForeignCommitsFollowedFromAnnouncements) {
   DataplaneConfig cfg;
   cfg.buckets = 8;
   NftClientImpl nft(cfg);
-  dp::NftState want;
-  want.present = true;
-  want.skeleton = renderSkeleton(cfg);
-  want.skeletonId = skeletonId(want.skeleton);
+  dp::NftState want = skeletonOnly(cfg);
   ASSERT_TRUE(nft.run(renderNftChanges(cfg, want, dp::NftState{})));
   const dp::NftState empty = want;
   for (const char* v : {"203.0.113.1", "203.0.113.2", "2001:db8::1"}) {
