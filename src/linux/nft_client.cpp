@@ -246,6 +246,7 @@ void NftClientImpl::drainMonitor() {
       follower_.lost();
       continue;
     }
+    announced_ += msgs->size();
     for (const nlmsghdr* m : *msgs) follower_.feed(m);
   }
   follower_.lost();

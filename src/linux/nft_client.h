@@ -42,6 +42,9 @@ class NftClientImpl : public dp::NftClient {
   Result<dp::NftCounterSnapshot> readCounters() override;
   /** nfnetlink messages and libnftables commands sent so far (benchmarks). */
   uint64_t messagesSent() const { return sent_; }
+  /** nf_tables announcements received so far (tests: the client's own element announcements
+   *  never arrive, only their NEWGEN). */
+  uint64_t announcementsReceived() const { return announced_; }
 
  private:
   Status openSocket();
@@ -87,6 +90,7 @@ class NftClientImpl : public dp::NftClient {
   DataplaneConfig cfg_;
   nft_ctx* ctx_;
   uint64_t sent_ = 0;
+  uint64_t announced_ = 0;
   int fd_ = -1;  // NETLINK_NETFILTER
   uint32_t seq_ = 0;
   int sndbuf_ = 0;
