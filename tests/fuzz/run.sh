@@ -11,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SECS=${1:-20}
 DIR=${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 CXX=${FUZZ_CXX:-clang++-16}
-TARGETS=(published watch bodies manifest kubeconfig)
+TARGETS=(published watch bodies manifest kubeconfig nftnotify)
 
 command -v "$CXX" >/dev/null || { echo "fuzz: $CXX not found (scripts/lib/deps.sh installs it)"; exit 1; }
 cmake -S "$ROOT" -B "$DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$CXX" \
