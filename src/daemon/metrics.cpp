@@ -92,6 +92,9 @@ std::vector<MetricFamily> counterFamilies(const dp::NftCounterSnapshot& snap,
                       MetricType::Gauge);
   auto flowLimit = family("flow_limit", "Size limit of each of the router's flow tables",
                           MetricType::Gauge);
+  auto newFlows = family("new_flows_total",
+                         "Flows added to the router's flow tables (a flow's first packet)",
+                         MetricType::Counter);
   vipPackets.metric.reserve(snap.vip.size());
   vipBytes.metric.reserve(snap.vip.size());
   for (auto& [vip, c] : snap.vip) {
@@ -129,9 +132,10 @@ std::vector<MetricFamily> counterFamilies(const dp::NftCounterSnapshot& snap,
   add(flows, double(snap.flows4), {{"family", "ipv4"}});
   add(flows, double(snap.flows6), {{"family", "ipv6"}});
   add(flowLimit, double(snap.flowLimit));
+  add(newFlows, double(snap.newFlows));
   std::vector<MetricFamily> out;
   for (auto* f : {&vipPackets, &vipBytes, &epPackets, &epBytes, &vipRefused, &refused, &flows,
-                  &flowLimit})
+                  &flowLimit, &newFlows})
     out.push_back(std::move(*f));
   return out;
 }

@@ -45,6 +45,7 @@ dp::NftCounterSnapshot snapshot() {
   s.flows4 = 12;
   s.flows6 = 1;
   s.flowLimit = 65536;
+  s.newFlows = 40;
   return s;
 }
 
@@ -86,6 +87,9 @@ kube_service_tunnel_flows{family="ipv6"} 1
 # HELP kube_service_tunnel_flow_limit Size limit of each of the router's flow tables
 # TYPE kube_service_tunnel_flow_limit gauge
 kube_service_tunnel_flow_limit 65536
+# HELP kube_service_tunnel_new_flows_total Flows added to the router's flow tables (a flow's first packet)
+# TYPE kube_service_tunnel_new_flows_total counter
+kube_service_tunnel_new_flows_total 40
 )");
 }
 
