@@ -159,36 +159,29 @@ std::vector<MetricFamily> counterFamilies(const dp::NftCounterSnapshot& snap,
 
 namespace {
 
-/** The text format written straight into a string (the scrape's big families): HELP and TYPE
- *  lines, then `name{labels} value` lines, as prometheus-cpp's TextSerializer writes them. */
-class TextWriter {
- public:
-  explicit TextWriter(std::string& out) : out_(out) {}
-  void header(const Named& n, std::string_view type) {
-    fmt::format_to(std::back_inserter(out_), "# HELP {}{} {}\n# TYPE {}{} {}\n", kPrefix, n.name,
-                   n.help, kPrefix, n.name, type);
+// The text format written straight into a string (the scrape's big families), as
+// prometheus-cpp's TextSerializer writes it: HELP and TYPE lines, then `name{labels} value`.
+void writeHeader(std::string& to, const Named& n, std::string_view type) {
+  fmt::format_to(std::back_inserter(to), "# HELP {}{} {}\n# TYPE {}{} {}\n", kPrefix, n.name,
+                 n.help, kPrefix, n.name, type);
+}
+/** One series: labels is "" or the whole `{…}`. */
+void writeSample(std::string& to, std::string_view name, std::string_view labels,
+                 uint64_t value) {
+  to += kPrefix;
+  to += name;
+  to += labels;
+  fmt::format_to(std::back_inserter(to), " {}\n", value);
+}
+/** A label value escaped for the text format (backslash, double quote, line feed). */
+void writeEscaped(std::string& to, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\') to += "\\\\";
+    else if (c == '"') to += "\\\"";
+    else if (c == '\n') to += "\\n";
+    else to += c;
   }
-  /** One series: labels is "" or the whole `{…}`. */
-  static void sample(std::string& to, std::string_view name, std::string_view labels,
-                     uint64_t value) {
-    to += kPrefix;
-    to += name;
-    to += labels;
-    fmt::format_to(std::back_inserter(to), " {}\n", value);
-  }
-  /** A label value escaped for the text format (backslash, double quote, line feed). */
-  static void escaped(std::string& to, std::string_view v) {
-    for (char c : v) {
-      if (c == '\\') to += "\\\\";
-      else if (c == '"') to += "\\\"";
-      else if (c == '\n') to += "\\n";
-      else to += c;
-    }
-  }
-
- private:
-  std::string& out_;
-};
+}
 
 /** `{namespace="…",service="…",vip="…"` (not closed): the labels every per-VIP series starts
  *  with, per VIP of names, sorted by VIP. */
@@ -197,9 +190,9 @@ std::vector<std::pair<IpAddress, std::string>> vipLabelPrefixes(const VipNames& 
   out.reserve(names.size());
   for (auto& [vip, svc] : names) {
     std::string l = "{namespace=\"";
-    TextWriter::escaped(l, svc.ns);
+    writeEscaped(l, svc.ns);
     l += "\",service=\"";
-    TextWriter::escaped(l, svc.name);
+    writeEscaped(l, svc.name);
     l += "\",vip=\"";
     l += vip.str();
     l += '"';
@@ -224,12 +217,11 @@ void appendCounterText(std::string& out, const dp::NftCounterSnapshot& snap,
   out.reserve(out.size() + 130 * (2 * snap.vip.size() + 2 * snap.endpoint.size() +
                                   snap.refusedByVip.size() + 16));
   std::string more, labels;
-  TextWriter w(out);
   auto pair = [&](const Named& first, const Named& second, auto&& each) {
     more.clear();
-    w.header(first, "counter");
+    writeHeader(out, first, "counter");
     each();
-    w.header(second, "counter");
+    writeHeader(out, second, "counter");
     out += more;
   };
   at = 0;
@@ -238,8 +230,8 @@ void appendCounterText(std::string& out, const dp::NftCounterSnapshot& snap,
       const std::string* p = prefixOf(vip);
       if (!p) continue;
       labels.assign(*p).push_back('}');
-      TextWriter::sample(out, kVipPackets.name, labels, c.packets);
-      TextWriter::sample(more, kVipBytes.name, labels, c.bytes);
+      writeSample(out, kVipPackets.name, labels, c.packets);
+      writeSample(more, kVipBytes.name, labels, c.bytes);
     }
   });
   at = 0;
@@ -248,32 +240,32 @@ void appendCounterText(std::string& out, const dp::NftCounterSnapshot& snap,
       const std::string* p = prefixOf(key.first);
       if (!p) continue;
       labels.assign(*p).append(",endpoint=\"").append(key.second.str()).append("\"}");
-      TextWriter::sample(out, kEpPackets.name, labels, c.packets);
-      TextWriter::sample(more, kEpBytes.name, labels, c.bytes);
+      writeSample(out, kEpPackets.name, labels, c.packets);
+      writeSample(more, kEpBytes.name, labels, c.bytes);
     }
   });
-  w.header(kVipRefused, "counter");
+  writeHeader(out, kVipRefused, "counter");
   at = 0;
   for (auto& [vip, c] : snap.refusedByVip) {
     const std::string* p = prefixOf(vip);
     if (!p) continue;
     labels.assign(*p).push_back('}');
-    TextWriter::sample(out, kVipRefused.name, labels, c.packets);
+    writeSample(out, kVipRefused.name, labels, c.packets);
   }
-  w.header(kRefused, "counter");
+  writeHeader(out, kRefused, "counter");
   for (auto& [reason, c] : snap.refused) {
     labels.assign("{reason=\"");
-    TextWriter::escaped(labels, reason);
+    writeEscaped(labels, reason);
     labels += "\"}";
-    TextWriter::sample(out, kRefused.name, labels, c.packets);
+    writeSample(out, kRefused.name, labels, c.packets);
   }
-  w.header(kFlows, "gauge");
-  TextWriter::sample(out, kFlows.name, "{family=\"ipv4\"}", snap.flows4);
-  TextWriter::sample(out, kFlows.name, "{family=\"ipv6\"}", snap.flows6);
-  w.header(kFlowLimit, "gauge");
-  TextWriter::sample(out, kFlowLimit.name, "", snap.flowLimit);
-  w.header(kNewFlows, "counter");
-  TextWriter::sample(out, kNewFlows.name, "", snap.newFlows);
+  writeHeader(out, kFlows, "gauge");
+  writeSample(out, kFlows.name, "{family=\"ipv4\"}", snap.flows4);
+  writeSample(out, kFlows.name, "{family=\"ipv6\"}", snap.flows6);
+  writeHeader(out, kFlowLimit, "gauge");
+  writeSample(out, kFlowLimit.name, "", snap.flowLimit);
+  writeHeader(out, kNewFlows, "counter");
+  writeSample(out, kNewFlows.name, "", snap.newFlows);
 }
 
 std::vector<MetricFamily> apiFamilies(const ApiStats& stats) {
@@ -355,16 +347,15 @@ std::vector<MetricFamily> announceFamilies(const std::set<IpAddress>& announced,
 
 void appendAnnounceText(std::string& out, const std::set<IpAddress>& announced, bool drained,
                         const VipNames& names) {
-  TextWriter w(out);
   out.reserve(out.size() + 130 * (names.size() + 4));
-  w.header(kAnnounced, "gauge");
+  writeHeader(out, kAnnounced, "gauge");
   std::string labels;
   for (auto& [vip, l] : vipLabelPrefixes(names)) {
     labels.assign(l).push_back('}');
-    TextWriter::sample(out, kAnnounced.name, labels, announced.contains(vip) ? 1 : 0);
+    writeSample(out, kAnnounced.name, labels, announced.contains(vip) ? 1 : 0);
   }
-  w.header(kDrained, "gauge");
-  TextWriter::sample(out, kDrained.name, "", drained ? 1 : 0);
+  writeHeader(out, kDrained, "gauge");
+  writeSample(out, kDrained.name, "", drained ? 1 : 0);
 }
 
 std::string serializeText(const std::vector<MetricFamily>& families) {
