@@ -463,5 +463,45 @@ TEST_F(Accounting, NewFlowsAreCountedOncePerFlow) {
   }
 }
 
+// A flow pinned to a released slot is hashed per packet until its element expires, through
+// the rule that pins flows: none of those packets counts as a new flow (the rule first asks
+// whether the key is absent), while released_slots_total counts the release.
+TEST_F(Accounting, FlowsOfAReleasedSlotAreNotCountedAgain) {
+  constexpr int kN = 24, kBase = 58000;
+  const std::string released = "kube_service_tunnel_released_slots_total";
+  const std::string newFlows = "kube_service_tunnel_new_flows_total";
+  const std::string vipSeries = "kube_service_tunnel_vip_packets_total{" + vipSel(false) + "}";
+  auto send = [&] {
+    return lines(in("cl", kTool + " udp " + kVip4 + " 8080 " + std::to_string(kN) + " 0 " +
+                              std::to_string(kBase)).out);
+  };
+  ASSERT_EQ(send().size(), size_t(kN));
+  int onP1a = 0;  // flows pinned to the endpoint that goes
+  for (int i = 0; i < kN; ++i) {
+    auto e = explain(kVip4, kClient4, kBase + i, 8080, "udp");
+    ASSERT_TRUE(!e.is_discarded() && e["pinned"].get<bool>()) << e.dump();
+    onP1a += e["endpoint"] == podIp("p1a", false);
+  }
+  ASSERT_GE(onP1a, 1) << "no flow of " << kN << " pinned to p1a: nothing would be tested";
+  auto before = scrape();
+  ASSERT_TRUE(before);
+  std::vector<Ep> eps;
+  for (auto& p : kPods)
+    if (p != "p1a") eps.push_back({podIp(p, false), std::string("node") + p[1]});
+  writeManifest("svc4.yaml", serviceYaml("web4", kVip4) + "---\n" + sliceYaml("web4", "IPv4", eps));
+  std::optional<std::map<std::string, double>> rel;
+  ASSERT_TRUE(waitUntil([&] {
+    rel = scrape();
+    return rel && value(*rel, released) > value(*before, released);
+  }, 20)) << procs["rt"].log();
+  auto answers = send();  // the same flows again: p1a's are stale pins, hashed per packet
+  ASSERT_EQ(answers.size(), size_t(kN));
+  for (auto& a : answers) EXPECT_EQ(a.rfind("p1a ", 0), std::string::npos) << a;
+  auto after = scrape();
+  ASSERT_TRUE(after);
+  EXPECT_EQ(value(*after, vipSeries) - value(*rel, vipSeries), kN);
+  EXPECT_EQ(value(*after, newFlows), value(*rel, newFlows)) << onP1a << " stale pins";
+}
+
 }  // namespace
 }  // namespace kst::e2e
