@@ -27,7 +27,8 @@
 #
 #   bench/dataplane.sh BUILD_DIR [REPS] [SECONDS] [BUCKETS]
 # Prints "RESULT bench=dataplane ..." lines. Namespaces: kbd<pid>-*; removed on exit.
-# DATAPLANE_CPU=N|none (UDP sender's CPU), DATAPLANE_HOLD=SECONDS (keep the topology up first).
+# DATAPLANE_CPU=N|none (UDP sender's CPU), DATAPLANE_HOLD=SECONDS (keep the topology up first),
+# DATAPLANE_TCP=0 (the small-UDP part only: no TCP runs, tcp_* fields "-").
 set -euo pipefail
 BUILD=${1:?build dir}
 REPS=${2:-3}
@@ -172,30 +173,33 @@ for rep in $(seq "$REPS"); do
     sleep "$SETTLE"
   done
   for v in $order hand0; do
+    [ "${DATAPLANE_TCP:-1}" = 0 ] && break
     case $v in plain) dst=$POD ;; hand0) dst=$VIP_H0 ;; hand) dst=$VIP_H ;; daemon) dst=$VIP_D ;; esac
     gbps[$v]=$(ns cl "$LOAD" tcp "$dst" 5201 "$SECS" | sed -n 's/.*gbps=//p')
     GBPS[$v]="${GBPS[$v]:-} ${gbps[$v]}"
     sleep "$SETTLE"
   done
   RATIO_PPS="$RATIO_PPS $(ratio "${pps[daemon]}" "${pps[hand]}")"
-  RATIO_TCP="$RATIO_TCP $(ratio "${gbps[daemon]}" "${gbps[hand]}")"
+  [ "${DATAPLANE_TCP:-1}" = 0 ] || RATIO_TCP="$RATIO_TCP $(ratio "${gbps[daemon]}" "${gbps[hand]}")"
   for v in plain hand0 hand daemon; do
-    echo "  dataplane rep $rep $v: pps=${pps[$v]:--} gbps=${gbps[$v]}" >&2
+    echo "  dataplane rep $rep $v: pps=${pps[$v]:--} gbps=${gbps[$v]:--}" >&2
   done
 done
-range() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# (No values, as the TCP ones with DATAPLANE_TCP=0: "-".)
+range() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print NR ? lo "-" hi : "-"}'; }
+med() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print !NR ? "-" : (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 pp=$(echo "${PPS[plain]}" | med); ph=$(echo "${PPS[hand]}" | med); pd=$(echo "${PPS[daemon]}" | med)
-gp=$(echo "${GBPS[plain]}" | med); gh=$(echo "${GBPS[hand]}" | med); gd=$(echo "${GBPS[daemon]}" | med)
-gh0=$(echo "${GBPS[hand0]}" | med)
+gp=$(echo "${GBPS[plain]:-}" | med); gh=$(echo "${GBPS[hand]:-}" | med); gd=$(echo "${GBPS[daemon]:-}" | med)
+gh0=$(echo "${GBPS[hand0]:-}" | med)
+div() { if [ "$2" = - ] || [ "$1" = - ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; fi; }
 echo "RESULT bench=dataplane B=$BUCKETS reps=$REPS seconds=$SECS udp_pps_plain=$pp udp_pps_hand=$ph udp_pps_daemon=$pd" \
   "daemon_over_hand_pps=$(awk -v a="$pd" -v b="$ph" 'BEGIN {printf "%.2f", a / b}')" \
   "daemon_over_plain_pps=$(awk -v a="$pd" -v b="$pp" 'BEGIN {printf "%.2f", a / b}')" \
   "hand_over_plain_pps=$(awk -v a="$ph" -v b="$pp" 'BEGIN {printf "%.2f", a / b}')" \
   "tcp_gbps_plain=$gp tcp_gbps_hand_unclamped=$gh0 tcp_gbps_hand=$gh tcp_gbps_daemon=$gd" \
-  "hand_clamped_over_unclamped_tcp=$(awk -v a="$gh" -v b="$gh0" 'BEGIN {printf "%.2f", a / b}')" \
-  "daemon_over_hand_tcp=$(awk -v a="$gd" -v b="$gh" 'BEGIN {printf "%.2f", a / b}')" \
-  "daemon_over_plain_tcp=$(awk -v a="$gd" -v b="$gp" 'BEGIN {printf "%.2f", a / b}')" \
+  "hand_clamped_over_unclamped_tcp=$(div "$gh" "$gh0")" \
+  "daemon_over_hand_tcp=$(div "$gd" "$gh")" \
+  "daemon_over_plain_tcp=$(div "$gd" "$gp")" \
   "paired_daemon_over_hand_pps=$(echo "$RATIO_PPS" | med)" \
   "paired_daemon_over_hand_tcp=$(echo "$RATIO_TCP" | med)" \
   "paired_pps_range=$(echo "$RATIO_PPS" | range) paired_tcp_range=$(echo "$RATIO_TCP" | range)" \

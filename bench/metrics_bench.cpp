@@ -1,16 +1,22 @@
 // /metrics scrape time at V VIPs × E endpoints (daemon/metrics.h): a counter snapshot of that
 // size (what the router's nft counters give: one counter per VIP, per (VIP, endpoint), per
 // refusal reason and refused VIP) and the VIPs' names, through the scrape path the health
-// server calls: Metrics::render() = the registry's families + the snapshot's series + the
-// announcement state, serialized by prometheus-cpp's TextSerializer. Reading the counters from
-// the kernel is not part of it (the source returns a prepared snapshot; it is copied per scrape
-// as a real reader's result would be built).
+// server calls: Metrics::render() = the registry's families (prometheus-cpp's TextSerializer)
+// + the snapshot's series and the announcement state, written directly (appendCounterText,
+// appendAnnounceText). Reading the counters from the kernel is not part of it (the source
+// returns a prepared snapshot; it is copied per scrape as a real reader's result would be
+// built).
 //   kb-metrics V E REPS
-// Then the same through the health server as Prometheus asks for it (GET /metrics on
+// Side by side in the same run (interleaved), the earlier scrape path ("before"): every family
+// as prometheus-cpp MetricFamily objects (counterFamilies, announceFamilies) serialized by its
+// TextSerializer; and the snapshot's part alone both ways: families_ms + serialize_ms (library)
+// against write_ms (direct).
+// Then the scrape through the health server as Prometheus asks for it (GET /metrics on
 // 127.0.0.1 with Accept-Encoding: gzip, read until the server closes): wall time and bytes on
 // the wire.
 // Output: RESULT bench=metrics V=… E=… series=… bytes=… render_ms_p50=… render_ms_max=…
-//         families_ms_p50=… serialize_ms_p50=… http_gzip_ms_p50=… http_gzip_bytes=… load=…
+//         render_before_ms_p50=… render_before_ms_max=… families_ms_p50=… serialize_ms_p50=…
+//         write_ms_p50=… http_gzip_ms_p50=… http_gzip_bytes=… same_text=… load=…
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -108,22 +114,47 @@ int main(int argc, char** argv) {
 
   kst::VipNames names;
   for (auto& s : model.services) names[s.vip] = s.key;
-  std::vector<double> render, families, serialize;
+  std::vector<double> render, before, families, serialize, write;
   size_t bytes = 0, series = 0;
+  bool same = true;
+  // The earlier render(): the registry's families, the snapshot's (copied, as the source
+  // does) and the announcement state's as MetricFamily objects, one TextSerializer pass.
+  auto renderBefore = [&] {
+    auto copy = snap;
+    auto fams = m.registry().Collect();
+    for (auto& f : kst::counterFamilies(copy, names)) fams.push_back(std::move(f));
+    for (auto& f : kst::announceFamilies(announced, false, names)) fams.push_back(std::move(f));
+    return kst::serializeText(fams);
+  };
   for (int r = 0; r < reps; ++r) {
-    auto t0 = Clock::now();
-    std::string text = m.render();
-    auto t1 = Clock::now();
-    render.push_back(ms(t0, t1));
+    // Alternating which path goes first (a drift of the machine's load hits both alike).
+    std::string text, old;
+    for (int k = 0; k < 2; ++k) {
+      if ((k + r) % 2 == 0) {
+        auto t0 = Clock::now();
+        text = m.render();
+        render.push_back(ms(t0, Clock::now()));
+      } else {
+        auto t0 = Clock::now();
+        old = renderBefore();
+        before.push_back(ms(t0, Clock::now()));
+      }
+    }
     bytes = text.size();
-    // The two halves of the snapshot's part, separately.
+    same = same && text == old;
+    // The snapshot's part: the library's two halves, then the direct writer.
     auto t2 = Clock::now();
     auto fams = kst::counterFamilies(snap, names);
     auto t3 = Clock::now();
     std::string t = kst::serializeText(fams);
     auto t4 = Clock::now();
+    std::string w;
+    kst::appendCounterText(w, snap, names);
+    auto t5 = Clock::now();
     families.push_back(ms(t2, t3));
     serialize.push_back(ms(t3, t4));
+    write.push_back(ms(t4, t5));
+    same = same && t == w;
   }
   // Lines of the text that are not comments = series.
   {
@@ -159,11 +190,14 @@ int main(int argc, char** argv) {
   std::string load;
   std::ifstream("/proc/loadavg") >> load;
   printf("RESULT bench=metrics V=%u E=%u reps=%d series=%zu bytes=%zu render_ms_p50=%.1f "
-         "render_ms_max=%.1f families_ms_p50=%.1f serialize_ms_p50=%.1f http_gzip_ms_p50=%.1f "
-         "http_gzip_ms_max=%.1f http_gzip_bytes=%zu http_ok=%d load=%s\n",
+         "render_ms_max=%.1f render_before_ms_p50=%.1f render_before_ms_max=%.1f "
+         "families_ms_p50=%.1f serialize_ms_p50=%.1f write_ms_p50=%.1f http_gzip_ms_p50=%.1f "
+         "http_gzip_ms_max=%.1f http_gzip_bytes=%zu http_ok=%d same_text=%d load=%s\n",
          v, e, reps, series, bytes, median(render),
-         *std::max_element(render.begin(), render.end()), median(families), median(serialize),
-         median(http), *std::max_element(http.begin(), http.end()), wire, complete ? 1 : 0,
-         load.c_str());
-  return complete ? 0 : 1;
+         *std::max_element(render.begin(), render.end()), median(before),
+         *std::max_element(before.begin(), before.end()), median(families), median(serialize),
+         median(write), median(http), *std::max_element(http.begin(), http.end()), wire,
+         complete ? 1 : 0, same ? 1 : 0, load.c_str());
+  if (!same) fprintf(stderr, "the written text differs from the serializer's\n");
+  return complete && same ? 0 : 1;
 }

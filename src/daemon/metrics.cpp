@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <iterator>
 #include <sstream>
+#include <string_view>
 
+#include <fmt/format.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
@@ -23,6 +26,36 @@ constexpr const char* kPrefix = "kube_service_tunnel_";
 MetricFamily family(const std::string& name, const std::string& help, MetricType type) {
   return MetricFamily{kPrefix + name, help, type, {}};
 }
+
+/** Name (after the prefix) and help of the per-VIP families: counterFamilies() and
+ *  appendCounterText() write the same, and so do announceFamilies() and appendAnnounceText(). */
+struct Named {
+  const char* name;
+  const char* help;
+};
+constexpr Named kVipPackets{"vip_packets_total",
+                            "Packets to the VIP that entered the tunnel path (router)"};
+constexpr Named kVipBytes{"vip_bytes_total",
+                          "Bytes (IP packet length) to the VIP that entered the tunnel path (router)"};
+constexpr Named kEpPackets{"endpoint_packets_total",
+                           "Packets to the VIP encapsulated toward the endpoint (router)"};
+constexpr Named kEpBytes{"endpoint_bytes_total",
+                         "Bytes (IP packet length before encapsulation) to the VIP encapsulated "
+                         "toward the endpoint (router)"};
+constexpr Named kVipRefused{"vip_refused_packets_total",
+                            "Packets to the VIP the router refused (every reason)"};
+constexpr Named kRefused{"refused_packets_total", "Packets to VIPs the router refused, by reason"};
+constexpr Named kFlows{"flows", "Flows pinned in the router's flow tables, by address family"};
+constexpr Named kFlowLimit{"flow_limit", "Size limit of each of the router's flow tables"};
+constexpr Named kNewFlows{"new_flows_total",
+                          "Flows added to the router's flow tables (a flow's first packet)"};
+
+constexpr Named kAnnounced{"vip_announced",
+                           "1 while the router announces the VIP (a route in the announce table), "
+                           "else 0"};
+constexpr Named kDrained{"announce_drained", "1 while the router is drained (announces nothing)"};
+
+MetricFamily family(const Named& n, MetricType type) { return family(n.name, n.help, type); }
 
 ClientMetric sample(MetricType type, double value, std::vector<ClientMetric::Label> labels = {}) {
   ClientMetric m;
@@ -70,28 +103,15 @@ const char* failureReasonName(FailureReason r) {
 
 std::vector<MetricFamily> counterFamilies(const dp::NftCounterSnapshot& snap,
                                           const VipNames& names) {
-  auto vipPackets = family("vip_packets_total",
-                           "Packets to the VIP that entered the tunnel path (router)",
-                           MetricType::Counter);
-  auto vipBytes = family("vip_bytes_total",
-                         "Bytes (IP packet length) to the VIP that entered the tunnel path (router)",
-                         MetricType::Counter);
-  auto epPackets = family("endpoint_packets_total",
-                          "Packets to the VIP encapsulated toward the endpoint (router)",
-                          MetricType::Counter);
-  auto epBytes = family("endpoint_bytes_total",
-                        "Bytes (IP packet length before encapsulation) to the VIP encapsulated "
-                        "toward the endpoint (router)",
-                        MetricType::Counter);
-  auto vipRefused = family("vip_refused_packets_total",
-                           "Packets to the VIP the router refused (every reason)",
-                           MetricType::Counter);
-  auto refused = family("refused_packets_total", "Packets to VIPs the router refused, by reason",
-                        MetricType::Counter);
-  auto flows = family("flows", "Flows pinned in the router's flow tables, by address family",
-                      MetricType::Gauge);
-  auto flowLimit = family("flow_limit", "Size limit of each of the router's flow tables",
-                          MetricType::Gauge);
+  auto vipPackets = family(kVipPackets, MetricType::Counter);
+  auto vipBytes = family(kVipBytes, MetricType::Counter);
+  auto epPackets = family(kEpPackets, MetricType::Counter);
+  auto epBytes = family(kEpBytes, MetricType::Counter);
+  auto vipRefused = family(kVipRefused, MetricType::Counter);
+  auto refused = family(kRefused, MetricType::Counter);
+  auto flows = family(kFlows, MetricType::Gauge);
+  auto flowLimit = family(kFlowLimit, MetricType::Gauge);
+  auto newFlows = family(kNewFlows, MetricType::Counter);
   vipPackets.metric.reserve(snap.vip.size());
   vipBytes.metric.reserve(snap.vip.size());
   for (auto& [vip, c] : snap.vip) {
@@ -129,11 +149,123 @@ std::vector<MetricFamily> counterFamilies(const dp::NftCounterSnapshot& snap,
   add(flows, double(snap.flows4), {{"family", "ipv4"}});
   add(flows, double(snap.flows6), {{"family", "ipv6"}});
   add(flowLimit, double(snap.flowLimit));
+  add(newFlows, double(snap.newFlows));
   std::vector<MetricFamily> out;
   for (auto* f : {&vipPackets, &vipBytes, &epPackets, &epBytes, &vipRefused, &refused, &flows,
-                  &flowLimit})
+                  &flowLimit, &newFlows})
     out.push_back(std::move(*f));
   return out;
+}
+
+namespace {
+
+// The text format written straight into a string (the scrape's big families), as
+// prometheus-cpp's TextSerializer writes it: HELP and TYPE lines, then `name{labels} value`.
+void writeHeader(std::string& to, const Named& n, std::string_view type) {
+  fmt::format_to(std::back_inserter(to), "# HELP {}{} {}\n# TYPE {}{} {}\n", kPrefix, n.name,
+                 n.help, kPrefix, n.name, type);
+}
+/** One series: labels is "" or the whole `{…}`. */
+void writeSample(std::string& to, std::string_view name, std::string_view labels,
+                 uint64_t value) {
+  to += kPrefix;
+  to += name;
+  to += labels;
+  fmt::format_to(std::back_inserter(to), " {}\n", value);
+}
+/** A label value escaped for the text format (backslash, double quote, line feed). */
+void writeEscaped(std::string& to, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\') to += "\\\\";
+    else if (c == '"') to += "\\\"";
+    else if (c == '\n') to += "\\n";
+    else to += c;
+  }
+}
+
+/** `{namespace="…",service="…",vip="…"` (not closed): the labels every per-VIP series starts
+ *  with, per VIP of names, sorted by VIP. */
+std::vector<std::pair<IpAddress, std::string>> vipLabelPrefixes(const VipNames& names) {
+  std::vector<std::pair<IpAddress, std::string>> out;
+  out.reserve(names.size());
+  for (auto& [vip, svc] : names) {
+    std::string l = "{namespace=\"";
+    writeEscaped(l, svc.ns);
+    l += "\",service=\"";
+    writeEscaped(l, svc.name);
+    l += "\",vip=\"";
+    l += vip.str();
+    l += '"';
+    out.emplace_back(vip, std::move(l));
+  }
+  return out;
+}
+
+}  // namespace
+
+void appendCounterText(std::string& out, const dp::NftCounterSnapshot& snap,
+                       const VipNames& names) {
+  const auto prefixes = vipLabelPrefixes(names);
+  // The label prefix of a VIP of names, nullptr for another; the snapshot's maps are sorted by
+  // VIP, so a walk over one of them only moves forward (at = 0 before each).
+  size_t at = 0;
+  auto prefixOf = [&](const IpAddress& vip) -> const std::string* {
+    while (at < prefixes.size() && prefixes[at].first < vip) ++at;
+    return at < prefixes.size() && prefixes[at].first == vip ? &prefixes[at].second : nullptr;
+  };
+  // ≈ 130 bytes a series; the second family of a pair goes to `more` while the first is written.
+  out.reserve(out.size() + 130 * (2 * snap.vip.size() + 2 * snap.endpoint.size() +
+                                  snap.refusedByVip.size() + 16));
+  std::string more, labels;
+  auto pair = [&](const Named& first, const Named& second, auto&& each) {
+    more.clear();
+    writeHeader(out, first, "counter");
+    each();
+    writeHeader(out, second, "counter");
+    out += more;
+  };
+  at = 0;
+  pair(kVipPackets, kVipBytes, [&] {
+    for (auto& [vip, c] : snap.vip) {
+      const std::string* p = prefixOf(vip);
+      if (!p) continue;
+      labels.assign(*p).push_back('}');
+      writeSample(out, kVipPackets.name, labels, c.packets);
+      writeSample(more, kVipBytes.name, labels, c.bytes);
+    }
+  });
+  at = 0;
+  pair(kEpPackets, kEpBytes, [&] {
+    for (auto& [key, c] : snap.endpoint) {
+      const std::string* p = prefixOf(key.first);
+      if (!p) continue;
+      labels.assign(*p).append(",endpoint=\"").append(key.second.str()).append("\"}");
+      writeSample(out, kEpPackets.name, labels, c.packets);
+      writeSample(more, kEpBytes.name, labels, c.bytes);
+    }
+  });
+  writeHeader(out, kVipRefused, "counter");
+  at = 0;
+  for (auto& [vip, c] : snap.refusedByVip) {
+    const std::string* p = prefixOf(vip);
+    if (!p) continue;
+    labels.assign(*p).push_back('}');
+    writeSample(out, kVipRefused.name, labels, c.packets);
+  }
+  writeHeader(out, kRefused, "counter");
+  for (auto& [reason, c] : snap.refused) {
+    labels.assign("{reason=\"");
+    writeEscaped(labels, reason);
+    labels += "\"}";
+    writeSample(out, kRefused.name, labels, c.packets);
+  }
+  writeHeader(out, kFlows, "gauge");
+  writeSample(out, kFlows.name, "{family=\"ipv4\"}", snap.flows4);
+  writeSample(out, kFlows.name, "{family=\"ipv6\"}", snap.flows6);
+  writeHeader(out, kFlowLimit, "gauge");
+  writeSample(out, kFlowLimit.name, "", snap.flowLimit);
+  writeHeader(out, kNewFlows, "counter");
+  writeSample(out, kNewFlows.name, "", snap.newFlows);
 }
 
 std::vector<MetricFamily> apiFamilies(const ApiStats& stats) {
@@ -201,12 +333,8 @@ std::vector<MetricFamily> apiFamilies(const ApiStats& stats) {
 
 std::vector<MetricFamily> announceFamilies(const std::set<IpAddress>& announced, bool drained,
                                            const VipNames& names) {
-  auto state = family("vip_announced",
-                      "1 while the router announces the VIP (a route in the announce table), "
-                      "else 0",
-                      MetricType::Gauge);
-  auto drainedF = family("announce_drained", "1 while the router is drained (announces nothing)",
-                         MetricType::Gauge);
+  auto state = family(kAnnounced, MetricType::Gauge);
+  auto drainedF = family(kDrained, MetricType::Gauge);
   state.metric.reserve(names.size());
   for (auto& [vip, svc] : names)
     add(state, announced.contains(vip) ? 1 : 0, vipLabels(svc, vip.str()));
@@ -215,6 +343,19 @@ std::vector<MetricFamily> announceFamilies(const std::set<IpAddress>& announced,
   out.push_back(std::move(state));
   out.push_back(std::move(drainedF));
   return out;
+}
+
+void appendAnnounceText(std::string& out, const std::set<IpAddress>& announced, bool drained,
+                        const VipNames& names) {
+  out.reserve(out.size() + 130 * (names.size() + 4));
+  writeHeader(out, kAnnounced, "gauge");
+  std::string labels;
+  for (auto& [vip, l] : vipLabelPrefixes(names)) {
+    labels.assign(l).push_back('}');
+    writeSample(out, kAnnounced.name, labels, announced.contains(vip) ? 1 : 0);
+  }
+  writeHeader(out, kDrained, "gauge");
+  writeSample(out, kDrained.name, "", drained ? 1 : 0);
 }
 
 std::string serializeText(const std::vector<MetricFamily>& families) {
@@ -343,33 +484,35 @@ std::string Metrics::render() const {
     api = api_;
   }
   // The sources first: a failure to read one is counted in this scrape's scrape_errors_total.
-  std::vector<MetricFamily> read;
-  auto append = [&read](std::vector<MetricFamily> more) {
-    for (auto& f : more) read.push_back(std::move(f));
-  };
   // A source that fails costs its series for this scrape, never the scrape.
+  std::optional<dp::NftCounterSnapshot> snap;
   if (counters) {
-    std::optional<dp::NftCounterSnapshot> snap;
     try {
       snap = counters();
     } catch (const std::exception& e) {
       spdlog::warn("metrics: reading the traffic counters: {}", e.what());
     }
-    if (snap) append(counterFamilies(*snap, names));
-    else scrapeErrors_.Add({{"source", "counters"}}).Increment();
+    if (!snap) scrapeErrors_.Add({{"source", "counters"}}).Increment();
   }
+  std::vector<MetricFamily> apiRead;
   if (api) {
     try {
-      append(apiFamilies(api()));
+      apiRead = apiFamilies(api());
     } catch (const std::exception& e) {
       spdlog::warn("metrics: reading the API client's statistics: {}", e.what());
       scrapeErrors_.Add({{"source", "api"}}).Increment();
     }
   }
-  if (announced) append(announceFamilies(*announced, drained, names));
-  std::vector<MetricFamily> fams = registry_->Collect();
-  for (auto& f : read) fams.push_back(std::move(f));
-  return serializeText(fams);
+  // NOTE Performance: the per-VIP and per-endpoint families (≈ 120 000 series at 10k VIPs × 4
+  // endpoints) are written straight into the text; prometheus-cpp's serializer needs a
+  // MetricFamily object per series first and writes through an ostream (bench/metrics_bench.cpp
+  // measures both; docs/performance.md). The registry's and the API client's few series go
+  // through it.
+  std::string text = serializeText(registry_->Collect());
+  if (snap) appendCounterText(text, *snap, names);
+  if (!apiRead.empty()) text += serializeText(apiRead);
+  if (announced) appendAnnounceText(text, *announced, drained, names);
+  return text;
 }
 
 void Metrics::serve(HealthServer& server) const {

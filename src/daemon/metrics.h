@@ -2,8 +2,9 @@
 // registry for what the reconcile thread records as it goes (passes, durations, failures,
 // kernel changes), plus what is read only when Prometheus scrapes (the router's nft traffic
 // counters, the Kubernetes API client's watch and Event statistics, announcement state per
-// VIP), rendered by prometheus-cpp's TextSerializer and served as /metrics by the health
-// server (daemon/health.h: one HTTP library for every path).
+// VIP), rendered by prometheus-cpp's TextSerializer (the large per-VIP and per-endpoint
+// families: written directly in the same format, see appendCounterText) and served as /metrics
+// by the health server (daemon/health.h: one HTTP library for every path).
 //
 // Nothing here touches the kernel or the network: the traffic counters come from a
 // CounterSource and the API statistics from an ApiStatsSource that main wires, so the whole
@@ -103,6 +104,14 @@ std::vector<prometheus::MetricFamily> announceFamilies(const std::set<IpAddress>
                                                        bool drained, const VipNames& names);
 /** The Prometheus text format (version 0.0.4) of families. */
 std::string serializeText(const std::vector<prometheus::MetricFamily>& families);
+/** The text of counterFamilies(snap, names) appended to out, written directly (no MetricFamily
+ *  per series): what a scrape uses. The same text as serializeText(counterFamilies(…)) except
+ *  that values are printed as exact integers, also above 2^53 (tests/unit/metrics_test.cpp). */
+void appendCounterText(std::string& out, const dp::NftCounterSnapshot& snap,
+                       const VipNames& names);
+/** The text of announceFamilies(announced, drained, names) appended to out, the same way. */
+void appendAnnounceText(std::string& out, const std::set<IpAddress>& announced, bool drained,
+                        const VipNames& names);
 
 class Metrics {
  public:

@@ -29,6 +29,12 @@ struct NftCounterSnapshot {
   std::map<IpAddress, CounterValue> refusedByVip;
   /** Flow table occupancy (elements of the flow maps) and its configured limit. */
   uint64_t flows4 = 0, flows6 = 0, flowLimit = 0;
+  /** Flows added to the flow tables since the table was created (both families): one per new
+   *  pinned flow, whatever number of packets it carries; a flow already pinned (also to a
+   *  released slot) is not counted again until its element expires. The nft dataplane reads
+   *  it from the named counter new_flows; another implementation fills it with the same
+   *  meaning (0 if it cannot tell). */
+  uint64_t newFlows = 0;
   bool operator==(const NftCounterSnapshot&) const = default;
 };
 

@@ -65,7 +65,13 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   // leaves that element's timeout alone, so it expires --flow-timeout after the release at
   // the latest; the flow is hashed per packet until then and pinned afresh after. The
   // planner does not give a released slot of a VIP to another endpoint for that long.
-  line(fmt::format("{} add @flow{} {{ {} : meta mark }}", l4, n, flowKey));
+  // New flows are counted here (named counter new_flows, both families): only a key the flow
+  // table does not hold yet, and only once it is added (a full table ends the rule at the
+  // `add`), so a stale pin's packets are not counted again. The extra lookup is on the
+  // new-flow path only.
+  line(fmt::format("{l4} {k} != @flow{n} add @flow{n} {{ {k} : meta mark }} counter name "
+                   "\"new_flows\"",
+                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n)));
   return r;
 }
 
@@ -79,9 +85,11 @@ std::string renderSkeleton(const DataplaneConfig& cfg) {
   // VIP set's element counters (the lookup every VIP packet makes anyway), per VIP × endpoint
   // the ep elements' (key VIP . slot mark, comment the endpoint; looked up in chain unmark,
   // once per forwarded packet), refused per VIP the refused elements' (looked up on the drop
-  // paths only), refused per reason two named counters.
+  // paths only), refused per reason two named counters, flows added to the flow tables one
+  // (new_flows, in the rule that pins a new flow).
   body += "  counter refused_no_bucket { }\n";
   body += "  counter refused_source_range { }\n";
+  body += "  counter new_flows { }\n";
   body += "  set vip4 { type ipv4_addr; counter; }\n";
   body += "  set vip6 { type ipv6_addr; counter; }\n";
   body += "  set refused4 { type ipv4_addr; counter; }\n";

@@ -17,10 +17,11 @@
 //   4. still unresolved       → counted (refused_no_bucket, @refused4), dropped (a VIP with no
 //                               endpoint must not leak to the main table)
 //   5. pin the flow: flow[saddr . sport . daddr . dport] = mark (a new element only: a stale
-//      pin, to a released slot, is left to time out; docs/load-balancing.md "Released slots")
+//      pin, to a released slot, is left to time out; docs/load-balancing.md "Released slots"),
+//      counted by the named counter new_flows when the key was not in the table
 // Counters (dataplane/counters.h): the VIP sets, the refused sets and the per-endpoint sets
 // ep4/ep6 (VIP . slot mark, looked up in chain unmark on forward) carry a counter per element;
-// refused packets per reason are named counters. docs/dataplane-notes.md "Counters".
+// refused packets per reason and new flows are named counters. docs/dataplane-notes.md "Counters".
 // nft 1.0.6 (Debian 12) aborts on concatenations wider than 16 bytes in dynamic-set updates and
 // on `ip6 daddr . jhash(...)`; hence the two-step bucket lookup and the IPv6 flow key made of
 // two 32-bit jhashes with different seeds (collision odds ≈ entries / 2^64).

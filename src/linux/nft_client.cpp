@@ -649,12 +649,13 @@ Result<dp::NftCounterSnapshot> NftClientImpl::readCounters() {
     if (!rc) return std::unexpected(rc.error());
     (v4 ? snap.flows4 : snap.flows6) = n;
   }
-  // Refused by reason: the named counters refused_<reason>.
+  // Refused by reason: the named counters refused_<reason>; new flows: new_flows (packets).
   bool intr = false;
   auto rc = request(nft::dumpObjectsRequest(cfg_.nftTable, ++seq_), [&](const nlmsghdr* m) {
     auto c = nft::decodeCounterObject(m);
-    if (c && c->table == cfg_.nftTable && c->name.starts_with("refused_"))
-      snap.refused[c->name.substr(8)] = c->value;
+    if (!c || c->table != cfg_.nftTable) return;
+    if (c->name.starts_with("refused_")) snap.refused[c->name.substr(8)] = c->value;
+    else if (c->name == "new_flows") snap.newFlows = c->value.packets;
   }, intr);
   if (!rc) return std::unexpected(rc.error());
   if (*rc != 0 && *rc != ENOENT) return sysFail(*rc, "nfnetlink list counters " + cfg_.nftTable);

@@ -3,7 +3,11 @@
 // the pod that receives it, and the flow map then pins each flow to the mark it predicted (the
 // user-space jhash is bit-exact with the kernel's). `status -o json` lists the VIPs with the
 // per-endpoint bucket counts the router programmed, read independently with `nft -j`.
+// Accounting (prefix kob): the router's /metrics counts per endpoint exactly the packets whose
+// 5-tuples explain assigns to it, and counts each new flow once.
 #include <nlohmann/json.hpp>
+
+#include <sstream>
 
 #include "privileged/harness.h"
 
@@ -25,10 +29,14 @@ std::string podIp(const std::string& pod, bool v6) {
 
 class Explain : public E2E {
  protected:
+  /** The prefix stem of the suite, and what the router is started with besides the defaults. */
+  virtual std::string stem() const { return "kex"; }
+  virtual std::vector<std::string> routerFlags() const { return {}; }
+
   void SetUp() override {
     E2E::SetUp();
     if (IsSkipped()) return;
-    usePrefix("kex");
+    usePrefix(stem());
     topology(2, 1);  // pods p1a p1b (node1), p2a p2b (node2)
     for (auto& p : kPods) serve(p);
     for (bool v6 : {false, true}) {
@@ -38,7 +46,7 @@ class Explain : public E2E {
                     serviceYaml(v6 ? "web6" : "web4", v6 ? kVip6 : kVip4) + "---\n" +
                         sliceYaml(v6 ? "web6" : "web4", v6 ? "IPv6" : "IPv4", eps));
     }
-    startRouter();
+    startRouter("rt", routerFlags());
     startAgent(1);
     startAgent(2);
     ASSERT_TRUE(reachable(kVip4, 20));
@@ -247,6 +255,252 @@ TEST_F(Explain, StatusListsTheVipsAndTheBucketsTheRouterProgrammed) {
   auto text = in("rt", kBin + " status --role router");
   EXPECT_EQ(text.rc, 0) << text.out;
   EXPECT_NE(text.out.find("draining"), std::string::npos) << text.out;
+}
+
+// ---- Accounting: the router's /metrics against explain and the client's own counts ----
+
+const std::string kMetricsPort = "9465";
+
+class Accounting : public Explain {
+ protected:
+  std::string stem() const override { return "kob"; }
+  std::vector<std::string> routerFlags() const override {
+    return {"--health-port", kMetricsPort, "--health-address", "127.0.0.1"};
+  }
+
+  /** Every series of the router's /metrics: "name{labels}" → value (nullopt: no answer). */
+  std::optional<std::map<std::string, double>> scrape() {
+    auto r = in("rt", "curl -sS --fail --max-time 10 http://127.0.0.1:" + kMetricsPort + "/metrics");
+    if (r.rc != 0) return std::nullopt;
+    std::map<std::string, double> m;
+    std::istringstream s(r.out);
+    for (std::string l; std::getline(s, l);) {
+      if (l.empty() || l[0] == '#') continue;
+      auto sp = l.rfind(' ');
+      if (sp == std::string::npos) continue;
+      m[l.substr(0, sp)] = std::stod(l.substr(sp + 1));
+    }
+    return m;
+  }
+  static double value(const std::map<std::string, double>& m, const std::string& series) {
+    auto it = m.find(series);
+    return it == m.end() ? 0 : it->second;
+  }
+  static std::string vipSel(bool v6) {
+    return std::string("namespace=\"default\",service=\"") + (v6 ? "web6" : "web4") +
+           "\",vip=\"" + (v6 ? kVip6 : kVip4) + "\"";
+  }
+
+  /** The client counts, in its own output hook, the packets it sends to either VIP per 5-tuple
+   *  (dynamic sets with a counter per element), and sends nothing else to them: an ICMP error
+   *  about an answer that came after its socket closed would be counted by the router too. */
+  void countClientTuples() {
+    ASSERT_EQ(nftLoad("cl", "table inet kob_client {\n"
+                            "  set sent4 { typeof meta l4proto . ip saddr . th sport . ip daddr . "
+                            "th dport; flags dynamic; counter; }\n"
+                            "  set sent6 { typeof meta l4proto . ip6 saddr . th sport . ip6 daddr "
+                            ". th dport; flags dynamic; counter; }\n"
+                            "  chain out {\n    type filter hook output priority 0;\n"
+                            "    ip daddr " + kVip4 + " meta l4proto { tcp, udp } update @sent4 "
+                            "{ meta l4proto . ip saddr . th sport . ip daddr . th dport }\n"
+                            "    ip6 daddr " + kVip6 + " meta l4proto { tcp, udp } update @sent6 "
+                            "{ meta l4proto . ip6 saddr . th sport . ip6 daddr . th dport }\n"
+                            "    ip daddr " + kVip4 + " meta l4proto != { tcp, udp } drop\n"
+                            "    ip6 daddr " + kVip6 + " meta l4proto != { tcp, udp } drop\n"
+                            "  }\n}\n"),
+              0);
+  }
+  struct Tuple {
+    std::string proto, src;
+    int sport = 0, dport = 0;
+    bool v6 = false;
+    auto operator<=>(const Tuple&) const = default;
+  };
+  /** Packets the client sent per 5-tuple (its dynamic sets). */
+  std::map<Tuple, uint64_t> clientTuples() {
+    std::map<Tuple, uint64_t> m;
+    for (bool v6 : {false, true}) {
+      auto j = json::parse(out("cl", std::string("nft -j list set inet kob_client ") +
+                                         (v6 ? "sent6" : "sent4")),
+                           nullptr, false);
+      if (j.is_discarded()) continue;
+      for (auto& o : j["nftables"]) {
+        if (!o.contains("set") || !o["set"].contains("elem")) continue;
+        for (auto& e : o["set"]["elem"]) {
+          if (!e.contains("elem")) continue;
+          auto& c = e["elem"]["val"]["concat"];
+          Tuple t{c[0].get<std::string>(), c[1].get<std::string>(), c[2].get<int>(),
+                  c[4].get<int>(), v6};
+          m[t] += e["elem"]["counter"]["packets"].get<uint64_t>();
+        }
+      }
+    }
+    return m;
+  }
+};
+
+// For K distinct 5-tuples (TCP and UDP, IPv4 and IPv6, one or several packets each) over four
+// endpoints: each endpoint's packet counter rises by exactly the packets of the tuples explain
+// assigns to it, and each VIP's by all of its tuples' packets. Explain with another seed (or
+// another bucket table) would give other endpoints for most tuples, and the per-endpoint sums,
+// whose tuples carry different packet counts, would differ: checked below by moving every tuple
+// to the next endpoint, which must not match.
+TEST_F(Accounting, EndpointCountersAreWhatExplainPredictsPerTuple) {
+  countClientTuples();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // SetUp's probes have ended
+  auto before = scrape();
+  ASSERT_TRUE(before) << procs["rt"].log();
+  for (bool v6 : {false, true}) {
+    const std::string vip = v6 ? kVip6 : kVip4;
+    const int base = v6 ? 52000 : 50000;
+    // UDP: 24 flows of one datagram, 4 flows of several (a datagram every 40–70 ms for 1 s, in
+    // parallel), TCP: 24 connections (a handshake, a line each way, the close).
+    auto one = lines(in("cl", kTool + " udp " + vip + " 8080 24 0 " + std::to_string(base)).out);
+    ASSERT_EQ(one.size(), 24u);
+    std::string streams;
+    for (int i = 0; i < 4; ++i)
+      streams += kTool + " udpstream " + vip + " 8080 " + std::to_string(base + 100 + i) + " 1 " +
+                 std::to_string(40 + 10 * i) + " >/dev/null & ";
+    in("cl", "sh -c '" + streams + "wait'");
+    auto conns = tcp(vip, 24, base + 200);
+    ASSERT_EQ(conns.size(), 24u);
+    for (auto& c : conns) EXPECT_NE(c, "FAIL");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // last TCP segments
+  auto sent = clientTuples();
+  auto after = scrape();
+  ASSERT_TRUE(after);
+
+  // explain for every tuple the client sent: its endpoint gets the tuple's packets.
+  std::map<std::pair<bool, std::string>, uint64_t> want;  // (v6, endpoint) → packets
+  std::map<bool, uint64_t> total;
+  std::map<bool, std::vector<std::string>> endpoints;
+  for (bool v6 : {false, true})
+    for (auto& p : kPods) endpoints[v6].push_back(podIp(p, v6));
+  std::vector<std::pair<Tuple, std::string>> assigned;
+  for (auto& [t, n] : sent) {
+    auto e = explain(t.v6 ? kVip6 : kVip4, t.src, t.sport, t.dport, t.proto);
+    ASSERT_TRUE(!e.is_discarded() && e["endpoint"].is_string()) << t.proto << " " << t.sport;
+    want[{t.v6, e["endpoint"].get<std::string>()}] += n;
+    total[t.v6] += n;
+    assigned.emplace_back(t, e["endpoint"].get<std::string>());
+  }
+  ASSERT_EQ(sent.size(), 2u * (24 + 4 + 24)) << "tuples the client counted";
+  for (bool v6 : {false, true}) {
+    const std::string sel = vipSel(v6);
+    int reached = 0;
+    for (auto& ep : endpoints[v6]) {
+      const std::string series =
+          "kube_service_tunnel_endpoint_packets_total{" + sel + ",endpoint=\"" + ep + "\"}";
+      const double got = value(*after, series) - value(*before, series);
+      EXPECT_EQ(got, double(want[{v6, ep}])) << series;
+      reached += want[{v6, ep}] > 0;
+    }
+    EXPECT_GE(reached, 3) << "the tuples should reach at least 3 of the 4 endpoints";
+    const std::string vipSeries = "kube_service_tunnel_vip_packets_total{" + sel + "}";
+    EXPECT_EQ(value(*after, vipSeries) - value(*before, vipSeries), double(total[v6]));
+  }
+  // The check discriminates: every tuple moved to the next endpoint gives other sums.
+  std::map<std::pair<bool, std::string>, uint64_t> moved;
+  for (auto& [t, ep] : assigned) {
+    auto& eps = endpoints[t.v6];
+    auto it = std::find(eps.begin(), eps.end(), ep);
+    ASSERT_NE(it, eps.end()) << ep;
+    moved[{t.v6, eps[size_t(it - eps.begin() + 1) % eps.size()]}] += sent[t];
+  }
+  EXPECT_NE(moved, want);
+}
+
+// New flows: N UDP flows (distinct source ports) raise new_flows_total by exactly N, in either
+// family; one flow of many datagrams raises it by one; the occupancy gauge is the element count
+// `nft list map` shows.
+TEST_F(Accounting, NewFlowsAreCountedOncePerFlow) {
+  const std::string newFlows = "kube_service_tunnel_new_flows_total";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (bool v6 : {false, true}) {
+    const std::string vip = v6 ? kVip6 : kVip4;
+    const int base = v6 ? 56000 : 54000;
+    auto b = scrape();
+    ASSERT_TRUE(b);
+    constexpr int kN = 30;
+    auto answers = lines(in("cl", kTool + " udp " + vip + " 8080 " + std::to_string(kN) + " 0 " +
+                                      std::to_string(base)).out);
+    ASSERT_EQ(answers.size(), size_t(kN));
+    auto a = scrape();
+    ASSERT_TRUE(a);
+    EXPECT_EQ(value(*a, newFlows) - value(*b, newFlows), kN) << vip;
+    // One flow, a datagram every 50 ms for 2 s: one new flow, every datagram counted.
+    const std::string vipSeries = "kube_service_tunnel_vip_packets_total{" + vipSel(v6) + "}";
+    auto stream = lines(in("cl", kTool + " udpstream " + vip + " 8080 " + std::to_string(base + 500) +
+                                     " 2 50").out);
+    auto c = scrape();
+    ASSERT_TRUE(c);
+    EXPECT_GE(stream.size(), 30u);
+    EXPECT_EQ(value(*c, newFlows) - value(*a, newFlows), 1) << vip;
+    EXPECT_GE(value(*c, vipSeries) - value(*a, vipSeries), double(stream.size()));
+    // The same N flows again (still pinned): not new.
+    in("cl", kTool + " udp " + vip + " 8080 " + std::to_string(kN) + " 0 " + std::to_string(base));
+    auto d = scrape();
+    ASSERT_TRUE(d);
+    EXPECT_EQ(value(*d, newFlows), value(*c, newFlows)) << vip;
+  }
+  // Occupancy: as `nft list map` shows it (nothing is sent in between; entries expire only
+  // after --flow-timeout).
+  auto m = scrape();
+  ASSERT_TRUE(m);
+  for (bool v6 : {false, true}) {
+    auto j = json::parse(out("rt", std::string("nft -j list map inet kube_service_tunnel ") +
+                                       (v6 ? "flow6" : "flow4")),
+                         nullptr, false);
+    ASSERT_FALSE(j.is_discarded());
+    size_t listed = 0;
+    for (auto& o : j["nftables"])
+      if (o.contains("map") && o["map"].contains("elem")) listed = o["map"]["elem"].size();
+    EXPECT_EQ(value(*m, std::string("kube_service_tunnel_flows{family=\"") +
+                            (v6 ? "ipv6" : "ipv4") + "\"}"),
+              double(listed));
+    EXPECT_GE(listed, 31u);
+  }
+}
+
+// A flow pinned to a released slot is hashed per packet until its element expires, through
+// the rule that pins flows: none of those packets counts as a new flow (the rule first asks
+// whether the key is absent), while released_slots_total counts the release.
+TEST_F(Accounting, FlowsOfAReleasedSlotAreNotCountedAgain) {
+  constexpr int kN = 24, kBase = 58000;
+  const std::string released = "kube_service_tunnel_released_slots_total";
+  const std::string newFlows = "kube_service_tunnel_new_flows_total";
+  const std::string vipSeries = "kube_service_tunnel_vip_packets_total{" + vipSel(false) + "}";
+  auto send = [&] {
+    return lines(in("cl", kTool + " udp " + kVip4 + " 8080 " + std::to_string(kN) + " 0 " +
+                              std::to_string(kBase)).out);
+  };
+  ASSERT_EQ(send().size(), size_t(kN));
+  int onP1a = 0;  // flows pinned to the endpoint that goes
+  for (int i = 0; i < kN; ++i) {
+    auto e = explain(kVip4, kClient4, kBase + i, 8080, "udp");
+    ASSERT_TRUE(!e.is_discarded() && e["pinned"].get<bool>()) << e.dump();
+    onP1a += e["endpoint"] == podIp("p1a", false);
+  }
+  ASSERT_GE(onP1a, 1) << "no flow of " << kN << " pinned to p1a: nothing would be tested";
+  auto before = scrape();
+  ASSERT_TRUE(before);
+  std::vector<Ep> eps;
+  for (auto& p : kPods)
+    if (p != "p1a") eps.push_back({podIp(p, false), std::string("node") + p[1]});
+  writeManifest("svc4.yaml", serviceYaml("web4", kVip4) + "---\n" + sliceYaml("web4", "IPv4", eps));
+  std::optional<std::map<std::string, double>> rel;
+  ASSERT_TRUE(waitUntil([&] {
+    rel = scrape();
+    return rel && value(*rel, released) > value(*before, released);
+  }, 20)) << procs["rt"].log();
+  auto answers = send();  // the same flows again: p1a's are stale pins, hashed per packet
+  ASSERT_EQ(answers.size(), size_t(kN));
+  for (auto& a : answers) EXPECT_EQ(a.rfind("p1a ", 0), std::string::npos) << a;
+  auto after = scrape();
+  ASSERT_TRUE(after);
+  EXPECT_EQ(value(*after, vipSeries) - value(*rel, vipSeries), kN);
+  EXPECT_EQ(value(*after, newFlows), value(*rel, newFlows)) << onP1a << " stale pins";
 }
 
 }  // namespace

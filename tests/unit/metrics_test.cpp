@@ -45,6 +45,7 @@ dp::NftCounterSnapshot snapshot() {
   s.flows4 = 12;
   s.flows6 = 1;
   s.flowLimit = 65536;
+  s.newFlows = 40;
   return s;
 }
 
@@ -86,6 +87,9 @@ kube_service_tunnel_flows{family="ipv6"} 1
 # HELP kube_service_tunnel_flow_limit Size limit of each of the router's flow tables
 # TYPE kube_service_tunnel_flow_limit gauge
 kube_service_tunnel_flow_limit 65536
+# HELP kube_service_tunnel_new_flows_total Flows added to the router's flow tables (a flow's first packet)
+# TYPE kube_service_tunnel_new_flows_total counter
+kube_service_tunnel_new_flows_total 40
 )");
 }
 
@@ -225,6 +229,56 @@ TEST(Metrics, LabelValuesAreEscaped) {
   auto text = serializeText(counterFamilies(s, n));
   EXPECT_NE(text.find(R"({namespace="we\"b",service="fr\\ont\nx",vip="203.0.113.10"} 1)"),
             std::string::npos) << text;
+}
+
+// The scrape writes the per-VIP families directly: the same text as prometheus-cpp's serializer
+// gives for the same families (which the tests above check), in every case these tests use.
+TEST(Metrics, WrittenTextIsTheSerializersText) {
+  auto written = [](const dp::NftCounterSnapshot& s, const VipNames& n) {
+    std::string out = "# before\n";
+    appendCounterText(out, s, n);
+    return out;
+  };
+  auto lib = [](const dp::NftCounterSnapshot& s, const VipNames& n) {
+    return "# before\n" + serializeText(counterFamilies(s, n));
+  };
+  EXPECT_EQ(written(snapshot(), names()), lib(snapshot(), names()));
+  EXPECT_EQ(written({}, {}), lib({}, {}));
+  EXPECT_EQ(written(snapshot(), {}), lib(snapshot(), {}));
+  // Only the middle VIP named; a named VIP the snapshot lacks; escaped names.
+  VipNames odd{{ip("203.0.113.10"), {"we\"b", "fr\\ont\nx"}}, {ip("203.0.113.50"), {"a", "b"}}};
+  dp::NftCounterSnapshot s = snapshot();
+  s.vip[ip("198.51.100.1")] = {1, 1};
+  s.refused["we\"ird"] = {3, 3};
+  EXPECT_EQ(written(s, odd), lib(s, odd));
+  // Announcement state.
+  for (bool drained : {false, true}) {
+    std::string out;
+    appendAnnounceText(out, {ip("2001:db8::10")}, drained, names());
+    EXPECT_EQ(out, serializeText(announceFamilies({ip("2001:db8::10")}, drained, names())));
+  }
+  // The scrape's whole text has them (render()).
+  Metrics m;
+  m.setCounterSource([] { return std::optional(snapshot()); });
+  m.vipsChanged(model({{{"web", "front"}, ip("203.0.113.10"), {}}, {{"web", "six"}, ip("2001:db8::10"), {}}}),
+                {ip("203.0.113.10"), ip("2001:db8::10")});
+  m.announced(std::set<IpAddress>{ip("203.0.113.10")}, false);
+  auto text = m.render();
+  EXPECT_NE(text.find(serializeText(counterFamilies(snapshot(), names()))), std::string::npos)
+      << text;
+  EXPECT_NE(text.find(serializeText(announceFamilies({ip("203.0.113.10")}, false, names()))),
+            std::string::npos)
+      << text;
+}
+
+// Written directly, a counter is exact beyond 2^53 too (the serializer prints doubles).
+TEST(Metrics, WrittenCountersAreExactIntegers) {
+  dp::NftCounterSnapshot s;
+  s.vip[ip("203.0.113.10")] = {(uint64_t(1) << 60) + 1, UINT64_MAX};
+  std::string text;
+  appendCounterText(text, s, names());
+  EXPECT_NE(text.find("vip=\"203.0.113.10\"} 1152921504606846977\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("vip=\"203.0.113.10\"} 18446744073709551615\n"), std::string::npos) << text;
 }
 
 // The daemon records its passes: one router pass (with the announcer) on the in-memory kernel.

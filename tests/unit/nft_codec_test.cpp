@@ -533,9 +533,11 @@ TEST(NftCodecGolden, CounterAndSourceDumps) {
       named[c->name] = c->value;
     }
   }
-  EXPECT_EQ(kinds, (std::vector<Reply::Kind>{Reply::Data, Reply::Data, Reply::Done}));
-  EXPECT_EQ(named, (std::map<std::string, dp::CounterValue>{
-                       {"refused_no_bucket", {0, 0}}, {"refused_source_range", {0, 0}}}));
+  EXPECT_EQ(kinds,
+            (std::vector<Reply::Kind>{Reply::Data, Reply::Data, Reply::Data, Reply::Done}));
+  EXPECT_EQ(named, (std::map<std::string, dp::CounterValue>{{"refused_no_bucket", {0, 0}},
+                                                            {"refused_source_range", {0, 0}},
+                                                            {"new_flows", {0, 0}}}));
   EXPECT_FALSE(decodeCounterObject(reinterpret_cast<const nlmsghdr*>(golden("list_table").data())));
 }
 

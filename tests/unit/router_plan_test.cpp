@@ -825,8 +825,16 @@ TEST(NftRender, SkeletonCountsAndFilters) {
         "ip6 daddr @ranged6 ip6 daddr . ip6 saddr != @src6 goto refuse_source",
         "ip daddr . meta mark @ep4 meta mark set 0 accept",
         "meta mark >= 0x3e8 meta mark < 0x4e8 meta mark set 0",
-        "counter name \"refused_source_range\" drop", "counter name \"refused_no_bucket\" drop"})
+        "counter name \"refused_source_range\" drop", "counter name \"refused_no_bucket\" drop",
+        "counter new_flows { }",
+        "meta l4proto { tcp, udp, sctp } ip saddr . th sport . ip daddr . th dport != @flow4 add "
+        "@flow4 { ip saddr . th sport . ip daddr . th dport : meta mark } counter name "
+        "\"new_flows\"\n"})
     EXPECT_NE(sk.find(want), std::string::npos) << want << "\n" << sk;
+  // Both families count their new flows in the one named counter, in the pinning rule only.
+  auto c6 = sk.find("chain classify6 {");
+  EXPECT_NE(sk.find("!= @flow6 add @flow6 {", c6), std::string::npos) << sk;
+  EXPECT_NE(sk.find("counter name \"new_flows\"", c6), std::string::npos) << sk;
   // The source check comes first in the family chains (before a pinned flow is accepted).
   auto c4 = sk.find("chain classify4 {");
   EXPECT_LT(sk.find("@ranged4", c4), sk.find("@flow4", c4));

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Regenerates the golden nfnetlink captures in tests/data/nft/ (tests/unit/nft_codec_test.cpp):
+# Regenerates the golden nfnetlink captures in tests/data/nft/ (tests/unit/nft_codec_test.cpp;
+# the classifier chains, classify{4,6}.json, are tools/nft/capture-classifier.sh's):
 # runs the real `nft` under strace inside a throwaway network namespace and keeps, as hex, what
 # it sent (a batch: BATCH_BEGIN, the messages, BATCH_END; or a request) and what the kernel
 # answered (dumps, lookups, errors). Needs root, nft and strace. This kernel has no nlmon
@@ -22,6 +23,7 @@ table $T {
   comment "kst:0123456789abcdef"
   counter refused_no_bucket { }
   counter refused_source_range { }
+  counter new_flows { }
   set vip4 { type ipv4_addr; counter; }
   set vip6 { type ipv6_addr; counter; }
   set refused4 { type ipv4_addr; counter; }
