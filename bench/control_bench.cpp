@@ -276,6 +276,7 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
   std::mt19937 rng(42);
   uint32_t fresh = 0;
   std::vector<double> lat, msgs, nftMsgs, changes, tplan, tdiff, tnl, tnft;
+  int whole = 0;  // passes that planned every VIP
   for (int k = 0; k < n; ++k) {
     std::set<IpAddress> changed{changeEndpoint(model, rng, e, fresh)};
     uint64_t before = d.requestsSent(), nftBefore = d.nft.messagesSent();
@@ -286,6 +287,7 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
     msgs.push_back(static_cast<double>(d.requestsSent() - before));
     nftMsgs.push_back(static_cast<double>(d.nft.messagesSent() - nftBefore));
     changes.push_back(static_cast<double>(r->changes));
+    whole += r->vipsPlanned >= model.services.size();
     if (lat.back() > 10 && getenv("KB_VERBOSE"))
       fprintf(stderr, "slow pass %.1f ms: full=%d observe=%.1f plan=%.1f diff=%.1f nl=%.1f nft=%.1f\n",
               lat.back(), r->fullObserve, r->timings.observe * 1e3, r->timings.plan * 1e3,
@@ -297,10 +299,10 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
   }
   size_t verify = verifyChanges(model, cfg);
   printf("p50_ms=%.3f p99_ms=%.3f max_ms=%.3f rtnl_msgs=%.1f nft_msgs=%.1f changes=%.1f "
-         "plan_ms=%.3f diff_ms=%.3f netlink_ms=%.3f nft_ms=%.3f verify=%zu\n",
+         "plan_ms=%.3f diff_ms=%.3f netlink_ms=%.3f nft_ms=%.3f whole=%d verify=%zu\n",
          percentile(lat, 50), percentile(lat, 99), percentile(lat, 100), median(msgs),
          median(nftMsgs), median(changes), median(tplan), median(tdiff), median(tnl),
-         median(tnft), verify);
+         median(tnft), whole, verify);
   return verify == 0 ? 0 : 1;
 }
 
@@ -397,10 +399,10 @@ int incremental(uint32_t v, uint32_t e, uint32_t b, int n) {
     fprintf(stderr, "  incremental %s: %s", name, out.c_str());
     printf("RESULT bench=incremental V=%u E=%u B=%u mode=%s changes=%d p50_ms=%.3f p99_ms=%.3f "
            "max_ms=%.3f rtnl_msgs_per_change=%.0f nft_msgs_per_change=%.0f "
-           "objects_per_change=%.0f load=%.2f\n",
+           "objects_per_change=%.0f whole_passes=%.0f load=%.2f\n",
            v, e, b, name, count, field(out, "p50_ms"),
            field(out, "p99_ms"), field(out, "max_ms"), field(out, "rtnl_msgs"),
-           field(out, "nft_msgs"), field(out, "changes"), loadAverage1());
+           field(out, "nft_msgs"), field(out, "changes"), field(out, "whole"), loadAverage1());
     fflush(stdout);
   }
   return 0;

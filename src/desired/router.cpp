@@ -73,8 +73,10 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
   }
   for (const auto& r : observed.routes) {
     if (r.key.table < cfg.tableOffset || r.key.table >= cfg.tableOffset + cfg.maxSlots) continue;
-    if (r.unreachable) continue;
     uint32_t slot = r.key.table - cfg.tableOffset;
+    auto [t, added] = a.tables.try_emplace(r.key.dst, slot + 1);
+    if (!added) t->second = std::max(t->second, slot + 1);
+    if (r.unreachable) continue;
     if (auto ep = routeEndpoint(r, byId, observed.links)) a.slots[r.key.dst].emplace(*ep, slot);
   }
   return a;
@@ -195,7 +197,10 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     }
     vp.endpoints = std::move(kept);
     vp.slots = std::move(keptSlots);
-    for (uint32_t s : vp.slots) plan.slotCount = std::max(plan.slotCount, s + 1);
+    for (uint32_t s : vp.slots) vp.tables = std::max(vp.tables, s + 1);
+    if (auto t = prior.tables.find(svc.vip); t != prior.tables.end())
+      vp.tables = std::max(vp.tables, std::min(t->second, cfg.maxSlots));
+    plan.slotCount = std::max(plan.slotCount, vp.tables);
 
     // Buckets over the endpoints that take new flows: the VIP's bucket count grows with them
     // (hashing/balance.h), the assignment is balanced and derived from the published table
@@ -319,6 +324,16 @@ std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const 
 
 }  // namespace
 
+std::vector<dp::Rule> slotRules(const DataplaneConfig& cfg, uint32_t slotCount, bool v4, bool v6) {
+  std::vector<dp::Rule> rules;
+  for (uint32_t s = 0; s < slotCount; ++s) {
+    if (v4) rules.push_back({Family::V4, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
+    if (v6) rules.push_back({Family::V6, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
+  }
+  std::sort(rules.begin(), rules.end());
+  return rules;
+}
+
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior) {
   NexthopIdPool pool(cfg);
   for (const auto& [key, id] : prior.nexthopIds) pool.hold(key, id);
@@ -388,14 +403,14 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   // Rules: one per slot and family in use.
   bool any4 = false, any6 = false;
   for (auto& vp : plan.vips) (vp.vip.isV4() ? any4 : any6) = true;
-  // A slot without an endpoint for a VIP holds an unreachable route for it: a packet marked for
-  // a slot whose endpoint is gone (classified in the moment its live-slot element went, see
-  // RouterReconciler) gets an ICMP unreachable instead of leaking into the main table
-  // (and upstream). Not a default route: the encapsulated packet keeps the fwmark and its
-  // outer lookup must fall through these tables to the main one.
+  // A slot table of the VIP (VipPlan::tables) without an endpoint of it holds an unreachable
+  // route for it: a packet marked for a slot whose endpoint is gone (classified in the moment
+  // its live-slot element went, see RouterReconciler) gets an ICMP unreachable instead of
+  // leaking into the main table (and upstream). Not a default route: the encapsulated packet
+  // keeps the fwmark and its outer lookup must fall through these tables to the main one.
   for (auto& vp : plan.vips) {
     std::set<uint32_t> usedSlots(vp.slots.begin(), vp.slots.end());
-    for (uint32_t s = 0; s < plan.slotCount; ++s) {
+    for (uint32_t s = 0; s < vp.tables; ++s) {
       if (usedSlots.contains(s)) continue;
       dp::Route r;
       r.key = {vp.vip.family(), cfg.tableOffset + s, vp.vip, vp.vip.hostPrefixLen()};
@@ -405,11 +420,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   }
   std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
 
-  for (uint32_t s = 0; s < plan.slotCount; ++s) {
-    if (any4) st.rules.push_back({Family::V4, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
-    if (any6) st.rules.push_back({Family::V6, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
-  }
-  std::sort(st.rules.begin(), st.rules.end());
+  st.rules = slotRules(cfg, plan.slotCount, any4, any6);
 
   // nftables.
   st.nft.present = !plan.vips.empty();
