@@ -34,6 +34,7 @@
 #include "daemon/daemon.h"
 #include "desired/nft_render.h"
 #include "desired/router.h"
+#include "desired/router_db.h"
 #include "linux/netlink_client.h"
 #include "linux/netlink_socket.h"
 #include "linux/nft_client.h"
@@ -67,6 +68,21 @@ dp::RouterState desiredOf(const Model& m, const DataplaneConfig& cfg) {
 /** A fresh reconciler's pass must find nothing to do: the objects loaded are the daemon's. */
 size_t verifyChanges(const Model& m, const DataplaneConfig& cfg) {
   Daemonish d(cfg);
+  if (getenv("KB_VERBOSE")) {  // what differs, by kind
+    auto o = d.rr.observe();
+    if (!o) return SIZE_MAX;
+    RouterDb db(cfg);
+    db.seed(std::move(*o));
+    auto x = db.update(m);
+    auto& e = x.elements;
+    fprintf(stderr,
+            "verify: netlink %zu, table step %d, elements: vips -%zu +%zu buckets -%zu +%zu "
+            "endpoints -%zu +%zu counts -%zu +%zu live -%zu +%zu\n",
+            x.changes.size(), static_cast<int>(x.table), e.vipDeletes.size(), e.vipAdds.size(),
+            e.bucketDeletes.size(), e.bucketAdds.size(), e.endpointDeletes.size(),
+            e.endpointAdds.size(), e.countDeletes.size(), e.countAdds.size(),
+            e.liveDeletes.size(), e.liveAdds.size());
+  }
   auto r = d.rr.reconcile(m);
   if (!r) {
     fprintf(stderr, "verify: %s\n", r.error().message.c_str());
@@ -143,6 +159,7 @@ int trialRawLoad(uint32_t v, uint32_t e, uint32_t b, bool naive) {
   skeleton.buckets.clear();
   skeleton.live.clear();
   skeleton.vipBuckets.clear();  // (the raw loader sends the bucket counts itself)
+  skeleton.endpoints.clear();   // and the endpoint counters
   std::string skel = renderNftChanges(cfg, skeleton, dp::NftState{});
   NftClientImpl nft(cfg);
   auto t0 = Clock::now();
