@@ -13,6 +13,8 @@
 //                           every service compared, and full re-observation per pass)
 //   restart V E B           a fresh reconciler on programmed state: time to reconciled and
 //                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
+//   plan V E B REPS         the planning CPU of a cold pass alone (RouterDb update + commit,
+//                           no kernel)
 //   observe V E B REPS      the nft listing of a resync/restart alone: NftClientImpl::observe()
 //                           on a table loaded with V VIPs × B buckets (no routes), by fresh
 //                           clients (restart) and by the daemon's long-lived one (resync)
@@ -788,6 +790,36 @@ int daemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin, int
   return 0;
 }
 
+// ---- the planning CPU of a cold pass, no kernel ----
+
+/** RouterDb's cold pass alone (update against an empty kernel, then commit), REPS times: the
+ *  CPU the daemon spends before and after the kernel work of a cold convergence. */
+int planOnly(uint32_t v, uint32_t e, uint32_t b, int reps) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  std::vector<double> t, tplan, tdiff, tcommit;
+  size_t changes = 0, elements = 0;
+  for (int r = 0; r < reps; ++r) {
+    RouterDb db(cfg);
+    db.seed({});
+    auto t0 = Clock::now();
+    auto d = db.update(model);
+    auto t1 = Clock::now();
+    db.commit(model);
+    tcommit.push_back(secondsSince(t1));
+    t.push_back(secondsSince(t0));
+    tplan.push_back(d.planSeconds);
+    tdiff.push_back(d.diffSeconds);
+    changes = d.changes.size();
+    elements = d.elements.size();
+  }
+  printf("RESULT bench=plan V=%u E=%u B=%u reps=%d changes=%zu elements=%zu total_s=%.4f "
+         "plan_s=%.4f diff_s=%.4f commit_s=%.4f load=%.2f\n",
+         v, e, b, reps, changes, elements, median(t), median(tplan), median(tdiff),
+         median(tcommit), loadAverage1());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -799,11 +831,12 @@ int main(int argc, char** argv) {
   if (cmd == "converge") return converge(arg(2, 1000), arg(3, 4), arg(4, 64), arg(5, 3));
   if (cmd == "incremental") return incremental(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 200));
   if (cmd == "restart") return restart(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
+  if (cmd == "plan") return planOnly(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 5));
   if (cmd == "observe") return observe(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
   if (cmd == "daemon" && argc >= 6)
     return daemonBinary(arg(2, 10000), arg(3, 4), arg(4, 64), argv[5], arg(6, 20));
   fprintf(stderr,
           "usage: kb-control converge V E B REPS | incremental V E B N | restart V E B REPS |\n"
-          "       observe V E B REPS | daemon V E B BINARY [CHANGES]\n");
+          "       observe V E B REPS | plan V E B REPS | daemon V E B BINARY [CHANGES]\n");
   return 2;
 }
