@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <iterator>
 #include <set>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -38,6 +40,16 @@ std::vector<dp::SourceInterval> sourceIntervals(const IpAddress& vip,
     }
   }
   return merged;
+}
+
+size_t NexthopKeyHash::operator()(const NexthopKey& k) const noexcept {
+  const auto& [family, encap, dst, ttl, label, gateway, dev] = k;
+  auto ip = [](const std::optional<IpAddress>& a) { return a ? std::hash<IpAddress>{}(*a) : 0; };
+  size_t h = std::hash<std::string>{}(dev);
+  for (size_t x : {static_cast<size_t>(family), static_cast<size_t>(encap), ip(dst),
+                   static_cast<size_t>(ttl), static_cast<size_t>(label), ip(gateway)})
+    h = h * 1000003u ^ x;
+  return h;
 }
 
 std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint) {
@@ -357,8 +369,16 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   // Nexthops: one per (route family, endpoint); ids sticky (NexthopIdPool).
   // epNh[v][i]: the nexthop id of endpoint i of plan.vips[v], 0 for none (no id was left or
   // refused; the kernel has no nexthop 0), looked up once per endpoint.
-  std::map<std::pair<Family, IpAddress>, uint32_t> nhOf;
-  std::set<std::pair<Family, IpAddress>> noId;
+  struct FamilyIpHash {
+    size_t operator()(const std::pair<Family, IpAddress>& k) const noexcept {
+      return std::hash<IpAddress>{}(k.second) * 31 + static_cast<size_t>(k.first);
+    }
+  };
+  std::unordered_map<std::pair<Family, IpAddress>, uint32_t, FamilyIpHash> nhOf;
+  std::unordered_set<std::pair<Family, IpAddress>, FamilyIpHash> noId;
+  size_t neps = 0;
+  for (auto& vp : plan.vips) neps += vp.endpoints.size();
+  nhOf.reserve(neps);
   std::set<std::string> greLinks;
   std::vector<std::vector<uint32_t>> epNh(plan.vips.size());
   for (size_t v = 0; v < plan.vips.size(); ++v) {

@@ -57,6 +57,9 @@ struct RouterPlan {
 /** dp::Nexthop::key() as a value. */
 using NexthopKey = std::tuple<Family, dp::Nexthop::Encap, std::optional<IpAddress>, uint8_t,
                               uint32_t, std::optional<IpAddress>, std::string>;
+struct NexthopKeyHash {
+  size_t operator()(const NexthopKey& k) const noexcept;
+};
 
 /** Allocations the kernel already holds, recovered from observed state (sticky ids). */
 struct Allocations {

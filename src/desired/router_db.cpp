@@ -129,7 +129,7 @@ struct RouterDb::Index {
   std::vector<dp::Rule> rules;
   std::map<uint32_t, dp::Nexthop> nexthops;
   std::unordered_map<uint32_t, uint32_t> nhRefs;       // nexthop id → routes using it
-  std::map<IpAddress, std::vector<dp::Route>> routes;  // by destination (the VIP)
+  std::unordered_map<IpAddress, std::vector<dp::Route>> routes;  // by destination (the VIP)
   bool nftPresent = false;
   std::string skeletonId;
   std::set<IpAddress> nftVips;
@@ -219,6 +219,8 @@ bool RouterDb::ensureIndex() {
     x->ids.hold(NexthopKey(nh.key()), nh.id);
     x->nexthops.emplace_hint(x->nexthops.end(), nh.id, std::move(nh));
   }
+  x->routes.reserve(plan_.vips.size());
+  x->nhRefs.reserve(flat_.nexthops.size());
   for (auto& r : flat_.routes) {
     if (r.nhid) ++x->nhRefs[r.nhid];
     x->routes[r.key.dst].push_back(std::move(r));

@@ -30,6 +30,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "dataplane/kernel.h"
@@ -76,7 +77,7 @@ class NexthopIdPool {
   uint32_t base_, end_;
   uint32_t high_;               // 1 + the highest held id of the range (base_ when none)
   std::set<uint32_t> free_;     // ids of [base_, high_) not held
-  std::map<NexthopKey, uint32_t> byKey_;
+  std::unordered_map<NexthopKey, uint32_t, NexthopKeyHash> byKey_;
 };
 
 /** What one update changes in the kernel, in apply order: `changes` (netlink; adds and replaces
