@@ -194,6 +194,8 @@ int converge(uint32_t v, uint32_t e, uint32_t b, int reps) {
                     {"raw", trialRaw, {}, {}}, {"raw1", trialRawNaive, {}, {}}};
   // KB_NO_IPROUTE=1: skip the text baseline (≈ 25 s a repetition at V = 50k).
   if (getenv("KB_NO_IPROUTE")) ms.erase(ms.begin() + 1);
+  // KB_NO_RAW1=1: skip the earlier one-transaction baseline (minutes at V = 50k).
+  if (getenv("KB_NO_RAW1")) ms.pop_back();
   // Interleaved repetitions: a burst of load from other users hits every method alike.
   for (int r = 0; r < reps; ++r) {
     for (auto& m : ms) {

@@ -122,6 +122,7 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
   RouterPlan plan;
   for (const auto& svc : model.services) {
     VipPlan vp{svc.key, svc.vip, {}, {}, {}, svc.published, false, svc.sourceRanges};
+    vp.endpoints.reserve(svc.endpoints.size());
     // Endpoints this router cannot encapsulate toward get no slot and no buckets: their share
     // of new flows goes to the others (rather than being dropped here).
     for (const auto& ep : svc.endpoints) {
@@ -191,6 +192,8 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     uint32_t nextFree = 0;
     std::vector<Endpoint> kept;
     std::vector<uint32_t> keptSlots;
+    kept.reserve(vp.endpoints.size());
+    keptSlots.reserve(vp.endpoints.size());
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
       if (vp.slots[i] == UINT32_MAX) {
         while (used.contains(nextFree)) ++nextFree;
@@ -220,6 +223,8 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     // when there is one, so that every router reading it computes the same.
     std::vector<std::string> ids;
     std::vector<int32_t> idx;
+    ids.reserve(vp.endpoints.size());
+    idx.reserve(vp.endpoints.size());
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
       if (vp.endpoints[i].draining) continue;
       ids.push_back(vp.endpoints[i].ip.str());
