@@ -13,6 +13,8 @@
 //                           every service compared, and full re-observation per pass)
 //   restart V E B           a fresh reconciler on programmed state: time to reconciled and
 //                           kernel objects changed (counted by `ip monitor` and `nft monitor`)
+//   plan V E B REPS         the planning CPU of a cold pass alone (RouterDb update + commit,
+//                           no kernel)
 //   observe V E B REPS      the nft listing of a resync/restart alone: NftClientImpl::observe()
 //                           on a table loaded with V VIPs × B buckets (no routes), by fresh
 //                           clients (restart) and by the daemon's long-lived one (resync: after
@@ -36,6 +38,7 @@
 #include "daemon/daemon.h"
 #include "desired/nft_render.h"
 #include "desired/router.h"
+#include "desired/router_db.h"
 #include "linux/netlink_client.h"
 #include "linux/netlink_socket.h"
 #include "linux/nft_client.h"
@@ -69,6 +72,21 @@ dp::RouterState desiredOf(const Model& m, const DataplaneConfig& cfg) {
 /** A fresh reconciler's pass must find nothing to do: the objects loaded are the daemon's. */
 size_t verifyChanges(const Model& m, const DataplaneConfig& cfg) {
   Daemonish d(cfg);
+  if (getenv("KB_VERBOSE")) {  // what differs, by kind
+    auto o = d.rr.observe();
+    if (!o) return SIZE_MAX;
+    RouterDb db(cfg);
+    db.seed(std::move(*o));
+    auto x = db.update(m);
+    auto& e = x.elements;
+    fprintf(stderr,
+            "verify: netlink %zu, table step %d, elements: vips -%zu +%zu buckets -%zu +%zu "
+            "endpoints -%zu +%zu counts -%zu +%zu live -%zu +%zu\n",
+            x.changes.size(), static_cast<int>(x.table), e.vipDeletes.size(), e.vipAdds.size(),
+            e.bucketDeletes.size(), e.bucketAdds.size(), e.endpointDeletes.size(),
+            e.endpointAdds.size(), e.countDeletes.size(), e.countAdds.size(),
+            e.liveDeletes.size(), e.liveAdds.size());
+  }
   auto r = d.rr.reconcile(m);
   if (!r) {
     fprintf(stderr, "verify: %s\n", r.error().message.c_str());
@@ -145,6 +163,7 @@ int trialRawLoad(uint32_t v, uint32_t e, uint32_t b, bool naive) {
   skeleton.buckets.clear();
   skeleton.live.clear();
   skeleton.vipBuckets.clear();  // (the raw loader sends the bucket counts itself)
+  skeleton.endpoints.clear();   // and the endpoint counters
   std::string skel = renderNftChanges(cfg, skeleton, dp::NftState{});
   NftClientImpl nft(cfg);
   auto t0 = Clock::now();
@@ -177,6 +196,8 @@ int converge(uint32_t v, uint32_t e, uint32_t b, int reps) {
                     {"raw", trialRaw, {}, {}}, {"raw1", trialRawNaive, {}, {}}};
   // KB_NO_IPROUTE=1: skip the text baseline (≈ 25 s a repetition at V = 50k).
   if (getenv("KB_NO_IPROUTE")) ms.erase(ms.begin() + 1);
+  // KB_NO_RAW1=1: skip the earlier one-transaction baseline (minutes at V = 50k).
+  if (getenv("KB_NO_RAW1")) ms.pop_back();
   // Interleaved repetitions: a burst of load from other users hits every method alike.
   for (int r = 0; r < reps; ++r) {
     for (auto& m : ms) {
@@ -278,6 +299,7 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
   std::mt19937 rng(42);
   uint32_t fresh = 0;
   std::vector<double> lat, msgs, nftMsgs, changes, tplan, tdiff, tnl, tnft;
+  int whole = 0;  // passes that planned every VIP
   for (int k = 0; k < n; ++k) {
     std::set<IpAddress> changed{changeEndpoint(model, rng, e, fresh)};
     uint64_t before = d.requestsSent(), nftBefore = d.nft.messagesSent();
@@ -288,6 +310,7 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
     msgs.push_back(static_cast<double>(d.requestsSent() - before));
     nftMsgs.push_back(static_cast<double>(d.nft.messagesSent() - nftBefore));
     changes.push_back(static_cast<double>(r->changes));
+    whole += r->vipsPlanned >= model.services.size();
     if (lat.back() > 10 && getenv("KB_VERBOSE"))
       fprintf(stderr, "slow pass %.1f ms: full=%d observe=%.1f plan=%.1f diff=%.1f nl=%.1f nft=%.1f\n",
               lat.back(), r->fullObserve, r->timings.observe * 1e3, r->timings.plan * 1e3,
@@ -299,10 +322,10 @@ int trialIncremental(uint32_t v, uint32_t e, uint32_t b, int n, bool caching, bo
   }
   size_t verify = verifyChanges(model, cfg);
   printf("p50_ms=%.3f p99_ms=%.3f max_ms=%.3f rtnl_msgs=%.1f nft_msgs=%.1f changes=%.1f "
-         "plan_ms=%.3f diff_ms=%.3f netlink_ms=%.3f nft_ms=%.3f verify=%zu\n",
+         "plan_ms=%.3f diff_ms=%.3f netlink_ms=%.3f nft_ms=%.3f whole=%d verify=%zu\n",
          percentile(lat, 50), percentile(lat, 99), percentile(lat, 100), median(msgs),
          median(nftMsgs), median(changes), median(tplan), median(tdiff), median(tnl),
-         median(tnft), verify);
+         median(tnft), whole, verify);
   return verify == 0 ? 0 : 1;
 }
 
@@ -399,10 +422,10 @@ int incremental(uint32_t v, uint32_t e, uint32_t b, int n) {
     fprintf(stderr, "  incremental %s: %s", name, out.c_str());
     printf("RESULT bench=incremental V=%u E=%u B=%u mode=%s changes=%d p50_ms=%.3f p99_ms=%.3f "
            "max_ms=%.3f rtnl_msgs_per_change=%.0f nft_msgs_per_change=%.0f "
-           "objects_per_change=%.0f load=%.2f\n",
+           "objects_per_change=%.0f whole_passes=%.0f load=%.2f\n",
            v, e, b, name, count, field(out, "p50_ms"),
            field(out, "p99_ms"), field(out, "max_ms"), field(out, "rtnl_msgs"),
-           field(out, "nft_msgs"), field(out, "changes"), loadAverage1());
+           field(out, "nft_msgs"), field(out, "changes"), field(out, "whole"), loadAverage1());
     fflush(stdout);
   }
   return 0;
@@ -790,6 +813,36 @@ int daemonBinary(uint32_t v, uint32_t e, uint32_t b, const std::string& bin, int
   return 0;
 }
 
+// ---- the planning CPU of a cold pass, no kernel ----
+
+/** RouterDb's cold pass alone (update against an empty kernel, then commit), REPS times: the
+ *  CPU the daemon spends before and after the kernel work of a cold convergence. */
+int planOnly(uint32_t v, uint32_t e, uint32_t b, int reps) {
+  auto cfg = benchConfig(b);
+  auto model = benchModel(v, e);
+  std::vector<double> t, tplan, tdiff, tcommit;
+  size_t changes = 0, elements = 0;
+  for (int r = 0; r < reps; ++r) {
+    RouterDb db(cfg);
+    db.seed({});
+    auto t0 = Clock::now();
+    auto d = db.update(model);
+    auto t1 = Clock::now();
+    db.commit(model);
+    tcommit.push_back(secondsSince(t1));
+    t.push_back(secondsSince(t0));
+    tplan.push_back(d.planSeconds);
+    tdiff.push_back(d.diffSeconds);
+    changes = d.changes.size();
+    elements = d.elements.size();
+  }
+  printf("RESULT bench=plan V=%u E=%u B=%u reps=%d changes=%zu elements=%zu total_s=%.4f "
+         "plan_s=%.4f diff_s=%.4f commit_s=%.4f load=%.2f\n",
+         v, e, b, reps, changes, elements, median(t), median(tplan), median(tdiff),
+         median(tcommit), loadAverage1());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -801,11 +854,12 @@ int main(int argc, char** argv) {
   if (cmd == "converge") return converge(arg(2, 1000), arg(3, 4), arg(4, 64), arg(5, 3));
   if (cmd == "incremental") return incremental(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 200));
   if (cmd == "restart") return restart(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
+  if (cmd == "plan") return planOnly(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 5));
   if (cmd == "observe") return observe(arg(2, 10000), arg(3, 4), arg(4, 64), arg(5, 3));
   if (cmd == "daemon" && argc >= 6)
     return daemonBinary(arg(2, 10000), arg(3, 4), arg(4, 64), argv[5], arg(6, 20));
   fprintf(stderr,
           "usage: kb-control converge V E B REPS | incremental V E B N | restart V E B REPS |\n"
-          "       observe V E B REPS | daemon V E B BINARY [CHANGES]\n");
+          "       observe V E B REPS | plan V E B REPS | daemon V E B BINARY [CHANGES]\n");
   return 2;
 }

@@ -151,8 +151,9 @@ inline void putHeader(std::vector<uint8_t>& buf, uint16_t type, uint16_t flags, 
 
 }  // namespace rawnft
 
-/** nfnetlink: every element of the VIP sets, live-slot sets and bucket maps, in `transactions`
- *  transactions (the VIPs in the last). */
+/** nfnetlink: every element of the VIP sets (and their refused-counter sets), live-slot sets,
+ *  bucket maps, bucket count maps and endpoint counter sets (with the endpoint as comment), in
+ *  `transactions` transactions (the VIPs in the last). Source ranges are not loaded. */
 inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState& nft,
                               size_t transactions = 16) {
   RawNetlink nl(NETLINK_NETFILTER);
@@ -164,6 +165,8 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
     size_t klen;
     uint32_t data;
     bool hasData;
+    uint8_t clen = 0;  // comment length (libnftnl user data), 0: none
+    char comment[47];
   };
   auto emitSet = [&](const char* set, const std::vector<Elem>& elems) {
     constexpr size_t kPerMsg = 1000;  // the element list nest must stay < 64 KiB
@@ -188,6 +191,14 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
           auto* d = mnl_attr_nest_start(h, NFTA_SET_ELEM_DATA);
           mnl_attr_put(h, NFTA_DATA_VALUE, 4, &elems[j].data);
           mnl_attr_nest_end(h, d);
+        }
+        if (elems[j].clen) {  // libnftnl user data: { type 0 (comment), length, text + NUL }
+          uint8_t ud[2 + sizeof elems[j].comment + 1];
+          ud[0] = 0;
+          ud[1] = static_cast<uint8_t>(elems[j].clen + 1);
+          std::memcpy(ud + 2, elems[j].comment, elems[j].clen);
+          ud[2 + elems[j].clen] = 0;
+          mnl_attr_put(h, NFTA_SET_ELEM_USERDATA, elems[j].clen + 3u, ud);
         }
         mnl_attr_nest_end(h, el);
       }
@@ -222,6 +233,18 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
     e.hasData = true;
     (v.isV4() ? c4 : c6).push_back(e);
   }
+  std::vector<Elem> e4, e6;  // endpoint counters: VIP . slot mark, the endpoint as comment
+  for (auto& [v, eps] : nft.endpoints)
+    for (auto& [mark, ep] : eps) {
+      Elem e{};
+      std::memcpy(e.key, v.data(), v.size());
+      std::memcpy(e.key + v.size(), &mark, 4);
+      e.klen = v.size() + 4;
+      std::string c = ep.str();
+      e.clen = static_cast<uint8_t>(std::min(c.size(), sizeof e.comment));
+      std::memcpy(e.comment, c.data(), e.clen);
+      (v.isV4() ? e4 : e6).push_back(e);
+    }
   for (auto& l : nft.live) {
     Elem e{};
     std::memcpy(e.key, l.vip.data(), l.vip.size());
@@ -231,7 +254,8 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
   }
   // The live slots, buckets and bucket counts split into transactions of about equal size; VIPs last.
   std::vector<std::pair<const char*, std::vector<Elem>>> parts;
-  const size_t total = b4.size() + b6.size() + l4.size() + l6.size() + c4.size() + c6.size();
+  const size_t total = b4.size() + b6.size() + l4.size() + l6.size() + c4.size() + c6.size() +
+                       e4.size() + e6.size();
   const size_t per = std::max<size_t>(1, (total + transactions - 1) / std::max<size_t>(1, transactions));
   int errors = 0;
   auto send = [&] {
@@ -243,13 +267,15 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
     acks = 0;
   };
   size_t inTx = 0;
-  for (auto* part : {&l4, &l6, &b4, &b6, &c4, &c6}) {
+  for (auto* part : {&l4, &l6, &b4, &b6, &c4, &c6, &e4, &e6}) {
     const char* set = part == &l4   ? "live4"
                       : part == &l6 ? "live6"
                       : part == &b4 ? "b2s4"
                       : part == &b6 ? "b2s6"
                       : part == &c4 ? "bcount4"
-                                    : "bcount6";
+                      : part == &c6 ? "bcount6"
+                      : part == &e4 ? "ep4"
+                                    : "ep6";
     for (size_t i = 0; i < part->size();) {
       size_t n = std::min(part->size() - i, per - inTx);
       emitSet(set, std::vector<Elem>(part->begin() + i, part->begin() + i + n));
@@ -261,6 +287,8 @@ inline int rawLoadNftElements(const std::string& table, const kst::dp::NftState&
       }
     }
   }
+  emitSet("refused4", v4);
+  emitSet("refused6", v6);
   emitSet("vip4", v4);
   emitSet("vip6", v6);
   send();

@@ -3,7 +3,10 @@
 #include <cstring>
 
 #include <algorithm>
+#include <iterator>
 #include <set>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -37,6 +40,16 @@ std::vector<dp::SourceInterval> sourceIntervals(const IpAddress& vip,
     }
   }
   return merged;
+}
+
+size_t NexthopKeyHash::operator()(const NexthopKey& k) const noexcept {
+  const auto& [family, encap, dst, ttl, label, gateway, dev] = k;
+  auto ip = [](const std::optional<IpAddress>& a) { return a ? std::hash<IpAddress>{}(*a) : 0; };
+  size_t h = std::hash<std::string>{}(dev);
+  for (size_t x : {static_cast<size_t>(family), static_cast<size_t>(encap), ip(dst),
+                   static_cast<size_t>(ttl), static_cast<size_t>(label), ip(gateway)})
+    h = h * 1000003u ^ x;
+  return h;
 }
 
 std::string greLinkName(const DataplaneConfig& cfg, const IpAddress& endpoint) {
@@ -73,8 +86,10 @@ Allocations allocationsFrom(const dp::RouterState& observed, const DataplaneConf
   }
   for (const auto& r : observed.routes) {
     if (r.key.table < cfg.tableOffset || r.key.table >= cfg.tableOffset + cfg.maxSlots) continue;
-    if (r.unreachable) continue;
     uint32_t slot = r.key.table - cfg.tableOffset;
+    auto [t, added] = a.tables.try_emplace(r.key.dst, slot + 1);
+    if (!added) t->second = std::max(t->second, slot + 1);
+    if (r.unreachable) continue;
     if (auto ep = routeEndpoint(r, byId, observed.links)) a.slots[r.key.dst].emplace(*ep, slot);
   }
   return a;
@@ -107,6 +122,7 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
   RouterPlan plan;
   for (const auto& svc : model.services) {
     VipPlan vp{svc.key, svc.vip, {}, {}, {}, svc.published, false, svc.sourceRanges};
+    vp.endpoints.reserve(svc.endpoints.size());
     // Endpoints this router cannot encapsulate toward get no slot and no buckets: their share
     // of new flows goes to the others (rather than being dropped here).
     for (const auto& ep : svc.endpoints) {
@@ -176,6 +192,8 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     uint32_t nextFree = 0;
     std::vector<Endpoint> kept;
     std::vector<uint32_t> keptSlots;
+    kept.reserve(vp.endpoints.size());
+    keptSlots.reserve(vp.endpoints.size());
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
       if (vp.slots[i] == UINT32_MAX) {
         while (used.contains(nextFree)) ++nextFree;
@@ -195,13 +213,18 @@ RouterPlan planRouter(const Model& model, const DataplaneConfig& cfg, const Allo
     }
     vp.endpoints = std::move(kept);
     vp.slots = std::move(keptSlots);
-    for (uint32_t s : vp.slots) plan.slotCount = std::max(plan.slotCount, s + 1);
+    for (uint32_t s : vp.slots) vp.tables = std::max(vp.tables, s + 1);
+    if (auto t = prior.tables.find(svc.vip); t != prior.tables.end())
+      vp.tables = std::max(vp.tables, std::min(t->second, cfg.maxSlots));
+    plan.slotCount = std::max(plan.slotCount, vp.tables);
 
     // Buckets over the endpoints that take new flows: the VIP's bucket count grows with them
     // (hashing/balance.h), the assignment is balanced and derived from the published table
     // when there is one, so that every router reading it computes the same.
     std::vector<std::string> ids;
     std::vector<int32_t> idx;
+    ids.reserve(vp.endpoints.size());
+    idx.reserve(vp.endpoints.size());
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
       if (vp.endpoints[i].draining) continue;
       ids.push_back(vp.endpoints[i].ip.str());
@@ -319,6 +342,16 @@ std::string refusal(const DataplaneConfig& cfg, const Allocations& prior, const 
 
 }  // namespace
 
+std::vector<dp::Rule> slotRules(const DataplaneConfig& cfg, uint32_t slotCount, bool v4, bool v6) {
+  std::vector<dp::Rule> rules;
+  for (uint32_t s = 0; s < slotCount; ++s) {
+    if (v4) rules.push_back({Family::V4, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
+    if (v6) rules.push_back({Family::V6, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
+  }
+  std::sort(rules.begin(), rules.end());
+  return rules;
+}
+
 dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const Allocations& prior) {
   NexthopIdPool pool(cfg);
   for (const auto& [key, id] : prior.nexthopIds) pool.hold(key, id);
@@ -339,13 +372,31 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       st.links.push_back(flowLinkFor(cfg, Family::V6));
   }
   // Nexthops: one per (route family, endpoint); ids sticky (NexthopIdPool).
-  std::map<std::pair<Family, IpAddress>, uint32_t> nhOf;
-  std::set<std::pair<Family, IpAddress>> noId;
+  // epNh[v][i]: the nexthop id of endpoint i of plan.vips[v], 0 for none (no id was left or
+  // refused; the kernel has no nexthop 0), looked up once per endpoint.
+  struct FamilyIpHash {
+    size_t operator()(const std::pair<Family, IpAddress>& k) const noexcept {
+      return std::hash<IpAddress>{}(k.second) * 31 + static_cast<size_t>(k.first);
+    }
+  };
+  std::unordered_map<std::pair<Family, IpAddress>, uint32_t, FamilyIpHash> nhOf;
+  std::unordered_set<std::pair<Family, IpAddress>, FamilyIpHash> noId;
+  size_t neps = 0;
+  for (auto& vp : plan.vips) neps += vp.endpoints.size();
+  nhOf.reserve(neps);
   std::set<std::string> greLinks;
-  for (auto& vp : plan.vips) {
-    for (auto& ep : vp.endpoints) {
+  std::vector<std::vector<uint32_t>> epNh(plan.vips.size());
+  for (size_t v = 0; v < plan.vips.size(); ++v) {
+    auto& vp = plan.vips[v];
+    epNh[v].assign(vp.endpoints.size(), 0);
+    for (size_t i = 0; i < vp.endpoints.size(); ++i) {
+      const auto& ep = vp.endpoints[i];
       auto key = std::make_pair(vp.vip.family(), ep.ip);
-      if (nhOf.contains(key) || noId.contains(key)) continue;
+      if (auto it = nhOf.find(key); it != nhOf.end()) {
+        epNh[v][i] = it->second;
+        continue;
+      }
+      if (noId.contains(key)) continue;
       dp::Nexthop nh = nexthopFor(cfg, prior, vp.vip.family(), ep.ip);
       if (!refusal(cfg, prior, vp.vip, ep.ip).empty()) continue;  // planRouter dropped it
       auto id = ids(nh);
@@ -360,6 +411,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
       }
       nh.id = *id;
       nhOf.emplace(key, nh.id);
+      epNh[v][i] = nh.id;
       if (cfg.mode == Mode::Gre && greLinks.insert(nh.dev).second) {
         dp::Link l;
         l.name = nh.dev;
@@ -374,61 +426,75 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
   std::sort(st.nexthops.begin(), st.nexthops.end(),
             [](auto& a, auto& b) { return a.id < b.id; });
 
-  // Routes: VIP in the table of each endpoint's slot.
-  for (auto& vp : plan.vips) {
+  // Routes: VIP in the table of each endpoint's slot, and unreachable guards. Built in key
+  // order (family, table, VIP) without sorting 10^5 of them: one list per family and slot
+  // table, filled in VIP order and joined (sorted after all when the plan's VIPs are not
+  // strictly ascending).
+  uint32_t nt = 0;
+  bool ascending = true;
+  for (size_t v = 0; v < plan.vips.size(); ++v) {
+    auto& vp = plan.vips[v];
+    nt = std::max(nt, vp.tables);
+    for (uint32_t s : vp.slots) nt = std::max(nt, s + 1);
+    if (v > 0 && !(plan.vips[v - 1].vip < vp.vip)) ascending = false;
+  }
+  std::vector<std::vector<dp::Route>> byTable(2 * static_cast<size_t>(nt));  // V4 tables, V6 tables
+  auto tableOf = [&](const IpAddress& vip, uint32_t s) -> std::vector<dp::Route>& {
+    return byTable[(vip.isV4() ? 0 : nt) + s];
+  };
+  bool any4 = false, any6 = false;
+  for (size_t v = 0; v < plan.vips.size(); ++v) {
+    auto& vp = plan.vips[v];
+    (vp.vip.isV4() ? any4 : any6) = true;
     for (size_t i = 0; i < vp.endpoints.size(); ++i) {
-      auto it = nhOf.find({vp.vip.family(), vp.endpoints[i].ip});
-      if (it == nhOf.end()) continue;
+      if (!epNh[v][i]) continue;
       dp::Route r;
       r.key = {vp.vip.family(), cfg.tableOffset + vp.slots[i], vp.vip, vp.vip.hostPrefixLen()};
-      r.nhid = it->second;
-      st.routes.push_back(r);
+      r.nhid = epNh[v][i];
+      tableOf(vp.vip, vp.slots[i]).push_back(std::move(r));
     }
-  }
-  // Rules: one per slot and family in use.
-  bool any4 = false, any6 = false;
-  for (auto& vp : plan.vips) (vp.vip.isV4() ? any4 : any6) = true;
-  // A slot without an endpoint for a VIP holds an unreachable route for it: a packet marked for
-  // a slot whose endpoint is gone (classified in the moment its live-slot element went, see
-  // RouterReconciler) gets an ICMP unreachable instead of leaking into the main table
-  // (and upstream). Not a default route: the encapsulated packet keeps the fwmark and its
-  // outer lookup must fall through these tables to the main one.
-  for (auto& vp : plan.vips) {
-    std::set<uint32_t> usedSlots(vp.slots.begin(), vp.slots.end());
-    for (uint32_t s = 0; s < plan.slotCount; ++s) {
-      if (usedSlots.contains(s)) continue;
+    // A slot table of the VIP (VipPlan::tables) without an endpoint of it holds an unreachable
+    // route for it: a packet marked for a slot whose endpoint is gone (classified in the moment
+    // its live-slot element went, see RouterReconciler) gets an ICMP unreachable instead of
+    // leaking into the main table (and upstream). Not a default route: the encapsulated packet
+    // keeps the fwmark and its outer lookup must fall through these tables to the main one.
+    for (uint32_t s = 0; s < vp.tables; ++s) {
+      if (std::find(vp.slots.begin(), vp.slots.end(), s) != vp.slots.end()) continue;
       dp::Route r;
       r.key = {vp.vip.family(), cfg.tableOffset + s, vp.vip, vp.vip.hostPrefixLen()};
       r.unreachable = true;
-      st.routes.push_back(r);
+      tableOf(vp.vip, s).push_back(std::move(r));
     }
   }
-  std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
+  size_t nroutes = 0;
+  for (auto& t : byTable) nroutes += t.size();
+  st.routes.reserve(nroutes);
+  for (auto& t : byTable) std::move(t.begin(), t.end(), std::back_inserter(st.routes));
+  byTable = {};
+  if (!ascending)
+    std::sort(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) { return a.key < b.key; });
 
-  for (uint32_t s = 0; s < plan.slotCount; ++s) {
-    if (any4) st.rules.push_back({Family::V4, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
-    if (any6) st.rules.push_back({Family::V6, cfg.rulePriority + s, cfg.tableOffset + s, cfg.tableOffset + s});
-  }
-  std::sort(st.rules.begin(), st.rules.end());
+  // Rules: one per slot and family in use.
+  st.rules = slotRules(cfg, plan.slotCount, any4, any6);
 
   // nftables.
   st.nft.present = !plan.vips.empty();
   st.nft.skeleton = renderSkeleton(cfg);
   st.nft.skeletonId = skeletonId(st.nft.skeleton);
-  for (auto& vp : plan.vips) {
-    st.nft.vips.insert(vp.vip);
+  for (size_t v = 0; v < plan.vips.size(); ++v) {
+    auto& vp = plan.vips[v];
+    const auto& nhs = epNh[v];
+    st.nft.vips.insert(st.nft.vips.end(), vp.vip);
     // Live slots: every endpoint the slot tables route to, draining ones included (their
     // pinned flows continue); flows pinned to any other (VIP, mark) are hashed again.
     for (size_t i = 0; i < vp.endpoints.size(); ++i)
-      if (nhOf.contains({vp.vip.family(), vp.endpoints[i].ip}))
-        st.nft.live.insert({vp.vip, cfg.tableOffset + vp.slots[i]});
+      if (nhs[i]) st.nft.live.insert({vp.vip, cfg.tableOffset + vp.slots[i]});
     // One dense vector per VIP, bucket → mark (0 = no element; marks are ≥ tableOffset ≥ 1).
     std::vector<uint32_t> marks(vp.buckets.size(), 0);
     bool any = false;
     for (uint32_t b = 0; b < vp.buckets.size(); ++b) {
       int32_t e = vp.buckets[b];
-      if (e < 0) continue;
-      if (!nhOf.contains({vp.vip.family(), vp.endpoints[e].ip})) continue;
+      if (e < 0 || !nhs[e]) continue;
       marks[b] = cfg.tableOffset + vp.slots[e];
       any = true;
     }
@@ -439,8 +505,7 @@ dp::RouterState routerState(RouterPlan& plan, const DataplaneConfig& cfg, const 
     if (!st.nft.endpoints.contains(vp.vip)) {
       std::map<uint32_t, IpAddress> eps;
       for (size_t i = 0; i < vp.endpoints.size(); ++i)
-        if (nhOf.contains({vp.vip.family(), vp.endpoints[i].ip}))
-          eps.emplace(cfg.tableOffset + vp.slots[i], vp.endpoints[i].ip);
+        if (nhs[i]) eps.emplace(cfg.tableOffset + vp.slots[i], vp.endpoints[i].ip);
       if (!eps.empty()) st.nft.endpoints.emplace(vp.vip, std::move(eps));
     }
     if (!any) continue;

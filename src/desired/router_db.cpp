@@ -63,11 +63,6 @@ std::vector<uint32_t> indexedMarks(const std::vector<uint32_t>& marks, uint32_t 
   return {marks.begin(), marks.begin() + std::min<size_t>(marks.size(), nb)};
 }
 
-uint32_t slotCountOf(const VipPlan& vp) {
-  uint32_t n = 0;
-  for (uint32_t s : vp.slots) n = std::max(n, s + 1);
-  return n;
-}
 
 /**
  * The hinted VIPs whose service differs from the committed inputs, in VIP order, and the model's
@@ -134,7 +129,7 @@ struct RouterDb::Index {
   std::vector<dp::Rule> rules;
   std::map<uint32_t, dp::Nexthop> nexthops;
   std::unordered_map<uint32_t, uint32_t> nhRefs;       // nexthop id → routes using it
-  std::map<IpAddress, std::vector<dp::Route>> routes;  // by destination (the VIP)
+  std::unordered_map<IpAddress, std::vector<dp::Route>> routes;  // by destination (the VIP)
   bool nftPresent = false;
   std::string skeletonId;
   std::set<IpAddress> nftVips;
@@ -144,9 +139,9 @@ struct RouterDb::Index {
   std::map<IpAddress, std::vector<dp::SourceInterval>> nftRanges;     // filtered VIPs
   std::set<dp::SlotMark> live;                         // live-slot set elements
   NexthopIdPool ids;
-  std::map<IpAddress, uint32_t> vipSlots;              // VIP → slots it uses (max + 1)
-  std::map<uint32_t, size_t> slotHist;                 // slot count → number of VIPs
-  uint32_t slotCount = 0;                              // the plan's
+  std::map<IpAddress, uint32_t> vipSlots;              // VIP → its slot tables (VipPlan::tables)
+  std::map<uint32_t, size_t> slotHist;                 // slot tables → number of VIPs
+  uint32_t slotCount = 0;                              // the plan's (the largest of slotHist)
   size_t v4 = 0, v6 = 0;                               // VIPs per family
 
   dp::RouterState state(const std::string& skeleton) const {
@@ -181,6 +176,8 @@ struct RouterDb::Pending {
   std::map<uint32_t, int> refDelta;     // nexthop id → change in the routes using it
   std::map<uint32_t, size_t> slotHist;
   size_t v4 = 0, v6 = 0;
+  bool rulesChanged = false;  // the slot count or the families in use: desired.rules are all
+  uint32_t slotCount = 0;
 };
 
 RouterDb::RouterDb(const DataplaneConfig& cfg, DeviceResolver resolver)
@@ -222,6 +219,8 @@ bool RouterDb::ensureIndex() {
     x->ids.hold(NexthopKey(nh.key()), nh.id);
     x->nexthops.emplace_hint(x->nexthops.end(), nh.id, std::move(nh));
   }
+  x->routes.reserve(plan_.vips.size());
+  x->nhRefs.reserve(flat_.nexthops.size());
   for (auto& r : flat_.routes) {
     if (r.nhid) ++x->nhRefs[r.nhid];
     x->routes[r.key.dst].push_back(std::move(r));
@@ -236,7 +235,7 @@ bool RouterDb::ensureIndex() {
     x->buckets.setVip(vip, indexedMarks(marks, vipBucketCap(cfg_.buckets)));
   x->live = std::move(flat_.nft.live);
   for (auto& vp : plan_.vips) {
-    uint32_t n = slotCountOf(vp);
+    uint32_t n = vp.tables;
     x->vipSlots[vp.vip] = n;
     ++x->slotHist[n];
     (vp.vip.isV4() ? x->v4 : x->v6)++;
@@ -327,9 +326,10 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
   }
   RouterPlan plan = planRouter(planned, cfg_, prior);
 
-  // 3. Objects shared by all VIPs (rules, the unreachable routes of every slot table, the
-  //    tunnel devices, the nft table) depend on the slot count and the families in use: a
-  //    partial update that changes them is widened to a whole one.
+  // 3. Objects shared by all VIPs: the fwmark rules depend on the slot count (the largest
+  //    VipPlan::tables) and the families in use; a partial update that changes them diffs the
+  //    rules too (a slot table's unreachable guards are per VIP, VipPlan::tables). The tunnel
+  //    devices and the nft table: a partial update that would change them is widened.
   Pending p;
   if (!whole) {
     Index& x = *idx_;
@@ -343,15 +343,15 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
       }
     }
     for (auto& vp : plan.vips) {
-      uint32_t n = slotCountOf(vp);
+      uint32_t n = vp.tables;
       p.vipSlots[vp.vip] = n;
       ++p.slotHist[n];
       (vp.vip.isV4() ? p.v4 : p.v6)++;
     }
-    uint32_t slotCount = p.slotHist.empty() ? 0 : p.slotHist.rbegin()->first;
-    if (slotCount != x.slotCount || (p.v4 > 0) != (x.v4 > 0) || (p.v6 > 0) != (x.v6 > 0))
-      return false;
-    plan.slotCount = slotCount;
+    p.slotCount = p.slotHist.empty() ? 0 : p.slotHist.rbegin()->first;
+    p.rulesChanged = p.slotCount != x.slotCount || (p.v4 > 0) != (x.v4 > 0) ||
+                     (p.v6 > 0) != (x.v6 > 0);
+    plan.slotCount = p.slotCount;
   }
 
   // 4. Nexthop ids (sticky by key, new ones the lowest unused) and the desired objects.
@@ -382,6 +382,10 @@ bool RouterDb::pass(const Model& model, const std::vector<IpAddress>* changed, c
     des.nft.present = true;  // the model is not empty (only the changed VIPs are in `plan`)
     des.links.clear();
     des.rules.clear();
+    if (p.rulesChanged) {
+      des.rules = slotRules(cfg_, p.slotCount, p.v4 > 0, p.v6 > 0);
+      view.rules = x.rules;
+    }
     // Nexthops: those of the changed VIPs, plus any they stop using that other VIPs still use;
     // the view: every nexthop involved, including existing ones the changed VIPs start using.
     for (auto& r : des.routes)
@@ -528,6 +532,10 @@ void RouterDb::commit(const Model& model) {
   for (auto& svc : p->services) inputs_.emplace(svc.vip, std::move(svc));
   for (auto& [vip, n] : p->vipSlots) x.vipSlots[vip] = n;
   x.slotHist = std::move(p->slotHist);
+  if (p->rulesChanged) {
+    x.rules = des.rules;
+    x.slotCount = p->slotCount;
+  }
   x.v4 = p->v4;
   x.v6 = p->v6;
 }

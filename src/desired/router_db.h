@@ -16,8 +16,9 @@
 // all VIPs (links, rules, the nft table) are in it. A *partial* update's change set is the VIPs
 // whose inputs differ from the committed ones (those hinted, or found by comparing every service):
 // its base view is their routes, the nexthops those use and their nft elements. A partial update
-// that would change a shared object (slot count, families in use, devices, the nft table) is
-// widened to a whole one.
+// that changes the slot count or the families in use diffs the fwmark rules as well (a slot
+// table's unreachable guards are per VIP: VipPlan::tables); one that would change another shared
+// object (devices, the nft table) is widened to a whole one.
 //
 // The caller applies the delta and then calls commit() (everything applied: the kernel holds the
 // target) or forget() (a failure: the kernel state is unknown; seed() again from an observation).
@@ -29,6 +30,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "dataplane/kernel.h"
@@ -75,7 +77,7 @@ class NexthopIdPool {
   uint32_t base_, end_;
   uint32_t high_;               // 1 + the highest held id of the range (base_ when none)
   std::set<uint32_t> free_;     // ids of [base_, high_) not held
-  std::map<NexthopKey, uint32_t> byKey_;
+  std::unordered_map<NexthopKey, uint32_t, NexthopKeyHash> byKey_;
 };
 
 /** What one update changes in the kernel, in apply order: `changes` (netlink; adds and replaces

@@ -136,7 +136,7 @@ TEST(RouterIncremental, OneEndpointChangeSendsWorkForThatVipOnly) {
   normalize(m);
   ASSERT_TRUE(r.reconcile(m)->ok());
   // A first replacement takes slot 4 (the leaver's slot is held, docs/load-balancing.md
-  // "Released slots"): a slot table more for every VIP.
+  // "Released slots"): a slot table more (its rule, and routes of that VIP only).
   m.services[3].endpoints[2].ip = v4(0x0a00fffe);
   normalize(m);
   ASSERT_TRUE(r.reconcile(m)->ok());
@@ -503,7 +503,7 @@ struct Programmed {
 TEST(RouterIncremental, HintedPassComparesAndPlansOnlyTheChangedVip) {
   Programmed p;
   ASSERT_TRUE(p.r.reconcile(p.m)->ok());
-  // (A first replacement adds slot 2 for every VIP: the leaver's slot is held.)
+  // (A first replacement adds slot table 2: the leaver's slot is held.)
   auto first = p.change([](Model& m) { m.services[3].endpoints[1].ip = v4(0x0a00fffe); });
   ASSERT_TRUE(p.r.reconcile(p.m, &first)->ok());
   p.w.nl.clearLog();
@@ -594,27 +594,59 @@ TEST(RouterIncremental, HintThatMissesAnAddedOrRemovedVipIsIgnored) {
   expectConverged(p.w, p.m);
 }
 
-TEST(RouterIncremental, HintedSlotCountChangeTakesTheWholeModelPath) {
+TEST(RouterIncremental, HintedSlotCountChangeIsPartial) {
   Programmed p;
   ASSERT_TRUE(p.r.reconcile(p.m)->ok());
   size_t rules = p.w.nl.rules(0, ~0u)->size();
-  // Five endpoints for one VIP: five slots, more than any other VIP uses (rules, slot tables).
+  size_t routes = p.w.nl.routes(0, ~0u)->size();
+  ASSERT_EQ(rules, 2u);
+  const IpAddress vip = p.m.services[5].vip;
+  // Five endpoints for one VIP: five slots, more than any other VIP uses. Only that VIP is
+  // planned: three rules more (the new slot tables), its three new routes and nexthops; the
+  // other VIPs get no route in the new tables (VipPlan::tables).
+  p.w.nl.clearLog();
   auto hint = p.change([](Model& m) {
     for (uint32_t e : {90, 91, 92}) m.services[5].endpoints.push_back({v4(0x0a000000 + e), "n1", true, false, ""});
   });
   auto res = p.r.reconcile(p.m, &hint);
   ASSERT_TRUE(res && res->ok());
   EXPECT_FALSE(res->fullObserve);
-  EXPECT_EQ(res->vipsPlanned, p.m.services.size());
-  EXPECT_GT(p.w.nl.rules(0, ~0u)->size(), rules);
+  EXPECT_EQ(res->vipsPlanned, 1u);
+  EXPECT_EQ(p.r.lastPlan().slotCount, 5u);
+  EXPECT_EQ(p.w.nl.rules(0, ~0u)->size(), 5u);
+  EXPECT_EQ(p.w.nl.routes(0, ~0u)->size(), routes + 3);
+  EXPECT_EQ(p.w.nl.log().size(), 3u + 3u + 3u);
   expectConverged(p.w, p.m);
-  // And back: the slot count shrinks, again whole-model.
+  // Back to two endpoints: the VIP keeps its slot tables (unreachable guards: a packet
+  // classified before the release may still carry those marks), still partial.
+  p.w.nl.clearLog();
   hint = p.change([](Model& m) { m.services[5].endpoints.resize(2); });
   res = p.r.reconcile(p.m, &hint);
   ASSERT_TRUE(res && res->ok());
-  EXPECT_EQ(res->vipsPlanned, p.m.services.size());
-  EXPECT_EQ(p.w.nl.rules(0, ~0u)->size(), rules);
+  EXPECT_EQ(res->vipsPlanned, 1u);
+  EXPECT_EQ(p.w.nl.rules(0, ~0u)->size(), 5u);
+  EXPECT_EQ(p.w.nl.routes(0, ~0u)->size(), routes + 3);
+  size_t guards = 0;
+  for (auto& r : *p.w.nl.routes(0, ~0u)) guards += r.unreachable && r.key.dst == vip;
+  EXPECT_EQ(guards, 3u);
   expectConverged(p.w, p.m);
+  // The VIP goes: its tables above the others' go with it (rules deleted), still partial.
+  p.w.nl.clearLog();
+  hint = p.change([&](Model& m) {
+    std::erase_if(m.services, [&](const TunnelService& s) { return s.vip == vip; });
+  });
+  res = p.r.reconcile(p.m, &hint);
+  ASSERT_TRUE(res && res->ok());
+  EXPECT_EQ(res->vipsPlanned, 1u);
+  EXPECT_EQ(p.r.lastPlan().slotCount, 2u);
+  EXPECT_EQ(p.w.nl.rules(0, ~0u)->size(), rules);
+  EXPECT_EQ(p.w.nl.routes(0, ~0u)->size(), routes - 2);
+  expectConverged(p.w, p.m);
+  // A restarted reconciler adopts it with zero changes.
+  RouterReconciler restarted(p.w.cfg, p.w.nl, p.w.nft);
+  auto again = restarted.reconcile(p.m);
+  ASSERT_TRUE(again && again->ok());
+  EXPECT_EQ(again->changes, 0u);
 }
 
 TEST(RouterIncremental, PendingPublicationsFollowHintedPasses) {

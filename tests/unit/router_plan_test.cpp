@@ -257,6 +257,57 @@ TEST(RouterPlan, OneRoutePerVipAndEndpointInSlotTable) {
   }
 }
 
+TEST(RouterPlan, SlotTablesArePerVipStickyAndRoutesInKeyOrder) {
+  DataplaneConfig cfg;
+  auto m = model({svc("a", kVip, {ep("10.0.0.1")}),
+                  svc("b", "192.0.2.20", {ep("10.0.0.2"), ep("10.0.0.3"), ep("10.0.0.4")}),
+                  svc("c", "2001:db8::10", {ep("fd00::1"), ep("fd00::2")})});
+  auto s = compute(m, cfg);
+  EXPECT_EQ(s.plan.slotCount, 3u);
+  // (vipRoutes leaves out the unreachable ones.)
+  auto allRoutes = [](const dp::RouterState& st, const std::string& vip) {
+    std::vector<dp::Route> out;
+    for (auto& r : st.routes)
+      if (r.key.dst == ip(vip)) out.push_back(r);
+    return out;
+  };
+  // No guard for a VIP in a table it never reached.
+  EXPECT_EQ(allRoutes(s.st, kVip).size(), 1u);
+  EXPECT_EQ(allRoutes(s.st, "2001:db8::10").size(), 2u);
+  EXPECT_EQ(s.st.rules.size(), 6u);  // 3 tables × 2 families
+  auto inKeyOrder = [](const dp::RouterState& st) {
+    return std::adjacent_find(st.routes.begin(), st.routes.end(), [](auto& a, auto& b) {
+             return !(a.key < b.key);
+           }) == st.routes.end();
+  };
+  EXPECT_TRUE(inKeyOrder(s.st));
+  // The plan's VIPs out of order: the same routes, still in key order.
+  Model reversed = m;
+  std::reverse(reversed.services.begin(), reversed.services.end());
+  auto r = compute(reversed, cfg);
+  EXPECT_TRUE(inKeyOrder(r.st));
+  ASSERT_EQ(r.st.routes.size(), s.st.routes.size());
+  for (size_t i = 0; i < s.st.routes.size(); ++i) EXPECT_EQ(r.st.routes[i].key, s.st.routes[i].key);
+  // b keeps one endpoint: its other two tables hold unreachable guards (sticky, read back from
+  // the routes), so the slot count and the rules stay.
+  auto m2 = model({svc("a", kVip, {ep("10.0.0.1")}), svc("b", "192.0.2.20", {ep("10.0.0.2")}),
+                   svc("c", "2001:db8::10", {ep("fd00::1"), ep("fd00::2")})});
+  auto s2 = compute(m2, cfg, &s.st);
+  EXPECT_EQ(s2.plan.slotCount, 3u);
+  auto rb = allRoutes(s2.st, "192.0.2.20");
+  ASSERT_EQ(rb.size(), 3u);
+  EXPECT_FALSE(rb[0].unreachable);
+  EXPECT_TRUE(rb[1].unreachable);
+  EXPECT_TRUE(rb[2].unreachable);
+  EXPECT_EQ(s2.st.rules.size(), 6u);
+  // Without b the largest VIP has two tables: the third table's rules go.
+  auto s3 = compute(model({svc("a", kVip, {ep("10.0.0.1")}),
+                           svc("c", "2001:db8::10", {ep("fd00::1"), ep("fd00::2")})}),
+                    cfg, &s2.st);
+  EXPECT_EQ(s3.plan.slotCount, 2u);
+  EXPECT_EQ(s3.st.rules.size(), 4u);
+}
+
 TEST(RouterPlan, RulesPerSlotPerFamily) {
   DataplaneConfig cfg;
   cfg.rulePriority = 500;
