@@ -72,15 +72,19 @@ std::vector<std::pair<std::array<uint8_t, 16>, uint8_t>> coverPrefixes(const IpA
   U128 lo = toU128(mapKey(first)), hi = toU128(mapKey(last));
   if (lo > hi) return out;
   while (true) {
-    // The largest aligned block starting at lo that does not pass hi.
-    int bits = 0;  // block size 2^bits
+    // The largest aligned block 2^bits starting at lo that does not pass hi.
+    int bits = 0;
     while (bits < 128) {
-      const U128 size = U128(1) << bits;  // next candidate: 2^(bits+1)
-      const U128 next = size << 1;
-      if (bits + 1 > 127 || (lo & (next - 1)) != 0 || lo + (next - 1) > hi) break;
+      if (bits + 1 == 128) {  // the whole space: one /0
+        if (lo == 0 && hi == ~U128(0)) bits = 128;
+        break;
+      }
+      const U128 twice = U128(1) << (bits + 1);
+      if ((lo & (twice - 1)) != 0 || lo + (twice - 1) > hi) break;
       ++bits;
     }
     out.emplace_back(fromU128(lo), uint8_t(128 - bits));
+    if (bits == 128) break;
     const U128 end = lo + ((U128(1) << bits) - 1);
     if (end >= hi) break;
     lo = end + 1;
