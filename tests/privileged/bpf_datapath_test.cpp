@@ -3,6 +3,7 @@
 // the test mounts for it). Real daemons, agents and pods (scripts/lib/topo.sh); what is shown:
 //   - the same 5-tuples (UDP and TCP, fixed source ports) land on the same endpoint through
 //     either router, IPv4 and IPv6, and the pod sees the client's address;
+//   - connections survive switching between the two routers (failover during a rollout);
 //   - a restart of the bpf router changes nothing (no kernel object, the same program stays
 //     attached, "no changes") and breaks no connection;
 //   - counters are exact: N datagrams raise the VIP counter by N, each endpoint's by what its
@@ -128,6 +129,26 @@ TEST_P(BpfDatapath, SameTuplesLandOnTheSameEndpointAsNft) {
   ASSERT_TRUE(allFrom(tcpNft, 64)) << fmt::format("{}", fmt::join(tcpNft, "\n"));
   ASSERT_TRUE(allFrom(tcpBpf, 64)) << fmt::format("{}", fmt::join(tcpBpf, "\n"));
   EXPECT_EQ(tcpNft, tcpBpf);
+}
+
+TEST_P(BpfDatapath, FailoverBetweenNftAndBpfRoutersBreaksNoConnection) {
+  via("rt");
+  ASSERT_TRUE(reachable(vip(), 20));
+  via("rt2");
+  ASSERT_TRUE(reachable(vip(), 20)) << procs["rt2"].log();
+  via("rt");
+  Process hold({"ip", "netns", "exec", ns("cl"), kTool, "hold", vip(), "8080", "8", "60"},
+               dir + "/hold.log");
+  ASSERT_TRUE(waitUntil([&] { return hold.log().find("established 60") != std::string::npos; }, 20))
+      << hold.log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  via("rt2");  // the bpf router has no flow state: its hash decides, as the nft one's did
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  via("rt");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  via("rt2");
+  EXPECT_EQ(hold.wait(20), 0) << hold.log();
+  EXPECT_NE(hold.log().find("ok 60"), std::string::npos) << hold.log();
 }
 
 TEST_P(BpfDatapath, CountersAreExact) {
