@@ -331,7 +331,7 @@ Status BpfClassifier::refreshConfig(const Maps& m) {
   const ModeTraits& t = modeTraits(cfg_.mode);
   // Redirect to the collect-md device in the modes whose tunnel key the program can set as
   // the nexthop's `encap ip` does (no GRE key): vxlan-gpe and ipip.
-  const bool redirect = cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip;
+  const bool redirect = opts_.redirect && (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip);
   want.flags = redirect ? KST_CFG_REDIRECT : 0;
   if (cfg_.mode == Mode::VxlanGpe) want.flags |= KST_CFG_ZERO_CSUM4;
   want.ifindex4 = want.ifindex6 = 0;
