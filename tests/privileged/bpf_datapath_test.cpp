@@ -107,6 +107,23 @@ class BpfDatapath : public E2E, public ::testing::WithParamInterface<bool> {
     return s ? *s : dp::NftCounterSnapshot{};
   }
   std::string filters() { return out("rt2", "tc filter show dev eth0 ingress"); }
+  /** Restarts the bpf router: no kernel object changes, the first pass has nothing to do, the
+   *  same program stays attached. */
+  void restartBpfRouterChangesNothing() {
+    const std::string attached = filters();
+    Process mon({"ip", "netns", "exec", ns("rt2"), "ip", "-o", "monitor", "link", "address",
+                 "route", "rule", "nexthop"}, dir + "/mon-rt2.log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(procs["rt2"].stop(), 0);
+    startBpfRouter();
+    ASSERT_TRUE(waitUntil([&] { return procs["rt2"].log().find("reconciled") != std::string::npos; }))
+        << procs["rt2"].log();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    mon.stop();
+    EXPECT_EQ(mon.log(), "") << "router kernel objects changed on restart";
+    EXPECT_NE(procs["rt2"].log().find("no changes"), std::string::npos) << procs["rt2"].log();
+    EXPECT_EQ(filters(), attached) << "the program was replaced";
+  }
   /** A counter in rt2's forward hook of the packets carrying a slot mark: the mark path goes
    *  through the stack's forwarding, the redirect path never does. */
   void probeForward() {
@@ -202,19 +219,7 @@ TEST_P(BpfDatapath, RestartChangesNothingAndBreaksNoConnection) {
   Process hold({"ip", "netns", "exec", ns("cl"), kTool, "hold", vip(), "8080", "6", "20"},
                dir + "/hold.log");
   ASSERT_TRUE(waitUntil([&] { return hold.log().find("established") != std::string::npos; }));
-  const std::string attached = filters();
-  Process mon({"ip", "netns", "exec", ns("rt2"), "ip", "-o", "monitor", "link", "address",
-               "route", "rule", "nexthop"}, dir + "/mon-rt2.log");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(procs["rt2"].stop(), 0);
-  startBpfRouter();
-  ASSERT_TRUE(waitUntil([&] { return procs["rt2"].log().find("reconciled") != std::string::npos; }))
-      << procs["rt2"].log();
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  mon.stop();
-  EXPECT_EQ(mon.log(), "") << "router kernel objects changed on restart";
-  EXPECT_NE(procs["rt2"].log().find("no changes"), std::string::npos) << procs["rt2"].log();
-  EXPECT_EQ(filters(), attached) << "the program was replaced";
+  restartBpfRouterChangesNothing();
   EXPECT_EQ(hold.wait(15), 0) << hold.log();
   EXPECT_NE(hold.log().find("ok 20"), std::string::npos) << hold.log();
 }
@@ -295,17 +300,7 @@ TEST_P(BpfMarkPath, SameTuplesSameEndpointExactCountersAndCleanRestart) {
   EXPECT_EQ(udpNft, udpBpf);
   const IpAddress v = *IpAddress::parse(vip());
   EXPECT_EQ(after.vip[v].packets - before.vip[v].packets, 96u);
-  Process mon({"ip", "netns", "exec", ns("rt2"), "ip", "-o", "monitor", "link", "address",
-               "route", "rule", "nexthop"}, dir + "/mon-rt2.log");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(procs["rt2"].stop(), 0);
-  startBpfRouter();
-  ASSERT_TRUE(waitUntil([&] { return procs["rt2"].log().find("reconciled") != std::string::npos; }))
-      << procs["rt2"].log();
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  mon.stop();
-  EXPECT_EQ(mon.log(), "");
-  EXPECT_NE(procs["rt2"].log().find("no changes"), std::string::npos) << procs["rt2"].log();
+  restartBpfRouterChangesNothing();
   EXPECT_EQ(udpFrom(96, 36000), udpBpf);
 }
 
