@@ -5,7 +5,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       g++ cmake ninja-build pkg-config \
-      libmnl-dev libnftables-dev libcurl4-openssl-dev libssl-dev \
+      libmnl-dev libnftables-dev libcurl4-openssl-dev libssl-dev libbpf-dev bpftool clang \
       nlohmann-json3-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev prometheus-cpp-dev \
       libgtest-dev libgmock-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -21,7 +21,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libmnl0 libnftables1 libcurl4 libssl3 libyaml-0-2 libspdlog1.10 libfmt9 libcpp-httplib0.11 libprometheus-cpp-core1.0 \
+      libmnl0 libnftables1 libbpf1 libcurl4 libssl3 libyaml-0-2 libspdlog1.10 libfmt9 libcpp-httplib0.11 libprometheus-cpp-core1.0 \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/src/kube-service-tunnel /usr/bin/kube-service-tunnel

@@ -22,6 +22,7 @@
 #include "linux/netlink_client.h"
 #include "linux/netns.h"
 #include "linux/netns_provider.h"
+#include "linux/bpf_classifier.h"
 #include "linux/nft_client.h"
 #include "linux/nft_inspect.h"
 #include "linux/route_lookup.h"
@@ -73,6 +74,8 @@ struct Flags {
   std::vector<std::string> vipPools, clusterRanges;  // as given; parsed into policy
   kst::VipPolicy policy;
   kst::DataplaneConfig dp;
+  std::string datapath = "nft";  // the router's classifier: nft or bpf
+  kst::BpfOptions bpf;
   std::string drainFile() const { return stateDir + "/drained"; }
 };
 
@@ -117,6 +120,20 @@ void addCommon(CLI::App* app, Flags& f) {
       ->envname("TUNNEL_LINK_PREFIX");
   app->add_option("--nft-table", f.dp.nftTable, "Name of the owned nftables table (inet family)")
       ->envname("TUNNEL_NFT_TABLE");
+  app->add_option("--datapath", f.datapath,
+                  "Router classifier: nft (the nftables table) or bpf (a tc program on the "
+                  "--bpf-ingress interfaces, the same decisions; docs/bpf-datapath.md)")
+      ->envname("TUNNEL_DATAPATH")
+      ->check(CLI::IsMember({"nft", "bpf"}));
+  app->add_option("--bpf-ingress", f.bpf.ingress,
+                  "bpf datapath: an interface whose ingress runs the program (repeatable; "
+                  "default: every interface but lo and the daemon's own links)")
+      ->envname("TUNNEL_BPF_INGRESS")
+      ->delimiter(',');
+  app->add_option("--bpf-pin-dir", f.bpf.pinDir,
+                  "bpf datapath: bpffs directory of the program and its maps (bpffs is mounted "
+                  "at /sys/fs/bpf when absent)")
+      ->envname("TUNNEL_BPF_PIN_DIR");
   app->add_option("--vxlan-port", f.dp.vxlanPort, "UDP port of vxlan-gpe")->envname("TUNNEL_VXLAN_PORT");
   app->add_option("--flow-timeout", f.dp.flowTimeoutSeconds,
                   "Seconds an idle flow stays pinned to its endpoint (draining, failover)")
@@ -248,10 +265,10 @@ void addRunFlags(CLI::App* run, Flags& f) {
 /** The kernel side of both roles: rtnetlink, nft, pod namespaces and the two reconcilers. */
 struct Kernel {
   std::unique_ptr<kst::NetlinkClientImpl> nl;
-  std::unique_ptr<kst::NftClientImpl> nft;
+  std::unique_ptr<kst::dp::NftClient> nft;  // --datapath: NftClientImpl or BpfClassifier
   // /metrics reads the router's counters from HTTP threads: a client (socket) of its own,
   // one scrape at a time, never the reconciler's.
-  std::unique_ptr<kst::NftClientImpl> nftScrape;
+  std::unique_ptr<kst::dp::NftClient> nftScrape;
   std::unique_ptr<std::mutex> nftScrapeLock = std::make_unique<std::mutex>();
   std::unique_ptr<kst::NetnsProviderImpl> netns;
   std::unique_ptr<kst::RouterReconciler> router;
@@ -265,8 +282,13 @@ kst::Result<Kernel> openKernel(const Flags& f) {
   kst::nl::Socket* rtSock = sock->get();  // owned by nl; MPLS route lookups share it
   Kernel k;
   k.nl = std::make_unique<kst::NetlinkClientImpl>(std::move(*sock), f.dp);
-  k.nft = std::make_unique<kst::NftClientImpl>(f.dp);
-  k.nftScrape = std::make_unique<kst::NftClientImpl>(f.dp);
+  if (f.datapath == "bpf") {
+    k.nft = std::make_unique<kst::BpfClassifier>(f.dp, f.bpf);
+    k.nftScrape = std::make_unique<kst::BpfClassifier>(f.dp, f.bpf);
+  } else {
+    k.nft = std::make_unique<kst::NftClientImpl>(f.dp);
+    k.nftScrape = std::make_unique<kst::NftClientImpl>(f.dp);
+  }
   k.netns = std::make_unique<kst::NetnsProviderImpl>(f.dp, f.netnsDirs, f.scanProc);
   k.router = std::make_unique<kst::RouterReconciler>(
       f.dp, *k.nl, *k.nft,
@@ -276,10 +298,28 @@ kst::Result<Kernel> openKernel(const Flags& f) {
   return k;
 }
 
+/** Removes the classifier of the datapath not chosen (left by a run with the other
+ *  --datapath): an nft table would classify again what the program marked, a program would
+ *  classify before the nft table. */
+void removeOtherDatapath(const Flags& f) {
+  std::unique_ptr<kst::dp::NftClient> other;
+  if (f.datapath == "bpf") other = std::make_unique<kst::NftClientImpl>(f.dp);
+  else other = std::make_unique<kst::BpfClassifier>(f.dp, f.bpf);
+  auto st = other->observe();
+  if (!st || !st->present) return;
+  if (auto r = other->applyStep(kst::dp::TableStep::Delete, {}, {}, {}); !r)
+    spdlog::warn("removing the {} classifier: {}", f.datapath == "bpf" ? "nft" : "bpf",
+                 r.error().message);
+  else
+    spdlog::info("removed the {} classifier (--datapath {})",
+                 f.datapath == "bpf" ? "nft" : "bpf", f.datapath);
+}
+
 /** `cleanup`: removes every owned kernel object of the roles asked for. */
-int cleanupCommand(Kernel& k, bool router, bool agent, bool announce) {
+int cleanupCommand(const Flags& f, Kernel& k, bool router, bool agent, bool announce) {
   int rc = 0;
   if (router) {
+    removeOtherDatapath(f);
     auto r = k.router->cleanup();
     if (!r || !r->ok()) rc = 1;
     if (r) spdlog::info("router cleanup: {} objects removed", r->changes);
@@ -489,6 +529,7 @@ int runCommand(const Flags& f, Kernel& k, bool router, bool agent) {
   auto sources = openSources(f, router, agent);
   if (!sources) return sources.error();
   Sources& s = *sources;
+  if (router) removeOtherDatapath(f);
   if (router) {
     // A tunnel node forwards VIP traffic.
     (void)kst::writeSysctl("net/ipv4/ip_forward", "1");
@@ -634,7 +675,7 @@ int main(int argc, char** argv) {
     o.timeout = std::chrono::milliseconds(int64_t(f.drainTimeout * 1000));
     return kst::drainNode(*kernel->announce, f.drainFile(), o, std::cout);
   }
-  if (cleanup->parsed()) return cleanupCommand(*kernel, router, agent, f.announceTable != 0);
+  if (cleanup->parsed()) return cleanupCommand(f, *kernel, router, agent, f.announceTable != 0);
   if (explain->parsed()) return explainCommand(f, *kernel, ia);
   if (status->parsed()) return statusCommand(f, *kernel, router, agent, ia);
   return runCommand(f, *kernel, router, agent);

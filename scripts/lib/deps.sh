@@ -8,7 +8,7 @@ BUILD_DIR=${BUILD_DIR:-$KST_ROOT/build}
 
 KST_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libmnl-dev libnftables-dev nftables libcurl4-openssl-dev libssl-dev openssl
+  libmnl-dev libnftables-dev nftables libbpf-dev bpftool clang libcurl4-openssl-dev libssl-dev openssl
   nlohmann-json3-dev libyaml-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   prometheus-cpp-dev prometheus
   libgtest-dev libgmock-dev libbenchmark-dev

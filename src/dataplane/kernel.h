@@ -97,13 +97,26 @@ struct NftElementChanges {
   }
 };
 
-/** nftables access (the daemon's own table only). */
+/** What happens to the classifier's table (nft) or program and maps (bpf) when the observed
+ *  state becomes the desired one: kept (element changes only; also when neither exists),
+ *  created, rebuilt (the skeleton differs: replaced, with all its elements, at once) or
+ *  deleted. Chosen by desired/nft_render.h nftTableStep(). */
+enum class TableStep : uint8_t { Keep, Create, Rebuild, Delete };
+
+/** The router's classifier: nftables (the daemon's own table only, linux/nft_client.h) or the
+ *  tc-BPF program and its maps (linux/bpf_classifier.h). */
 class NftClient {
  public:
   virtual ~NftClient() = default;
   virtual Result<NftState> observe() = 0;
-  /** Runs an nft script as one atomic transaction. */
+  /** Runs an nft script as one atomic transaction (nft only; the bpf classifier refuses). */
   virtual Status run(const std::string& script) = 0;
+  /** Carries out a table step and the element changes that follow it (for Create and Rebuild
+   *  relative to an empty classifier; ignored for Delete), atomically where the datapath can.
+   *  skeletonId/skeleton: the desired skeleton (desired/nft_render.h renderSkeleton), which
+   *  the classifier keeps so that observe() reports it again. */
+  virtual Status applyStep(TableStep step, const std::string& skeletonId,
+                           const std::string& skeleton, const NftElementChanges& elements) = 0;
   /** Applies element changes as one transaction (order inside: VIP deletions, then source
    *  ranges, endpoint counters, bucket counts, buckets and live slots deleted, added in the
    *  reverse order, VIP additions last; a new slot is live before a bucket points at it, a

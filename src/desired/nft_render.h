@@ -48,7 +48,7 @@ std::string skeletonId(const std::string& skeleton);
 /** What happens to the table itself when `observed` becomes `desired`: kept (element changes
  *  only; also when neither has a table), created, rebuilt (the skeleton differs: deleted and
  *  created with all its elements, in one transaction) or deleted. */
-enum class NftTableStep : uint8_t { Keep, Create, Rebuild, Delete };
+using NftTableStep = dp::TableStep;
 NftTableStep nftTableStep(const dp::NftState& desired, const dp::NftState& observed);
 
 /** One nft script for a table step and the element changes that follow it (for Create and

@@ -320,6 +320,13 @@ Status NftClientImpl::run(const std::string& script) {
   return runText(script);
 }
 
+Status NftClientImpl::applyStep(dp::TableStep step, const std::string& skeletonId,
+                                const std::string& skeleton, const dp::NftElementChanges& elements) {
+  std::string script = renderNftStep(cfg_, step, skeletonId, skeleton, elements);
+  if (script.empty()) return {};
+  return run(script);
+}
+
 Result<int> NftClientImpl::commit(
     const std::function<std::vector<uint8_t>(uint32_t, std::vector<uint32_t>&)>& encode,
     bool& tracked) {

@@ -38,6 +38,9 @@ class NftClientImpl : public dp::NftClient {
    *  reading the elements (see observe() in the .cpp). */
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
+  /** The step rendered as nft text (desired/nft_render.h renderNftStep) and run(). */
+  Status applyStep(dp::TableStep step, const std::string& skeletonId, const std::string& skeleton,
+                   const dp::NftElementChanges& elements) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
   /** GETSETELEM dumps of the counter sets and flow maps, one GETOBJ dump (never the cache). */
   Result<dp::NftCounterSnapshot> readCounters() override;

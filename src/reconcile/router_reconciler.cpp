@@ -153,7 +153,7 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
     // set in the same transaction as their buckets).
     Status st;
     if (delta.table == Step::Create) {
-      st = nft_.run(renderNftStep(cfg_, Step::Create, delta.skeletonId, delta.skeleton, {}));
+      st = nft_.applyStep(Step::Create, delta.skeletonId, delta.skeleton, {});
       res.nftRebuilt = true;
     }
     res.nftElementChanges = delta.elements.size();
@@ -163,14 +163,13 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
     else
       res.changes += res.nftElementChanges + (res.nftRebuilt ? 1 : 0);
   } else {
-    // Text: removal of the table, or a skeleton change (the table is rebuilt with its
-    // elements in one atomic transaction).
-    std::string script =
-        renderNftStep(cfg_, delta.table, delta.skeletonId, delta.skeleton, delta.elements);
+    // Removal of the table, or a skeleton change (the table is rebuilt with its elements in
+    // one atomic transaction; nft: one text script).
     res.nftElementChanges = delta.table == Step::Delete ? 0 : delta.elements.size();
-    if (!script.empty()) {
+    if (delta.table != Step::Keep) {
       res.nftRebuilt = delta.table == Step::Create || delta.table == Step::Rebuild;
-      if (auto s = nft_.run(script); !s) {
+      if (auto s = nft_.applyStep(delta.table, delta.skeletonId, delta.skeleton, delta.elements);
+          !s) {
         res.failures.push_back(s.error().message);
       } else {
         res.changes += res.nftElementChanges + (res.nftRebuilt ? 1 : 0);

@@ -454,6 +454,16 @@ class FakeNft : public dp::NftClient {
     return {};
   }
 
+  /** As NftClientImpl: the step rendered as nft text and run(). */
+  Status applyStep(dp::TableStep step, const std::string& skeletonId, const std::string& skeleton,
+                   const dp::NftElementChanges& elements) override {
+    DataplaneConfig cfg;
+    cfg.nftTable = table_;
+    std::string script = renderNftStep(cfg, step, skeletonId, skeleton, elements);
+    if (script.empty()) return {};
+    return run(script);
+  }
+
   /** See the header comment: the encoded batch, decoded and applied as one transaction.
    *  Successful batches are recorded in `batches` (and the journal) as nft statements. */
   Status applyElements(const dp::NftElementChanges& ch) override {

@@ -1,0 +1,393 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The router's classifier as a tc (clsact ingress) program: the same decisions as the nft
+ * classifier (desired/nft_render.h), from BPF maps the daemon keeps (linux/bpf_classifier.h).
+ *
+ * Per packet to a VIP (the VIP map's KST_VIP_SET):
+ *   0. source ranges: a VIP with KST_VIP_RANGED accepts only sources in its LPM entries; any
+ *      other packet is counted (per VIP, reason source_range) and dropped (every protocol);
+ *   1. TCP/UDP/SCTP with ports: the flow map's pin is used while its (VIP, slot mark) is live
+ *      and it is not older than the flow timeout (refreshed at most once a second);
+ *   2. otherwise the bucket: jhash(saddr . daddr . sport . dport) (ICMP, other protocols and
+ *      non-first fragments, which carry no ports: jhash(saddr . daddr)) scaled into the VIP's
+ *      bucket count B, over the bytes nft's registers hold (every field in 32-bit words,
+ *      ports zero-padded) with the same seed: the bucket nft's `jhash … mod B seed S` picks
+ *      (the user-space copy is hashing/jhash.h, and a test compares both);
+ *   3. bucket → slot mark; no bucket element (or no count): counted (no_bucket), dropped;
+ *   4. a flow with ports is pinned to the slot mark (a stale pin is rewritten).
+ * Then either (KST_CFG_REDIRECT, flow-based modes) the tunnel key is set to the slot's endpoint
+ * and the packet is redirected to the collect-md device of the endpoint's family, or the
+ * packet continues with the slot mark set and the stack routes it through the slot's policy
+ * rule and table, exactly as in nft mode (every mode). Non-IP packets, packets to other
+ * destinations and IPv6 packets whose headers cannot be walked continue unchanged. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <stddef.h>
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "router_maps.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the bucket hash equals nft's only on little-endian CPUs (jhash reads CPU-order words)"
+#endif
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct kst_config);
+} config SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct kst_vip_key);
+  __type(value, struct kst_vip_val);
+} vips SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, 65536);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct kst_vip_key);
+  __type(value, struct kst_vip_counter);
+} vipstats SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 4194304);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct kst_bucket_key);
+  __type(value, __u32);
+} buckets SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1048576);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct kst_slot_key);
+  __type(value, struct kst_slot_val);
+} slots SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, 1048576);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct kst_slot_key);
+  __type(value, struct kst_counter);
+} epstats SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(max_entries, 262144);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct kst_src_key);
+  __type(value, struct kst_src_val);
+} sources SEC(".maps");
+
+/* max_entries set by the daemon before loading (--flow-table-size). */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 1048576);
+  __type(key, struct kst_flow_key);
+  __type(value, struct kst_flow_val);
+} flows SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, KST_REFUSED_REASONS);
+  __type(key, __u32);
+  __type(value, struct kst_counter);
+} refused SEC(".maps");
+
+/* ---- jhash (include/linux/jhash.h) over whole 32-bit words, as nft_jhash_eval runs it over
+ * its registers: on a little-endian CPU jhash(bytes, 4n) equals this over the n words. */
+static __always_inline __u32 rol32(__u32 w, unsigned s) { return (w << s) | (w >> (32 - s)); }
+
+#define KST_MIX(a, b, c)                   \
+  do {                                     \
+    a -= c; a ^= rol32(c, 4);  c += b;     \
+    b -= a; b ^= rol32(a, 6);  a += c;     \
+    c -= b; c ^= rol32(b, 8);  b += a;     \
+    a -= c; a ^= rol32(c, 16); c += b;     \
+    b -= a; b ^= rol32(a, 19); a += c;     \
+    c -= b; c ^= rol32(b, 4);  b += a;     \
+  } while (0)
+
+#define KST_FINAL(a, b, c)                 \
+  do {                                     \
+    c ^= b; c -= rol32(b, 14);             \
+    a ^= c; a -= rol32(c, 11);             \
+    b ^= a; b -= rol32(a, 25);             \
+    c ^= b; c -= rol32(b, 16);             \
+    a ^= c; a -= rol32(c, 4);              \
+    b ^= a; b -= rol32(a, 14);             \
+    c ^= b; c -= rol32(b, 24);             \
+  } while (0)
+
+/* n: a constant 2, 4, 8 or 10 at every call (the compiler unrolls it). */
+static __always_inline __u32 kst_jhash(const __u32 *k, const __u32 n, __u32 seed) {
+  __u32 a, b, c, i = 0, left = n;
+  a = b = c = 0xdeadbeef + (n << 2) + seed;
+#pragma unroll
+  for (int blk = 0; blk < 3; blk++) {
+    if (left <= 3) break;
+    a += k[i];
+    b += k[i + 1];
+    c += k[i + 2];
+    KST_MIX(a, b, c);
+    left -= 3;
+    i += 3;
+  }
+  if (left == 0) return c;
+  if (left >= 3) c += k[i + 2];
+  if (left >= 2) b += k[i + 1];
+  a += k[i];
+  KST_FINAL(a, b, c);
+  return c;
+}
+
+/* reciprocal_scale(): val scaled into [0, ep_ro). */
+static __always_inline __u32 kst_scale(__u32 val, __u32 ep_ro) {
+  return (__u32)(((__u64)val * ep_ro) >> 32);
+}
+
+struct kst_pkt {
+  struct kst_flow_key flow; /* saddr, daddr (mapped for IPv4), ports, family */
+  __u32 words[10];          /* the hash's registers */
+  __u32 nwords;             /* 2/4 (IPv4), 8/10 (IPv6) */
+  __u8 l4proto;
+  __u8 ports;               /* TCP/UDP/SCTP with both ports read */
+  __u32 len;                /* bytes nft counts: the network header on */
+};
+
+static __always_inline void kst_map4(__u8 *dst, __be32 a) {
+  __builtin_memset(dst, 0, 10);
+  dst[10] = 0xff;
+  dst[11] = 0xff;
+  __builtin_memcpy(dst + 12, &a, 4);
+}
+
+static __always_inline int kst_is_ported(__u8 p) {
+  return p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_SCTP;
+}
+
+/* The ports at off (both are the first 4 bytes of TCP, UDP and SCTP). */
+static __always_inline void kst_read_ports(struct __sk_buff *skb, __u32 off, struct kst_pkt *p) {
+  __u16 ports[2];
+  if (!kst_is_ported(p->l4proto)) return;
+  if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0) return;
+  p->flow.sport = ports[0];
+  p->flow.dport = ports[1];
+  p->ports = 1;
+}
+
+/* 0: a packet to classify; < 0: leave it alone. */
+static __always_inline int kst_parse4(struct __sk_buff *skb, struct kst_pkt *p) {
+  void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+  struct iphdr *ip = data + ETH_HLEN;
+  if ((void *)(ip + 1) > end) return -1;
+  if (ip->ihl < 5 || ip->version != 4) return -1;
+  kst_map4(p->flow.saddr, ip->saddr);
+  kst_map4(p->flow.daddr, ip->daddr);
+  p->flow.v4 = 1;
+  p->l4proto = ip->protocol;
+  p->len = bpf_ntohs(ip->tot_len);
+  p->words[0] = ip->saddr;
+  p->words[1] = ip->daddr;
+  p->nwords = 2;
+  /* A non-first fragment has no transport header: nft's `th` loads fail on it (pkt->fragoff),
+   * so it is hashed by addresses only and never pinned. */
+  if (ip->frag_off & bpf_htons(0x1fff)) return 0;
+  kst_read_ports(skb, ETH_HLEN + ip->ihl * 4, p);
+  return 0;
+}
+
+#define KST_NEXTHDR_HOP 0
+#define KST_NEXTHDR_ROUTING 43
+#define KST_NEXTHDR_FRAGMENT 44
+#define KST_NEXTHDR_AUTH 51
+#define KST_NEXTHDR_DEST 60
+
+static __always_inline int kst_parse6(struct __sk_buff *skb, struct kst_pkt *p) {
+  void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+  struct ipv6hdr *ip6 = data + ETH_HLEN;
+  if ((void *)(ip6 + 1) > end) return -1;
+  if (ip6->version != 6) return -1;
+  __builtin_memcpy(p->flow.saddr, &ip6->saddr, 16);
+  __builtin_memcpy(p->flow.daddr, &ip6->daddr, 16);
+  __builtin_memcpy(&p->words[0], &ip6->saddr, 16);
+  __builtin_memcpy(&p->words[4], &ip6->daddr, 16);
+  p->nwords = 8;
+  p->flow.v4 = 0;
+  p->len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
+  /* The transport header as ipv6_find_hdr() finds it for nft: past hop-by-hop, routing,
+   * destination options, AH and a fragment header (a non-first fragment has no ports). */
+  __u8 nh = ip6->nexthdr;
+  __u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
+#pragma unroll
+  for (int i = 0; i < 6; i++) {
+    __u8 hdr[8];
+    if (nh == KST_NEXTHDR_HOP || nh == KST_NEXTHDR_ROUTING || nh == KST_NEXTHDR_DEST) {
+      if (bpf_skb_load_bytes(skb, off, hdr, 2) < 0) return -1;
+      nh = hdr[0];
+      off += ((__u32)hdr[1] + 1) * 8;
+    } else if (nh == KST_NEXTHDR_AUTH) {
+      if (bpf_skb_load_bytes(skb, off, hdr, 2) < 0) return -1;
+      nh = hdr[0];
+      off += ((__u32)hdr[1] + 2) * 4;
+    } else if (nh == KST_NEXTHDR_FRAGMENT) {
+      if (bpf_skb_load_bytes(skb, off, hdr, 8) < 0) return -1;
+      nh = hdr[0];
+      off += 8;
+      __u16 fo = ((__u16)hdr[2] << 8 | hdr[3]) & 0xfff8;
+      if (fo) {
+        p->l4proto = nh;
+        return 0;
+      }
+    } else {
+      p->l4proto = nh;
+      kst_read_ports(skb, off, p);
+      return 0;
+    }
+  }
+  return -1; /* more extension headers than walked: left to the stack */
+}
+
+static __always_inline void kst_count(struct kst_counter *c, __u32 len) {
+  if (!c) return;
+  c->packets++;
+  c->bytes += len;
+}
+
+static __always_inline int kst_refuse(struct kst_vip_counter *vs, __u32 reason, __u32 len) {
+  if (vs) {
+    vs->refused_packets++;
+    vs->refused_bytes += len;
+  }
+  kst_count(bpf_map_lookup_elem(&refused, &reason), len);
+  return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int kst_router(struct __sk_buff *skb) {
+  struct kst_pkt p = {};
+  int r;
+  if (skb->protocol == bpf_htons(ETH_P_IP))
+    r = kst_parse4(skb, &p);
+  else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+    r = kst_parse6(skb, &p);
+  else
+    return TC_ACT_OK;
+  struct kst_vip_val *vip = bpf_map_lookup_elem(&vips, p.flow.daddr);
+  if (!vip || !(vip->flags & KST_VIP_SET)) return TC_ACT_OK;
+  /* An IPv6 packet to an IPv4-mapped address is no IPv4 VIP's. */
+  if (!p.flow.v4 && p.flow.daddr[10] == 0xff && p.flow.daddr[11] == 0xff &&
+      !(p.flow.daddr[0] | p.flow.daddr[1] | p.flow.daddr[2] | p.flow.daddr[3] |
+        p.flow.daddr[4] | p.flow.daddr[5] | p.flow.daddr[6] | p.flow.daddr[7] |
+        p.flow.daddr[8] | p.flow.daddr[9]))
+    return TC_ACT_OK;
+  if (r < 0) return TC_ACT_OK;
+  __u32 zero = 0;
+  struct kst_config *cfg = bpf_map_lookup_elem(&config, &zero);
+  if (!cfg) return TC_ACT_OK;
+  struct kst_vip_counter *vs = bpf_map_lookup_elem(&vipstats, p.flow.daddr);
+  if (vs) {
+    vs->packets++;
+    vs->bytes += p.len;
+  }
+  if (vip->flags & KST_VIP_RANGED) {
+    struct kst_src_key sk = {.prefixlen = 256};
+    __builtin_memcpy(sk.vip, p.flow.daddr, 16);
+    __builtin_memcpy(sk.src, p.flow.saddr, 16);
+    if (!bpf_map_lookup_elem(&sources, &sk))
+      return kst_refuse(vs, KST_REFUSED_SOURCE_RANGE, p.len);
+  }
+  struct kst_slot_key slot = {};
+  __builtin_memcpy(slot.vip, p.flow.daddr, 16);
+  struct kst_slot_val *sv = NULL;
+  __u64 now = bpf_ktime_get_ns();
+  struct kst_flow_val *fv = NULL;
+  if (p.ports) {
+    fv = bpf_map_lookup_elem(&flows, &p.flow);
+    if (fv && now - fv->seen_ns <= cfg->flow_timeout_ns) {
+      slot.mark = fv->mark;
+      sv = bpf_map_lookup_elem(&slots, &slot);
+      if (sv && (sv->flags & KST_SLOT_LIVE)) {
+        if (now - fv->seen_ns > 1000000000ull) fv->seen_ns = now;
+        goto decided;
+      }
+      sv = NULL;
+    }
+  }
+  if (!(vip->flags & KST_VIP_COUNT) || vip->buckets < 2)
+    return kst_refuse(vs, KST_REFUSED_NO_BUCKET, p.len);
+  __u32 h;
+  if (p.flow.v4) {
+    if (p.ports) {
+      p.words[2] = p.flow.sport;
+      p.words[3] = p.flow.dport;
+      h = kst_jhash(p.words, 4, cfg->seed);
+    } else {
+      h = kst_jhash(p.words, 2, cfg->seed);
+    }
+  } else {
+    if (p.ports) {
+      p.words[8] = p.flow.sport;
+      p.words[9] = p.flow.dport;
+      h = kst_jhash(p.words, 10, cfg->seed);
+    } else {
+      h = kst_jhash(p.words, 8, cfg->seed);
+    }
+  }
+  struct kst_bucket_key bk = {};
+  __builtin_memcpy(bk.vip, p.flow.daddr, 16);
+  bk.bucket = kst_scale(h, vip->buckets);
+  __u32 *mark = bpf_map_lookup_elem(&buckets, &bk);
+  if (!mark) return kst_refuse(vs, KST_REFUSED_NO_BUCKET, p.len);
+  slot.mark = *mark;
+  sv = bpf_map_lookup_elem(&slots, &slot);
+  if (p.ports) {
+    if (fv) {
+      fv->mark = slot.mark;
+      fv->seen_ns = now;
+    } else {
+      struct kst_flow_val nv = {.mark = slot.mark, .seen_ns = now};
+      bpf_map_update_elem(&flows, &p.flow, &nv, BPF_ANY);
+    }
+  }
+decided:
+  kst_count(bpf_map_lookup_elem(&epstats, &slot), p.len);
+  if ((cfg->flags & KST_CFG_REDIRECT) && sv && (sv->flags & KST_SLOT_ENDPOINT)) {
+    __u32 ifindex = sv->v4 ? cfg->ifindex4 : cfg->ifindex6;
+    if (ifindex) {
+      struct bpf_tunnel_key key = {};
+      __u64 flags = 0;
+      if (sv->v4) {
+        __be32 a;
+        __builtin_memcpy(&a, sv->endpoint + 12, 4);
+        key.remote_ipv4 = bpf_ntohl(a);
+        if (cfg->flags & KST_CFG_ZERO_CSUM4) flags |= BPF_F_ZERO_CSUM_TX;
+      } else {
+        __builtin_memcpy(key.remote_ipv6, sv->endpoint, 16);
+        flags |= BPF_F_TUNINFO_IPV6;
+      }
+      key.tunnel_ttl = cfg->ttl;
+      if (bpf_skb_set_tunnel_key(skb, &key, offsetof(struct bpf_tunnel_key, tunnel_label),
+                                 flags) == 0) {
+        skb->mark = 0;
+        return bpf_redirect(ifindex, 0);
+      }
+    }
+  }
+  skb->mark = slot.mark;
+  return TC_ACT_OK;
+}

@@ -1,0 +1,695 @@
+#include "linux/bpf_classifier.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/magic.h>
+#include <net/if.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "dataplane/modes.h"
+#include "hashing/maglev.h"
+#include "linux/bpf/router_maps.h"
+#include "router.skel.h"
+
+namespace kst {
+
+namespace bpf {
+
+std::array<uint8_t, 16> mapKey(const IpAddress& a) {
+  std::array<uint8_t, 16> k{};
+  if (a.isV4()) {
+    k[10] = k[11] = 0xff;
+    std::memcpy(k.data() + 12, a.data(), 4);
+  } else {
+    std::memcpy(k.data(), a.data(), 16);
+  }
+  return k;
+}
+
+IpAddress fromMapKey(const uint8_t* b) {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(b, kMapped, 12) == 0) return IpAddress::fromBytes(Family::V4, b + 12);
+  return IpAddress::fromBytes(Family::V6, b);
+}
+
+namespace {
+using U128 = unsigned __int128;
+U128 toU128(const std::array<uint8_t, 16>& k) {
+  U128 v = 0;
+  for (uint8_t b : k) v = (v << 8) | b;
+  return v;
+}
+std::array<uint8_t, 16> fromU128(U128 v) {
+  std::array<uint8_t, 16> k{};
+  for (int i = 15; i >= 0; --i) {
+    k[size_t(i)] = uint8_t(v);
+    v >>= 8;
+  }
+  return k;
+}
+}  // namespace
+
+std::vector<std::pair<std::array<uint8_t, 16>, uint8_t>> coverPrefixes(const IpAddress& first,
+                                                                       const IpAddress& last) {
+  std::vector<std::pair<std::array<uint8_t, 16>, uint8_t>> out;
+  if (first.family() != last.family()) return out;
+  U128 lo = toU128(mapKey(first)), hi = toU128(mapKey(last));
+  if (lo > hi) return out;
+  while (true) {
+    // The largest aligned block 2^bits starting at lo that does not pass hi.
+    int bits = 0;
+    while (bits < 128) {
+      if (bits + 1 == 128) {  // the whole space: one /0
+        if (lo == 0 && hi == ~U128(0)) bits = 128;
+        break;
+      }
+      const U128 twice = U128(1) << (bits + 1);
+      if ((lo & (twice - 1)) != 0 || lo + (twice - 1) > hi) break;
+      ++bits;
+    }
+    out.emplace_back(fromU128(lo), uint8_t(128 - bits));
+    if (bits == 128) break;
+    const U128 end = lo + ((U128(1) << bits) - 1);
+    if (end >= hi) break;
+    lo = end + 1;
+  }
+  return out;
+}
+
+std::string programId(const DataplaneConfig& cfg) {
+  size_t sz = 0;
+  const void* elf = router_bpf__elf_bytes(&sz);
+  std::string bytes(static_cast<const char*>(elf), sz);
+  return fmt::format("bpf{:016x}-{}", stableHash(bytes, 7), modeTraits(cfg.mode).name);
+}
+
+std::string storedId(const std::string& program, const std::string& skeletonId) {
+  return program + "/" + skeletonId;
+}
+
+std::optional<std::string> adoptedSkeletonId(const std::string& stored, const std::string& program) {
+  if (!stored.starts_with(program + "/")) return std::nullopt;
+  return stored.substr(program.size() + 1);
+}
+
+}  // namespace bpf
+
+namespace {
+
+constexpr const char* kMapNames[] = {"config", "vips",  "vipstats", "buckets", "slots",
+                                     "epstats", "sources", "flows",   "refused"};
+
+std::unexpected<Error> errnoFail(int err, const std::string& what) {
+  return fail(err, fmt::format("bpf: {}: {}", what, std::strerror(err)));
+}
+
+/** An owned file descriptor. */
+struct Fd {
+  int fd = -1;
+  Fd() = default;
+  explicit Fd(int f) : fd(f) {}
+  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      if (fd >= 0) close(fd);
+      fd = o.fd;
+      o.fd = -1;
+    }
+    return *this;
+  }
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+uint64_t monotonicNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+int possibleCpus() {
+  static const int n = std::max(1, libbpf_num_possible_cpus());
+  return n;
+}
+
+/** Every (key, value) of a map, value bytes as the syscall returns them (per-CPU: one
+ *  8-byte-aligned value per possible CPU). fn(key, value). */
+template <typename K, typename Fn>
+Status forEach(int fd, size_t valueSize, Fn&& fn) {
+  K key{}, next{};
+  std::vector<uint8_t> value(valueSize);
+  bool first = true;
+  while (true) {
+    int r = bpf_map_get_next_key(fd, first ? nullptr : &key, &next);
+    if (r != 0) {
+      if (errno == ENOENT) return {};
+      return errnoFail(errno, "map iteration");
+    }
+    first = false;
+    key = next;
+    if (bpf_map_lookup_elem(fd, &key, value.data()) != 0) {
+      if (errno == ENOENT) continue;  // deleted meanwhile
+      return errnoFail(errno, "map lookup");
+    }
+    fn(key, value.data());
+  }
+}
+
+size_t perCpuSize(size_t v) { return ((v + 7) / 8 * 8) * size_t(possibleCpus()); }
+
+template <typename V>
+V sumPerCpu(const uint8_t* raw) {
+  V total{};
+  const size_t stride = (sizeof(V) + 7) / 8 * 8;
+  for (int c = 0; c < possibleCpus(); ++c) {
+    V v;
+    std::memcpy(&v, raw + stride * size_t(c), sizeof(V));
+    const auto* in = reinterpret_cast<const uint64_t*>(&v);
+    auto* out = reinterpret_cast<uint64_t*>(&total);
+    for (size_t i = 0; i < sizeof(V) / 8; ++i) out[i] += in[i];
+  }
+  return total;
+}
+
+bool isBpffs(const std::string& path) {
+  struct statfs st {};
+  return statfs(path.c_str(), &st) == 0 && st.f_type == BPF_FS_MAGIC;
+}
+
+/** bpffs under the pin directory: mounted at /sys/fs/bpf when the directory lies there and
+ *  nothing is mounted; the directory created. */
+Status preparePinDir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  fs::path parent = fs::path(dir).parent_path();
+  if (!isBpffs(parent.string())) {
+    if (parent.string().starts_with("/sys/fs/bpf") && !isBpffs("/sys/fs/bpf")) {
+      if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0)
+        return errnoFail(errno, "mount bpffs at /sys/fs/bpf");
+    }
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    if (!isBpffs(parent.string()))
+      return fail(EINVAL, fmt::format("bpf: {} is not on a bpf filesystem", parent.string()));
+  }
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return errnoFail(errno, "mkdir " + dir);
+  return {};
+}
+
+/** The name of the program behind a prog id ("" when unknown). */
+std::string progName(uint32_t id) {
+  Fd fd(bpf_prog_get_fd_by_id(id));
+  if (fd.fd < 0) return {};
+  bpf_prog_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd.fd, &info, &len) != 0) return {};
+  return info.name;
+}
+
+uint32_t progId(int fd) {
+  bpf_prog_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) return 0;
+  return info.id;
+}
+
+/** The program id of our filter on ifindex's ingress (0: none). */
+uint32_t attachedId(int ifindex) {
+  DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+  DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = bpf::kTcHandle, .priority = bpf::kTcPriority);
+  if (bpf_tc_query(&hook, &opts) != 0) return 0;
+  return opts.prog_id;
+}
+
+}  // namespace
+
+struct BpfClassifier::Maps {
+  Fd config, vips, vipstats, buckets, slots, epstats, sources, flows, refused;
+  Fd* all[9] = {&config, &vips, &vipstats, &buckets, &slots, &epstats, &sources, &flows, &refused};
+};
+
+/** libbpf's messages through spdlog, at debug level (an expected miss, such as querying an
+ *  interface without a clsact qdisc, is no warning of ours). */
+static int libbpfLog(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG || !spdlog::should_log(spdlog::level::debug)) return 0;
+  char buf[512];
+  int n = std::vsnprintf(buf, sizeof(buf), fmt, args);
+  std::string_view msg(buf, n > 0 ? std::min<size_t>(size_t(n), sizeof(buf) - 1) : 0);
+  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+  spdlog::debug("libbpf: {}", msg);
+  return 0;
+}
+
+BpfClassifier::BpfClassifier(const DataplaneConfig& cfg, BpfOptions opts)
+    : cfg_(cfg), opts_(std::move(opts)), program_(bpf::programId(cfg)) {
+  static const bool once = (libbpf_set_print(libbpfLog), true);
+  (void)once;
+}
+
+Result<BpfClassifier::Maps> BpfClassifier::openMaps() const {
+  Maps m;
+  for (size_t i = 0; i < std::size(kMapNames); ++i) {
+    std::string path = opts_.pinDir + "/" + kMapNames[i];
+    m.all[i]->fd = bpf_obj_get(path.c_str());
+    if (m.all[i]->fd < 0) return errnoFail(errno, "open " + path);
+  }
+  return m;
+}
+
+std::vector<std::pair<std::string, int>> BpfClassifier::targets() const {
+  std::vector<std::pair<std::string, int>> out;
+  if (!opts_.ingress.empty()) {
+    for (auto& n : opts_.ingress)
+      if (unsigned idx = if_nametoindex(n.c_str())) out.emplace_back(n, int(idx));
+    return out;
+  }
+  if (struct if_nameindex* all = if_nameindex()) {
+    for (auto* p = all; p->if_index != 0 && p->if_name; ++p) {
+      std::string n = p->if_name;
+      if (n == "lo" || n.starts_with(cfg_.linkPrefix)) continue;
+      out.emplace_back(n, int(p->if_index));
+    }
+    if_freenameindex(all);
+  }
+  return out;
+}
+
+Status BpfClassifier::refreshConfig(const Maps& m) {
+  uint32_t zero = 0;
+  kst_config c{};
+  if (bpf_map_lookup_elem(m.config.fd, &zero, &c) != 0) return errnoFail(errno, "read config");
+  kst_config want = c;
+  want.seed = cfg_.hashSeed;
+  want.flow_timeout_ns = uint64_t(cfg_.flowTimeoutSeconds) * 1000000000ull;
+  want.ttl = cfg_.ttl;
+  const ModeTraits& t = modeTraits(cfg_.mode);
+  // Redirect to the collect-md device in the modes whose tunnel key the program can set as
+  // the nexthop's `encap ip` does (no GRE key): vxlan-gpe and ipip.
+  const bool redirect = cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip;
+  want.flags = redirect ? KST_CFG_REDIRECT : 0;
+  if (cfg_.mode == Mode::VxlanGpe) want.flags |= KST_CFG_ZERO_CSUM4;
+  want.ifindex4 = want.ifindex6 = 0;
+  if (redirect) {
+    std::string n4 = cfg_.tunnelLinkName();
+    std::string n6 = *t.suffix6 ? cfg_.linkPrefix + t.suffix6 : n4;
+    want.ifindex4 = if_nametoindex(n4.c_str());
+    want.ifindex6 = if_nametoindex(n6.c_str());
+  }
+  if (std::memcmp(&want, &c, sizeof(c)) == 0) return {};
+  if (bpf_map_update_elem(m.config.fd, &zero, &want, BPF_ANY) != 0)
+    return errnoFail(errno, "write config");
+  return {};
+}
+
+Result<dp::NftState> BpfClassifier::observe() {
+  dp::NftState st;
+  if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) return st;
+  auto m = openMaps();
+  if (!m) return std::unexpected(m.error());
+  uint32_t zero = 0;
+  kst_config c{};
+  if (bpf_map_lookup_elem(m->config.fd, &zero, &c) != 0)
+    return errnoFail(errno, "read config");
+  c.id[KST_ID_LEN - 1] = 0;
+  st.present = true;
+  auto adopted = bpf::adoptedSkeletonId(c.id, program_);
+  // Another build's program or mode: reported under an id no configuration renders (Rebuild).
+  st.skeletonId = adopted ? *adopted : std::string("other:") + c.id;
+  Status s = forEach<kst_vip_key>(m->vips.fd, sizeof(kst_vip_val),
+                                  [&](const kst_vip_key& k, const uint8_t* raw) {
+                                    kst_vip_val v;
+                                    std::memcpy(&v, raw, sizeof(v));
+                                    IpAddress vip = bpf::fromMapKey(k.addr);
+                                    if (v.flags & KST_VIP_SET) st.vips.insert(vip);
+                                    if (v.flags & KST_VIP_COUNT) st.vipBuckets[vip] = v.buckets;
+                                    if (v.flags & KST_VIP_RANGED) st.sourceRanges[vip];
+                                  });
+  if (!s) return std::unexpected(s.error());
+  std::map<IpAddress, std::map<uint32_t, uint32_t>> buckets;
+  s = forEach<kst_bucket_key>(m->buckets.fd, sizeof(uint32_t),
+                              [&](const kst_bucket_key& k, const uint8_t* raw) {
+                                uint32_t mark;
+                                std::memcpy(&mark, raw, 4);
+                                buckets[bpf::fromMapKey(k.vip)][k.bucket] = mark;
+                              });
+  if (!s) return std::unexpected(s.error());
+  for (auto& [vip, bm] : buckets) {
+    std::vector<uint32_t> marks(bm.rbegin()->first + 1, 0);
+    for (auto& [b, mark] : bm) marks[b] = mark;
+    st.buckets.setVip(vip, std::move(marks));
+  }
+  s = forEach<kst_slot_key>(m->slots.fd, sizeof(kst_slot_val),
+                            [&](const kst_slot_key& k, const uint8_t* raw) {
+                              kst_slot_val v;
+                              std::memcpy(&v, raw, sizeof(v));
+                              IpAddress vip = bpf::fromMapKey(k.vip);
+                              if (v.flags & KST_SLOT_LIVE) st.live.insert({vip, k.mark});
+                              if (v.flags & KST_SLOT_ENDPOINT)
+                                st.endpoints[vip][k.mark] = bpf::fromMapKey(v.endpoint);
+                            });
+  if (!s) return std::unexpected(s.error());
+  std::map<IpAddress, std::set<dp::SourceInterval>> ranges;
+  s = forEach<kst_src_key>(m->sources.fd, sizeof(kst_src_val),
+                           [&](const kst_src_key& k, const uint8_t* raw) {
+                             kst_src_val v;
+                             std::memcpy(&v, raw, sizeof(v));
+                             ranges[bpf::fromMapKey(k.vip)].insert(
+                                 {bpf::fromMapKey(v.first), bpf::fromMapKey(v.last)});
+                           });
+  if (!s) return std::unexpected(s.error());
+  for (auto& [vip, set] : ranges) {
+    // An interval of a VIP that is not filtered is still observed (and deleted by the diff).
+    auto& v = st.sourceRanges[vip];
+    v.assign(set.begin(), set.end());
+  }
+  // Repairs: a detached program or a renamed device (the periodic resync observes).
+  if (adopted) {
+    if (auto r = refreshConfig(*m); !r) spdlog::warn("{}", r.error().message);
+    Fd prog(bpf_obj_get((opts_.pinDir + "/prog").c_str()));
+    if (prog.fd >= 0) {
+      if (auto r = ensureAttached(prog.fd, false); !r) spdlog::warn("{}", r.error().message);
+    }
+  }
+  return st;
+}
+
+Status BpfClassifier::run(const std::string&) {
+  return fail(ENOTSUP, "bpf datapath: nft scripts are not supported");
+}
+
+Status BpfClassifier::ensureAttached(int progFd, bool replaceAll) {
+  const uint32_t id = progId(progFd);
+  std::string errors;
+  for (auto& [name, ifindex] : targets()) {
+    const uint32_t have = attachedId(ifindex);
+    if (have == id && !replaceAll) continue;
+    DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    int r = bpf_tc_hook_create(&hook);
+    if (r != 0 && r != -EEXIST) {
+      errors += fmt::format(" {}: clsact: {};", name, std::strerror(-r));
+      continue;
+    }
+    DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = progFd, .flags = BPF_TC_F_REPLACE,
+                        .handle = bpf::kTcHandle, .priority = bpf::kTcPriority);
+    r = bpf_tc_attach(&hook, &opts);
+    if (r != 0) {
+      errors += fmt::format(" {}: attach: {};", name, std::strerror(-r));
+      continue;
+    }
+    spdlog::info("bpf: {} on {} ingress", have ? "replaced the program" : "attached", name);
+  }
+  if (!errors.empty()) return fail(EIO, "bpf:" + errors);
+  return {};
+}
+
+Status BpfClassifier::load(const std::string& skeletonId) {
+  if (auto s = preparePinDir(opts_.pinDir); !s) return s;
+  // Fresh maps: the old ones stay alive (and in use) as long as the attached program holds
+  // them, and go with it when the new program replaces it.
+  for (const char* n : kMapNames) unlink((opts_.pinDir + "/" + n).c_str());
+  router_bpf* skel = router_bpf__open();
+  if (!skel) return errnoFail(errno, "open program");
+  struct Destroy {
+    router_bpf* s;
+    ~Destroy() { router_bpf__destroy(s); }
+  } destroy{skel};
+  bpf_map__set_max_entries(skel->maps.flows, std::max<uint32_t>(cfg_.flowTableSize, 1));
+  bpf_object* obj = skel->obj;
+  bpf_map* map;
+  bpf_object__for_each_map(map, obj) {
+    std::string path = opts_.pinDir + "/" + bpf_map__name(map);
+    if (int r = bpf_map__set_pin_path(map, path.c_str()); r != 0)
+      return errnoFail(-r, "pin path " + path);
+  }
+  if (int r = router_bpf__load(skel); r != 0) return errnoFail(-r, "load program");
+  auto m = openMaps();
+  if (!m) return std::unexpected(m.error());
+  uint32_t zero = 0;
+  kst_config c{};
+  std::string id = bpf::storedId(program_, skeletonId);
+  std::snprintf(c.id, sizeof(c.id), "%s", id.c_str());
+  if (bpf_map_update_elem(m->config.fd, &zero, &c, BPF_ANY) != 0)
+    return errnoFail(errno, "write config");
+  if (auto s = refreshConfig(*m); !s) return s;
+  const std::string progPath = opts_.pinDir + "/prog";
+  unlink(progPath.c_str());
+  if (bpf_program__pin(skel->progs.kst_router, progPath.c_str()) != 0)
+    return errnoFail(errno, "pin program");
+  return {};
+}
+
+Status BpfClassifier::remove() {
+  // Our filter (handle, priority and program name) on every interface, then every pin.
+  if (struct if_nameindex* all = if_nameindex()) {
+    for (auto* p = all; p->if_index != 0 && p->if_name; ++p) {
+      const uint32_t id = attachedId(int(p->if_index));
+      if (!id || progName(id) != bpf::kProgName) continue;
+      DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = int(p->if_index),
+                          .attach_point = BPF_TC_INGRESS);
+      DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = bpf::kTcHandle,
+                          .priority = bpf::kTcPriority);
+      if (int r = bpf_tc_detach(&hook, &opts); r != 0)
+        spdlog::warn("bpf: detach from {}: {}", p->if_name, std::strerror(-r));
+    }
+    if_freenameindex(all);
+  }
+  for (const char* n : kMapNames) unlink((opts_.pinDir + "/" + n).c_str());
+  unlink((opts_.pinDir + "/prog").c_str());
+  rmdir(opts_.pinDir.c_str());
+  return {};
+}
+
+Status BpfClassifier::applyStep(dp::TableStep step, const std::string& skeletonId,
+                                const std::string&, const dp::NftElementChanges& elements) {
+  switch (step) {
+    case dp::TableStep::Keep:
+      return applyElements(elements);
+    case dp::TableStep::Delete:
+      return remove();
+    case dp::TableStep::Create:
+    case dp::TableStep::Rebuild:
+      break;
+  }
+  if (auto s = load(skeletonId); !s) return s;
+  if (auto s = applyElements(elements); !s) return s;
+  Fd prog(bpf_obj_get((opts_.pinDir + "/prog").c_str()));
+  if (prog.fd < 0) return errnoFail(errno, "open pinned program");
+  return ensureAttached(prog.fd, true);
+}
+
+namespace {
+
+/** Read-modify-write of a flag word in a map entry; the entry is deleted when its flags are
+ *  all clear. set: the flags to set; clear: to clear; fill(value) for additions. */
+template <typename K, typename V, typename Fill>
+Status editFlags(int fd, const K& key, uint32_t set, uint32_t clear, Fill&& fill) {
+  V v{};
+  const bool had = bpf_map_lookup_elem(fd, &key, &v) == 0;
+  if (!had && !set) return {};
+  v.flags = (v.flags | set) & ~clear;
+  if (set) fill(v);
+  if (v.flags == 0) {
+    if (bpf_map_delete_elem(fd, &key) != 0 && errno != ENOENT)
+      return errnoFail(errno, "delete entry");
+    return {};
+  }
+  if (bpf_map_update_elem(fd, &key, &v, BPF_ANY) != 0) return errnoFail(errno, "write entry");
+  return {};
+}
+
+Status del(int fd, const void* key) {
+  if (bpf_map_delete_elem(fd, key) != 0 && errno != ENOENT) return errnoFail(errno, "delete");
+  return {};
+}
+
+Status put(int fd, const void* key, const void* value, uint64_t flags = BPF_ANY) {
+  if (bpf_map_update_elem(fd, key, value, flags) != 0 && !(flags == BPF_NOEXIST && errno == EEXIST))
+    return errnoFail(errno, "update");
+  return {};
+}
+
+kst_vip_key vipKey(const IpAddress& a) {
+  kst_vip_key k{};
+  auto b = bpf::mapKey(a);
+  std::memcpy(k.addr, b.data(), 16);
+  return k;
+}
+kst_slot_key slotKey(const IpAddress& vip, uint32_t mark) {
+  kst_slot_key k{};
+  auto b = bpf::mapKey(vip);
+  std::memcpy(k.vip, b.data(), 16);
+  k.mark = mark;
+  return k;
+}
+
+}  // namespace
+
+#define KST_TRY(expr)                     \
+  do {                                    \
+    if (auto s_ = (expr); !s_) return s_; \
+  } while (0)
+
+Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
+  if (d.size() == 0) return {};
+  auto mr = openMaps();
+  if (!mr) return std::unexpected(mr.error());
+  Maps& m = *mr;
+  auto noop = [](auto&) {};
+  const std::vector<uint8_t> zeroVip(perCpuSize(sizeof(kst_vip_counter)), 0);
+  const std::vector<uint8_t> zeroEp(perCpuSize(sizeof(kst_counter)), 0);
+  // The nft batch's order (dp::NftClient::applyElements): VIPs leave first, then source
+  // ranges, endpoint counters, bucket counts, buckets and live slots go; additions in the
+  // reverse order, VIPs last.
+  for (auto& v : d.vipDeletes) {
+    KST_TRY((editFlags<kst_vip_key, kst_vip_val>(m.vips.fd, vipKey(v), 0, KST_VIP_SET, noop)));
+    auto k = vipKey(v);
+    KST_TRY(del(m.vipstats.fd, &k));
+  }
+  auto rangeKeys = [](const dp::NftElementChanges::SourceRange& r) {
+    std::vector<kst_src_key> keys;
+    auto vip = bpf::mapKey(r.vip);
+    for (auto& [addr, len] : bpf::coverPrefixes(r.src.first, r.src.last)) {
+      kst_src_key k{};
+      k.prefixlen = 128u + len;
+      std::memcpy(k.vip, vip.data(), 16);
+      std::memcpy(k.src, addr.data(), 16);
+      keys.push_back(k);
+    }
+    return keys;
+  };
+  for (auto& r : d.rangeDeletes)
+    for (auto& k : rangeKeys(r)) KST_TRY(del(m.sources.fd, &k));
+  for (auto& v : d.rangedDeletes)
+    KST_TRY((editFlags<kst_vip_key, kst_vip_val>(m.vips.fd, vipKey(v), 0, KST_VIP_RANGED, noop)));
+  for (auto& e : d.endpointDeletes) {
+    auto k = slotKey(e.vip, e.mark);
+    KST_TRY(del(m.epstats.fd, &k));
+    KST_TRY((editFlags<kst_slot_key, kst_slot_val>(m.slots.fd, k, 0, KST_SLOT_ENDPOINT, noop)));
+  }
+  for (auto& c : d.countDeletes)
+    KST_TRY((editFlags<kst_vip_key, kst_vip_val>(m.vips.fd, vipKey(c.vip), 0, KST_VIP_COUNT,
+                                                 noop)));
+  for (auto& b : d.bucketDeletes) {
+    kst_bucket_key k{};
+    auto a = bpf::mapKey(b.vip);
+    std::memcpy(k.vip, a.data(), 16);
+    k.bucket = b.bucket;
+    KST_TRY(del(m.buckets.fd, &k));
+  }
+  for (auto& l : d.liveDeletes)
+    KST_TRY((editFlags<kst_slot_key, kst_slot_val>(m.slots.fd, slotKey(l.vip, l.mark), 0,
+                                                   KST_SLOT_LIVE, noop)));
+  for (auto& l : d.liveAdds)
+    KST_TRY((editFlags<kst_slot_key, kst_slot_val>(m.slots.fd, slotKey(l.vip, l.mark),
+                                                   KST_SLOT_LIVE, 0, noop)));
+  for (auto& b : d.bucketAdds) {
+    kst_bucket_key k{};
+    auto a = bpf::mapKey(b.vip);
+    std::memcpy(k.vip, a.data(), 16);
+    k.bucket = b.bucket;
+    KST_TRY(put(m.buckets.fd, &k, &b.mark));
+  }
+  for (auto& c : d.countAdds)
+    KST_TRY((editFlags<kst_vip_key, kst_vip_val>(m.vips.fd, vipKey(c.vip), KST_VIP_COUNT, 0,
+                                                 [&](kst_vip_val& v) { v.buckets = c.buckets; })));
+  for (auto& e : d.endpointAdds) {
+    auto k = slotKey(e.vip, e.mark);
+    KST_TRY((editFlags<kst_slot_key, kst_slot_val>(
+        m.slots.fd, k, KST_SLOT_ENDPOINT, 0, [&](kst_slot_val& v) {
+          auto a = bpf::mapKey(e.endpoint);
+          std::memcpy(v.endpoint, a.data(), 16);
+          v.v4 = e.endpoint.isV4() ? 1 : 0;
+        })));
+    KST_TRY(put(m.epstats.fd, &k, zeroEp.data()));  // a new endpoint's counter starts at zero
+  }
+  for (auto& v : d.rangedAdds)
+    KST_TRY((editFlags<kst_vip_key, kst_vip_val>(m.vips.fd, vipKey(v), KST_VIP_RANGED, 0, noop)));
+  for (auto& r : d.rangeAdds) {
+    kst_src_val val{};
+    auto f = bpf::mapKey(r.src.first), l = bpf::mapKey(r.src.last);
+    std::memcpy(val.first, f.data(), 16);
+    std::memcpy(val.last, l.data(), 16);
+    for (auto& k : rangeKeys(r)) KST_TRY(put(m.sources.fd, &k, &val));
+  }
+  for (auto& v : d.vipAdds) {
+    auto k = vipKey(v);
+    KST_TRY(put(m.vipstats.fd, &k, zeroVip.data(), BPF_NOEXIST));
+    KST_TRY((editFlags<kst_vip_key, kst_vip_val>(m.vips.fd, k, KST_VIP_SET, 0, noop)));
+  }
+  return refreshConfig(m);
+}
+
+Result<dp::NftCounterSnapshot> BpfClassifier::readCounters() {
+  dp::NftCounterSnapshot snap;
+  if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) return snap;
+  auto m = openMaps();
+  if (!m) return std::unexpected(m.error());
+  snap.flowLimit = cfg_.flowTableSize;
+  Status s = forEach<kst_vip_key>(
+      m->vipstats.fd, perCpuSize(sizeof(kst_vip_counter)),
+      [&](const kst_vip_key& k, const uint8_t* raw) {
+        auto v = sumPerCpu<kst_vip_counter>(raw);
+        IpAddress vip = bpf::fromMapKey(k.addr);
+        snap.vip[vip] = {v.packets, v.bytes};
+        snap.refusedByVip[vip] = {v.refused_packets, v.refused_bytes};
+      });
+  if (!s) return std::unexpected(s.error());
+  std::map<std::pair<IpAddress, uint32_t>, IpAddress> endpointOf;
+  s = forEach<kst_slot_key>(m->slots.fd, sizeof(kst_slot_val),
+                            [&](const kst_slot_key& k, const uint8_t* raw) {
+                              kst_slot_val v;
+                              std::memcpy(&v, raw, sizeof(v));
+                              if (v.flags & KST_SLOT_ENDPOINT)
+                                endpointOf[{bpf::fromMapKey(k.vip), k.mark}] =
+                                    bpf::fromMapKey(v.endpoint);
+                            });
+  if (!s) return std::unexpected(s.error());
+  s = forEach<kst_slot_key>(m->epstats.fd, perCpuSize(sizeof(kst_counter)),
+                            [&](const kst_slot_key& k, const uint8_t* raw) {
+                              auto it = endpointOf.find({bpf::fromMapKey(k.vip), k.mark});
+                              if (it == endpointOf.end()) return;
+                              auto v = sumPerCpu<kst_counter>(raw);
+                              auto& c = snap.endpoint[{it->first.first, it->second}];
+                              c.packets += v.packets;
+                              c.bytes += v.bytes;
+                            });
+  if (!s) return std::unexpected(s.error());
+  std::vector<uint8_t> raw(perCpuSize(sizeof(kst_counter)));
+  const char* reasons[KST_REFUSED_REASONS] = {"no_bucket", "source_range"};
+  for (uint32_t r = 0; r < KST_REFUSED_REASONS; ++r) {
+    if (bpf_map_lookup_elem(m->refused.fd, &r, raw.data()) != 0)
+      return errnoFail(errno, "read refused counters");
+    auto v = sumPerCpu<kst_counter>(raw.data());
+    snap.refused[reasons[r]] = {v.packets, v.bytes};
+  }
+  // Flow pins that are still valid by age (an LRU map keeps expired ones until it needs room).
+  const uint64_t now = monotonicNs(), timeout = uint64_t(cfg_.flowTimeoutSeconds) * 1000000000ull;
+  s = forEach<kst_flow_key>(m->flows.fd, sizeof(kst_flow_val),
+                            [&](const kst_flow_key& k, const uint8_t* raw) {
+                              kst_flow_val v;
+                              std::memcpy(&v, raw, sizeof(v));
+                              if (now - v.seen_ns > timeout) return;
+                              ++(k.v4 ? snap.flows4 : snap.flows6);
+                            });
+  if (!s) return std::unexpected(s.error());
+  return snap;
+}
+
+}  // namespace kst

@@ -1,0 +1,94 @@
+// The router's classifier as a tc-BPF program (src/linux/bpf/router.bpf.c) and its maps: the same
+// decisions as the nft table (desired/nft_render.h) behind the same interface, dp::NftClient,
+// so the router reconciler diffs, batches and adopts BPF map entries exactly as it does nft
+// elements (--datapath bpf; nft stays the default).
+//
+// State: every map and the program are pinned under --bpf-pin-dir (default /sys/fs/bpf/kst;
+// bpffs is mounted at /sys/fs/bpf when it is not). The "config" map holds the skeleton id:
+// this build's program hash and the mode, then the nft skeleton id the reconciler computed
+// from the configuration (seed, flow timeout, table size, bucket classes). observe() reports
+// the stored nft id only when the program part is this build's, so a new build or a new
+// configuration is a Rebuild (fresh maps and program, swapped in place on every interface)
+// and an unchanged one is adopted with zero changes. Elements map onto the maps as follows
+// (router_maps.h): VIP set, bucket count and ranged flag → one "vips" entry (flags), b2s →
+// "buckets", ep and live → one "slots" entry (flags + endpoint), src intervals → the LPM
+// prefixes they cover in "sources" (each carrying its interval, which observe() reads back),
+// per-VIP / per-endpoint / per-reason counters → per-CPU maps.
+//
+// Not transactional: BPF has no multi-map transaction, so applyElements() writes in the nft
+// batch's order (a VIP is classified only after its buckets and slots exist, a removed one is
+// unclassified first), deletions of absent keys are no error and additions overwrite. A
+// failure mid-way leaves a partial state that the reconciler's next observation repairs.
+//
+// Attachment: tc clsact ingress, handle kTcHandle and priority kTcPriority (owned), on the
+// --bpf-ingress interfaces (default: every interface but lo and the daemon's own links, as
+// found at each observation, so a new uplink is attached at the next resync). An existing
+// filter of ours is replaced in place (no gap); observe() re-attaches a missing one.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/ip.h"
+#include "dataplane/kernel.h"
+#include "desired/config.h"
+
+namespace kst {
+
+struct BpfOptions {
+  std::string pinDir = "/sys/fs/bpf/kst";
+  /** Interfaces whose ingress runs the program; empty: every interface but lo and owned links. */
+  std::vector<std::string> ingress;
+};
+
+namespace bpf {
+
+constexpr uint32_t kTcHandle = 0x6b7374;  // "kst"
+constexpr uint32_t kTcPriority = 0x4b53;
+constexpr const char* kProgName = "kst_router";
+
+/** An address as the maps hold it: 16 bytes, IPv4 mapped (::ffff:a.b.c.d). */
+std::array<uint8_t, 16> mapKey(const IpAddress& a);
+/** The inverse of mapKey (an IPv4-mapped address reads as IPv4). */
+IpAddress fromMapKey(const uint8_t* bytes);
+/** The CIDR prefixes (address, length in the 128-bit mapped space) that exactly cover
+ *  [first, last] (same family, first ≤ last), smallest count, in address order. */
+std::vector<std::pair<std::array<uint8_t, 16>, uint8_t>> coverPrefixes(const IpAddress& first,
+                                                                       const IpAddress& last);
+/** The program part of the skeleton id: hash of the program object, and the mode. */
+std::string programId(const DataplaneConfig& cfg);
+/** The id kept in the config map: programId + "/" + the nft skeleton id. */
+std::string storedId(const std::string& program, const std::string& skeletonId);
+/** The nft skeleton id of a stored id when its program part is `program`; nullopt otherwise. */
+std::optional<std::string> adoptedSkeletonId(const std::string& stored, const std::string& program);
+
+}  // namespace bpf
+
+class BpfClassifier : public dp::NftClient {
+ public:
+  BpfClassifier(const DataplaneConfig& cfg, BpfOptions opts);
+  Result<dp::NftState> observe() override;
+  /** Refused: the BPF datapath takes no nft text. */
+  Status run(const std::string& script) override;
+  Status applyStep(dp::TableStep step, const std::string& skeletonId, const std::string& skeleton,
+                   const dp::NftElementChanges& elements) override;
+  Status applyElements(const dp::NftElementChanges& changes) override;
+  Result<dp::NftCounterSnapshot> readCounters() override;
+
+ private:
+  struct Maps;
+  Result<Maps> openMaps() const;
+  Status load(const std::string& skeletonId);
+  Status remove();
+  /** Attaches the pinned program to every target interface where it is not attached. */
+  Status ensureAttached(int progFd, bool replaceAll);
+  Status refreshConfig(const Maps& m);
+  std::vector<std::pair<std::string, int>> targets() const;
+  DataplaneConfig cfg_;
+  BpfOptions opts_;
+  std::string program_;  // bpf::programId(cfg_)
+};
+
+}  // namespace kst
