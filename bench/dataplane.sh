@@ -56,6 +56,7 @@ BIN=$BUILD/src/kube-service-tunnel
 LOAD=$BUILD/bench/kb-load
 P=kbd$$
 DIR=/tmp/$P
+PIN_DIR=/sys/fs/bpf/$P   # the bpf router's program and maps (bpffs is not per namespace)
 POD=198.19.1.2
 VIP_D=203.0.113.10   # daemon-programmed
 VIP_H=203.0.113.20   # hand-made, MSS clamped
@@ -72,7 +73,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   "$TOPO" down "$P" >/dev/null 2>&1 || true
-  rm -rf "$DIR"
+  rm -rf "$DIR" "$PIN_DIR"
 }
 trap cleanup EXIT INT TERM
 
@@ -121,7 +122,8 @@ ns rt "$BIN" run --role router --manifests "$DIR/manifests" --buckets "$BUCKETS"
   --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router.log" 2>&1 &
 PIDS+=($!)
 if [ "$BPF" = 1 ]; then
-  ns rt2 "$BIN" run --role router --datapath bpf --manifests "$DIR/manifests" --buckets "$BUCKETS" \
+  ns rt2 "$BIN" run --role router --datapath bpf --bpf-ingress eth0 --bpf-pin-dir "$PIN_DIR" \
+    --manifests "$DIR/manifests" --buckets "$BUCKETS" \
     --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router-bpf.log" 2>&1 &
   PIDS+=($!)
 fi
@@ -136,7 +138,7 @@ programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails th
   [[ $a == *"$VIP_D"* && $m == *"$VIP_D"* ]] || return 1
   [ "$BPF" = 1 ] || return 0
   # The bpf router: its classifier is attached and the pod holds the VIP.
-  [[ $a == *"$VIP_B"* && $(ns rt2 tc filter show dev eth0 ingress 2>/dev/null || true) == *bpf* ]]
+  [[ $a == *"$VIP_B"* && $(ns rt2 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]]
 }
 for _ in $(seq 300); do programmed && break; sleep 0.1; done
 programmed || { echo "the daemons did not program $VIP_D (and $VIP_B with DATAPLANE_BPF=1)" >&2; cat "$DIR"/*.log >&2; exit 1; }
@@ -213,10 +215,13 @@ udp_pps() {  # DST → packets/s counted at the pod after the warm-up
   c0=$(count) t0=$(date +%s.%N)
   sleep "$SECS"
   c1=$(count) t1=$(date +%s.%N)
-  wait "$pid"
+  wait "$pid" || echo "  UDP load to $dst exited with an error" >&2
   awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}'
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
+ratio() {  # A/B; nothing when either is missing or B is 0 (a failed run)
+  [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.4f", a / b}'
+  true
+}
 dst_of() {
   case $1 in
     plain) echo "$POD" ;; hand) echo "$VIP_H" ;; hand0) echo "$VIP_H0" ;; daemon) echo "$VIP_D" ;;
@@ -251,7 +256,15 @@ for rep in $(seq "$REPS"); do
     sleep "$SETTLE"
   done
   for v in plain $tcp_order; do
-    gbps[$v]=$(ns cl "$LOAD" tcp "$(dst_of "$v")" 5201 "$SECS" | sed -n 's/.*gbps=//p')
+    # A failed connection is reported with the routes the packets took, not fatal: that
+    # repetition has no figure (and no paired ratio) for the variant.
+    gbps[$v]=$(ns cl "$LOAD" tcp "$(dst_of "$v")" 5201 "$SECS" 2>"$DIR/tcp.err" | sed -n 's/.*gbps=//p' || true)
+    if [ -z "${gbps[$v]}" ]; then
+      echo "  dataplane rep $rep $v: TCP run failed: $(tr '\n' ' ' <"$DIR/tcp.err")" \
+        "client: $(ns cl ip route get "$(dst_of "$v")" 2>&1 | head -1)" >&2
+      sleep "$SETTLE"
+      continue
+    fi
     GBPS[$v]="${GBPS[$v]:-} ${gbps[$v]}"
     sleep "$SETTLE"
   done
@@ -273,7 +286,7 @@ for rep in $(seq "$REPS"); do
 done
 range() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
 med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'; }
 pp=$(echo "${PPS[plain]}" | med); ph=$(echo "${PPS[hand]}" | med); pd=$(echo "${PPS[daemon]}" | med)
 gp=$(echo "${GBPS[plain]}" | med); gh=$(echo "${GBPS[hand]}" | med); gd=$(echo "${GBPS[daemon]}" | med)
 gh0=$(echo "${GBPS[hand0]}" | med)
