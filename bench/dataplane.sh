@@ -56,7 +56,7 @@ BIN=$BUILD/src/kube-service-tunnel
 LOAD=$BUILD/bench/kb-load
 P=kbd$$
 DIR=/tmp/$P
-PIN_DIR=/sys/fs/bpf/$P   # the bpf router's program and maps (bpffs is not per namespace)
+PIN_DIR=/sys/fs/bpf/$P   # the bpf router's pins (under `ip netns exec`: in its own /sys, gone with it)
 POD=198.19.1.2
 VIP_D=203.0.113.10   # daemon-programmed
 VIP_H=203.0.113.20   # hand-made, MSS clamped
@@ -73,7 +73,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   "$TOPO" down "$P" >/dev/null 2>&1 || true
-  rm -rf "$DIR" "$PIN_DIR"
+  rm -rf "$DIR"
 }
 trap cleanup EXIT INT TERM
 

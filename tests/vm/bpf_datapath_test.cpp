@@ -2,7 +2,9 @@
 // project claims: booted by tools/vm, this binary carries the CTest label "vm" and runs only
 // there (the host's kernel is newer; the privileged suite covers the datapath on it).
 //
-// Per flow-based mode (one collect-md device on the router, the program redirects to it):
+// Per flow-based mode (one collect-md device on the router: vxlan-gpe and ipip, the program
+// sets the tunnel key and redirects to it; gre-flow, the program sets the slot's mark and the
+// stack routes through the slot's rule and table, docs/bpf-datapath.md "Per packet"):
 //   1. the program loads and is attached to the router's ingress interface (tc clsact, our
 //      name), its maps pinned under --bpf-pin-dir;
 //   2. TCP, UDP and ping from the client reach the pods, which see the client's address;
@@ -12,6 +14,9 @@
 //      after `cleanup`, so both datapaths compute the same buckets on this kernel;
 //   5. `cleanup` removed the program and everything pinned.
 // Topology: scripts/lib/topo.sh's layout (vm_harness.h nodesTopology).
+#include <sys/mount.h>
+
+#include <cstring>
 #include <set>
 
 #include "vm/vm_harness.h"
@@ -34,25 +39,29 @@ std::string name(const ::testing::TestParamInfo<BpfModeSpec>& i) {
   return n;
 }
 
-class BpfDatapath : public VmE2E, public ::testing::WithParamInterface<BpfModeSpec> {
+class BpfOn61 : public VmE2E, public ::testing::WithParamInterface<BpfModeSpec> {
  protected:
-  std::string pinDir;
+  std::string bpffs, pinDir;
 
   void SetUp() override {
     VmE2E::SetUp();
     if (IsSkipped()) return;
     if (!inVm()) GTEST_SKIP() << "Debian's 6.1 kernel: runs in the VM (tools/vm/run-ctest.sh BUILD -L vm)";
     usePrefix("kbp");  // after VmE2E's "kv": this suite's own namespaces
-    pinDir = "/sys/fs/bpf/" + prefix;
+    // A bpffs of the test's own, outside /sys: `ip netns exec` mounts a fresh /sys for the
+    // daemons it starts, so pins under /sys/fs/bpf would live in each process's own bpffs and
+    // neither `cleanup` nor this test would see them.
+    bpffs = dir + "/bpffs";
+    std::filesystem::create_directories(bpffs);
+    ASSERT_EQ(mount("bpf", bpffs.c_str(), "bpf", 0, nullptr), 0) << std::strerror(errno);
+    pinDir = bpffs + "/rt";
     setStats(true);
   }
   void TearDown() override {
+    // Lazily: the pins go once the daemons have stopped.
+    if (!bpffs.empty()) umount2(bpffs.c_str(), MNT_DETACH);
     VmE2E::TearDown();
-    if (inVm()) {
-      setStats(false);
-      std::error_code ec;
-      std::filesystem::remove_all(pinDir, ec);
-    }
+    if (inVm()) setStats(false);
   }
   static void setStats(bool on) { std::ofstream("/proc/sys/kernel/bpf_stats_enabled") << (on ? 1 : 0); }
 
@@ -78,7 +87,7 @@ class BpfDatapath : public VmE2E, public ::testing::WithParamInterface<BpfModeSp
   static std::string podOf(const std::string& answer) { return answer.substr(0, answer.find(' ')); }
 };
 
-TEST_P(BpfDatapath, LoadsCarriesTrafficMatchesNftAndCleansUp) {
+TEST_P(BpfOn61, LoadsCarriesTrafficMatchesNftAndCleansUp) {
   const BpfModeSpec& spec = GetParam();
   ASSERT_NO_FATAL_FAILURE(nodesTopology());
   for (auto pod : {"p1a", "p1b", "p2a"}) serve(pod);
@@ -151,9 +160,8 @@ TEST_P(BpfDatapath, LoadsCarriesTrafficMatchesNftAndCleansUp) {
   for (auto n : {"rt", "n1", "n2"}) EXPECT_TRUE(procs[n].running()) << n << " died:\n" << procs[n].log();
 }
 
-// The flow-based modes: one collect-md device on the router. (Per-endpoint gre and mpls have
-// no collect-md device: the program hands those packets to the stack with the slot's mark.)
-INSTANTIATE_TEST_SUITE_P(Vm, BpfDatapath,
+// The flow-based modes. (Per-endpoint gre and mpls take the same marked path as gre-flow.)
+INSTANTIATE_TEST_SUITE_P(Vm, BpfOn61,
                          ::testing::Values(BpfModeSpec{"vxlan-gpe", "kst-vxg"},
                                            BpfModeSpec{"ipip", "kst-ipip"},
                                            BpfModeSpec{"gre-flow", "kst-gre"}),
