@@ -302,23 +302,25 @@ echo "RESULT bench=dataplane B=$BUCKETS reps=$REPS seconds=$SECS udp_pps_plain=$
   "paired_daemon_over_hand_tcp=$(echo "$RATIO_TCP" | med)" \
   "paired_pps_range=$(echo "$RATIO_PPS" | range) paired_tcp_range=$(echo "$RATIO_TCP" | range)" \
   "load=$(cut -d' ' -f1 /proc/loadavg)"
-for v in "${UDP_EXTRA[@]}"; do
-  pv=$(echo "${PPS[$v]}" | med)
-  line="RESULT bench=dataplane-variant variant=$v B=$BUCKETS reps=$REPS seconds=$SECS udp_pps=$pv"
-  line+=" udp_pps_range=$(echo "${PPS[$v]}" | range)"
-  line+=" over_plain_pps=$(div "$pv" "$pp") over_hand_pps=$(div "$pv" "$ph") over_daemon_pps=$(div "$pv" "$pd")"
+# One variant's figures of one kind: FIELD (udp_pps|tcp_gbps) KEY (pps|tcp) VALUES RATIOS
+# PLAIN HAND DAEMON: the median and range of VALUES[v], ratios of medians to the three given
+# medians, and the median and range of the paired ratios RATIOS_{PLAIN,HAND,DAEMON}[v].
+variant_figures() {
+  local v=$1 field=$2 key=$3 pre=$5 m b
+  declare -n vals=$4
+  m=$(echo "${vals[$v]}" | med)
+  printf ' %s=%s %s_range=%s' "$field" "$m" "$field" "$(echo "${vals[$v]}" | range)"
+  printf ' over_plain_%s=%s over_hand_%s=%s over_daemon_%s=%s' \
+    "$key" "$(div "$m" "$6")" "$key" "$(div "$m" "$7")" "$key" "$(div "$m" "$8")"
   for b in PLAIN HAND DAEMON; do
-    declare -n arr=PR_$b
-    line+=" paired_over_${b,,}_pps=$(echo "${arr[$v]}" | med) paired_over_${b,,}_pps_range=$(echo "${arr[$v]}" | range)"
+    declare -n ratios=${pre}_$b
+    printf ' paired_over_%s_%s=%s paired_over_%s_%s_range=%s' "${b,,}" "$key" \
+      "$(echo "${ratios[$v]}" | med)" "${b,,}" "$key" "$(echo "${ratios[$v]}" | range)"
   done
-  if [ -n "${GBPS[$v]:-}" ]; then
-    gv=$(echo "${GBPS[$v]}" | med)
-    line+=" tcp_gbps=$gv tcp_gbps_range=$(echo "${GBPS[$v]}" | range)"
-    line+=" over_plain_tcp=$(div "$gv" "$gp") over_hand_tcp=$(div "$gv" "$gh") over_daemon_tcp=$(div "$gv" "$gd")"
-    for b in PLAIN HAND DAEMON; do
-      declare -n arr=TR_$b
-      line+=" paired_over_${b,,}_tcp=$(echo "${arr[$v]}" | med) paired_over_${b,,}_tcp_range=$(echo "${arr[$v]}" | range)"
-    done
-  fi
+}
+for v in "${UDP_EXTRA[@]}"; do
+  line="RESULT bench=dataplane-variant variant=$v B=$BUCKETS reps=$REPS seconds=$SECS"
+  line+=$(variant_figures "$v" udp_pps pps PPS PR "$pp" "$ph" "$pd")
+  [ -n "${GBPS[$v]:-}" ] && line+=$(variant_figures "$v" tcp_gbps tcp GBPS TR "$gp" "$gh" "$gd")
   echo "$line load=$(cut -d' ' -f1 /proc/loadavg)"
 done
