@@ -130,6 +130,10 @@ void addCommon(CLI::App* app, Flags& f) {
                   "default: every interface but lo and the daemon's own links)")
       ->envname("TUNNEL_BPF_INGRESS")
       ->delimiter(',');
+  app->add_option("--bpf-redirect", f.bpf.redirect,
+                  "bpf datapath: send packets straight to the collect-md device (vxlan-gpe, "
+                  "ipip); false: set the slot mark and let the policy rules route them")
+      ->envname("TUNNEL_BPF_REDIRECT");
   app->add_option("--bpf-pin-dir", f.bpf.pinDir,
                   "bpf datapath: bpffs directory of the program and its maps (bpffs is mounted "
                   "at /sys/fs/bpf when absent)")

@@ -41,6 +41,9 @@ struct BpfOptions {
   std::string pinDir = "/sys/fs/bpf/kst";
   /** Interfaces whose ingress runs the program; empty: every interface but lo and owned links. */
   std::vector<std::string> ingress;
+  /** Redirect to the collect-md device where the mode allows it (vxlan-gpe, ipip); false: the
+   *  program only sets the slot mark and the policy rules route, as in every other mode. */
+  bool redirect = true;
 };
 
 namespace bpf {

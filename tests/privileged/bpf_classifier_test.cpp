@@ -339,5 +339,25 @@ TEST_F(BpfClassifierTest, MapsReadBackExactlyAndOtherBuildsRebuild) {
   EXPECT_FALSE(gone->present);
 }
 
+TEST_F(BpfClassifierTest, ManyBucketsGoInAndComeBackInBatches) {
+  BpfClassifier c(cfg, opts());
+  dp::NftState want = present(cfg);
+  for (uint32_t v = 0; v < 2000; ++v) {
+    uint8_t a[4] = {10, uint8_t(v >> 8), uint8_t(v), 1};
+    const IpAddress vip = IpAddress::fromBytes(Family::V4, a);
+    want.vips.insert(vip);
+    want.vipBuckets[vip] = 64;
+    std::vector<uint32_t> marks(64);
+    for (uint32_t b = 0; b < 64; ++b) marks[b] = 1000 + (v + b) % 7;
+    want.buckets.setVip(vip, std::move(marks));
+  }
+  ASSERT_TRUE(c.applyStep(dp::TableStep::Create, want.skeletonId, want.skeleton,
+                          nftElementChanges(want, dp::NftState{})));
+  auto got = c.observe();
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(got->buckets.size(), 128000u);
+  EXPECT_EQ(nftElementChanges(want, *got).size(), 0u);
+}
+
 }  // namespace
 }  // namespace kst

@@ -10,7 +10,10 @@
 //     pod answered;
 //   - a draining endpoint keeps its established flows and gets no new one; a removed
 //     endpoint's pinned flows move to the others;
-//   - `cleanup --datapath bpf` detaches the program and removes every pin.
+//   - `cleanup --datapath bpf` detaches the program and removes every pin;
+//   - both ways out: redirected to the collect-md device (never seen by the forward hook) and,
+//     with --bpf-redirect=false, marked and forwarded by the stack through the policy rules
+//     (BpfMarkPath: every datagram passes the forward hook with its slot mark).
 #include <sys/mount.h>
 
 #include <set>
@@ -42,6 +45,9 @@ class BpfDatapath : public E2E, public ::testing::WithParamInterface<bool> {
     startAgent(1);
     startAgent(2);
   }
+  /** true: the program redirects to the collect-md device; false (BpfMarkPath): it marks the
+   *  packet and the stack routes it through the slot's policy rule. */
+  virtual bool redirect() const { return true; }
   void TearDown() override {
     // Lazily: the pins go once the bpf router has stopped; the attached program goes with the
     // router's namespace.
@@ -50,7 +56,8 @@ class BpfDatapath : public E2E, public ::testing::WithParamInterface<bool> {
   }
   std::string pinDir() const { return bpffs + "/rt2"; }
   std::vector<std::string> bpfFlags() const {
-    return {"--datapath", "bpf", "--bpf-pin-dir", pinDir(), "--bpf-ingress", "eth0"};
+    return {"--datapath", "bpf", "--bpf-pin-dir", pinDir(), "--bpf-ingress", "eth0",
+            std::string("--bpf-redirect=") + (redirect() ? "true" : "false")};
   }
   void startBpfRouter() { startRouter("rt2", bpfFlags()); }
 
@@ -100,6 +107,20 @@ class BpfDatapath : public E2E, public ::testing::WithParamInterface<bool> {
     return s ? *s : dp::NftCounterSnapshot{};
   }
   std::string filters() { return out("rt2", "tc filter show dev eth0 ingress"); }
+  /** A counter in rt2's forward hook of the packets carrying a slot mark: the mark path goes
+   *  through the stack's forwarding, the redirect path never does. */
+  void probeForward() {
+    ASSERT_EQ(nftLoad("rt2", "table inet kbc_probe {\n counter marked { }\n chain probe {\n"
+                             "  type filter hook forward priority -300;\n"
+                             "  meta mark >= 1000 meta mark < 1256 counter name \"marked\"\n"
+                             " }\n}\n"),
+              0);
+  }
+  uint64_t forwardedMarked() {
+    auto o = out("rt2", "nft list counter inet kbc_probe marked");
+    auto p = o.find("packets ");
+    return p == std::string::npos ? UINT64_MAX : std::stoull(o.substr(p + 8));
+  }
 };
 
 INSTANTIATE_TEST_SUITE_P(Family, BpfDatapath, ::testing::Values(false, true),
@@ -154,11 +175,13 @@ TEST_P(BpfDatapath, FailoverBetweenNftAndBpfRoutersBreaksNoConnection) {
 TEST_P(BpfDatapath, CountersAreExact) {
   via("rt2");
   ASSERT_TRUE(reachable(vip(), 20)) << procs["rt2"].log();
+  probeForward();
   auto before = counters();
   const IpAddress v = *IpAddress::parse(vip());
   auto answers = udpFrom(50, 34000);
   ASSERT_TRUE(allFrom(answers, 50));
   auto after = counters();
+  EXPECT_EQ(forwardedMarked(), 0u) << "redirected packets do not pass the forward hook";
   EXPECT_EQ(after.vip[v].packets - before.vip[v].packets, 50u);
   EXPECT_EQ(after.refusedByVip[v].packets, before.refusedByVip[v].packets);
   std::map<std::string, uint64_t> perPod;
@@ -242,6 +265,48 @@ TEST_P(BpfDatapath, CleanupDetachesAndUnpins) {
   EXPECT_EQ(filters().find("kst_router"), std::string::npos) << filters();
   EXPECT_FALSE(std::filesystem::exists(pinDir()));
   EXPECT_EQ(owned("rt2"), "");
+}
+
+/** The mark path (every mode but vxlan-gpe and ipip; here --bpf-redirect=false): the program
+ *  sets the slot mark and the policy rules route. */
+class BpfMarkPath : public BpfDatapath {
+ protected:
+  bool redirect() const override { return false; }
+};
+
+INSTANTIATE_TEST_SUITE_P(Family, BpfMarkPath, ::testing::Values(false, true),
+                         [](const auto& i) { return i.param ? "IPv6" : "IPv4"; });
+
+TEST_P(BpfMarkPath, SameTuplesSameEndpointExactCountersAndCleanRestart) {
+  via("rt");
+  ASSERT_TRUE(reachable(vip(), 20));
+  via("rt2");
+  ASSERT_TRUE(reachable(vip(), 20)) << procs["rt2"].log();
+  via("rt");
+  auto udpNft = udpFrom(96, 36000);
+  via("rt2");
+  probeForward();
+  auto before = counters();
+  auto udpBpf = udpFrom(96, 36000);
+  auto after = counters();
+  EXPECT_EQ(forwardedMarked(), 96u) << "each marked datagram is forwarded by the stack";
+  ASSERT_TRUE(allFrom(udpNft, 96)) << fmt::format("{}", fmt::join(udpNft, "\n"));
+  ASSERT_TRUE(allFrom(udpBpf, 96)) << fmt::format("{}", fmt::join(udpBpf, "\n"));
+  EXPECT_EQ(udpNft, udpBpf);
+  const IpAddress v = *IpAddress::parse(vip());
+  EXPECT_EQ(after.vip[v].packets - before.vip[v].packets, 96u);
+  Process mon({"ip", "netns", "exec", ns("rt2"), "ip", "-o", "monitor", "link", "address",
+               "route", "rule", "nexthop"}, dir + "/mon-rt2.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(procs["rt2"].stop(), 0);
+  startBpfRouter();
+  ASSERT_TRUE(waitUntil([&] { return procs["rt2"].log().find("reconciled") != std::string::npos; }))
+      << procs["rt2"].log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  mon.stop();
+  EXPECT_EQ(mon.log(), "");
+  EXPECT_NE(procs["rt2"].log().find("no changes"), std::string::npos) << procs["rt2"].log();
+  EXPECT_EQ(udpFrom(96, 36000), udpBpf);
 }
 
 }  // namespace
