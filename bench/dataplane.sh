@@ -31,6 +31,7 @@
 #     ref-hdr-decap ref-hdr, and in the pod a tc ingress program strips the outer headers
 #                   (the pod's stack handles the packet once, as the inner IPv4 packet)
 #     hand-decap    the hand-made lwtunnel route, with the same tc decap in the pod
+#     bpf-decap     (with DATAPLANE_BPF=1 too) the daemon's bpf router, with that tc decap
 #           (The clsact hooks on rt's eth0 and the pod's eth0 then also see the other
 #           variants' packets: one parse and compare each, "plain" included.)
 # Small-packet UDP packets/s (counted at the pod by an nft counter in its input hook over
@@ -62,6 +63,7 @@ VIP_D=203.0.113.10   # daemon-programmed
 VIP_H=203.0.113.20   # hand-made, MSS clamped
 VIP_H0=203.0.113.21  # hand-made, not clamped
 VIP_B=203.0.113.40   # daemon-programmed, --datapath bpf on rt2 (DATAPLANE_BPF=1)
+VIP_BD=203.0.113.41  # the same, decapsulated in the pod by the reference program (+ DATAPLANE_REF=1)
 VIP_MD=203.0.113.30 VIP_HDR=203.0.113.31 VIP_HDR_DECAP=203.0.113.32 VIP_HAND_DECAP=203.0.113.33
 BPF=${DATAPLANE_BPF:-0}
 REF=${DATAPLANE_REF:-0}
@@ -86,6 +88,7 @@ ROUTERS=1
 # The client also reaches the pod network through the router (for "plain").
 ns cl ip route add 198.19.0.0/16 via 198.18.0.1
 [ "$BPF" = 1 ] && ns cl ip route add "$VIP_B/32" via 198.18.0.2
+[ "$BPF$REF" = 11 ] && ns cl ip route add "$VIP_BD/32" via 198.18.0.2
 
 service() {  # NAME VIP: a Service with the VIP and the one pod as its endpoint
   cat <<EOF
@@ -116,6 +119,7 @@ EOF
 {
   service bench "$VIP_D"
   [ "$BPF" = 1 ] && service bench-bpf "$VIP_B"
+  [ "$BPF$REF" = 11 ] && service bench-bpf-decap "$VIP_BD"
 } > "$DIR/manifests/svc.yaml"
 # Both routers read every Service (each programs both VIPs; the client sends each VIP to one).
 ns rt "$BIN" run --role router --manifests "$DIR/manifests" --buckets "$BUCKETS" \
@@ -138,7 +142,9 @@ programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails th
   [[ $a == *"$VIP_D"* && $m == *"$VIP_D"* ]] || return 1
   [ "$BPF" = 1 ] || return 0
   # The bpf router: its classifier is attached and the pod holds the VIP.
-  [[ $a == *"$VIP_B"* && $(ns rt2 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]]
+  [[ $a == *"$VIP_B"* && $(ns rt2 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]] || return 1
+  [ "$REF" = 1 ] || return 0
+  [[ $a == *"$VIP_BD"* ]]
 }
 for _ in $(seq 300); do programmed && break; sleep 0.1; done
 programmed || { echo "the daemons did not program $VIP_D (and $VIP_B with DATAPLANE_BPF=1)" >&2; cat "$DIR"/*.log >&2; exit 1; }
@@ -162,6 +168,7 @@ if [ "$REF" = 1 ]; then
     -DREF_POD="$(hexip "$POD")" -DREF_ROUTER="$(hexip 198.18.0.1)" \
     -DREF_VIP_MD="$(hexip "$VIP_MD")" -DREF_VIP_HDR="$(hexip "$VIP_HDR")" \
     -DREF_VIP_HDR_DECAP="$(hexip "$VIP_HDR_DECAP")" -DREF_VIP_HAND_DECAP="$(hexip "$VIP_HAND_DECAP")" \
+    -DREF_VIP_BPF_DECAP="$(hexip "$VIP_BD")" \
     -DREF_VXG_IFINDEX="$(ifindex rt kst-vxg)" -DREF_UL_IFINDEX="$(ifindex rt eth0)" \
     -c "$ROOT/bench/bpf/tunnel_ref.bpf.c" -o "$DIR/tunnel_ref.o"
   ns rt tc qdisc add dev eth0 clsact
@@ -218,6 +225,7 @@ udp_pps() {  # DST → packets/s counted at the pod after the warm-up
   wait "$pid" || echo "  UDP load to $dst exited with an error" >&2
   awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}'
 }
+vxg_rx() { ns p1a cat /sys/class/net/kst-vxg/statistics/rx_packets; }
 ratio() {  # A/B; nothing when either is missing or B is 0 (a failed run)
   [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.4f", a / b}'
   true
@@ -227,6 +235,7 @@ dst_of() {
     plain) echo "$POD" ;; hand) echo "$VIP_H" ;; hand0) echo "$VIP_H0" ;; daemon) echo "$VIP_D" ;;
     bpf) echo "$VIP_B" ;; ref-md) echo "$VIP_MD" ;; ref-hdr) echo "$VIP_HDR" ;;
     ref-hdr-decap) echo "$VIP_HDR_DECAP" ;; hand-decap) echo "$VIP_HAND_DECAP" ;;
+    bpf-decap) echo "$VIP_BD" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
@@ -236,6 +245,10 @@ UDP_EXTRA=() TCP_EXTRA=()
 if [ "$REF" = 1 ]; then
   UDP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
   [ "$REF_TCP" = 1 ] && TCP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
+  if [ "$BPF" = 1 ]; then
+    UDP_EXTRA+=(bpf-decap)
+    [ "$REF_TCP" = 1 ] && TCP_EXTRA+=(bpf-decap)
+  fi
 fi
 reverse() { local out=() i; for ((i = $#; i >= 1; i--)); do out+=("${!i}"); done; echo "${out[@]}"; }
 declare -A PPS GBPS PR_PLAIN PR_HAND PR_DAEMON TR_PLAIN TR_HAND TR_DAEMON
@@ -251,7 +264,13 @@ for rep in $(seq "$REPS"); do
   fi
   declare -A pps=() gbps=()
   for v in plain $udp_order; do
+    rx0=$(vxg_rx)
     pps[$v]=$(udp_pps "$(dst_of "$v")")
+    # The *-decap variants must bypass the pod's decap device: at most what else arrived.
+    if [[ $v == *-decap ]] && (($(vxg_rx) - rx0 > pps[$v] * SECS / 100)); then
+      echo "  dataplane rep $rep $v: the pod's kst-vxg received $(($(vxg_rx) - rx0)) packets: not decapsulated by the tc program" >&2
+      exit 1
+    fi
     PPS[$v]="${PPS[$v]:-} ${pps[$v]}"
     sleep "$SETTLE"
   done

@@ -62,7 +62,8 @@ def main():
                     "ref-md": "tc-BPF reference: tunnel key + redirect to the collect-md device",
                     "ref-hdr": "tc-BPF reference: headers built + bpf_redirect_neigh",
                     "ref-hdr-decap": "tc-BPF reference: headers built, tc decap in the pod",
-                    "hand-decap": "hand-made tunnel, tc decap in the pod"}.get(r['variant'], r['variant'])
+                    "hand-decap": "hand-made tunnel, tc decap in the pod",
+                    "bpf-decap": "daemon --datapath bpf, reference tc decap in the pod"}.get(r['variant'], r['variant'])
             target = " (target ≥ 0.8)" if r['variant'] == "bpf" else ""
             out.append(f"| small UDP packets/s, {what}, median of {r['reps']} | {r['udp_pps']} "
                        f"({r['udp_pps_range']}) | /plain **{r['over_plain_pps']}** (paired "

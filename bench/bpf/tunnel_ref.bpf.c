@@ -12,7 +12,8 @@
 //                  (bpf_skb_adjust_room), then bpf_redirect_neigh(the underlay interface): one
 //                  FIB lookup for the outer destination, no tunnel device, no second pass
 //   tc ingress on the pod's interface (section "tc/decap"), for vxlan-gpe datagrams to port
-//     4790 whose inner destination is REF_VIP_HDR_DECAP or REF_VIP_HAND_DECAP: the outer 36
+//     4790 whose inner destination is REF_VIP_HDR_DECAP, REF_VIP_HAND_DECAP or
+//     REF_VIP_BPF_DECAP (a VIP of the daemon's bpf router): the outer 36
 //     bytes are removed and the packet continues as the plain inner IPv4 packet, so the pod's
 //     stack handles it once (instead of outer IP → UDP socket → vxlan-gpe device → inner IP)
 //
@@ -124,7 +125,8 @@ int decap(struct __sk_buff *skb) {
   struct iphdr *in = (void *)(o + 1);
   if ((void *)(in + 1) > end) return TC_ACT_OK;
   __u32 dst = bpf_ntohl(in->daddr);
-  if (dst != REF_VIP_HDR_DECAP && dst != REF_VIP_HAND_DECAP) return TC_ACT_OK;
+  if (dst != REF_VIP_HDR_DECAP && dst != REF_VIP_HAND_DECAP && dst != REF_VIP_BPF_DECAP)
+    return TC_ACT_OK;
   (void)data;
   if (bpf_skb_adjust_room(skb, -(int)OUTER_LEN, BPF_ADJ_ROOM_MAC, 0)) return TC_ACT_SHOT;
   return TC_ACT_OK;
