@@ -307,8 +307,10 @@ kst::Result<Kernel> openKernel(const Flags& f) {
  *  classify before the nft table. */
 void removeOtherDatapath(const Flags& f) {
   std::unique_ptr<kst::dp::NftClient> other;
+  kst::BpfOptions removeOnly = f.bpf;
+  removeOnly.repair = false;
   if (f.datapath == "bpf") other = std::make_unique<kst::NftClientImpl>(f.dp);
-  else other = std::make_unique<kst::BpfClassifier>(f.dp, f.bpf);
+  else other = std::make_unique<kst::BpfClassifier>(f.dp, removeOnly);
   auto st = other->observe();
   if (!st || !st->present) return;
   if (auto r = other->applyStep(kst::dp::TableStep::Delete, {}, {}, {}); !r)

@@ -407,7 +407,7 @@ Result<dp::NftState> BpfClassifier::observe() {
     v.assign(set.begin(), set.end());
   }
   // Repairs: a detached program or a renamed device (the periodic resync observes).
-  if (adopted) {
+  if (adopted && opts_.repair) {
     if (auto r = refreshConfig(*m); !r) spdlog::warn("{}", r.error().message);
     Fd prog(bpf_obj_get((opts_.pinDir + "/prog").c_str()));
     if (prog.fd >= 0) {

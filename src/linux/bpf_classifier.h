@@ -44,6 +44,9 @@ struct BpfOptions {
   /** Redirect to the collect-md device where the mode allows it (vxlan-gpe, ipip); false: the
    *  program only sets the slot mark and the policy rules route, as in every other mode. */
   bool redirect = true;
+  /** observe() repairs an adopted state (re-attaches, refreshes device indexes); off for an
+   *  instance that only reads or removes. */
+  bool repair = true;
 };
 
 namespace bpf {
