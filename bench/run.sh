@@ -64,7 +64,8 @@ run "$CTL" daemon 10000 4 64 "$BUILD/src/kube-service-tunnel" "$N_CHANGES"
 log "/metrics scrape V=10k E=4"
 run "$BUILD/bench/kb-metrics" 10000 4 "$((REPS * 5))"
 log "dataplane"
-run "$ROOT/bench/dataplane.sh" "$BUILD" "$DP_REPS" 3 64
+# With the bpf datapath (a second router, --datapath bpf) next to plain, hand-made and nft.
+DATAPLANE_BPF=1 run "$ROOT/bench/dataplane.sh" "$BUILD" "$DP_REPS" 3 64
 log "tunnel-node failover behind a DC router (BFD 100 ms x 3)"
 run "$ROOT/bench/announce_failover.sh" "$BUILD" 5 100
 

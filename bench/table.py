@@ -57,6 +57,23 @@ def main():
                        f"{r.get('tcp_gbps_hand_unclamped', '-')}) | plain {r['tcp_gbps_plain']}, hand {r['tcp_gbps_hand']}, "
                        f"daemon {r['tcp_gbps_daemon']} Gbit/s | daemon/hand **{r['daemon_over_hand_tcp']}** (paired {r.get('paired_daemon_over_hand_tcp', '-')}), "
                        f"daemon/plain {r['daemon_over_plain_tcp']} |")
+        elif b == "dataplane-variant":
+            what = {"bpf": "daemon --datapath bpf (tc-BPF classifier, collect-md redirect)",
+                    "ref-md": "tc-BPF reference: tunnel key + redirect to the collect-md device",
+                    "ref-hdr": "tc-BPF reference: headers built + bpf_redirect_neigh",
+                    "ref-hdr-decap": "tc-BPF reference: headers built, tc decap in the pod",
+                    "hand-decap": "hand-made tunnel, tc decap in the pod",
+                    "bpf-decap": "daemon --datapath bpf, reference tc decap in the pod"}.get(r['variant'], r['variant'])
+            target = " (target ≥ 0.8)" if r['variant'] == "bpf" else ""
+            out.append(f"| small UDP packets/s, {what}, median of {r['reps']} | {r['udp_pps']} "
+                       f"({r['udp_pps_range']}) | /plain **{r['over_plain_pps']}** (paired "
+                       f"{r['paired_over_plain_pps']}, {r['paired_over_plain_pps_range']}){target}, "
+                       f"/daemon {r['over_daemon_pps']} (paired {r['paired_over_daemon_pps']}, "
+                       f"{r['paired_over_daemon_pps_range']}) |")
+            if 'tcp_gbps' in r:
+                out.append(f"| TCP one connection, {what} | {r['tcp_gbps']} Gbit/s ({r['tcp_gbps_range']}) | "
+                           f"/plain {r['over_plain_tcp']} (paired {r['paired_over_plain_tcp']}), "
+                           f"/daemon {r['over_daemon_tcp']} (paired {r['paired_over_daemon_tcp']}) |")
         elif b == "metrics":
             out.append(f"| /metrics scrape at V={r['V']} × E={r['E']} (fake counter snapshot; "
                        f"{r['series']} series, {r['bytes']} bytes), {r['reps']} scrapes | "
