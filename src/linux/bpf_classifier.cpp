@@ -113,7 +113,7 @@ std::optional<std::string> adoptedSkeletonId(const std::string& stored, const st
 namespace {
 
 constexpr const char* kMapNames[] = {"config", "vips",  "vipstats", "buckets", "slots",
-                                     "epstats", "sources", "flows",   "refused"};
+                                     "epstats", "sources", "flows",   "totals"};
 
 std::unexpected<Error> errnoFail(int err, const std::string& what) {
   return fail(err, fmt::format("bpf: {}: {}", what, std::strerror(err)));
@@ -267,11 +267,24 @@ uint32_t attachedId(int ifindex) {
   return opts.prog_id;
 }
 
+/** The interfaces whose ingress runs our filter (handle, priority and program name). */
+std::vector<std::pair<int, std::string>> interfacesWithOurFilter() {
+  std::vector<std::pair<int, std::string>> out;
+  if (struct if_nameindex* all = if_nameindex()) {
+    for (auto* p = all; p->if_index != 0 && p->if_name; ++p) {
+      const uint32_t id = attachedId(int(p->if_index));
+      if (id && progName(id) == bpf::kProgName) out.emplace_back(int(p->if_index), p->if_name);
+    }
+    if_freenameindex(all);
+  }
+  return out;
+}
+
 }  // namespace
 
 struct BpfClassifier::Maps {
-  Fd config, vips, vipstats, buckets, slots, epstats, sources, flows, refused;
-  Fd* all[9] = {&config, &vips, &vipstats, &buckets, &slots, &epstats, &sources, &flows, &refused};
+  Fd config, vips, vipstats, buckets, slots, epstats, sources, flows, totals;
+  Fd* all[9] = {&config, &vips, &vipstats, &buckets, &slots, &epstats, &sources, &flows, &totals};
 };
 
 /** libbpf's messages through spdlog, at debug level (an expected miss, such as querying an
@@ -349,7 +362,18 @@ Status BpfClassifier::refreshConfig(const Maps& m) {
 
 Result<dp::NftState> BpfClassifier::observe() {
   dp::NftState st;
-  if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) return st;
+  if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) {
+    // No pins, but our filter may still be attached: its pins lived in a bpffs that is gone
+    // (a mount namespace of `ip netns exec`, a container without the hostPath) or were removed
+    // by hand. Reported as present under an id no configuration renders, so that the next
+    // pass rebuilds it (fresh maps, the filter replaced in place) or deletes it (cleanup, the
+    // other datapath) instead of leaving a program with stale maps attached.
+    if (!interfacesWithOurFilter().empty()) {
+      st.present = true;
+      st.skeletonId = "orphan";
+    }
+    return st;
+  }
   auto m = openMaps();
   if (!m) return std::unexpected(m.error());
   uint32_t zero = 0;
@@ -484,18 +508,12 @@ Status BpfClassifier::load(const std::string& skeletonId) {
 
 Status BpfClassifier::remove() {
   // Our filter (handle, priority and program name) on every interface, then every pin.
-  if (struct if_nameindex* all = if_nameindex()) {
-    for (auto* p = all; p->if_index != 0 && p->if_name; ++p) {
-      const uint32_t id = attachedId(int(p->if_index));
-      if (!id || progName(id) != bpf::kProgName) continue;
-      DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = int(p->if_index),
-                          .attach_point = BPF_TC_INGRESS);
-      DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = bpf::kTcHandle,
-                          .priority = bpf::kTcPriority);
-      if (int r = bpf_tc_detach(&hook, &opts); r != 0)
-        spdlog::warn("bpf: detach from {}: {}", p->if_name, std::strerror(-r));
-    }
-    if_freenameindex(all);
+  for (const auto& [ifindex, name] : interfacesWithOurFilter()) {
+    DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = bpf::kTcHandle,
+                        .priority = bpf::kTcPriority);
+    if (int r = bpf_tc_detach(&hook, &opts); r != 0)
+      spdlog::warn("bpf: detach from {}: {}", name, std::strerror(-r));
   }
   for (const char* n : kMapNames) unlink((opts_.pinDir + "/" + n).c_str());
   unlink((opts_.pinDir + "/prog").c_str());
@@ -712,11 +730,15 @@ Result<dp::NftCounterSnapshot> BpfClassifier::readCounters() {
   std::vector<uint8_t> raw(perCpuSize(sizeof(kst_counter)));
   const char* reasons[KST_REFUSED_REASONS] = {"no_bucket", "source_range"};
   for (uint32_t r = 0; r < KST_REFUSED_REASONS; ++r) {
-    if (bpf_map_lookup_elem(m->refused.fd, &r, raw.data()) != 0)
+    if (bpf_map_lookup_elem(m->totals.fd, &r, raw.data()) != 0)
       return errnoFail(errno, "read refused counters");
     auto v = sumPerCpu<kst_counter>(raw.data());
     snap.refused[reasons[r]] = {v.packets, v.bytes};
   }
+  const uint32_t nf = KST_TOTAL_NEW_FLOWS;
+  if (bpf_map_lookup_elem(m->totals.fd, &nf, raw.data()) != 0)
+    return errnoFail(errno, "read the new-flow counter");
+  snap.newFlows = sumPerCpu<kst_counter>(raw.data()).packets;
   // Flow pins that are still valid by age (an LRU map keeps expired ones until it needs room).
   const uint64_t now = monotonicNs(), timeout = uint64_t(cfg_.flowTimeoutSeconds) * 1000000000ull;
   s = forEach<kst_flow_key>(m->flows.fd, sizeof(kst_flow_val),

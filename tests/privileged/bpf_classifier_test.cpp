@@ -246,7 +246,16 @@ TEST_F(BpfClassifierTest, CountersAreExactAndRefusalsCountedByReason) {
   EXPECT_EQ(snap->refusedByVip[bare].packets, 1u);
   EXPECT_EQ(snap->refusedByVip[vip].packets, 0u);
   EXPECT_EQ(snap->flows4, 37u + 1u);  // the UDP flows and the allowed TCP one are pinned
+  EXPECT_EQ(snap->newFlows, 37u + 1u);
   EXPECT_EQ(snap->flowLimit, cfg.flowTableSize);
+  // Packets of flows already pinned are no new flows.
+  for (int i = 0; i < 5; ++i)
+    run(Packet{ip("198.18.0.10"), vip, 17, uint16_t(30000 + i), 8080});
+  run(ok);
+  auto again = c.readCounters();
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->newFlows, 37u + 1u);
+  EXPECT_EQ(again->vip[vip].packets, 37u + 5u);
 }
 
 TEST_F(BpfClassifierTest, PinsHoldWhileTheSlotIsLiveAndMoveWhenReleased) {
@@ -357,6 +366,48 @@ TEST_F(BpfClassifierTest, ManyBucketsGoInAndComeBackInBatches) {
   ASSERT_TRUE(got) << got.error().message;
   EXPECT_EQ(got->buckets.size(), 128000u);
   EXPECT_EQ(nftElementChanges(want, *got).size(), 0u);
+}
+
+/** The filter still attached while its pins are gone (they lived in a bpffs that went away:
+ *  `ip netns exec` mounts its own /sys, a container without the hostPath): observe() must
+ *  report it, so that a pass rebuilds it and cleanup (or the other datapath) removes it,
+ *  instead of leaving a program with stale maps on the interface. */
+TEST_F(BpfClassifierTest, FilterWithoutPinsIsReportedRebuiltAndRemoved) {
+  ASSERT_EQ(std::system("ip link add kbc-in type veth peer name kbc-in2 && ip link set kbc-in up"), 0);
+  auto attached = [] {
+    return std::system("tc filter show dev kbc-in ingress 2>/dev/null | grep -q kst_router") == 0;
+  };
+  BpfClassifier c(cfg, BpfOptions{pinDir, {"kbc-in"}});
+  dp::NftState want = present(cfg);
+  addVip(want, ip("203.0.113.10"), 64);
+  ASSERT_TRUE(c.applyStep(dp::TableStep::Create, want.skeletonId, want.skeleton,
+                          nftElementChanges(want, dp::NftState{})));
+  ASSERT_TRUE(attached());
+  std::filesystem::remove_all(pinDir);  // the pins vanish, the filter stays
+  ASSERT_TRUE(attached());
+  auto seen = c.observe();
+  ASSERT_TRUE(seen) << seen.error().message;
+  EXPECT_TRUE(seen->present);
+  EXPECT_NE(seen->skeletonId, want.skeletonId);
+  EXPECT_EQ(nftTableStep(want, *seen), NftTableStep::Rebuild);
+  // A pass rebuilds it: fresh pinned maps with the elements, the filter replaced in place.
+  ASSERT_TRUE(c.applyStep(dp::TableStep::Rebuild, want.skeletonId, want.skeleton,
+                          nftElementChanges(want, dp::NftState{})));
+  auto back = c.observe();
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->skeletonId, want.skeletonId);
+  EXPECT_EQ(back->vips, want.vips);
+  EXPECT_TRUE(attached());
+  // Orphaned again, then deleted (cleanup): nothing attached, nothing present.
+  std::filesystem::remove_all(pinDir);
+  auto orphan = c.observe();
+  ASSERT_TRUE(orphan && orphan->present);
+  EXPECT_EQ(nftTableStep(dp::NftState{}, *orphan), NftTableStep::Delete);
+  ASSERT_TRUE(c.applyStep(dp::TableStep::Delete, {}, {}, {}));
+  EXPECT_FALSE(attached());
+  auto gone = c.observe();
+  ASSERT_TRUE(gone) << gone.error().message;
+  EXPECT_FALSE(gone->present);
 }
 
 }  // namespace

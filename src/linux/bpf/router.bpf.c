@@ -103,10 +103,10 @@ struct {
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, KST_REFUSED_REASONS);
+  __uint(max_entries, KST_TOTALS);
   __type(key, __u32);
   __type(value, struct kst_counter);
-} refused SEC(".maps");
+} totals SEC(".maps");
 
 /* ---- jhash (include/linux/jhash.h) over whole 32-bit words, as nft_jhash_eval runs it over
  * its registers: on a little-endian CPU jhash(bytes, 4n) equals this over the n words. */
@@ -273,7 +273,7 @@ static __always_inline int kst_refuse(struct kst_vip_counter *vs, __u32 reason, 
     vs->refused_packets++;
     vs->refused_bytes += len;
   }
-  kst_count(bpf_map_lookup_elem(&refused, &reason), len);
+  kst_count(bpf_map_lookup_elem(&totals, &reason), len);
   return TC_ACT_SHOT;
 }
 
@@ -357,9 +357,17 @@ int kst_router(struct __sk_buff *skb) {
   sv = bpf_map_lookup_elem(&slots, &slot);
   if (p.ports) {
     if (fv) {
+      /* An expired pin is a new flow (nft's element would have timed out and been added
+       * again); a pin to a released slot is not (nft leaves it and does not count). */
+      if (now - fv->seen_ns > cfg->flow_timeout_ns) {
+        __u32 i = KST_TOTAL_NEW_FLOWS;
+        kst_count(bpf_map_lookup_elem(&totals, &i), 0);
+      }
       fv->mark = slot.mark;
       fv->seen_ns = now;
     } else {
+      __u32 i = KST_TOTAL_NEW_FLOWS;
+      kst_count(bpf_map_lookup_elem(&totals, &i), 0);
       struct kst_flow_val nv = {.mark = slot.mark, .seen_ns = now};
       bpf_map_update_elem(&flows, &p.flow, &nv, BPF_ANY);
     }

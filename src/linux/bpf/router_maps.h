@@ -34,10 +34,14 @@ typedef __u64 kst_u64;
 #define KST_SLOT_LIVE 1u
 #define KST_SLOT_ENDPOINT 2u
 
-/* Refused packets by reason: the index of the per-CPU array "refused". */
+/* The per-CPU array "totals": refused packets by reason, then the new flows (flows pinned
+ * afresh: no pin, or an expired one; a pin to a released slot rewritten is not counted, as
+ * nft's `add @flow` does not count it; only packets count there, bytes stay 0). */
 #define KST_REFUSED_NO_BUCKET 0u
 #define KST_REFUSED_SOURCE_RANGE 1u
 #define KST_REFUSED_REASONS 2u
+#define KST_TOTAL_NEW_FLOWS 2u
+#define KST_TOTALS 3u
 
 /* kst_config.flags: redirect straight to the collect-md device (else: set the slot mark and
  * hand the packet to the stack, whose policy rules route it as in nft mode). */
