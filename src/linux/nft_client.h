@@ -49,6 +49,10 @@ class NftClientImpl : public dp::NftClient {
    *  never arrive, only their NEWGEN). */
   uint64_t announcementsReceived() const { return announced_; }
 
+  /** Own element batches of at least this many changes are sent with the announcement
+   *  socket out of NFNLGRP_NFTABLES (leaveGroup()). */
+  static constexpr size_t kPauseMonitorAt = 4096;
+
  private:
   Status openSocket();
   /** One transaction of element changes (applyElements splits large additions). */
@@ -112,6 +116,24 @@ class NftClientImpl : public dp::NftClient {
   bool knownExhaustive_ = false;  // known_'s buckets are a whole dump, not lookups
   int mon_ = -1;                  // NETLINK_NETFILTER, member of NFNLGRP_NFTABLES
   bool monTried_ = false;
+  bool monPaused_ = false;        // out of the group for a large own batch (leaveGroup())
+  /** Leaves NFNLGRP_NFTABLES for a large own batch (the follower is broken meanwhile) and
+   *  joins it again after, resuming the follower when only the client's own tracked commits
+   *  happened in between (the generation says so), else leaving the next observation full. */
+  void leaveGroup();
+  void rejoinGroup();
+  struct MonitorPause {
+    NftClientImpl& c;
+    bool on;
+    MonitorPause(NftClientImpl& client, bool pause) : c(client), on(pause) {
+      if (on) c.leaveGroup();
+    }
+    ~MonitorPause() {
+      if (on) c.rejoinGroup();
+    }
+    MonitorPause(const MonitorPause&) = delete;
+    MonitorPause& operator=(const MonitorPause&) = delete;
+  };
   std::vector<uint8_t> monRx_;
   nft::CommitFollower follower_;
 };

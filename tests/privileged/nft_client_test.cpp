@@ -233,6 +233,32 @@ TEST(NftClient, ForeignCommitsFollowedFromAnnouncements) {
   EXPECT_TRUE(sameElements(own, want));
   EXPECT_EQ(nft.announcementsReceived() - heard, 1u);
 
+  // A large own batch (a cold start's) is sent with the monitor socket out of the group (the
+  // kernel would build an announcement per element): nothing of it is received, and after it
+  // the follower goes on — the next observations cost one GETGEN, also after a foreign commit.
+  dp::NftState large = want;
+  for (int i = 0; i < 600; ++i) {
+    IpAddress v = ip(fmt::format("10.77.{}.{}", i / 250, 1 + i % 250).c_str());
+    large.vips.insert(v);
+    large.vipBuckets[v] = cfg.buckets;
+    for (uint32_t b = 0; b < cfg.buckets; ++b) large.buckets.set(v, b, 1000 + b % 2);
+    large.live.insert({v, 1000});
+    large.live.insert({v, 1001});
+  }
+  const auto bulk = nftElementChanges(large, want);
+  ASSERT_GE(bulk.size(), NftClientImpl::kPauseMonitorAt);
+  const uint64_t heardBulk = nft.announcementsReceived();
+  ASSERT_TRUE(nft.applyElements(bulk));
+  want = large;
+  auto [big, nbig] = observeAfter("", "after a large own batch");
+  EXPECT_EQ(nbig, 1u);
+  EXPECT_TRUE(sameElements(big, want));
+  EXPECT_EQ(nft.announcementsReceived() - heardBulk, 0u);
+  auto [fa, nfa] = observeAfter("nft add element inet " + other + " s '{ 192.0.2.2 }'",
+                                "a foreign commit after the large batch");
+  EXPECT_EQ(nfa, 1u);
+  EXPECT_TRUE(sameElements(fa, want));
+
   auto [d, nd] = observeAfter("nft delete element " + T + " vip4 '{ 203.0.113.1 }'",
                               "a VIP removed by someone else");
   EXPECT_EQ(nd, 1u);  // applied as announced
