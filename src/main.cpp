@@ -665,6 +665,12 @@ int main(int argc, char** argv) {
   if (!buildConfig(f)) return 2;
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   bool router = f.role != "agent", agent = f.role != "router";
+  if (router && f.datapath == "nft") {
+    f.dp.nftMapLookup = kst::NftClientImpl::mapLookupWorks(f.dp);
+    if (!f.dp.nftMapLookup)
+      spdlog::info("nft: this kernel refuses a lookup in a map without data; new flows are "
+                   "counted with the packets of stale pins (docs/metrics.md)");
+  }
   auto kernel = openKernel(f);
   if (!kernel) {
     spdlog::error("{}", kernel.error().message);

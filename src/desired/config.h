@@ -38,6 +38,12 @@ struct DataplaneConfig {
   /** Size of each flow map (flow4, flow6): the most flows pinned at once per family. A full
    *  map pins no new flow (those are hashed per packet). */
   uint32_t flowTableSize = 1u << 20;
+  /** The kernel accepts a lookup in a map without a data register (`key != @map`; refused by
+   *  older kernels, e.g. Debian 12's 6.1). With it the new-flow counter counts a flow only
+   *  when its key enters the flow table; without it (probed at start, nftMapLookupWorks() in
+   *  linux/nft_client.h) also each packet of a flow whose pin went stale, until the pin
+   *  expires (desired/nft_render.cpp). */
+  bool nftMapLookup = true;
   /** MTU of the network between routers and pods (--underlay-mtu). The router sets its tunnel
    *  devices' MTU to it minus the encapsulation (routerLinkMtu in desired/agent.h), and the
    *  agent clamps the MSS of TCP SYNs sent from a pod's VIPs so that the encapsulated segments

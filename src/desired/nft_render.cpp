@@ -69,9 +69,13 @@ std::string familyRules(const DataplaneConfig& cfg, bool v6) {
   // table does not hold yet, and only once it is added (a full table ends the rule at the
   // `add`), so a stale pin's packets are not counted again. The extra lookup is on the
   // new-flow path only.
-  line(fmt::format("{l4} {k} != @flow{n} add @flow{n} {{ {k} : meta mark }} counter name "
-                   "\"new_flows\"",
-                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n)));
+  // A kernel that refuses a lookup in a map without a data register (cfg.nftMapLookup false)
+  // gets the rule without the check: a stale pin's packets are then counted too.
+  line(fmt::format("{l4} {chk}add @flow{n} {{ {k} : meta mark }} counter name \"new_flows\"",
+                   fmt::arg("l4", l4), fmt::arg("k", flowKey), fmt::arg("n", n),
+                   fmt::arg("chk", cfg.nftMapLookup
+                                       ? fmt::format("{} != @flow{} ", flowKey, n)
+                                       : std::string())));
   return r;
 }
 

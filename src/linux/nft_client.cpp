@@ -324,6 +324,20 @@ Result<dp::NftState> NftClientImpl::observeKernel() {
   return st;
 }
 
+Result<std::string> NftClientImpl::tableSkeletonId() {
+  if (auto s = openSocket(); !s) return std::unexpected(s.error());
+  std::string id;
+  bool intr = false;
+  auto rc = request(nft::getTableRequest(cfg_.nftTable, ++seq_), [&](const nlmsghdr* m) {
+    auto t = nft::decodeTable(m);
+    if (t && t->name == cfg_.nftTable && t->comment && t->comment->starts_with("kst:"))
+      id = t->comment->substr(4);
+  }, intr);
+  if (!rc) return std::unexpected(rc.error());
+  if (*rc != 0 && *rc != ENOENT) return sysFail(*rc, "nfnetlink get table " + cfg_.nftTable);
+  return id;
+}
+
 Status NftClientImpl::readSets(dp::NftState& st, bool bucketMaps, nft::RawSets& raw) {
   st = dp::NftState{};
   raw = nft::RawSets{};
@@ -529,6 +543,26 @@ Result<int> NftClientImpl::commit(
     else known_.reset();
     return rc;
   }
+}
+
+bool NftClientImpl::mapLookupWorks(const DataplaneConfig& cfg) {
+  NftClientImpl probe(cfg);
+  // The daemon's table already there (a restart): the variant it was rendered with says it,
+  // without touching the kernel (a restart changes nothing).
+  if (auto id = probe.tableSkeletonId(); id && !id->empty()) {
+    for (bool v : {true, false}) {
+      DataplaneConfig c = cfg;
+      c.nftMapLookup = v;
+      if (*id == skeletonId(renderSkeleton(c))) return v;
+    }
+  }
+  const std::string t = cfg.nftTable + "_probe";
+  (void)probe.run(fmt::format("table inet {0}\ndelete table inet {0}\n", t));
+  const bool ok = bool(probe.run(fmt::format(
+      "table inet {0} {{\n  map m {{ typeof ip saddr : meta mark; }}\n"
+      "  chain c {{ ip saddr != @m counter }}\n}}\n", t)));
+  (void)probe.run(fmt::format("delete table inet {}\n", t));
+  return ok;
 }
 
 Status NftClientImpl::applyElements(const dp::NftElementChanges& ch) {

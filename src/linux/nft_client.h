@@ -37,6 +37,12 @@ class NftClientImpl : public dp::NftClient {
    *  (see observe() in the .cpp). */
   Result<dp::NftState> observe() override;
   Status run(const std::string& script) override;
+  /** Whether this kernel accepts a lookup in a map without a data register (DataplaneConfig::
+   *  nftMapLookup): read from the daemon's table when it exists (the variant its skeleton id
+   *  matches), else tried in a table of its own (`<table>_probe`), removed again. */
+  static bool mapLookupWorks(const DataplaneConfig& cfg);
+  /** The skeleton id in the table's comment ("" without the table or the comment). */
+  Result<std::string> tableSkeletonId();
   /** The step rendered as nft text (desired/nft_render.h renderNftStep) and run(). */
   Status applyStep(dp::TableStep step, const std::string& skeletonId, const std::string& skeleton,
                    const dp::NftElementChanges& elements) override;

@@ -3,14 +3,20 @@
 // many times the buffer is fed, so that generations and recorded commits accumulate), then
 // applied to a small state (both with lookups and as an exhaustive dump).
 #include <cstdint>
+#include <cstring>
 #include <span>
+#include <vector>
 
 #include "linux/nft_codec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const int rounds = 1 + data[0] % 4;
-  std::span<const uint8_t> in(data + 1, size - 1);
+  // A netlink datagram starts 4-byte aligned (the client receives into an aligned buffer);
+  // data + 1 is not, so the bytes are copied into 4-byte words first.
+  std::vector<uint32_t> words((size - 1 + 3) / 4);
+  std::memcpy(words.data(), data + 1, size - 1);
+  std::span<const uint8_t> in(reinterpret_cast<const uint8_t*>(words.data()), size - 1);
   kst::nft::CommitFollower f("kube_service_tunnel", 8, 256);
   f.setOwnPort(777);
   const uint32_t start = 0xfffffff0u;
