@@ -665,7 +665,8 @@ int main(int argc, char** argv) {
   if (!buildConfig(f)) return 2;
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   bool router = f.role != "agent", agent = f.role != "router";
-  if (router && f.datapath == "nft") {
+  // Only where the daemon programs the table (status and explain print JSON and never write).
+  if (router && f.datapath == "nft" && run->parsed()) {
     f.dp.nftMapLookup = kst::NftClientImpl::mapLookupWorks(f.dp);
     if (!f.dp.nftMapLookup)
       spdlog::info("nft: this kernel refuses a lookup in a map without data; new flows are "

@@ -560,7 +560,7 @@ bool NftClientImpl::mapLookupWorks(const DataplaneConfig& cfg) {
   (void)probe.run(fmt::format("table inet {0}\ndelete table inet {0}\n", t));
   const bool ok = bool(probe.run(fmt::format(
       "table inet {0} {{\n  map m {{ typeof ip saddr : meta mark; }}\n"
-      "  chain c {{ ip saddr != @m counter }}\n}}\n", t)));
+      "  chain c {{\n    ip saddr != @m counter\n  }}\n}}\n", t)));
   (void)probe.run(fmt::format("delete table inet {}\n", t));
   return ok;
 }
