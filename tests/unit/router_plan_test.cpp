@@ -902,3 +902,24 @@ TEST(NftRender, SkeletonDependsOnConfig) {
 
 }  // namespace
 }  // namespace kst
+
+namespace kst {
+namespace {
+
+// A kernel refusing `key != @map` (6.1) gets the new-flow rule without that check, under
+// another skeleton id (so a restart reads which variant the table holds).
+TEST(NftRender, NewFlowRuleWithoutMapLookupWhereTheKernelRefusesIt) {
+  DataplaneConfig with, without;
+  without.nftMapLookup = false;
+  const std::string a = renderSkeleton(with), b = renderSkeleton(without);
+  EXPECT_NE(a.find("!= @flow4 add @flow4"), std::string::npos);
+  EXPECT_NE(a.find("!= @flow6 add @flow6"), std::string::npos);
+  EXPECT_EQ(b.find("!= @flow"), std::string::npos);
+  EXPECT_NE(b.find("add @flow4 { ip saddr . th sport . ip daddr . th dport : meta mark } counter "
+                   "name \"new_flows\""),
+            std::string::npos);
+  EXPECT_NE(skeletonId(a), skeletonId(b));
+}
+
+}  // namespace
+}  // namespace kst
