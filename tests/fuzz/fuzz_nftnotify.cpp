@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int rounds = 1 + data[0] % 4;
   // A netlink datagram starts 4-byte aligned (the client receives into an aligned buffer);
   // data + 1 is not, so the bytes are copied into 4-byte words first.
-  std::vector<uint32_t> words((size - 1 + 3) / 4);
+  std::vector<uint32_t> words((size - 1 + 3) / 4 + 1);  // never empty: memcpy needs a pointer
   std::memcpy(words.data(), data + 1, size - 1);
   std::span<const uint8_t> in(reinterpret_cast<const uint8_t*>(words.data()), size - 1);
   kst::nft::CommitFollower f("kube_service_tunnel", 8, 256);
