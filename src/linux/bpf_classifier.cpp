@@ -2,6 +2,10 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <libmnl/libmnl.h>
+#include <linux/pkt_cls.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
 #include <linux/magic.h>
 #include <net/if.h>
 #include <sys/mount.h>
@@ -25,6 +29,7 @@
 #include "dataplane/modes.h"
 #include "hashing/maglev.h"
 #include "linux/bpf/router_maps.h"
+#include "linux/netlink_socket.h"
 #include "router.skel.h"
 
 namespace kst {
@@ -267,13 +272,64 @@ uint32_t attachedId(int ifindex) {
   return opts.prog_id;
 }
 
-/** The interfaces whose ingress runs our filter (handle, priority and program name). */
+/** The name tc keeps for the bpf filter at our handle and priority on ifindex's ingress ("":
+ *  none, or no name). libbpf names what it attaches "<program name>:[<id>]", so ours reads
+ *  "kst_router:[N]". Read from a filter dump, which needs no capability. */
+std::string attachedName(nl::Socket& sock, int ifindex) {
+  std::vector<uint8_t> buf(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* h = mnl_nlmsg_put_header(buf.data());
+  h->nlmsg_type = RTM_GETTFILTER;
+  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  auto* t = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(tcmsg)));
+  t->tcm_family = AF_UNSPEC;
+  t->tcm_ifindex = ifindex;
+  t->tcm_parent = TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS);
+  buf.resize(h->nlmsg_len);
+  std::string name;
+  Status s = sock.dump(std::move(buf), [&](const nlmsghdr* m) {
+    if (m->nlmsg_type != RTM_NEWTFILTER || m->nlmsg_len < NLMSG_LENGTH(sizeof(tcmsg))) return;
+    const auto* f = static_cast<const tcmsg*>(mnl_nlmsg_get_payload(m));
+    if (f->tcm_handle != bpf::kTcHandle || TC_H_MAJ(f->tcm_info) >> 16 != bpf::kTcPriority)
+      return;
+    // Bounds-checked walks (libmnl: a truncated attribute ends them).
+    const nlattr* opts = nullptr;
+    bool isBpf = false;
+    auto* tail = static_cast<const char*>(mnl_nlmsg_get_payload_tail(m));
+    for (auto* a = static_cast<const nlattr*>(mnl_nlmsg_get_payload_offset(m, sizeof(tcmsg)));
+         mnl_attr_ok(a, int(tail - reinterpret_cast<const char*>(a))); a = mnl_attr_next(a)) {
+      if (mnl_attr_get_type(a) == TCA_KIND)
+        isBpf = mnl_attr_validate(a, MNL_TYPE_NUL_STRING) == 0 &&
+                std::string_view(mnl_attr_get_str(a)) == "bpf";
+      else if (mnl_attr_get_type(a) == TCA_OPTIONS)
+        opts = a;
+    }
+    if (!isBpf || !opts) return;
+    auto* end = static_cast<const char*>(mnl_attr_get_payload(opts)) + mnl_attr_get_payload_len(opts);
+    for (auto* o = static_cast<const nlattr*>(mnl_attr_get_payload(opts));
+         mnl_attr_ok(o, int(end - reinterpret_cast<const char*>(o))); o = mnl_attr_next(o)) {
+      if (mnl_attr_get_type(o) == TCA_BPF_NAME && mnl_attr_validate(o, MNL_TYPE_NUL_STRING) == 0)
+        name = mnl_attr_get_str(o);
+    }
+  });
+  if (!s) spdlog::debug("bpf: filter dump of ifindex {}: {}", ifindex, s.error().message);
+  return name;
+}
+
+/** The interfaces whose ingress runs our filter: handle, priority and program kst_router —
+ *  by the name tc keeps for the filter, or else by the program's own name (looking a program
+ *  up by id needs CAP_SYS_ADMIN, which a router pod does not have). */
 std::vector<std::pair<int, std::string>> interfacesWithOurFilter() {
   std::vector<std::pair<int, std::string>> out;
+  auto sock = nl::Socket::open();
+  if (!sock) spdlog::debug("bpf: {}", sock.error().message);
+  const std::string ours = std::string(bpf::kProgName) + ":[";
   if (struct if_nameindex* all = if_nameindex()) {
     for (auto* p = all; p->if_index != 0 && p->if_name; ++p) {
       const uint32_t id = attachedId(int(p->if_index));
-      if (id && progName(id) == bpf::kProgName) out.emplace_back(int(p->if_index), p->if_name);
+      if (!id) continue;
+      if ((sock && attachedName(**sock, int(p->if_index)).starts_with(ours)) ||
+          progName(id) == bpf::kProgName)
+        out.emplace_back(int(p->if_index), p->if_name);
     }
     if_freenameindex(all);
   }

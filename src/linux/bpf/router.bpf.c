@@ -375,7 +375,13 @@ int kst_router(struct __sk_buff *skb) {
 decided:
   kst_count(bpf_map_lookup_elem(&epstats, &slot), p.len);
   if ((cfg->flags & KST_CFG_REDIRECT) && sv && (sv->flags & KST_SLOT_ENDPOINT)) {
-    __u32 ifindex = sv->v4 ? cfg->ifindex4 : cfg->ifindex6;
+    /* Both loads, then a choice between scalars: as `cfg + (v4 ? off4 : off6)` (what the
+     * compiler makes of a conditional field) the verifier wants CAP_PERFMON (pointer
+     * arithmetic with an offset that differs between paths is refused to !perfmon loaders as
+     * a Spectre v1 gadget), which a router pod does not get. */
+    __u32 ifindex4 = cfg->ifindex4, ifindex6 = cfg->ifindex6;
+    asm volatile("" : "+r"(ifindex4), "+r"(ifindex6));
+    __u32 ifindex = sv->v4 ? ifindex4 : ifindex6;
     if (ifindex) {
       struct bpf_tunnel_key key = {};
       __u64 flags = 0;
