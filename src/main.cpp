@@ -321,6 +321,23 @@ void removeOtherDatapath(const Flags& f) {
                  f.datapath == "bpf" ? "nft" : "bpf", f.datapath);
 }
 
+/** `mount-bpffs`, the router pod's init container (deploy/20-router.yaml): with --datapath bpf,
+ *  bpffs at /sys/fs/bpf when nothing is mounted there — through the container's Bidirectional
+ *  volume onto the node, so that the pins outlive the router container — and the pin
+ *  directory. Nothing with --datapath nft. */
+int mountBpffsCommand(const Flags& f) {
+  if (f.datapath != "bpf") {
+    spdlog::info("--datapath {}: no bpffs needed", f.datapath);
+    return 0;
+  }
+  if (auto s = kst::bpf::preparePinDir(f.bpf.pinDir); !s) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  spdlog::info("bpffs ready: pin directory {}", f.bpf.pinDir);
+  return 0;
+}
+
 /** `cleanup`: removes every owned kernel object of the roles asked for. */
 int cleanupCommand(const Flags& f, Kernel& k, bool router, bool agent, bool announce) {
   int rc = 0;
@@ -652,6 +669,10 @@ int main(int argc, char** argv) {
   explain->add_option("PROTOCOL", ia.protocol, "tcp (default), udp, sctp, icmp, icmpv6 or a number");
   for (auto* c : {status, explain})
     c->add_option("-o,--output", ia.output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  auto* bpffs = app.add_subcommand(
+      "mount-bpffs", "Router pod's init container, --datapath bpf: bpffs at /sys/fs/bpf when "
+                     "nothing is mounted there, and the --bpf-pin-dir directory");
+  addCommon(bpffs, f);
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
   {
@@ -664,6 +685,7 @@ int main(int argc, char** argv) {
   }
   if (!buildConfig(f)) return 2;
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  if (bpffs->parsed()) return mountBpffsCommand(f);
   bool router = f.role != "agent", agent = f.role != "router";
   // Only where the daemon programs the table (status and explain print JSON and never write).
   if (router && f.datapath == "nft" && run->parsed()) {

@@ -227,9 +227,9 @@ bool isBpffs(const std::string& path) {
   return statfs(path.c_str(), &st) == 0 && st.f_type == BPF_FS_MAGIC;
 }
 
-/** bpffs under the pin directory: mounted at /sys/fs/bpf when the directory lies there and
- *  nothing is mounted; the directory created. */
-Status preparePinDir(const std::string& dir) {
+}  // namespace
+
+Status bpf::preparePinDir(const std::string& dir) {
   namespace fs = std::filesystem;
   fs::path parent = fs::path(dir).parent_path();
   if (!isBpffs(parent.string())) {
@@ -246,6 +246,8 @@ Status preparePinDir(const std::string& dir) {
     return errnoFail(errno, "mkdir " + dir);
   return {};
 }
+
+namespace {
 
 /** The name of the program behind a prog id ("" when unknown). */
 std::string progName(uint32_t id) {
@@ -527,7 +529,7 @@ Status BpfClassifier::ensureAttached(int progFd, bool replaceAll) {
 }
 
 Status BpfClassifier::load(const std::string& skeletonId) {
-  if (auto s = preparePinDir(opts_.pinDir); !s) return s;
+  if (auto s = bpf::preparePinDir(opts_.pinDir); !s) return s;
   // Fresh maps: the old ones stay alive (and in use) as long as the attached program holds
   // them, and go with it when the new program replaces it.
   for (const char* n : kMapNames) unlink((opts_.pinDir + "/" + n).c_str());

@@ -63,6 +63,9 @@ IpAddress fromMapKey(const uint8_t* bytes);
  *  [first, last] (same family, first ≤ last), smallest count, in address order. */
 std::vector<std::pair<std::array<uint8_t, 16>, uint8_t>> coverPrefixes(const IpAddress& first,
                                                                        const IpAddress& last);
+/** bpffs under the pin directory: mounted at /sys/fs/bpf when the directory lies there and
+ *  nothing is mounted there (needs CAP_SYS_ADMIN); the directory created. */
+Status preparePinDir(const std::string& dir);
 /** The program part of the skeleton id: hash of the program object, and the mode. */
 std::string programId(const DataplaneConfig& cfg);
 /** The id kept in the config map: programId + "/" + the nft skeleton id. */
