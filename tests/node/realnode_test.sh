@@ -23,7 +23,14 @@
 #   7. agent started again: the pod is Ready within 2 s of its VIP appearing (measured, printed);
 #   8. the decap device deleted by hand in a pod: its condition goes False and its buckets move
 #      (the published bucket table drops it), then back once the agent has repaired it;
-#   9. kube-proxy (nftables mode, from the same Kubernetes build) runs on the node: a
+#   9. the bpf datapath, switched on through the router's ConfigMap (15-router-datapath.yaml)
+#      as an operator would: the init container mount-bpffs succeeds, the router container
+#      attaches the program on the client-facing interface (tc, from the node) with its pins in
+#      the node's bpffs, no nft table, and the VIP is served with the client's source; a deleted
+#      router pod's replacement adopts program and maps (same program and map ids, the flow
+#      pins kept, no kernel change); switched back to nft, no filter and no pin remain and the
+#      VIP is served again;
+#  10. kube-proxy (nftables mode, from the same Kubernetes build) runs on the node: a
 #      LoadBalancer Service of another class (example.com/test) with the tunnel annotation and
 #      status ingress [{ip: VIP2, ipMode: Proxy}] is left alone — the pods get the VIP as
 #      destination on any port, so the Service port 80 reaches the pods' port 80 (nothing listens:
@@ -50,6 +57,10 @@ VIP2=203.0.113.61
 CLIENT_IP=198.18.64.10
 APP_NS=rn-web
 OWN=(TUNNEL_LINK_PREFIX=krn TUNNEL_ROUTE_PROTOCOL=212)
+# The bpf datapath's pins (check 9), in the node's bpffs under the suite's own name.
+BPF_PIN=/sys/fs/bpf/krn
+BPF_OWN=(TUNNEL_BPF_PIN_DIR="$BPF_PIN")
+BPFFS_RESTORE=""
 passed=0; failed=0
 BG_PIDS=(); KUBE_PROXY_PID=""
 
@@ -85,7 +96,7 @@ for d in /tmp/rn*-k8s; do
   old="$(basename "$d" -k8s)"
   log "removing the leftovers of $old"
   "$ROOT/tools/k8s/stop.sh" "$d" --purge >/dev/null 2>&1
-  env "${OWN[@]}" "$BUILD/src/kube-service-tunnel" cleanup --role router >/dev/null 2>&1
+  env "${OWN[@]}" "${BPF_OWN[@]}" "$BUILD/src/kube-service-tunnel" cleanup --role router >/dev/null 2>&1
   ip netns del "$old-cl" 2>/dev/null
   ip link del "${old}c" 2>/dev/null
   ip route del blackhole "$VIP/32" 2>/dev/null
@@ -116,8 +127,12 @@ cleanup() {
   fi
   "$ROOT/tools/k8s/node-stop.sh" "$DIR" >/dev/null 2>&1
   # The DaemonSets leave their kernel state in place on purpose (a restart must not drop packets).
-  env "${OWN[@]}" "$BUILD/src/kube-service-tunnel" cleanup --role router >/dev/null 2>&1 ||
+  env "${OWN[@]}" "${BPF_OWN[@]}" "$BUILD/src/kube-service-tunnel" cleanup --role router >/dev/null 2>&1 ||
     log "kube-service-tunnel cleanup failed"
+  case "$BPFFS_RESTORE" in
+    private) mount --make-private /sys/fs/bpf ;;
+    umount) umount /sys/fs/bpf ;;
+  esac
   "$ROOT/tools/k8s/stop.sh" "$DIR" --purge >/dev/null 2>&1
   ip netns del "$CLIENT_NS" 2>/dev/null
   ip link del "$VETH" 2>/dev/null
@@ -148,6 +163,15 @@ ip -n "$CLIENT_NS" link set lo up
 ip -n "$CLIENT_NS" route add 203.0.113.0/24 via 198.18.64.1
 ip route add blackhole "$VIP/32"
 ip route add blackhole "$VIP2/32"
+# The router pod's /sys/fs/bpf volumes (Bidirectional in its init container, HostToContainer in
+# the router) need a shared mount there, as systemd makes every mount; this machine has no
+# systemd. Put back as found at the end.
+if ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf && BPFFS_RESTORE=umount
+elif [[ "$(findmnt -no PROPAGATION /sys/fs/bpf)" == private ]]; then
+  BPFFS_RESTORE=private
+fi
+mount --make-shared /sys/fs/bpf
 
 # (8>&-: the daemons must not inherit the lock.)
 # One more try when a component dies at once (seen in CI; start.sh undoes a failed start).
@@ -180,6 +204,12 @@ deploy_manifests() {
       k set env --local -o yaml -f "$f" "${OWN[@]}" TUNNEL_ANNOUNCE_TABLE=0 |
         k patch --local -f - --type=strategic -o yaml \
           -p '{"spec":{"template":{"spec":{"containers":[{"name":"bird","$patch":"delete"}]}}}}'
+    elif grep -q '^kind: ConfigMap' "$f" && grep -q '^  name: kube-service-tunnel-router$' "$f"; then
+      # The router's datapath stays nft until check 9; the bpf knobs an operator would set:
+      # the pins under the suite's own name, the program on the client-facing interface only
+      # (by default it goes on every interface of the host namespace: other suites' too).
+      k patch --local -f "$f" --type=merge -o yaml \
+        -p "{\"data\":{\"TUNNEL_BPF_PIN_DIR\":\"$BPF_PIN\",\"TUNNEL_BPF_INGRESS\":\"$VETH\"}}"
     elif grep -q '^  name: kube-service-tunnel-vip-pools' "$f"; then
       # The policy is default-deny: the test's two VIPs are the pools (applied as an operator
       # would fill in 05-vip-pools.yaml): $VIP the annotated web Service, $VIP2 the
@@ -433,7 +463,98 @@ fi
 for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
 BG_PIDS=()
 
-# ---- 9. kube-proxy present: ipMode Proxy leaves the VIP alone, ipMode VIP is intercepted ----------------
+# ---- 9. the bpf datapath through the ConfigMap: attach, serve, restart adoption, back to nft -----
+# Before kube-proxy (10): with it running, a restarted router could not reach the API.
+RSEL=app.kubernetes.io/component=router
+router_pod() {
+  k -n "$ANS" get pods -l "$RSEL" --field-selector "spec.nodeName=$NODE,status.phase=Running" \
+    -o jsonpath='{.items[0].metadata.name}' 2>/dev/null
+}
+pod_log() {  # POD CONTAINER: the container's log from the kubelet's podLogsDir
+  cat "$DIR"/node/pod-logs/"${ANS}_$1"_*/"$2"/*.log 2>/dev/null
+}
+# The operator's way: the ConfigMap, then a rolling restart (the pods read it when they start).
+set_datapath() {
+  k -n "$ANS" patch cm kube-service-tunnel-router --type=merge \
+    -p "{\"data\":{\"TUNNEL_DATAPATH\":\"$1\"}}" >/dev/null &&
+    k -n "$ANS" rollout restart ds/kube-service-tunnel-router >/dev/null &&
+    k -n "$ANS" rollout status ds/kube-service-tunnel-router --timeout=120s >/dev/null
+}
+# The program id of our filter (kst_router) on the client-facing interface's ingress ("": none).
+filter_id() {
+  tc filter show dev "$VETH" ingress 2>/dev/null |
+    awk '/kst_router/ { for (i = 1; i < NF; i++) if ($i == "id") { print $(i + 1); exit } }'
+}
+# Ids of the pinned program and flow map; the number of flow pins.
+pinned_id() { bpftool -j "$1" show pinned "$BPF_PIN/$2" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null; }
+flow_pins() { bpftool -j map dump pinned "$BPF_PIN/flows" 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null; }
+nft_table() { nft list table inet kube_service_tunnel >/dev/null 2>&1; }
+# Our filter on any interface of the node's namespace.
+any_filter() {
+  local l
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    tc filter show dev "$l" ingress 2>/dev/null | grep -q kst_router && { echo "$l"; return 0; }
+  done
+  return 1
+}
+udp_from_client() {
+  local udp
+  udp="$(ip netns exec "$CLIENT_NS" "$BUILD/tests/kst-testtool" udp "$VIP" 8080 6 2>/dev/null)"
+  [[ -n "$udp" && "$(awk '{print $2}' <<<"$udp" | sort -u)" == "$CLIENT_IP" ]]
+}
+t_bpf=$SECONDS
+if set_datapath bpf; then
+  rpod="$(router_pod)"
+  init_rc="$(k -n "$ANS" get pod "$rpod" -o jsonpath='{.status.initContainerStatuses[0].state.terminated.exitCode}')"
+  fid="$(filter_id)"
+  if [[ "$init_rc" == 0 ]] && pod_log "$rpod" mount-bpffs | grep -q "bpffs ready" &&
+     [[ -n "$fid" && "$fid" == "$(pinned_id prog prog)" ]] &&
+     pod_log "$rpod" router | grep -q "bpf: attached on $VETH ingress" && ! nft_table; then
+    pass "datapath bpf (ConfigMap + rollout restart, $((SECONDS - t_bpf)) s): init container mount-bpffs exited 0, router pod $rpod attached program $fid on $VETH ingress (tc on the node), pinned in the node's $BPF_PIN, no nft table"
+  else
+    fail "datapath bpf: init exit '$init_rc', filter '$fid', pinned '$(pinned_id prog prog)', nft table $(nft_table && echo present || echo absent)"
+    diagnose
+  fi
+  if wait_for 60 served_by "$(pods)" && udp_from_client && (( $(flow_pins) > 0 )); then
+    pass "bpf datapath: VIP $VIP answered by all pods over TCP and UDP with source $CLIENT_IP; $(flow_pins) flow pins"
+  else
+    fail "bpf datapath traffic: $(tcp_answers 10 | sort | uniq -c | tr '\n' ';') flow pins '$(flow_pins)'"; diagnose
+  fi
+  # Restart: the replacement pod adopts what the old one pinned.
+  map_before="$(pinned_id map flows)"; pins_before="$(flow_pins)"
+  k -n "$ANS" delete pod "$rpod" --wait=true --timeout=60s >/dev/null
+  new_router() { local p; p="$(router_pod)"; [[ -n "$p" && "$p" != "$rpod" ]]; }
+  if wait_for 90 new_router && k -n "$ANS" rollout status ds/kube-service-tunnel-router --timeout=90s >/dev/null; then
+    rpod2="$(router_pod)"
+    sleep 2  # a pass after Ready: nothing may change
+    log2="$(pod_log "$rpod2" router)"
+    if [[ "$(filter_id)" == "$fid" && "$(pinned_id prog prog)" == "$fid" && "$(pinned_id map flows)" == "$map_before" ]] &&
+       (( $(flow_pins) >= pins_before )) && ! grep -q "kernel changes\|bpf: attached\|bpf: replaced" <<<"$log2" &&
+       wait_for 30 served_by "$(pods)"; then
+      pass "router pod restarted ($rpod -> $rpod2): program $fid and flow map $map_before adopted, $pins_before flow pins kept ($(flow_pins) now), no kernel change, VIP served"
+    else
+      fail "restart adoption: program $fid -> '$(filter_id)' (pinned '$(pinned_id prog prog)'), flow map $map_before -> '$(pinned_id map flows)', pins $pins_before -> '$(flow_pins)'; log: $(grep -m3 'kernel changes\|bpf:' <<<"$log2" | tr '\n' ';')"
+      diagnose
+    fi
+  else
+    fail "no replacement router pod"; diagnose
+  fi
+else
+  fail "datapath bpf: the router DaemonSet did not roll out"; diagnose
+fi
+if set_datapath nft; then
+  if left="$(any_filter)"; then fail "datapath nft again: a kst_router filter is left on $left"
+  elif [[ -e "$BPF_PIN" ]]; then fail "datapath nft again: $BPF_PIN left: $(ls "$BPF_PIN" | tr '\n' ' ')"
+  elif nft_table && wait_for 60 served_by "$(pods)"; then
+    pass "datapath nft again: no bpf filter on any interface, no pin, the nft table back and the VIP served ($((SECONDS - t_bpf)) s for check 9)"
+  else
+    fail "datapath nft again: nft table $(nft_table && echo present || echo absent); $(tcp_answers 10 | sort | uniq -c | tr '\n' ';')"
+  fi
+else
+  fail "datapath nft: the router DaemonSet did not roll out"; diagnose
+fi
+
+# ---- 10. kube-proxy present: ipMode Proxy leaves the VIP alone, ipMode VIP is intercepted ----------------
 # The Service first: kube-proxy rejects 10.96.0.1 (its only endpoint, the loopback apiserver, is
 # not one it uses), through which the DaemonSets reach the API — they must have seen the Service
 # before kube-proxy starts. What happens next is between kube-proxy and the kernel state.
