@@ -102,7 +102,7 @@ for d in /tmp/rn*-k8s; do
   ip route del blackhole "$VIP/32" 2>/dev/null
   ip route del blackhole "$VIP2/32" 2>/dev/null
 done
-# kube-proxy runs only inside this suite (check 9): a table of it is a killed run's.
+# kube-proxy runs only inside this suite (check 10): a table of it is a killed run's.
 nft delete table ip kube-proxy 2>/dev/null
 nft delete table ip6 kube-proxy 2>/dev/null
 
