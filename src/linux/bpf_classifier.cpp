@@ -236,6 +236,7 @@ Status bpf::preparePinDir(const std::string& dir) {
     if (parent.string().starts_with("/sys/fs/bpf") && !isBpffs("/sys/fs/bpf")) {
       if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0)
         return errnoFail(errno, "mount bpffs at /sys/fs/bpf");
+      spdlog::info("bpf: mounted bpffs at /sys/fs/bpf");
     }
     std::error_code ec;
     fs::create_directories(parent, ec);
