@@ -102,6 +102,15 @@ for d in /tmp/rn*-k8s; do
   ip route del blackhole "$VIP/32" 2>/dev/null
   ip route del blackhole "$VIP2/32" 2>/dev/null
 done
+# How a killed run found /sys/fs/bpf (see the node's set-up below).
+for r in /tmp/rn*-k8s.bpffs; do
+  [[ -f "$r" ]] || continue
+  case "$(cat "$r")" in
+    private) mount --make-private /sys/fs/bpf ;;
+    umount) umount /sys/fs/bpf ;;
+  esac
+  rm -f "$r"
+done
 # kube-proxy runs only inside this suite (check 10): a table of it is a killed run's.
 nft delete table ip kube-proxy 2>/dev/null
 nft delete table ip6 kube-proxy 2>/dev/null
@@ -133,6 +142,7 @@ cleanup() {
     private) mount --make-private /sys/fs/bpf ;;
     umount) umount /sys/fs/bpf ;;
   esac
+  rm -f "$DIR.bpffs"
   "$ROOT/tools/k8s/stop.sh" "$DIR" --purge >/dev/null 2>&1
   ip netns del "$CLIENT_NS" 2>/dev/null
   ip link del "$VETH" 2>/dev/null
@@ -172,6 +182,7 @@ elif [[ "$(findmnt -no PROPAGATION /sys/fs/bpf)" == private ]]; then
   BPFFS_RESTORE=private
 fi
 mount --make-shared /sys/fs/bpf
+echo "$BPFFS_RESTORE" >"$DIR.bpffs"
 
 # (8>&-: the daemons must not inherit the lock.)
 # One more try when a component dies at once (seen in CI; start.sh undoes a failed start).
