@@ -8,7 +8,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -269,6 +271,20 @@ Result<PodDecapStats> PodDecapPrograms::stats() {
   return out;
 }
 
+/** libbpf's messages at debug level (querying an interface without a clsact qdisc is an
+ *  expected miss). */
+static int libbpfLog(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG || !spdlog::should_log(spdlog::level::debug)) return 0;
+  char buf[512];
+  int n = std::vsnprintf(buf, sizeof(buf), fmt, args);
+  std::string_view msg(buf, n > 0 ? std::min<size_t>(size_t(n), sizeof(buf) - 1) : 0);
+  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+  spdlog::debug("libbpf: {}", msg);
+  return 0;
+}
+
+PodDecapPrograms::PodDecapPrograms() { libbpf_set_print(libbpfLog); }
+
 Result<size_t> PodDecapPrograms::apply(const std::string& nsId, int nsFd,
                                        const dp::PodDecap* want) {
   if (!want && absent_.contains(nsId)) return size_t(0);
@@ -280,6 +296,11 @@ Result<size_t> PodDecapPrograms::apply(const std::string& nsId, int nsFd,
                                          : std::set<std::string>{};
     const std::string program = want ? bpf::podDecapProgramId(*want) : std::string();
     auto ch = podDecapDiff(want, program, *have, targets);
+    if (want && targets.empty()) {
+      for (const auto& i : ch.detach) (void)detach(i);
+      changes = ch.detach.size();
+      return fail(ENOENT, "pod decap: no interface holds the pod's address");
+    }
     if (ch.empty()) return {};
     changes = ch.size();
     if (ch.load) {
@@ -302,8 +323,6 @@ Result<size_t> PodDecapPrograms::apply(const std::string& nsId, int nsFd,
     }
     for (const auto& i : ch.detach)
       if (auto s = detach(i); !s) return s;
-    if (want && targets.empty())
-      return fail(ENOENT, "pod decap: no interface holds the pod's address");
     return {};
   });
   if (!st) {

@@ -33,6 +33,7 @@ struct PodDecapStats {
 
 class PodDecapPrograms {
  public:
+  PodDecapPrograms();
   /** Makes the program in the namespace of handle nsFd (id nsId) equal to `want` (nullptr:
    *  none of ours). Returns the number of changes. A namespace found without any program of
    *  ours while none is wanted is not read again until forget(). */
