@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -24,6 +23,7 @@
 #include "hashing/maglev.h"
 #include "linux/bpf/pod_decap_maps.h"
 #include "linux/bpf_classifier.h"
+#include "linux/bpf_util.h"
 #include "linux/netns.h"
 #include "pod_decap.skel.h"
 
@@ -35,23 +35,7 @@ std::unexpected<Error> errnoFail(int err, const std::string& what) {
   return fail(err, fmt::format("pod decap: {}: {}", what, std::strerror(err)));
 }
 
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      if (fd >= 0) close(fd);
-      fd = o.fd;
-      o.fd = -1;
-    }
-    return *this;
-  }
-  ~Fd() {
-    if (fd >= 0) close(fd);
-  }
-};
+using bpf::Fd;
 
 uint32_t modeCode(Mode m) {
   switch (m) {
@@ -271,19 +255,19 @@ Result<PodDecapStats> PodDecapPrograms::stats() {
   return out;
 }
 
-/** libbpf's messages at debug level (querying an interface without a clsact qdisc is an
- *  expected miss). */
-static int libbpfLog(enum libbpf_print_level level, const char* fmt, va_list args) {
-  if (level == LIBBPF_DEBUG || !spdlog::should_log(spdlog::level::debug)) return 0;
-  char buf[512];
-  int n = std::vsnprintf(buf, sizeof(buf), fmt, args);
-  std::string_view msg(buf, n > 0 ? std::min<size_t>(size_t(n), sizeof(buf) - 1) : 0);
-  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-  spdlog::debug("libbpf: {}", msg);
-  return 0;
-}
+PodDecapPrograms::PodDecapPrograms() { bpf::logLibbpfAtDebug(); }
 
-PodDecapPrograms::PodDecapPrograms() { libbpf_set_print(libbpfLog); }
+Result<PodDecapStats> PodDecapPrograms::statsAt(const std::string& netnsPath) {
+  PodDecapStats out;
+  auto st = runInNetns(netnsPath, [&]() -> Status {
+    auto s = stats();
+    if (!s) return std::unexpected(s.error());
+    out = *s;
+    return {};
+  });
+  if (!st) return std::unexpected(st.error());
+  return out;
+}
 
 Result<size_t> PodDecapPrograms::apply(const std::string& nsId, int nsFd,
                                        const dp::PodDecap* want) {

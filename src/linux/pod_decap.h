@@ -44,6 +44,8 @@ class PodDecapPrograms {
   static Result<dp::ObservedPodDecap> observe();
   /** In the calling thread's namespace: the counters of our program (zero: none). */
   static Result<PodDecapStats> stats();
+  /** stats() in the namespace at netnsPath (for tools and tests). */
+  static Result<PodDecapStats> statsAt(const std::string& netnsPath);
 
  private:
   std::set<std::string> absent_;

@@ -264,7 +264,7 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
       });
       auto r = ns_.podDecap(ns, now.vips.empty() ? nullptr : &now);
       if (r) res.changes += *r;
-      else res.failures.push_back(fmt::format("pod {}: {}", g.pods, r.error().message));
+      else spdlog::warn("pod {}: decapsulation program: {}", g.pods, r.error().message);
     }
     if (!changes.empty()) {
       auto r = (*c)->apply(changes);
@@ -287,12 +287,14 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     if (auto s = ns_.podTable(ns, &table); !s)
       res.failures.push_back(fmt::format("pod {}: nft table {} (UDP reply source, TCP MSS): {}",
                                          g.pods, kPodTableName, s.error().message));
+    // The program is an accelerator: the decap device carries the traffic without it, so a
+    // failure (an old kernel, missing CAP_BPF) is a warning, not a pod held out of service.
     if (auto r = ns_.podDecap(ns, decap ? &*decap : nullptr); r) {
       res.changes += *r;
       if (*r) changed = true;
     } else {
-      res.failures.push_back(fmt::format("pod {}: decapsulation program: {}", g.pods,
-                                         r.error().message));
+      spdlog::warn("pod {}: decapsulation program (--pod-decap bpf): {}; the decap device "
+                   "carries its traffic", g.pods, r.error().message);
     }
     managed_.emplace(ns.id, ns);
     if (res.failures.size() == failuresBefore) inPlace_[ns.id] = g.state;

@@ -53,16 +53,11 @@ class PodDecapE2E : public E2E {
     return out;
   }
   uint64_t decapsulated() {
-    uint64_t n = 0;
-    auto st = runInNetns("/run/netns/" + ns("p1a"), [&]() -> Status {
-      auto s = PodDecapPrograms::stats();
-      if (!s) return std::unexpected(s.error());
-      n = s->packets;
-      return {};
-    });
-    EXPECT_TRUE(st) << st.error().message;
-    return n;
+    auto s = PodDecapPrograms::statsAt("/run/netns/" + ns("p1a"));
+    EXPECT_TRUE(s) << s.error().message;
+    return s ? s->packets : 0;
   }
+
   /** The id of the program attached to p1a's eth0 at our handle and priority (0: none). */
   uint32_t attachedId() {
     uint32_t id = 0;

@@ -2,18 +2,7 @@
 // (linux/pod_decap.h). One program instance (and so one set of maps) per pod namespace.
 #pragma once
 
-#ifdef __cplusplus
-#include <cstdint>
-typedef uint8_t kst_u8;
-typedef uint16_t kst_u16;
-typedef uint32_t kst_u32;
-typedef uint64_t kst_u64;
-#else
-typedef __u8 kst_u8;
-typedef __u16 kst_u16;
-typedef __u32 kst_u32;
-typedef __u64 kst_u64;
-#endif
+#include <linux/types.h>
 
 /** The encapsulation the program strips (the agent's --mode; mpls has no program). */
 enum kst_pd_mode {
@@ -26,9 +15,9 @@ enum kst_pd_mode {
  *  adopts an attached program only when it matches its own. */
 struct kst_pd_config {
   char id[64];
-  kst_u32 mode;  // enum kst_pd_mode; 0: decapsulate nothing
-  kst_u16 port;  // vxlan-gpe: UDP destination port (host order)
-  kst_u16 pad;
+  __u32 mode;  // enum kst_pd_mode; 0: decapsulate nothing
+  __u16 port;  // vxlan-gpe: UDP destination port (host order)
+  __u16 pad;
 };
 
 /** pd_addrs: address (16 bytes, IPv4 mapped ::ffff:a.b.c.d) → flags. */
@@ -37,6 +26,6 @@ struct kst_pd_config {
 
 /** pd_stats[0] (per CPU): packets and bytes (the inner packet, IP header on) decapsulated. */
 struct kst_pd_stats {
-  kst_u64 packets;
-  kst_u64 bytes;
+  __u64 packets;
+  __u64 bytes;
 };
