@@ -3,7 +3,8 @@
 // other modes' wire formats go through the program in kst_pod_decap_test). TCP, UDP and ping
 // over IPv4 and IPv6 reach the pod with the client's address, decapsulated by the program (its
 // counter rises, the pod's decap device receives nothing); UDP replies still leave from the VIP
-// (the pod table learns by VIP); a restarted agent changes nothing; a removed VIP leaves the
+// (the pod table learns by VIP); a restarted agent changes nothing and a UDP stream across the
+// restart loses no datagram; a removed VIP leaves the
 // map; `--pod-decap device` removes the program and the device carries the traffic again;
 // `cleanup` leaves nothing.
 #include <bpf/bpf.h>
@@ -117,9 +118,16 @@ TEST_F(PodDecapE2E, TcpUdpPingReachThePodThroughTheProgram) {
   EXPECT_GE(n1 - n0, uint64_t(16 * 3 + 16 + 6)) << n0 << " → " << n1;
   EXPECT_EQ(deviceRx(), rx0) << "the decap device received what the program should have";
 
-  // A restarted agent adopts the program: zero kernel changes, the same program instance.
+  // A restarted agent adopts the program: zero kernel changes, the same program instance, and
+  // a UDP stream across the restart loses nothing (every datagram answered, none through the
+  // device).
   const uint32_t id = attachedId();
   ASSERT_NE(id, 0u);
+  const long rxRestart = deviceRx();
+  Process stream({"ip", "netns", "exec", ns("cl"), kTool, "udpstream", kVip, "8080", "41000",
+                  "4", "20"},
+                 dir + "/stream.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   procs.erase("n1");
   const size_t before = std::filesystem::file_size(dir + "/n1.log");  // appended to
   startAgent(1, agentFlags("bpf"));
@@ -128,6 +136,12 @@ TEST_F(PodDecapE2E, TcpUdpPingReachThePodThroughTheProgram) {
       << restarted();
   EXPECT_EQ(restarted().find("kernel changes"), std::string::npos) << restarted();
   EXPECT_EQ(attachedId(), id);
+  EXPECT_EQ(stream.wait(10), 0);
+  auto streamed = lines(stream.log());
+  // 4 s every 20 ms: 200 datagrams; the last answer may arrive after the stream stopped reading.
+  EXPECT_GE(streamed.size(), 199u) << "datagrams lost across the restart";
+  for (auto& l : streamed) EXPECT_NE(l.find(" p1a 198.18.0.10"), std::string::npos) << l;
+  EXPECT_EQ(deviceRx(), rxRestart);
   EXPECT_TRUE(allFrom(udp(kVip, 4), "p1a 198.18.0.10"));
 
   // The IPv6 VIP leaves: its map entry goes, the program stays.
