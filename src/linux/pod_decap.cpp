@@ -91,8 +91,8 @@ Result<ProgMaps> openProgram(uint32_t progId) {
   return m;
 }
 
-/** Interfaces (index → name) whose ingress runs a program named kst_pod_decap at our handle
- *  and priority, with the program id. */
+/** Interface name → program id, for every interface whose ingress runs a program named
+ *  kst_pod_decap at our handle and priority. */
 std::map<std::string, uint32_t> ourFilters() {
   std::map<std::string, uint32_t> out;
   if (struct if_nameindex* all = if_nameindex()) {
@@ -298,8 +298,8 @@ Result<size_t> PodDecapPrograms::apply(const std::string& nsId, int nsFd,
         if (filters.empty()) return fail(ENOENT, "pod decap: program vanished");
         auto m = openProgram(filters.begin()->second);
         if (!m) return std::unexpected(m.error());
-        // Removals before the VIP leaves the pod (the reconciler calls us first for them),
-        // additions after it arrived.
+        // Entries removed, then written (the reconciler removes a leaving VIP here before its
+        // address, and adds a new one after the address is in place).
         if (auto s = writeAddrs(m->addrs.fd, ch); !s) return s;
         for (const auto& i : ch.attach)
           if (auto s = attach(m->prog.fd, i); !s) return s;
