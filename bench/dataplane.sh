@@ -20,9 +20,15 @@
 #           nft classifier (flow map, jhash, b2s map) → fwmark → ip rule → slot table →
 #           nexthop with encap ip → the same decap device
 # Optional variants (each its own VIP on the same pod, measured in the same interleaved repetitions):
-#   bpf     DATAPLANE_BPF=1: a second router (PREFIX-rt2, same topology place as rt) runs the
+#   bpf-dev DATAPLANE_BPF=1: a second router (PREFIX-rt2, same topology place as rt) runs the
 #           daemon with --datapath bpf (tc-BPF classifier on its ingress interface); the
 #           client routes this VIP through rt2. Same agent, same pod decap device.
+#   bpf     DATAPLANE_BPF=1: the product's BPF path end to end: the same bpf router (rt2), to
+#           the pod of node 2 (PREFIX-p2a, the same topology place as p1a on the other node)
+#           whose agent runs with --pod-decap bpf: the agent's tc program on the pod's eth0
+#           strips the outer headers (the pod's decap device stays the fallback; checked: it
+#           receives < 1 % of the run's packets). Its ratios to plain/hand/daemon compare with
+#           runs to p1a (same shape of path, other node).
 #   ref-*   DATAPLANE_REF=1: the hand-made tc-BPF references of bench/bpf/tunnel_ref.bpf.c
 #           (compiled here with clang; no buckets, no flow table) on rt, the ceiling of a BPF
 #           router path and of a BPF decap in the pod:
@@ -65,6 +71,8 @@ VIP_H=203.0.113.20   # hand-made, MSS clamped
 VIP_H0=203.0.113.21  # hand-made, not clamped
 VIP_B=203.0.113.40   # daemon-programmed, --datapath bpf on rt2 (DATAPLANE_BPF=1)
 VIP_BD=203.0.113.41  # the same, decapsulated in the pod by the reference program (+ DATAPLANE_REF=1)
+VIP_BP=203.0.113.42  # --datapath bpf on rt2 to p2a, whose agent runs --pod-decap bpf (DATAPLANE_BPF=1)
+POD2=198.19.2.2
 VIP_MD=203.0.113.30 VIP_HDR=203.0.113.31 VIP_HDR_DECAP=203.0.113.32 VIP_HAND_DECAP=203.0.113.33
 BPF=${DATAPLANE_BPF:-0}
 REF=${DATAPLANE_REF:-0}
@@ -89,9 +97,10 @@ ROUTERS=1
 # The client also reaches the pod network through the router (for "plain").
 ns cl ip route add 198.19.0.0/16 via 198.18.0.1
 [ "$BPF" = 1 ] && ns cl ip route add "$VIP_B/32" via 198.18.0.2
+[ "$BPF" = 1 ] && ns cl ip route add "$VIP_BP/32" via 198.18.0.2
 [ "$BPF$REF" = 11 ] && ns cl ip route add "$VIP_BD/32" via 198.18.0.2
 
-service() {  # NAME VIP: a Service with the VIP and the one pod as its endpoint
+service() {  # NAME VIP [POD NODE]: a Service with the VIP and one pod (default p1a) as its endpoint
   cat <<EOF
 ---
 apiVersion: v1
@@ -112,14 +121,15 @@ metadata:
     kubernetes.io/service-name: $1
 addressType: IPv4
 endpoints:
-- addresses: ["$POD"]
-  nodeName: node1
+- addresses: ["${3:-$POD}"]
+  nodeName: ${4:-node1}
   conditions: {ready: true, serving: true, terminating: false}
 EOF
 }
 {
   service bench "$VIP_D"
   [ "$BPF" = 1 ] && service bench-bpf "$VIP_B"
+  [ "$BPF" = 1 ] && service bench-bpf-pod "$VIP_BP" "$POD2" node2
   [ "$BPF$REF" = 11 ] && service bench-bpf-decap "$VIP_BD"
 } > "$DIR/manifests/svc.yaml"
 # Both routers read every Service (each programs both VIPs; the client sends each VIP to one).
@@ -136,6 +146,12 @@ ns n1 "$BIN" run --role agent --node-name node1 --scan-proc=false \
   --netns-dir "/run/kst-netns/$P/n1" --manifests "$DIR/manifests" --buckets "$BUCKETS" \
   --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/agent.log" 2>&1 &
 PIDS+=($!)
+if [ "$BPF" = 1 ]; then
+  ns n2 "$BIN" run --role agent --node-name node2 --scan-proc=false --pod-decap bpf \
+    --netns-dir "/run/kst-netns/$P/n2" --manifests "$DIR/manifests" --buckets "$BUCKETS" \
+    --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/agent-pod-decap.log" 2>&1 &
+  PIDS+=($!)
+fi
 programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails the writer)
   local a m
   a=$(ns p1a ip -o addr show 2>/dev/null || true)
@@ -144,6 +160,9 @@ programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails th
   [ "$BPF" = 1 ] || return 0
   # The bpf router: its classifier is attached and the pod holds the VIP.
   [[ $a == *"$VIP_B"* && $(ns rt2 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]] || return 1
+  # The pod of node 2: the VIP and the agent's decapsulation program.
+  [[ $(ns p2a ip -o addr show 2>/dev/null || true) == *"$VIP_BP"* &&
+     $(ns p2a tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_pod_decap* ]] || return 1
   [ "$REF" = 1 ] || return 0
   [[ $a == *"$VIP_BD"* ]]
 }
@@ -186,12 +205,16 @@ table inet kbmss {
 }
 EOF
 # Count UDP at the pod (inner packets only: the outer datagrams go to port 4790).
-ns p1a nft -f - <<'EOF'
+COUNTED=(p1a)
+[ "$BPF" = 1 ] && COUNTED+=(p2a)
+for pod in "${COUNTED[@]}"; do
+  ns "$pod" nft -f - <<'EOF'
 table inet kbcount {
   counter udp9 {}
   chain in { type filter hook input priority 0; policy accept; udp dport 9 counter name udp9 drop; }
 }
 EOF
+done
 # The UDP load generator runs on one CPU (DATAPLANE_CPU, default the last; "none": unpinned).
 # The veth chain client → router → node → pod is processed in softirq on the sending CPU, so
 # the whole measured path shares that CPU and the other one takes the daemons, this shell and
@@ -201,8 +224,10 @@ EOF
 CPU=${DATAPLANE_CPU:-$(($(nproc) - 1))}
 PIN=()
 [ "$CPU" != none ] && PIN=(taskset -c "$CPU")
-ns p1a "$LOAD" tcp-sink 5201 >/dev/null 2>&1 &
-PIDS+=($!)
+for pod in "${COUNTED[@]}"; do
+  ns "$pod" "$LOAD" tcp-sink 5201 >/dev/null 2>&1 &
+  PIDS+=($!)
+done
 sleep 0.3
 
 # DATAPLANE_HOLD=SECONDS keeps the topology up that long before measuring (for perf; see
@@ -211,7 +236,14 @@ if [ -n "${DATAPLANE_HOLD:-}" ]; then
   echo "topology up: namespaces $P-{cl,rt,n1,p1a}; daemon VIP $VIP_D, hand-made VIP $VIP_H" >&2
   sleep "$DATAPLANE_HOLD"
 fi
-count() { ns p1a nft list counter inet kbcount udp9 | awk '/packets/ {print $2}'; }
+# One variant runs at a time: the sum over the counting pods is that variant's.
+count() {
+  local pod n=0
+  for pod in "${COUNTED[@]}"; do
+    n=$((n + $(ns "$pod" nft list counter inet kbcount udp9 | awk '/packets/ {print $2}')))
+  done
+  echo "$n"
+}
 WARM=0.5    # seconds of load before counting (sockets, ARP, flow-table entries)
 SETTLE=0.5  # pause between runs: deferred work (RCU frees of the last run's dsts) drains
 udp_pps() {  # DST → packets/s counted at the pod after the warm-up
@@ -226,7 +258,7 @@ udp_pps() {  # DST → packets/s counted at the pod after the warm-up
   wait "$pid" || echo "  UDP load to $dst exited with an error" >&2
   awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}'
 }
-vxg_rx() { ns p1a cat /sys/class/net/kst-vxg/statistics/rx_packets; }
+vxg_rx() { ns "${1:-p1a}" cat /sys/class/net/kst-vxg/statistics/rx_packets; }
 ratio() {  # A/B; nothing when either is missing or B is 0 (a failed run)
   [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.4f", a / b}'
   true
@@ -234,7 +266,7 @@ ratio() {  # A/B; nothing when either is missing or B is 0 (a failed run)
 dst_of() {
   case $1 in
     plain) echo "$POD" ;; hand) echo "$VIP_H" ;; hand0) echo "$VIP_H0" ;; daemon) echo "$VIP_D" ;;
-    bpf) echo "$VIP_B" ;; ref-md) echo "$VIP_MD" ;; ref-hdr) echo "$VIP_HDR" ;;
+    bpf-dev) echo "$VIP_B" ;; bpf) echo "$VIP_BP" ;; ref-md) echo "$VIP_MD" ;; ref-hdr) echo "$VIP_HDR" ;;
     ref-hdr-decap) echo "$VIP_HDR_DECAP" ;; hand-decap) echo "$VIP_HAND_DECAP" ;;
     bpf-decap) echo "$VIP_BD" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
@@ -242,7 +274,7 @@ dst_of() {
 }
 # Variants after "plain" (which always runs first); UDP_EXTRA/TCP_EXTRA: the optional ones.
 UDP_EXTRA=() TCP_EXTRA=()
-[ "$BPF" = 1 ] && UDP_EXTRA+=(bpf) TCP_EXTRA+=(bpf)
+[ "$BPF" = 1 ] && UDP_EXTRA+=(bpf-dev bpf) TCP_EXTRA+=(bpf-dev bpf)
 if [ "$REF" = 1 ]; then
   UDP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
   [ "$REF_TCP" = 1 ] && TCP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
@@ -265,11 +297,13 @@ for rep in $(seq "$REPS"); do
   fi
   declare -A pps=() gbps=()
   for v in plain $udp_order; do
-    rx0=$(vxg_rx)
+    pod=p1a
+    [ "$v" = bpf ] && pod=p2a
+    rx0=$(vxg_rx $pod)
     pps[$v]=$(udp_pps "$(dst_of "$v")")
-    # The *-decap variants must bypass the pod's decap device: at most what else arrived.
-    if [[ $v == *-decap ]] && (($(vxg_rx) - rx0 > pps[$v] * SECS / 100)); then
-      echo "  dataplane rep $rep $v: the pod's kst-vxg received $(($(vxg_rx) - rx0)) packets: not decapsulated by the tc program" >&2
+    # The *-decap variants and bpf must bypass the pod's decap device: at most what else arrived.
+    if [[ $v == *-decap || $v == bpf ]] && (($(vxg_rx $pod) - rx0 > pps[$v] * SECS / 100)); then
+      echo "  dataplane rep $rep $v: $pod's kst-vxg received $(($(vxg_rx $pod) - rx0)) packets: not decapsulated by the tc program" >&2
       exit 1
     fi
     PPS[$v]="${PPS[$v]:-} ${pps[$v]}"

@@ -75,6 +75,7 @@ struct Flags {
   kst::VipPolicy policy;
   kst::DataplaneConfig dp;
   std::string datapath = "nft";  // the router's classifier: nft or bpf
+  std::string podDecap = "device";  // the agent's pod-side decapsulation: device or bpf
   kst::BpfOptions bpf;
   std::string drainFile() const { return stateDir + "/drained"; }
 };
@@ -125,6 +126,12 @@ void addCommon(CLI::App* app, Flags& f) {
                   "--bpf-ingress interfaces, the same decisions; docs/bpf-datapath.md)")
       ->envname("TUNNEL_DATAPATH")
       ->check(CLI::IsMember({"nft", "bpf"}));
+  app->add_option("--pod-decap", f.podDecap,
+                  "Agent: how tunnel packets to a pod's VIPs are decapsulated: device (the "
+                  "pod's tunnel device) or bpf (also a tc program on the pod's interface, the "
+                  "device staying the fallback; docs/bpf-datapath.md \"Pod side\")")
+      ->envname("TUNNEL_POD_DECAP")
+      ->check(CLI::IsMember({"device", "bpf"}));
   app->add_option("--bpf-ingress", f.bpf.ingress,
                   "bpf datapath: an interface whose ingress runs the program (repeatable; "
                   "default: every interface but lo and the daemon's own links)")
@@ -173,6 +180,7 @@ void addCommon(CLI::App* app, Flags& f) {
 /** Flags → DataplaneConfig and log level; false (after logging why) on a bad value. */
 bool buildConfig(Flags& f) {
   spdlog::set_level(spdlog::level::from_str(f.logLevel));
+  f.dp.podDecapBpf = f.podDecap == "bpf";
   f.dp.algorithm = f.algorithm == "maglev" ? kst::BucketAlgorithm::Maglev
                                             : kst::BucketAlgorithm::Rendezvous;
   if (!kst::parseMode(f.mode, f.dp.mode)) {

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/ip.h"
 #include "dataplane/kernel.h"
+#include "dataplane/modes.h"
 
 namespace kst::dp {
 
@@ -29,8 +30,60 @@ struct PodTable {
   uint16_t mss4 = 0;
   uint16_t mss6 = 0;
   std::set<IpAddress> vips;
+  /** --pod-decap bpf: decapsulated datagrams arrive on the pod's interface, not decapLink, so
+   *  peers are learned from UDP to one of `vips` (kept even without clamping) arriving on
+   *  any interface but lo. A VIP is reachable only through a tunnel (device or program). */
+  bool learnByVip = false;
   bool clamps() const { return mss4 != 0 || mss6 != 0; }
+  /** The table has the vips4/vips6 sets. */
+  bool hasVipSets() const { return clamps() || learnByVip; }
   bool operator==(const PodTable&) const = default;
+};
+
+/**
+ * The pod-side decapsulation program (--pod-decap bpf; desired/agent.h podDecap, the kernel
+ * side linux/pod_decap.h): in one pod namespace, on the interfaces holding `podIps`, strip the
+ * outer headers of `mode`'s tunnel packets to one of `podIps` whose inner destination is one of
+ * `vips` (the VIPs the agent has put on the pod's decap device).
+ */
+struct PodDecap {
+  Mode mode = Mode::VxlanGpe;
+  uint16_t port = 0;  // vxlan-gpe UDP port
+  std::set<IpAddress> podIps;
+  std::set<IpAddress> vips;
+  bool operator==(const PodDecap&) const = default;
+};
+
+/** The program's address map: address → flags. */
+inline constexpr uint32_t kPodDecapVip = 1;  // an inner destination (a VIP of this pod)
+inline constexpr uint32_t kPodDecapPod = 2;  // an outer destination (the pod's address)
+
+/** The program as found in a pod namespace. */
+struct ObservedPodDecap {
+  /** The program id kept in its config map ("" : no program of ours attached). */
+  std::string program;
+  /** Every interface runs the same program instance (false: several, rebuilt as one). */
+  bool consistent = true;
+  /** Interfaces whose ingress runs our filter. */
+  std::set<std::string> attached;
+  /** Its address map. */
+  std::map<IpAddress, uint32_t> addrs;
+};
+
+/** What turns an observed program into the wanted one (desired/agent.h podDecapDiff). */
+struct PodDecapChanges {
+  /** Load a fresh program with fresh maps (all of `put`), then attach it to every interface
+   *  of `attach`, replacing ours in place (no gap). */
+  bool load = false;
+  std::vector<std::string> attach;
+  std::vector<std::string> detach;
+  /** Map writes, in order: entries to remove, then entries to write. */
+  std::vector<IpAddress> erase;
+  std::vector<std::pair<IpAddress, uint32_t>> put;
+  size_t size() const {
+    return (load ? 1 : 0) + attach.size() + detach.size() + erase.size() + put.size();
+  }
+  bool empty() const { return size() == 0; }
 };
 
 /** Sysctls a pod namespace needs to receive tunnelled traffic. */
@@ -84,6 +137,12 @@ class NetnsProvider {
    * an identical table is not written.
    */
   virtual Status podTable(const Ns& /*ns*/, const PodTable* /*want*/) { return {}; }
+  /**
+   * Makes the pod-side decapsulation program in ns equal to `want` (PodDecap above; nullptr:
+   * none of ours attached, its maps gone with it). Returns the number of changes made (0 when
+   * the namespace already holds exactly `want`: a restarted agent adopts it).
+   */
+  virtual Result<size_t> podDecap(const Ns& /*ns*/, const PodDecap* /*want*/) { return 0; }
 };
 
 }  // namespace kst::dp

@@ -123,6 +123,10 @@ uint16_t clampedMss(const DataplaneConfig& cfg, Family outer, Family inner) {
 PodTable podTable(const DataplaneConfig& cfg, const std::vector<const PodPlan*>& plans) {
   PodTable t;
   t.decapLink = cfg.tunnelLinkName();
+  t.learnByVip = cfg.podDecapBpf && modeTraits(cfg.mode).pod == dp::PodShape::DecapLink;
+  if (t.learnByVip)
+    for (const auto* p : plans)
+      for (const auto& a : p->state.addresses) t.vips.insert(a.ip);
   if (cfg.underlayMtu == 0) return t;
   for (const auto* p : plans) {
     Family outer = p->podIp.family();
@@ -133,15 +137,16 @@ PodTable podTable(const DataplaneConfig& cfg, const std::vector<const PodPlan*>&
     }
     for (const auto& a : p->state.addresses) t.vips.insert(a.ip);
   }
-  if (!t.clamps()) t.vips.clear();
+  if (!t.hasVipSets()) t.vips.clear();
   return t;
 }
 
 std::string podTableComment(const PodTable& t) {
   // Without clamping the comment is the one of the UDP-only table of earlier versions, so
   // `--underlay-mtu 0` adopts such a table unchanged.
-  if (!t.clamps()) return "kst-pod:" + t.decapLink;
-  return fmt::format("kst-pod:{} mss {}/{}", t.decapLink, t.mss4, t.mss6);
+  std::string learn = t.learnByVip ? " learn vips" : "";
+  if (!t.clamps()) return "kst-pod:" + t.decapLink + learn;
+  return fmt::format("kst-pod:{} mss {}/{}{}", t.decapLink, t.mss4, t.mss6, learn);
 }
 
 namespace {
@@ -172,11 +177,15 @@ std::string elementStatement(const char* verb, const std::set<IpAddress>& vips, 
 // tunnel. Traffic from the pod's own address is left alone. `maxseg size > N` makes the rule
 // lower the option only (the kernel's exthdr set refuses to raise an MSS as well) and does
 // nothing to a SYN without the option.
+//
+// With learnByVip (--pod-decap bpf) the program hands decapsulated datagrams to the stack on
+// the pod's own interface: a datagram is learned when its destination is one of the pod's VIPs
+// (arriving on any interface but lo; the decap device's datagrams included).
 std::string renderPodTable(const PodTable& t) {
   std::string clamp;
+  if (t.hasVipSets()) clamp = "  set vips4 { type ipv4_addr; }\n  set vips6 { type ipv6_addr; }\n";
   if (t.clamps()) {
-    clamp = "  set vips4 { type ipv4_addr; }\n  set vips6 { type ipv6_addr; }\n"
-            "  chain clamp {\n    type filter hook postrouting priority mangle; policy accept;\n";
+    clamp += "  chain clamp {\n    type filter hook postrouting priority mangle; policy accept;\n";
     if (t.mss4)
       clamp += fmt::format(
           "    ip saddr @vips4 tcp flags & (syn | rst) == syn tcp option maxseg size > {0} "
@@ -189,16 +198,28 @@ std::string renderPodTable(const PodTable& t) {
           t.mss6);
     clamp += "  }\n";
   }
+  std::string learn = fmt::format(
+      "    iifname \"{0}\" meta nfproto ipv4 meta l4proto udp update @peers4 {{ ip saddr . udp "
+      "sport : ip daddr . udp dport }}\n"
+      "    iifname \"{0}\" meta nfproto ipv6 meta l4proto udp update @peers6 {{ ip6 saddr : ip6 "
+      "daddr }}\n"
+      "    iifname \"{0}\" meta l4proto udp notrack\n",
+      t.decapLink);
+  if (t.learnByVip)
+    learn =
+        "    iifname != \"lo\" ip daddr @vips4 meta l4proto udp update @peers4 { ip saddr . udp "
+        "sport : ip daddr . udp dport }\n"
+        "    iifname != \"lo\" ip6 daddr @vips6 meta l4proto udp update @peers6 { ip6 saddr : "
+        "ip6 daddr }\n"
+        "    iifname != \"lo\" ip daddr @vips4 meta l4proto udp notrack\n"
+        "    iifname != \"lo\" ip6 daddr @vips6 meta l4proto udp notrack\n";
   std::string out = fmt::format(R"(table inet {0} {{
   comment "{1}"
   map peers4 {{ typeof ip saddr . udp sport : ip daddr . udp dport; flags dynamic,timeout; timeout 120s; size 65536; }}
   map peers6 {{ typeof ip6 saddr : ip6 daddr; flags dynamic,timeout; timeout 120s; size 65536; }}
   chain learn {{
     type filter hook prerouting priority raw; policy accept;
-    iifname "{2}" meta nfproto ipv4 meta l4proto udp update @peers4 {{ ip saddr . udp sport : ip daddr . udp dport }}
-    iifname "{2}" meta nfproto ipv6 meta l4proto udp update @peers6 {{ ip6 saddr : ip6 daddr }}
-    iifname "{2}" meta l4proto udp notrack
-  }}
+{4}  }}
   chain answer {{
     type nat hook postrouting priority srcnat; policy accept;
     meta nfproto ipv4 meta l4proto udp snat ip to ip daddr . udp dport map @peers4
@@ -206,8 +227,8 @@ std::string renderPodTable(const PodTable& t) {
   }}
 {3}}}
 )",
-                                kPodTableName, podTableComment(t), t.decapLink, clamp);
-  if (t.clamps())
+                                kPodTableName, podTableComment(t), t.decapLink, clamp, learn);
+  if (t.hasVipSets())
     out += elementStatement("add", t.vips, Family::V4) + elementStatement("add", t.vips, Family::V6);
   return out;
 }
@@ -219,7 +240,7 @@ std::string podTableScript(const PodTable* want, const ObservedPodTable& have) {
     if (have.present) out += fmt::format("delete table inet {}\n", kPodTableName);
     return out + renderPodTable(*want);
   }
-  if (!want->clamps()) return {};
+  if (!want->hasVipSets()) return {};
   std::set<IpAddress> add, del;
   std::set_difference(want->vips.begin(), want->vips.end(), have.vips.begin(), have.vips.end(),
                       std::inserter(add, add.end()));
@@ -229,6 +250,55 @@ std::string podTableScript(const PodTable* want, const ObservedPodTable& have) {
   for (Family f : {Family::V4, Family::V6})
     out += elementStatement("delete", del, f) + elementStatement("add", add, f);
   return out;
+}
+
+std::optional<dp::PodDecap> podDecap(const DataplaneConfig& cfg,
+                                     const std::vector<const PodPlan*>& plans) {
+  if (!cfg.podDecapBpf || modeTraits(cfg.mode).pod != dp::PodShape::DecapLink) return std::nullopt;
+  dp::PodDecap d;
+  d.mode = cfg.mode;
+  d.port = cfg.mode == Mode::VxlanGpe ? cfg.vxlanPort : 0;
+  for (const auto* p : plans) {
+    d.podIps.insert(p->podIp);
+    for (const auto& a : p->state.addresses) d.vips.insert(a.ip);
+  }
+  if (d.vips.empty() || d.podIps.empty()) return std::nullopt;
+  return d;
+}
+
+std::map<IpAddress, uint32_t> podDecapAddrs(const dp::PodDecap& want) {
+  std::map<IpAddress, uint32_t> out;
+  for (const auto& a : want.podIps) out[a] |= dp::kPodDecapPod;
+  for (const auto& v : want.vips) out[v] |= dp::kPodDecapVip;
+  return out;
+}
+
+dp::PodDecapChanges podDecapDiff(const dp::PodDecap* want, const std::string& program,
+                                 const dp::ObservedPodDecap& have,
+                                 const std::set<std::string>& targets) {
+  dp::PodDecapChanges ch;
+  if (!want || targets.empty()) {
+    ch.detach.assign(have.attached.begin(), have.attached.end());
+    return ch;
+  }
+  for (const auto& i : have.attached)
+    if (!targets.contains(i)) ch.detach.push_back(i);
+  auto addrs = podDecapAddrs(*want);
+  if (have.program != program || !have.consistent || have.attached.empty()) {
+    ch.load = true;
+    ch.attach.assign(targets.begin(), targets.end());
+    ch.put.assign(addrs.begin(), addrs.end());
+    return ch;
+  }
+  for (const auto& i : targets)
+    if (!have.attached.contains(i)) ch.attach.push_back(i);
+  for (const auto& [a, f] : have.addrs)
+    if (!addrs.contains(a)) ch.erase.push_back(a);
+  for (const auto& [a, f] : addrs) {
+    auto it = have.addrs.find(a);
+    if (it == have.addrs.end() || it->second != f) ch.put.emplace_back(a, f);
+  }
+  return ch;
 }
 
 std::vector<PodPlan> planAgent(const Model& model, const DataplaneConfig& cfg,

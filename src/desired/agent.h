@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -99,5 +100,27 @@ std::string renderPodTable(const PodTable& t);
  * the learned peers survive a VIP change.
  */
 std::string podTableScript(const PodTable* want, const ObservedPodTable& have);
+
+/**
+ * The decapsulation program one pod namespace needs (--pod-decap bpf), from the plans of the
+ * endpoint addresses it owns: their addresses as outer destinations, their VIPs as inner ones.
+ * nullopt: no program (--pod-decap device, mpls mode, or no VIP).
+ */
+std::optional<dp::PodDecap> podDecap(const DataplaneConfig& cfg,
+                                     const std::vector<const PodPlan*>& plans);
+
+/** The program's address map for `want` (PodDecap::podIps → kPodDecapPod, vips → kPodDecapVip). */
+std::map<IpAddress, uint32_t> podDecapAddrs(const dp::PodDecap& want);
+
+/**
+ * What turns `have` into `want` (nullptr: none of ours) in a namespace whose interfaces
+ * holding want's pod addresses are `targets`; `program` is the id this agent's program would
+ * carry (build, mode, port). Another program id, or an inconsistent attachment, is a fresh load
+ * (replacing ours in place on every target); otherwise only interfaces to attach or detach and
+ * the map entries that differ. Empty when `have` already matches (a restarted agent).
+ */
+dp::PodDecapChanges podDecapDiff(const dp::PodDecap* want, const std::string& program,
+                                 const dp::ObservedPodDecap& have,
+                                 const std::set<std::string>& targets);
 
 }  // namespace kst

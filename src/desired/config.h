@@ -49,6 +49,10 @@ struct DataplaneConfig {
    *  agent clamps the MSS of TCP SYNs sent from a pod's VIPs so that the encapsulated segments
    *  fit it (clampedMss); 0: kernel default device MTUs, no clamping. */
   uint32_t underlayMtu = 1500;
+  /** Agent, --pod-decap bpf: a tc program on each endpoint pod's interface strips the outer
+   *  headers of tunnel packets to the pod's VIPs (desired/agent.h podDecap); false (device):
+   *  only the pod's decap device does. No effect in mpls mode. */
+  bool podDecapBpf = false;
 
   /** The mode's device (pod side; the router's flow device for IPv4 endpoints); "lo" in a
    *  mode without one (mpls: the pod's VIPs live on lo). */

@@ -29,6 +29,7 @@
 #include "dataplane/modes.h"
 #include "hashing/maglev.h"
 #include "linux/bpf/router_maps.h"
+#include "linux/bpf_util.h"
 #include "linux/netlink_socket.h"
 #include "router.skel.h"
 
@@ -124,24 +125,7 @@ std::unexpected<Error> errnoFail(int err, const std::string& what) {
   return fail(err, fmt::format("bpf: {}: {}", what, std::strerror(err)));
 }
 
-/** An owned file descriptor. */
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      if (fd >= 0) close(fd);
-      fd = o.fd;
-      o.fd = -1;
-    }
-    return *this;
-  }
-  ~Fd() {
-    if (fd >= 0) close(fd);
-  }
-};
+using bpf::Fd;
 
 uint64_t monotonicNs() {
   timespec ts{};
@@ -346,22 +330,9 @@ struct BpfClassifier::Maps {
   Fd* all[9] = {&config, &vips, &vipstats, &buckets, &slots, &epstats, &sources, &flows, &totals};
 };
 
-/** libbpf's messages through spdlog, at debug level (an expected miss, such as querying an
- *  interface without a clsact qdisc, is no warning of ours). */
-static int libbpfLog(enum libbpf_print_level level, const char* fmt, va_list args) {
-  if (level == LIBBPF_DEBUG || !spdlog::should_log(spdlog::level::debug)) return 0;
-  char buf[512];
-  int n = std::vsnprintf(buf, sizeof(buf), fmt, args);
-  std::string_view msg(buf, n > 0 ? std::min<size_t>(size_t(n), sizeof(buf) - 1) : 0);
-  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-  spdlog::debug("libbpf: {}", msg);
-  return 0;
-}
-
 BpfClassifier::BpfClassifier(const DataplaneConfig& cfg, BpfOptions opts)
     : cfg_(cfg), opts_(std::move(opts)), program_(bpf::programId(cfg)) {
-  static const bool once = (libbpf_set_print(libbpfLog), true);
-  (void)once;
+  bpf::logLibbpfAtDebug();
 }
 
 Result<BpfClassifier::Maps> BpfClassifier::openMaps() const {

@@ -170,6 +170,7 @@ Result<dp::NetlinkClient*> NetnsProviderImpl::client(const Ns& ns) {
 void NetnsProviderImpl::forget(const Ns& ns) {
   held_.erase(ns.id);
   nft_.forget(ns.id);
+  decap_.forget(ns.id);
 }
 
 void NetnsProviderImpl::retainOnly(const std::set<std::string>& keep) {
@@ -179,6 +180,7 @@ void NetnsProviderImpl::retainOnly(const std::set<std::string>& keep) {
       continue;
     }
     nft_.forget(it->first);  // an id (dev:ino) may name another namespace once released
+    decap_.forget(it->first);
     it = held_.erase(it);
   }
 }
@@ -194,6 +196,12 @@ Status NetnsProviderImpl::podTable(const Ns& ns, const dp::PodTable* want) {
   Held* h = find(ns);
   if (!h) return fail(ENOENT, "namespace " + ns.path + " is not held (released or never found)");
   return nft_.apply(ns.id, h->handle.fd(), want);
+}
+
+Result<size_t> NetnsProviderImpl::podDecap(const Ns& ns, const dp::PodDecap* want) {
+  Held* h = find(ns);
+  if (!h) return fail(ENOENT, "namespace " + ns.path + " is not held (released or never found)");
+  return decap_.apply(ns.id, h->handle.fd(), want);
 }
 
 Status NetnsProviderImpl::prepare(const Ns& ns, const dp::PodSysctls& sysctls) {

@@ -16,6 +16,7 @@
 #include "desired/config.h"
 #include "linux/netlink_client.h"
 #include "linux/netns.h"
+#include "linux/pod_decap.h"
 #include "linux/pod_nft.h"
 
 namespace kst {
@@ -31,6 +32,7 @@ class NetnsProviderImpl : public dp::NetnsProvider {
   void forget(const Ns& ns) override;
   void retainOnly(const std::set<std::string>& keep) override;
   Status podTable(const Ns& ns, const dp::PodTable* want) override;
+  Result<size_t> podDecap(const Ns& ns, const dp::PodDecap* want) override;
 
   /** Namespaces held now, and the rtnetlink sockets open into them (for tests and logs). */
   size_t heldCount() const { return held_.size(); }
@@ -58,6 +60,7 @@ class NetnsProviderImpl : public dp::NetnsProvider {
   std::unique_ptr<nl::Socket> hostSock_;  // in the daemon's own namespace
   std::map<std::string, Held> held_;      // id → handle and what hangs on it
   PodNftTables nft_;
+  PodDecapPrograms decap_;
 };
 
 }  // namespace kst

@@ -253,6 +253,19 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
                    g.pods, lost, ns.path);
     auto changes = dp::diffPod(g.state, observed, cfg_.mplsLabel);
     changed = !changes.empty();
+    auto decap = podDecap(cfg_, g.plans);
+    if (decap && !changes.empty()) {
+      // The program decapsulates only VIPs the pod holds: a VIP about to leave leaves its map
+      // first (a new one enters it after the address is in place, below).
+      dp::PodDecap now = *decap;
+      std::erase_if(now.vips, [&](const IpAddress& v) {
+        return std::none_of(observed.addresses.begin(), observed.addresses.end(),
+                            [&](const dp::Address& a) { return a.ip == v; });
+      });
+      auto r = ns_.podDecap(ns, now.vips.empty() ? nullptr : &now);
+      if (r) res.changes += *r;
+      else spdlog::warn("pod {}: decapsulation program: {}", g.pods, r.error().message);
+    }
     if (!changes.empty()) {
       auto r = (*c)->apply(changes);
       if (!r) {
@@ -274,6 +287,15 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
     if (auto s = ns_.podTable(ns, &table); !s)
       res.failures.push_back(fmt::format("pod {}: nft table {} (UDP reply source, TCP MSS): {}",
                                          g.pods, kPodTableName, s.error().message));
+    // The program is an accelerator: the decap device carries the traffic without it, so a
+    // failure (an old kernel, missing CAP_BPF) is a warning, not a pod held out of service.
+    if (auto r = ns_.podDecap(ns, decap ? &*decap : nullptr); r) {
+      res.changes += *r;
+      if (*r) changed = true;
+    } else {
+      spdlog::warn("pod {}: decapsulation program (--pod-decap bpf): {}; the decap device "
+                   "carries its traffic", g.pods, r.error().message);
+    }
     managed_.emplace(ns.id, ns);
     if (res.failures.size() == failuresBefore) inPlace_[ns.id] = g.state;
     else inPlace_.erase(ns.id);
@@ -304,7 +326,12 @@ PassResult AgentReconciler::apply(const std::vector<PodPlan>& plans, bool cleanA
         }
       }
     }
-    if (!gone) (void)ns_.podTable(it->second, nullptr);
+    if (!gone) {
+      (void)ns_.podTable(it->second, nullptr);
+      if (auto r = ns_.podDecap(it->second, nullptr); r) res.changes += *r;
+      else spdlog::warn("namespace {}: decapsulation program: {}", it->second.path,
+                        r.error().message);
+    }
     if (gone) ns_.forget(it->second);
     inPlace_.erase(it->first);
     held_.erase(it->first);
