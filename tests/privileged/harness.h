@@ -5,11 +5,16 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -26,6 +31,19 @@ namespace kst::e2e {
 inline const std::string kBin = KST_BINARY_DIR "/src/kube-service-tunnel";
 inline const std::string kTool = KST_BINARY_DIR "/tests/kst-testtool";
 inline const std::string kTopo = KST_SOURCE_DIR "/scripts/lib/topo.sh";
+
+/** The router datapath under test: KST_TEST_DATAPATH=bpf (CTest's "privileged;bpf" variants)
+ *  starts every router of the harness with `--datapath bpf`; unset or "nft": the nft table. */
+inline bool bpfDatapath() {
+  const char* v = std::getenv("KST_TEST_DATAPATH");
+  return v && std::string(v) == "bpf";
+}
+/** The agents' pod-side decapsulation under test: KST_TEST_POD_DECAP=bpf adds `--pod-decap bpf`
+ *  to every agent of the harness. */
+inline bool bpfPodDecap() {
+  const char* v = std::getenv("KST_TEST_POD_DECAP");
+  return v && std::string(v) == "bpf";
+}
 
 struct Cmd {
   int rc;
@@ -171,6 +189,10 @@ class E2E : public ::testing::Test {
     }
     procs.clear();
     if (!prefix.empty()) sh(kTopo + " down " + prefix);
+    // The bpf routers' pins (their programs went with the namespaces): lazily, in case a
+    // command still holds the filesystem.
+    if (!bpffsMount_.empty()) umount2(bpffsMount_.c_str(), MNT_DETACH);
+    bpffsMount_.clear();
     if (!dir.empty()) std::filesystem::remove_all(dir);
   }
 
@@ -215,10 +237,38 @@ class E2E : public ::testing::Test {
     return {"--manifests", manifests, "--mode", mode, "--resync-interval", "5",
             "--log-level", "debug"};
   }
+  /** The pin directory of router n's bpf datapath: in a bpffs the test mounts under its own
+   *  directory (a bpffs at /sys/fs/bpf would not outlive the daemon: `ip netns exec` mounts a
+   *  fresh /sys for each command). */
+  std::string bpfPinDir(const std::string& n) {
+    if (bpffsMount_.empty()) {
+      const std::string m = dir + "/bpffs";
+      std::filesystem::create_directories(m);
+      if (mount("bpf", m.c_str(), "bpf", 0, "mode=0700") != 0)
+        ADD_FAILURE() << "mount bpffs at " << m << ": " << std::strerror(errno);
+      bpffsMount_ = m;
+    }
+    return bpffsMount_ + "/" + n;
+  }
+  /** The router's datapath flags (`run`, `cleanup`, `status`, `explain` of router n): empty for
+   *  nft, `--datapath bpf --bpf-pin-dir …` under KST_TEST_DATAPATH=bpf. */
+  std::vector<std::string> datapathFlags(const std::string& n) {
+    if (!bpfDatapath()) return {};
+    return {"--datapath", "bpf", "--bpf-pin-dir", bpfPinDir(n)};
+  }
+  /** datapathFlags as a command line tail (" --datapath bpf …" or ""). */
+  std::string datapathArgs(const std::string& n) {
+    std::string s;
+    for (auto& f : datapathFlags(n)) s += " " + f;
+    return s;
+  }
   void startRouter(const std::string& n = "rt", std::vector<std::string> extra = {}) {
     std::vector<std::string> argv{"ip", "netns", "exec", ns(n), kBin, "run", "--role", "router"};
     for (auto& f : commonFlags()) argv.push_back(f);
     for (auto& f : vipPoolFlags()) argv.push_back(f);
+    // A test that chooses the datapath itself (bpf_datapath_test) keeps its choice.
+    if (std::find(extra.begin(), extra.end(), "--datapath") == extra.end())
+      for (auto& f : datapathFlags(n)) argv.push_back(f);
     for (auto& f : extra) argv.push_back(f);
     procs[n] = Process(argv, dir + "/" + n + ".log");
   }
@@ -232,6 +282,10 @@ class E2E : public ::testing::Test {
                                   "--node-name", "node" + std::to_string(node), "--scan-proc=false",
                                   "--netns-dir", "/run/kst-netns/" + prefix + "/" + n};
     for (auto& f : commonFlags()) argv.push_back(f);
+    if (bpfPodDecap()) {
+      argv.push_back("--pod-decap");
+      argv.push_back("bpf");
+    }
     for (auto& f : extra) argv.push_back(f);
     procs[n] = Process(argv, dir + "/" + n + ".log");
   }
@@ -267,8 +321,15 @@ class E2E : public ::testing::Test {
     out += in(n, "ip -6 route show table all proto 211 || true").out;
     out += in(n, "ip -o addr show proto 211 2>/dev/null || true").out;
     out += in(n, "nft list tables | grep kube_service_tunnel || true").out;
+    // The bpf datapath's: our filter on any interface's ingress, our pins.
+    out += in(n, "sh -c 'for d in $(ls /sys/class/net); do tc filter show dev $d ingress; done' "
+                 "| grep kst_router || true").out;
+    if (!bpffsMount_.empty()) out += sh("ls -A " + bpffsMount_ + "/" + n + " 2>/dev/null || true").out;
     return out;
   }
+
+ private:
+  std::string bpffsMount_;  // mounted by bpfPinDir, removed in TearDown
 };
 
 inline std::string serviceYaml(const std::string& name, const std::string& vip,
