@@ -3,6 +3,7 @@
 // process is named with a per-test prefix and removed in TearDown, also when a test fails.
 #pragma once
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -23,6 +24,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "support/watchdog.h"
 
@@ -326,6 +329,116 @@ class E2E : public ::testing::Test {
                  "| grep kst_router || true").out;
     if (!bpffsMount_.empty()) out += sh("ls -A " + bpffsMount_ + "/" + n + " 2>/dev/null || true").out;
     return out;
+  }
+
+  // ---- the router's classifier state, read the same way for both datapaths: nft's maps and
+  // sets (`nft -j list`), or the bpf program's pinned maps (`bpftool -j map dump`, BTF-formatted).
+
+  /** The formatted {key, value} entries of one pinned map of router n's program ([] if none). */
+  nlohmann::json bpfDump(const std::string& n, const std::string& map) {
+    auto j = nlohmann::json::parse(
+        sh("bpftool -j map dump pinned " + bpfPinDir(n) + "/" + map, false).out, nullptr, false);
+    nlohmann::json out = nlohmann::json::array();
+    if (!j.is_array()) return out;
+    for (auto& e : j)
+      if (e.contains("formatted")) out.push_back(e["formatted"]);
+    return out;
+  }
+  /** A 16-byte map address (IPv4 mapped) as text. */
+  static std::string bpfAddress(const nlohmann::json& bytes) {
+    uint8_t b[16] = {};
+    for (size_t i = 0; i < 16 && i < bytes.size(); ++i) b[i] = bytes[i].get<uint8_t>();
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (std::memcmp(b, mapped, 12) == 0) inet_ntop(AF_INET, b + 12, buf, sizeof buf);
+    else inet_ntop(AF_INET6, b, buf, sizeof buf);
+    return buf;
+  }
+  /** Elements [key, data] of one of the router's nft maps or sets ([] if none). */
+  nlohmann::json nftElements(const std::string& n, const std::string& what, const std::string& name) {
+    auto doc = nlohmann::json::parse(
+        out(n, "nft -j list " + what + " inet kube_service_tunnel " + name), nullptr, false);
+    nlohmann::json out = nlohmann::json::array();
+    if (doc.is_discarded() || !doc.contains("nftables")) return out;
+    for (auto& item : doc["nftables"])
+      if (item.contains(what) && item[what].contains("elem"))
+        for (auto& e : item[what]["elem"]) out.push_back(e);
+    return out;
+  }
+  /** VIP → (bucket → slot mark) of router n, one family. */
+  std::map<std::string, std::map<uint32_t, uint32_t>> bucketMarks(const std::string& n, bool v6 = false) {
+    std::map<std::string, std::map<uint32_t, uint32_t>> m;
+    if (bpfDatapath()) {
+      for (auto& e : bpfDump(n, "buckets")) {
+        std::string vip = bpfAddress(e["key"]["vip"]);
+        if ((vip.find(':') != std::string::npos) == v6)
+          m[vip][e["key"]["bucket"].get<uint32_t>()] = e["value"].get<uint32_t>();
+      }
+      return m;
+    }
+    for (auto& e : nftElements(n, "map", v6 ? "b2s6" : "b2s4"))
+      if (e.is_array() && e.size() == 2 && e[0].contains("concat") && e[1].is_number())
+        m[e[0]["concat"][0].get<std::string>()][e[0]["concat"][1].get<uint32_t>() - 0x40000000] =
+            e[1].get<uint32_t>();
+    return m;
+  }
+  /** VIP → its bucket count (the count element: nft's bcount map, the program's vips map). */
+  std::map<std::string, uint32_t> bucketCounts(const std::string& n, bool v6 = false) {
+    std::map<std::string, uint32_t> m;
+    if (bpfDatapath()) {
+      for (auto& e : bpfDump(n, "vips")) {
+        std::string vip = bpfAddress(e["key"]["addr"]);
+        if ((vip.find(':') != std::string::npos) == v6 && (e["value"]["flags"].get<uint32_t>() & 2))
+          m[vip] = e["value"]["buckets"].get<uint32_t>();
+      }
+      return m;
+    }
+    for (auto& e : nftElements(n, "map", v6 ? "bcount6" : "bcount4"))
+      if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_number())
+        m[e[0].get<std::string>()] = e[1].get<uint32_t>() & 0x7fffffff;
+    return m;
+  }
+  /** Slot mark → how many flow pins of router n (one family) point at it. */
+  std::map<uint32_t, size_t> flowPins(const std::string& n, bool v6 = false) {
+    std::map<uint32_t, size_t> m;
+    if (bpfDatapath()) {
+      for (auto& e : bpfDump(n, "flows"))
+        if ((e["key"]["v4"].get<uint32_t>() == 0) == v6) ++m[e["value"]["mark"].get<uint32_t>()];
+      return m;
+    }
+    for (auto& e : nftElements(n, "map", v6 ? "flow6" : "flow4"))
+      if (e.is_array() && e.size() == 2 && e[1].is_number()) ++m[e[1].get<uint32_t>()];
+    return m;
+  }
+  /** Whether (VIP, mark) is a live slot of router n (flow pins to it are followed). */
+  bool liveSlot(const std::string& n, const std::string& vip, uint32_t mark) {
+    if (bpfDatapath()) {
+      for (auto& e : bpfDump(n, "slots"))
+        if (bpfAddress(e["key"]["vip"]) == vip && e["key"]["mark"].get<uint32_t>() == mark)
+          return e["value"]["flags"].get<uint32_t>() & 1;
+      return false;
+    }
+    const bool v6 = vip.find(':') != std::string::npos;
+    char key[80];
+    std::snprintf(key, sizeof key, "%s . 0x%08x", vip.c_str(), mark);
+    return out(n, std::string("nft list set inet kube_service_tunnel ") + (v6 ? "live6" : "live4"))
+               .find(key) != std::string::npos;
+  }
+  /** Router n's bpf datapath as a restart must leave it: the program attached to each ingress
+   *  (its id) and the contents of the maps the reconciler owns; "" for nft (`nft monitor`
+   *  watches that table). */
+  std::string bpfProgrammed(const std::string& n) {
+    if (!bpfDatapath()) return "";
+    std::string s = in(n, "sh -c 'for d in $(ls /sys/class/net); do echo $d; tc filter show dev $d "
+                          "ingress; done'").out;
+    for (auto map : {"config", "vips", "buckets", "slots", "sources"}) {
+      std::vector<std::string> rows;
+      for (auto& e : bpfDump(n, map)) rows.push_back(e.dump());
+      std::sort(rows.begin(), rows.end());
+      s += std::string(map) + ":\n";
+      for (auto& r : rows) s += r + "\n";
+    }
+    return s;
   }
 
  private:
