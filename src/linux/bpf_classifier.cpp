@@ -726,19 +726,28 @@ Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
 
 namespace {
 
-/** One pinned map of ours, opened for reading. */
-Result<Fd> openPinned(const std::string& pinDir, const char* name) {
+/** One pinned map of ours, opened for reading; an error unless its key and value sizes are
+ *  this build's (a lookup copies the map's value size into our buffer). */
+Result<Fd> openPinned(const std::string& pinDir, const char* name, uint32_t keySize,
+                      uint32_t valueSize) {
   const std::string path = pinDir + "/" + name;
   if (access((pinDir + "/config").c_str(), F_OK) != 0)
     return fail(ENOENT, fmt::format("bpf: no program of the daemon pinned under {} (not a router "
                                     "with --datapath bpf, or another --bpf-pin-dir?)", pinDir));
   Fd fd(bpf_obj_get(path.c_str()));
   if (fd.fd < 0) return errnoFail(errno, "open " + path);
+  bpf_map_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd.fd, &info, &len) != 0) return errnoFail(errno, "map info " + path);
+  if (info.key_size != keySize || info.value_size != valueSize)
+    return fail(EINVAL, fmt::format("bpf: {} is not a map of this build's layout (key {} value {} "
+                                    "bytes, not {} and {})", path, info.key_size, info.value_size,
+                                    keySize, valueSize));
   return fd;
 }
 
 Result<kst_config> readConfig(const std::string& pinDir) {
-  auto fd = openPinned(pinDir, "config");
+  auto fd = openPinned(pinDir, "config", sizeof(uint32_t), sizeof(kst_config));
   if (!fd) return std::unexpected(fd.error());
   uint32_t zero = 0;
   kst_config c{};
@@ -751,7 +760,7 @@ Result<kst_config> readConfig(const std::string& pinDir) {
 Result<dp::ClassifierHashes> BpfInspector::classifier(Family family) {
   auto c = readConfig(pinDir_);
   if (!c) return std::unexpected(c.error());
-  auto vips = openPinned(pinDir_, "vips");
+  auto vips = openPinned(pinDir_, "vips", sizeof(kst_vip_key), sizeof(kst_vip_val));
   if (!vips) return std::unexpected(vips.error());
   std::set<uint32_t> counts;
   Status s = forEach<kst_vip_key>(vips->fd, sizeof(kst_vip_val),
@@ -771,7 +780,7 @@ Result<std::optional<uint32_t>> BpfInspector::flowMark(Family family, std::span<
   if (!k) return fail(EINVAL, "bpf: not a flow key of the program's (saddr . daddr . ports)");
   auto c = readConfig(pinDir_);
   if (!c) return std::unexpected(c.error());
-  auto flows = openPinned(pinDir_, "flows");
+  auto flows = openPinned(pinDir_, "flows", sizeof(kst_flow_key), sizeof(kst_flow_val));
   if (!flows) return std::unexpected(flows.error());
   kst_flow_val v{};
   if (bpf_map_lookup_elem(flows->fd, k->data(), &v) != 0) {
