@@ -392,8 +392,11 @@ int explainCommand(const Flags& f, Kernel& k, const InspectArgs& a) {
   q.sport = a.sport;
   q.dport = a.dport;
   q.protocol = *proto;
-  kst::NftInspectorImpl nft(f.dp);
-  auto e = kst::explainOnNode(*k.router, nft, q);
+  // The classifier's hashes and flow pins where this router keeps them (--datapath).
+  std::unique_ptr<kst::dp::NftInspector> inspector;
+  if (f.datapath == "bpf") inspector = std::make_unique<kst::BpfInspector>(f.bpf.pinDir);
+  else inspector = std::make_unique<kst::NftInspectorImpl>(f.dp);
+  auto e = kst::explainOnNode(*k.router, *inspector, q);
   if (!e) {
     spdlog::error("explain: {}", e.error().message);
     return 1;
@@ -409,6 +412,7 @@ int statusCommand(const Flags& f, Kernel& k, bool router, bool agent, const Insp
   if (router && f.announceTable) src.announce = k.announce.get();
   if (agent) src.pods = k.netns.get();
   src.decapDevice = f.dp.tunnelLinkName();
+  src.datapath = f.datapath;
   auto s = kst::nodeStatus(src);
   std::cout << (a.output == "json" ? kst::toJson(s).dump(2) + "\n" : kst::toText(s));
   return s.errors.empty() ? 0 : 1;
@@ -702,6 +706,8 @@ int main(int argc, char** argv) {
       spdlog::info("nft: this kernel refuses a lookup in a map without data; new flows are "
                    "counted with the packets of stale pins (docs/metrics.md)");
   }
+  // status and explain only read: the bpf datapath's observation repairs nothing for them.
+  if (status->parsed() || explain->parsed()) f.bpf.repair = false;
   auto kernel = openKernel(f);
   if (!kernel) {
     spdlog::error("{}", kernel.error().message);

@@ -310,7 +310,7 @@ nlohmann::json toJson(const NodeStatus& s) {
                       {"unassigned", v.unassigned}, {"endpoints", eps},
                       {"announced", v.announced ? json(*v.announced) : json(nullptr)}});
     }
-    j["router"] = {{"table", s.nftTable}, {"vips", vips},
+    j["router"] = {{"datapath", s.datapath}, {"table", s.nftTable}, {"vips", vips},
                    {"drained", s.drained ? json(*s.drained) : json(nullptr)}};
   }
   if (s.agent) {
@@ -331,7 +331,9 @@ nlohmann::json toJson(const NodeStatus& s) {
 std::string toText(const NodeStatus& s) {
   std::string out;
   if (s.router) {
-    if (!s.nftTable) out += "router: no table of the daemon in this namespace\n";
+    if (!s.nftTable)
+      out += s.datapath == "bpf" ? "router: no program of the daemon pinned (--datapath bpf)\n"
+                                 : "router: no table of the daemon in this namespace\n";
     if (s.drained.value_or(false)) out += "router: drained (`undrain` announces the VIPs again)\n";
     out += fmt::format("{:<28} {:>7}  {:<28} {:>6} {:>6} {:>7}  {:<9} {}\n", "VIP", "BUCKETS",
                        "ENDPOINT", "MARK", "TABLE", "BUCKETS", "STATE", "ANNOUNCED");

@@ -104,7 +104,8 @@ struct PodStatus {
 
 struct NodeStatus {
   bool router = false;
-  bool nftTable = false;                // the router's table exists
+  std::string datapath = "nft";         // the router's classifier: nft or bpf
+  bool nftTable = false;                // the router's classifier (table or program) exists
   std::vector<VipStatus> vips;
   /** With an announce table: whether `drain` left its marker in the state dir (then no VIP is
    *  announced, whatever the router could serve). */

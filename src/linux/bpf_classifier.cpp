@@ -27,6 +27,7 @@
 #include <spdlog/spdlog.h>
 
 #include "dataplane/modes.h"
+#include "desired/nft_render.h"
 #include "hashing/maglev.h"
 #include "linux/bpf/router_maps.h"
 #include "linux/bpf_util.h"
@@ -112,6 +113,37 @@ std::string storedId(const std::string& program, const std::string& skeletonId) 
 std::optional<std::string> adoptedSkeletonId(const std::string& stored, const std::string& program) {
   if (!stored.starts_with(program + "/")) return std::nullopt;
   return stored.substr(program.size() + 1);
+}
+
+dp::ClassifierHashes classifierHashes(Family family, uint32_t seed,
+                                      const std::set<uint32_t>& bucketCounts) {
+  const std::string ip = family == Family::V4 ? "ip " : "ip6 ";
+  const std::vector<std::string> addrs{ip + "saddr", ip + "daddr"};
+  std::vector<std::string> tuple = addrs;
+  tuple.insert(tuple.end(), {"th sport", "th dport"});
+  dp::ClassifierHashes h;
+  for (uint32_t b : bucketCounts) {
+    h.buckets.push_back({dp::BucketHashRule::Protocols::WithPorts, {tuple, b, seed, kBucketMarkBase}});
+    h.buckets.push_back({dp::BucketHashRule::Protocols::WithoutPorts, {addrs, b, seed, kBucketMarkBase}});
+  }
+  for (const auto& f : tuple) h.flowKey.push_back({f, std::nullopt});
+  return h;
+}
+
+std::optional<std::vector<uint8_t>> flowMapKey(Family family, std::span<const uint8_t> r) {
+  const size_t a = family == Family::V4 ? 4 : 16;
+  if (r.size() != 2 * a + 8) return std::nullopt;
+  kst_flow_key k{};
+  const auto s = mapKey(IpAddress::fromBytes(family, r.data()));
+  const auto d = mapKey(IpAddress::fromBytes(family, r.data() + a));
+  std::memcpy(k.saddr, s.data(), 16);
+  std::memcpy(k.daddr, d.data(), 16);
+  std::memcpy(&k.sport, r.data() + 2 * a, 2);  // network order, as the register holds it
+  std::memcpy(&k.dport, r.data() + 2 * a + 4, 2);
+  k.v4 = family == Family::V4 ? 1 : 0;
+  std::vector<uint8_t> out(sizeof(k));
+  std::memcpy(out.data(), &k, sizeof(k));
+  return out;
 }
 
 }  // namespace bpf
@@ -722,6 +754,73 @@ Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
   return refreshConfig(m);
 }
 
+namespace {
+
+/** One pinned map of ours, opened for reading; an error unless its key and value sizes are
+ *  this build's (a lookup copies the map's value size into our buffer). */
+Result<Fd> openPinned(const std::string& pinDir, const char* name, uint32_t keySize,
+                      uint32_t valueSize) {
+  const std::string path = pinDir + "/" + name;
+  if (access((pinDir + "/config").c_str(), F_OK) != 0)
+    return fail(ENOENT, fmt::format("bpf: no program of the daemon pinned under {} (not a router "
+                                    "with --datapath bpf, or another --bpf-pin-dir?)", pinDir));
+  Fd fd(bpf_obj_get(path.c_str()));
+  if (fd.fd < 0) return errnoFail(errno, "open " + path);
+  bpf_map_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd.fd, &info, &len) != 0) return errnoFail(errno, "map info " + path);
+  if (info.key_size != keySize || info.value_size != valueSize)
+    return fail(EINVAL, fmt::format("bpf: {} is not a map of this build's layout (key {} value {} "
+                                    "bytes, not {} and {})", path, info.key_size, info.value_size,
+                                    keySize, valueSize));
+  return fd;
+}
+
+Result<kst_config> readConfig(const std::string& pinDir) {
+  auto fd = openPinned(pinDir, "config", sizeof(uint32_t), sizeof(kst_config));
+  if (!fd) return std::unexpected(fd.error());
+  uint32_t zero = 0;
+  kst_config c{};
+  if (bpf_map_lookup_elem(fd->fd, &zero, &c) != 0) return errnoFail(errno, "read config");
+  return c;
+}
+
+}  // namespace
+
+Result<dp::ClassifierHashes> BpfInspector::classifier(Family family) {
+  auto c = readConfig(pinDir_);
+  if (!c) return std::unexpected(c.error());
+  auto vips = openPinned(pinDir_, "vips", sizeof(kst_vip_key), sizeof(kst_vip_val));
+  if (!vips) return std::unexpected(vips.error());
+  std::set<uint32_t> counts;
+  Status s = forEach<kst_vip_key>(vips->fd, sizeof(kst_vip_val),
+                                  [&](const kst_vip_key& k, const uint8_t* raw) {
+                                    kst_vip_val v;
+                                    std::memcpy(&v, raw, sizeof(v));
+                                    if ((v.flags & KST_VIP_COUNT) &&
+                                        bpf::fromMapKey(k.addr).family() == family)
+                                      counts.insert(v.buckets);
+                                  });
+  if (!s) return std::unexpected(s.error());
+  return bpf::classifierHashes(family, c->seed, counts);
+}
+
+Result<std::optional<uint32_t>> BpfInspector::flowMark(Family family, std::span<const uint8_t> key) {
+  auto k = bpf::flowMapKey(family, key);
+  if (!k) return fail(EINVAL, "bpf: not a flow key of the program's (saddr . daddr . ports)");
+  auto c = readConfig(pinDir_);
+  if (!c) return std::unexpected(c.error());
+  auto flows = openPinned(pinDir_, "flows", sizeof(kst_flow_key), sizeof(kst_flow_val));
+  if (!flows) return std::unexpected(flows.error());
+  kst_flow_val v{};
+  if (bpf_map_lookup_elem(flows->fd, k->data(), &v) != 0) {
+    if (errno == ENOENT) return std::optional<uint32_t>();
+    return errnoFail(errno, "flow lookup");
+  }
+  if (!bpf::pinValid(v.seen_ns, monotonicNs(), c->flow_timeout_ns)) return std::optional<uint32_t>();
+  return std::optional<uint32_t>(v.mark);
+}
+
 Result<dp::NftCounterSnapshot> BpfClassifier::readCounters() {
   dp::NftCounterSnapshot snap;
   if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) return snap;
@@ -775,7 +874,7 @@ Result<dp::NftCounterSnapshot> BpfClassifier::readCounters() {
                             [&](const kst_flow_key& k, const uint8_t* raw) {
                               kst_flow_val v;
                               std::memcpy(&v, raw, sizeof(v));
-                              if (now - v.seen_ns > timeout) return;
+                              if (!bpf::pinValid(v.seen_ns, now, timeout)) return;
                               ++(k.v4 ? snap.flows4 : snap.flows6);
                             });
   if (!s) return std::unexpected(s.error());

@@ -28,10 +28,13 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "common/ip.h"
+#include "dataplane/inspect.h"
 #include "dataplane/kernel.h"
 #include "desired/config.h"
 
@@ -73,7 +76,39 @@ std::string storedId(const std::string& program, const std::string& skeletonId);
 /** The nft skeleton id of a stored id when its program part is `program`; nullopt otherwise. */
 std::optional<std::string> adoptedSkeletonId(const std::string& stored, const std::string& program);
 
+/** The program's hashes for one family, as explain and status read nft's classifier rules: per
+ *  bucket count B a VIP of the family holds (its count entry), the rule pair the nft table has
+ *  for that count class (`jhash saddr . daddr . th sport . th dport mod B seed S offset
+ *  0x40000000` for TCP, UDP and SCTP, `jhash saddr . daddr …` for the rest: the same bucket,
+ *  bit for bit); the flow key as the plain 4-tuple (saddr . daddr . th sport . th dport), which
+ *  flowMapKey turns into the flow map's key. */
+dp::ClassifierHashes classifierHashes(Family family, uint32_t seed,
+                                      const std::set<uint32_t>& bucketCounts);
+/** The flow map's key (struct kst_flow_key's bytes) of the registers explain builds from
+ *  classifierHashes' flowKey: saddr, daddr, sport, dport, each in 4-byte registers; nullopt
+ *  when the bytes are not that (another length). */
+std::optional<std::vector<uint8_t>> flowMapKey(Family family, std::span<const uint8_t> registers);
+/** A flow pin the program follows: seen within the flow timeout (an older one is a new flow;
+ *  the LRU map keeps it until it needs the room). */
+constexpr bool pinValid(uint64_t seenNs, uint64_t nowNs, uint64_t timeoutNs) {
+  return nowNs - seenNs <= timeoutNs;
+}
+
 }  // namespace bpf
+
+/** dp::NftInspector over the pinned maps of the bpf datapath (`status` and `explain` with
+ *  --datapath bpf): the hashes from the config map's seed and the VIPs' bucket counts, a flow
+ *  pin from the flow map (one lookup; an expired pin reads as none, as the program treats it).
+ *  Reads only; an error when no program of ours is pinned under pinDir. */
+class BpfInspector : public dp::NftInspector {
+ public:
+  explicit BpfInspector(std::string pinDir) : pinDir_(std::move(pinDir)) {}
+  Result<dp::ClassifierHashes> classifier(Family family) override;
+  Result<std::optional<uint32_t>> flowMark(Family family, std::span<const uint8_t> key) override;
+
+ private:
+  std::string pinDir_;
+};
 
 class BpfClassifier : public dp::NftClient {
  public:

@@ -8,7 +8,9 @@ Result<Explanation> explainOnNode(RouterReconciler& router, dp::NftInspector& nf
                                   const FlowQuery& q) {
   auto st = router.observe();
   if (!st) return std::unexpected(st.error());
-  if (!st->nft.present) return fail(ENOENT, "no table of the daemon on this node (not a router?)");
+  if (!st->nft.present)
+    return fail(ENOENT, "no classifier of the daemon on this node (not a router, or another "
+                        "--datapath / --bpf-pin-dir?)");
   auto hashes = nft.classifier(q.vip.family());
   if (!hashes) return std::unexpected(hashes.error());
   auto key = flowKey(q, *hashes);
@@ -26,6 +28,7 @@ NodeStatus nodeStatus(const StatusSources& src) {
   NodeStatus s;
   if (src.router) {
     s.router = true;
+    s.datapath = src.datapath;
     auto st = src.router->observe();
     if (!st) {
       s.errors.push_back("router state: " + st.error().message);

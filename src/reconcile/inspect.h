@@ -24,6 +24,7 @@ struct StatusSources {
   AnnounceReconciler* announce = nullptr; // with an announce table
   dp::NetnsProvider* pods = nullptr;      // agent part, when set
   std::string decapDevice;                // DataplaneConfig::tunnelLinkName()
+  std::string datapath = "nft";           // the router's classifier (--datapath): nft or bpf
 };
 
 /** What the node holds; parts that cannot be read are named in NodeStatus::errors. */

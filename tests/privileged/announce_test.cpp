@@ -164,7 +164,7 @@ TEST_F(Announce, DcRouterLearnsEachVipFromBothNodesAndSpreadsConnections) {
   EXPECT_EQ(failures(answers6), 0);
   // cleanup with the table removes the announcements too: the DC router drops the node.
   procs["rt"].stop();
-  ASSERT_EQ(in("rt", kBin + " cleanup --role router --announce-table " + kTable).rc, 0);
+  ASSERT_EQ(in("rt", kBin + " cleanup --role router --announce-table " + kTable + datapathArgs("rt")).rc, 0);
   EXPECT_EQ(out("rt", "ip route show table " + kTable) + out("rt", "ip -6 route show table " + kTable), "");
   EXPECT_EQ(owned("rt"), "");
   EXPECT_TRUE(pathsBecome(kVip, 1, 10)) << out("dc", "ip route");
@@ -192,7 +192,7 @@ TEST_F(Announce, KillingANodeBfdRemovesItWithinOneSecondAndHeldConnectionsSurviv
 // other pods and break: the test above depends on identical decisions.
 TEST_F(Announce, NegativeControlSurvivorWithAnotherSeedBreaksConnections) {
   procs["rt2"].stop();
-  ASSERT_EQ(in("rt2", kBin + " cleanup --role router").rc, 0);  // its announce table stays
+  ASSERT_EQ(in("rt2", kBin + " cleanup --role router" + datapathArgs("rt2")).rc, 0);  // its announce table stays
   startNode("rt2", {"--hash-seed", "7"});
   ASSERT_TRUE(pathsBecome(kVip, 2));
   ASSERT_TRUE(bfdUp());

@@ -11,13 +11,16 @@
 //   - the flow table occupancy the reader reports equals the element count `nft list map`
 //     shows.
 // The counters are read the way the daemon reads them (NftClientImpl::readCounters, raw
-// nfnetlink) from a thread that entered the router's namespace.
+// nfnetlink) from a thread that entered the router's namespace; in the ".bpf" variant through
+// BpfClassifier::readCounters from the router's pinned maps, and the flow table as
+// `bpftool map dump` shows it.
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "linux/bpf_classifier.h"
 #include "linux/nft_client.h"
 #include "privileged/harness.h"
 
@@ -79,6 +82,15 @@ class Counters : public E2E, public ::testing::WithParamInterface<bool> {
   dp::NftCounterSnapshot routerCounters() {
     dp::NftCounterSnapshot snap;
     std::string error;
+    if (bpfDatapath()) {
+      BpfOptions o;
+      o.pinDir = bpfPinDir("rt");
+      o.repair = false;
+      auto r = BpfClassifier(DataplaneConfig{}, o).readCounters();
+      if (r) snap = *r;
+      EXPECT_TRUE(r) << r.error().message;
+      return snap;
+    }
     std::thread t([&] {
       int fd = open(("/run/netns/" + ns("rt")).c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
@@ -98,8 +110,13 @@ class Counters : public E2E, public ::testing::WithParamInterface<bool> {
     return snap;
   }
 
-  /** Elements of a flow map as `nft -j list map` shows them. */
+  /** Elements of a flow map as `nft -j list map` (bpf: `bpftool map dump`) shows them. */
   uint64_t listedFlows(const std::string& map) {
+    if (bpfDatapath()) {
+      uint64_t n = 0;
+      for (auto& [mark, count] : flowPins("rt", map == "flow6")) n += count;
+      return n;
+    }
     auto j = nlohmann::json::parse(
         out("rt", "nft -j list map inet kube_service_tunnel " + map), nullptr, false);
     if (j.is_discarded()) return UINT64_MAX;

@@ -2,7 +2,8 @@
 // IPv6; TCP, UDP, ICMP), the endpoint `explain -o json` predicts before the packet is sent is
 // the pod that receives it, and the flow map then pins each flow to the mark it predicted (the
 // user-space jhash is bit-exact with the kernel's). `status -o json` lists the VIPs with the
-// per-endpoint bucket counts the router programmed, read independently with `nft -j`.
+// per-endpoint bucket counts the router programmed, read independently with `nft -j` (the
+// ".bpf" variants: the program's pinned maps with `bpftool -j`).
 // Accounting (prefix kob): the router's /metrics counts per endpoint exactly the packets whose
 // 5-tuples explain assigns to it, and counts each new flow once.
 #include <nlohmann/json.hpp>
@@ -55,7 +56,7 @@ class Explain : public E2E {
 
   json explain(const std::string& vip, const std::string& src, int sport, int dport,
                const std::string& proto) {
-    auto o = out("rt", kBin + " explain -o json " + vip + " " + src + " " + std::to_string(sport) +
+    auto o = out("rt", kBin + " explain -o json" + datapathArgs("rt") + " " + vip + " " + src + " " + std::to_string(sport) +
                            " " + std::to_string(dport) + " " + proto);
     return json::parse(o, nullptr, false);
   }
@@ -68,8 +69,20 @@ class Explain : public E2E {
     return "?" + line;
   }
 
-  /** Flow4 elements: "saddr . sport . daddr . dport" → mark. */
+  /** IPv4 flow pins: "saddr . sport . daddr . dport" → mark (flow4 elements, or the program's
+   *  flow map entries). */
   std::map<std::string, uint32_t> flow4() {
+    if (bpfDatapath()) {
+      std::map<std::string, uint32_t> m;
+      for (auto& e : bpfDump("rt", "flows")) {
+        auto& k = e["key"];
+        if (k["v4"] != 1) continue;
+        auto port = [](const json& p) { return std::to_string(ntohs(p.get<uint16_t>())); };
+        m[bpfAddress(k["saddr"]) + " . " + port(k["sport"]) + " . " + bpfAddress(k["daddr"]) +
+          " . " + port(k["dport"])] = e["value"]["mark"].get<uint32_t>();
+      }
+      return m;
+    }
     auto doc = json::parse(out("rt", "nft -j list map inet kube_service_tunnel flow4"), nullptr, false);
     std::map<std::string, uint32_t> m;
     if (doc.is_discarded() || !doc.contains("nftables")) return m;
@@ -98,7 +111,7 @@ class Explain : public E2E {
     std::map<std::string, int> spread;
     for (int i = 0; i < n; ++i) {
       auto e = explain(vip, src, sportBase + i, 8080, proto);
-      ASSERT_FALSE(e.is_discarded()) << in("rt", kBin + " explain " + vip + " " + src + " " +
+      ASSERT_FALSE(e.is_discarded()) << in("rt", kBin + " explain" + datapathArgs("rt") + " " + vip + " " + src + " " +
                                                    std::to_string(sportBase + i) + " 8080 " + proto).out;
       ASSERT_TRUE(e["endpoint"].is_string()) << e.dump();
       EXPECT_FALSE(e["pinned"].get<bool>()) << e.dump();
@@ -181,16 +194,14 @@ TEST_F(Explain, StatusListsTheVipsAndTheBucketsTheRouterProgrammed) {
   // Independent reading: the b2s maps' data per VIP, and each slot table's route.
   auto programmed = [&](bool v6) {
     std::map<uint32_t, int> perMark;
-    auto doc = json::parse(out("rt", std::string("nft -j list map inet kube_service_tunnel ") +
-                                         (v6 ? "b2s6" : "b2s4")), nullptr, false);
-    for (auto& item : doc["nftables"])
-      if (item.contains("map") && item["map"].contains("elem"))
-        for (auto& e : item["map"]["elem"]) ++perMark[e[1].get<uint32_t>()];
+    for (auto& [vip, buckets] : bucketMarks("rt", v6))
+      for (auto& [bucket, mark] : buckets) ++perMark[mark];
     return perMark;
   };
-  auto s = json::parse(out("rt", kBin + " status -o json --role router"), nullptr, false);
+  auto s = json::parse(out("rt", kBin + " status -o json --role router" + datapathArgs("rt")), nullptr, false);
   ASSERT_FALSE(s.is_discarded());
   ASSERT_TRUE(s["router"]["table"].get<bool>()) << s.dump(2);
+  EXPECT_EQ(s["router"]["datapath"], bpfDatapath() ? "bpf" : "nft");
   ASSERT_EQ(s["router"]["vips"].size(), 2u) << s.dump(2);
   for (auto& v : s["router"]["vips"]) {
     bool v6 = v["vip"] == kVip6;
@@ -238,7 +249,7 @@ TEST_F(Explain, StatusListsTheVipsAndTheBucketsTheRouterProgrammed) {
   writeManifest("svc4.yaml", serviceYaml("web4", kVip4) + "---\n" + sliceYaml("web4", "IPv4", eps));
   json d;
   ASSERT_TRUE(waitUntil([&] {
-    d = json::parse(out("rt", kBin + " status -o json --role router"), nullptr, false);
+    d = json::parse(out("rt", kBin + " status -o json --role router" + datapathArgs("rt")), nullptr, false);
     if (d.is_discarded()) return false;
     for (auto& v : d["router"]["vips"])
       for (auto& e : v["endpoints"])
@@ -252,7 +263,7 @@ TEST_F(Explain, StatusListsTheVipsAndTheBucketsTheRouterProgrammed) {
       }
     }
   }
-  auto text = in("rt", kBin + " status --role router");
+  auto text = in("rt", kBin + " status --role router" + datapathArgs("rt"));
   EXPECT_EQ(text.rc, 0) << text.out;
   EXPECT_NE(text.out.find("draining"), std::string::npos) << text.out;
 }
@@ -444,18 +455,13 @@ TEST_F(Accounting, NewFlowsAreCountedOncePerFlow) {
     ASSERT_TRUE(d);
     EXPECT_EQ(value(*d, newFlows), value(*c, newFlows)) << vip;
   }
-  // Occupancy: as `nft list map` shows it (nothing is sent in between; entries expire only
-  // after --flow-timeout).
+  // Occupancy: as `nft list map` (bpf: `bpftool map dump`) shows it (nothing is sent in
+  // between; entries expire only after --flow-timeout).
   auto m = scrape();
   ASSERT_TRUE(m);
   for (bool v6 : {false, true}) {
-    auto j = json::parse(out("rt", std::string("nft -j list map inet kube_service_tunnel ") +
-                                       (v6 ? "flow6" : "flow4")),
-                         nullptr, false);
-    ASSERT_FALSE(j.is_discarded());
     size_t listed = 0;
-    for (auto& o : j["nftables"])
-      if (o.contains("map") && o["map"].contains("elem")) listed = o["map"]["elem"].size();
+    for (auto& [mark, n] : flowPins("rt", v6)) listed += n;
     EXPECT_EQ(value(*m, std::string("kube_service_tunnel_flows{family=\"") +
                             (v6 ? "ipv6" : "ipv4") + "\"}"),
               double(listed));

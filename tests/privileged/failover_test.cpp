@@ -38,28 +38,21 @@ class Failover : public E2E {
   /** Owned routing state of a router with its slot numbering abstracted away: for each bucket,
    *  the endpoint its packets are encapsulated to ("" when it cannot be read consistently). */
   std::string decisions(const std::string& r) {
-    auto map = nlohmann::json::parse(out(r, "nft -j list map inet kube_service_tunnel b2s4"),
-                                     nullptr, false);
     std::map<uint32_t, std::string> endpointOfMark;
     std::string result;
-    if (map.is_discarded()) return result;
-    for (auto& item : map["nftables"]) {
-      if (!item.contains("map") || !item["map"].contains("elem")) continue;
-      for (auto& e : item["map"]["elem"]) {
-        uint32_t bucket = e[0]["concat"][1].get<uint32_t>() - 0x40000000;
-        uint32_t mark = e[1].get<uint32_t>();
-        if (!endpointOfMark.contains(mark)) {
-          // table <mark>: "203.0.113.10 nhid N ..." → nexthop N: "... dst POD ..."
-          auto rt = out(r, "ip route show table " + std::to_string(mark) + " " + kVip);
-          auto nh = rt.find("nhid ");
-          if (nh == std::string::npos) return "";
-          auto n = out(r, "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
-          auto d = n.find("dst ");
-          if (d == std::string::npos) return "";
-          endpointOfMark[mark] = n.substr(d + 4, n.find(' ', d + 4) - d - 4);
-        }
-        result += std::to_string(bucket) + "->" + endpointOfMark[mark] + "\n";
+    auto all = bucketMarks(r);  // (a named map: the loop must not outlive it)
+    for (auto& [bucket, mark] : all[kVip]) {
+      if (!endpointOfMark.contains(mark)) {
+        // table <mark>: "203.0.113.10 nhid N ..." → nexthop N: "... dst POD ..."
+        auto rt = out(r, "ip route show table " + std::to_string(mark) + " " + kVip);
+        auto nh = rt.find("nhid ");
+        if (nh == std::string::npos) return "";
+        auto n = out(r, "ip nexthop show id " + rt.substr(nh + 5, rt.find(' ', nh + 5) - nh - 5));
+        auto d = n.find("dst ");
+        if (d == std::string::npos) return "";
+        endpointOfMark[mark] = n.substr(d + 4, n.find(' ', d + 4) - d - 4);
       }
+      result += std::to_string(bucket) + "->" + endpointOfMark[mark] + "\n";
     }
     return result;
   }
@@ -96,7 +89,7 @@ TEST_F(Failover, FreshRouterBuildsTheSameTablesAsTheServingOne) {
   writeEndpoints(false);
   ASSERT_TRUE(waitUntil([&] { return decisions("rt").find("198.19.1.2") != std::string::npos; }));
   procs["rt2"].stop();
-  ASSERT_EQ(in("rt2", kBin + " cleanup --role router").rc, 0);
+  ASSERT_EQ(in("rt2", kBin + " cleanup --role router" + datapathArgs("rt2")).rc, 0);
   startRouter("rt2");
   ASSERT_TRUE(waitUntil([&] { return !decisions("rt2").empty(); }));
   EXPECT_EQ(decisions("rt"), decisions("rt2"));
@@ -140,7 +133,7 @@ namespace {
 // connections, so the test above really depends on identical decisions.
 TEST_F(Failover, NegativeControlDifferentSeedOnBBreaksConnections) {
   procs["rt2"].stop();
-  ASSERT_EQ(in("rt2", kBin + " cleanup --role router").rc, 0);
+  ASSERT_EQ(in("rt2", kBin + " cleanup --role router" + datapathArgs("rt2")).rc, 0);
   startRouter("rt2", {"--hash-seed", "7"});
   ASSERT_TRUE(reachable(kVip));
   via("198.18.0.2");
@@ -189,7 +182,7 @@ TEST_F(Failover, PublishedTableIsFollowedAndAFreshRouterTakesItsSlots) {
   EXPECT_NE(out("rt", "ip route show table 1000 " + kVip).find("nhid"), std::string::npos);
   // ... a fresh router B takes the published ones: slot 3 (table 1003) is 198.19.1.2.
   procs["rt2"].stop();
-  ASSERT_EQ(in("rt2", kBin + " cleanup --role router").rc, 0);
+  ASSERT_EQ(in("rt2", kBin + " cleanup --role router" + datapathArgs("rt2")).rc, 0);
   startRouter("rt2");
   ASSERT_TRUE(waitUntil([&] { return decisions("rt2") == expected; })) << decisions("rt2");
   auto rt = out("rt2", "ip route show table 1003 " + kVip);

@@ -77,13 +77,11 @@ class Spread : public E2E {
     writeManifest("web-slice.yaml", sliceYaml("web", "IPv4", v));
   }
 
-  /** The VIP's bucket count on the router (its bcount4 element), 0 without one. */
+  /** The VIP's bucket count on the router (its count element), 0 without one. */
   uint32_t bucketCount() {
-    auto r = in("rt", "nft list map inet kube_service_tunnel bcount4");
-    auto at = r.out.find(kVip + " : ");
-    if (at == std::string::npos) return 0;
-    return static_cast<uint32_t>(std::stoul(r.out.substr(at + kVip.size() + 3), nullptr, 0) &
-                                 0x7fffffff);
+    auto counts = bucketCounts("rt");
+    auto it = counts.find(kVip);
+    return it == counts.end() ? 0 : it->second;
   }
 
   /** Endpoint addresses that received an encapsulated packet, over all pods. */

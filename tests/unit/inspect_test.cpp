@@ -1,11 +1,16 @@
 // desired/inspect.h, reconcile/inspect.h and linux/nft_inspect.h's parser against the fake
 // kernel (tests/fakes): the router reconciler programs a model into the fakes, and explain and
 // status must read back what it planned. The classifier chains are `nft -j list chain` of a
-// real router (tests/data/nft/classify{4,6}.json, nft 1.0.6, --buckets 64, seed 0x2a).
+// real router (tests/data/nft/classify{4,6}.json, nft 1.0.6, --buckets 64, seed 0x2a). The bpf
+// datapath's hashes (bpf::classifierHashes, what BpfInspector reads from the pinned maps) must
+// explain every packet as these do.
 #include "reconcile/inspect.h"
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -15,6 +20,8 @@
 #include "fakes/fake_inspector.h"
 #include "fakes/fake_kernel.h"
 #include "hashing/jhash.h"
+#include "linux/bpf/router_maps.h"
+#include "linux/bpf_classifier.h"
 #include "linux/nft_inspect.h"
 
 namespace kst {
@@ -305,6 +312,118 @@ TEST(NodeStatusView, PodStatusListsTheAgentsVipsAndThePodsOwnAddresses) {
   auto half = podStatus("/run/netns/r", "kst-vxg", {}, owned, owned);
   ASSERT_TRUE(half);
   EXPECT_FALSE(half->decapPresent);
+}
+
+// ---- the bpf datapath: the same explanations from the program's maps ----
+
+TEST(BpfExplain, TheProgramsHashesExplainEveryPacketAsTheNftRulesDo) {
+  Router nftRouter, bpfRouter;
+  for (Family f : {Family::V4, Family::V6})
+    bpfRouter.insp.chains[f] = bpf::classifierHashes(f, 0x2a, {64});
+  for (const auto& [vip, src] : {std::pair{kV4, std::string("198.18.0.10")},
+                                 std::pair{kV6, std::string("2001:db8:f::10")}}) {
+    for (uint8_t proto : {uint8_t(6), uint8_t(17), uint8_t(132), uint8_t(1), uint8_t(58)}) {
+      for (uint16_t sport = 2000; sport < 2100; ++sport) {
+        auto q = query(vip, src, proto == 1 || proto == 58 ? 0 : sport, 443, proto);
+        auto a = explainOnNode(nftRouter.rec, nftRouter.insp, q);
+        auto b = explainOnNode(bpfRouter.rec, bpfRouter.insp, q);
+        ASSERT_TRUE(a && b) << (a ? b.error().message : a.error().message);
+        EXPECT_EQ(toJson(*b), toJson(*a)) << vip << " " << int(proto) << " " << sport;
+      }
+    }
+  }
+}
+
+TEST(BpfExplain, OneRulePairPerBucketCountAndThePlainFourTupleAsFlowKey) {
+  auto h = bpf::classifierHashes(Family::V6, 7, {16, 64});
+  ASSERT_EQ(h.buckets.size(), 4u);
+  using P = dp::BucketHashRule::Protocols;
+  EXPECT_EQ(h.buckets[0].protocols, P::WithPorts);
+  EXPECT_EQ(h.buckets[0].hash.mod, 16u);
+  EXPECT_EQ(h.buckets[0].hash.fields,
+            (std::vector<std::string>{"ip6 saddr", "ip6 daddr", "th sport", "th dport"}));
+  EXPECT_EQ(h.buckets[1].protocols, P::WithoutPorts);
+  EXPECT_EQ(h.buckets[1].hash.fields, (std::vector<std::string>{"ip6 saddr", "ip6 daddr"}));
+  EXPECT_EQ(h.buckets[3].hash.mod, 64u);
+  for (const auto& r : h.buckets) {
+    EXPECT_EQ(r.hash.seed, 7u);
+    EXPECT_EQ(r.hash.offset, kBucketMarkBase);
+  }
+  ASSERT_EQ(h.flowKey.size(), 4u);
+  EXPECT_FALSE(h.flowKey[0].hash);
+  EXPECT_EQ(h.flowKey[3].field, "th dport");
+  // No VIP with a count: no rule (explain then says the address is no VIP of this router).
+  EXPECT_TRUE(bpf::classifierHashes(Family::V4, 7, {}).buckets.empty());
+}
+
+/** The program's flow map key of a packet, built field by field as router.bpf.c parses it. */
+std::vector<uint8_t> programKey(const IpAddress& src, const IpAddress& dst, uint16_t sport,
+                                uint16_t dport) {
+  kst_flow_key k{};
+  auto s = bpf::mapKey(src), d = bpf::mapKey(dst);
+  std::memcpy(k.saddr, s.data(), 16);
+  std::memcpy(k.daddr, d.data(), 16);
+  k.sport = htons(sport);
+  k.dport = htons(dport);
+  k.v4 = src.isV4();
+  std::vector<uint8_t> out(sizeof k);
+  std::memcpy(out.data(), &k, sizeof k);
+  return out;
+}
+
+TEST(BpfExplain, TheFlowKeyExplainBuildsIsTheProgramsFlowMapKey) {
+  for (const auto& [vip, src] : {std::pair{kV4, std::string("198.18.0.10")},
+                                 std::pair{kV6, std::string("2001:db8:f::10")}}) {
+    const Family f = ip(vip).family();
+    auto q = query(vip, src, 40000, 8080, 17);
+    auto regs = flowKey(q, bpf::classifierHashes(f, 0x2a, {64}));
+    ASSERT_TRUE(regs && *regs);
+    auto k = bpf::flowMapKey(f, **regs);
+    ASSERT_TRUE(k);
+    EXPECT_EQ(*k, programKey(ip(src), ip(vip), 40000, 8080)) << vip;
+    // Another port, another key; the other family's length is no key.
+    EXPECT_NE(*bpf::flowMapKey(f, **flowKey(query(vip, src, 40001, 8080, 17),
+                                            bpf::classifierHashes(f, 0x2a, {64}))),
+              *k);
+    EXPECT_FALSE(bpf::flowMapKey(f == Family::V4 ? Family::V6 : Family::V4, **regs));
+  }
+  EXPECT_FALSE(bpf::flowMapKey(Family::V4, std::vector<uint8_t>(15)));
+  EXPECT_FALSE(bpf::flowMapKey(Family::V6, {}));
+}
+
+TEST(BpfExplain, APinIsFollowedWithinTheFlowTimeoutOnly) {
+  const uint64_t s = 1'000'000'000;
+  EXPECT_TRUE(bpf::pinValid(5 * s, 5 * s, 30 * s));
+  EXPECT_TRUE(bpf::pinValid(5 * s, 35 * s, 30 * s));
+  EXPECT_FALSE(bpf::pinValid(5 * s, 35 * s + 1, 30 * s));
+}
+
+TEST(BpfExplain, StatusNamesTheDatapathAndAMissingProgram) {
+  NodeStatus s;
+  s.router = true;
+  s.datapath = "bpf";
+  EXPECT_EQ(toJson(s)["router"]["datapath"], "bpf");
+  EXPECT_EQ(toJson(s)["router"]["table"], false);
+  EXPECT_NE(toText(s).find("no program of the daemon pinned"), std::string::npos);
+  s.datapath = "nft";
+  EXPECT_NE(toText(s).find("no table of the daemon"), std::string::npos);
+  // Through nodeStatus: the datapath the command was given.
+  Router r;
+  StatusSources src;
+  src.router = &r.rec;
+  src.datapath = "bpf";
+  EXPECT_EQ(nodeStatus(src).datapath, "bpf");
+}
+
+TEST(BpfExplain, NoPinnedProgramIsAClearErrorNotACrash) {
+  BpfInspector insp("/nonexistent/kst-pins");
+  auto c = insp.classifier(Family::V4);
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("no program of the daemon pinned under /nonexistent/kst-pins"),
+            std::string::npos);
+  std::vector<uint8_t> regs(16);
+  EXPECT_FALSE(insp.flowMark(Family::V4, regs));
+  EXPECT_FALSE(insp.flowMark(Family::V4, std::vector<uint8_t>(3)));  // not a key
 }
 
 }  // namespace
