@@ -4,7 +4,9 @@
 #include <bpf/libbpf.h>
 #include <linux/magic.h>
 #include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <time.h>
@@ -25,6 +27,8 @@
 #include "dataplane/modes.h"
 #include "hashing/maglev.h"
 #include "linux/bpf/router_maps.h"
+#include "linux/host_view.h"
+#include "linux/netlink_socket.h"
 #include "router.skel.h"
 
 namespace kst {
@@ -305,6 +309,8 @@ BpfClassifier::BpfClassifier(const DataplaneConfig& cfg, BpfOptions opts)
   (void)once;
 }
 
+BpfClassifier::~BpfClassifier() = default;
+
 Result<BpfClassifier::Maps> BpfClassifier::openMaps() const {
   Maps m;
   for (size_t i = 0; i < std::size(kMapNames); ++i) {
@@ -333,6 +339,60 @@ std::vector<std::pair<std::string, int>> BpfClassifier::targets() const {
   return out;
 }
 
+namespace {
+
+/** The MTU of an interface in the calling thread's namespace (0: no such interface). */
+uint32_t linkMtu(const std::string& name) {
+  if (name.empty() || name.size() >= IFNAMSIZ) return 0;
+  Fd sock(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (sock.fd < 0) return 0;
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, name.data(), name.size());
+  if (ioctl(sock.fd, SIOCGIFMTU, &ifr) != 0) return 0;
+  return ifr.ifr_mtu > 0 ? uint32_t(ifr.ifr_mtu) : 0;
+}
+
+/** net.ipv4.ip_local_port_range, the range udp_flow_src_port() scales vxlan's source port
+ *  into when the device has none of its own (ours have none); the kernel's default else. */
+std::pair<uint16_t, uint16_t> localPortRange() {
+  unsigned lo = 32768, hi = 60999;
+  if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "re")) {
+    unsigned a = 0, b = 0;
+    if (std::fscanf(f, "%u %u", &a, &b) == 2 && a > 0 && a < b && b <= 65535) lo = a, hi = b;
+    std::fclose(f);
+  }
+  return {uint16_t(lo), uint16_t(hi)};
+}
+
+}  // namespace
+
+bool BpfClassifier::headerPath() const {
+  return opts_.encap == BpfEncap::Headers &&
+         (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip || cfg_.mode == Mode::GreFlow);
+}
+
+std::array<uint8_t, 16> BpfClassifier::outerSource(const IpAddress& endpoint) {
+  if (auto it = sources_.find(endpoint); it != sources_.end()) return it->second;
+  std::array<uint8_t, 16> out{};
+  if (!nl_) {
+    auto s = nl::Socket::open();
+    if (!s) {
+      spdlog::warn("bpf: netlink: {}", s.error().message);
+      return out;
+    }
+    nl_ = std::move(*s);
+  }
+  auto r = routeToPod(*nl_, endpoint);
+  if (!r) {
+    spdlog::debug("bpf: outer source toward {}: {}", endpoint.str(), r.error().message);
+  } else if (r->prefsrc && r->prefsrc->family() == endpoint.family() &&
+             r->type == 1 /* RTN_UNICAST */) {
+    out = bpf::mapKey(*r->prefsrc);
+  }
+  sources_[endpoint] = out;
+  return out;
+}
+
 Status BpfClassifier::refreshConfig(const Maps& m) {
   uint32_t zero = 0;
   kst_config c{};
@@ -342,21 +402,56 @@ Status BpfClassifier::refreshConfig(const Maps& m) {
   want.flow_timeout_ns = uint64_t(cfg_.flowTimeoutSeconds) * 1000000000ull;
   want.ttl = cfg_.ttl;
   const ModeTraits& t = modeTraits(cfg_.mode);
+  const std::string n4 = cfg_.tunnelLinkName();
+  const std::string n6 = *t.suffix6 ? cfg_.linkPrefix + t.suffix6 : n4;
   // Redirect to the collect-md device in the modes whose tunnel key the program can set as
   // the nexthop's `encap ip` does (no GRE key): vxlan-gpe and ipip.
-  const bool redirect = opts_.redirect && (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip);
+  const bool redirect = opts_.encap == BpfEncap::Device &&
+                        (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip);
   want.flags = redirect ? KST_CFG_REDIRECT : 0;
   if (cfg_.mode == Mode::VxlanGpe) want.flags |= KST_CFG_ZERO_CSUM4;
   want.ifindex4 = want.ifindex6 = 0;
   if (redirect) {
-    std::string n4 = cfg_.tunnelLinkName();
-    std::string n6 = *t.suffix6 ? cfg_.linkPrefix + t.suffix6 : n4;
     want.ifindex4 = if_nametoindex(n4.c_str());
     want.ifindex6 = if_nametoindex(n6.c_str());
+  }
+  want.encap = KST_ENCAP_NONE;
+  want.udp_port = want.port_min = want.port_max = 0;
+  want.mtu4 = want.mtu6 = 0;
+  if (headerPath()) {
+    want.flags |= KST_CFG_HEADERS;
+    want.encap = cfg_.mode == Mode::VxlanGpe ? KST_ENCAP_VXLAN_GPE
+                 : cfg_.mode == Mode::Ipip   ? KST_ENCAP_IPIP
+                                             : KST_ENCAP_GRE;
+    want.udp_port = cfg_.vxlanPort;
+    std::tie(want.port_min, want.port_max) = localPortRange();
+    // The inner packets the stack would pass: the MTU of the tunnel device the mark path
+    // uses (absent device: 0, every packet of that family takes the mark path).
+    want.mtu4 = linkMtu(n4);
+    want.mtu6 = linkMtu(n6);
   }
   if (std::memcmp(&want, &c, sizeof(c)) == 0) return {};
   if (bpf_map_update_elem(m.config.fd, &zero, &want, BPF_ANY) != 0)
     return errnoFail(errno, "write config");
+  return {};
+}
+
+Status BpfClassifier::refreshSources(const Maps& m,
+                                     const std::vector<std::pair<kst_slot_key, kst_slot_val>>& slots) {
+  if (!headerPath()) return {};
+  sources_.clear();  // routes may have changed since the last observation
+  size_t changed = 0;
+  for (auto [k, v] : slots) {
+    if (!(v.flags & KST_SLOT_ENDPOINT)) continue;
+    auto src = outerSource(bpf::fromMapKey(v.endpoint));
+    if (std::memcmp(src.data(), v.src, 16) == 0) continue;
+    std::memcpy(v.src, src.data(), 16);
+    // Only when the entry is still what was read (a concurrent write is not ours to undo).
+    if (bpf_map_update_elem(m.slots.fd, &k, &v, BPF_EXIST) != 0 && errno != ENOENT)
+      return errnoFail(errno, "update slot source");
+    ++changed;
+  }
+  if (changed) spdlog::info("bpf: outer source address refreshed for {} slot(s)", changed);
   return {};
 }
 
@@ -406,10 +501,13 @@ Result<dp::NftState> BpfClassifier::observe() {
     for (auto& [b, mark] : bm) marks[b] = mark;
     st.buckets.setVip(vip, std::move(marks));
   }
+  std::vector<std::pair<kst_slot_key, kst_slot_val>> slotEntries;
+  const bool collect = adopted && opts_.repair && headerPath();
   s = forEach<kst_slot_key>(m->slots.fd, sizeof(kst_slot_val),
                             [&](const kst_slot_key& k, const uint8_t* raw) {
                               kst_slot_val v;
                               std::memcpy(&v, raw, sizeof(v));
+                              if (collect) slotEntries.emplace_back(k, v);
                               IpAddress vip = bpf::fromMapKey(k.vip);
                               if (v.flags & KST_SLOT_LIVE) st.live.insert({vip, k.mark});
                               if (v.flags & KST_SLOT_ENDPOINT)
@@ -433,6 +531,7 @@ Result<dp::NftState> BpfClassifier::observe() {
   // Repairs: a detached program or a renamed device (the periodic resync observes).
   if (adopted && opts_.repair) {
     if (auto r = refreshConfig(*m); !r) spdlog::warn("{}", r.error().message);
+    if (auto r = refreshSources(*m, slotEntries); !r) spdlog::warn("{}", r.error().message);
     Fd prog(bpf_obj_get((opts_.pinDir + "/prog").c_str()));
     if (prog.fd >= 0) {
       if (auto r = ensureAttached(prog.fd, false); !r) spdlog::warn("{}", r.error().message);
@@ -596,6 +695,7 @@ Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
   auto mr = openMaps();
   if (!mr) return std::unexpected(mr.error());
   Maps& m = *mr;
+  sources_.clear();  // resolved afresh for this batch's endpoints
   auto noop = [](auto&) {};
   const std::vector<uint8_t> zeroVip(perCpuSize(sizeof(kst_vip_counter)), 0);
   const std::vector<uint8_t> zeroEp(perCpuSize(sizeof(kst_counter)), 0);
@@ -672,6 +772,11 @@ Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
           auto a = bpf::mapKey(e.endpoint);
           std::memcpy(v.endpoint, a.data(), 16);
           v.v4 = e.endpoint.isV4() ? 1 : 0;
+          std::memset(v.src, 0, sizeof(v.src));
+          if (headerPath()) {
+            auto src = outerSource(e.endpoint);
+            std::memcpy(v.src, src.data(), 16);
+          }
         })));
     KST_TRY(put(m.epstats.fd, &k, zeroEp.data()));  // a new endpoint's counter starts at zero
   }
