@@ -2,6 +2,9 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <libmnl/libmnl.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
 #include <linux/magic.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
@@ -118,6 +121,8 @@ namespace {
 
 constexpr const char* kMapNames[] = {"config", "vips",  "vipstats", "buckets", "slots",
                                      "epstats", "sources", "flows",   "totals"};
+// Pinned but kept across rebuilds (the record of the clsact qdiscs we created).
+constexpr const char* kClsactMap = "clsact";
 
 std::unexpected<Error> errnoFail(int err, const std::string& what) {
   return fail(err, fmt::format("bpf: {}: {}", what, std::strerror(err)));
@@ -556,6 +561,7 @@ Status BpfClassifier::ensureAttached(int progFd, bool replaceAll) {
       errors += fmt::format(" {}: clsact: {};", name, std::strerror(-r));
       continue;
     }
+    if (r == 0) recordClsact(ifindex, name);
     DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = progFd, .flags = BPF_TC_F_REPLACE,
                         .handle = bpf::kTcHandle, .priority = bpf::kTcPriority);
     r = bpf_tc_attach(&hook, &opts);
@@ -584,7 +590,13 @@ Status BpfClassifier::load(const std::string& skeletonId) {
   bpf_object* obj = skel->obj;
   bpf_map* map;
   bpf_object__for_each_map(map, obj) {
-    std::string path = opts_.pinDir + "/" + bpf_map__name(map);
+    // The program's private maps (the outer IPv4 id counter) live with the program only.
+    const std::string name = bpf_map__name(map);
+    if (name != kClsactMap &&
+        std::find_if(std::begin(kMapNames), std::end(kMapNames),
+                     [&](const char* n) { return name == n; }) == std::end(kMapNames))
+      continue;
+    std::string path = opts_.pinDir + "/" + name;
     if (int r = bpf_map__set_pin_path(map, path.c_str()); r != 0)
       return errnoFail(-r, "pin path " + path);
   }
@@ -605,8 +617,81 @@ Status BpfClassifier::load(const std::string& skeletonId) {
   return {};
 }
 
+void BpfClassifier::recordClsact(int ifindex, const std::string& name) const {
+  Fd map(bpf_obj_get((opts_.pinDir + "/" + kClsactMap).c_str()));
+  if (map.fd < 0) return;  // no record: cleanup leaves that qdisc (as any it did not create)
+  const uint32_t key = uint32_t(ifindex);
+  kst_clsact_val v{};
+  std::snprintf(v.name, sizeof(v.name), "%s", name.c_str());
+  if (bpf_map_update_elem(map.fd, &key, &v, BPF_ANY) != 0)
+    spdlog::warn("bpf: record the clsact qdisc of {}: {}", name, std::strerror(errno));
+}
+
+namespace {
+
+/** The number of tc filters under parent on ifindex (a dump of RTM_GETTFILTER). */
+Result<size_t> tcFilterCount(nl::Socket& sock, int ifindex, uint32_t parent) {
+  nl::Message req(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(tcmsg)), 0);
+  auto* h = mnl_nlmsg_put_header(req.data());
+  h->nlmsg_type = RTM_GETTFILTER;
+  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  auto* tc = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(tcmsg)));
+  tc->tcm_family = AF_UNSPEC;
+  tc->tcm_ifindex = ifindex;
+  tc->tcm_parent = parent;
+  req.resize(h->nlmsg_len);
+  size_t n = 0;
+  auto st = sock.dump(std::move(req), [&](const nlmsghdr* m) {
+    if (m->nlmsg_type != RTM_NEWTFILTER) return;
+    auto* t = static_cast<const tcmsg*>(mnl_nlmsg_get_payload(m));
+    // A dump lists each priority's classifier once without a handle, then its filters.
+    if (t->tcm_ifindex == ifindex && t->tcm_parent == parent && t->tcm_handle != 0) ++n;
+  });
+  if (!st) return std::unexpected(st.error());
+  return n;
+}
+
+}  // namespace
+
+void BpfClassifier::removeOwnClsacts() {
+  const std::string path = opts_.pinDir + "/" + kClsactMap;
+  Fd map(bpf_obj_get(path.c_str()));
+  if (map.fd < 0) return;
+  auto sock = nl::Socket::open();
+  std::vector<uint32_t> keys;
+  uint32_t key = 0, next = 0;
+  for (void* prev = nullptr; bpf_map_get_next_key(map.fd, prev, &next) == 0; prev = &key) {
+    keys.push_back(next);
+    key = next;
+  }
+  for (uint32_t k : keys) {
+    kst_clsact_val v{};
+    if (bpf_map_lookup_elem(map.fd, &k, &v) != 0) continue;
+    v.name[sizeof(v.name) - 1] = 0;
+    char now[IF_NAMESIZE] = {};
+    // Still the same interface, and nothing but ours ever hung on it (ingress and egress).
+    if (sock && if_indextoname(k, now) && std::strcmp(now, v.name) == 0) {
+      auto in = tcFilterCount(**sock, int(k), TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS));
+      auto eg = tcFilterCount(**sock, int(k), TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS));
+      if (in && eg && *in == 0 && *eg == 0) {
+        DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = int(k),
+                            .attach_point = bpf_tc_attach_point(BPF_TC_INGRESS | BPF_TC_EGRESS));
+        if (int r = bpf_tc_hook_destroy(&hook); r != 0 && r != -ENOENT)
+          spdlog::warn("bpf: remove the clsact qdisc of {}: {}", v.name, std::strerror(-r));
+        else
+          spdlog::info("bpf: removed the clsact qdisc of {} (ours, no filter left)", v.name);
+      } else if (in && eg) {
+        spdlog::info("bpf: the clsact qdisc of {} stays: {} other filter(s) on it", v.name,
+                     *in + *eg);
+      }
+    }
+  }
+  unlink(path.c_str());
+}
+
 Status BpfClassifier::remove() {
-  // Our filter (handle, priority and program name) on every interface, then every pin.
+  // Our filter (handle, priority and program name) on every interface, the clsact qdiscs we
+  // created that carry no other filter, then every pin.
   for (const auto& [ifindex, name] : interfacesWithOurFilter()) {
     DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
     DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = bpf::kTcHandle,
@@ -614,6 +699,7 @@ Status BpfClassifier::remove() {
     if (int r = bpf_tc_detach(&hook, &opts); r != 0)
       spdlog::warn("bpf: detach from {}: {}", name, std::strerror(-r));
   }
+  removeOwnClsacts();
   for (const char* n : kMapNames) unlink((opts_.pinDir + "/" + n).c_str());
   unlink((opts_.pinDir + "/prog").c_str());
   rmdir(opts_.pinDir.c_str());

@@ -107,6 +107,10 @@ class BpfClassifier : public dp::NftClient {
   /** Attaches the pinned program to every target interface where it is not attached. */
   Status ensureAttached(int progFd, bool replaceAll);
   Status refreshConfig(const Maps& m);
+  /** Notes that we created ifindex's clsact qdisc (the pinned "clsact" map). */
+  void recordClsact(int ifindex, const std::string& name) const;
+  /** Removes the clsact qdiscs we created that no filter uses any more; forgets the rest. */
+  void removeOwnClsacts();
   /** The header path's outer source per endpoint, re-resolved (routes may have changed);
    *  slots: the slot entries as observe() read them. */
   Status refreshSources(const Maps& m,

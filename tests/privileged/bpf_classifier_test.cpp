@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <net/if.h>
@@ -656,6 +657,76 @@ TEST_F(BpfHeaderPathTest, MarkAndDeviceAreSelectable) {
   EXPECT_EQ(r.verdict, TC_ACT_OK);
   EXPECT_GE(r.mark, 1000u);
   EXPECT_EQ(r.data, innerFrame(p, 64));
+}
+
+}  // namespace
+}  // namespace kst
+
+namespace kst {
+namespace {
+
+std::string sh(const std::string& cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    char buf[512];
+    while (fgets(buf, sizeof(buf), f)) out += buf;
+    pclose(f);
+  }
+  return out;
+}
+
+TEST_F(BpfHeaderPathTest, CleanupRemovesOnlyTheClsactItCreatedAndNobodyElseUses) {
+  cfg.mode = Mode::GreFlow;
+  const std::string pre = "krh" + std::to_string(getpid() % 100000);
+  const std::string ours = ul, theirs = pre + "p", shared = pre + "s";
+  ASSERT_EQ(std::system(("ip link add " + shared + " type veth peer name " + shared + "q").c_str()),
+            0);
+  ASSERT_EQ(std::system(("tc qdisc add dev " + theirs + " clsact").c_str()), 0);
+  BpfOptions o = opts();
+  o.ingress = {ours, theirs, shared};
+  BpfClassifier c(cfg, o);
+  serve(c, ip("203.0.113.10"), ip("198.19.0.2"));
+  for (auto& d : {ours, theirs, shared})
+    EXPECT_NE(sh("tc filter show dev " + d + " ingress").find("kst_router"), std::string::npos)
+        << d;
+  // Someone else's filter (another handle and priority, on egress) on the clsact we created
+  // on `shared`.
+  {
+    int fd = bpf_obj_get((pinDir + "/prog").c_str());
+    ASSERT_GE(fd, 0);
+    DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = int(if_nametoindex(shared.c_str())),
+                        .attach_point = BPF_TC_EGRESS);
+    DECLARE_LIBBPF_OPTS(bpf_tc_opts, to, .prog_fd = fd, .handle = 1, .priority = 1);
+    ASSERT_EQ(bpf_tc_attach(&hook, &to), 0);
+    close(fd);
+  }
+  ASSERT_TRUE(c.applyStep(dp::TableStep::Delete, "", "", {}));
+  EXPECT_EQ(sh("tc qdisc show dev " + ours).find("clsact"), std::string::npos)
+      << "created by us, nothing else on it: removed";
+  EXPECT_NE(sh("tc qdisc show dev " + theirs).find("clsact"), std::string::npos)
+      << "there before us: stays";
+  EXPECT_NE(sh("tc qdisc show dev " + shared).find("clsact"), std::string::npos)
+      << "another filter on it: stays";
+  for (auto& d : {ours, theirs, shared})
+    EXPECT_EQ(sh("tc filter show dev " + d + " ingress").find("kst_router"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(pinDir));
+}
+
+TEST_F(BpfHeaderPathTest, TheClsactRecordSurvivesARebuild) {
+  cfg.mode = Mode::GreFlow;
+  BpfOptions o = opts();
+  o.ingress = {ul};
+  {
+    BpfClassifier c(cfg, o);
+    serve(c, ip("203.0.113.10"), ip("198.19.0.2"));
+  }
+  DataplaneConfig other = cfg;
+  other.hashSeed = kSeed + 1;  // another skeleton: Rebuild (fresh maps, the filter replaced)
+  BpfClassifier c2(other, o);
+  serve(c2, ip("203.0.113.10"), ip("198.19.0.2"));
+  EXPECT_NE(sh("tc filter show dev " + ul + " ingress").find("kst_router"), std::string::npos);
+  ASSERT_TRUE(c2.applyStep(dp::TableStep::Delete, "", "", {}));
+  EXPECT_EQ(sh("tc qdisc show dev " + ul).find("clsact"), std::string::npos);
 }
 
 }  // namespace

@@ -115,6 +115,16 @@ struct {
   __type(value, struct kst_counter);
 } totals SEC(".maps");
 
+/* The clsact qdiscs the daemon created for the program (ifindex → interface name): removed
+ * with the program when no other filter hangs on them. The program does not read it; the
+ * daemon keeps it pinned across rebuilds (linux/bpf_classifier.cpp). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 4096);
+  __type(key, __u32);
+  __type(value, struct kst_clsact_val);
+} clsact SEC(".maps");
+
 /* ---- jhash (include/linux/jhash.h) over whole 32-bit words, as nft_jhash_eval runs it over
  * its registers: on a little-endian CPU jhash(bytes, 4n) equals this over the n words. */
 static __always_inline __u32 rol32(__u32 w, unsigned s) { return (w << s) | (w >> (32 - s)); }

@@ -113,6 +113,10 @@ struct kst_vip_counter {
   kst_u64 packets, bytes;                 /* every packet to the VIP */
   kst_u64 refused_packets, refused_bytes; /* of those, refused (any reason) */
 };
+/* A clsact qdisc the daemon created (the "clsact" map, keyed by ifindex). */
+struct kst_clsact_val {
+  char name[16]; /* the interface's name then (an index reused by another one is not ours) */
+};
 /* The single element of the "config" array. */
 struct kst_config {
   kst_u32 seed;
