@@ -136,13 +136,13 @@ void addCommon(CLI::App* app, Flags& f) {
                   "(set the slot mark, the policy rules route)")
       ->envname("TUNNEL_BPF_ENCAP")
       ->transform(CLI::CheckedTransformer(
-          std::map<std::string, BpfEncap>{{"headers", BpfEncap::Headers},
-                                          {"device", BpfEncap::Device},
-                                          {"mark", BpfEncap::Mark}},
+          std::map<std::string, kst::BpfEncap>{{"headers", kst::BpfEncap::Headers},
+                                          {"device", kst::BpfEncap::Device},
+                                          {"mark", kst::BpfEncap::Mark}},
           CLI::ignore_case));
   app->add_option_function<bool>(
          "--bpf-redirect",
-         [&f](const bool& v) { f.bpf.encap = v ? BpfEncap::Device : BpfEncap::Mark; },
+         [&f](const bool& v) { f.bpf.encap = v ? kst::BpfEncap::Device : kst::BpfEncap::Mark; },
          "bpf datapath: the older spelling of --bpf-encap device (true) / mark (false)")
       ->envname("TUNNEL_BPF_REDIRECT");
   app->add_option("--bpf-pin-dir", f.bpf.pinDir,

@@ -441,6 +441,13 @@ Status BpfClassifier::refreshConfig(const Maps& m) {
   return {};
 }
 
+Status BpfClassifier::linksChanged() {
+  if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) return {};
+  auto m = openMaps();
+  if (!m) return std::unexpected(m.error());
+  return refreshConfig(*m);
+}
+
 Status BpfClassifier::refreshSources(const Maps& m,
                                      const std::vector<std::pair<kst_slot_key, kst_slot_val>>& slots) {
   if (!headerPath()) return {};

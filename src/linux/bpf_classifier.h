@@ -98,6 +98,8 @@ class BpfClassifier : public dp::NftClient {
                    const dp::NftElementChanges& elements) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
   Result<dp::NftCounterSnapshot> readCounters() override;
+  /** Device indexes and MTUs read again (the config map), when the program is loaded. */
+  Status linksChanged() override;
 
  private:
   struct Maps;
