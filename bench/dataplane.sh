@@ -21,8 +21,12 @@
 #           nexthop with encap ip → the same decap device
 # Optional variants (each its own VIP on the same pod, measured in the same interleaved repetitions):
 #   bpf     DATAPLANE_BPF=1: a second router (PREFIX-rt2, same topology place as rt) runs the
-#           daemon with --datapath bpf (tc-BPF classifier on its ingress interface); the
+#           daemon with --datapath bpf (tc-BPF classifier on its ingress interface; the default
+#           --bpf-encap headers: the program writes the outer headers, bpf_redirect_neigh); the
 #           client routes this VIP through rt2. Same agent, same pod decap device.
+#   bpf-dev (with DATAPLANE_BPF=1) a third router (PREFIX-rt3) with --bpf-encap device (tunnel
+#           key + redirect to the collect-md device), its own VIP; its line and bpf's carry
+#           the paired ratio bpf / bpf-dev (header path over device path).
 #   ref-*   DATAPLANE_REF=1: the hand-made tc-BPF references of bench/bpf/tunnel_ref.bpf.c
 #           (compiled here with clang; no buckets, no flow table) on rt, the ceiling of a BPF
 #           router path and of a BPF decap in the pod:
@@ -65,6 +69,7 @@ VIP_H=203.0.113.20   # hand-made, MSS clamped
 VIP_H0=203.0.113.21  # hand-made, not clamped
 VIP_B=203.0.113.40   # daemon-programmed, --datapath bpf on rt2 (DATAPLANE_BPF=1)
 VIP_BD=203.0.113.41  # the same, decapsulated in the pod by the reference program (+ DATAPLANE_REF=1)
+VIP_BV=203.0.113.42  # daemon-programmed, --datapath bpf --bpf-encap device on rt3 (DATAPLANE_BPF=1)
 VIP_MD=203.0.113.30 VIP_HDR=203.0.113.31 VIP_HDR_DECAP=203.0.113.32 VIP_HAND_DECAP=203.0.113.33
 BPF=${DATAPLANE_BPF:-0}
 REF=${DATAPLANE_REF:-0}
@@ -84,11 +89,12 @@ ns() { ip netns exec "$P-$1" "${@:2}"; }
 
 mkdir -p "$DIR/manifests"
 ROUTERS=1
-[ "$BPF" = 1 ] && ROUTERS=2
+[ "$BPF" = 1 ] && ROUTERS=3
 "$TOPO" up "$P" 1 "$ROUTERS" >/dev/null
 # The client also reaches the pod network through the router (for "plain").
 ns cl ip route add 198.19.0.0/16 via 198.18.0.1
 [ "$BPF" = 1 ] && ns cl ip route add "$VIP_B/32" via 198.18.0.2
+[ "$BPF" = 1 ] && ns cl ip route add "$VIP_BV/32" via 198.18.0.3
 [ "$BPF$REF" = 11 ] && ns cl ip route add "$VIP_BD/32" via 198.18.0.2
 
 service() {  # NAME VIP: a Service with the VIP and the one pod as its endpoint
@@ -120,6 +126,7 @@ EOF
 {
   service bench "$VIP_D"
   [ "$BPF" = 1 ] && service bench-bpf "$VIP_B"
+  [ "$BPF" = 1 ] && service bench-bpf-dev "$VIP_BV"
   [ "$BPF$REF" = 11 ] && service bench-bpf-decap "$VIP_BD"
 } > "$DIR/manifests/svc.yaml"
 # Both routers read every Service (each programs both VIPs; the client sends each VIP to one).
@@ -130,6 +137,10 @@ if [ "$BPF" = 1 ]; then
   ns rt2 "$BIN" run --role router --datapath bpf --bpf-ingress eth0 --bpf-pin-dir "$PIN_DIR" \
     --manifests "$DIR/manifests" --buckets "$BUCKETS" \
     --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router-bpf.log" 2>&1 &
+  PIDS+=($!)
+  ns rt3 "$BIN" run --role router --datapath bpf --bpf-encap device --bpf-ingress eth0 \
+    --bpf-pin-dir "$PIN_DIR-dev" --manifests "$DIR/manifests" --buckets "$BUCKETS" \
+    --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router-bpf-dev.log" 2>&1 &
   PIDS+=($!)
 fi
 ns n1 "$BIN" run --role agent --node-name node1 --scan-proc=false \
@@ -144,6 +155,7 @@ programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails th
   [ "$BPF" = 1 ] || return 0
   # The bpf router: its classifier is attached and the pod holds the VIP.
   [[ $a == *"$VIP_B"* && $(ns rt2 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]] || return 1
+  [[ $a == *"$VIP_BV"* && $(ns rt3 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]] || return 1
   [ "$REF" = 1 ] || return 0
   [[ $a == *"$VIP_BD"* ]]
 }
@@ -236,13 +248,13 @@ dst_of() {
     plain) echo "$POD" ;; hand) echo "$VIP_H" ;; hand0) echo "$VIP_H0" ;; daemon) echo "$VIP_D" ;;
     bpf) echo "$VIP_B" ;; ref-md) echo "$VIP_MD" ;; ref-hdr) echo "$VIP_HDR" ;;
     ref-hdr-decap) echo "$VIP_HDR_DECAP" ;; hand-decap) echo "$VIP_HAND_DECAP" ;;
-    bpf-decap) echo "$VIP_BD" ;;
+    bpf-decap) echo "$VIP_BD" ;; bpf-dev) echo "$VIP_BV" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 # Variants after "plain" (which always runs first); UDP_EXTRA/TCP_EXTRA: the optional ones.
 UDP_EXTRA=() TCP_EXTRA=()
-[ "$BPF" = 1 ] && UDP_EXTRA+=(bpf) TCP_EXTRA+=(bpf)
+[ "$BPF" = 1 ] && UDP_EXTRA+=(bpf bpf-dev) TCP_EXTRA+=(bpf bpf-dev)
 if [ "$REF" = 1 ]; then
   UDP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
   [ "$REF_TCP" = 1 ] && TCP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
@@ -253,6 +265,7 @@ if [ "$REF" = 1 ]; then
 fi
 reverse() { local out=() i; for ((i = $#; i >= 1; i--)); do out+=("${!i}"); done; echo "${out[@]}"; }
 declare -A PPS GBPS PR_PLAIN PR_HAND PR_DAEMON TR_PLAIN TR_HAND TR_DAEMON
+RATIO_HDR_PPS="" RATIO_HDR_TCP=""  # paired bpf / bpf-dev (DATAPLANE_BPF=1)
 RATIO_PPS="" RATIO_TCP=""
 # Per repetition: the UDP runs, then the TCP runs, each in the repetition's order, which
 # alternates (plain hand daemon …, then plain … daemon hand): the daemon's and the hand-made
@@ -290,6 +303,10 @@ for rep in $(seq "$REPS"); do
     sleep "$SETTLE"
   done
   RATIO_PPS="$RATIO_PPS $(ratio "${pps[daemon]}" "${pps[hand]}")"
+  if [ "$BPF" = 1 ]; then
+    RATIO_HDR_PPS="$RATIO_HDR_PPS $(ratio "${pps[bpf]}" "${pps[bpf-dev]}")"
+    [ "${DATAPLANE_TCP:-1}" = 0 ] || RATIO_HDR_TCP="$RATIO_HDR_TCP $(ratio "${gbps[bpf]:-}" "${gbps[bpf-dev]:-}")"
+  fi
   [ "${DATAPLANE_TCP:-1}" = 0 ] || RATIO_TCP="$RATIO_TCP $(ratio "${gbps[daemon]}" "${gbps[hand]}")"
   for v in "${UDP_EXTRA[@]}"; do
     PR_PLAIN[$v]="${PR_PLAIN[$v]:-} $(ratio "${pps[$v]}" "${pps[plain]}")"
@@ -344,5 +361,11 @@ for v in "${UDP_EXTRA[@]}"; do
   line="RESULT bench=dataplane-variant variant=$v B=$BUCKETS reps=$REPS seconds=$SECS"
   line+=$(variant_figures "$v" udp_pps pps PPS PR "$pp" "$ph" "$pd")
   [ -n "${GBPS[$v]:-}" ] && line+=$(variant_figures "$v" tcp_gbps tcp GBPS TR "$gp" "$gh" "$gd")
+  if [ "$v" = bpf ] || [ "$v" = bpf-dev ]; then
+    line+=" paired_bpf_headers_over_device_pps=$(echo "$RATIO_HDR_PPS" | med)"
+    line+=" paired_bpf_headers_over_device_pps_range=$(echo "$RATIO_HDR_PPS" | range)"
+    line+=" paired_bpf_headers_over_device_tcp=$(echo "$RATIO_HDR_TCP" | med)"
+    line+=" paired_bpf_headers_over_device_tcp_range=$(echo "$RATIO_HDR_TCP" | range)"
+  fi
   echo "$line load=$(cut -d' ' -f1 /proc/loadavg)"
 done
