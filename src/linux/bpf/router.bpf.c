@@ -19,7 +19,7 @@
  *     decremented, the outer headers the mode's collect-md device would write (kst_config.encap)
  *     pushed, the outer route looked up (bpf_fib_lookup) and the packet sent to its neighbour
  *     (bpf_redirect_neigh); every packet it cannot forward with the stack's semantics (TTL <= 1,
- *     over the MTU, GSO, no route, no known source address) takes the mark path instead;
+ *     over the MTU, non-TCP GSO, no route, no known source address) takes the mark path;
  *   device (KST_CFG_REDIRECT): the tunnel key is set to the slot's endpoint and the packet is
  *     redirected to the collect-md device of the endpoint's family;
  *   mark: the packet continues with the slot mark set and the stack routes it through the
@@ -356,8 +356,8 @@ struct {
 } ipids SEC(".maps");
 
 /* Forwards the packet with headers the program writes. 1: sent (the verdict in *verdict);
- * 0: not possible for this packet, nothing changed (the caller takes another way out);
- * packet errors after the packet was changed drop it (*verdict = TC_ACT_SHOT). */
+ * 0: not possible for this packet, nothing changed (the caller takes the mark path); a
+ * helper failing after the packet was changed drops it (*verdict = TC_ACT_SHOT). */
 static __always_inline int kst_header_path(struct __sk_buff *skb, const struct kst_config *cfg,
                                            const struct kst_slot_val *sv, int inner_v4,
                                            int *verdict) {
@@ -369,10 +369,28 @@ static __always_inline int kst_header_path(struct __sk_buff *skb, const struct k
 #pragma unroll
   for (int i = 0; i < 16; i += 4) srcsum |= *(const __u32 *)(sv->src + i);
   if (!srcsum) return 0;
-  /* GSO packets (a local sender's TSO over veth, GRO on a NIC): the stack segments them. */
-  if (skb->gso_segs > 1) return 0;
   const __u32 inner_len = skb->len - ETH_HLEN;
-  if (inner_len > mtu) return 0; /* the stack answers frag-needed / packet-too-big, or fragments */
+  /* The largest inner packet this skb becomes on the wire: itself, or for a GSO packet (a
+   * local sender's TSO over veth, GRO on the ingress NIC) one segment — TCP only (its header
+   * length read here), segmented after the outer headers are pushed, gso_size unchanged
+   * (BPF_F_ADJ_ROOM_FIXED_GSO), as the stack segments the inner packet before the tunnel. */
+  __u32 seglen = inner_len;
+  if (skb->gso_size) {
+    __u32 l3 = inner_v4 ? 0 : sizeof(struct ipv6hdr);
+    __u8 b[2];
+    if (inner_v4) {
+      if (bpf_skb_load_bytes(skb, ETH_HLEN, b, 1) < 0) return 0;
+      l3 = (b[0] & 0xf) * 4;
+      if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), b, 1) < 0)
+        return 0;
+    } else if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), b, 1) < 0) {
+      return 0;
+    }
+    if (b[0] != IPPROTO_TCP) return 0; /* UDP GSO and anything else: the stack's */
+    if (l3 > 60 || bpf_skb_load_bytes(skb, ETH_HLEN + l3 + 12, b, 1) < 0) return 0;
+    seglen = l3 + (b[0] >> 4) * 4 + skb->gso_size;
+  }
+  if (seglen > mtu) return 0; /* the stack answers frag-needed / packet-too-big, or fragments */
   __u32 l4len;
   __u64 aflags = BPF_F_ADJ_ROOM_FIXED_GSO;
   __u8 proto;
@@ -416,7 +434,7 @@ static __always_inline int kst_header_path(struct __sk_buff *skb, const struct k
    * route the tunnel's packet (the main tables; an MTU check on the outer length). */
   struct bpf_fib_lookup fib = {};
   fib.ifindex = skb->ifindex; /* the ingress device: a forwarding lookup */
-  fib.tot_len = inner_len + olen;
+  fib.tot_len = seglen + olen;
   if (outer_v4) {
     fib.family = 2; /* AF_INET */
     __builtin_memcpy(&fib.ipv4_src, sv->src + 12, 4);
@@ -433,31 +451,27 @@ static __always_inline int kst_header_path(struct __sk_buff *skb, const struct k
    * stack's way. NO_NEIGH is fine: bpf_redirect_neigh resolves the neighbour. */
   if (fr != BPF_FIB_LKUP_RET_SUCCESS && fr != BPF_FIB_LKUP_RET_NO_NEIGH) return 0;
 
-  /* From here on the packet changes. */
+  /* Room for the outer headers first: a packet the helper refuses (a GSO type it cannot
+   * extend) is unchanged and takes the stack's way. From here on the packet is changed. */
   const __u32 hash = bpf_get_hash_recalc(skb);
+  if (bpf_skb_adjust_room(skb, olen, BPF_ADJ_ROOM_MAC, aflags) < 0) return 0;
+  /* The inner TTL / hop limit, now behind the outer headers. */
+  const __u32 in_off = ETH_HLEN + olen;
   if (inner_v4) {
     __u16 old = 0, new = 0;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, ttl), &old, 2) < 0) return 0;
+    if (bpf_skb_load_bytes(skb, in_off + offsetof(struct iphdr, ttl), &old, 2) < 0) goto drop;
     new = old;
     ((__u8 *)&new)[0] -= 1;
-    if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0 ||
-        bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, ttl), &new, 2, 0) < 0) {
-      *verdict = TC_ACT_SHOT;
-      return 1;
-    }
+    if (bpf_l3_csum_replace(skb, in_off + offsetof(struct iphdr, check), old, new, 2) < 0 ||
+        bpf_skb_store_bytes(skb, in_off + offsetof(struct iphdr, ttl), &new, 2, 0) < 0)
+      goto drop;
   } else {
     __u8 hl;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, hop_limit), &hl, 1) < 0)
-      return 0;
+    if (bpf_skb_load_bytes(skb, in_off + offsetof(struct ipv6hdr, hop_limit), &hl, 1) < 0)
+      goto drop;
     hl -= 1;
-    if (bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, hop_limit), &hl, 1, 0) < 0) {
-      *verdict = TC_ACT_SHOT;
-      return 1;
-    }
-  }
-  if (bpf_skb_adjust_room(skb, olen, BPF_ADJ_ROOM_MAC, aflags) < 0) {
-    *verdict = TC_ACT_SHOT;
-    return 1;
+    if (bpf_skb_store_bytes(skb, in_off + offsetof(struct ipv6hdr, hop_limit), &hl, 1, 0) < 0)
+      goto drop;
   }
   struct kst_outer o = {};
   const __u8 ecn = kst_ecn(tos);
@@ -516,10 +530,7 @@ static __always_inline int kst_header_path(struct __sk_buff *skb, const struct k
    * but a packet capture or a later program reads it). */
   __be16 et = bpf_htons(outer_v4 ? KST_ETH_P_IP : KST_ETH_P_IPV6);
   if (r == 0) r = bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &et, 2, 0);
-  if (r < 0) {
-    *verdict = TC_ACT_SHOT;
-    return 1;
-  }
+  if (r < 0) goto drop;
   skb->mark = 0;
   /* The nexthop the lookup found (its gateway, or the pod itself on-link); NO_NEIGH has it
    * too, and bpf_redirect_neigh resolves the neighbour then. */
@@ -532,6 +543,9 @@ static __always_inline int kst_header_path(struct __sk_buff *skb, const struct k
     __builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
   }
   *verdict = bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+  return 1;
+drop:
+  *verdict = TC_ACT_SHOT;
   return 1;
 }
 
