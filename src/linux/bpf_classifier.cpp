@@ -391,7 +391,7 @@ std::array<uint8_t, 16> BpfClassifier::outerSource(const IpAddress& endpoint) {
   if (!r) {
     spdlog::debug("bpf: outer source toward {}: {}", endpoint.str(), r.error().message);
   } else if (r->prefsrc && r->prefsrc->family() == endpoint.family() &&
-             r->type == 1 /* RTN_UNICAST */) {
+             r->type == RTN_UNICAST) {
     out = bpf::mapKey(*r->prefsrc);
   }
   sources_[endpoint] = out;
