@@ -20,15 +20,19 @@
 #           nft classifier (flow map, jhash, b2s map) → fwmark → ip rule → slot table →
 #           nexthop with encap ip → the same decap device
 # Optional variants (each its own VIP on the same pod, measured in the same interleaved repetitions):
-#   bpf-dev DATAPLANE_BPF=1: a second router (PREFIX-rt2, same topology place as rt) runs the
-#           daemon with --datapath bpf (tc-BPF classifier on its ingress interface); the
-#           client routes this VIP through rt2. Same agent, same pod decap device.
-#   bpf     DATAPLANE_BPF=1: the product's BPF path end to end: the same bpf router (rt2), to
-#           the pod of node 2 (PREFIX-p2a, the same topology place as p1a on the other node)
-#           whose agent runs with --pod-decap bpf: the agent's tc program on the pod's eth0
-#           strips the outer headers (the pod's decap device stays the fallback; checked: it
-#           receives < 1 % of the run's packets). Its ratios to plain/hand/daemon compare with
-#           runs to p1a (same shape of path, other node).
+#   bpf     DATAPLANE_BPF=1: the product's BPF path end to end: a second router (PREFIX-rt2,
+#           same topology place as rt) runs the daemon with --datapath bpf (tc-BPF classifier
+#           on its ingress interface; the default --bpf-encap headers: the program writes the
+#           outer headers, bpf_redirect_neigh), to the pod of node 2 (PREFIX-p2a, the same
+#           topology place as p1a on the other node) whose agent runs with --pod-decap bpf: the
+#           agent's tc program on the pod's eth0 strips the outer headers (the pod's decap
+#           device stays the fallback; checked: it receives < 1 % of the run's packets). Its
+#           ratios to plain/hand/daemon compare with runs to p1a (same shape of path, other node).
+#   bpf-hdr (with DATAPLANE_BPF=1) the same bpf router (rt2) to p1a: the header path, with the
+#           pod's decap device (the agent of node 1 runs --pod-decap device).
+#   bpf-dev (with DATAPLANE_BPF=1) a third router (PREFIX-rt3) with --bpf-encap device (tunnel
+#           key + redirect to the collect-md device) to p1a, its own VIP; its line and
+#           bpf-hdr's carry the paired ratio bpf-hdr / bpf-dev (header path over device path).
 #   ref-*   DATAPLANE_REF=1: the hand-made tc-BPF references of bench/bpf/tunnel_ref.bpf.c
 #           (compiled here with clang; no buckets, no flow table) on rt, the ceiling of a BPF
 #           router path and of a BPF decap in the pod:
@@ -72,6 +76,7 @@ VIP_H0=203.0.113.21  # hand-made, not clamped
 VIP_B=203.0.113.40   # daemon-programmed, --datapath bpf on rt2 (DATAPLANE_BPF=1)
 VIP_BD=203.0.113.41  # the same, decapsulated in the pod by the reference program (+ DATAPLANE_REF=1)
 VIP_BP=203.0.113.42  # --datapath bpf on rt2 to p2a, whose agent runs --pod-decap bpf (DATAPLANE_BPF=1)
+VIP_BV=203.0.113.43  # daemon-programmed, --datapath bpf --bpf-encap device on rt3 (DATAPLANE_BPF=1)
 POD2=198.19.2.2
 VIP_MD=203.0.113.30 VIP_HDR=203.0.113.31 VIP_HDR_DECAP=203.0.113.32 VIP_HAND_DECAP=203.0.113.33
 BPF=${DATAPLANE_BPF:-0}
@@ -92,12 +97,13 @@ ns() { ip netns exec "$P-$1" "${@:2}"; }
 
 mkdir -p "$DIR/manifests"
 ROUTERS=1
-[ "$BPF" = 1 ] && ROUTERS=2
+[ "$BPF" = 1 ] && ROUTERS=3
 "$TOPO" up "$P" 1 "$ROUTERS" >/dev/null
 # The client also reaches the pod network through the router (for "plain").
 ns cl ip route add 198.19.0.0/16 via 198.18.0.1
 [ "$BPF" = 1 ] && ns cl ip route add "$VIP_B/32" via 198.18.0.2
 [ "$BPF" = 1 ] && ns cl ip route add "$VIP_BP/32" via 198.18.0.2
+[ "$BPF" = 1 ] && ns cl ip route add "$VIP_BV/32" via 198.18.0.3
 [ "$BPF$REF" = 11 ] && ns cl ip route add "$VIP_BD/32" via 198.18.0.2
 
 service() {  # NAME VIP [POD NODE]: a Service with the VIP and one pod (default p1a) as its endpoint
@@ -130,6 +136,7 @@ EOF
   service bench "$VIP_D"
   [ "$BPF" = 1 ] && service bench-bpf "$VIP_B"
   [ "$BPF" = 1 ] && service bench-bpf-pod "$VIP_BP" "$POD2" node2
+  [ "$BPF" = 1 ] && service bench-bpf-dev "$VIP_BV"
   [ "$BPF$REF" = 11 ] && service bench-bpf-decap "$VIP_BD"
 } > "$DIR/manifests/svc.yaml"
 # Both routers read every Service (each programs both VIPs; the client sends each VIP to one).
@@ -140,6 +147,10 @@ if [ "$BPF" = 1 ]; then
   ns rt2 "$BIN" run --role router --datapath bpf --bpf-ingress eth0 --bpf-pin-dir "$PIN_DIR" \
     --manifests "$DIR/manifests" --buckets "$BUCKETS" \
     --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router-bpf.log" 2>&1 &
+  PIDS+=($!)
+  ns rt3 "$BIN" run --role router --datapath bpf --bpf-encap device --bpf-ingress eth0 \
+    --bpf-pin-dir "$PIN_DIR-dev" --manifests "$DIR/manifests" --buckets "$BUCKETS" \
+    --vip-pool 203.0.113.0/24 --log-level warn >"$DIR/router-bpf-dev.log" 2>&1 &
   PIDS+=($!)
 fi
 ns n1 "$BIN" run --role agent --node-name node1 --scan-proc=false \
@@ -163,6 +174,7 @@ programmed() {  # (no `cmd | grep -q` under pipefail: grep's early exit fails th
   # The pod of node 2: the VIP and the agent's decapsulation program.
   [[ $(ns p2a ip -o addr show 2>/dev/null || true) == *"$VIP_BP"* &&
      $(ns p2a tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_pod_decap* ]] || return 1
+  [[ $a == *"$VIP_BV"* && $(ns rt3 tc filter show dev eth0 ingress 2>/dev/null || true) == *kst_router* ]] || return 1
   [ "$REF" = 1 ] || return 0
   [[ $a == *"$VIP_BD"* ]]
 }
@@ -266,15 +278,15 @@ ratio() {  # A/B; nothing when either is missing or B is 0 (a failed run)
 dst_of() {
   case $1 in
     plain) echo "$POD" ;; hand) echo "$VIP_H" ;; hand0) echo "$VIP_H0" ;; daemon) echo "$VIP_D" ;;
-    bpf-dev) echo "$VIP_B" ;; bpf) echo "$VIP_BP" ;; ref-md) echo "$VIP_MD" ;; ref-hdr) echo "$VIP_HDR" ;;
+    bpf-hdr) echo "$VIP_B" ;; bpf) echo "$VIP_BP" ;; ref-md) echo "$VIP_MD" ;; ref-hdr) echo "$VIP_HDR" ;;
     ref-hdr-decap) echo "$VIP_HDR_DECAP" ;; hand-decap) echo "$VIP_HAND_DECAP" ;;
-    bpf-decap) echo "$VIP_BD" ;;
+    bpf-decap) echo "$VIP_BD" ;; bpf-dev) echo "$VIP_BV" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 # Variants after "plain" (which always runs first); UDP_EXTRA/TCP_EXTRA: the optional ones.
 UDP_EXTRA=() TCP_EXTRA=()
-[ "$BPF" = 1 ] && UDP_EXTRA+=(bpf-dev bpf) TCP_EXTRA+=(bpf-dev bpf)
+[ "$BPF" = 1 ] && UDP_EXTRA+=(bpf bpf-hdr bpf-dev) TCP_EXTRA+=(bpf bpf-hdr bpf-dev)
 if [ "$REF" = 1 ]; then
   UDP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
   [ "$REF_TCP" = 1 ] && TCP_EXTRA+=(ref-md ref-hdr ref-hdr-decap hand-decap)
@@ -285,6 +297,7 @@ if [ "$REF" = 1 ]; then
 fi
 reverse() { local out=() i; for ((i = $#; i >= 1; i--)); do out+=("${!i}"); done; echo "${out[@]}"; }
 declare -A PPS GBPS PR_PLAIN PR_HAND PR_DAEMON TR_PLAIN TR_HAND TR_DAEMON
+RATIO_HDR_PPS="" RATIO_HDR_TCP=""  # paired bpf-hdr / bpf-dev (DATAPLANE_BPF=1)
 RATIO_PPS="" RATIO_TCP=""
 # Per repetition: the UDP runs, then the TCP runs, each in the repetition's order, which
 # alternates (plain hand daemon …, then plain … daemon hand): the daemon's and the hand-made
@@ -324,6 +337,10 @@ for rep in $(seq "$REPS"); do
     sleep "$SETTLE"
   done
   RATIO_PPS="$RATIO_PPS $(ratio "${pps[daemon]}" "${pps[hand]}")"
+  if [ "$BPF" = 1 ]; then
+    RATIO_HDR_PPS="$RATIO_HDR_PPS $(ratio "${pps[bpf-hdr]}" "${pps[bpf-dev]}")"
+    [ "${DATAPLANE_TCP:-1}" = 0 ] || RATIO_HDR_TCP="$RATIO_HDR_TCP $(ratio "${gbps[bpf-hdr]:-}" "${gbps[bpf-dev]:-}")"
+  fi
   [ "${DATAPLANE_TCP:-1}" = 0 ] || RATIO_TCP="$RATIO_TCP $(ratio "${gbps[daemon]}" "${gbps[hand]}")"
   for v in "${UDP_EXTRA[@]}"; do
     PR_PLAIN[$v]="${PR_PLAIN[$v]:-} $(ratio "${pps[$v]}" "${pps[plain]}")"
@@ -378,5 +395,11 @@ for v in "${UDP_EXTRA[@]}"; do
   line="RESULT bench=dataplane-variant variant=$v B=$BUCKETS reps=$REPS seconds=$SECS"
   line+=$(variant_figures "$v" udp_pps pps PPS PR "$pp" "$ph" "$pd")
   [ -n "${GBPS[$v]:-}" ] && line+=$(variant_figures "$v" tcp_gbps tcp GBPS TR "$gp" "$gh" "$gd")
+  if [ "$v" = bpf-hdr ] || [ "$v" = bpf-dev ]; then
+    line+=" paired_bpf_headers_over_device_pps=$(echo "$RATIO_HDR_PPS" | med)"
+    line+=" paired_bpf_headers_over_device_pps_range=$(echo "$RATIO_HDR_PPS" | range)"
+    line+=" paired_bpf_headers_over_device_tcp=$(echo "$RATIO_HDR_TCP" | med)"
+    line+=" paired_bpf_headers_over_device_tcp_range=$(echo "$RATIO_HDR_TCP" | range)"
+  fi
   echo "$line load=$(cut -d' ' -f1 /proc/loadavg)"
 done

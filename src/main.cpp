@@ -137,9 +137,20 @@ void addCommon(CLI::App* app, Flags& f) {
                   "default: every interface but lo and the daemon's own links)")
       ->envname("TUNNEL_BPF_INGRESS")
       ->delimiter(',');
-  app->add_option("--bpf-redirect", f.bpf.redirect,
-                  "bpf datapath: send packets straight to the collect-md device (vxlan-gpe, "
-                  "ipip); false: set the slot mark and let the policy rules route them")
+  app->add_option("--bpf-encap", f.bpf.encap,
+                  "bpf datapath, flow modes: headers (the program writes the outer headers and "
+                  "forwards), device (redirect to the collect-md device: vxlan-gpe, ipip) or mark "
+                  "(set the slot mark, the policy rules route)")
+      ->envname("TUNNEL_BPF_ENCAP")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, kst::BpfEncap>{{"headers", kst::BpfEncap::Headers},
+                                          {"device", kst::BpfEncap::Device},
+                                          {"mark", kst::BpfEncap::Mark}},
+          CLI::ignore_case));
+  app->add_option_function<bool>(
+         "--bpf-redirect",
+         [&f](const bool& v) { f.bpf.encap = v ? kst::BpfEncap::Device : kst::BpfEncap::Mark; },
+         "bpf datapath: the older spelling of --bpf-encap device (true) / mark (false)")
       ->envname("TUNNEL_BPF_REDIRECT");
   app->add_option("--bpf-pin-dir", f.bpf.pinDir,
                   "bpf datapath: bpffs directory of the program and its maps (bpffs is mounted "

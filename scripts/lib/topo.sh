@@ -4,6 +4,7 @@
 #   PREFIX-cl (client 198.18.0.10, 2001:db8:f::10) ─┐
 #   PREFIX-rt (router 198.18.0.1, 2001:db8:f::1)  ──┤ bridge in PREFIX-fab (198.18.0.0/24)
 #   PREFIX-rt2 (second router .2, ::2; optional)  ──┤
+#   PREFIX-rt3 (third router .3, ::3; optional)   ──┤
 #   PREFIX-n1 (node1 198.18.0.11) ─ pods 198.19.1.0/24, 2001:db8:1::/64
 #   PREFIX-n2 (node2 198.18.0.12) ─ pods 198.19.2.0/24, 2001:db8:2::/64
 #
@@ -44,6 +45,7 @@ up() {
   down "$p"
   local all=(fab cl rt n1 n2)
   [ "$routers" -ge 2 ] && all+=(rt2)
+  [ "$routers" -ge 3 ] && all+=(rt3)
   for n in "${all[@]}"; do
     ip netns add "$p-$n"
     ns "$p-$n" ip link set lo up
@@ -57,13 +59,15 @@ up() {
   veth_to_bridge "$p" cl eth0 198.18.0.10 2001:db8:f::10
   veth_to_bridge "$p" rt eth0 198.18.0.1 2001:db8:f::1
   [ "$routers" -ge 2 ] && veth_to_bridge "$p" rt2 eth0 198.18.0.2 2001:db8:f::2
+  [ "$routers" -ge 3 ] && veth_to_bridge "$p" rt3 eth0 198.18.0.3 2001:db8:f::3
   veth_to_bridge "$p" n1 eth0 198.18.0.11 2001:db8:f::11
   veth_to_bridge "$p" n2 eth0 198.18.0.12 2001:db8:f::12
   # Client: VIPs via the (first) router.
   ns "$p-cl" ip route add 203.0.113.0/24 via 198.18.0.1
   ns "$p-cl" ip -6 route add 2001:db8:ffff::/64 via 2001:db8:f::1
-  for r in rt rt2; do
+  for r in rt rt2 rt3; do
     [ "$r" = rt2 ] && [ "$routers" -lt 2 ] && continue
+    [ "$r" = rt3 ] && [ "$routers" -lt 3 ] && continue
     ns "$p-$r" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     for i in 1 2; do
       ns "$p-$r" ip route add "198.19.$i.0/24" via "198.18.0.1$i"

@@ -131,6 +131,10 @@ class NftClient {
    *  refused by reason and per VIP, flow table occupancy. Read from the kernel at every call
    *  (counters move without a ruleset generation change). A missing table reads as empty. */
   virtual Result<NftCounterSnapshot> readCounters() = 0;
+  /** The pass created, recreated or resized links (tunnel devices): a classifier that holds
+   *  device indexes or MTUs (the bpf datapath) reads them again now, not at the next resync.
+   *  nft refers to nothing by index. */
+  virtual Status linksChanged() { return {}; }
 };
 
 }  // namespace kst::dp

@@ -34,6 +34,7 @@ struct RouteToPod {
   uint32_t oif = 0;
   bool gateway = false;  // RTA_GATEWAY / RTA_VIA / RTA_MULTIPATH
   uint8_t type = 0;      // RTN_UNICAST = 1, RTN_LOCAL = 2, …
+  std::optional<IpAddress> prefsrc;  // RTA_PREFSRC: the source address the kernel would use
 };
 
 /** A neighbour entry (IP → MAC on a device). */

@@ -8,7 +8,9 @@
 #include <linux/rtnetlink.h>
 #include <linux/magic.h>
 #include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <time.h>
@@ -31,6 +33,7 @@
 #include "hashing/maglev.h"
 #include "linux/bpf/router_maps.h"
 #include "linux/bpf_util.h"
+#include "linux/host_view.h"
 #include "linux/netlink_socket.h"
 #include "router.skel.h"
 
@@ -152,6 +155,8 @@ namespace {
 
 constexpr const char* kMapNames[] = {"config", "vips",  "vipstats", "buckets", "slots",
                                      "epstats", "sources", "flows",   "totals"};
+// Pinned but kept across rebuilds (the record of the clsact qdiscs we created).
+constexpr const char* kClsactMap = "clsact";
 
 std::unexpected<Error> errnoFail(int err, const std::string& what) {
   return fail(err, fmt::format("bpf: {}: {}", what, std::strerror(err)));
@@ -367,6 +372,8 @@ BpfClassifier::BpfClassifier(const DataplaneConfig& cfg, BpfOptions opts)
   bpf::logLibbpfAtDebug();
 }
 
+BpfClassifier::~BpfClassifier() = default;
+
 Result<BpfClassifier::Maps> BpfClassifier::openMaps() const {
   Maps m;
   for (size_t i = 0; i < std::size(kMapNames); ++i) {
@@ -395,6 +402,60 @@ std::vector<std::pair<std::string, int>> BpfClassifier::targets() const {
   return out;
 }
 
+namespace {
+
+/** The MTU of an interface in the calling thread's namespace (0: no such interface). */
+uint32_t linkMtu(const std::string& name) {
+  if (name.empty() || name.size() >= IFNAMSIZ) return 0;
+  Fd sock(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (sock.fd < 0) return 0;
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, name.data(), name.size());
+  if (ioctl(sock.fd, SIOCGIFMTU, &ifr) != 0) return 0;
+  return ifr.ifr_mtu > 0 ? uint32_t(ifr.ifr_mtu) : 0;
+}
+
+/** net.ipv4.ip_local_port_range, the range udp_flow_src_port() scales vxlan's source port
+ *  into when the device has none of its own (ours have none); the kernel's default else. */
+std::pair<uint16_t, uint16_t> localPortRange() {
+  unsigned lo = 32768, hi = 60999;
+  if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "re")) {
+    unsigned a = 0, b = 0;
+    if (std::fscanf(f, "%u %u", &a, &b) == 2 && a > 0 && a < b && b <= 65535) lo = a, hi = b;
+    std::fclose(f);
+  }
+  return {uint16_t(lo), uint16_t(hi)};
+}
+
+}  // namespace
+
+bool BpfClassifier::headerPath() const {
+  return opts_.encap == BpfEncap::Headers &&
+         (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip || cfg_.mode == Mode::GreFlow);
+}
+
+std::array<uint8_t, 16> BpfClassifier::outerSource(const IpAddress& endpoint) {
+  if (auto it = sources_.find(endpoint); it != sources_.end()) return it->second;
+  std::array<uint8_t, 16> out{};
+  if (!nl_) {
+    auto s = nl::Socket::open();
+    if (!s) {
+      spdlog::warn("bpf: netlink: {}", s.error().message);
+      return out;
+    }
+    nl_ = std::move(*s);
+  }
+  auto r = routeToPod(*nl_, endpoint);
+  if (!r) {
+    spdlog::debug("bpf: outer source toward {}: {}", endpoint.str(), r.error().message);
+  } else if (r->prefsrc && r->prefsrc->family() == endpoint.family() &&
+             r->type == RTN_UNICAST) {
+    out = bpf::mapKey(*r->prefsrc);
+  }
+  sources_[endpoint] = out;
+  return out;
+}
+
 Status BpfClassifier::refreshConfig(const Maps& m) {
   uint32_t zero = 0;
   kst_config c{};
@@ -404,21 +465,63 @@ Status BpfClassifier::refreshConfig(const Maps& m) {
   want.flow_timeout_ns = uint64_t(cfg_.flowTimeoutSeconds) * 1000000000ull;
   want.ttl = cfg_.ttl;
   const ModeTraits& t = modeTraits(cfg_.mode);
+  const std::string n4 = cfg_.tunnelLinkName();
+  const std::string n6 = *t.suffix6 ? cfg_.linkPrefix + t.suffix6 : n4;
   // Redirect to the collect-md device in the modes whose tunnel key the program can set as
   // the nexthop's `encap ip` does (no GRE key): vxlan-gpe and ipip.
-  const bool redirect = opts_.redirect && (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip);
+  const bool redirect = opts_.encap == BpfEncap::Device &&
+                        (cfg_.mode == Mode::VxlanGpe || cfg_.mode == Mode::Ipip);
   want.flags = redirect ? KST_CFG_REDIRECT : 0;
   if (cfg_.mode == Mode::VxlanGpe) want.flags |= KST_CFG_ZERO_CSUM4;
   want.ifindex4 = want.ifindex6 = 0;
   if (redirect) {
-    std::string n4 = cfg_.tunnelLinkName();
-    std::string n6 = *t.suffix6 ? cfg_.linkPrefix + t.suffix6 : n4;
     want.ifindex4 = if_nametoindex(n4.c_str());
     want.ifindex6 = if_nametoindex(n6.c_str());
+  }
+  want.encap = KST_ENCAP_NONE;
+  want.udp_port = want.port_min = want.port_max = 0;
+  want.mtu4 = want.mtu6 = 0;
+  if (headerPath()) {
+    want.flags |= KST_CFG_HEADERS;
+    want.encap = cfg_.mode == Mode::VxlanGpe ? KST_ENCAP_VXLAN_GPE
+                 : cfg_.mode == Mode::Ipip   ? KST_ENCAP_IPIP
+                                             : KST_ENCAP_GRE;
+    want.udp_port = cfg_.vxlanPort;
+    std::tie(want.port_min, want.port_max) = localPortRange();
+    // The inner packets the stack would pass: the MTU of the tunnel device the mark path
+    // uses (absent device: 0, every packet of that family takes the mark path).
+    want.mtu4 = linkMtu(n4);
+    want.mtu6 = linkMtu(n6);
   }
   if (std::memcmp(&want, &c, sizeof(c)) == 0) return {};
   if (bpf_map_update_elem(m.config.fd, &zero, &want, BPF_ANY) != 0)
     return errnoFail(errno, "write config");
+  return {};
+}
+
+Status BpfClassifier::linksChanged() {
+  if (access((opts_.pinDir + "/config").c_str(), F_OK) != 0) return {};
+  auto m = openMaps();
+  if (!m) return std::unexpected(m.error());
+  return refreshConfig(*m);
+}
+
+Status BpfClassifier::refreshSources(const Maps& m,
+                                     const std::vector<std::pair<kst_slot_key, kst_slot_val>>& slots) {
+  if (!headerPath()) return {};
+  sources_.clear();  // routes may have changed since the last observation
+  size_t changed = 0;
+  for (auto [k, v] : slots) {
+    if (!(v.flags & KST_SLOT_ENDPOINT)) continue;
+    auto src = outerSource(bpf::fromMapKey(v.endpoint));
+    if (std::memcmp(src.data(), v.src, 16) == 0) continue;
+    std::memcpy(v.src, src.data(), 16);
+    // Only when the entry is still what was read (a concurrent write is not ours to undo).
+    if (bpf_map_update_elem(m.slots.fd, &k, &v, BPF_EXIST) != 0 && errno != ENOENT)
+      return errnoFail(errno, "update slot source");
+    ++changed;
+  }
+  if (changed) spdlog::info("bpf: outer source address refreshed for {} slot(s)", changed);
   return {};
 }
 
@@ -468,10 +571,13 @@ Result<dp::NftState> BpfClassifier::observe() {
     for (auto& [b, mark] : bm) marks[b] = mark;
     st.buckets.setVip(vip, std::move(marks));
   }
+  std::vector<std::pair<kst_slot_key, kst_slot_val>> slotEntries;
+  const bool collect = adopted && opts_.repair && headerPath();
   s = forEach<kst_slot_key>(m->slots.fd, sizeof(kst_slot_val),
                             [&](const kst_slot_key& k, const uint8_t* raw) {
                               kst_slot_val v;
                               std::memcpy(&v, raw, sizeof(v));
+                              if (collect) slotEntries.emplace_back(k, v);
                               IpAddress vip = bpf::fromMapKey(k.vip);
                               if (v.flags & KST_SLOT_LIVE) st.live.insert({vip, k.mark});
                               if (v.flags & KST_SLOT_ENDPOINT)
@@ -495,6 +601,7 @@ Result<dp::NftState> BpfClassifier::observe() {
   // Repairs: a detached program or a renamed device (the periodic resync observes).
   if (adopted && opts_.repair) {
     if (auto r = refreshConfig(*m); !r) spdlog::warn("{}", r.error().message);
+    if (auto r = refreshSources(*m, slotEntries); !r) spdlog::warn("{}", r.error().message);
     Fd prog(bpf_obj_get((opts_.pinDir + "/prog").c_str()));
     if (prog.fd >= 0) {
       if (auto r = ensureAttached(prog.fd, false); !r) spdlog::warn("{}", r.error().message);
@@ -519,6 +626,7 @@ Status BpfClassifier::ensureAttached(int progFd, bool replaceAll) {
       errors += fmt::format(" {}: clsact: {};", name, std::strerror(-r));
       continue;
     }
+    if (r == 0) recordClsact(ifindex, name);
     DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = progFd, .flags = BPF_TC_F_REPLACE,
                         .handle = bpf::kTcHandle, .priority = bpf::kTcPriority);
     r = bpf_tc_attach(&hook, &opts);
@@ -547,7 +655,13 @@ Status BpfClassifier::load(const std::string& skeletonId) {
   bpf_object* obj = skel->obj;
   bpf_map* map;
   bpf_object__for_each_map(map, obj) {
-    std::string path = opts_.pinDir + "/" + bpf_map__name(map);
+    // The program's private maps (the outer IPv4 id counter) live with the program only.
+    const std::string name = bpf_map__name(map);
+    if (name != kClsactMap &&
+        std::find_if(std::begin(kMapNames), std::end(kMapNames),
+                     [&](const char* n) { return name == n; }) == std::end(kMapNames))
+      continue;
+    std::string path = opts_.pinDir + "/" + name;
     if (int r = bpf_map__set_pin_path(map, path.c_str()); r != 0)
       return errnoFail(-r, "pin path " + path);
   }
@@ -568,8 +682,81 @@ Status BpfClassifier::load(const std::string& skeletonId) {
   return {};
 }
 
+void BpfClassifier::recordClsact(int ifindex, const std::string& name) const {
+  Fd map(bpf_obj_get((opts_.pinDir + "/" + kClsactMap).c_str()));
+  if (map.fd < 0) return;  // no record: cleanup leaves that qdisc (as any it did not create)
+  const uint32_t key = uint32_t(ifindex);
+  kst_clsact_val v{};
+  std::snprintf(v.name, sizeof(v.name), "%s", name.c_str());
+  if (bpf_map_update_elem(map.fd, &key, &v, BPF_ANY) != 0)
+    spdlog::warn("bpf: record the clsact qdisc of {}: {}", name, std::strerror(errno));
+}
+
+namespace {
+
+/** The number of tc filters under parent on ifindex (a dump of RTM_GETTFILTER). */
+Result<size_t> tcFilterCount(nl::Socket& sock, int ifindex, uint32_t parent) {
+  nl::Message req(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(tcmsg)), 0);
+  auto* h = mnl_nlmsg_put_header(req.data());
+  h->nlmsg_type = RTM_GETTFILTER;
+  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  auto* tc = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(tcmsg)));
+  tc->tcm_family = AF_UNSPEC;
+  tc->tcm_ifindex = ifindex;
+  tc->tcm_parent = parent;
+  req.resize(h->nlmsg_len);
+  size_t n = 0;
+  auto st = sock.dump(std::move(req), [&](const nlmsghdr* m) {
+    if (m->nlmsg_type != RTM_NEWTFILTER) return;
+    auto* t = static_cast<const tcmsg*>(mnl_nlmsg_get_payload(m));
+    // A dump lists each priority's classifier once without a handle, then its filters.
+    if (t->tcm_ifindex == ifindex && t->tcm_parent == parent && t->tcm_handle != 0) ++n;
+  });
+  if (!st) return std::unexpected(st.error());
+  return n;
+}
+
+}  // namespace
+
+void BpfClassifier::removeOwnClsacts() {
+  const std::string path = opts_.pinDir + "/" + kClsactMap;
+  Fd map(bpf_obj_get(path.c_str()));
+  if (map.fd < 0) return;
+  auto sock = nl::Socket::open();
+  std::vector<uint32_t> keys;
+  uint32_t key = 0, next = 0;
+  for (void* prev = nullptr; bpf_map_get_next_key(map.fd, prev, &next) == 0; prev = &key) {
+    keys.push_back(next);
+    key = next;
+  }
+  for (uint32_t k : keys) {
+    kst_clsact_val v{};
+    if (bpf_map_lookup_elem(map.fd, &k, &v) != 0) continue;
+    v.name[sizeof(v.name) - 1] = 0;
+    char now[IF_NAMESIZE] = {};
+    // Still the same interface, and nothing but ours ever hung on it (ingress and egress).
+    if (sock && if_indextoname(k, now) && std::strcmp(now, v.name) == 0) {
+      auto in = tcFilterCount(**sock, int(k), TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS));
+      auto eg = tcFilterCount(**sock, int(k), TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS));
+      if (in && eg && *in == 0 && *eg == 0) {
+        DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = int(k),
+                            .attach_point = bpf_tc_attach_point(BPF_TC_INGRESS | BPF_TC_EGRESS));
+        if (int r = bpf_tc_hook_destroy(&hook); r != 0 && r != -ENOENT)
+          spdlog::warn("bpf: remove the clsact qdisc of {}: {}", v.name, std::strerror(-r));
+        else
+          spdlog::info("bpf: removed the clsact qdisc of {} (ours, no filter left)", v.name);
+      } else if (in && eg) {
+        spdlog::info("bpf: the clsact qdisc of {} stays: {} other filter(s) on it", v.name,
+                     *in + *eg);
+      }
+    }
+  }
+  unlink(path.c_str());
+}
+
 Status BpfClassifier::remove() {
-  // Our filter (handle, priority and program name) on every interface, then every pin.
+  // Our filter (handle, priority and program name) on every interface, the clsact qdiscs we
+  // created that carry no other filter, then every pin.
   for (const auto& [ifindex, name] : interfacesWithOurFilter()) {
     DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
     DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = bpf::kTcHandle,
@@ -577,6 +764,7 @@ Status BpfClassifier::remove() {
     if (int r = bpf_tc_detach(&hook, &opts); r != 0)
       spdlog::warn("bpf: detach from {}: {}", name, std::strerror(-r));
   }
+  removeOwnClsacts();
   for (const char* n : kMapNames) unlink((opts_.pinDir + "/" + n).c_str());
   unlink((opts_.pinDir + "/prog").c_str());
   rmdir(opts_.pinDir.c_str());
@@ -658,6 +846,7 @@ Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
   auto mr = openMaps();
   if (!mr) return std::unexpected(mr.error());
   Maps& m = *mr;
+  sources_.clear();  // resolved afresh for this batch's endpoints
   auto noop = [](auto&) {};
   const std::vector<uint8_t> zeroVip(perCpuSize(sizeof(kst_vip_counter)), 0);
   const std::vector<uint8_t> zeroEp(perCpuSize(sizeof(kst_counter)), 0);
@@ -734,6 +923,11 @@ Status BpfClassifier::applyElements(const dp::NftElementChanges& d) {
           auto a = bpf::mapKey(e.endpoint);
           std::memcpy(v.endpoint, a.data(), 16);
           v.v4 = e.endpoint.isV4() ? 1 : 0;
+          std::memset(v.src, 0, sizeof(v.src));
+          if (headerPath()) {
+            auto src = outerSource(e.endpoint);
+            std::memcpy(v.src, src.data(), 16);
+          }
         })));
     KST_TRY(put(m.epstats.fd, &k, zeroEp.data()));  // a new endpoint's counter starts at zero
   }

@@ -26,7 +26,10 @@
 // filter of ours is replaced in place (no gap); observe() re-attaches a missing one.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -37,16 +40,28 @@
 #include "dataplane/inspect.h"
 #include "dataplane/kernel.h"
 #include "desired/config.h"
+#include "linux/bpf/router_maps.h"
+
+namespace kst::nl {
+class Socket;
+}
 
 namespace kst {
+
+/** How the program sends a classified packet in the flow modes (docs/bpf-datapath.md):
+ *  Headers: it writes the outer headers and forwards the packet itself (bpf_redirect_neigh),
+ *    handing what it cannot forward with the stack's semantics to the mark path (and an IPv6
+ *    outer vxlan-gpe packet, whose UDP checksum it does not compute, to the device);
+ *  Device: tunnel key + redirect to the collect-md device (vxlan-gpe, ipip only);
+ *  Mark: the slot mark only; the policy rules route it (every mode). */
+enum class BpfEncap { Headers, Device, Mark };
 
 struct BpfOptions {
   std::string pinDir = "/sys/fs/bpf/kst";
   /** Interfaces whose ingress runs the program; empty: every interface but lo and owned links. */
   std::vector<std::string> ingress;
-  /** Redirect to the collect-md device where the mode allows it (vxlan-gpe, ipip); false: the
-   *  program only sets the slot mark and the policy rules route, as in every other mode. */
-  bool redirect = true;
+  /** The way out (above); modes without that way use the next one (headers → device → mark). */
+  BpfEncap encap = BpfEncap::Headers;
   /** observe() repairs an adopted state (re-attaches, refreshes device indexes); off for an
    *  instance that only reads or removes. */
   bool repair = true;
@@ -113,6 +128,7 @@ class BpfInspector : public dp::NftInspector {
 class BpfClassifier : public dp::NftClient {
  public:
   BpfClassifier(const DataplaneConfig& cfg, BpfOptions opts);
+  ~BpfClassifier() override;
   Result<dp::NftState> observe() override;
   /** Refused: the BPF datapath takes no nft text. */
   Status run(const std::string& script) override;
@@ -120,6 +136,8 @@ class BpfClassifier : public dp::NftClient {
                    const dp::NftElementChanges& elements) override;
   Status applyElements(const dp::NftElementChanges& changes) override;
   Result<dp::NftCounterSnapshot> readCounters() override;
+  /** Device indexes and MTUs read again (the config map), when the program is loaded. */
+  Status linksChanged() override;
 
  private:
   struct Maps;
@@ -129,10 +147,25 @@ class BpfClassifier : public dp::NftClient {
   /** Attaches the pinned program to every target interface where it is not attached. */
   Status ensureAttached(int progFd, bool replaceAll);
   Status refreshConfig(const Maps& m);
+  /** Notes that we created ifindex's clsact qdisc (the pinned "clsact" map). */
+  void recordClsact(int ifindex, const std::string& name) const;
+  /** Removes the clsact qdiscs we created that no filter uses any more; forgets the rest. */
+  void removeOwnClsacts();
+  /** The header path's outer source per endpoint, re-resolved (routes may have changed);
+   *  slots: the slot entries as observe() read them. */
+  Status refreshSources(const Maps& m,
+                        const std::vector<std::pair<kst_slot_key, kst_slot_val>>& slots);
+  /** The program writes the outer headers (--bpf-encap headers in a flow mode). */
+  bool headerPath() const;
+  /** The source address the kernel picks toward endpoint (its route's preferred source,
+   *  `ip route get`), mapped; zero when unknown (the program then takes the mark path). */
+  std::array<uint8_t, 16> outerSource(const IpAddress& endpoint);
   std::vector<std::pair<std::string, int>> targets() const;
   DataplaneConfig cfg_;
   BpfOptions opts_;
   std::string program_;  // bpf::programId(cfg_)
+  std::unique_ptr<nl::Socket> nl_;  // route lookups (opened on first use, in that namespace)
+  std::map<IpAddress, std::array<uint8_t, 16>> sources_;  // outerSource() per batch
 };
 
 }  // namespace kst

@@ -118,6 +118,10 @@ Result<dp::RouteToPod> routeToPod(nl::Socket& sock, const IpAddress& addr) {
         case RTA_GATEWAY:
         case RTA_VIA:
         case RTA_MULTIPATH: out.gateway = true; break;
+        case RTA_PREFSRC:
+          if (mnl_attr_get_payload_len(a) == addr.size())
+            out.prefsrc = IpAddress::fromBytes(addr.family(), mnl_attr_get_payload(a));
+          break;
         default: break;
       }
     });

@@ -144,6 +144,14 @@ Status RouterReconciler::applyAll(const RouterDelta& delta, PassResult& res) {
   };
   if (auto s = applyPart(addPart); !s) return std::unexpected(s.error());
   res.timings.netlink += lapSeconds(t);
+  // A recreated tunnel device has a new index (a resized one a new MTU): the bpf classifier
+  // learns it in this pass (before its element changes), not at the next resync.
+  if (std::any_of(addPart.begin(), addPart.end(), [](const dp::Change& c) {
+        return std::holds_alternative<dp::Link>(c.object) ||
+               std::holds_alternative<dp::LinkMtu>(c.object);
+      })) {
+    if (auto s = nft_.linksChanged(); !s) res.failures.push_back(s.error().message);
+  }
 
   using Step = NftTableStep;
   if (delta.tablePresent &&

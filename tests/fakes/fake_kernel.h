@@ -394,6 +394,13 @@ class FakeNft : public dp::NftClient {
     return s;
   }
 
+  /** linksChanged() calls (the reconciler created, recreated or resized links). */
+  size_t linkRefreshes = 0;
+  Status linksChanged() override {
+    ++linkRefreshes;
+    return {};
+  }
+
   /** Every element counter of the table at zero (the fake forwards no packet), or `counters`
    *  when a test set it. */
   Result<dp::NftCounterSnapshot> readCounters() override {

@@ -12,8 +12,10 @@
 #include <gtest/gtest.h>
 
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <net/if.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <unistd.h>
@@ -21,7 +23,9 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <set>
 
+#include "dataplane/modes.h"
 #include "desired/nft_render.h"
 #include "hashing/jhash.h"
 #include "linux/bpf_classifier.h"
@@ -408,6 +412,340 @@ TEST_F(BpfClassifierTest, FilterWithoutPinsIsReportedRebuiltAndRemoved) {
   auto gone = c.observe();
   ASSERT_TRUE(gone) << gone.error().message;
   EXPECT_FALSE(gone->present);
+}
+
+
+// ---- The header path (--bpf-encap headers): the outer headers the mode's collect-md device
+// would write, checked byte by byte on BPF_PROG_TEST_RUN's output packet; what the program
+// cannot forward with the stack's semantics keeps the slot mark instead.
+
+uint16_t csum16(const uint8_t* p, size_t n, uint32_t sum = 0) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(p[i] << 8 | p[i + 1]);
+  if (n % 2) sum += uint32_t(p[n - 1] << 8);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return uint16_t(~sum);
+}
+
+class BpfHeaderPathTest : public BpfClassifierTest {
+ protected:
+  void SetUp() override {
+    BpfClassifierTest::SetUp();
+    if (IsSkipped()) return;
+    // The underlay: a veth pair (its own namespace), the router's address, a permanent
+    // neighbour for each pod; forwarding on. The "tunnel devices" are veths here: the
+    // classifier reads only their MTU (the inner limit the mark path's device would apply).
+    const std::string pre = "krh" + std::to_string(getpid() % 100000);
+    ul = pre + "u";
+    cfg.linkPrefix = "krh";
+    const std::string cmds[] = {
+        "ip link add " + ul + " type veth peer name " + pre + "p",
+        "ip link set " + ul + " up", "ip link set " + pre + "p up",
+        "ip addr add 198.19.0.1/24 dev " + ul,
+        "ip addr add 2001:db8:19::1/64 dev " + ul + " nodad",
+        "ip neigh add 198.19.0.2 lladdr 02:00:00:00:00:02 dev " + ul + " nud permanent",
+        "ip neigh add 2001:db8:19::2 lladdr 02:00:00:00:00:02 dev " + ul + " nud permanent",
+        "sysctl -qw net.ipv4.ip_forward=1", "sysctl -qw net.ipv6.conf.all.forwarding=1",
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 50000'",
+    };
+    for (auto& c : cmds) ASSERT_EQ(std::system(c.c_str()), 0) << c;
+    ulIndex = int(if_nametoindex(ul.c_str()));
+    ASSERT_GT(ulIndex, 0);
+  }
+  void tunnelDevice(const std::string& name, int mtu) {
+    std::string c = "ip link add " + name + " mtu " + std::to_string(mtu) + " type veth peer name " +
+                    name + "p";
+    ASSERT_EQ(std::system(c.c_str()), 0) << c;
+  }
+  /** A VIP whose every bucket is slot 1000 + b % 2, endpoint pod. */
+  void serve(BpfClassifier& c, const IpAddress& vip, const IpAddress& pod) {
+    dp::NftState want = present(cfg);
+    addVip(want, vip, 64);
+    for (uint32_t b = 0; b < 64; ++b) {
+      want.endpoints[vip][1000 + b] = pod;
+      want.live.insert({vip, 1000 + b});
+    }
+    ASSERT_TRUE(c.applyStep(dp::TableStep::Create, want.skeletonId, want.skeleton,
+                            nftElementChanges(want, dp::NftState{})));
+  }
+  struct Out {
+    int verdict;
+    uint32_t mark;
+    std::vector<uint8_t> data;
+  };
+  /** Runs one frame received on the underlay interface (ctx ifindex). */
+  Out runFrame(std::vector<uint8_t> in, uint32_t gsoSize = 0, uint32_t gsoSegs = 0) {
+    int fd = bpf_obj_get((pinDir + "/prog").c_str());
+    EXPECT_GE(fd, 0);
+    std::vector<uint8_t> buf(in.size() + 256);
+    __sk_buff ctx{};
+    ctx.ifindex = uint32_t(ulIndex);
+    ctx.gso_size = gsoSize;
+    ctx.gso_segs = gsoSegs;
+    __sk_buff out{};
+    DECLARE_LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in.data(),
+                        .data_out = buf.data(), .data_size_in = uint32_t(in.size()),
+                        .data_size_out = uint32_t(buf.size()), .ctx_in = &ctx, .ctx_out = &out,
+                        .ctx_size_in = sizeof(ctx), .ctx_size_out = sizeof(out));
+    int r = bpf_prog_test_run_opts(fd, &o);
+    close(fd);
+    EXPECT_EQ(r, 0) << std::strerror(errno);
+    buf.resize(o.data_size_out);
+    return {int(o.retval), out.mark, buf};
+  }
+  /** frame() with a valid IPv4 header checksum, the given TTL / hop limit and TOS. */
+  std::vector<uint8_t> innerFrame(const Packet& p, uint8_t ttl, uint8_t tos = 0) {
+    auto f = frame(p);
+    if (p.src.isV4()) {
+      f[14 + 1] = tos;
+      f[14 + 8] = ttl;
+      f[14 + 10] = f[14 + 11] = 0;
+      uint16_t c = csum16(&f[14], 20);
+      f[14 + 10] = uint8_t(c >> 8);
+      f[14 + 11] = uint8_t(c);
+    } else {
+      f[14 + 7] = ttl;
+    }
+    return f;
+  }
+  std::string ul;
+  int ulIndex = 0;
+};
+
+TEST_F(BpfHeaderPathTest, VxlanGpeOverIpv4IsTheDevicesBytes) {
+  cfg.mode = Mode::VxlanGpe;
+  tunnelDevice(cfg.tunnelLinkName(), 1464);
+  BpfClassifier c(cfg, opts());
+  const IpAddress vip = ip("203.0.113.10"), pod = ip("198.19.0.2");
+  serve(c, vip, pod);
+  Packet p{ip("198.18.0.10"), vip, 17, 33333, 8080, false, 100};
+  auto in = innerFrame(p, 20, 0x03 /* ECN CE */);
+  Out o = runFrame(in);
+  ASSERT_EQ(o.verdict, TC_ACT_REDIRECT);
+  EXPECT_EQ(o.mark, 0u);
+  ASSERT_EQ(o.data.size(), in.size() + 36);
+  const uint8_t* ip4 = &o.data[14];
+  EXPECT_EQ(o.data[12], 0x08);
+  EXPECT_EQ(o.data[13], 0x00);
+  EXPECT_EQ(ip4[0], 0x45);
+  EXPECT_EQ(ip4[1], 0x02) << "CE inside: ECT(0) outside";
+  EXPECT_EQ(size_t(ip4[2] << 8 | ip4[3]), in.size() - 14 + 36);
+  EXPECT_EQ(ip4[6] & 0x40, 0) << "DF clear, as the collect-md device sends";
+  EXPECT_EQ(ip4[8], cfg.ttl);
+  EXPECT_EQ(ip4[9], 17);
+  EXPECT_EQ(csum16(ip4, 20), 0) << "outer header checksum";
+  EXPECT_EQ(IpAddress::fromBytes(Family::V4, ip4 + 12), ip("198.19.0.1")) << "route's source";
+  EXPECT_EQ(IpAddress::fromBytes(Family::V4, ip4 + 16), pod);
+  const uint8_t* udp = ip4 + 20;
+  const uint16_t sport = uint16_t(udp[0] << 8 | udp[1]);
+  EXPECT_GE(sport, 40000);
+  EXPECT_LT(sport, 50000);
+  EXPECT_EQ(udp[2] << 8 | udp[3], cfg.vxlanPort);
+  EXPECT_EQ(size_t(udp[4] << 8 | udp[5]), in.size() - 14 + 16);
+  EXPECT_EQ(udp[6] | udp[7], 0) << "no UDP checksum over IPv4";
+  const uint8_t gpe[8] = {0x0c, 0, 0, 1, 0, 0, 0, 0};
+  EXPECT_EQ(std::memcmp(udp + 8, gpe, 8), 0);
+  const uint8_t* inner = udp + 16;
+  EXPECT_EQ(inner[8], 19) << "inner TTL decremented";
+  EXPECT_EQ(csum16(inner, 20), 0) << "inner checksum fixed";
+  EXPECT_EQ(std::memcmp(inner + 20, &in[14 + 20], in.size() - 34), 0) << "payload intact";
+  // Source-port entropy: the same flow keeps its port, other flows spread over the range.
+  Out again = runFrame(in);
+  ASSERT_EQ(again.data.size(), o.data.size());
+  EXPECT_EQ(std::memcmp(&again.data[34], &o.data[34], o.data.size() - 34), 0);
+  EXPECT_NE(again.data[18] << 8 | again.data[19], o.data[18] << 8 | o.data[19])
+      << "the outer IPv4 id varies (DF is clear)";
+  std::set<uint16_t> ports;
+  for (uint16_t i = 0; i < 32; ++i) {
+    Packet q = p;
+    q.sport = uint16_t(20000 + i);
+    Out r = runFrame(innerFrame(q, 20));
+    ASSERT_EQ(r.verdict, TC_ACT_REDIRECT);
+    ports.insert(uint16_t(r.data[34] << 8 | r.data[35]));
+  }
+  EXPECT_GE(ports.size(), 24u);
+
+  // The stack's way (slot mark, packet untouched): TTL 1, over the device MTU, no route.
+  for (uint8_t ttl : {1, 0}) {
+    Out t = runFrame(innerFrame(p, ttl));
+    EXPECT_EQ(t.verdict, TC_ACT_OK);
+    EXPECT_GE(t.mark, 1000u);
+    EXPECT_EQ(t.data, innerFrame(p, ttl));
+  }
+  Packet fits = p, big = p;
+  fits.payload = 1464 - 28;
+  big.payload = 1464 - 28 + 1;
+  EXPECT_EQ(runFrame(innerFrame(fits, 20)).verdict, TC_ACT_REDIRECT);
+  Out b = runFrame(innerFrame(big, 20));
+  EXPECT_EQ(b.verdict, TC_ACT_OK);
+  EXPECT_GE(b.mark, 1000u);
+  EXPECT_EQ(b.data.size(), innerFrame(big, 20).size());
+  // A GSO packet is judged by one segment: TCP, 20 + 20 header bytes + gso_size.
+  Packet bulk{ip("198.18.0.10"), vip, 6, 33334, 8080, false, 3000};
+  auto tcpFrame = innerFrame(bulk, 20);
+  tcpFrame[14 + 20 + 12] = 0x50;  // data offset 5 words
+  Out over = runFrame(tcpFrame, 1464 - 40 + 1, 3);
+  EXPECT_EQ(over.verdict, TC_ACT_OK) << "a segment over the tunnel MTU: the stack's way";
+  EXPECT_GE(over.mark, 1000u);
+  // (Segments that fit go on to bpf_skb_adjust_room, which refuses test_run's GSO skb — it
+  // has no GSO type — leaving it unchanged for the stack; real TSO/GRO packets are carried by
+  // bench/dataplane.sh's TCP runs.)
+  Out seg = runFrame(tcpFrame, 1464 - 40, 3);
+  EXPECT_TRUE(seg.verdict == TC_ACT_REDIRECT || (seg.verdict == TC_ACT_OK && seg.data == tcpFrame))
+      << "a refused adjust_room must leave the packet unchanged";
+  Packet udpBulk = bulk;
+  udpBulk.proto = 17;
+  Out ugso = runFrame(innerFrame(udpBulk, 20), 1000, 3);
+  EXPECT_EQ(ugso.verdict, TC_ACT_OK) << "UDP GSO: the stack's way";
+  ASSERT_EQ(std::system(("ip neigh del 198.19.0.2 dev " + ul).c_str()), 0);
+  ASSERT_EQ(std::system(("ip addr flush dev " + ul).c_str()), 0);
+  Out nr = runFrame(innerFrame(p, 20));
+  EXPECT_EQ(nr.verdict, TC_ACT_OK) << "no route to the pod";
+  EXPECT_GE(nr.mark, 1000u);
+}
+
+TEST_F(BpfHeaderPathTest, IpipAndGreFlowHeaders) {
+  for (Mode mode : {Mode::Ipip, Mode::GreFlow}) {
+    SCOPED_TRACE(modeTraits(mode).name);
+    cfg.mode = mode;
+    const ModeTraits& t = modeTraits(mode);
+    tunnelDevice(cfg.tunnelLinkName(), mode == Mode::Ipip ? 1480 : 1476);
+    tunnelDevice(cfg.linkPrefix + t.suffix6, mode == Mode::Ipip ? 1460 : 1456);
+    BpfClassifier c(cfg, opts());
+    const IpAddress vip = ip("203.0.113.10"), pod = ip("198.19.0.2");
+    const IpAddress vip6 = ip("2001:db8:ffff::10"), pod6 = ip("2001:db8:19::2");
+    serve(c, vip, pod);
+    // IPv4 outer, IPv4 inner.
+    Packet p{ip("198.18.0.10"), vip, 6, 40000, 80, false, 60};
+    auto in = innerFrame(p, 64);
+    Out o = runFrame(in);
+    ASSERT_EQ(o.verdict, TC_ACT_REDIRECT);
+    const size_t l4 = mode == Mode::Ipip ? 0 : 4;
+    ASSERT_EQ(o.data.size(), in.size() + 20 + l4);
+    const uint8_t* ip4 = &o.data[14];
+    EXPECT_EQ(ip4[9], mode == Mode::Ipip ? 4 : 47);
+    EXPECT_EQ(ip4[8], cfg.ttl);
+    EXPECT_EQ(csum16(ip4, 20), 0);
+    EXPECT_EQ(IpAddress::fromBytes(Family::V4, ip4 + 12), ip("198.19.0.1"));
+    EXPECT_EQ(IpAddress::fromBytes(Family::V4, ip4 + 16), pod);
+    if (mode == Mode::GreFlow) {
+      const uint8_t gre[4] = {0, 0, 0x08, 0x00};
+      EXPECT_EQ(std::memcmp(ip4 + 20, gre, 4), 0) << "no key, no checksum";
+    }
+    EXPECT_EQ(ip4[20 + l4 + 8], 63);
+    EXPECT_EQ(csum16(ip4 + 20 + l4, 20), 0);
+    // IPv6 outer, IPv6 inner (ip6tnl / ip6gre): hop limits, addresses, next header.
+    ASSERT_TRUE(c.applyStep(dp::TableStep::Delete, "", "", {}));
+    serve(c, vip6, pod6);
+    Packet q{ip("2001:db8:18::10"), vip6, 17, 40000, 53, false, 30};
+    auto in6 = innerFrame(q, 9);
+    Out o6 = runFrame(in6);
+    ASSERT_EQ(o6.verdict, TC_ACT_REDIRECT);
+    ASSERT_EQ(o6.data.size(), in6.size() + 40 + l4);
+    const uint8_t* ip6 = &o6.data[14];
+    EXPECT_EQ(o6.data[12], 0x86);
+    EXPECT_EQ(ip6[0] >> 4, 6);
+    EXPECT_EQ(size_t(ip6[4] << 8 | ip6[5]), in6.size() - 14 + l4);
+    EXPECT_EQ(ip6[6], mode == Mode::Ipip ? 41 : 47);
+    EXPECT_EQ(ip6[7], cfg.ttl);
+    EXPECT_EQ(IpAddress::fromBytes(Family::V6, ip6 + 8), ip("2001:db8:19::1"));
+    EXPECT_EQ(IpAddress::fromBytes(Family::V6, ip6 + 24), pod6);
+    if (mode == Mode::GreFlow) {
+      const uint8_t gre[4] = {0, 0, 0x86, 0xdd};
+      EXPECT_EQ(std::memcmp(ip6 + 40, gre, 4), 0);
+    }
+    EXPECT_EQ(ip6[40 + l4 + 7], 8) << "inner hop limit decremented";
+    Out expired = runFrame(innerFrame(q, 1));
+    EXPECT_EQ(expired.verdict, TC_ACT_OK);
+    EXPECT_GE(expired.mark, 1000u);
+    ASSERT_TRUE(c.applyStep(dp::TableStep::Delete, "", "", {}));
+    for (auto n : {cfg.tunnelLinkName(), cfg.linkPrefix + t.suffix6})
+      ASSERT_EQ(std::system(("ip link del " + n).c_str()), 0);
+  }
+}
+
+TEST_F(BpfHeaderPathTest, MarkAndDeviceAreSelectable) {
+  cfg.mode = Mode::GreFlow;
+  tunnelDevice(cfg.tunnelLinkName(), 1476);
+  BpfOptions o = opts();
+  o.encap = BpfEncap::Mark;
+  BpfClassifier c(cfg, o);
+  const IpAddress vip = ip("203.0.113.10");
+  serve(c, vip, ip("198.19.0.2"));
+  Packet p{ip("198.18.0.10"), vip, 6, 40000, 80, false, 60};
+  Out r = runFrame(innerFrame(p, 64));
+  EXPECT_EQ(r.verdict, TC_ACT_OK);
+  EXPECT_GE(r.mark, 1000u);
+  EXPECT_EQ(r.data, innerFrame(p, 64));
+}
+
+}  // namespace
+}  // namespace kst
+
+namespace kst {
+namespace {
+
+std::string sh(const std::string& cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    char buf[512];
+    while (fgets(buf, sizeof(buf), f)) out += buf;
+    pclose(f);
+  }
+  return out;
+}
+
+TEST_F(BpfHeaderPathTest, CleanupRemovesOnlyTheClsactItCreatedAndNobodyElseUses) {
+  cfg.mode = Mode::GreFlow;
+  const std::string pre = "krh" + std::to_string(getpid() % 100000);
+  const std::string ours = ul, theirs = pre + "p", shared = pre + "s";
+  ASSERT_EQ(std::system(("ip link add " + shared + " type veth peer name " + shared + "q").c_str()),
+            0);
+  ASSERT_EQ(std::system(("tc qdisc add dev " + theirs + " clsact").c_str()), 0);
+  BpfOptions o = opts();
+  o.ingress = {ours, theirs, shared};
+  BpfClassifier c(cfg, o);
+  serve(c, ip("203.0.113.10"), ip("198.19.0.2"));
+  for (auto& d : {ours, theirs, shared})
+    EXPECT_NE(sh("tc filter show dev " + d + " ingress").find("kst_router"), std::string::npos)
+        << d;
+  // Someone else's filter (another handle and priority, on egress) on the clsact we created
+  // on `shared`.
+  {
+    int fd = bpf_obj_get((pinDir + "/prog").c_str());
+    ASSERT_GE(fd, 0);
+    DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = int(if_nametoindex(shared.c_str())),
+                        .attach_point = BPF_TC_EGRESS);
+    DECLARE_LIBBPF_OPTS(bpf_tc_opts, to, .prog_fd = fd, .handle = 1, .priority = 1);
+    ASSERT_EQ(bpf_tc_attach(&hook, &to), 0);
+    close(fd);
+  }
+  ASSERT_TRUE(c.applyStep(dp::TableStep::Delete, "", "", {}));
+  EXPECT_EQ(sh("tc qdisc show dev " + ours).find("clsact"), std::string::npos)
+      << "created by us, nothing else on it: removed";
+  EXPECT_NE(sh("tc qdisc show dev " + theirs).find("clsact"), std::string::npos)
+      << "there before us: stays";
+  EXPECT_NE(sh("tc qdisc show dev " + shared).find("clsact"), std::string::npos)
+      << "another filter on it: stays";
+  for (auto& d : {ours, theirs, shared})
+    EXPECT_EQ(sh("tc filter show dev " + d + " ingress").find("kst_router"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(pinDir));
+}
+
+TEST_F(BpfHeaderPathTest, TheClsactRecordSurvivesARebuild) {
+  cfg.mode = Mode::GreFlow;
+  BpfOptions o = opts();
+  o.ingress = {ul};
+  {
+    BpfClassifier c(cfg, o);
+    serve(c, ip("203.0.113.10"), ip("198.19.0.2"));
+  }
+  DataplaneConfig other = cfg;
+  other.hashSeed = kSeed + 1;  // another skeleton: Rebuild (fresh maps, the filter replaced)
+  BpfClassifier c2(other, o);
+  serve(c2, ip("203.0.113.10"), ip("198.19.0.2"));
+  EXPECT_NE(sh("tc filter show dev " + ul + " ingress").find("kst_router"), std::string::npos);
+  ASSERT_TRUE(c2.applyStep(dp::TableStep::Delete, "", "", {}));
+  EXPECT_EQ(sh("tc qdisc show dev " + ul).find("clsact"), std::string::npos);
 }
 
 }  // namespace

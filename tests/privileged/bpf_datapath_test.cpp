@@ -11,9 +11,14 @@
 //   - a draining endpoint keeps its established flows and gets no new one; a removed
 //     endpoint's pinned flows move to the others;
 //   - `cleanup --datapath bpf` detaches the program and removes every pin;
-//   - both ways out: redirected to the collect-md device (never seen by the forward hook) and,
-//     with --bpf-redirect=false, marked and forwarded by the stack through the policy rules
-//     (BpfMarkPath: every datagram passes the forward hook with its slot mark).
+//   - the three ways out: the outer headers written by the program and sent with
+//     bpf_redirect_neigh (BpfDatapath, --bpf-encap headers: never seen by the forward hook, the
+//     collect-md device sends nothing; IPv6 pods behind vxlan-gpe take the mark path there),
+//     redirected to the collect-md device (BpfDevicePath) and marked and forwarded by the stack
+//     through the policy rules (BpfMarkPath: every datagram passes the forward hook);
+//   - the header path keeps forwarding semantics: a packet whose TTL / hop limit expires at the
+//     router gets "time exceeded", a DF packet over the tunnel MTU "fragmentation needed" /
+//     "packet too big" (the program hands both to the stack).
 #include <sys/mount.h>
 
 #include <set>
@@ -45,9 +50,15 @@ class BpfDatapath : public E2E, public ::testing::WithParamInterface<bool> {
     startAgent(1);
     startAgent(2);
   }
-  /** true: the program redirects to the collect-md device; false (BpfMarkPath): it marks the
-   *  packet and the stack routes it through the slot's policy rule. */
-  virtual bool redirect() const { return true; }
+  /** --bpf-encap: headers (the program forwards), device (the collect-md device), mark (the
+   *  stack routes through the slot's policy rule). */
+  virtual std::string encap() const { return "headers"; }
+  /** The program sends this family's packets itself (headers or device path). */
+  bool programSends() const { return encap() == "device" || (encap() == "headers" && !v6()); }
+  uint64_t vxgTxPackets() {
+    auto o = out("rt2", "cat /sys/class/net/kst-vxg/statistics/tx_packets");
+    return o.empty() ? UINT64_MAX : std::stoull(o);
+  }
   void TearDown() override {
     // Lazily: the pins go once the bpf router has stopped; the attached program goes with the
     // router's namespace.
@@ -57,7 +68,7 @@ class BpfDatapath : public E2E, public ::testing::WithParamInterface<bool> {
   std::string pinDir() const { return bpffs + "/rt2"; }
   std::vector<std::string> bpfFlags() const {
     return {"--datapath", "bpf", "--bpf-pin-dir", pinDir(), "--bpf-ingress", "eth0",
-            std::string("--bpf-redirect=") + (redirect() ? "true" : "false")};
+            "--bpf-encap", encap()};
   }
   void startBpfRouter() { startRouter("rt2", bpfFlags()); }
 
@@ -194,11 +205,21 @@ TEST_P(BpfDatapath, CountersAreExact) {
   ASSERT_TRUE(reachable(vip(), 20)) << procs["rt2"].log();
   probeForward();
   auto before = counters();
+  const uint64_t vxgBefore = vxgTxPackets();
   const IpAddress v = *IpAddress::parse(vip());
   auto answers = udpFrom(50, 34000);
   ASSERT_TRUE(allFrom(answers, 50));
   auto after = counters();
-  EXPECT_EQ(forwardedMarked(), 0u) << "redirected packets do not pass the forward hook";
+  if (programSends()) {
+    EXPECT_EQ(forwardedMarked(), 0u) << "redirected packets do not pass the forward hook";
+  } else {
+    EXPECT_EQ(forwardedMarked(), 50u) << "IPv6 pods behind vxlan-gpe: the mark path";
+  }
+  if (encap() == "headers" && !v6()) {
+    EXPECT_EQ(vxgTxPackets(), vxgBefore) << "the program wrote the headers, not the device";
+  } else if (encap() == "device") {
+    EXPECT_GE(vxgTxPackets() - vxgBefore, 50u);
+  }
   EXPECT_EQ(after.vip[v].packets - before.vip[v].packets, 50u);
   EXPECT_EQ(after.refusedByVip[v].packets, before.refusedByVip[v].packets);
   std::map<std::string, uint64_t> perPod;
@@ -272,11 +293,56 @@ TEST_P(BpfDatapath, CleanupDetachesAndUnpins) {
   EXPECT_EQ(owned("rt2"), "");
 }
 
-/** The mark path (every mode but vxlan-gpe and ipip; here --bpf-redirect=false): the program
- *  sets the slot mark and the policy rules route. */
+TEST_P(BpfDatapath, ExpiredTtlAndTooBigPacketsGetTheStacksIcmp) {
+  via("rt2");
+  ASSERT_TRUE(reachable(vip(), 20)) << procs["rt2"].log();
+  // TTL / hop limit 1 on arrival at the router: time exceeded, from the router.
+  auto ttl = in("cl", std::string("ping -c 1 -W 2 -t 1 ") + (v6() ? "-6 " : "") + vip());
+  EXPECT_NE(ttl.out.find(v6() ? "Time exceeded" : "Time to live exceeded"), std::string::npos)
+      << ttl.out;
+  // TTL 2: one more hop is allowed, the pod answers (the program decremented it to 1).
+  auto two = in("cl", std::string("ping -c 1 -W 2 -t 2 ") + (v6() ? "-6 " : "") + vip());
+  EXPECT_EQ(two.rc, 0) << two.out;
+  // A 1500-byte DF packet into a tunnel whose inner limit is below it: the router says so.
+  const int payload = 1500 - (v6() ? 48 : 28);
+  auto big = in("cl", fmt::format("ping -c 2 -i 0.3 -W 2 -M do -s {} {}{}", payload,
+                                  v6() ? "-6 " : "", vip()));
+  EXPECT_NE(big.out.find(v6() ? "Packet too big" : "Frag needed"), std::string::npos) << big.out;
+  EXPECT_NE(big.out.find(v6() ? "mtu=" : "mtu = "), std::string::npos) << big.out;
+}
+
+/** The collect-md device (--bpf-encap device; vxlan-gpe and ipip only): the tunnel key is set
+ *  and the device builds the headers. */
+class BpfDevicePath : public BpfDatapath {
+ protected:
+  std::string encap() const override { return "device"; }
+};
+
+INSTANTIATE_TEST_SUITE_P(Family, BpfDevicePath, ::testing::Values(false, true),
+                         [](const auto& i) { return i.param ? "IPv6" : "IPv4"; });
+
+TEST_P(BpfDevicePath, SameTuplesAndExactCountersThroughTheDevice) {
+  via("rt");
+  ASSERT_TRUE(reachable(vip(), 20));
+  via("rt2");
+  ASSERT_TRUE(reachable(vip(), 20)) << procs["rt2"].log();
+  via("rt");
+  auto udpNft = udpFrom(64, 37000);
+  via("rt2");
+  probeForward();
+  const uint64_t vxgBefore = vxgTxPackets();
+  auto udpBpf = udpFrom(64, 37000);
+  ASSERT_TRUE(allFrom(udpBpf, 64)) << fmt::format("{}", fmt::join(udpBpf, "\n"));
+  EXPECT_EQ(udpNft, udpBpf);
+  EXPECT_EQ(forwardedMarked(), 0u);
+  EXPECT_GE(vxgTxPackets() - vxgBefore, 64u);
+}
+
+/** The mark path (every mode but the flow modes; here --bpf-encap mark): the program sets the
+ *  slot mark and the policy rules route. */
 class BpfMarkPath : public BpfDatapath {
  protected:
-  bool redirect() const override { return false; }
+  std::string encap() const override { return "mark"; }
 };
 
 INSTANTIATE_TEST_SUITE_P(Family, BpfMarkPath, ::testing::Values(false, true),

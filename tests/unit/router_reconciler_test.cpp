@@ -162,6 +162,21 @@ TEST(RouterReconciler, SecondPassMakesZeroChanges) {
   EXPECT_GT(w.nl.counts().dumps, before.dumps);  // it did look
 }
 
+TEST(RouterReconciler, TheClassifierIsToldOfLinkChangesInTheSamePass) {
+  World w(config());
+  {
+    RouterReconciler r(w.cfg, w.nl, w.nft);
+    pass(r, sample());
+    EXPECT_EQ(w.nft.linkRefreshes, 1u) << "the tunnel device was created";
+    pass(r, sample());
+    EXPECT_EQ(w.nft.linkRefreshes, 1u) << "nothing changed";
+  }
+  w.cfg.underlayMtu = 9000;  // a resize (LinkMtu)
+  RouterReconciler r2(w.cfg, w.nl, w.nft);
+  pass(r2, sample());
+  EXPECT_EQ(w.nft.linkRefreshes, 2u);
+}
+
 TEST(RouterReconciler, RestartAdoptsKernelStateWithZeroChanges) {
   for (bool wire : {false, true}) {
     SCOPED_TRACE(wire ? "codec round trip" : "plain");

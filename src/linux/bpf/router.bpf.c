@@ -14,10 +14,16 @@
  *      (the user-space copy is hashing/jhash.h, and a test compares both);
  *   3. bucket → slot mark; no bucket element (or no count): counted (no_bucket), dropped;
  *   4. a flow with ports is pinned to the slot mark (a stale pin is rewritten).
- * Then either (KST_CFG_REDIRECT, flow-based modes) the tunnel key is set to the slot's endpoint
- * and the packet is redirected to the collect-md device of the endpoint's family, or the
- * packet continues with the slot mark set and the stack routes it through the slot's policy
- * rule and table, exactly as in nft mode (every mode). Non-IP packets, packets to other
+ * Then one of three ways out (kst_header_path below, the flow-based modes):
+ *   headers (KST_CFG_HEADERS): the program forwards the packet itself — inner TTL / hop limit
+ *     decremented, the outer headers the mode's collect-md device would write (kst_config.encap)
+ *     pushed, the outer route looked up (bpf_fib_lookup) and the packet sent to its neighbour
+ *     (bpf_redirect_neigh); every packet it cannot forward with the stack's semantics (TTL <= 1,
+ *     over the MTU, non-TCP GSO, no route, no known source address) takes the mark path;
+ *   device (KST_CFG_REDIRECT): the tunnel key is set to the slot's endpoint and the packet is
+ *     redirected to the collect-md device of the endpoint's family;
+ *   mark: the packet continues with the slot mark set and the stack routes it through the
+ *     slot's policy rule and table, exactly as in nft mode (every mode). Non-IP packets, packets to other
  * destinations and IPv6 packets whose headers cannot be walked continue unchanged. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -25,6 +31,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
+#include <linux/udp.h>
 #include <stddef.h>
 
 #include <bpf/bpf_endian.h>
@@ -107,6 +114,16 @@ struct {
   __type(key, __u32);
   __type(value, struct kst_counter);
 } totals SEC(".maps");
+
+/* The clsact qdiscs the daemon created for the program (ifindex → interface name): removed
+ * with the program when no other filter hangs on them. The program does not read it; the
+ * daemon keeps it pinned across rebuilds (linux/bpf_classifier.cpp). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 4096);
+  __type(key, __u32);
+  __type(value, struct kst_clsact_val);
+} clsact SEC(".maps");
 
 /* ---- jhash (include/linux/jhash.h) over whole 32-bit words, as nft_jhash_eval runs it over
  * its registers: on a little-endian CPU jhash(bytes, 4n) equals this over the n words. */
@@ -277,6 +294,261 @@ static __always_inline int kst_refuse(struct kst_vip_counter *vs, __u32 reason, 
   return TC_ACT_SHOT;
 }
 
+/* ---- The header path: what the collect-md devices write (vxlan_xmit_one, gre_fb_xmit,
+ * ipxip6_tnl_xmit with collect_md: no key, no encapsulation limit, the key's TTL, DF clear, the
+ * inner ECN bits copied, vxlan-gpe's source port from the flow hash). */
+#define KST_ETH_P_IP 0x0800
+#define KST_ETH_P_IPV6 0x86DD
+#define KST_IPPROTO_GRE 47
+#define KST_IPPROTO_IPV6 41
+
+struct kst_gpehdr {
+  __u8 flags; /* 0x0c: I (VNI present) + P (next protocol present), version 0 */
+  __u8 reserved[2];
+  __u8 next_proto; /* 1: IPv4, 2: IPv6 */
+  __be32 vni;      /* VNI << 8: 0 (the daemon's nexthops use id 0) */
+};
+
+struct kst_outer {
+  union {
+    struct iphdr ip;
+    struct ipv6hdr ip6;
+  };
+  union {
+    struct {
+      struct udphdr udp;
+      struct kst_gpehdr gpe;
+    };
+    struct {
+      __be16 gre_flags;
+      __be16 gre_proto;
+    };
+  };
+};
+
+static __always_inline __u16 kst_csum_fold(__u32 sum) {
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return (__u16)~sum;
+}
+
+static __always_inline __u16 kst_ip_csum(const struct iphdr *ip) {
+  const __u16 *w = (const __u16 *)ip;
+  __u32 sum = 0;
+#pragma unroll
+  for (int i = 0; i < (int)(sizeof(*ip) / 2); i++) sum += w[i];
+  return kst_csum_fold(sum);
+}
+
+/* INET_ECN_encapsulate(0, inner): the inner ECN bits, CE sent as ECT(0). */
+static __always_inline __u8 kst_ecn(__u8 inner_tos) {
+  __u8 e = inner_tos & 3;
+  return e == 3 ? 2 : e;
+}
+
+/* Per-CPU IPv4 identification counter for the outer header (DF is clear, as the kernel's
+ * tunnel devices send it, so the id must vary). */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, __u32);
+} ipids SEC(".maps");
+
+/* Forwards the packet with headers the program writes. 1: sent (the verdict in *verdict);
+ * 0: not possible for this packet, nothing changed (the caller takes the mark path); a
+ * helper failing after the packet was changed drops it (*verdict = TC_ACT_SHOT). */
+static __always_inline int kst_header_path(struct __sk_buff *skb, const struct kst_config *cfg,
+                                           const struct kst_slot_val *sv, int inner_v4,
+                                           int *verdict) {
+  const int outer_v4 = sv->v4 != 0;
+  __u32 mtu = outer_v4 ? cfg->mtu4 : cfg->mtu6;
+  if (!mtu) return 0;
+  /* The source address the kernel would choose toward the pod (the daemon resolves it). */
+  __u32 srcsum = 0;
+#pragma unroll
+  for (int i = 0; i < 16; i += 4) srcsum |= *(const __u32 *)(sv->src + i);
+  if (!srcsum) return 0;
+  const __u32 inner_len = skb->len - ETH_HLEN;
+  /* The largest inner packet this skb becomes on the wire: itself, or for a GSO packet (a
+   * local sender's TSO over veth, GRO on the ingress NIC) one segment — TCP only (its header
+   * length read here), segmented after the outer headers are pushed, gso_size unchanged
+   * (BPF_F_ADJ_ROOM_FIXED_GSO), as the stack segments the inner packet before the tunnel. */
+  __u32 seglen = inner_len;
+  if (skb->gso_size) {
+    __u32 l3 = inner_v4 ? 0 : sizeof(struct ipv6hdr);
+    __u8 b[2];
+    if (inner_v4) {
+      if (bpf_skb_load_bytes(skb, ETH_HLEN, b, 1) < 0) return 0;
+      l3 = (b[0] & 0xf) * 4;
+      if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), b, 1) < 0)
+        return 0;
+    } else if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), b, 1) < 0) {
+      return 0;
+    }
+    if (b[0] != IPPROTO_TCP) return 0; /* UDP GSO and anything else: the stack's */
+    if (l3 > 60 || bpf_skb_load_bytes(skb, ETH_HLEN + l3 + 12, b, 1) < 0) return 0;
+    seglen = l3 + (b[0] >> 4) * 4 + skb->gso_size;
+  }
+  if (seglen > mtu) return 0; /* the stack answers frag-needed / packet-too-big, or fragments */
+  __u32 l4len;
+  __u64 aflags = BPF_F_ADJ_ROOM_FIXED_GSO;
+  __u8 proto;
+  if (cfg->encap == KST_ENCAP_VXLAN_GPE) {
+    /* Over IPv6 the kernel's device sends a full UDP checksum, which the program does not
+     * compute over the payload: the device path (or the mark) there. */
+    if (!outer_v4) return 0;
+    l4len = sizeof(struct udphdr) + sizeof(struct kst_gpehdr);
+    aflags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct kst_gpehdr));
+    proto = IPPROTO_UDP;
+  } else if (cfg->encap == KST_ENCAP_GRE) {
+    l4len = 4;
+    aflags |= BPF_F_ADJ_ROOM_ENCAP_L4_GRE;
+    proto = KST_IPPROTO_GRE;
+  } else if (cfg->encap == KST_ENCAP_IPIP) {
+    l4len = 0;
+    proto = inner_v4 ? IPPROTO_IPIP : KST_IPPROTO_IPV6;
+  } else {
+    return 0;
+  }
+  const __u32 l3len = outer_v4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+  const __u32 olen = l3len + l4len;
+  aflags |= outer_v4 ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 : BPF_F_ADJ_ROOM_ENCAP_L3_IPV6;
+
+  /* The inner header: TTL / hop limit and the ECN bits. */
+  void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+  __u8 tos;
+  if (inner_v4) {
+    struct iphdr *ip = data + ETH_HLEN;
+    if ((void *)(ip + 1) > end) return 0;
+    if (ip->ttl <= 1) return 0; /* the stack sends time exceeded */
+    tos = ip->tos;
+  } else {
+    struct ipv6hdr *ip6 = data + ETH_HLEN;
+    if ((void *)(ip6 + 1) > end) return 0;
+    if (ip6->hop_limit <= 1) return 0;
+    tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+  }
+
+  /* The outer route: the pod from the source address the kernel chose, as the stack would
+   * route the tunnel's packet (the main tables; an MTU check on the outer length). */
+  struct bpf_fib_lookup fib = {};
+  fib.ifindex = skb->ifindex; /* the ingress device: a forwarding lookup */
+  fib.tot_len = seglen + olen;
+  if (outer_v4) {
+    fib.family = 2; /* AF_INET */
+    __builtin_memcpy(&fib.ipv4_src, sv->src + 12, 4);
+    __builtin_memcpy(&fib.ipv4_dst, sv->endpoint + 12, 4);
+    fib.l4_protocol = proto;
+  } else {
+    fib.family = 10; /* AF_INET6 */
+    __builtin_memcpy(fib.ipv6_src, sv->src, 16);
+    __builtin_memcpy(fib.ipv6_dst, sv->endpoint, 16);
+    fib.l4_protocol = proto;
+  }
+  long fr = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+  /* FRAG_NEEDED (the outer packet over the route's MTU), no route, not forwarded, …: the
+   * stack's way. NO_NEIGH is fine: bpf_redirect_neigh resolves the neighbour. */
+  if (fr != BPF_FIB_LKUP_RET_SUCCESS && fr != BPF_FIB_LKUP_RET_NO_NEIGH) return 0;
+
+  /* Room for the outer headers first: a packet the helper refuses (a GSO type it cannot
+   * extend) is unchanged and takes the stack's way. From here on the packet is changed. */
+  const __u32 hash = bpf_get_hash_recalc(skb);
+  if (bpf_skb_adjust_room(skb, olen, BPF_ADJ_ROOM_MAC, aflags) < 0) return 0;
+  /* The inner TTL / hop limit, now behind the outer headers. */
+  const __u32 in_off = ETH_HLEN + olen;
+  if (inner_v4) {
+    __u16 old = 0, new = 0;
+    if (bpf_skb_load_bytes(skb, in_off + offsetof(struct iphdr, ttl), &old, 2) < 0) goto drop;
+    new = old;
+    ((__u8 *)&new)[0] -= 1;
+    if (bpf_l3_csum_replace(skb, in_off + offsetof(struct iphdr, check), old, new, 2) < 0 ||
+        bpf_skb_store_bytes(skb, in_off + offsetof(struct iphdr, ttl), &new, 2, 0) < 0)
+      goto drop;
+  } else {
+    __u8 hl;
+    if (bpf_skb_load_bytes(skb, in_off + offsetof(struct ipv6hdr, hop_limit), &hl, 1) < 0)
+      goto drop;
+    hl -= 1;
+    if (bpf_skb_store_bytes(skb, in_off + offsetof(struct ipv6hdr, hop_limit), &hl, 1, 0) < 0)
+      goto drop;
+  }
+  struct kst_outer o = {};
+  const __u8 ecn = kst_ecn(tos);
+  if (outer_v4) {
+    __u32 zero = 0, id = 0;
+    __u32 *ctr = bpf_map_lookup_elem(&ipids, &zero);
+    if (ctr) id = ++*ctr;
+    o.ip.version = 4;
+    o.ip.ihl = 5;
+    o.ip.tos = ecn;
+    o.ip.tot_len = bpf_htons(inner_len + olen);
+    o.ip.id = bpf_htons((__u16)(id ^ hash));
+    o.ip.frag_off = 0;
+    o.ip.ttl = cfg->ttl;
+    o.ip.protocol = proto;
+    __builtin_memcpy(&o.ip.saddr, sv->src + 12, 4);
+    __builtin_memcpy(&o.ip.daddr, sv->endpoint + 12, 4);
+    o.ip.check = kst_ip_csum(&o.ip);
+  } else {
+    /* The flow label ip6_make_flowlabel() derives from the flow hash (ip6tnl, ip6gre). */
+    __u32 label = ((hash << 16) | (hash >> 16)) & 0xfffff;
+    o.ip6.version = 6;
+    o.ip6.priority = ecn >> 4;
+    o.ip6.flow_lbl[0] = ((ecn & 0xf) << 4) | (label >> 16);
+    o.ip6.flow_lbl[1] = label >> 8;
+    o.ip6.flow_lbl[2] = label;
+    o.ip6.payload_len = bpf_htons(inner_len + l4len);
+    o.ip6.nexthdr = proto;
+    o.ip6.hop_limit = cfg->ttl;
+    __builtin_memcpy(&o.ip6.saddr, sv->src, 16);
+    __builtin_memcpy(&o.ip6.daddr, sv->endpoint, 16);
+  }
+  __u32 l4off = ETH_HLEN + l3len;
+  int r;
+  if (outer_v4)
+    r = bpf_skb_store_bytes(skb, ETH_HLEN, &o.ip, sizeof(o.ip), 0);
+  else
+    r = bpf_skb_store_bytes(skb, ETH_HLEN, &o.ip6, sizeof(o.ip6), 0);
+  if (r == 0 && cfg->encap == KST_ENCAP_VXLAN_GPE) {
+    /* udp_flow_src_port(): hash ^= hash << 16, scaled into [min, max). */
+    __u32 h = hash ^ (hash << 16);
+    __u32 span = cfg->port_max > cfg->port_min ? cfg->port_max - cfg->port_min : 1;
+    o.udp.source = bpf_htons((__u16)((((__u64)h * span) >> 32) + cfg->port_min));
+    o.udp.dest = bpf_htons(cfg->udp_port);
+    o.udp.len = bpf_htons(inner_len + l4len);
+    o.udp.check = 0; /* IPv4 only (above): the device leaves it out too */
+    o.gpe.flags = 0x0c;
+    o.gpe.next_proto = inner_v4 ? 1 : 2;
+    r = bpf_skb_store_bytes(skb, l4off, &o.udp, sizeof(o.udp) + sizeof(o.gpe), 0);
+  } else if (r == 0 && cfg->encap == KST_ENCAP_GRE) {
+    o.gre_flags = 0;
+    o.gre_proto = bpf_htons(inner_v4 ? KST_ETH_P_IP : KST_ETH_P_IPV6);
+    r = bpf_skb_store_bytes(skb, l4off, &o.gre_flags, 4, 0);
+  }
+  /* The Ethernet type follows the outer family (the MAC header is stripped on the way out,
+   * but a packet capture or a later program reads it). */
+  __be16 et = bpf_htons(outer_v4 ? KST_ETH_P_IP : KST_ETH_P_IPV6);
+  if (r == 0) r = bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &et, 2, 0);
+  if (r < 0) goto drop;
+  skb->mark = 0;
+  /* The nexthop the lookup found (its gateway, or the pod itself on-link); NO_NEIGH has it
+   * too, and bpf_redirect_neigh resolves the neighbour then. */
+  struct bpf_redir_neigh nh = {};
+  if (outer_v4) {
+    nh.nh_family = 2;
+    nh.ipv4_nh = fib.ipv4_dst;
+  } else {
+    nh.nh_family = 10;
+    __builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+  }
+  *verdict = bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+  return 1;
+drop:
+  *verdict = TC_ACT_SHOT;
+  return 1;
+}
+
 SEC("tc")
 int kst_router(struct __sk_buff *skb) {
   struct kst_pkt p = {};
@@ -374,6 +646,12 @@ int kst_router(struct __sk_buff *skb) {
   }
 decided:
   kst_count(bpf_map_lookup_elem(&epstats, &slot), p.len);
+  if ((cfg->flags & KST_CFG_HEADERS) && sv && (sv->flags & KST_SLOT_ENDPOINT)) {
+    int verdict = TC_ACT_OK;
+    if (kst_header_path(skb, cfg, sv, p.flow.v4, &verdict)) return verdict;
+    /* Everything the program does not forward itself goes the stack's way. */
+    goto mark;
+  }
   if ((cfg->flags & KST_CFG_REDIRECT) && sv && (sv->flags & KST_SLOT_ENDPOINT)) {
     /* Both loads, then a choice between scalars: as `cfg + (v4 ? off4 : off6)` (what the
      * compiler makes of a conditional field) the verifier wants CAP_PERFMON (pointer
@@ -402,6 +680,7 @@ decided:
       }
     }
   }
+mark:
   skb->mark = slot.mark;
   return TC_ACT_OK;
 }

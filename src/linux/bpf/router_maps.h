@@ -48,6 +48,16 @@ typedef __u64 kst_u64;
 #define KST_CFG_REDIRECT 1u
 /* kst_config.flags: the mode's outer UDP checksum is left out over IPv4 (vxlan). */
 #define KST_CFG_ZERO_CSUM4 2u
+/* kst_config.flags: the program writes the outer headers itself (kst_config.encap) and sends
+ * the packet with bpf_redirect_neigh; a packet it cannot forward that way takes the collect-md
+ * device (KST_CFG_REDIRECT, where only the header build is missing) or the slot mark. */
+#define KST_CFG_HEADERS 4u
+
+/* kst_config.encap: the outer header after the outer IP header. */
+#define KST_ENCAP_NONE 0u
+#define KST_ENCAP_VXLAN_GPE 1u /* UDP (to kst_config.udp_port) + 8-byte GPE header */
+#define KST_ENCAP_IPIP 2u      /* nothing: IP protocol 4 / 41 (ipip, ip6tnl) */
+#define KST_ENCAP_GRE 3u       /* 4-byte GRE header, no key, no checksum (gre, ip6gre) */
 
 #define KST_ID_LEN 96
 
@@ -70,6 +80,9 @@ struct kst_slot_val {
   kst_u8 endpoint[16];
   kst_u32 flags;
   kst_u32 v4; /* endpoint is an IPv4 address */
+  /* The outer source address the kernel picks toward the endpoint (its route's preferred
+   * source), same family, mapped as endpoint; all zero: unknown (no header path). */
+  kst_u8 src[16];
 };
 /* LPM key: prefixlen counts the VIP's 128 bits plus the source prefix's. */
 struct kst_src_key {
@@ -100,6 +113,10 @@ struct kst_vip_counter {
   kst_u64 packets, bytes;                 /* every packet to the VIP */
   kst_u64 refused_packets, refused_bytes; /* of those, refused (any reason) */
 };
+/* A clsact qdisc the daemon created (the "clsact" map, keyed by ifindex). */
+struct kst_clsact_val {
+  char name[16]; /* the interface's name then (an index reused by another one is not ours) */
+};
 /* The single element of the "config" array. */
 struct kst_config {
   kst_u32 seed;
@@ -109,6 +126,14 @@ struct kst_config {
   kst_u32 ttl;
   kst_u32 pad;
   char id[KST_ID_LEN]; /* skeleton id: program hash, mode, nft skeleton id (NUL-terminated) */
+  /* Header path (KST_CFG_HEADERS); appended after id so that an older build's id is read at
+   * the same offset. */
+  kst_u32 encap;            /* KST_ENCAP_* */
+  kst_u16 udp_port;         /* vxlan-gpe destination port (host order) */
+  kst_u16 port_min;         /* vxlan-gpe source ports: [port_min, port_max) as the kernel's */
+  kst_u16 port_max;         /*   udp_flow_src_port (the local port range) */
+  kst_u16 pad2;
+  kst_u32 mtu4, mtu6;       /* inner packet limit per outer family: the tunnel device's MTU */
 };
 
 #endif
