@@ -627,7 +627,9 @@ TEST(RouterIncremental, HintedSlotCountChangeIsPartial) {
   EXPECT_EQ(p.w.nl.rules(0, ~0u)->size(), 5u);
   EXPECT_EQ(p.w.nl.routes(0, ~0u)->size(), routes + 3);
   size_t guards = 0;
-  for (auto& r : *p.w.nl.routes(0, ~0u)) guards += r.unreachable && r.key.dst == vip;
+  const auto all = p.w.nl.routes(0, ~0u);  // held: a range-for over *temporary would dangle
+  ASSERT_TRUE(all.has_value());
+  for (auto& r : *all) guards += r.unreachable && r.key.dst == vip;
   EXPECT_EQ(guards, 3u);
   expectConverged(p.w, p.m);
   // The VIP goes: its tables above the others' go with it (rules deleted), still partial.
