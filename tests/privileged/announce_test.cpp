@@ -80,8 +80,17 @@ class Announce : public E2E {
   bool pathsBecome(const std::string& vip, size_t n, double seconds = 20) {
     return waitUntil([&] { return paths(vip).size() == n; }, seconds);
   }
-  /** Packets a tunnel node sent into its tunnel devices so far. */
+  /** Packets a tunnel node sent toward endpoints so far: into its tunnel devices (nft), or
+   *  counted per endpoint by its program (bpf: the header path bypasses the devices). */
   uint64_t tunnelled(const std::string& n) {
+    if (bpfDatapath()) {
+      uint64_t sum = 0;
+      for (auto& e : bpfDump(n, "epstats"))
+        for (auto& cpu : e.value("values", nlohmann::json::array()))
+          if (cpu.contains("value") && cpu["value"].contains("packets"))
+            sum += cpu["value"]["packets"].get<uint64_t>();
+      return sum;
+    }
     auto j = nlohmann::json::parse(out(n, "ip -s -j link show"), nullptr, false);
     uint64_t sum = 0;
     if (j.is_discarded()) return 0;
