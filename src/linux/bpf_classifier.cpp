@@ -296,21 +296,28 @@ uint32_t attachedId(int ifindex) {
   return opts.prog_id;
 }
 
+/** A dump of the tc filters under parent on ifindex (RTM_GETTFILTER): each reply to onMessage. */
+Status dumpTcFilters(nl::Socket& sock, int ifindex, uint32_t parent,
+                     const std::function<void(const nlmsghdr*)>& onMessage) {
+  nl::Message req(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(tcmsg)), 0);
+  auto* h = mnl_nlmsg_put_header(req.data());
+  h->nlmsg_type = RTM_GETTFILTER;
+  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  auto* tc = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(tcmsg)));
+  tc->tcm_family = AF_UNSPEC;
+  tc->tcm_ifindex = ifindex;
+  tc->tcm_parent = parent;
+  req.resize(h->nlmsg_len);
+  return sock.dump(std::move(req), onMessage);
+}
+
 /** The name tc keeps for the bpf filter at our handle and priority on ifindex's ingress ("":
  *  none, or no name). libbpf names what it attaches "<program name>:[<id>]", so ours reads
  *  "kst_router:[N]". Read from a filter dump, which needs no capability. */
 std::string attachedName(nl::Socket& sock, int ifindex) {
-  std::vector<uint8_t> buf(MNL_SOCKET_BUFFER_SIZE);
-  nlmsghdr* h = mnl_nlmsg_put_header(buf.data());
-  h->nlmsg_type = RTM_GETTFILTER;
-  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  auto* t = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(tcmsg)));
-  t->tcm_family = AF_UNSPEC;
-  t->tcm_ifindex = ifindex;
-  t->tcm_parent = TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS);
-  buf.resize(h->nlmsg_len);
   std::string name;
-  Status s = sock.dump(std::move(buf), [&](const nlmsghdr* m) {
+  const uint32_t ingress = TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS);
+  Status s = dumpTcFilters(sock, ifindex, ingress, [&](const nlmsghdr* m) {
     if (m->nlmsg_type != RTM_NEWTFILTER || m->nlmsg_len < NLMSG_LENGTH(sizeof(tcmsg))) return;
     const auto* f = static_cast<const tcmsg*>(mnl_nlmsg_get_payload(m));
     if (f->tcm_handle != bpf::kTcHandle || TC_H_MAJ(f->tcm_info) >> 16 != bpf::kTcPriority)
@@ -696,17 +703,8 @@ namespace {
 
 /** The number of tc filters under parent on ifindex (a dump of RTM_GETTFILTER). */
 Result<size_t> tcFilterCount(nl::Socket& sock, int ifindex, uint32_t parent) {
-  nl::Message req(MNL_ALIGN(sizeof(nlmsghdr)) + MNL_ALIGN(sizeof(tcmsg)), 0);
-  auto* h = mnl_nlmsg_put_header(req.data());
-  h->nlmsg_type = RTM_GETTFILTER;
-  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  auto* tc = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(tcmsg)));
-  tc->tcm_family = AF_UNSPEC;
-  tc->tcm_ifindex = ifindex;
-  tc->tcm_parent = parent;
-  req.resize(h->nlmsg_len);
   size_t n = 0;
-  auto st = sock.dump(std::move(req), [&](const nlmsghdr* m) {
+  auto st = dumpTcFilters(sock, ifindex, parent, [&](const nlmsghdr* m) {
     if (m->nlmsg_type != RTM_NEWTFILTER) return;
     auto* t = static_cast<const tcmsg*>(mnl_nlmsg_get_payload(m));
     // A dump lists each priority's classifier once without a handle, then its filters.
