@@ -26,7 +26,10 @@
 #   9. the bpf datapath, switched on through the router's ConfigMap (15-router-datapath.yaml)
 #      as an operator would: the init container mount-bpffs succeeds, the router container
 #      attaches the program on the client-facing interface (tc, from the node) with its pins in
-#      the node's bpffs, no nft table, and the VIP is served with the client's source; a deleted
+#      the node's bpffs, no nft table, and the VIP is served with the client's source; the
+#      agents' pod-side decapsulation switched on through their ConfigMap
+#      (16-agent-datapath.yaml): the program in every web pod, the pods' decap devices receive
+#      none of the client's datagrams, and switched back no program is left; a deleted
 #      router pod's replacement adopts program and maps (same program and map ids, the flow
 #      pins kept, no kernel change); switched back to nft, no filter and no pin remain and the
 #      VIP is served again;
@@ -530,6 +533,49 @@ if set_datapath bpf; then
     pass "bpf datapath: VIP $VIP answered by all pods over TCP and UDP with source $CLIENT_IP; $(flow_pins) flow pins"
   else
     fail "bpf datapath traffic: $(tcp_answers 10 | sort | uniq -c | tr '\n' ';') flow pins '$(flow_pins)'"; diagnose
+  fi
+  # The agents' pod side in BPF too (16-agent-datapath.yaml), the whole BPF path: each web pod
+  # gets the decapsulation program on its interface, and the pods' decap devices (krn*) see
+  # none of the client's datagrams.
+  set_pod_decap() {
+    k -n "$ANS" patch cm kube-service-tunnel-agent --type=merge \
+      -p "{\"data\":{\"TUNNEL_POD_DECAP\":\"$1\"}}" >/dev/null &&
+      k -n "$ANS" rollout restart ds/kube-service-tunnel-agent >/dev/null &&
+      k -n "$ANS" rollout status ds/kube-service-tunnel-agent --timeout=120s >/dev/null
+  }
+  decap_pods() {  # how many web pods have our decapsulation program on one of their interfaces
+    local n=0 p
+    for p in $(pods); do
+      nsenter -t "$(sandbox_pid "$p")" -n sh -c \
+        'for l in $(ls /sys/class/net); do tc filter show dev "$l" ingress; done' 2>/dev/null |
+        grep -q kst_pod_decap && n=$((n + 1))
+    done
+    echo "$n"
+  }
+  all_decap() { [[ "$(decap_pods)" == "$(pods | wc -l)" ]]; }
+  no_decap() { [[ "$(decap_pods)" == 0 ]]; }
+  dev_rx() {  # packets the web pods' decap devices received, summed
+    local n=0 p v
+    for p in $(pods); do
+      v="$(nsenter -t "$(sandbox_pid "$p")" -n sh -c 'cat /sys/class/net/krn*/statistics/rx_packets' 2>/dev/null | awk '{s += $1} END {print s + 0}')"
+      n=$((n + v))
+    done
+    echo "$n"
+  }
+  if set_pod_decap bpf && wait_for 60 all_decap && wait_for 60 served_by "$(pods)"; then
+    rx0="$(dev_rx)"
+    if udp_from_client && udp_from_client && (( $(dev_rx) - rx0 == 0 )); then
+      pass "pod decap bpf (agent ConfigMap + rollout restart): the program on all $(pods | wc -l) web pods, TCP and UDP answered with source $CLIENT_IP, the decap devices received 0 of 12 datagrams"
+    else
+      fail "pod decap bpf: decap devices received $(( $(dev_rx) - rx0 )) datagrams, or UDP failed"; diagnose
+    fi
+  else
+    fail "pod decap bpf: programs on $(decap_pods) of $(pods | wc -l) web pods; $(tcp_answers 10 | sort | uniq -c | tr '\n' ';')"; diagnose
+  fi
+  if set_pod_decap device && wait_for 60 no_decap && wait_for 60 served_by "$(pods)"; then
+    pass "pod decap device again: no program left in any web pod, VIP served"
+  else
+    fail "pod decap device again: programs left on $(decap_pods) web pods"; diagnose
   fi
   # Restart: the replacement pod adopts what the old one pinned.
   map_before="$(pinned_id map flows)"; pins_before="$(flow_pins)"
