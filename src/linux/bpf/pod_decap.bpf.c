@@ -84,6 +84,7 @@ int kst_pod_decap(struct __sk_buff *skb) {
   __u8 key[16];
   __u8 l4proto;
   __u32 l3len;  // outer IP header
+  void *l4;     // after it: set per family, never computed from l3len (below)
   int outer6;
   if (eth->h_proto == bpf_htons(ETH_P_IP)) {
     struct iphdr *ip = (void *)(eth + 1);
@@ -92,6 +93,7 @@ int kst_pod_decap(struct __sk_buff *skb) {
     v4key(key, ip->daddr);
     l4proto = ip->protocol;
     l3len = sizeof(struct iphdr);
+    l4 = (void *)(ip + 1);
     outer6 = 0;
   } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
     struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -99,12 +101,12 @@ int kst_pod_decap(struct __sk_buff *skb) {
     __builtin_memcpy(key, &ip6->daddr, 16);
     l4proto = ip6->nexthdr;  // no extension headers: anything else goes to the device
     l3len = sizeof(struct ipv6hdr);
+    l4 = (void *)(ip6 + 1);
     outer6 = 1;
   } else {
     return TC_ACT_OK;
   }
   if (!has(key, KST_PD_POD)) return TC_ACT_OK;
-  void *l4 = (void *)(eth + 1) + l3len;
   __u32 tunlen;  // bytes after the outer IP header up to the inner one
   int inner6;
   switch (cfg->mode) {
@@ -143,15 +145,20 @@ int kst_pod_decap(struct __sk_buff *skb) {
   }
   __u32 outer = l3len + tunlen;  // what is removed
   if (outer > 64) return TC_ACT_OK;  // bounds the offset for the verifier
-  void *in = (void *)(eth + 1) + outer;
+  /* The inner header is copied out, not read through the packet pointer plus `outer`: a
+   * packet pointer plus an offset that differs between paths is arithmetic the verifier
+   * refuses to a loader without CAP_PERFMON (tests/privileged/bpf_unprivileged_load.sh). */
   if (inner6) {
-    struct ipv6hdr *ip6 = in;
-    if ((void *)(ip6 + 1) > end || ip6->version != 6) return TC_ACT_OK;
-    __builtin_memcpy(key, &ip6->daddr, 16);
+    struct ipv6hdr ip6;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + outer, &ip6, sizeof(ip6)) || ip6.version != 6)
+      return TC_ACT_OK;
+    __builtin_memcpy(key, &ip6.daddr, 16);
   } else {
-    struct iphdr *ip = in;
-    if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5) return TC_ACT_OK;
-    v4key(key, ip->daddr);
+    struct iphdr ip;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + outer, &ip, sizeof(ip)) || ip.version != 4 ||
+        ip.ihl < 5)
+      return TC_ACT_OK;
+    v4key(key, ip.daddr);
   }
   if (!has(key, KST_PD_VIP)) return TC_ACT_OK;
 

@@ -362,7 +362,11 @@ static __always_inline int kst_header_path(struct __sk_buff *skb, const struct k
                                            const struct kst_slot_val *sv, int inner_v4,
                                            int *verdict) {
   const int outer_v4 = sv->v4 != 0;
-  __u32 mtu = outer_v4 ? cfg->mtu4 : cfg->mtu6;
+  /* Both loaded, then chosen: a field offset chosen by a branch is pointer arithmetic the
+   * verifier refuses to a loader without CAP_PERFMON (a router pod has CAP_BPF only). */
+  __u32 mtu4 = cfg->mtu4, mtu6 = cfg->mtu6;
+  asm volatile("" : "+r"(mtu4), "+r"(mtu6));
+  __u32 mtu = outer_v4 ? mtu4 : mtu6;
   if (!mtu) return 0;
   /* The source address the kernel would choose toward the pod (the daemon resolves it). */
   __u32 srcsum = 0;
