@@ -546,9 +546,10 @@ if set_datapath bpf; then
   decap_pods() {  # how many web pods have our decapsulation program on one of their interfaces
     local n=0 p
     for p in $(pods); do
+      # (The pod's links from ip, not /sys/class/net: nsenter -n keeps the node's sysfs.)
       nsenter -t "$(sandbox_pid "$p")" -n sh -c \
-        'for l in $(ls /sys/class/net); do tc filter show dev "$l" ingress; done' 2>/dev/null |
-        grep -q kst_pod_decap && n=$((n + 1))
+        'for l in $(ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1); do tc filter show dev "$l" ingress; done' \
+        2>/dev/null | grep -q kst_pod_decap && n=$((n + 1))
     done
     echo "$n"
   }
@@ -557,7 +558,9 @@ if set_datapath bpf; then
   dev_rx() {  # packets the web pods' decap devices received, summed
     local n=0 p v
     for p in $(pods); do
-      v="$(nsenter -t "$(sandbox_pid "$p")" -n sh -c 'cat /sys/class/net/krn*/statistics/rx_packets' 2>/dev/null | awk '{s += $1} END {print s + 0}')"
+      # /proc/net/dev is the reading process's namespace's: "krn-vxg: bytes packets ...".
+      v="$(nsenter -t "$(sandbox_pid "$p")" -n cat /proc/net/dev 2>/dev/null |
+           awk -F'[: ]+' '$2 ~ /^krn/ {s += $4} END {print s + 0}')"
       n=$((n + v))
     done
     echo "$n"
